@@ -1,0 +1,14 @@
+//! The sleap-nn configuration family (pose estimation).
+
+use crate::schema::Ctx;
+use crate::section;
+
+section! {
+    pub struct SleapNnConfig {
+        name: String = String::new(),
+    }
+}
+
+impl SleapNnConfig {
+    pub fn validate(&self, _cx: &mut Ctx) {}
+}

@@ -1,0 +1,1 @@
+//! Single-cell data: AnnData readers, preprocessing, vocabulary, tokenizers, masking and sharded loading.

@@ -1,0 +1,1 @@
+//! Compute: explicit forward/backward ops on a Device (CPU always; CUDA behind the `cuda` feature).

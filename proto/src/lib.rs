@@ -1,0 +1,1 @@
+//! gRPC services between the coordinator and its workers.

@@ -1,0 +1,1 @@
+//! The worker: data loading, models, the training step, gradient all-reduce and checkpoints.
