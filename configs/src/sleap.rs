@@ -11,4 +11,8 @@ section! {
 
 impl SleapNnConfig {
     pub fn validate(&self, _cx: &mut Ctx) {}
+
+    pub fn summary(&self) -> String {
+        self.name.clone()
+    }
 }

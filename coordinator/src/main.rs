@@ -1,1 +1,37 @@
-fn main() {}
+//! `coordinator`: anvil's command line. Validates and shows configs today; plans and launches
+//! distributed training runs as the rest of the system lands.
+
+mod config_cmd;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "anvil: distributed training of single-cell foundation models and pose estimators",
+    long_about = "anvil trains the models that scModelForge (single-cell foundation models) and \
+                  sleap-nn (pose estimation) describe, from the same YAML configs, on one machine \
+                  or many.\n\nStart with `coordinator config validate --config configs/quickstart.yaml`.",
+    propagate_version = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check and inspect config files (scModelForge or sleap-nn YAML)
+    #[command(subcommand)]
+    Config(config_cmd::ConfigCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config(cmd) => config_cmd::run(cmd),
+    }
+}
