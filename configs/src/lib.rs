@@ -57,7 +57,8 @@ pub enum Family {
 const SCMODELFORGE_KEYS: &[&str] = &["data", "tokenizer", "model", "training", "eval", "finetune"];
 const SLEAP_KEYS: &[&str] = &["data_config", "model_config", "trainer_config"];
 
-/// A loaded config of either family.
+/// A loaded config of either family. There is one per process, so its size does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone, PartialEq)]
 pub enum AnyConfig {
     ScModelForge(ScModelForgeConfig),
@@ -220,10 +221,9 @@ impl Sources {
     pub fn load_as<T: ConfigRoot>(&self) -> Result<T, ConfigErrors> {
         let mut cx = Ctx::new(&self.origins);
         let config = T::from_node(&self.tree, "", &mut cx).unwrap_or_default();
-        // Semantic checks on a config with type errors would report defaults as if written.
-        if !cx.has_errors() {
-            config.validate(&mut cx);
-        }
+        // Semantic checks run even after type errors so one run reports everything; a field
+        // that failed to type keeps its default, which may add a consequential message.
+        config.validate(&mut cx);
         let errors = cx.into_errors();
         if errors.is_empty() {
             Ok(config)

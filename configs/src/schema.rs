@@ -79,6 +79,10 @@ impl<'a> Ctx<'a> {
     /// An error about a value that may or may not have been written: points at the key if it
     /// was, else at its nearest written parent section, else at the first file.
     pub fn error(&mut self, path: &str, message: impl Into<String>) {
+        // A value that already failed to type holds its default; judging it would mislead.
+        if self.errors.iter().any(|e| e.path == path) {
+            return;
+        }
         let mut probe = path;
         let mark = loop {
             if let Some(m) = self.written.get(probe) {
@@ -325,19 +329,25 @@ impl FromNode for Value {
     fn expected() -> String {
         "any value".into()
     }
-    fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
-        Some(match &node.kind {
+    fn from_node(node: &Node, _path: &str, _cx: &mut Ctx) -> Option<Self> {
+        Some(Value::of(node))
+    }
+}
+
+impl Value {
+    /// Resolves a node the way YAML's core schema would: plain `null`, booleans and numbers
+    /// become typed values, everything else a string.
+    pub fn of(node: &Node) -> Value {
+        match &node.kind {
             _ if node.is_null() => Value::Null,
             NodeKind::Scalar { text, quoted: true } => Value::Str(text.clone()),
-            NodeKind::Scalar {
-                text,
-                quoted: false,
-            } => {
-                if let Some(b) = parse_bool(text)
-                    .filter(|_| matches!(text.to_ascii_lowercase().as_str(), "true" | "false"))
-                {
-                    Value::Bool(b)
-                } else if let Ok(i) = text.parse::<i64>() {
+            NodeKind::Scalar { text, quoted: false } => {
+                match text.to_ascii_lowercase().as_str() {
+                    "true" => return Value::Bool(true),
+                    "false" => return Value::Bool(false),
+                    _ => {}
+                }
+                if let Ok(i) = text.parse::<i64>() {
                     Value::Int(i)
                 } else if let Some(f) = parse_float(text) {
                     Value::Float(f)
@@ -345,22 +355,14 @@ impl FromNode for Value {
                     Value::Str(text.clone())
                 }
             }
-            NodeKind::Seq(items) => Value::List(
-                items
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, n)| Value::from_node(n, &format!("{path}[{i}]"), cx))
-                    .collect(),
-            ),
+            NodeKind::Seq(items) => Value::List(items.iter().map(Value::of).collect()),
             NodeKind::Map(entries) => Value::Map(
                 entries
                     .iter()
-                    .filter_map(|(k, n)| {
-                        Value::from_node(n, &join(path, &k.text), cx).map(|v| (k.text.clone(), v))
-                    })
+                    .map(|(k, n)| (k.text.clone(), Value::of(n)))
                     .collect(),
             ),
-        })
+        }
     }
 }
 
@@ -491,7 +493,8 @@ macro_rules! section {
                 let mut out = Self::default();
                 for (key, value) in entries {
                     let child = $crate::schema::join(path, &key.text);
-                    cx.wrote(&child, key.mark);
+                    // A value merged from a `--set` flag is reported at that flag.
+                    cx.wrote(&child, if value.mark.origin != key.mark.origin { value.mark } else { key.mark });
                     match key.text.as_str() {
                         $(
                             stringify!($field) => {
