@@ -341,7 +341,10 @@ impl Value {
         match &node.kind {
             _ if node.is_null() => Value::Null,
             NodeKind::Scalar { text, quoted: true } => Value::Str(text.clone()),
-            NodeKind::Scalar { text, quoted: false } => {
+            NodeKind::Scalar {
+                text,
+                quoted: false,
+            } => {
                 match text.to_ascii_lowercase().as_str() {
                     "true" => return Value::Bool(true),
                     "false" => return Value::Bool(false),

@@ -1,0 +1,132 @@
+//! `coordinator config ...` run as a user runs it: the real binary, real files, exit codes.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn coordinator(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("run coordinator")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn temp_file(name: &str, contents: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("anvil-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, contents).unwrap();
+    path
+}
+
+#[test]
+fn validate_prints_a_summary_and_exits_0() {
+    let out = coordinator(&["config", "validate", "--config", "configs/quickstart.yaml"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert_eq!(stdout.lines().count(), 1, "{stdout}");
+    assert!(stdout.contains("valid scModelForge config: pretrain transformer_encoder (4 layers, hidden 128, 4 heads)"), "{stdout}");
+}
+
+#[test]
+fn validate_prints_every_error_and_exits_2() {
+    let path = temp_file(
+        "bad.yaml",
+        "data:\n  paths: [a.h5ad]\ntraining:\n  batchsize: 32\n  precision: bf16\nmodel:\n  hidden_dim: 100\n",
+    );
+    let out = coordinator(&["config", "validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(":4:3: training.batchsize: unknown key; did you mean training.batch_size?"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("training.precision: \"bf16\" is not allowed; expected one of \"32\", \"16-mixed\" or \"bf16-mixed\""), "{stderr}");
+    assert!(
+        stderr.contains("model.hidden_dim: hidden_dim 100 is not divisible by num_heads 8"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("3 problems found"), "{stderr}");
+}
+
+#[test]
+fn missing_file_and_bad_yaml_are_clear_errors() {
+    let out = coordinator(&["config", "validate", "--config", "nope.yaml"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("cannot read config file nope.yaml"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let path = temp_file("syntax.yaml", "data:\n  paths: [a.h5ad\n");
+    let out = coordinator(&["config", "validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("YAML syntax error"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn show_prints_resolved_yaml_that_validates_again() {
+    let out = coordinator(&[
+        "config",
+        "show",
+        "--config",
+        "configs/quickstart.yaml",
+        "--set",
+        "training.optimizer.lr=3e-4",
+        "--set",
+        "model.num_layers=2",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let yaml = text(&out.stdout);
+    assert!(yaml.contains("    lr: 0.0003\n"), "{yaml}");
+    assert!(yaml.contains("  num_layers: 2\n"), "{yaml}");
+    assert!(
+        yaml.contains("  wandb_project: scmodelforge\n"),
+        "defaults are filled in:\n{yaml}"
+    );
+
+    let path = temp_file("shown.yaml", &yaml);
+    let out = coordinator(&["config", "validate", "--config", path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn set_overrides_are_validated() {
+    let out = coordinator(&[
+        "config",
+        "validate",
+        "--config",
+        "configs/quickstart.yaml",
+        "--set",
+        "training.batch_size=many",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("--set training.batch_size=many: training.batch_size: expected a non-negative integer, got 'many'"), "{stderr}");
+}
+
+#[test]
+fn help_describes_commands() {
+    let out = coordinator(&["--help"]);
+    assert!(text(&out.stdout).contains("Check and inspect config files"));
+    let out = coordinator(&["config", "validate", "--help"]);
+    let help = text(&out.stdout);
+    assert!(help.contains("--set <KEY.PATH=VALUE>"), "{help}");
+    assert!(help.contains("--config <FILE>"), "{help}");
+}
