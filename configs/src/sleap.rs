@@ -1,18 +1,1789 @@
-//! The sleap-nn configuration family (pose estimation).
+//! The sleap-nn configuration family (animal pose estimation). Sections, fields, types and
+//! defaults follow the sleap-nn configuration guide; where the guide is silent about whether a
+//! section may be null, sleap-nn's own config classes decide.
+//!
+//! A config names exactly one backbone (`unet`, `convnext`, `swint`) and exactly one head type;
+//! the others are null. [`SleapNnConfig::validate`] checks that, the strides between backbone
+//! and heads, and the ranges the guide states.
 
-use crate::schema::Ctx;
-use crate::section;
+use crate::schema::{join, map_entries, Ctx, FromNode, ToValue, Value};
+use crate::tree::{Node, NodeKind};
+use crate::{choice, section};
+
+choice! {
+    /// Reader for the input labels; only LabelsReader exists for training.
+    pub enum Provider { LabelsReader = "LabelsReader" }
+}
+choice! {
+    /// How samples reach the data loaders.
+    pub enum DataPipelineFw {
+        TorchDataset = "torch_dataset",
+        TorchDatasetCacheImgMemory = "torch_dataset_cache_img_memory",
+        TorchDatasetCacheImgDisk = "torch_dataset_cache_img_disk",
+    }
+}
+choice! {
+    /// "default" is Kaiming-uniform, "xavier" is Xavier initialization.
+    pub enum InitWeights { Default = "default", Xavier = "xavier" }
+}
+choice! {
+    pub enum ConvNextModelType { Tiny = "tiny", Small = "small", Base = "base", Large = "large" }
+}
+choice! {
+    /// ImageNet weights (torchvision names) a ConvNeXt backbone can start from.
+    pub enum ConvNextWeights {
+        Base = "ConvNeXt_Base_Weights",
+        Tiny = "ConvNeXt_Tiny_Weights",
+        Small = "ConvNeXt_Small_Weights",
+        Large = "ConvNeXt_Large_Weights",
+    }
+}
+choice! {
+    pub enum SwinTModelType { Tiny = "tiny", Small = "small", Base = "base" }
+}
+choice! {
+    /// ImageNet weights (torchvision names) a Swin Transformer backbone can start from.
+    pub enum SwinTWeights { T = "Swin_T_Weights", S = "Swin_S_Weights", B = "Swin_B_Weights" }
+}
+choice! {
+    pub enum Accelerator { Cpu = "cpu", Gpu = "gpu", Mps = "mps", Auto = "auto" }
+}
+choice! {
+    pub enum Profiler {
+        Advanced = "advanced",
+        Passthrough = "passthrough",
+        Pytorch = "pytorch",
+        Simple = "simple",
+    }
+}
+choice! {
+    pub enum OptimizerName { Adam = "Adam", AdamW = "AdamW" }
+}
+choice! {
+    /// How ReduceLROnPlateau compares against the best value: relative or absolute margin.
+    pub enum ThresholdMode { Rel = "rel", Abs = "abs" }
+}
 
 section! {
+    /// A whole sleap-nn training job.
     pub struct SleapNnConfig {
-        name: String = String::new(),
+        data_config: DataConfig = DataConfig::default(),
+        model_config: ModelConfig = ModelConfig::default(),
+        trainer_config: TrainerConfig = TrainerConfig::default(),
+        name: Option<String> = Some(String::new()),
+        description: Option<String> = Some(String::new()),
+        sleap_nn_version: Option<String> = Some(String::new()),
+        filename: Option<String> = Some(String::new()),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// data_config
+
+section! {
+    pub struct DataConfig {
+        provider: Provider = Provider::LabelsReader,
+        /// `.slp` / `.pkg.slp` files to train on.
+        train_labels_path: Vec<String> = Vec::new(),
+        /// None: split `validation_fraction` of the training frames off instead.
+        val_labels_path: Option<Vec<String>> = None,
+        validation_fraction: f64 = 0.1,
+        /// Evaluated once training ends (CLI only).
+        test_file_path: Option<PathList> = None,
+        user_instances_only: bool = true,
+        /// Train = val, for intentionally overfitting a handful of frames.
+        use_same_data_for_val: bool = false,
+        data_pipeline_fw: DataPipelineFw = DataPipelineFw::TorchDataset,
+        /// None: `<ckpt_dir>/<run_name>`.
+        cache_img_path: Option<String> = None,
+        use_existing_imgs: bool = false,
+        delete_cache_imgs_after_training: bool = true,
+        preprocessing: PreprocessingConfig = PreprocessingConfig::default(),
+        use_augmentations_train: bool = true,
+        /// Only used when `use_augmentations_train` is true.
+        augmentation_config: Option<AugmentationConfig> = None,
+    }
+}
+
+/// One path or a list of paths (`test_file_path` accepts both).
+#[derive(Debug, Clone, PartialEq)]
+pub enum PathList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl PathList {
+    pub fn paths(&self) -> Vec<&str> {
+        match self {
+            PathList::One(p) => vec![p.as_str()],
+            PathList::Many(ps) => ps.iter().map(String::as_str).collect(),
+        }
+    }
+}
+
+impl FromNode for PathList {
+    fn expected() -> String {
+        "a path or a list of paths".into()
+    }
+    fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
+        match &node.kind {
+            NodeKind::Seq(_) => Vec::<String>::from_node(node, path, cx).map(PathList::Many),
+            NodeKind::Scalar { .. } => String::from_node(node, path, cx).map(PathList::One),
+            NodeKind::Map(_) => {
+                cx.type_error(node, path, &Self::expected());
+                None
+            }
+        }
+    }
+}
+
+impl ToValue for PathList {
+    fn to_value(&self) -> Value {
+        match self {
+            PathList::One(p) => p.to_value(),
+            PathList::Many(ps) => ps.to_value(),
+        }
+    }
+}
+
+section! {
+    pub struct PreprocessingConfig {
+        /// Replicate single-channel images to 3 channels.
+        ensure_rgb: bool = false,
+        /// Convert RGB images to one channel.
+        ensure_grayscale: bool = false,
+        max_height: Option<usize> = None,
+        max_width: Option<usize> = None,
+        scale: f64 = 1.0,
+        /// Instance crop for centered-instance models; None: from the largest instance.
+        crop_size: Option<usize> = None,
+        min_crop_size: Option<usize> = Some(100),
+        /// None: derived from the rotation and scale augmentation ranges.
+        crop_padding: Option<usize> = None,
+    }
+}
+
+section! {
+    pub struct AugmentationConfig {
+        intensity: Option<IntensityConfig> = None,
+        geometric: Option<GeometricConfig> = None,
+    }
+}
+
+section! {
+    pub struct IntensityConfig {
+        uniform_noise_min: f64 = 0.0,
+        uniform_noise_max: f64 = 1.0,
+        uniform_noise_p: f64 = 0.0,
+        gaussian_noise_mean: f64 = 0.0,
+        gaussian_noise_std: f64 = 1.0,
+        gaussian_noise_p: f64 = 0.0,
+        contrast_min: f64 = 0.9,
+        contrast_max: f64 = 1.1,
+        contrast_p: f64 = 0.0,
+        brightness_min: f64 = 1.0,
+        brightness_max: f64 = 1.0,
+        brightness_p: f64 = 0.0,
+    }
+}
+
+section! {
+    pub struct GeometricConfig {
+        /// Degrees.
+        rotation_min: f64 = -15.0,
+        rotation_max: f64 = 15.0,
+        scale_min: f64 = 0.9,
+        scale_max: f64 = 1.1,
+        /// Fractions of the image width / height.
+        translate_width: f64 = 0.0,
+        translate_height: f64 = 0.0,
+        /// Rotation, scale and translation bundled together.
+        affine_p: f64 = 0.0,
+        /// Independent probabilities; each set one replaces `affine_p` for its transform.
+        rotation_p: Option<f64> = None,
+        scale_p: Option<f64> = None,
+        translate_p: Option<f64> = None,
+        erase_scale_min: f64 = 0.0001,
+        erase_scale_max: f64 = 0.01,
+        erase_ratio_min: f64 = 1.0,
+        erase_ratio_max: f64 = 1.0,
+        erase_p: f64 = 0.0,
+        mixup_lambda_min: f64 = 0.01,
+        mixup_lambda_max: f64 = 0.05,
+        mixup_p: f64 = 0.0,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// model_config
+
+section! {
+    pub struct ModelConfig {
+        init_weights: InitWeights = InitWeights::Default,
+        /// A `.ckpt` (or SLEAP `.h5`, UNet only) to initialize the backbone from.
+        pretrained_backbone_weights: Option<String> = None,
+        pretrained_head_weights: Option<String> = None,
+        backbone_config: BackboneConfig = BackboneConfig::default(),
+        head_configs: HeadConfigs = HeadConfigs::default(),
+    }
+}
+
+section! {
+    /// Exactly one of these is set.
+    pub struct BackboneConfig {
+        unet: Option<UNetConfig> = None,
+        convnext: Option<ConvNextConfig> = None,
+        swint: Option<SwinTConfig> = None,
+    }
+}
+
+section! {
+    pub struct UNetConfig {
+        in_channels: usize = 1,
+        kernel_size: usize = 3,
+        /// Filters of the first block; each further block multiplies by `filters_rate`.
+        filters: usize = 32,
+        filters_rate: f64 = 1.5,
+        /// Sets the number of down blocks: log2(max_stride).
+        max_stride: usize = 16,
+        /// Extra down blocks for initial downsampling.
+        stem_stride: Option<usize> = None,
+        middle_block: bool = true,
+        up_interpolate: bool = true,
+        stacks: usize = 1,
+        convs_per_block: usize = 2,
+        output_stride: usize = 1,
+    }
+}
+
+section! {
+    pub struct ConvNextConfig {
+        pre_trained_weights: Option<ConvNextWeights> = None,
+        /// Explicit stage layout; overrides the `model_type` preset when set.
+        arch: Option<ConvNextArch> = None,
+        model_type: ConvNextModelType = ConvNextModelType::Tiny,
+        max_stride: usize = 32,
+        stem_patch_kernel: usize = 4,
+        stem_patch_stride: usize = 2,
+        in_channels: usize = 1,
+        kernel_size: usize = 3,
+        filters_rate: f64 = 2.0,
+        convs_per_block: usize = 2,
+        up_interpolate: bool = true,
+        output_stride: usize = 1,
+    }
+}
+
+section! {
+    /// ConvNeXt stages: blocks per stage and channels per stage. Defaults are the tiny model.
+    pub struct ConvNextArch {
+        depths: Vec<usize> = vec![3, 3, 9, 3],
+        channels: Vec<usize> = vec![96, 192, 384, 768],
+    }
+}
+
+impl ConvNextArch {
+    pub fn preset(model_type: ConvNextModelType) -> Self {
+        let (depths, channels) = match model_type {
+            ConvNextModelType::Tiny => (vec![3, 3, 9, 3], vec![96, 192, 384, 768]),
+            ConvNextModelType::Small => (vec![3, 3, 27, 3], vec![96, 192, 384, 768]),
+            ConvNextModelType::Base => (vec![3, 3, 27, 3], vec![128, 256, 512, 1024]),
+            ConvNextModelType::Large => (vec![3, 3, 27, 3], vec![192, 384, 768, 1536]),
+        };
+        ConvNextArch { depths, channels }
+    }
+}
+
+impl ConvNextConfig {
+    /// The stage layout to build: the explicit `arch`, else the `model_type` preset.
+    pub fn resolved_arch(&self) -> ConvNextArch {
+        self.arch
+            .clone()
+            .unwrap_or_else(|| ConvNextArch::preset(self.model_type))
+    }
+}
+
+section! {
+    pub struct SwinTConfig {
+        pre_trained_weights: Option<SwinTWeights> = None,
+        model_type: SwinTModelType = SwinTModelType::Tiny,
+        /// Explicit layout; overrides the `model_type` preset when set.
+        arch: Option<SwinTArch> = None,
+        max_stride: usize = 32,
+        patch_size: usize = 4,
+        stem_patch_stride: usize = 2,
+        window_size: usize = 7,
+        in_channels: usize = 1,
+        kernel_size: usize = 3,
+        filters_rate: f64 = 2.0,
+        convs_per_block: usize = 2,
+        up_interpolate: bool = true,
+        output_stride: usize = 1,
+    }
+}
+
+/// Swin Transformer layout: patch embedding width, blocks per stage, attention heads per stage.
+///
+/// The guide spells the heads key `channels` (`{'embed': 96, 'depths': [2,2,6,2],
+/// 'channels': [3, 6, 12, 24]}`); sleap-nn's model code reads `num_heads`. Both are accepted
+/// (not together) and the guide's spelling is written back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SwinTArch {
+    pub embed: usize,
+    pub depths: Vec<usize>,
+    pub num_heads: Vec<usize>,
+}
+
+impl Default for SwinTArch {
+    fn default() -> Self {
+        SwinTArch::preset(SwinTModelType::Tiny)
+    }
+}
+
+impl SwinTArch {
+    pub const FIELDS: &'static [&'static str] = &["embed", "depths", "channels", "num_heads"];
+
+    pub fn preset(model_type: SwinTModelType) -> Self {
+        let (embed, depths, num_heads) = match model_type {
+            SwinTModelType::Tiny => (96, vec![2, 2, 6, 2], vec![3, 6, 12, 24]),
+            SwinTModelType::Small => (96, vec![2, 2, 18, 2], vec![3, 6, 12, 24]),
+            SwinTModelType::Base => (128, vec![2, 2, 18, 2], vec![4, 8, 16, 32]),
+        };
+        SwinTArch {
+            embed,
+            depths,
+            num_heads,
+        }
+    }
+}
+
+impl FromNode for SwinTArch {
+    fn expected() -> String {
+        "a mapping (embed, depths, channels)".into()
+    }
+    fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
+        let entries = map_entries(node, path, cx, &Self::expected())?;
+        let mut out = SwinTArch::default();
+        let mut heads_key: Option<&str> = None;
+        for (key, value) in entries {
+            let child = join(path, &key.text);
+            cx.wrote(&child, key.mark);
+            match key.text.as_str() {
+                "embed" => {
+                    if let Some(v) = usize::from_node(value, &child, cx) {
+                        out.embed = v;
+                    }
+                }
+                "depths" => {
+                    if let Some(v) = Vec::<usize>::from_node(value, &child, cx) {
+                        out.depths = v;
+                    }
+                }
+                k @ ("channels" | "num_heads") => {
+                    if let Some(first) = heads_key {
+                        cx.error_at(
+                            &child,
+                            key.mark,
+                            format!(
+                                "`{k}` and `{first}` both give the attention heads per stage; \
+                                 write one of them"
+                            ),
+                        );
+                    }
+                    heads_key = Some(if k == "channels" {
+                        "channels"
+                    } else {
+                        "num_heads"
+                    });
+                    if let Some(v) = Vec::<usize>::from_node(value, &child, cx) {
+                        out.num_heads = v;
+                    }
+                }
+                other => cx.unknown_key(&child, key.mark, other, Self::FIELDS),
+            }
+        }
+        Some(out)
+    }
+}
+
+impl ToValue for SwinTArch {
+    fn to_value(&self) -> Value {
+        Value::Map(vec![
+            ("embed".into(), self.embed.to_value()),
+            ("depths".into(), self.depths.to_value()),
+            ("channels".into(), self.num_heads.to_value()),
+        ])
+    }
+}
+
+impl SwinTConfig {
+    /// The layout to build: the explicit `arch`, else the `model_type` preset.
+    pub fn resolved_arch(&self) -> SwinTArch {
+        self.arch
+            .clone()
+            .unwrap_or_else(|| SwinTArch::preset(self.model_type))
+    }
+}
+
+/// The backbone a config selects.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Backbone<'a> {
+    Unet(&'a UNetConfig),
+    ConvNext(&'a ConvNextConfig),
+    SwinT(&'a SwinTConfig),
+}
+
+impl Backbone<'_> {
+    /// The key under `backbone_config`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backbone::Unet(_) => "unet",
+            Backbone::ConvNext(_) => "convnext",
+            Backbone::SwinT(_) => "swint",
+        }
+    }
+
+    pub fn output_stride(&self) -> usize {
+        match self {
+            Backbone::Unet(b) => b.output_stride,
+            Backbone::ConvNext(b) => b.output_stride,
+            Backbone::SwinT(b) => b.output_stride,
+        }
+    }
+
+    pub fn max_stride(&self) -> usize {
+        match self {
+            Backbone::Unet(b) => b.max_stride,
+            Backbone::ConvNext(b) => b.max_stride,
+            Backbone::SwinT(b) => b.max_stride,
+        }
+    }
+
+    pub fn in_channels(&self) -> usize {
+        match self {
+            Backbone::Unet(b) => b.in_channels,
+            Backbone::ConvNext(b) => b.in_channels,
+            Backbone::SwinT(b) => b.in_channels,
+        }
+    }
+}
+
+impl BackboneConfig {
+    /// Every backbone that is set, in declaration order.
+    pub fn all(&self) -> Vec<Backbone<'_>> {
+        let mut out = Vec::new();
+        if let Some(b) = &self.unet {
+            out.push(Backbone::Unet(b));
+        }
+        if let Some(b) = &self.convnext {
+            out.push(Backbone::ConvNext(b));
+        }
+        if let Some(b) = &self.swint {
+            out.push(Backbone::SwinT(b));
+        }
+        out
+    }
+}
+
+// Heads. Each head type holds the sub-heads the guide lists for it, with exactly the fields
+// the guide documents for each.
+
+section! {
+    /// Exactly one of these is set.
+    pub struct HeadConfigs {
+        single_instance: Option<SingleInstanceHead> = None,
+        centroid: Option<CentroidHead> = None,
+        centered_instance: Option<CenteredInstanceHead> = None,
+        bottomup: Option<BottomUpHead> = None,
+        multi_class_bottomup: Option<MultiClassBottomUpHead> = None,
+        multi_class_topdown: Option<MultiClassTopDownHead> = None,
+    }
+}
+
+section! {
+    pub struct SingleInstanceHead {
+        confmaps: SingleInstanceConfMaps = SingleInstanceConfMaps::default(),
+    }
+}
+
+section! {
+    pub struct SingleInstanceConfMaps {
+        /// None: every node of the skeleton.
+        part_names: Option<Vec<String>> = None,
+        /// Gaussian spread in input-image pixels (after scaling).
+        sigma: f64 = 5.0,
+        output_stride: usize = 1,
+    }
+}
+
+section! {
+    pub struct CentroidHead {
+        confmaps: CentroidConfMaps = CentroidConfMaps::default(),
+    }
+}
+
+section! {
+    pub struct CentroidConfMaps {
+        /// None: the midpoint of the instance's bounding box.
+        anchor_part: Option<String> = None,
+        sigma: f64 = 5.0,
+        output_stride: usize = 1,
+    }
+}
+
+section! {
+    pub struct CenteredInstanceHead {
+        confmaps: CenteredInstanceConfMaps = CenteredInstanceConfMaps::default(),
+    }
+}
+
+section! {
+    pub struct CenteredInstanceConfMaps {
+        part_names: Option<Vec<String>> = None,
+        anchor_part: Option<String> = None,
+        sigma: f64 = 5.0,
+        output_stride: usize = 1,
+    }
+}
+
+section! {
+    pub struct BottomUpHead {
+        confmaps: BottomUpConfMaps = BottomUpConfMaps::default(),
+        pafs: PafConfig = PafConfig::default(),
+    }
+}
+
+section! {
+    pub struct BottomUpConfMaps {
+        part_names: Option<Vec<String>> = None,
+        sigma: f64 = 5.0,
+        output_stride: usize = 1,
+        loss_weight: Option<f64> = None,
+    }
+}
+
+section! {
+    /// Part affinity fields.
+    pub struct PafConfig {
+        /// None: the skeleton's edges.
+        edges: Option<Vec<PafEdge>> = None,
+        sigma: f64 = 15.0,
+        output_stride: usize = 1,
+        loss_weight: Option<f64> = None,
+    }
+}
+
+/// One end of a skeleton edge: a node name, or a node index into the skeleton.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeRef {
+    Name(String),
+    Index(usize),
+}
+
+impl std::fmt::Display for NodeRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeRef::Name(n) => f.write_str(n),
+            NodeRef::Index(i) => write!(f, "#{i}"),
+        }
+    }
+}
+
+/// A `[source, destination]` edge for part affinity fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PafEdge {
+    pub src: NodeRef,
+    pub dst: NodeRef,
+}
+
+impl NodeRef {
+    fn from_scalar(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
+        match &node.kind {
+            NodeKind::Scalar { text, quoted } if !node.is_null() => {
+                if *quoted {
+                    return Some(NodeRef::Name(text.clone()));
+                }
+                match text.trim().parse::<i64>() {
+                    Ok(i) => match usize::try_from(i) {
+                        Ok(i) => Some(NodeRef::Index(i)),
+                        Err(_) => {
+                            cx.error_at(
+                                path,
+                                node.mark,
+                                format!("node index must not be negative, got {i}"),
+                            );
+                            None
+                        }
+                    },
+                    Err(_) => Some(NodeRef::Name(text.clone())),
+                }
+            }
+            _ => {
+                cx.type_error(node, path, "a node name or index");
+                None
+            }
+        }
+    }
+}
+
+impl FromNode for PafEdge {
+    fn expected() -> String {
+        "a [source, destination] pair".into()
+    }
+    fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
+        match &node.kind {
+            NodeKind::Seq(items) if items.len() == 2 => {
+                let src = NodeRef::from_scalar(&items[0], &format!("{path}[0]"), cx);
+                let dst = NodeRef::from_scalar(&items[1], &format!("{path}[1]"), cx);
+                Some(PafEdge {
+                    src: src?,
+                    dst: dst?,
+                })
+            }
+            NodeKind::Seq(items) => {
+                cx.error_at(
+                    path,
+                    node.mark,
+                    format!(
+                        "an edge is a [source, destination] pair of node names or indices, \
+                         got {} items",
+                        items.len()
+                    ),
+                );
+                None
+            }
+            _ => {
+                cx.type_error(
+                    node,
+                    path,
+                    "a [source, destination] pair of node names or indices",
+                );
+                None
+            }
+        }
+    }
+}
+
+impl ToValue for NodeRef {
+    fn to_value(&self) -> Value {
+        match self {
+            NodeRef::Name(n) => Value::Str(n.clone()),
+            NodeRef::Index(i) => Value::Int(*i as i64),
+        }
+    }
+}
+
+impl ToValue for PafEdge {
+    fn to_value(&self) -> Value {
+        Value::List(vec![self.src.to_value(), self.dst.to_value()])
+    }
+}
+
+section! {
+    pub struct MultiClassBottomUpHead {
+        confmaps: BottomUpConfMaps = BottomUpConfMaps::default(),
+        class_maps: ClassMapsConfig = ClassMapsConfig::default(),
+    }
+}
+
+section! {
+    pub struct ClassMapsConfig {
+        /// Class (track) names; None: the track names of the labels file.
+        classes: Option<Vec<String>> = None,
+        sigma: f64 = 5.0,
+        output_stride: usize = 1,
+        loss_weight: Option<f64> = None,
+    }
+}
+
+section! {
+    pub struct MultiClassTopDownHead {
+        confmaps: MultiClassTopDownConfMaps = MultiClassTopDownConfMaps::default(),
+        class_vectors: ClassVectorsConfig = ClassVectorsConfig::default(),
+    }
+}
+
+section! {
+    pub struct MultiClassTopDownConfMaps {
+        part_names: Option<Vec<String>> = None,
+        anchor_part: Option<String> = None,
+        sigma: f64 = 5.0,
+        output_stride: usize = 1,
+        loss_weight: Option<f64> = None,
+    }
+}
+
+section! {
+    pub struct ClassVectorsConfig {
+        classes: Option<Vec<String>> = None,
+        num_fc_layers: usize = 1,
+        num_fc_units: usize = 64,
+        global_pool: bool = true,
+        /// Taken from the encoder's last layer, so equal to the backbone's max_stride.
+        output_stride: usize = 16,
+        loss_weight: Option<f64> = None,
+    }
+}
+
+/// Which kind of model the head configuration trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HeadKind {
+    SingleInstance,
+    Centroid,
+    CenteredInstance,
+    BottomUp,
+    MultiClassBottomUp,
+    MultiClassTopDown,
+}
+
+impl HeadKind {
+    pub const ALL: [HeadKind; 6] = [
+        HeadKind::SingleInstance,
+        HeadKind::Centroid,
+        HeadKind::CenteredInstance,
+        HeadKind::BottomUp,
+        HeadKind::MultiClassBottomUp,
+        HeadKind::MultiClassTopDown,
+    ];
+
+    /// The key under `head_configs`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            HeadKind::SingleInstance => "single_instance",
+            HeadKind::Centroid => "centroid",
+            HeadKind::CenteredInstance => "centered_instance",
+            HeadKind::BottomUp => "bottomup",
+            HeadKind::MultiClassBottomUp => "multi_class_bottomup",
+            HeadKind::MultiClassTopDown => "multi_class_topdown",
+        }
+    }
+}
+
+impl std::fmt::Display for HeadKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One output of a head: its dotted path under `head_configs`, output stride and sigma.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeadOutput {
+    pub path: String,
+    pub output_stride: usize,
+    pub sigma: Option<f64>,
+}
+
+impl HeadConfigs {
+    /// Every head type that is set, in declaration order.
+    pub fn kinds(&self) -> Vec<HeadKind> {
+        HeadKind::ALL
+            .into_iter()
+            .filter(|k| self.is_set(*k))
+            .collect()
+    }
+
+    pub fn is_set(&self, kind: HeadKind) -> bool {
+        match kind {
+            HeadKind::SingleInstance => self.single_instance.is_some(),
+            HeadKind::Centroid => self.centroid.is_some(),
+            HeadKind::CenteredInstance => self.centered_instance.is_some(),
+            HeadKind::BottomUp => self.bottomup.is_some(),
+            HeadKind::MultiClassBottomUp => self.multi_class_bottomup.is_some(),
+            HeadKind::MultiClassTopDown => self.multi_class_topdown.is_some(),
+        }
+    }
+
+    /// The outputs (confidence maps, PAFs, class maps, class vectors) of every head set.
+    pub fn outputs(&self) -> Vec<HeadOutput> {
+        let base = "model_config.head_configs";
+        let out = |path: &str, output_stride: usize, sigma: Option<f64>| HeadOutput {
+            path: format!("{base}.{path}"),
+            output_stride,
+            sigma,
+        };
+        let mut v = Vec::new();
+        if let Some(h) = &self.single_instance {
+            let c = &h.confmaps;
+            v.push(out(
+                "single_instance.confmaps",
+                c.output_stride,
+                Some(c.sigma),
+            ));
+        }
+        if let Some(h) = &self.centroid {
+            let c = &h.confmaps;
+            v.push(out("centroid.confmaps", c.output_stride, Some(c.sigma)));
+        }
+        if let Some(h) = &self.centered_instance {
+            let c = &h.confmaps;
+            v.push(out(
+                "centered_instance.confmaps",
+                c.output_stride,
+                Some(c.sigma),
+            ));
+        }
+        if let Some(h) = &self.bottomup {
+            let (c, p) = (&h.confmaps, &h.pafs);
+            v.push(out("bottomup.confmaps", c.output_stride, Some(c.sigma)));
+            v.push(out("bottomup.pafs", p.output_stride, Some(p.sigma)));
+        }
+        if let Some(h) = &self.multi_class_bottomup {
+            let (c, m) = (&h.confmaps, &h.class_maps);
+            v.push(out(
+                "multi_class_bottomup.confmaps",
+                c.output_stride,
+                Some(c.sigma),
+            ));
+            v.push(out(
+                "multi_class_bottomup.class_maps",
+                m.output_stride,
+                Some(m.sigma),
+            ));
+        }
+        if let Some(h) = &self.multi_class_topdown {
+            let (c, cv) = (&h.confmaps, &h.class_vectors);
+            v.push(out(
+                "multi_class_topdown.confmaps",
+                c.output_stride,
+                Some(c.sigma),
+            ));
+            v.push(out(
+                "multi_class_topdown.class_vectors",
+                cv.output_stride,
+                None,
+            ));
+        }
+        v
+    }
+
+    /// Every `loss_weight` that is written, with its path.
+    fn loss_weights(&self) -> Vec<(String, f64)> {
+        let base = "model_config.head_configs";
+        let mut v = Vec::new();
+        let mut push = |path: &str, w: Option<f64>| {
+            if let Some(w) = w {
+                v.push((format!("{base}.{path}.loss_weight"), w));
+            }
+        };
+        if let Some(h) = &self.bottomup {
+            push("bottomup.confmaps", h.confmaps.loss_weight);
+            push("bottomup.pafs", h.pafs.loss_weight);
+        }
+        if let Some(h) = &self.multi_class_bottomup {
+            push("multi_class_bottomup.confmaps", h.confmaps.loss_weight);
+            push("multi_class_bottomup.class_maps", h.class_maps.loss_weight);
+        }
+        if let Some(h) = &self.multi_class_topdown {
+            push("multi_class_topdown.confmaps", h.confmaps.loss_weight);
+            push(
+                "multi_class_topdown.class_vectors",
+                h.class_vectors.loss_weight,
+            );
+        }
+        v
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// trainer_config
+
+section! {
+    pub struct TrainerConfig {
+        train_data_loader: TrainDataLoaderConfig = TrainDataLoaderConfig::default(),
+        val_data_loader: ValDataLoaderConfig = ValDataLoaderConfig::default(),
+        model_ckpt: ModelCkptConfig = ModelCkptConfig::default(),
+        /// None: "auto", or the length of `trainer_device_indices` when that is set.
+        trainer_devices: Option<TrainerDevices> = None,
+        /// Overrides `trainer_devices` when set.
+        trainer_device_indices: Option<Vec<usize>> = None,
+        trainer_accelerator: Accelerator = Accelerator::Auto,
+        profiler: Option<Profiler> = None,
+        /// Any Lightning strategy name ("auto", "ddp", "fsdp", ...).
+        trainer_strategy: String = "auto".into(),
+        enable_progress_bar: bool = true,
+        min_train_steps_per_epoch: usize = 200,
+        /// None: max(batches in the training data, min_train_steps_per_epoch).
+        train_steps_per_epoch: Option<usize> = None,
+        visualize_preds_during_training: bool = false,
+        keep_viz: bool = false,
+        max_epochs: usize = 10,
+        /// None: no seeding.
+        seed: Option<i64> = None,
+        use_wandb: bool = false,
+        save_ckpt: bool = false,
+        /// Checkpoints go to `<ckpt_dir>/<run_name>`; None: the working directory.
+        ckpt_dir: Option<String> = None,
+        /// None: `<timestamp>_<head_name>`.
+        run_name: Option<String> = None,
+        resume_ckpt_path: Option<String> = None,
+        optimizer_name: OptimizerName = OptimizerName::Adam,
+        optimizer: OptimizerConfig = OptimizerConfig::default(),
+        /// Reduce-on-plateau unless configured otherwise; null: constant learning rate.
+        lr_scheduler: Option<LrSchedulerConfig> = Some(LrSchedulerConfig {
+            step_lr: None,
+            reduce_lr_on_plateau: Some(ReduceLrOnPlateauConfig::default()),
+        }),
+        early_stopping: Option<EarlyStoppingConfig> = Some(EarlyStoppingConfig::default()),
+        online_hard_keypoint_mining: Option<OhkmConfig> = Some(OhkmConfig::default()),
+        /// Only used when `use_wandb` is true.
+        wandb: Option<WandbConfig> = Some(WandbConfig::default()),
+        /// Log publishing and remote control (the SLEAP GUI).
+        zmq: Option<ZmqConfig> = Some(ZmqConfig::default()),
+    }
+}
+
+section! {
+    pub struct TrainDataLoaderConfig {
+        batch_size: usize = 1,
+        shuffle: bool = true,
+        /// 0: load in the main process.
+        num_workers: usize = 0,
+    }
+}
+
+section! {
+    /// Like the training loader, but not shuffled by default.
+    pub struct ValDataLoaderConfig {
+        batch_size: usize = 1,
+        shuffle: bool = false,
+        num_workers: usize = 0,
+    }
+}
+
+section! {
+    pub struct ModelCkptConfig {
+        /// Best k by validation loss; 0: none; -1: all.
+        save_top_k: i64 = 1,
+        save_last: Option<bool> = None,
+    }
+}
+
+/// `trainer_devices`: a device count or "auto" (null is handled by the `Option` around it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrainerDevices {
+    Count(usize),
+    Auto,
+}
+
+impl FromNode for TrainerDevices {
+    fn expected() -> String {
+        "a device count or \"auto\"".into()
+    }
+    fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
+        if let NodeKind::Scalar { text, .. } = &node.kind {
+            if text == "auto" {
+                return Some(TrainerDevices::Auto);
+            }
+            if let Ok(n) = text.trim().parse::<usize>() {
+                return Some(TrainerDevices::Count(n));
+            }
+        }
+        cx.type_error(node, path, &Self::expected());
+        None
+    }
+}
+
+impl ToValue for TrainerDevices {
+    fn to_value(&self) -> Value {
+        match self {
+            TrainerDevices::Count(n) => n.to_value(),
+            TrainerDevices::Auto => Value::Str("auto".into()),
+        }
+    }
+}
+
+section! {
+    pub struct OptimizerConfig {
+        lr: f64 = 1e-4,
+        amsgrad: bool = false,
+    }
+}
+
+section! {
+    /// At most one scheduler is set. Written without one of the two keys, that scheduler is
+    /// off: `lr_scheduler: {step_lr: ...}` means step decay alone.
+    pub struct LrSchedulerConfig {
+        step_lr: Option<StepLrConfig> = None,
+        reduce_lr_on_plateau: Option<ReduceLrOnPlateauConfig> = None,
+    }
+}
+
+section! {
+    pub struct StepLrConfig {
+        /// Epochs between decays.
+        step_size: usize = 10,
+        gamma: f64 = 0.1,
+    }
+}
+
+section! {
+    pub struct ReduceLrOnPlateauConfig {
+        threshold: f64 = 1e-6,
+        threshold_mode: ThresholdMode = ThresholdMode::Abs,
+        cooldown: usize = 3,
+        patience: usize = 5,
+        factor: f64 = 0.5,
+        min_lr: MinLr = MinLr::All(1e-8),
+    }
+}
+
+/// `min_lr`: one floor for every parameter group, or one per group.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MinLr {
+    All(f64),
+    PerGroup(Vec<f64>),
+}
+
+impl MinLr {
+    pub fn values(&self) -> Vec<f64> {
+        match self {
+            MinLr::All(v) => vec![*v],
+            MinLr::PerGroup(vs) => vs.clone(),
+        }
+    }
+}
+
+impl FromNode for MinLr {
+    fn expected() -> String {
+        "a number or a list of numbers".into()
+    }
+    fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
+        match &node.kind {
+            NodeKind::Seq(_) => Vec::<f64>::from_node(node, path, cx).map(MinLr::PerGroup),
+            NodeKind::Scalar { .. } => f64::from_node(node, path, cx).map(MinLr::All),
+            NodeKind::Map(_) => {
+                cx.type_error(node, path, &Self::expected());
+                None
+            }
+        }
+    }
+}
+
+impl ToValue for MinLr {
+    fn to_value(&self) -> Value {
+        match self {
+            MinLr::All(v) => v.to_value(),
+            MinLr::PerGroup(vs) => vs.to_value(),
+        }
+    }
+}
+
+section! {
+    pub struct EarlyStoppingConfig {
+        stop_training_on_plateau: bool = true,
+        min_delta: f64 = 1e-8,
+        patience: usize = 10,
+    }
+}
+
+section! {
+    /// Online hard keypoint mining: up-weights the loss of the hardest keypoints.
+    pub struct OhkmConfig {
+        online_mining: bool = false,
+        hard_to_easy_ratio: f64 = 2.0,
+        min_hard_keypoints: usize = 2,
+        max_hard_keypoints: Option<usize> = None,
+        loss_scale: f64 = 5.0,
+    }
+}
+
+section! {
+    pub struct WandbConfig {
+        entity: Option<String> = None,
+        project: Option<String> = None,
+        name: Option<String> = None,
+        /// Never written back out (see [`ApiKey`]).
+        api_key: Option<ApiKey> = None,
+        save_viz_imgs_wandb: bool = false,
+        /// "offline" for local logging only.
+        wandb_mode: Option<String> = None,
+        prv_runid: Option<String> = None,
+        group: Option<String> = None,
+        /// None: delete when logging online, keep when offline.
+        delete_local_logs: Option<bool> = None,
+    }
+}
+
+/// A W&B API key. It is masked wherever a config is shown or saved: `Debug` prints `***` and
+/// the YAML writer emits null (the key then comes from `WANDB_API_KEY`), so a resolved config
+/// stored beside a checkpoint never carries the secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(pub String);
+
+impl ApiKey {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
+}
+
+impl FromNode for ApiKey {
+    fn expected() -> String {
+        String::expected()
+    }
+    fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
+        String::from_node(node, path, cx).map(ApiKey)
+    }
+}
+
+impl ToValue for ApiKey {
+    fn to_value(&self) -> Value {
+        Value::Null
+    }
+}
+
+section! {
+    pub struct ZmqConfig {
+        /// Training logs are published on tcp://127.0.0.1:<port>; None: off.
+        publish_port: Option<usize> = None,
+        /// Stop/pause commands are received on tcp://127.0.0.1:<port>; None: off.
+        controller_port: Option<usize> = None,
+        /// Microseconds.
+        controller_polling_timeout: usize = 10,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// semantic checks
+
+fn probability(cx: &mut Ctx, path: &str, v: f64) {
+    cx.check((0.0..=1.0).contains(&v), path, || {
+        format!("is a probability and must be between 0 and 1, got {v}")
+    });
+}
+
+fn positive(cx: &mut Ctx, path: &str, v: usize) {
+    cx.check(v > 0, path, || "must be at least 1, got 0".to_string());
+}
+
+fn positive_f(cx: &mut Ctx, path: &str, v: f64) {
+    cx.check(v > 0.0 && v.is_finite(), path, || {
+        format!("must be a positive number, got {v}")
+    });
+}
+
+fn non_negative_f(cx: &mut Ctx, path: &str, v: f64) {
+    cx.check(v >= 0.0 && v.is_finite(), path, || {
+        format!("must not be negative, got {v}")
+    });
+}
+
+fn at_most(cx: &mut Ctx, path: &str, v: f64, max: f64) {
+    cx.check(v <= max, path, || format!("must be at most {max}, got {v}"));
+}
+
+fn at_least(cx: &mut Ctx, path: &str, v: f64, min: f64) {
+    cx.check(v >= min, path, || {
+        format!("must be at least {min}, got {v}")
+    });
+}
+
+/// `<prefix>.<name>_min <= <prefix>.<name>_max`, reported at the min key.
+fn min_max(cx: &mut Ctx, prefix: &str, name: &str, min: f64, max: f64) {
+    cx.check(min <= max, &format!("{prefix}.{name}_min"), || {
+        format!("{name}_min ({min}) is greater than {name}_max ({max})")
+    });
+}
+
+fn power_of_two(cx: &mut Ctx, path: &str, v: usize) {
+    cx.check(v.is_power_of_two(), path, || {
+        format!("must be a power of two (1, 2, 4, 8, 16, 32, ...), got {v}")
+    });
+}
+
+fn list_names(names: &[&str]) -> String {
+    match names.len() {
+        0 => String::new(),
+        1 => names[0].to_string(),
+        n => format!("{} and {}", names[..n - 1].join(", "), names[n - 1]),
     }
 }
 
 impl SleapNnConfig {
-    pub fn validate(&self, _cx: &mut Ctx) {}
-
-    pub fn summary(&self) -> String {
-        self.name.clone()
+    /// The one head type set, if exactly one is.
+    pub fn head_kind(&self) -> Option<HeadKind> {
+        match self.model_config.head_configs.kinds().as_slice() {
+            [k] => Some(*k),
+            _ => None,
+        }
     }
+
+    /// The one backbone set, if exactly one is.
+    pub fn backbone(&self) -> Option<Backbone<'_>> {
+        match self.model_config.backbone_config.all().as_slice() {
+            [b] => Some(*b),
+            _ => None,
+        }
+    }
+
+    /// Checks beyond types: one backbone and one head, consistent strides, ranges.
+    pub fn validate(&self, cx: &mut Ctx) {
+        self.validate_data(cx);
+        self.validate_model(cx);
+        self.validate_trainer(cx);
+    }
+
+    fn validate_data(&self, cx: &mut Ctx) {
+        let d = &self.data_config;
+        cx.check(
+            !d.train_labels_path.is_empty(),
+            "data_config.train_labels_path",
+            || "no training labels; list at least one .slp or .pkg.slp file".to_string(),
+        );
+        for (i, p) in d.train_labels_path.iter().enumerate() {
+            cx.check(
+                !p.trim().is_empty(),
+                &format!("data_config.train_labels_path[{i}]"),
+                || "empty path".to_string(),
+            );
+        }
+        if let Some(v) = &d.val_labels_path {
+            for (i, p) in v.iter().enumerate() {
+                cx.check(
+                    !p.trim().is_empty(),
+                    &format!("data_config.val_labels_path[{i}]"),
+                    || "empty path".to_string(),
+                );
+            }
+        }
+        cx.check(
+            (0.0..=1.0).contains(&d.validation_fraction),
+            "data_config.validation_fraction",
+            || format!("must be between 0 and 1, got {}", d.validation_fraction),
+        );
+
+        let p = &d.preprocessing;
+        let pp = "data_config.preprocessing";
+        cx.check(!(p.ensure_rgb && p.ensure_grayscale), pp, || {
+            "ensure_rgb and ensure_grayscale are both true; an image cannot be made both \
+             3-channel and 1-channel"
+                .to_string()
+        });
+        positive_f(cx, &format!("{pp}.scale"), p.scale);
+        for (key, v) in [
+            ("max_height", p.max_height),
+            ("max_width", p.max_width),
+            ("crop_size", p.crop_size),
+            ("min_crop_size", p.min_crop_size),
+        ] {
+            if let Some(v) = v {
+                positive(cx, &format!("{pp}.{key}"), v);
+            }
+        }
+
+        if let Some(aug) = &d.augmentation_config {
+            let ap = "data_config.augmentation_config";
+            if let Some(i) = &aug.intensity {
+                let ip = format!("{ap}.intensity");
+                for (key, v) in [
+                    ("uniform_noise_p", i.uniform_noise_p),
+                    ("gaussian_noise_p", i.gaussian_noise_p),
+                    ("contrast_p", i.contrast_p),
+                    ("brightness_p", i.brightness_p),
+                ] {
+                    probability(cx, &format!("{ip}.{key}"), v);
+                }
+                non_negative_f(cx, &format!("{ip}.uniform_noise_min"), i.uniform_noise_min);
+                at_most(
+                    cx,
+                    &format!("{ip}.uniform_noise_max"),
+                    i.uniform_noise_max,
+                    1.0,
+                );
+                min_max(
+                    cx,
+                    &ip,
+                    "uniform_noise",
+                    i.uniform_noise_min,
+                    i.uniform_noise_max,
+                );
+                non_negative_f(
+                    cx,
+                    &format!("{ip}.gaussian_noise_std"),
+                    i.gaussian_noise_std,
+                );
+                non_negative_f(cx, &format!("{ip}.contrast_min"), i.contrast_min);
+                min_max(cx, &ip, "contrast", i.contrast_min, i.contrast_max);
+                non_negative_f(cx, &format!("{ip}.brightness_min"), i.brightness_min);
+                at_most(cx, &format!("{ip}.brightness_max"), i.brightness_max, 2.0);
+                min_max(cx, &ip, "brightness", i.brightness_min, i.brightness_max);
+            }
+            if let Some(g) = &aug.geometric {
+                let gp = format!("{ap}.geometric");
+                for (key, v) in [
+                    ("affine_p", Some(g.affine_p)),
+                    ("rotation_p", g.rotation_p),
+                    ("scale_p", g.scale_p),
+                    ("translate_p", g.translate_p),
+                    ("erase_p", Some(g.erase_p)),
+                    ("mixup_p", Some(g.mixup_p)),
+                ] {
+                    if let Some(v) = v {
+                        probability(cx, &format!("{gp}.{key}"), v);
+                    }
+                }
+                at_least(cx, &format!("{gp}.rotation_min"), g.rotation_min, -180.0);
+                at_most(cx, &format!("{gp}.rotation_max"), g.rotation_max, 180.0);
+                min_max(cx, &gp, "rotation", g.rotation_min, g.rotation_max);
+                positive_f(cx, &format!("{gp}.scale_min"), g.scale_min);
+                min_max(cx, &gp, "scale", g.scale_min, g.scale_max);
+                for (key, v) in [
+                    ("translate_width", g.translate_width),
+                    ("translate_height", g.translate_height),
+                ] {
+                    cx.check((0.0..=1.0).contains(&v), &format!("{gp}.{key}"), || {
+                        format!(
+                            "is a fraction of the image size and must be between 0 and 1, got {v}"
+                        )
+                    });
+                }
+                for (key, v) in [
+                    ("erase_scale_min", g.erase_scale_min),
+                    ("erase_scale_max", g.erase_scale_max),
+                ] {
+                    cx.check((0.0..=1.0).contains(&v), &format!("{gp}.{key}"), || {
+                        format!(
+                            "is a fraction of the image area and must be between 0 and 1, got {v}"
+                        )
+                    });
+                }
+                min_max(cx, &gp, "erase_scale", g.erase_scale_min, g.erase_scale_max);
+                positive_f(cx, &format!("{gp}.erase_ratio_min"), g.erase_ratio_min);
+                min_max(cx, &gp, "erase_ratio", g.erase_ratio_min, g.erase_ratio_max);
+                non_negative_f(cx, &format!("{gp}.mixup_lambda_min"), g.mixup_lambda_min);
+                at_most(
+                    cx,
+                    &format!("{gp}.mixup_lambda_max"),
+                    g.mixup_lambda_max,
+                    1.0,
+                );
+                min_max(
+                    cx,
+                    &gp,
+                    "mixup_lambda",
+                    g.mixup_lambda_min,
+                    g.mixup_lambda_max,
+                );
+            }
+        }
+    }
+
+    fn validate_model(&self, cx: &mut Ctx) {
+        let m = &self.model_config;
+        let bp = "model_config.backbone_config";
+        let backbones = m.backbone_config.all();
+        let names: Vec<&str> = backbones.iter().map(Backbone::name).collect();
+        match backbones.len() {
+            0 => cx.error(
+                bp,
+                "no backbone is set; configure exactly one of unet, convnext or swint",
+            ),
+            1 => {}
+            _ => cx.error(
+                bp,
+                format!(
+                    "{} backbones are set ({}); configure exactly one and set the others to null",
+                    backbones.len(),
+                    list_names(&names)
+                ),
+            ),
+        }
+
+        if let Some(u) = &m.backbone_config.unet {
+            let p = format!("{bp}.unet");
+            positive(cx, &format!("{p}.in_channels"), u.in_channels);
+            positive(cx, &format!("{p}.kernel_size"), u.kernel_size);
+            positive(cx, &format!("{p}.filters"), u.filters);
+            positive_f(cx, &format!("{p}.filters_rate"), u.filters_rate);
+            positive(cx, &format!("{p}.stacks"), u.stacks);
+            positive(cx, &format!("{p}.convs_per_block"), u.convs_per_block);
+            if let Some(s) = u.stem_stride {
+                power_of_two(cx, &format!("{p}.stem_stride"), s);
+            }
+            check_backbone_strides(cx, &p, u.output_stride, u.max_stride);
+        }
+        if let Some(c) = &m.backbone_config.convnext {
+            let p = format!("{bp}.convnext");
+            positive(cx, &format!("{p}.in_channels"), c.in_channels);
+            positive(cx, &format!("{p}.kernel_size"), c.kernel_size);
+            positive(cx, &format!("{p}.stem_patch_kernel"), c.stem_patch_kernel);
+            positive(cx, &format!("{p}.stem_patch_stride"), c.stem_patch_stride);
+            positive_f(cx, &format!("{p}.filters_rate"), c.filters_rate);
+            positive(cx, &format!("{p}.convs_per_block"), c.convs_per_block);
+            if let Some(a) = &c.arch {
+                let ap = format!("{p}.arch");
+                check_stages(cx, &ap, &a.depths, "channels", &a.channels);
+            }
+            check_backbone_strides(cx, &p, c.output_stride, c.max_stride);
+        }
+        if let Some(s) = &m.backbone_config.swint {
+            let p = format!("{bp}.swint");
+            positive(cx, &format!("{p}.in_channels"), s.in_channels);
+            positive(cx, &format!("{p}.kernel_size"), s.kernel_size);
+            positive(cx, &format!("{p}.patch_size"), s.patch_size);
+            positive(cx, &format!("{p}.stem_patch_stride"), s.stem_patch_stride);
+            positive(cx, &format!("{p}.window_size"), s.window_size);
+            positive_f(cx, &format!("{p}.filters_rate"), s.filters_rate);
+            positive(cx, &format!("{p}.convs_per_block"), s.convs_per_block);
+            if let Some(a) = &s.arch {
+                let ap = format!("{p}.arch");
+                positive(cx, &format!("{ap}.embed"), a.embed);
+                if check_stages(cx, &ap, &a.depths, "channels", &a.num_heads) {
+                    // Stage i works at width embed * 2^i, split evenly across its heads.
+                    for (i, &h) in a.num_heads.iter().enumerate() {
+                        let width = a.embed << i;
+                        cx.check(width % h == 0, &format!("{ap}.channels"), || {
+                            format!(
+                                "stage {i} has width {width} (embed {} x 2^{i}), which {h} \
+                                 attention heads do not divide",
+                                a.embed
+                            )
+                        });
+                    }
+                }
+            }
+            check_backbone_strides(cx, &p, s.output_stride, s.max_stride);
+        }
+
+        let hp = "model_config.head_configs";
+        let heads = &m.head_configs;
+        let kinds = heads.kinds();
+        match kinds.len() {
+            0 => cx.error(
+                hp,
+                "no head is set; configure exactly one of single_instance, centroid, \
+                 centered_instance, bottomup, multi_class_bottomup or multi_class_topdown",
+            ),
+            1 => {}
+            _ => {
+                let names: Vec<&str> = kinds.iter().map(HeadKind::as_str).collect();
+                cx.error(
+                    hp,
+                    format!(
+                        "{} head types are set ({}); a config trains one model, so configure \
+                         exactly one and set the others to null",
+                        kinds.len(),
+                        list_names(&names)
+                    ),
+                );
+            }
+        }
+
+        let backbone = self.backbone();
+        for out in heads.outputs() {
+            let sp = format!("{}.output_stride", out.path);
+            if let Some(sigma) = out.sigma {
+                positive_f(cx, &format!("{}.sigma", out.path), sigma);
+            }
+            if !out.output_stride.is_power_of_two() {
+                power_of_two(cx, &sp, out.output_stride);
+                continue;
+            }
+            let Some(b) = backbone else { continue };
+            let (bos, bms) = (b.output_stride(), b.max_stride());
+            if out.path.ends_with("class_vectors") {
+                cx.check(out.output_stride == bms, &sp, || {
+                    format!(
+                        "class vectors are read from the encoder's last layer, so output_stride \
+                         must equal the {} backbone's max_stride {bms}, got {}",
+                        b.name(),
+                        out.output_stride
+                    )
+                });
+                continue;
+            }
+            cx.check(out.output_stride >= bos, &sp, || {
+                format!(
+                    "{} is finer than the {} backbone's output_stride {bos}; the head can only \
+                     use a stride >= the backbone's (or lower backbone_config.{}.output_stride)",
+                    out.output_stride,
+                    b.name(),
+                    b.name()
+                )
+            });
+            cx.check(out.output_stride <= bms, &sp, || {
+                format!(
+                    "{} is coarser than the {} backbone's max_stride {bms}",
+                    out.output_stride,
+                    b.name()
+                )
+            });
+        }
+        if let Some(h) = &heads.multi_class_topdown {
+            let p = format!("{hp}.multi_class_topdown.class_vectors");
+            positive(
+                cx,
+                &format!("{p}.num_fc_layers"),
+                h.class_vectors.num_fc_layers,
+            );
+            positive(
+                cx,
+                &format!("{p}.num_fc_units"),
+                h.class_vectors.num_fc_units,
+            );
+        }
+        for (path, w) in heads.loss_weights() {
+            non_negative_f(cx, &path, w);
+        }
+        for (path, classes) in [
+            (
+                "multi_class_bottomup.class_maps.classes",
+                heads
+                    .multi_class_bottomup
+                    .as_ref()
+                    .and_then(|h| h.class_maps.classes.as_ref()),
+            ),
+            (
+                "multi_class_topdown.class_vectors.classes",
+                heads
+                    .multi_class_topdown
+                    .as_ref()
+                    .and_then(|h| h.class_vectors.classes.as_ref()),
+            ),
+        ] {
+            if let Some(c) = classes {
+                cx.check(!c.is_empty(), &format!("{hp}.{path}"), || {
+                    "an empty list names no classes; use null to take the track names from \
+                     the labels"
+                        .to_string()
+                });
+            }
+        }
+    }
+
+    fn validate_trainer(&self, cx: &mut Ctx) {
+        let t = &self.trainer_config;
+        let tp = "trainer_config";
+        positive(
+            cx,
+            &format!("{tp}.train_data_loader.batch_size"),
+            t.train_data_loader.batch_size,
+        );
+        positive(
+            cx,
+            &format!("{tp}.val_data_loader.batch_size"),
+            t.val_data_loader.batch_size,
+        );
+        cx.check(
+            t.model_ckpt.save_top_k >= -1,
+            &format!("{tp}.model_ckpt.save_top_k"),
+            || {
+                format!(
+                    "must be -1 (keep all), 0 (keep none) or a positive count, got {}",
+                    t.model_ckpt.save_top_k
+                )
+            },
+        );
+        if let Some(TrainerDevices::Count(n)) = t.trainer_devices {
+            positive(cx, &format!("{tp}.trainer_devices"), n);
+        }
+        if let Some(ix) = &t.trainer_device_indices {
+            let p = format!("{tp}.trainer_device_indices");
+            cx.check(!ix.is_empty(), &p, || {
+                "an empty list selects no device; use null to count from device 0".to_string()
+            });
+            let mut seen = std::collections::HashSet::new();
+            let dup = ix.iter().find(|i| !seen.insert(**i));
+            if let Some(d) = dup {
+                cx.error(&p, format!("device {d} is listed twice"));
+            }
+        }
+        cx.check(
+            !t.trainer_strategy.trim().is_empty(),
+            &format!("{tp}.trainer_strategy"),
+            || "must name a strategy (\"auto\", \"ddp\", \"fsdp\", ...)".to_string(),
+        );
+        if let Some(n) = t.train_steps_per_epoch {
+            positive(cx, &format!("{tp}.train_steps_per_epoch"), n);
+        }
+        positive(cx, &format!("{tp}.max_epochs"), t.max_epochs);
+        positive_f(cx, &format!("{tp}.optimizer.lr"), t.optimizer.lr);
+
+        if let Some(s) = &t.lr_scheduler {
+            let sp = format!("{tp}.lr_scheduler");
+            cx.check(
+                !(s.step_lr.is_some() && s.reduce_lr_on_plateau.is_some()),
+                &sp,
+                || {
+                    "step_lr and reduce_lr_on_plateau are both set; configure one scheduler \
+                     and set the other to null"
+                        .to_string()
+                },
+            );
+            if let Some(st) = &s.step_lr {
+                positive(cx, &format!("{sp}.step_lr.step_size"), st.step_size);
+                positive_f(cx, &format!("{sp}.step_lr.gamma"), st.gamma);
+            }
+            if let Some(r) = &s.reduce_lr_on_plateau {
+                let rp = format!("{sp}.reduce_lr_on_plateau");
+                non_negative_f(cx, &format!("{rp}.threshold"), r.threshold);
+                cx.check(
+                    r.factor > 0.0 && r.factor < 1.0,
+                    &format!("{rp}.factor"),
+                    || {
+                        format!(
+                        "must be between 0 and 1 (exclusive): the rate is multiplied by it, got {}",
+                        r.factor
+                    )
+                    },
+                );
+                for v in r.min_lr.values() {
+                    non_negative_f(cx, &format!("{rp}.min_lr"), v);
+                }
+                if let MinLr::PerGroup(v) = &r.min_lr {
+                    cx.check(!v.is_empty(), &format!("{rp}.min_lr"), || {
+                        "an empty list gives no floor; write one number for all groups".to_string()
+                    });
+                }
+            }
+        }
+        if let Some(e) = &t.early_stopping {
+            non_negative_f(cx, &format!("{tp}.early_stopping.min_delta"), e.min_delta);
+        }
+        if let Some(o) = &t.online_hard_keypoint_mining {
+            let op = format!("{tp}.online_hard_keypoint_mining");
+            positive_f(
+                cx,
+                &format!("{op}.hard_to_easy_ratio"),
+                o.hard_to_easy_ratio,
+            );
+            positive_f(cx, &format!("{op}.loss_scale"), o.loss_scale);
+            if let Some(max) = o.max_hard_keypoints {
+                cx.check(
+                    o.min_hard_keypoints <= max,
+                    &format!("{op}.min_hard_keypoints"),
+                    || {
+                        format!(
+                            "min_hard_keypoints ({}) is greater than max_hard_keypoints ({max})",
+                            o.min_hard_keypoints
+                        )
+                    },
+                );
+            }
+        }
+        if let Some(z) = &t.zmq {
+            for (key, port) in [
+                ("publish_port", z.publish_port),
+                ("controller_port", z.controller_port),
+            ] {
+                if let Some(port) = port {
+                    cx.check(
+                        (1..=65535).contains(&port),
+                        &format!("{tp}.zmq.{key}"),
+                        || format!("must be a TCP port between 1 and 65535, got {port}"),
+                    );
+                }
+            }
+            if let (Some(a), Some(b)) = (z.publish_port, z.controller_port) {
+                cx.check(a != b, &format!("{tp}.zmq.controller_port"), || {
+                    format!("is the same port as publish_port ({a})")
+                });
+            }
+        }
+    }
+
+    /// One line for humans, e.g. "single_instance head on unet backbone (filters 16, max stride
+    /// 16), 1 training file, batch 4 x 200 epochs".
+    pub fn summary(&self) -> String {
+        let heads: Vec<&str> = self
+            .model_config
+            .head_configs
+            .kinds()
+            .iter()
+            .map(HeadKind::as_str)
+            .collect();
+        let head = match heads.len() {
+            0 => "no head".to_string(),
+            1 => format!("{} head", heads[0]),
+            _ => format!("{} heads", list_names(&heads)),
+        };
+        let backbone = match self.model_config.backbone_config.all().as_slice() {
+            [] => "no backbone".to_string(),
+            [b] => {
+                let detail = match b {
+                    Backbone::Unet(u) => format!("filters {}", u.filters),
+                    Backbone::ConvNext(c) => match c.arch {
+                        Some(_) => "custom arch".to_string(),
+                        None => c.model_type.to_string(),
+                    },
+                    Backbone::SwinT(s) => match s.arch {
+                        Some(_) => "custom arch".to_string(),
+                        None => s.model_type.to_string(),
+                    },
+                };
+                format!(
+                    "{} backbone ({detail}, max stride {})",
+                    b.name(),
+                    b.max_stride()
+                )
+            }
+            many => {
+                let names: Vec<&str> = many.iter().map(Backbone::name).collect();
+                format!("{} backbones", list_names(&names))
+            }
+        };
+        let n = self.data_config.train_labels_path.len();
+        let t = &self.trainer_config;
+        format!(
+            "{head} on {backbone}, {n} training file{}, batch {} x {} epochs",
+            if n == 1 { "" } else { "s" },
+            t.train_data_loader.batch_size,
+            t.max_epochs
+        )
+    }
+}
+
+/// Backbone strides: both powers of two, output_stride <= max_stride.
+fn check_backbone_strides(cx: &mut Ctx, path: &str, output_stride: usize, max_stride: usize) {
+    power_of_two(cx, &format!("{path}.output_stride"), output_stride);
+    power_of_two(cx, &format!("{path}.max_stride"), max_stride);
+    cx.check(
+        output_stride <= max_stride,
+        &format!("{path}.output_stride"),
+        || {
+            format!(
+                "output_stride {output_stride} is greater than max_stride {max_stride}; the \
+                 decoder cannot output coarser than the encoder's deepest level"
+            )
+        },
+    );
+}
+
+/// Stage lists of an explicit architecture: non-empty, equal lengths, positive entries.
+/// Returns whether they are usable for further checks.
+fn check_stages(
+    cx: &mut Ctx,
+    path: &str,
+    depths: &[usize],
+    other_key: &str,
+    other: &[usize],
+) -> bool {
+    let mut ok = true;
+    if depths.is_empty() {
+        cx.error(&format!("{path}.depths"), "needs at least one stage");
+        ok = false;
+    }
+    if depths.len() != other.len() {
+        cx.error(
+            &format!("{path}.{other_key}"),
+            format!(
+                "has {} entries but depths has {}; give one per stage",
+                other.len(),
+                depths.len()
+            ),
+        );
+        ok = false;
+    }
+    for (key, list) in [("depths", depths), (other_key, other)] {
+        if list.contains(&0) {
+            cx.error(&format!("{path}.{key}"), "entries must be at least 1");
+            ok = false;
+        }
+    }
+    ok
 }
