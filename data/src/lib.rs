@@ -1,1 +1,24 @@
-//! Single-cell data: AnnData readers, preprocessing, vocabulary, tokenizers, masking and sharded loading.
+//! Single-cell data for anvil: everything between a user's AnnData files and a batch of token
+//! tensors.
+//!
+//! - [`anndata`]: readers for .h5ad (HDF5) files behind one trait.
+//! - [`vocab`]: gene vocabulary with special tokens pad=0, unk=1, mask=2, cls=3.
+//! - [`dataset`]: several files as one dataset, genes mapped to the vocabulary.
+//! - [`preprocess`]: library-size normalization, log1p, highly-variable-gene selection.
+//! - [`tokenize`]: rank_value, binned_expression, continuous_projection, gene_embedding.
+//! - [`masking`]: BERT-style masking, keyed by (seed, epoch, cell).
+//! - [`plan`]: train/val split and the world-size-invariant shard plan.
+//! - [`loader`]: batches with background prefetch and a resumable position.
+//! - [`synth`]: deterministic synthetic AnnData files.
+
+pub mod anndata;
+pub mod error;
+pub mod rng;
+
+pub use error::{DataError, Result};
+pub mod dataset;
+pub mod preprocess;
+pub mod vocab;
+pub mod embedding;
+pub mod masking;
+pub mod tokenize;
