@@ -1,0 +1,552 @@
+//! Gradient all-reduce between CPU workers: a ring over TCP (reduce-scatter, then all-gather).
+//!
+//! Each rank connects to the next rank and accepts from the previous one. A buffer is cut into
+//! `world` chunks; in `world - 1` reduce-scatter steps every rank sends one chunk forward while
+//! adding the chunk arriving from behind, so each rank ends owning the full sum of one chunk.
+//! The owner scales it to the mean, and `world - 1` all-gather steps pass the owned chunks
+//! around. Every element is reduced by exactly one rank and copied to the rest, so replicas stay
+//! bit-identical. Per rank, 2(n-1)/n of the buffer crosses the wire each way, which is optimal.
+//!
+//! Peers authenticate with the run token in a handshake; a peer without it, for another run, or
+//! at the wrong place in the ring is refused with a message saying which.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+const MAGIC: &[u8; 4] = b"ANVR";
+const VERSION: u32 = 1;
+/// Bytes received per read-and-add pass; large enough to amortize syscalls, small enough to stay
+/// in cache while adding.
+const SEGMENT_BYTES: usize = 256 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RingError {
+    #[error("rank {rank}: could not reach rank {peer} at {addr} within {waited:?}: {source}")]
+    Connect {
+        rank: usize,
+        peer: usize,
+        addr: SocketAddr,
+        waited: Duration,
+        source: std::io::Error,
+    },
+    #[error("rank {rank}: no connection from rank {peer} within {waited:?}")]
+    AcceptTimeout {
+        rank: usize,
+        peer: usize,
+        waited: Duration,
+    },
+    #[error("rank {rank}: refused a ring connection: {reason}")]
+    Refused { rank: usize, reason: String },
+    #[error("rank {rank}: rank {peer} refused our connection: {reason}")]
+    RefusedByPeer {
+        rank: usize,
+        peer: usize,
+        reason: String,
+    },
+    #[error("rank {rank}: lost rank {peer} during all-reduce: {source}")]
+    PeerLost {
+        rank: usize,
+        peer: usize,
+        source: std::io::Error,
+    },
+    #[error("invalid ring: rank {rank} of world {world}, {addrs} addresses")]
+    BadShape {
+        rank: usize,
+        world: usize,
+        addrs: usize,
+    },
+    #[error("rank {rank}: socket setup failed: {0}", rank = .1)]
+    Socket(std::io::Error, usize),
+}
+
+/// One rank's place in the ring, connected to its neighbours.
+pub struct Ring {
+    rank: usize,
+    world: usize,
+    /// To rank + 1.
+    next: Option<TcpStream>,
+    /// From rank - 1.
+    prev: Option<TcpStream>,
+}
+
+/// How long to wait for neighbours while forming the ring, and for data once formed.
+#[derive(Debug, Clone, Copy)]
+pub struct RingTimeouts {
+    pub connect: Duration,
+    pub io: Duration,
+}
+
+impl Default for RingTimeouts {
+    fn default() -> Self {
+        Self {
+            connect: Duration::from_secs(30),
+            io: Duration::from_secs(120),
+        }
+    }
+}
+
+impl Ring {
+    /// Forms the ring. `listener` is this rank's bound data-plane socket, `addrs[r]` the
+    /// data-plane address of rank r (from the rendezvous), `token` the run token.
+    pub fn connect(
+        rank: usize,
+        world: usize,
+        listener: &TcpListener,
+        addrs: &[SocketAddr],
+        token: &str,
+        timeouts: RingTimeouts,
+    ) -> Result<Ring, RingError> {
+        if world == 0 || rank >= world || addrs.len() != world {
+            return Err(RingError::BadShape {
+                rank,
+                world,
+                addrs: addrs.len(),
+            });
+        }
+        if world == 1 {
+            return Ok(Ring {
+                rank,
+                world,
+                next: None,
+                prev: None,
+            });
+        }
+        let next_rank = (rank + 1) % world;
+        let prev_rank = (rank + world - 1) % world;
+
+        // Connect forward on a helper thread while accepting from behind here; with two ranks
+        // both neighbours are the same peer, on two separate sockets.
+        let next_addr = addrs[next_rank];
+        let token_owned = token.to_string();
+        let connector = std::thread::spawn(move || {
+            connect_forward(rank, world, next_rank, next_addr, &token_owned, timeouts)
+        });
+        let prev = accept_backward(rank, world, prev_rank, listener, token, timeouts);
+        let next = connector.join().map_err(|_| RingError::Refused {
+            rank,
+            reason: "connector thread panicked".into(),
+        })??;
+        let prev = prev?;
+        for s in [&next, &prev] {
+            s.set_nodelay(true)
+                .map_err(|e| RingError::Socket(e, rank))?;
+            s.set_read_timeout(Some(timeouts.io))
+                .map_err(|e| RingError::Socket(e, rank))?;
+            s.set_write_timeout(Some(timeouts.io))
+                .map_err(|e| RingError::Socket(e, rank))?;
+        }
+        Ok(Ring {
+            rank,
+            world,
+            next: Some(next),
+            prev: Some(prev),
+        })
+    }
+
+    pub fn rank(&self) -> usize {
+        self.rank
+    }
+
+    pub fn world(&self) -> usize {
+        self.world
+    }
+
+    /// Replaces `buf` on every rank by the element-wise mean over ranks.
+    pub fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), RingError> {
+        let scale = 1.0 / self.world as f32;
+        self.all_reduce(buf, |owned| owned.iter_mut().for_each(|v| *v *= scale))
+    }
+
+    /// Replaces `buf` on every rank by the element-wise sum over ranks.
+    pub fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), RingError> {
+        self.all_reduce(buf, |_| {})
+    }
+
+    fn all_reduce(
+        &mut self,
+        buf: &mut [f32],
+        finish_owned: impl Fn(&mut [f32]),
+    ) -> Result<(), RingError> {
+        let n = self.world;
+        if n == 1 {
+            finish_owned(buf);
+            return Ok(());
+        }
+        let chunks = chunk_ranges(buf.len(), n);
+        let r = self.rank;
+        // Reduce-scatter: at step s send chunk (r - s), receive and add chunk (r - s - 1).
+        for s in 0..n - 1 {
+            let send = chunks[(r + n - s) % n].clone();
+            let recv = chunks[(r + 2 * n - s - 1) % n].clone();
+            self.exchange(buf, send, recv, true)?;
+        }
+        // Rank r now owns the complete chunk (r + 1).
+        let owned = chunks[(r + 1) % n].clone();
+        finish_owned(&mut buf[owned]);
+        // All-gather: at step s send chunk (r + 1 - s), receive chunk (r - s).
+        for s in 0..n - 1 {
+            let send = chunks[(r + 1 + n - s) % n].clone();
+            let recv = chunks[(r + n - s) % n].clone();
+            self.exchange(buf, send, recv, false)?;
+        }
+        Ok(())
+    }
+
+    /// Sends `buf[send]` forward while receiving into `buf[recv]` from behind (adding when
+    /// `add`). The two ranges never overlap.
+    fn exchange(
+        &mut self,
+        buf: &mut [f32],
+        send: Range<usize>,
+        recv: Range<usize>,
+        add: bool,
+    ) -> Result<(), RingError> {
+        let (rank, n) = (self.rank, self.world);
+        let (send_buf, recv_buf) = disjoint(buf, send, recv);
+        let (Some(next), Some(prev)) = (self.next.as_mut(), self.prev.as_mut()) else {
+            return Ok(());
+        };
+        std::thread::scope(|scope| {
+            let sender = scope.spawn(move || next.write_all(bytemuck::cast_slice(send_buf)));
+            let received =
+                receive_into(prev, recv_buf, add).map_err(|source| RingError::PeerLost {
+                    rank,
+                    peer: (rank + n - 1) % n,
+                    source,
+                });
+            let sent = match sender.join() {
+                Ok(r) => r.map_err(|source| RingError::PeerLost {
+                    rank,
+                    peer: (rank + 1) % n,
+                    source,
+                }),
+                Err(_) => Err(RingError::Refused {
+                    rank,
+                    reason: "sender thread panicked".into(),
+                }),
+            };
+            received.and(sent)
+        })
+    }
+}
+
+/// Reads `out.len()` floats, adding them into `out` or overwriting it.
+fn receive_into(stream: &mut TcpStream, out: &mut [f32], add: bool) -> std::io::Result<()> {
+    if !add {
+        return stream.read_exact(bytemuck::cast_slice_mut(out));
+    }
+    let mut staging = vec![0f32; (SEGMENT_BYTES / 4).min(out.len())];
+    for dst in out.chunks_mut(staging.len().max(1)) {
+        let seg = &mut staging[..dst.len()];
+        stream.read_exact(bytemuck::cast_slice_mut(seg))?;
+        for (d, s) in dst.iter_mut().zip(seg.iter()) {
+            *d += *s;
+        }
+    }
+    Ok(())
+}
+
+/// Splits `len` elements into `n` contiguous ranges whose sizes differ by at most one.
+pub fn chunk_ranges(len: usize, n: usize) -> Vec<Range<usize>> {
+    let (base, extra) = (len / n, len % n);
+    let mut start = 0;
+    (0..n)
+        .map(|i| {
+            let size = base + usize::from(i < extra);
+            let r = start..start + size;
+            start += size;
+            r
+        })
+        .collect()
+}
+
+/// Borrows two non-overlapping ranges of one slice, one shared and one mutable.
+fn disjoint(buf: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&[f32], &mut [f32]) {
+    debug_assert!(a.end <= b.start || b.end <= a.start);
+    if a.start < b.start {
+        let (left, right) = buf.split_at_mut(b.start);
+        (&left[a], &mut right[..b.end - b.start])
+    } else {
+        let (left, right) = buf.split_at_mut(a.start);
+        (&right[..a.end - a.start], &mut left[b])
+    }
+}
+
+fn handshake_bytes(rank: usize, world: usize, token: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(20 + token.len());
+    out.extend_from_slice(MAGIC);
+    for v in [VERSION, rank as u32, world as u32, token.len() as u32] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    out.extend_from_slice(token.as_bytes());
+    out
+}
+
+fn connect_forward(
+    rank: usize,
+    world: usize,
+    peer: usize,
+    addr: SocketAddr,
+    token: &str,
+    timeouts: RingTimeouts,
+) -> Result<TcpStream, RingError> {
+    let start = Instant::now();
+    let mut stream = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => break s,
+            Err(e) if start.elapsed() >= timeouts.connect => {
+                return Err(RingError::Connect {
+                    rank,
+                    peer,
+                    addr,
+                    waited: start.elapsed(),
+                    source: e,
+                })
+            }
+            // The peer may not be listening yet.
+            Err(_) => std::thread::sleep(Duration::from_millis(20)),
+        }
+    };
+    let io = |e| RingError::Socket(e, rank);
+    stream
+        .set_read_timeout(Some(timeouts.connect))
+        .map_err(io)?;
+    stream
+        .write_all(&handshake_bytes(rank, world, token))
+        .map_err(io)?;
+    // The acceptor answers with a status byte and, when refusing, a reason.
+    let mut status = [0u8; 1];
+    stream.read_exact(&mut status).map_err(io)?;
+    if status[0] != 0 {
+        let mut reason = String::new();
+        let _ = stream.read_to_string(&mut reason);
+        return Err(RingError::RefusedByPeer { rank, peer, reason });
+    }
+    Ok(stream)
+}
+
+fn accept_backward(
+    rank: usize,
+    world: usize,
+    expected_peer: usize,
+    listener: &TcpListener,
+    token: &str,
+    timeouts: RingTimeouts,
+) -> Result<TcpStream, RingError> {
+    let start = Instant::now();
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| RingError::Socket(e, rank))?;
+    loop {
+        match listener.accept() {
+            Ok((mut stream, _)) => {
+                stream
+                    .set_nonblocking(false)
+                    .map_err(|e| RingError::Socket(e, rank))?;
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(5)))
+                    .map_err(|e| RingError::Socket(e, rank))?;
+                match check_handshake(&mut stream, world, expected_peer, token) {
+                    Ok(()) => {
+                        stream
+                            .write_all(&[0])
+                            .map_err(|e| RingError::Socket(e, rank))?;
+                        return Ok(stream);
+                    }
+                    Err(reason) => {
+                        // Tell the caller why, then keep waiting for the right peer.
+                        let mut answer = vec![1u8];
+                        answer.extend_from_slice(reason.as_bytes());
+                        let _ = stream.write_all(&answer);
+                        if timeouts.connect <= start.elapsed() {
+                            return Err(RingError::Refused { rank, reason });
+                        }
+                    }
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if start.elapsed() >= timeouts.connect {
+                    return Err(RingError::AcceptTimeout {
+                        rank,
+                        peer: expected_peer,
+                        waited: start.elapsed(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(RingError::Socket(e, rank)),
+        }
+    }
+}
+
+fn check_handshake(
+    stream: &mut TcpStream,
+    world: usize,
+    expected_peer: usize,
+    token: &str,
+) -> Result<(), String> {
+    let mut header = [0u8; 20];
+    stream
+        .read_exact(&mut header)
+        .map_err(|e| format!("incomplete handshake: {e}"))?;
+    if &header[..4] != MAGIC {
+        return Err("not an anvil ring connection".into());
+    }
+    let word =
+        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
+    let (version, peer, peer_world, token_len) = (word(4), word(8), word(12), word(16));
+    if version != VERSION {
+        return Err(format!(
+            "ring protocol version {version}, expected {VERSION}"
+        ));
+    }
+    if token_len as usize > 4096 {
+        return Err("run token too long".into());
+    }
+    let mut peer_token = vec![0u8; token_len as usize];
+    stream
+        .read_exact(&mut peer_token)
+        .map_err(|e| format!("incomplete handshake: {e}"))?;
+    if !constant_time_eq(&peer_token, token.as_bytes()) {
+        return Err(
+            "wrong run token (a worker of another run, or not started by this coordinator)".into(),
+        );
+    }
+    if peer_world as usize != world || peer as usize != expected_peer {
+        return Err(format!(
+            "expected rank {expected_peer} of {world}, got rank {peer} of {peer_world}"
+        ));
+    }
+    Ok(())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Forms a ring of `world` ranks on loopback threads and runs `f` on each.
+    fn with_ring<T: Send + 'static>(
+        world: usize,
+        tokens: Vec<String>,
+        f: impl Fn(Result<Ring, RingError>) -> T + Send + Sync + Copy + 'static,
+    ) -> Vec<T> {
+        let listeners: Vec<TcpListener> = (0..world)
+            .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+            .collect();
+        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        let timeouts = RingTimeouts {
+            connect: Duration::from_secs(3),
+            io: Duration::from_secs(10),
+        };
+        let handles: Vec<_> = listeners
+            .into_iter()
+            .enumerate()
+            .map(|(rank, listener)| {
+                let addrs = addrs.clone();
+                let token = tokens[rank].clone();
+                std::thread::spawn(move || {
+                    f(Ring::connect(
+                        rank, world, &listener, &addrs, &token, timeouts,
+                    ))
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    }
+
+    fn input(rank: usize, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| ((i * 7 + rank * 13) % 101) as f32 * 0.25 - 3.0)
+            .collect()
+    }
+
+    #[test]
+    fn mean_matches_a_direct_sum_for_many_shapes() {
+        for world in [1, 2, 3, 4] {
+            for len in [0, 1, 3, 5, 1000, 100_003] {
+                let results = with_ring(world, vec!["tok".into(); world], move |ring| {
+                    let mut ring = ring.unwrap();
+                    let mut buf = input(ring.rank(), len);
+                    ring.all_reduce_mean(&mut buf).unwrap();
+                    buf
+                });
+                let inputs: Vec<Vec<f32>> = (0..world).map(|r| input(r, len)).collect();
+                let expected: Vec<f64> = (0..len)
+                    .map(|i| inputs.iter().map(|v| v[i] as f64).sum::<f64>() / world as f64)
+                    .collect();
+                for (rank, got) in results.iter().enumerate() {
+                    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+                        assert!(
+                            (*g as f64 - e).abs() <= 1e-5 * e.abs().max(1.0),
+                            "world {world} len {len} rank {rank} [{i}]: {g} vs {e}"
+                        );
+                    }
+                    // Replicas must be bit-identical, not merely close.
+                    assert_eq!(
+                        got, &results[0],
+                        "world {world} len {len}: rank {rank} differs"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn repeated_reductions_reuse_the_ring() {
+        let results = with_ring(3, vec!["t".into(); 3], |ring| {
+            let mut ring = ring.unwrap();
+            let mut total = 0.0;
+            for step in 0..20 {
+                let mut buf = vec![(ring.rank() + step) as f32; 17];
+                ring.all_reduce_sum(&mut buf).unwrap();
+                total += buf[16];
+            }
+            total
+        });
+        // sum over steps of (0+1+2 + 3*step) = 20*3 + 3*190
+        assert!(results.iter().all(|t| *t == 630.0), "{results:?}");
+    }
+
+    #[test]
+    fn a_peer_with_the_wrong_token_is_refused_with_a_reason() {
+        let results = with_ring(2, vec!["right".into(), "wrong".into()], |ring| {
+            ring.err().map(|e| e.to_string())
+        });
+        let all = format!("{results:?}");
+        assert!(all.contains("wrong run token"), "{all}");
+    }
+
+    #[test]
+    fn a_missing_peer_times_out_naming_it() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addrs = vec![listener.local_addr().unwrap(), dead.local_addr().unwrap()];
+        drop(dead);
+        let timeouts = RingTimeouts {
+            connect: Duration::from_millis(300),
+            io: Duration::from_secs(1),
+        };
+        let err = Ring::connect(0, 2, &listener, &addrs, "t", timeouts)
+            .err()
+            .expect("must fail");
+        let msg = err.to_string();
+        assert!(msg.contains("rank 1"), "{msg}");
+    }
+
+    #[test]
+    fn chunks_cover_exactly() {
+        for (len, n) in [(10, 3), (2, 4), (0, 2), (7, 7)] {
+            let c = chunk_ranges(len, n);
+            assert_eq!(c.len(), n);
+            assert_eq!(c[0].start, 0);
+            assert_eq!(c[n - 1].end, len);
+            assert!(c.windows(2).all(|w| w[0].end == w[1].start));
+        }
+    }
+}
