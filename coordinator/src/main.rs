@@ -2,6 +2,7 @@
 //! distributed training runs as the rest of the system lands.
 
 mod config_cmd;
+mod data_cmd;
 
 use std::process::ExitCode;
 
@@ -27,11 +28,15 @@ enum Command {
     /// Check and inspect config files (scModelForge or sleap-nn YAML)
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Inspect AnnData files and generate synthetic ones
+    #[command(subcommand)]
+    Data(data_cmd::DataCommand),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd),
+        Command::Data(cmd) => data_cmd::run(cmd),
     }
 }

@@ -43,7 +43,10 @@ pub fn read_npy(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
         if bytes.len() < 12 {
             return Err(bad(path, "truncated .npy header"));
         }
-        (u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize, 12)
+        (
+            u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]) as usize,
+            12,
+        )
     };
     let header = bytes
         .get(hstart..hstart + hlen)
@@ -58,22 +61,35 @@ pub fn read_npy(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
         } else if let Some(r) = rest.strip_prefix('\'') {
             Some(r[..r.find('\'')?].to_string())
         } else {
-            Some(rest[..rest.find(',').unwrap_or(rest.len())].trim().to_string())
+            Some(
+                rest[..rest.find(',').unwrap_or(rest.len())]
+                    .trim()
+                    .to_string(),
+            )
         }
     };
     let descr = field("descr").ok_or_else(|| bad(path, "no 'descr' in .npy header"))?;
     if field("fortran_order").as_deref() == Some("True") {
-        return Err(bad(path, "Fortran-order .npy arrays are not supported; save with C order"));
+        return Err(bad(
+            path,
+            "Fortran-order .npy arrays are not supported; save with C order",
+        ));
     }
     let shape: Vec<usize> = field("shape")
         .ok_or_else(|| bad(path, "no 'shape' in .npy header"))?
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| s.parse::<usize>().map_err(|_| bad(path, format!("bad shape entry '{s}'"))))
+        .map(|s| {
+            s.parse::<usize>()
+                .map_err(|_| bad(path, format!("bad shape entry '{s}'")))
+        })
         .collect::<Result<_>>()?;
     if shape.len() != 2 {
-        return Err(bad(path, format!("expected a 2-D array, found shape {shape:?}")));
+        return Err(bad(
+            path,
+            format!("expected a 2-D array, found shape {shape:?}"),
+        ));
     }
     let data = &bytes[hstart + hlen..];
     let n = shape[0] * shape[1];
@@ -100,7 +116,12 @@ pub fn read_npy(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
                 })
                 .collect()
         }
-        other => return Err(bad(path, format!("unsupported dtype '{other}'; use float32 or float64"))),
+        other => {
+            return Err(bad(
+                path,
+                format!("unsupported dtype '{other}'; use float32 or float64"),
+            ))
+        }
     };
     Ok((shape[0], shape[1], values))
 }
@@ -145,14 +166,31 @@ fn read_safetensors(path: &Path) -> Result<(usize, usize, Vec<f32>, Option<Vec<S
         .iter()
         .map(|s| s.to_string())
         .find(|n| names.contains(n))
-        .or_else(|| if names.len() == 1 { names.first().cloned() } else { None })
+        .or_else(|| {
+            if names.len() == 1 {
+                names.first().cloned()
+            } else {
+                None
+            }
+        })
         .ok_or_else(|| {
-            bad(path, format!("cannot tell which tensor holds the embeddings (tensors: {})", names.join(", ")))
+            bad(
+                path,
+                format!(
+                    "cannot tell which tensor holds the embeddings (tensors: {})",
+                    names.join(", ")
+                ),
+            )
         })?;
-    let t = st.tensor(&name).map_err(|e| bad(path, format!("tensor '{name}': {e}")))?;
+    let t = st
+        .tensor(&name)
+        .map_err(|e| bad(path, format!("tensor '{name}': {e}")))?;
     let shape = t.shape().to_vec();
     if shape.len() != 2 {
-        return Err(bad(path, format!("tensor '{name}' must be 2-D, found shape {shape:?}")));
+        return Err(bad(
+            path,
+            format!("tensor '{name}' must be 2-D, found shape {shape:?}"),
+        ));
     }
     let data = t.data();
     let values: Vec<f32> = match t.dtype() {
@@ -168,7 +206,12 @@ fn read_safetensors(path: &Path) -> Result<(usize, usize, Vec<f32>, Option<Vec<S
                 f64::from_le_bytes(b) as f32
             })
             .collect(),
-        other => return Err(bad(path, format!("tensor '{name}' has dtype {other:?}; use F32 or F64"))),
+        other => {
+            return Err(bad(
+                path,
+                format!("tensor '{name}' has dtype {other:?}; use F32 or F64"),
+            ))
+        }
     };
     Ok((shape[0], shape[1], values, genes))
 }
@@ -176,16 +219,25 @@ fn read_safetensors(path: &Path) -> Result<(usize, usize, Vec<f32>, Option<Vec<S
 impl GeneEmbedding {
     pub fn load(path: &Path, expected_dim: usize, vocab: &GeneVocab) -> Result<Self> {
         if !path.exists() {
-            return Err(DataError::NotFound { path: path.to_path_buf() });
+            return Err(DataError::NotFound {
+                path: path.to_path_buf(),
+            });
         }
-        let ext = path.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .unwrap_or("")
+            .to_ascii_lowercase();
         let (rows, dim, values, genes) = match ext.as_str() {
             "npy" => {
                 let (r, d, v) = read_npy(path)?;
                 (r, d, v, None)
             }
             "safetensors" => read_safetensors(path)?,
-            _ => return Err(bad(path, "unknown embedding format; use .npy (with a gene list beside it) or .safetensors")),
+            _ => return Err(bad(
+                path,
+                "unknown embedding format; use .npy (with a gene list beside it) or .safetensors",
+            )),
         };
         let genes = match genes {
             Some(g) => g,
@@ -197,25 +249,46 @@ impl GeneEmbedding {
             }
         };
         if dim != expected_dim {
-            return Err(bad(path, format!("vectors have dimension {dim} but tokenizer.embedding_dim is {expected_dim}")));
+            return Err(bad(
+                path,
+                format!(
+                    "vectors have dimension {dim} but tokenizer.embedding_dim is {expected_dim}"
+                ),
+            ));
         }
         if genes.len() != rows {
-            return Err(bad(path, format!("{rows} vectors but {} gene names", genes.len())));
+            return Err(bad(
+                path,
+                format!("{rows} vectors but {} gene names", genes.len()),
+            ));
         }
-        let by_name: HashMap<&str, usize> = genes.iter().enumerate().map(|(i, g)| (g.as_str(), i)).collect();
+        let by_name: HashMap<&str, usize> = genes
+            .iter()
+            .enumerate()
+            .map(|(i, g)| (g.as_str(), i))
+            .collect();
         let mut table = vec![0f32; vocab.len() * dim];
         let mut missing = 0;
         for (i, g) in vocab.genes().iter().enumerate() {
             let id = N_SPECIAL as usize + i;
             match by_name.get(g.as_str()) {
-                Some(&r) => table[id * dim..(id + 1) * dim].copy_from_slice(&values[r * dim..(r + 1) * dim]),
+                Some(&r) => {
+                    table[id * dim..(id + 1) * dim].copy_from_slice(&values[r * dim..(r + 1) * dim])
+                }
                 None => missing += 1,
             }
         }
         if missing > 0 {
-            tracing::warn!("{}: {missing} vocabulary genes have no pretrained vector (zeros)", path.display());
+            tracing::warn!(
+                "{}: {missing} vocabulary genes have no pretrained vector (zeros)",
+                path.display()
+            );
         }
-        Ok(GeneEmbedding { dim, table, missing })
+        Ok(GeneEmbedding {
+            dim,
+            table,
+            missing,
+        })
     }
 
     /// The vector of a token id.
@@ -230,7 +303,8 @@ mod tests {
     use super::*;
 
     fn write_npy_f32(path: &Path, rows: usize, cols: usize, data: &[f32]) {
-        let mut header = format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
+        let mut header =
+            format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
         while (10 + header.len() + 1) % 64 != 0 {
             header.push(' ');
         }
@@ -257,12 +331,21 @@ mod tests {
         assert_eq!(e.vector(vocab.id("C")), &[1., 2., 3.]);
         assert_eq!(e.vector(vocab.id("B")), &[0., 0., 0.]);
         assert_eq!(e.missing, 1);
-        let err = GeneEmbedding::load(&npy, 200, &vocab).unwrap_err().to_string();
-        assert!(err.contains("dimension 3") && err.contains("vec.npy"), "{err}");
+        let err = GeneEmbedding::load(&npy, 200, &vocab)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("dimension 3") && err.contains("vec.npy"),
+            "{err}"
+        );
 
         let st = dir.join("emb.safetensors");
-        let data: Vec<u8> = [1f32, 2., 3., 4.].iter().flat_map(|v| v.to_le_bytes()).collect();
-        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data).unwrap();
+        let data: Vec<u8> = [1f32, 2., 3., 4.]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        let view = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, vec![2, 2], &data)
+            .unwrap();
         let mut meta = HashMap::new();
         meta.insert("genes".to_string(), r#"["B","A"]"#.to_string());
         safetensors::serialize_to_file(vec![("embeddings", view)], Some(meta), &st).unwrap();

@@ -17,8 +17,17 @@ pub mod rng;
 
 pub use error::{DataError, Result};
 pub mod dataset;
-pub mod preprocess;
-pub mod vocab;
 pub mod embedding;
+pub mod loader;
 pub mod masking;
+pub mod pipeline;
+pub mod plan;
+pub mod preprocess;
 pub mod tokenize;
+pub mod vocab;
+
+pub use loader::{Loader, LoaderOptions, Position};
+pub use pipeline::{Batch, Pipeline};
+pub use plan::{ShardPlan, Split};
+pub mod synth;
+pub mod write;

@@ -104,7 +104,11 @@ mod tests {
     use crate::vocab::CLS;
 
     fn cfg(m: f64, r: f64, k: f64) -> MaskingConfig {
-        MaskingConfig { mask_ratio: m, random_replace_ratio: r, keep_ratio: k }
+        MaskingConfig {
+            mask_ratio: m,
+            random_replace_ratio: r,
+            keep_ratio: k,
+        }
     }
 
     #[test]
@@ -113,7 +117,9 @@ mod tests {
         let (mut masked, mut as_mask, mut random, mut kept, mut total) = (0, 0, 0, 0, 0);
         let mut pos = Vec::new();
         for cell in 0..2000u64 {
-            let orig: Vec<u32> = std::iter::once(CLS).chain((0..200).map(|i| 4 + i)).collect();
+            let orig: Vec<u32> = std::iter::once(CLS)
+                .chain((0..200).map(|i| 4 + i))
+                .collect();
             let mut ids = orig.clone();
             let mut vals = vec![1.0f32; ids.len()];
             let mut labels = vec![0i32; ids.len()];

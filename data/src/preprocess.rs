@@ -113,7 +113,10 @@ impl Preprocessor {
             let stats = gene_stats(dataset, pre.target_sum)?;
             if needs_median {
                 pre.target_sum = Some(stats.median_total as f32);
-                tracing::info!("target_sum null: using the median library size {}", stats.median_total);
+                tracing::info!(
+                    "target_sum null: using the median library size {}",
+                    stats.median_total
+                );
             }
             if let Some(n_top) = cfg.hvg_selection {
                 let stats = if needs_median {
@@ -127,7 +130,10 @@ impl Preprocessor {
                     keep[N_SPECIAL as usize + i] = hv;
                 }
                 let n = keep.iter().filter(|&&k| k).count();
-                tracing::info!("highly variable genes: kept {n} of {}", table.highly_variable.len());
+                tracing::info!(
+                    "highly variable genes: kept {n} of {}",
+                    table.highly_variable.len()
+                );
                 pre.keep = Some(keep);
             }
         }
@@ -208,7 +214,9 @@ pub fn seurat_hvg(stats: &GeneStats, n_top: usize) -> HvgTable {
     // of the range; intervals are right-closed.
     let (mn, mx) = means
         .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &m| (a.min(m), b.max(m)));
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &m| {
+            (a.min(m), b.max(m))
+        });
     let nb = HVG_MEAN_BINS;
     let bin_of = |m: f64| -> usize {
         if !(mx > mn) {
@@ -232,7 +240,13 @@ pub fn seurat_hvg(stats: &GeneStats, n_top: usize) -> HvgTable {
         }
     }
     let avg: Vec<f64> = (0..nb)
-        .map(|b| if cnt[b] > 0 { s[b] / cnt[b] as f64 } else { f64::NAN })
+        .map(|b| {
+            if cnt[b] > 0 {
+                s[b] / cnt[b] as f64
+            } else {
+                f64::NAN
+            }
+        })
         .collect();
     let mut ss = vec![0f64; nb];
     for k in 0..g {
@@ -242,7 +256,13 @@ pub fn seurat_hvg(stats: &GeneStats, n_top: usize) -> HvgTable {
         }
     }
     let mut dev: Vec<f64> = (0..nb)
-        .map(|b| if cnt[b] > 1 { (ss[b] / (cnt[b] - 1) as f64).sqrt() } else { f64::NAN })
+        .map(|b| {
+            if cnt[b] > 1 {
+                (ss[b] / (cnt[b] - 1) as f64).sqrt()
+            } else {
+                f64::NAN
+            }
+        })
         .collect();
     let mut avg = avg;
     for b in 0..nb {
@@ -255,7 +275,11 @@ pub fn seurat_hvg(stats: &GeneStats, n_top: usize) -> HvgTable {
     let dispersions_norm: Vec<f64> = (0..g)
         .map(|k| (disp[k] - avg[bins[k]]) / dev[bins[k]])
         .collect();
-    let mut finite: Vec<f64> = dispersions_norm.iter().copied().filter(|x| !x.is_nan()).collect();
+    let mut finite: Vec<f64> = dispersions_norm
+        .iter()
+        .copied()
+        .filter(|x| !x.is_nan())
+        .collect();
     finite.sort_by(|a, b| b.total_cmp(a));
     let highly_variable = if finite.is_empty() || n_top == 0 {
         vec![false; g]
@@ -290,7 +314,11 @@ mod tests {
         assert_eq!(g, vec![4]);
         assert!((v[0] - 2.0f32.ln_1p()).abs() < 1e-6);
 
-        let p = Preprocessor { target_sum: None, log1p: false, keep: None };
+        let p = Preprocessor {
+            target_sum: None,
+            log1p: false,
+            keep: None,
+        };
         let (mut g, mut v) = (vec![], vec![]);
         p.apply(&[4, 5], &[3.0, 0.0], &mut g, &mut v);
         assert_eq!((g, v), (vec![4], vec![3.0]));

@@ -60,7 +60,11 @@ pub struct Scratch {
 impl Tokenizer {
     /// From `tokenizer:`; the sequence cap is the smaller of `tokenizer.max_genes` and
     /// `data.max_genes`. Loads pretrained embeddings for `gene_embedding`.
-    pub fn from_config(cfg: &TokenizerConfig, data_max_genes: usize, vocab: &GeneVocab) -> Result<Self> {
+    pub fn from_config(
+        cfg: &TokenizerConfig,
+        data_max_genes: usize,
+        vocab: &GeneVocab,
+    ) -> Result<Self> {
         let max_genes = cfg.max_genes.min(data_max_genes);
         if max_genes == 0 || (cfg.prepend_cls && max_genes < 2) {
             return Err(DataError::Config(format!(
@@ -79,7 +83,11 @@ impl Tokenizer {
                     "tokenizer.strategy gene_embedding needs tokenizer.embedding_path".into(),
                 )
             })?;
-            Some(GeneEmbedding::load(std::path::Path::new(path), cfg.embedding_dim, vocab)?)
+            Some(GeneEmbedding::load(
+                std::path::Path::new(path),
+                cfg.embedding_dim,
+                vocab,
+            )?)
         } else {
             None
         };
@@ -106,7 +114,13 @@ impl Tokenizer {
     }
 
     /// Tokenize one cell's expressed genes (values > 0) into `out` (cleared first).
-    pub fn tokenize(&self, genes: &[u32], values: &[f32], out: &mut TokenizedCell, scratch: &mut Scratch) {
+    pub fn tokenize(
+        &self,
+        genes: &[u32],
+        values: &[f32],
+        out: &mut TokenizedCell,
+        scratch: &mut Scratch,
+    ) {
         out.genes.clear();
         out.values.clear();
         if self.prepend_cls {

@@ -108,7 +108,9 @@ impl GeneVocab {
         if id < N_SPECIAL {
             Some(SPECIAL_TOKENS[id as usize])
         } else {
-            self.genes.get((id - N_SPECIAL) as usize).map(|s| s.as_str())
+            self.genes
+                .get((id - N_SPECIAL) as usize)
+                .map(|s| s.as_str())
         }
     }
 
@@ -190,7 +192,11 @@ impl GeneVocab {
         let p = Path::new(gene_vocab);
         if p.is_file() {
             let v = Self::load(p)?;
-            tracing::info!("gene vocabulary: {} genes from {}", v.n_genes(), p.display());
+            tracing::info!(
+                "gene vocabulary: {} genes from {}",
+                v.n_genes(),
+                p.display()
+            );
             return Ok(v);
         }
         let v = Self::from_union(var_names.iter().copied());
@@ -257,8 +263,11 @@ mod tests {
         let e = GeneVocab::load(&bad).unwrap_err().to_string();
         assert!(e.contains("bad.json"), "{e}");
 
-        let r = GeneVocab::resolve("human_protein_coding", &[&["B".to_string(), "A".to_string()]])
-            .unwrap();
+        let r = GeneVocab::resolve(
+            "human_protein_coding",
+            &[&["B".to_string(), "A".to_string()]],
+        )
+        .unwrap();
         assert_eq!(r.genes(), &["A", "B"]);
         std::fs::remove_dir_all(&dir).ok();
     }

@@ -197,7 +197,11 @@ impl H5adReader {
                     .attr("shape")
                     .and_then(|a| a.read_raw::<i64>())
                     .map_err(|_| {
-                        DataError::invalid(path, "X", "sparse matrix group has no 'shape' attribute")
+                        DataError::invalid(
+                            path,
+                            "X",
+                            "sparse matrix group has no 'shape' attribute",
+                        )
                     })?;
                 if shape.len() != 2 || shape.iter().any(|&s| s < 0) {
                     return Err(DataError::invalid(
@@ -238,7 +242,11 @@ impl H5adReader {
                 let indices = g.dataset("indices").map_err(h5(path, "X/indices"))?;
                 let indptr_ds = g.dataset("indptr").map_err(h5(path, "X/indptr"))?;
                 let indptr = read_indptr(path, &indptr_ds)?;
-                let major = if encoding == XEncoding::Csr { rows } else { cols };
+                let major = if encoding == XEncoding::Csr {
+                    rows
+                } else {
+                    cols
+                };
                 check_indptr(path, &indptr, major, data.size(), indices.size())?;
                 let info = XInfo {
                     encoding,
@@ -264,7 +272,9 @@ impl H5adReader {
                         return Err(DataError::invalid(
                             path,
                             "X",
-                            format!("unknown encoding-type '{enc}' for a dataset; expected 'array'"),
+                            format!(
+                                "unknown encoding-type '{enc}' for a dataset; expected 'array'"
+                            ),
                         ));
                     }
                 }
@@ -311,16 +321,16 @@ impl H5adReader {
     }
 
     fn obs_group(&self) -> Result<hdf5::Group> {
-        self.file.group("obs").map_err(|_| {
-            DataError::invalid(&self.path, "obs", "no obs dataframe in this file")
-        })
+        self.file
+            .group("obs")
+            .map_err(|_| DataError::invalid(&self.path, "obs", "no obs dataframe in this file"))
     }
 }
 
 fn read_var_names(path: &Path, file: &File) -> Result<Vec<String>> {
-    let var = file
-        .group("var")
-        .map_err(|_| DataError::invalid(path, "var", "no var dataframe (gene names) in this file"))?;
+    let var = file.group("var").map_err(|_| {
+        DataError::invalid(path, "var", "no var dataframe (gene names) in this file")
+    })?;
     let index_name = str_attr(&var, "_index").unwrap_or_else(|| "_index".into());
     if !var.link_exists(&index_name) {
         return Err(DataError::invalid(
@@ -357,16 +367,30 @@ fn read_indptr(path: &Path, ds: &Dataset) -> Result<Vec<u64>> {
     Ok(out)
 }
 
-fn check_indptr(path: &Path, indptr: &[u64], major: usize, n_data: usize, n_idx: usize) -> Result<()> {
+fn check_indptr(
+    path: &Path,
+    indptr: &[u64],
+    major: usize,
+    n_data: usize,
+    n_idx: usize,
+) -> Result<()> {
     if indptr.len() != major + 1 {
         return Err(DataError::invalid(
             path,
             "X/indptr",
-            format!("has {} entries, expected {} (shape)", indptr.len(), major + 1),
+            format!(
+                "has {} entries, expected {} (shape)",
+                indptr.len(),
+                major + 1
+            ),
         ));
     }
     if indptr.windows(2).any(|w| w[0] > w[1]) {
-        return Err(DataError::invalid(path, "X/indptr", "offsets are not non-decreasing"));
+        return Err(DataError::invalid(
+            path,
+            "X/indptr",
+            "offsets are not non-decreasing",
+        ));
     }
     let nnz = *indptr.last().unwrap_or(&0) as usize;
     if n_data != n_idx || nnz > n_data {
@@ -522,7 +546,10 @@ impl AnnDataReader for H5adReader {
                     Vec::new()
                 };
                 CsrRows {
-                    indptr: indptr[start..=end].iter().map(|&p| p as usize - lo).collect(),
+                    indptr: indptr[start..=end]
+                        .iter()
+                        .map(|&p| p as usize - lo)
+                        .collect(),
                     indices: idx,
                     data: val,
                 }
@@ -567,7 +594,11 @@ impl AnnDataReader for H5adReader {
         let from_indptr = |p: &[u64]| p.windows(2).map(|w| (w[1] - w[0]) as u32).collect();
         match &self.x {
             XStore::Csr { indptr, .. } => Ok(from_indptr(indptr)),
-            XStore::InMemory(all) => Ok(all.indptr.windows(2).map(|w| (w[1] - w[0]) as u32).collect()),
+            XStore::InMemory(all) => Ok(all
+                .indptr
+                .windows(2)
+                .map(|w| (w[1] - w[0]) as u32)
+                .collect()),
             XStore::Dense(_) => {
                 let mut out = Vec::with_capacity(self.n_obs);
                 let step = 1024;
@@ -610,7 +641,11 @@ impl AnnDataReader for H5adReader {
             return Err(DataError::invalid(
                 &self.path,
                 object,
-                format!("has {} values but there are {} cells", col.len(), self.n_obs),
+                format!(
+                    "has {} values but there are {} cells",
+                    col.len(),
+                    self.n_obs
+                ),
             ));
         }
         Ok(col)
@@ -659,7 +694,10 @@ fn obs_kind(obs: &hdf5::Group, name: &str) -> ObsKind {
                 match dt.as_str() {
                     "string" => ObsKind::String,
                     "bool" => ObsKind::Boolean,
-                    d if d.starts_with("int") || d.starts_with("uint") || d.starts_with("float") => {
+                    d if d.starts_with("int")
+                        || d.starts_with("uint")
+                        || d.starts_with("float") =>
+                    {
                         ObsKind::Numeric { dtype: dt }
                     }
                     _ => ObsKind::Other(dt),
@@ -694,7 +732,9 @@ fn read_obs_column(path: &Path, obs: &hdf5::Group, name: &str, object: &str) -> 
                 .dataset("categories")
                 .map_err(h5(path, &format!("{object}/categories")))?;
             let categories = match dtype_name(&cats_ds).as_str() {
-                "string" => read_strings(&cats_ds).map_err(h5(path, &format!("{object}/categories")))?,
+                "string" => {
+                    read_strings(&cats_ds).map_err(h5(path, &format!("{object}/categories")))?
+                }
                 "bool" => read_bools(&cats_ds)
                     .map_err(h5(path, &format!("{object}/categories")))?
                     .into_iter()
@@ -717,7 +757,9 @@ fn read_obs_column(path: &Path, obs: &hdf5::Group, name: &str, object: &str) -> 
         }
         ObsKind::String => {
             if let Ok(ds) = obs.dataset(name) {
-                Ok(ObsColumn::String(read_strings(&ds).map_err(h5(path, object))?))
+                Ok(ObsColumn::String(
+                    read_strings(&ds).map_err(h5(path, object))?,
+                ))
             } else {
                 let g = obs.group(name).map_err(h5(path, object))?;
                 let vals = g
@@ -729,7 +771,9 @@ fn read_obs_column(path: &Path, obs: &hdf5::Group, name: &str, object: &str) -> 
         }
         ObsKind::Numeric { .. } => {
             if let Ok(ds) = obs.dataset(name) {
-                Ok(ObsColumn::Numeric(ds.read_raw::<f64>().map_err(h5(path, object))?))
+                Ok(ObsColumn::Numeric(
+                    ds.read_raw::<f64>().map_err(h5(path, object))?,
+                ))
             } else {
                 let g = obs.group(name).map_err(h5(path, object))?;
                 let mut vals = g
@@ -748,7 +792,9 @@ fn read_obs_column(path: &Path, obs: &hdf5::Group, name: &str, object: &str) -> 
         }
         ObsKind::Boolean => {
             if let Ok(ds) = obs.dataset(name) {
-                Ok(ObsColumn::Boolean(read_bools(&ds).map_err(h5(path, object))?))
+                Ok(ObsColumn::Boolean(
+                    read_bools(&ds).map_err(h5(path, object))?,
+                ))
             } else {
                 let g = obs.group(name).map_err(h5(path, object))?;
                 let vals = g

@@ -103,9 +103,13 @@ impl ObsColumn {
 /// The kind of an obs column, as `inspect` reports it.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ObsKind {
-    Categorical { n_categories: usize },
+    Categorical {
+        n_categories: usize,
+    },
     String,
-    Numeric { dtype: String },
+    Numeric {
+        dtype: String,
+    },
     Boolean,
     /// An encoding this reader does not decode (listed, not fatal).
     Other(String),
