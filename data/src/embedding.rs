@@ -150,7 +150,10 @@ fn read_gene_list(path: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-fn read_safetensors(path: &Path) -> Result<(usize, usize, Vec<f32>, Option<Vec<String>>)> {
+/// (rows, cols, row-major values, gene names if the file carries them)
+type Loaded = (usize, usize, Vec<f32>, Option<Vec<String>>);
+
+fn read_safetensors(path: &Path) -> Result<Loaded> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
     let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes)
         .map_err(|e| bad(path, format!("not a safetensors file: {e}")))?;

@@ -219,7 +219,7 @@ pub fn seurat_hvg(stats: &GeneStats, n_top: usize) -> HvgTable {
         });
     let nb = HVG_MEAN_BINS;
     let bin_of = |m: f64| -> usize {
-        if !(mx > mn) {
+        if mx.partial_cmp(&mn) != Some(std::cmp::Ordering::Greater) {
             return 0;
         }
         let mut edges: Vec<f64> = (0..=nb)
