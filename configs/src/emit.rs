@@ -98,7 +98,25 @@ fn float_text(f: f64) -> String {
     } else if f.is_infinite() {
         if f > 0.0 { ".inf" } else { "-.inf" }.into()
     } else {
-        format!("{f:?}")
+        // PyYAML (what scModelForge and sleap-nn load with) reads a float only with a `.` and a
+        // signed exponent: write 1.0e-06 style, not Rust's 1e-6.
+        let text = format!("{f:?}");
+        match text.split_once('e') {
+            Some((mantissa, exp)) => {
+                let mantissa = if mantissa.contains('.') {
+                    mantissa.to_string()
+                } else {
+                    format!("{mantissa}.0")
+                };
+                let exp = if exp.starts_with('-') {
+                    exp.to_string()
+                } else {
+                    format!("+{exp}")
+                };
+                format!("{mantissa}e{exp}")
+            }
+            None => text,
+        }
     }
 }
 
@@ -149,7 +167,9 @@ mod tests {
     #[test]
     fn floats_stay_floats() {
         assert_eq!(float_text(10000.0), "10000.0");
-        assert_eq!(float_text(1e-8), "1e-8");
+        assert_eq!(float_text(1e-8), "1.0e-8");
+        assert_eq!(float_text(2.5e-7), "2.5e-7");
+        assert_eq!(float_text(1e300), "1.0e+300");
     }
 
     #[test]
