@@ -1,0 +1,173 @@
+//! The scalar types the CPU ops are generic over: f32 for training, f64 so the tests can check
+//! every backward against central finite differences without f32 noise.
+
+use std::fmt::Debug;
+use std::iter::Sum;
+use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
+
+use faer::{Accum, MatMut, MatRef, Par};
+
+pub trait Float:
+    Copy
+    + Send
+    + Sync
+    + Default
+    + PartialOrd
+    + Debug
+    + 'static
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Sum
+{
+    const ZERO: Self;
+    const ONE: Self;
+    const NEG_INFINITY: Self;
+    fn from_f64(x: f64) -> Self;
+    fn to_f64(self) -> f64;
+    fn from_f32(x: f32) -> Self;
+    fn to_f32(self) -> f32;
+    fn exp(self) -> Self;
+    fn ln(self) -> Self;
+    fn sqrt(self) -> Self;
+    fn tanh(self) -> Self;
+    fn erf(self) -> Self;
+    fn abs(self) -> Self;
+    fn max(self, o: Self) -> Self;
+    fn is_finite(self) -> bool;
+    /// Row-major GEMM through faer: `c[m,n] (+)= op(a)[m,k] · op(b)[k,n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn gemm(
+        c: &mut [Self],
+        ldc: usize,
+        a: &[Self],
+        lda: usize,
+        ta: bool,
+        b: &[Self],
+        ldb: usize,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+        parallel: bool,
+    );
+}
+
+macro_rules! impl_float {
+    ($t:ty, $erf:path) => {
+        impl Float for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
+            #[inline(always)]
+            fn from_f64(x: f64) -> Self {
+                x as $t
+            }
+            #[inline(always)]
+            fn to_f64(self) -> f64 {
+                self as f64
+            }
+            #[inline(always)]
+            fn from_f32(x: f32) -> Self {
+                x as $t
+            }
+            #[inline(always)]
+            fn to_f32(self) -> f32 {
+                self as f32
+            }
+            #[inline(always)]
+            fn exp(self) -> Self {
+                <$t>::exp(self)
+            }
+            #[inline(always)]
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            #[inline(always)]
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            #[inline(always)]
+            fn tanh(self) -> Self {
+                <$t>::tanh(self)
+            }
+            #[inline(always)]
+            fn erf(self) -> Self {
+                $erf(self)
+            }
+            #[inline(always)]
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            #[inline(always)]
+            fn max(self, o: Self) -> Self {
+                <$t>::max(self, o)
+            }
+            #[inline(always)]
+            fn is_finite(self) -> bool {
+                <$t>::is_finite(self)
+            }
+            fn gemm(
+                c: &mut [Self],
+                ldc: usize,
+                a: &[Self],
+                lda: usize,
+                ta: bool,
+                b: &[Self],
+                ldb: usize,
+                tb: bool,
+                m: usize,
+                n: usize,
+                k: usize,
+                accumulate: bool,
+                parallel: bool,
+            ) {
+                if m == 0 || n == 0 {
+                    return;
+                }
+                // Built as the transpose of a column-major view: faer 0.24.4's
+                // `from_row_major_slice_with_stride_mut` swaps the strides (column-major result).
+                let dst =
+                    MatMut::from_column_major_slice_with_stride_mut(c, n, m, ldc).transpose_mut();
+                if k == 0 {
+                    if !accumulate {
+                        let mut dst = dst;
+                        for i in 0..m {
+                            for j in 0..n {
+                                dst[(i, j)] = 0.0;
+                            }
+                        }
+                    }
+                    return;
+                }
+                let lhs = if ta {
+                    MatRef::from_row_major_slice_with_stride(a, k, m, lda).transpose()
+                } else {
+                    MatRef::from_row_major_slice_with_stride(a, m, k, lda)
+                };
+                let rhs = if tb {
+                    MatRef::from_row_major_slice_with_stride(b, n, k, ldb).transpose()
+                } else {
+                    MatRef::from_row_major_slice_with_stride(b, k, n, ldb)
+                };
+                let accum = if accumulate {
+                    Accum::Add
+                } else {
+                    Accum::Replace
+                };
+                let par = if parallel { Par::rayon(0) } else { Par::Seq };
+                faer::linalg::matmul::matmul(dst, accum, lhs, rhs, 1.0, par);
+            }
+        }
+    };
+}
+
+impl_float!(f32, libm::erff);
+impl_float!(f64, libm::erf);

@@ -1,0 +1,514 @@
+//! Modules built on the ops. A module holds [`ParamView`]s into the flat parameter buffer and
+//! registers its parameters under PyTorch's names; saved activations live in an arena struct
+//! allocated once per batch shape and passed to forward/backward.
+
+use crate::device::Device;
+use crate::ops::attention::AttnOpts;
+use crate::ops::{Activation, AttnShape};
+use crate::params::{Init, ParamLayout, ParamView};
+use crate::rng::RngKey;
+use crate::{Float, KernelError, Precision, Result};
+
+fn join(prefix: &str, name: &str) -> String {
+    if prefix.is_empty() {
+        name.to_string()
+    } else {
+        format!("{prefix}.{name}")
+    }
+}
+
+/// nn.Linear: y = x·Wᵀ + b, W is [out, in]. Init U(±1/√in) for both, as PyTorch.
+#[derive(Clone, Debug)]
+pub struct Linear {
+    pub weight: ParamView,
+    pub bias: Option<ParamView>,
+    pub in_features: usize,
+    pub out_features: usize,
+}
+
+impl Linear {
+    pub fn new(l: &mut ParamLayout, prefix: &str, in_f: usize, out_f: usize, bias: bool) -> Self {
+        let a = 1.0 / (in_f as f64).sqrt();
+        let weight = l.add(join(prefix, "weight"), &[out_f, in_f], Init::Uniform(a));
+        let bias = bias.then(|| l.add(join(prefix, "bias"), &[out_f], Init::Uniform(a)));
+        Self {
+            weight,
+            bias,
+            in_features: in_f,
+            out_features: out_f,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<T: Float, D: Device<T>>(
+        &self,
+        dev: &D,
+        prec: Precision,
+        params: &D::Mem,
+        x: &D::Mem,
+        y: &mut D::Mem,
+        n: usize,
+    ) {
+        let (i, o) = (self.in_features, self.out_features);
+        dev.linear_forward(prec, y, x, params, self.weight, self.bias, n, i, o)
+    }
+
+    /// Accumulates dW, db into `grads`; writes (or adds to) dx when given.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Float, D: Device<T>>(
+        &self,
+        dev: &D,
+        prec: Precision,
+        params: &D::Mem,
+        grads: &mut D::Mem,
+        x: &D::Mem,
+        dy: &D::Mem,
+        dx: Option<&mut D::Mem>,
+        accumulate_dx: bool,
+        n: usize,
+    ) {
+        let (i, o) = (self.in_features, self.out_features);
+        dev.linear_backward(
+            prec,
+            dx,
+            accumulate_dx,
+            grads,
+            dy,
+            x,
+            params,
+            self.weight,
+            self.bias,
+            n,
+            i,
+            o,
+        )
+    }
+}
+
+/// nn.LayerNorm over the last dimension (weight = 1, bias = 0 at init).
+#[derive(Clone, Debug)]
+pub struct LayerNorm {
+    pub weight: ParamView,
+    pub bias: ParamView,
+    pub dim: usize,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(l: &mut ParamLayout, prefix: &str, dim: usize, eps: f64) -> Self {
+        Self {
+            weight: l.add(join(prefix, "weight"), &[dim], Init::Ones),
+            bias: l.add(join(prefix, "bias"), &[dim], Init::Zeros),
+            dim,
+            eps,
+        }
+    }
+}
+
+/// nn.Embedding: out[n] = W[idx[n]], init N(0, 1).
+#[derive(Clone, Debug)]
+pub struct Embedding {
+    pub weight: ParamView,
+    pub vocab: usize,
+    pub dim: usize,
+}
+
+impl Embedding {
+    pub fn new(l: &mut ParamLayout, prefix: &str, vocab: usize, dim: usize) -> Self {
+        Self {
+            weight: l.add(join(prefix, "weight"), &[vocab, dim], Init::Normal(1.0)),
+            vocab,
+            dim,
+        }
+    }
+
+    pub fn forward<T: Float, D: Device<T>>(
+        &self,
+        dev: &D,
+        params: &D::Mem,
+        idx: &[u32],
+        out: &mut D::Mem,
+    ) -> Result<()> {
+        dev.embedding_forward(out, idx, params, self.weight, self.dim)
+    }
+
+    pub fn backward<T: Float, D: Device<T>>(
+        &self,
+        dev: &D,
+        grads: &mut D::Mem,
+        idx: &[u32],
+        dout: &D::Mem,
+    ) -> Result<()> {
+        dev.embedding_backward(grads, self.weight, dout, idx, self.dim)
+    }
+}
+
+/// nn.MultiheadAttention (batch_first, packed in-projection): parameters `in_proj_weight`
+/// [3E, E] (xavier-uniform), `in_proj_bias` [3E] (0), `out_proj.weight` [E, E], `out_proj.bias`
+/// [E] (0).
+#[derive(Clone, Debug)]
+pub struct MultiheadAttention {
+    pub in_proj: Linear,
+    pub out_proj: Linear,
+    pub heads: usize,
+    pub embed: usize,
+}
+
+impl MultiheadAttention {
+    pub fn new(l: &mut ParamLayout, prefix: &str, embed: usize, heads: usize) -> Result<Self> {
+        if heads == 0 || !embed.is_multiple_of(heads) {
+            return Err(KernelError::Shape {
+                op: "MultiheadAttention",
+                detail: format!("embed dim {embed} is not divisible by {heads} heads"),
+            });
+        }
+        let xavier = (6.0 / (embed + 3 * embed) as f64).sqrt();
+        let w = l.add(
+            join(prefix, "in_proj_weight"),
+            &[3 * embed, embed],
+            Init::Uniform(xavier),
+        );
+        let b = l.add(join(prefix, "in_proj_bias"), &[3 * embed], Init::Zeros);
+        let ow = l.add(
+            join(prefix, "out_proj.weight"),
+            &[embed, embed],
+            Init::Uniform(1.0 / (embed as f64).sqrt()),
+        );
+        let ob = l.add(join(prefix, "out_proj.bias"), &[embed], Init::Zeros);
+        Ok(Self {
+            in_proj: Linear {
+                weight: w,
+                bias: Some(b),
+                in_features: embed,
+                out_features: 3 * embed,
+            },
+            out_proj: Linear {
+                weight: ow,
+                bias: Some(ob),
+                in_features: embed,
+                out_features: embed,
+            },
+            heads,
+            embed,
+        })
+    }
+}
+
+/// nn.TransformerEncoderLayer hyper-parameters (norm_first=True, batch_first=True).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct EncoderLayerConfig {
+    pub d_model: usize,
+    pub nhead: usize,
+    pub dim_feedforward: usize,
+    pub dropout: f64,
+    pub activation: Activation,
+    pub layer_norm_eps: f64,
+    /// Causal self-attention mask (PyTorch's `is_causal=True`).
+    pub causal: bool,
+    pub precision: Precision,
+}
+
+/// Pre-norm encoder layer, PyTorch's `norm_first=True`:
+///   x₁ = x + dropout1(SA(norm1(x)))
+///   y  = x₁ + dropout2(linear2(dropout(act(linear1(norm2(x₁))))))
+/// with SA's own dropout on the attention weights.
+#[derive(Clone, Debug)]
+pub struct TransformerEncoderLayer {
+    pub cfg: EncoderLayerConfig,
+    pub norm1: LayerNorm,
+    pub self_attn: MultiheadAttention,
+    pub norm2: LayerNorm,
+    pub linear1: Linear,
+    pub linear2: Linear,
+}
+
+/// Saved activations and backward scratch of one encoder layer for one (batch, seq) shape.
+pub struct EncoderActs<M> {
+    pub batch: usize,
+    pub seq: usize,
+    x: M,
+    h1: M,
+    mean1: M,
+    rstd1: M,
+    qkv: M,
+    attn: M,
+    lse: M,
+    x1: M,
+    h2: M,
+    mean2: M,
+    rstd2: M,
+    ff1: M,
+    ffa: M,
+    /// The layer output after forward.
+    pub out: M,
+    s_e1: M,
+    s_e2: M,
+    dx1: M,
+    s_f1: M,
+    s_f2: M,
+    s_qkv: M,
+    key_pad: Option<Vec<bool>>,
+}
+
+impl<M> EncoderActs<M> {
+    pub fn shape(&self) -> (usize, usize) {
+        (self.batch, self.seq)
+    }
+}
+
+// Dropout sites inside a layer, mixed into the layer's RNG key.
+const SITE_ATTN: u64 = 0;
+const SITE_DROPOUT1: u64 = 1;
+const SITE_FF: u64 = 2;
+const SITE_DROPOUT2: u64 = 3;
+
+impl TransformerEncoderLayer {
+    /// Registers the layer's parameters under `prefix` (e.g. "encoder.layers.0").
+    pub fn new(l: &mut ParamLayout, prefix: &str, cfg: EncoderLayerConfig) -> Result<Self> {
+        let (e, f) = (cfg.d_model, cfg.dim_feedforward);
+        // Registration order follows PyTorch's named_parameters() for this module.
+        let self_attn = MultiheadAttention::new(l, &join(prefix, "self_attn"), e, cfg.nhead)?;
+        let linear1 = Linear::new(l, &join(prefix, "linear1"), e, f, true);
+        let linear2 = Linear::new(l, &join(prefix, "linear2"), f, e, true);
+        let norm1 = LayerNorm::new(l, &join(prefix, "norm1"), e, cfg.layer_norm_eps);
+        let norm2 = LayerNorm::new(l, &join(prefix, "norm2"), e, cfg.layer_norm_eps);
+        Ok(Self {
+            cfg,
+            norm1,
+            self_attn,
+            norm2,
+            linear1,
+            linear2,
+        })
+    }
+
+    fn attn_shape(&self, batch: usize, seq: usize) -> AttnShape {
+        AttnShape {
+            batch,
+            seq,
+            heads: self.cfg.nhead,
+            head_dim: self.cfg.d_model / self.cfg.nhead,
+        }
+    }
+
+    /// The activation arena for a (batch, seq) shape; reuse it for every batch of that shape.
+    pub fn alloc_acts<T: Float, D: Device<T>>(
+        &self,
+        dev: &D,
+        batch: usize,
+        seq: usize,
+    ) -> EncoderActs<D::Mem> {
+        let n = batch * seq;
+        let (e, f) = (self.cfg.d_model, self.cfg.dim_feedforward);
+        let z = |len: usize| dev.zeros(len);
+        EncoderActs {
+            batch,
+            seq,
+            x: z(n * e),
+            h1: z(n * e),
+            mean1: z(n),
+            rstd1: z(n),
+            qkv: z(n * 3 * e),
+            attn: z(n * e),
+            lse: z(n * self.cfg.nhead),
+            x1: z(n * e),
+            h2: z(n * e),
+            mean2: z(n),
+            rstd2: z(n),
+            ff1: z(n * f),
+            ffa: z(n * f),
+            out: z(n * e),
+            s_e1: z(n * e),
+            s_e2: z(n * e),
+            dx1: z(n * e),
+            s_f1: z(n * f),
+            s_f2: z(n * f),
+            s_qkv: z(n * 3 * e),
+            key_pad: None,
+        }
+    }
+
+    /// Forward over x [B, T, E] (the arena's shape). `key_pad` is [B, T], true = padding.
+    /// `key` identifies (seed, step, layer) for the dropout masks. Output in `acts.out`.
+    pub fn forward<T: Float, D: Device<T>>(
+        &self,
+        dev: &D,
+        params: &D::Mem,
+        acts: &mut EncoderActs<D::Mem>,
+        x: &D::Mem,
+        key_pad: Option<&[bool]>,
+        key: RngKey,
+    ) -> Result<()> {
+        let (b, t) = acts.shape();
+        let n = b * t;
+        let (e, p, prec) = (self.cfg.d_model, self.cfg.dropout, self.cfg.precision);
+        if dev.len(x) < n * e {
+            return Err(KernelError::Shape {
+                op: "TransformerEncoderLayer",
+                detail: format!("input has {} values, expected {b}x{t}x{e}", dev.len(x)),
+            });
+        }
+        if let Some(m) = key_pad {
+            if m.len() != n {
+                return Err(KernelError::Shape {
+                    op: "TransformerEncoderLayer",
+                    detail: format!("key padding mask has {} entries, expected {b}x{t}", m.len()),
+                });
+            }
+        }
+        acts.key_pad = key_pad.map(|m| m.to_vec());
+        let a = acts;
+        dev.copy(&mut a.x, x);
+        let (n1, n2) = (&self.norm1, &self.norm2);
+        dev.layernorm_forward(
+            &mut a.h1,
+            &mut a.mean1,
+            &mut a.rstd1,
+            &a.x,
+            params,
+            n1.weight,
+            n1.bias,
+            n,
+            e,
+            n1.eps,
+        );
+        let sa = &self.self_attn;
+        sa.in_proj.forward(dev, prec, params, &a.h1, &mut a.qkv, n);
+        let opts = AttnOpts {
+            key_pad: a.key_pad.as_deref(),
+            causal: self.cfg.causal,
+            dropout: p,
+            key: key.site(SITE_ATTN),
+            prec,
+        };
+        dev.attention_forward(
+            &mut a.attn,
+            &mut a.lse,
+            &a.qkv,
+            self.attn_shape(b, t),
+            &opts,
+        );
+        sa.out_proj
+            .forward(dev, prec, params, &a.attn, &mut a.s_e1, n);
+        dev.dropout_forward(&mut a.s_e1, p, key.site(SITE_DROPOUT1));
+        dev.residual_forward(&mut a.x1, &a.x, &a.s_e1);
+        dev.layernorm_forward(
+            &mut a.h2,
+            &mut a.mean2,
+            &mut a.rstd2,
+            &a.x1,
+            params,
+            n2.weight,
+            n2.bias,
+            n,
+            e,
+            n2.eps,
+        );
+        self.linear1
+            .forward(dev, prec, params, &a.h2, &mut a.ff1, n);
+        dev.activation_forward(self.cfg.activation, &mut a.ffa, &a.ff1);
+        dev.dropout_forward(&mut a.ffa, p, key.site(SITE_FF));
+        self.linear2
+            .forward(dev, prec, params, &a.ffa, &mut a.s_e1, n);
+        dev.dropout_forward(&mut a.s_e1, p, key.site(SITE_DROPOUT2));
+        dev.residual_forward(&mut a.out, &a.x1, &a.s_e1);
+        Ok(())
+    }
+
+    /// Backward of the last forward on `acts`: accumulates parameter gradients into `grads`
+    /// and writes dx [B, T, E]. `dout` is consumed as scratch-free input (not modified).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Float, D: Device<T>>(
+        &self,
+        dev: &D,
+        params: &D::Mem,
+        grads: &mut D::Mem,
+        acts: &mut EncoderActs<D::Mem>,
+        dout: &D::Mem,
+        dx: &mut D::Mem,
+        key: RngKey,
+    ) {
+        let (b, t) = acts.shape();
+        let n = b * t;
+        let (e, p, prec) = (self.cfg.d_model, self.cfg.dropout, self.cfg.precision);
+        let a = acts;
+        let (n1, n2, sa) = (&self.norm1, &self.norm2, &self.self_attn);
+        // Feed-forward branch: y = x₁ + drop2(linear2(drop(act(linear1(norm2(x₁)))))).
+        dev.copy(&mut a.s_e1, dout);
+        dev.dropout_backward(&mut a.s_e1, p, key.site(SITE_DROPOUT2));
+        self.linear2.backward(
+            dev,
+            prec,
+            params,
+            grads,
+            &a.ffa,
+            &a.s_e1,
+            Some(&mut a.s_f1),
+            false,
+            n,
+        );
+        dev.dropout_backward(&mut a.s_f1, p, key.site(SITE_FF));
+        dev.activation_backward(self.cfg.activation, &mut a.s_f2, &a.s_f1, &a.ff1);
+        self.linear1.backward(
+            dev,
+            prec,
+            params,
+            grads,
+            &a.h2,
+            &a.s_f2,
+            Some(&mut a.s_e2),
+            false,
+            n,
+        );
+        dev.copy(&mut a.dx1, dout);
+        dev.layernorm_backward(
+            &mut a.dx1, true, grads, &a.s_e2, &a.x1, &a.mean2, &a.rstd2, params, n2.weight,
+            n2.bias, n, e,
+        );
+        // Attention branch: x₁ = x + drop1(out_proj(attn(in_proj(norm1(x))))).
+        dev.copy(&mut a.s_e1, &a.dx1);
+        dev.dropout_backward(&mut a.s_e1, p, key.site(SITE_DROPOUT1));
+        sa.out_proj.backward(
+            dev,
+            prec,
+            params,
+            grads,
+            &a.attn,
+            &a.s_e1,
+            Some(&mut a.s_e2),
+            false,
+            n,
+        );
+        let opts = AttnOpts {
+            key_pad: a.key_pad.as_deref(),
+            causal: self.cfg.causal,
+            dropout: p,
+            key: key.site(SITE_ATTN),
+            prec,
+        };
+        dev.attention_backward(
+            &mut a.s_qkv,
+            &a.s_e2,
+            &a.attn,
+            &a.lse,
+            &a.qkv,
+            self.attn_shape(b, t),
+            &opts,
+        );
+        sa.in_proj.backward(
+            dev,
+            prec,
+            params,
+            grads,
+            &a.h1,
+            &a.s_qkv,
+            Some(&mut a.s_e2),
+            false,
+            n,
+        );
+        dev.copy(dx, &a.dx1);
+        dev.layernorm_backward(
+            dx, true, grads, &a.s_e2, &a.x, &a.mean1, &a.rstd1, params, n1.weight, n1.bias, n, e,
+        );
+    }
+}

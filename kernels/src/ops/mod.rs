@@ -1,0 +1,599 @@
+//! CPU ops, each a forward/backward pair on row-major slices. Ops that produce parameter
+//! gradients *accumulate* into them (`+=`), so gradient accumulation across micro-batches and
+//! parameters shared by several uses work without extra passes; activation gradients are
+//! overwritten unless the name says `accumulate`.
+
+pub mod attention;
+pub mod optim;
+
+use rayon::prelude::*;
+
+use crate::precision::{rounded, Precision};
+use crate::rng::{keep_threshold, RngKey};
+use crate::{Float, KernelError, Result};
+
+pub use attention::{attention_backward, attention_forward, AttnShape};
+pub use optim::{adam_step, clip_grad_norm, global_norm, AdamConfig};
+
+/// Below this many elements an elementwise op runs on the calling thread.
+const PAR_MIN: usize = 1 << 15;
+const PAR_CHUNK: usize = 1 << 14;
+
+fn check(op: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(KernelError::Shape {
+            op,
+            detail: detail(),
+        })
+    }
+}
+
+/// Applies `f(chunk_of_out, start_index)` over `out`, in parallel for large buffers.
+fn for_chunks<T: Float>(out: &mut [T], f: impl Fn(&mut [T], usize) + Sync + Send) {
+    if out.len() < PAR_MIN {
+        f(out, 0);
+    } else {
+        out.par_chunks_mut(PAR_CHUNK)
+            .enumerate()
+            .for_each(|(c, ch)| f(ch, c * PAR_CHUNK));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Matrix products
+
+/// `c[m,n] (+)= op(a) · op(b)`, row-major, with matrix-product operands rounded per `prec`
+/// (bf16/fp16) and accumulation in T. `parallel` lets faer split the product over rayon.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul<T: Float>(
+    prec: Precision,
+    c: &mut [T],
+    a: &[T],
+    ta: bool,
+    b: &[T],
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    let a = rounded(prec, a);
+    let b = rounded(prec, b);
+    let lda = if ta { m } else { k };
+    let ldb = if tb { k } else { n };
+    let big = m * n * k >= 1 << 18;
+    T::gemm(c, n, &a, lda, ta, &b, ldb, tb, m, n, k, accumulate, big);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Linear and bias
+
+/// Linear: y[N,O] = x[N,I] · W[O,I]ᵀ + b[O]   (W stored as PyTorch's [out, in]).
+#[allow(clippy::too_many_arguments)]
+pub fn linear_forward<T: Float>(
+    prec: Precision,
+    y: &mut [T],
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    n: usize,
+    i: usize,
+    o: usize,
+) {
+    debug_assert!(y.len() >= n * o && x.len() >= n * i && w.len() >= o * i);
+    let y = &mut y[..n * o];
+    match b {
+        Some(b) => {
+            add_bias_fill(y, b, o);
+            matmul(
+                prec,
+                y,
+                &x[..n * i],
+                false,
+                &w[..o * i],
+                true,
+                n,
+                o,
+                i,
+                true,
+            );
+        }
+        None => matmul(
+            prec,
+            y,
+            &x[..n * i],
+            false,
+            &w[..o * i],
+            true,
+            n,
+            o,
+            i,
+            false,
+        ),
+    }
+}
+
+/// Linear backward: dx[N,I] = dy · W  (or += when `accumulate_dx`);  dW[O,I] += dyᵀ · x;
+/// db[O] += Σₙ dy[n,:].
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward<T: Float>(
+    prec: Precision,
+    dx: Option<&mut [T]>,
+    accumulate_dx: bool,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+    dy: &[T],
+    x: &[T],
+    w: &[T],
+    n: usize,
+    i: usize,
+    o: usize,
+) {
+    let dy = &dy[..n * o];
+    if let Some(dx) = dx {
+        matmul(
+            prec,
+            &mut dx[..n * i],
+            dy,
+            false,
+            &w[..o * i],
+            false,
+            n,
+            i,
+            o,
+            accumulate_dx,
+        );
+    }
+    matmul(
+        prec,
+        &mut dw[..o * i],
+        dy,
+        true,
+        &x[..n * i],
+        false,
+        o,
+        i,
+        n,
+        true,
+    );
+    if let Some(db) = db {
+        bias_backward(db, dy, n, o);
+    }
+}
+
+/// Writes the bias into every row: y[n,:] = b  (the GEMM then accumulates on top).
+pub fn add_bias_fill<T: Float>(y: &mut [T], b: &[T], o: usize) {
+    let rows_per = (PAR_CHUNK / o.max(1)).max(1) * o;
+    let f = |ch: &mut [T]| {
+        for row in ch.chunks_exact_mut(o) {
+            row.copy_from_slice(&b[..o]);
+        }
+    };
+    if y.len() < PAR_MIN {
+        f(y)
+    } else {
+        y.par_chunks_mut(rows_per).for_each(f)
+    }
+}
+
+/// Bias: y[n,:] += b.
+pub fn add_bias<T: Float>(y: &mut [T], b: &[T], o: usize) {
+    for row in y.chunks_exact_mut(o) {
+        for (v, bb) in row.iter_mut().zip(b) {
+            *v += *bb;
+        }
+    }
+}
+
+/// Bias backward: db[O] += Σₙ dy[n,:]  (column sums, per-thread partials then reduced).
+pub fn bias_backward<T: Float>(db: &mut [T], dy: &[T], n: usize, o: usize) {
+    let dy = &dy[..n * o];
+    let rows_per = 256usize;
+    let partial = |ch: &[T]| {
+        let mut acc = vec![T::ZERO; o];
+        for row in ch.chunks_exact(o) {
+            for (a, v) in acc.iter_mut().zip(row) {
+                *a += *v;
+            }
+        }
+        acc
+    };
+    let sum = if n * o < PAR_MIN {
+        partial(dy)
+    } else {
+        dy.par_chunks(rows_per * o).map(partial).reduce(
+            || vec![T::ZERO; o],
+            |mut a, b| {
+                for (x, y) in a.iter_mut().zip(&b) {
+                    *x += *y;
+                }
+                a
+            },
+        )
+    };
+    for (d, s) in db[..o].iter_mut().zip(&sum) {
+        *d += *s;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Embedding
+
+/// Embedding: out[n,:] = W[idx[n],:]   (W is [vocab, dim]). Errors on an index out of range.
+pub fn embedding_forward<T: Float>(
+    out: &mut [T],
+    idx: &[u32],
+    w: &[T],
+    vocab: usize,
+    dim: usize,
+) -> Result<()> {
+    check("embedding", out.len() >= idx.len() * dim, || {
+        format!("out has {} < {}x{}", out.len(), idx.len(), dim)
+    })?;
+    check("embedding", w.len() >= vocab * dim, || {
+        format!("weight has {} < {vocab}x{dim}", w.len())
+    })?;
+    for (row, &t) in out.chunks_exact_mut(dim).zip(idx) {
+        let t = t as usize;
+        check("embedding", t < vocab, || {
+            format!("index {t} out of range for vocabulary {vocab}")
+        })?;
+        row.copy_from_slice(&w[t * dim..(t + 1) * dim]);
+    }
+    Ok(())
+}
+
+/// Embedding backward (scatter-add): dW[idx[n],:] += dout[n,:].
+pub fn embedding_backward<T: Float>(
+    dw: &mut [T],
+    dout: &[T],
+    idx: &[u32],
+    vocab: usize,
+    dim: usize,
+) -> Result<()> {
+    for (row, &t) in dout.chunks_exact(dim).zip(idx) {
+        let t = t as usize;
+        check("embedding_backward", t < vocab, || {
+            format!("index {t} out of range for vocabulary {vocab}")
+        })?;
+        for (d, g) in dw[t * dim..(t + 1) * dim].iter_mut().zip(row) {
+            *d += *g;
+        }
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// LayerNorm
+
+/// LayerNorm over the last dim C: μ = mean(x), σ⁻¹ = 1/√(var(x)+ε) (biased var),
+/// y = (x-μ)·σ⁻¹·γ + β. Saves μ and σ⁻¹ per row for backward.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_forward<T: Float>(
+    y: &mut [T],
+    mean: &mut [T],
+    rstd: &mut [T],
+    x: &[T],
+    gamma: &[T],
+    beta: &[T],
+    n: usize,
+    c: usize,
+    eps: f64,
+) {
+    let eps = T::from_f64(eps);
+    let inv_c = T::from_f64(1.0 / c as f64);
+    type Row<'a, T> = (&'a mut [T], (&'a mut T, (&'a mut T, &'a [T])));
+    let row = |(yr, (m, (r, xr))): Row<T>| {
+        let mu = xr.iter().copied().sum::<T>() * inv_c;
+        let var = xr.iter().map(|&v| (v - mu) * (v - mu)).sum::<T>() * inv_c;
+        let rs = T::ONE / (var + eps).sqrt();
+        for ((o, &v), (&g, &b)) in yr.iter_mut().zip(xr).zip(gamma.iter().zip(beta)) {
+            *o = (v - mu) * rs * g + b;
+        }
+        *m = mu;
+        *r = rs;
+    };
+    let (y, mean, rstd, x) = (&mut y[..n * c], &mut mean[..n], &mut rstd[..n], &x[..n * c]);
+    if n * c < PAR_MIN {
+        y.chunks_exact_mut(c)
+            .zip(mean.iter_mut().zip(rstd.iter_mut().zip(x.chunks_exact(c))))
+            .for_each(row);
+    } else {
+        y.par_chunks_exact_mut(c)
+            .zip(
+                mean.par_iter_mut()
+                    .zip(rstd.par_iter_mut().zip(x.par_chunks_exact(c))),
+            )
+            .for_each(row);
+    }
+}
+
+/// LayerNorm backward with x̂ = (x-μ)σ⁻¹ and g = dy·γ:
+/// dx = σ⁻¹·(g − mean(g) − x̂·mean(g·x̂))  (written, or added when `accumulate_dx`);
+/// dγ += Σₙ dy·x̂;  dβ += Σₙ dy.
+#[allow(clippy::too_many_arguments)]
+pub fn layernorm_backward<T: Float>(
+    dx: &mut [T],
+    accumulate_dx: bool,
+    dgamma: &mut [T],
+    dbeta: &mut [T],
+    dy: &[T],
+    x: &[T],
+    mean: &[T],
+    rstd: &[T],
+    gamma: &[T],
+    n: usize,
+    c: usize,
+) {
+    let inv_c = T::from_f64(1.0 / c as f64);
+    let rows_per = 64usize;
+    // Each chunk of rows writes its dx rows and returns partial (dγ, dβ) sums.
+    let work = |(ci, dxc): (usize, &mut [T])| {
+        let mut dg = vec![T::ZERO; c];
+        let mut dbt = vec![T::ZERO; c];
+        let r0 = ci * rows_per;
+        for (k, dxr) in dxc.chunks_exact_mut(c).enumerate() {
+            let r = r0 + k;
+            let (xr, dyr) = (&x[r * c..(r + 1) * c], &dy[r * c..(r + 1) * c]);
+            let (mu, rs) = (mean[r], rstd[r]);
+            let mut sum_g = T::ZERO;
+            let mut sum_gx = T::ZERO;
+            for j in 0..c {
+                let xh = (xr[j] - mu) * rs;
+                let g = dyr[j] * gamma[j];
+                sum_g += g;
+                sum_gx += g * xh;
+                dg[j] += dyr[j] * xh;
+                dbt[j] += dyr[j];
+            }
+            let (mg, mgx) = (sum_g * inv_c, sum_gx * inv_c);
+            for j in 0..c {
+                let xh = (xr[j] - mu) * rs;
+                let v = rs * (dyr[j] * gamma[j] - mg - xh * mgx);
+                if accumulate_dx {
+                    dxr[j] += v;
+                } else {
+                    dxr[j] = v;
+                }
+            }
+        }
+        (dg, dbt)
+    };
+    let dx = &mut dx[..n * c];
+    let (dg, dbt) = if n * c < PAR_MIN {
+        dx.chunks_mut(rows_per * c)
+            .enumerate()
+            .map(work)
+            .fold((vec![T::ZERO; c], vec![T::ZERO; c]), |a, b| sum_pairs(a, b))
+    } else {
+        dx.par_chunks_mut(rows_per * c)
+            .enumerate()
+            .map(work)
+            .reduce(|| (vec![T::ZERO; c], vec![T::ZERO; c]), sum_pairs)
+    };
+    for j in 0..c {
+        dgamma[j] += dg[j];
+        dbeta[j] += dbt[j];
+    }
+}
+
+fn sum_pairs<T: Float>(mut a: (Vec<T>, Vec<T>), b: (Vec<T>, Vec<T>)) -> (Vec<T>, Vec<T>) {
+    for (x, y) in a.0.iter_mut().zip(&b.0) {
+        *x += *y;
+    }
+    for (x, y) in a.1.iter_mut().zip(&b.1) {
+        *x += *y;
+    }
+    a
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activations
+
+const INV_SQRT2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+/// GELU, exact erf form (PyTorch's nn.GELU() default, approximate='none'):
+/// y = ½·x·(1 + erf(x/√2)).
+pub fn gelu_forward<T: Float>(y: &mut [T], x: &[T]) {
+    let (h, s) = (T::from_f64(0.5), T::from_f64(INV_SQRT2));
+    for_chunks(&mut y[..x.len()], |ch, off| {
+        for (o, &v) in ch.iter_mut().zip(&x[off..]) {
+            *o = h * v * (T::ONE + (v * s).erf());
+        }
+    });
+}
+
+/// GELU backward: dx = dy·(½(1 + erf(x/√2)) + x·φ(x)),  φ(x) = e^{−x²/2}/√(2π).
+pub fn gelu_backward<T: Float>(dx: &mut [T], dy: &[T], x: &[T]) {
+    let (h, s, c) = (
+        T::from_f64(0.5),
+        T::from_f64(INV_SQRT2),
+        T::from_f64(INV_SQRT_2PI),
+    );
+    for_chunks(&mut dx[..x.len()], |ch, off| {
+        for ((o, &v), &g) in ch.iter_mut().zip(&x[off..]).zip(&dy[off..]) {
+            let cdf = h * (T::ONE + (v * s).erf());
+            let pdf = c * (-h * v * v).exp();
+            *o = g * (cdf + v * pdf);
+        }
+    });
+}
+
+/// ReLU: y = max(0, x).
+pub fn relu_forward<T: Float>(y: &mut [T], x: &[T]) {
+    for_chunks(&mut y[..x.len()], |ch, off| {
+        for (o, &v) in ch.iter_mut().zip(&x[off..]) {
+            *o = if v > T::ZERO { v } else { T::ZERO };
+        }
+    });
+}
+
+/// ReLU backward: dx = dy·[x > 0].
+pub fn relu_backward<T: Float>(dx: &mut [T], dy: &[T], x: &[T]) {
+    for_chunks(&mut dx[..x.len()], |ch, off| {
+        for ((o, &v), &g) in ch.iter_mut().zip(&x[off..]).zip(&dy[off..]) {
+            *o = if v > T::ZERO { g } else { T::ZERO };
+        }
+    });
+}
+
+/// Activation choice of a feed-forward block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    Relu,
+    Gelu,
+}
+
+pub fn activation_forward<T: Float>(act: Activation, y: &mut [T], x: &[T]) {
+    match act {
+        Activation::Relu => relu_forward(y, x),
+        Activation::Gelu => gelu_forward(y, x),
+    }
+}
+
+pub fn activation_backward<T: Float>(act: Activation, dx: &mut [T], dy: &[T], x: &[T]) {
+    match act {
+        Activation::Relu => relu_backward(dx, dy, x),
+        Activation::Gelu => gelu_backward(dx, dy, x),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dropout
+
+/// Dropout (in place): x[i] ← x[i]·keep(i)/(1−p), keep(i) = bits(seed, step, layer, i) ≥ p·2³².
+/// The mask is recomputed from the key in backward, never stored.
+pub fn dropout_forward<T: Float>(x: &mut [T], p: f64, key: RngKey) {
+    if p <= 0.0 {
+        return;
+    }
+    let scale = if p >= 1.0 {
+        T::ZERO
+    } else {
+        T::from_f64(1.0 / (1.0 - p))
+    };
+    let (thr, st) = (keep_threshold(p), key.stream_state());
+    for_chunks(x, |ch, off| {
+        for (k, v) in ch.iter_mut().enumerate() {
+            let keep = RngKey::bits_from(st, (off + k) as u64) >= thr;
+            *v = if keep { *v * scale } else { T::ZERO };
+        }
+    });
+}
+
+/// Dropout backward (in place): dx[i] = dy[i]·keep(i)/(1−p) with the same key as forward.
+pub fn dropout_backward<T: Float>(dy: &mut [T], p: f64, key: RngKey) {
+    dropout_forward(dy, p, key)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Residual
+
+/// Residual: out = a + b. (Backward: the incoming gradient flows unchanged to both inputs.)
+pub fn residual_forward<T: Float>(out: &mut [T], a: &[T], b: &[T]) {
+    for_chunks(&mut out[..a.len()], |ch, off| {
+        for ((o, &x), &y) in ch.iter_mut().zip(&a[off..]).zip(&b[off..]) {
+            *o = x + y;
+        }
+    });
+}
+
+/// acc += g (the gradient of a residual branch joining the trunk).
+pub fn add_inplace<T: Float>(acc: &mut [T], g: &[T]) {
+    for_chunks(&mut acc[..g.len()], |ch, off| {
+        for (o, &v) in ch.iter_mut().zip(&g[off..]) {
+            *o += v;
+        }
+    });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Losses
+
+pub const IGNORE_INDEX: i64 = -100;
+
+/// Softmax cross-entropy, mean over rows whose target ≠ −100:
+/// loss = (1/M) Σₙ [logsumexp(zₙ) − zₙ[tₙ]];  dz = (softmax(z) − onehot(t))/M, 0 on ignored rows.
+/// Returns the loss and writes dlogits (scaled by `dloss`). With every row ignored the loss is
+/// 0 and the gradient 0 (PyTorch returns NaN there).
+pub fn cross_entropy<T: Float>(
+    dlogits: &mut [T],
+    logits: &[T],
+    targets: &[i64],
+    n: usize,
+    v: usize,
+    dloss: f64,
+) -> Result<f64> {
+    check(
+        "cross_entropy",
+        logits.len() >= n * v && dlogits.len() >= n * v,
+        || {
+            format!(
+                "logits {} / dlogits {} < {n}x{v}",
+                logits.len(),
+                dlogits.len()
+            )
+        },
+    )?;
+    check("cross_entropy", targets.len() == n, || {
+        format!("{} targets for {n} rows", targets.len())
+    })?;
+    let mut count = 0usize;
+    for &t in targets {
+        if t != IGNORE_INDEX {
+            check("cross_entropy", t >= 0 && (t as usize) < v, || {
+                format!("target {t} outside [0, {v}) and not the ignore index -100")
+            })?;
+            count += 1;
+        }
+    }
+    let scale = if count == 0 {
+        0.0
+    } else {
+        dloss / count as f64
+    };
+    let total: f64 = dlogits[..n * v]
+        .par_chunks_mut(v)
+        .zip(logits[..n * v].par_chunks(v))
+        .zip(targets.par_iter())
+        .map(|((dz, z), &t)| {
+            if t == IGNORE_INDEX {
+                dz.fill(T::ZERO);
+                return 0.0;
+            }
+            let m = z.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+            let sum: T = z.iter().map(|&x| (x - m).exp()).sum();
+            let lse = m + sum.ln();
+            let s = T::from_f64(scale);
+            for (d, &x) in dz.iter_mut().zip(z) {
+                *d = (x - lse).exp() * s;
+            }
+            dz[t as usize] -= s;
+            (lse - z[t as usize]).to_f64()
+        })
+        .sum();
+    Ok(if count == 0 {
+        0.0
+    } else {
+        total / count as f64
+    })
+}
+
+/// Mean squared error: loss = (1/n) Σ (x − y)²;  dx = 2(x − y)/n · dloss.
+pub fn mse<T: Float>(dx: &mut [T], x: &[T], y: &[T], dloss: f64) -> Result<f64> {
+    check("mse", x.len() == y.len() && dx.len() >= x.len(), || {
+        format!("x {} y {} dx {}", x.len(), y.len(), dx.len())
+    })?;
+    let n = x.len().max(1) as f64;
+    let s = T::from_f64(2.0 * dloss / n);
+    let mut sum = 0.0f64;
+    for ((d, &a), &b) in dx.iter_mut().zip(x).zip(y) {
+        let e = a - b;
+        sum += (e * e).to_f64();
+        *d = e * s;
+    }
+    Ok(sum / n)
+}
