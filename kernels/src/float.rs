@@ -164,9 +164,34 @@ macro_rules! impl_float {
                 };
                 let par = if parallel { Par::rayon(0) } else { Par::Seq };
                 faer::linalg::matmul::matmul(dst, accum, lhs, rhs, 1.0, par);
+                clear_upper_simd_state(parallel);
             }
         }
     };
+}
+
+/// faer's AVX/AVX-512 micro-kernels return with the upper vector-register state dirty. Code
+/// compiled for the baseline target (legacy-SSE encoded scalar math, libm calls) then pays a
+/// state-transition penalty on every instruction: measured ~30x slower softmax/exp loops after a
+/// GEMM. `vzeroupper` on every thread that ran the kernel restores full speed.
+#[inline]
+fn clear_upper_simd_state(parallel: bool) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx")]
+        unsafe fn zeroupper() {
+            std::arch::x86_64::_mm256_zeroupper();
+        }
+        if std::arch::is_x86_feature_detected!("avx") {
+            // SAFETY: AVX support was just checked.
+            unsafe { zeroupper() };
+            if parallel {
+                rayon::broadcast(|_| unsafe { zeroupper() });
+            }
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = parallel;
 }
 
 impl_float!(f32, libm::erff);
