@@ -41,6 +41,12 @@ pub trait Float:
     fn abs(self) -> Self;
     fn max(self, o: Self) -> Self;
     fn is_finite(self) -> bool;
+    /// xs[i] ← e^{xs[i] − m} (e^{−∞} = 0); returns Σ xs[i]. Vectorized for f32.
+    fn exp_sub_sum(xs: &mut [Self], m: Self) -> Self;
+    /// Exact-erf GELU over a slice (vectorized for f32).
+    fn gelu_slice(y: &mut [Self], x: &[Self]);
+    /// GELU backward over a slice.
+    fn gelu_backward_slice(dx: &mut [Self], dy: &[Self], x: &[Self]);
     /// Row-major GEMM through faer: `c[m,n] (+)= op(a)[m,k] · op(b)[k,n]`.
     #[allow(clippy::too_many_arguments)]
     fn gemm(
@@ -61,8 +67,17 @@ pub trait Float:
 }
 
 macro_rules! impl_float {
-    ($t:ty, $erf:path) => {
+    ($t:ty, $erf:path, $fast:ident) => {
         impl Float for $t {
+            fn exp_sub_sum(xs: &mut [Self], m: Self) -> Self {
+                $fast::exp_sub_sum(xs, m)
+            }
+            fn gelu_slice(y: &mut [Self], x: &[Self]) {
+                $fast::gelu_fwd(y, x)
+            }
+            fn gelu_backward_slice(dx: &mut [Self], dy: &[Self], x: &[Self]) {
+                $fast::gelu_bwd(dx, dy, x)
+            }
             const ZERO: Self = 0.0;
             const ONE: Self = 1.0;
             const NEG_INFINITY: Self = <$t>::NEG_INFINITY;
@@ -194,5 +209,31 @@ fn clear_upper_simd_state(parallel: bool) {
     let _ = parallel;
 }
 
-impl_float!(f32, libm::erff);
-impl_float!(f64, libm::erf);
+/// Scalar libm versions: the f64 path is the reference the tests differentiate.
+mod exact64 {
+    pub fn exp_sub_sum(xs: &mut [f64], m: f64) -> f64 {
+        xs.iter_mut()
+            .map(|x| {
+                *x = (*x - m).exp();
+                *x
+            })
+            .sum()
+    }
+    pub fn gelu_fwd(y: &mut [f64], x: &[f64]) {
+        for (o, &v) in y.iter_mut().zip(x) {
+            *o = 0.5 * v * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2));
+        }
+    }
+    pub fn gelu_bwd(dx: &mut [f64], dy: &[f64], x: &[f64]) {
+        for ((o, &v), &g) in dx.iter_mut().zip(x).zip(dy) {
+            let cdf = 0.5 * (1.0 + libm::erf(v * std::f64::consts::FRAC_1_SQRT_2));
+            let pdf = (-0.5 * v * v).exp() / (2.0 * std::f64::consts::PI).sqrt();
+            *o = g * (cdf + v * pdf);
+        }
+    }
+}
+
+use crate::fastmath as fast32;
+
+impl_float!(f32, libm::erff, fast32);
+impl_float!(f64, libm::erf, exact64);

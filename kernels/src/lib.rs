@@ -6,6 +6,7 @@
 //! another of the same layout ([`params::ParamLayout`]); modules hold (offset, shape) views.
 
 pub mod device;
+pub mod fastmath;
 pub mod float;
 pub mod modules;
 pub mod ops;

@@ -115,9 +115,46 @@ fn gather_rows<T: Float>(x: &[T], s: &AttnShape, b: usize, h: usize) -> Vec<T> {
     out
 }
 
-#[inline(always)]
-fn masked(o: &AttnOpts, b: usize, t: usize, i: usize, j: usize) -> bool {
-    (o.causal && j > i) || o.key_pad.is_some_and(|m| m[b * t + j])
+/// The padding flags of sequence b, if any key inside it is padding.
+fn pad_row<'a>(o: &AttnOpts<'a>, b: usize, t: usize) -> Option<&'a [bool]> {
+    o.key_pad
+        .map(|m| &m[b * t..(b + 1) * t])
+        .filter(|r| r.iter().any(|&p| p))
+}
+
+/// Scores of query i: row ← row·scale, with masked keys (padding, or j > i when causal) −∞.
+#[inline]
+fn mask_scale<T: Float>(row: &mut [T], scale: T, i: usize, pad: Option<&[bool]>, causal: bool) {
+    for x in row.iter_mut() {
+        *x *= scale;
+    }
+    if causal && i + 1 < row.len() {
+        row[i + 1..].fill(T::NEG_INFINITY);
+    }
+    if let Some(pad) = pad {
+        for (x, &p) in row.iter_mut().zip(pad) {
+            if p {
+                *x = T::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// Max with 8 independent lanes (vectorizes; no NaN handling needed after masking).
+#[inline]
+fn row_max<T: Float>(row: &[T]) -> T {
+    let mut acc = [T::NEG_INFINITY; 8];
+    let mut ch = row.chunks_exact(8);
+    for c in &mut ch {
+        for k in 0..8 {
+            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
+        }
+    }
+    let m = ch
+        .remainder()
+        .iter()
+        .fold(T::NEG_INFINITY, |a, &b| a.max(b));
+    acc.iter().fold(m, |a, &b| a.max(b))
 }
 
 /// Forward. `qkv` is [B, T, 3E] (the in-projection output: q | k | v, head h in columns
@@ -150,6 +187,7 @@ pub fn attention_forward<T: Float>(
         .for_each(|(task, lse)| {
             let (b, h) = (task / s.heads, task % s.heads);
             let l = key_len(o, b, t);
+            let padr = pad_row(o, b, t);
             let mut q = gather(qkv, &s, b, h, 0, t);
             let mut k = gather(qkv, &s, b, h, 1, l);
             let mut v = gather(qkv, &s, b, h, 2, l);
@@ -184,25 +222,14 @@ pub fn attention_forward<T: Float>(
                 );
                 for (ii, row) in sc.chunks_exact_mut(kend).enumerate() {
                     let i = r0 + ii;
-                    let mut m = T::NEG_INFINITY;
-                    for (j, x) in row.iter_mut().enumerate() {
-                        *x = if masked(o, b, t, i, j) {
-                            T::NEG_INFINITY
-                        } else {
-                            *x * scale
-                        };
-                        m = m.max(*x);
-                    }
+                    mask_scale(row, scale, i, padr, o.causal);
+                    let m = row_max(row);
                     if m == T::NEG_INFINITY {
                         row.fill(T::ZERO);
                         lse[i] = T::NEG_INFINITY;
                         continue;
                     }
-                    let mut sum = T::ZERO;
-                    for x in row.iter_mut() {
-                        *x = (*x - m).exp();
-                        sum += *x;
-                    }
+                    let sum = T::exp_sub_sum(row, m);
                     lse[i] = m + sum.ln();
                     let inv = T::ONE / sum;
                     if o.dropout > 0.0 {
@@ -269,6 +296,7 @@ pub fn attention_backward<T: Float>(
         let (b, h) = (task / s.heads, task % s.heads);
         let lse = &lse[task * t..(task + 1) * t];
         let l = key_len(o, b, t);
+        let padr = pad_row(o, b, t);
         let mut q = gather(qkv, &s, b, h, 0, t);
         let mut k = gather(qkv, &s, b, h, 1, l);
         let mut v = gather(qkv, &s, b, h, 2, l);
@@ -319,13 +347,12 @@ pub fn attention_backward<T: Float>(
             for (ii, row) in p.chunks_exact_mut(kend).enumerate() {
                 let i = r0 + ii;
                 let li = lse[i];
-                for (j, x) in row.iter_mut().enumerate() {
-                    *x = if li == T::NEG_INFINITY || masked(o, b, t, i, j) {
-                        T::ZERO
-                    } else {
-                        (*x * scale - li).exp()
-                    };
+                if li == T::NEG_INFINITY {
+                    row.fill(T::ZERO);
+                    continue;
                 }
+                mask_scale(row, scale, i, padr, o.causal);
+                T::exp_sub_sum(row, li);
             }
             // P' (dropped, rounded) feeds the dV product; P itself feeds dS.
             let pd: &[T] = if separate_p {

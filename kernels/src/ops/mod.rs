@@ -63,8 +63,68 @@ pub fn matmul<T: Float>(
     let b = rounded(prec, b);
     let lda = if ta { m } else { k };
     let ldb = if tb { k } else { n };
-    let big = m * n * k >= 1 << 18;
-    T::gemm(c, n, &a, lda, ta, &b, ldb, tb, m, n, k, accumulate, big);
+    let c = &mut c[..m * n];
+    let threads = rayon::current_num_threads();
+    if m * n * k < 1 << 18 || threads == 1 {
+        T::gemm(c, n, &a, lda, ta, &b, ldb, tb, m, n, k, accumulate, false);
+    } else if !ta && m >= 64 * threads {
+        // Rows of C are independent: one sequential GEMM per row block, no barriers inside.
+        let rows = m.div_ceil(threads);
+        c.par_chunks_mut(rows * n).enumerate().for_each(|(ci, cc)| {
+            let (r0, mr) = (ci * rows, cc.len() / n);
+            T::gemm(
+                cc,
+                n,
+                &a[r0 * lda..],
+                lda,
+                false,
+                &b,
+                ldb,
+                tb,
+                mr,
+                n,
+                k,
+                accumulate,
+                false,
+            );
+        });
+    } else if ta && k >= 256 * threads {
+        // Weight gradients (long reduction over tokens): split k, sum the partial products.
+        let kp = k.div_ceil(threads);
+        let partials: Vec<Vec<T>> = (0..threads)
+            .into_par_iter()
+            .filter(|p| p * kp < k)
+            .map(|p| {
+                let (k0, kk) = (p * kp, kp.min(k - p * kp));
+                let bo = if tb { k0 } else { k0 * ldb };
+                let mut buf = vec![T::ZERO; m * n];
+                T::gemm(
+                    &mut buf,
+                    n,
+                    &a[k0 * lda..],
+                    lda,
+                    true,
+                    &b[bo..],
+                    ldb,
+                    tb,
+                    m,
+                    n,
+                    kk,
+                    false,
+                    false,
+                );
+                buf
+            })
+            .collect();
+        for (pi, part) in partials.iter().enumerate() {
+            let add = accumulate || pi > 0;
+            for (x, &y) in c.iter_mut().zip(part) {
+                *x = if add { *x + y } else { y };
+            }
+        }
+    } else {
+        T::gemm(c, n, &a, lda, ta, &b, ldb, tb, m, n, k, accumulate, true);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -392,33 +452,19 @@ fn sum_pairs<T: Float>(mut a: (Vec<T>, Vec<T>), b: (Vec<T>, Vec<T>)) -> (Vec<T>,
 // ---------------------------------------------------------------------------------------------
 // Activations
 
-const INV_SQRT2: f64 = std::f64::consts::FRAC_1_SQRT_2;
-const INV_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
-
 /// GELU, exact erf form (PyTorch's nn.GELU() default, approximate='none'):
 /// y = ½·x·(1 + erf(x/√2)).
 pub fn gelu_forward<T: Float>(y: &mut [T], x: &[T]) {
-    let (h, s) = (T::from_f64(0.5), T::from_f64(INV_SQRT2));
     for_chunks(&mut y[..x.len()], |ch, off| {
-        for (o, &v) in ch.iter_mut().zip(&x[off..]) {
-            *o = h * v * (T::ONE + (v * s).erf());
-        }
+        T::gelu_slice(ch, &x[off..off + ch.len()])
     });
 }
 
 /// GELU backward: dx = dy·(½(1 + erf(x/√2)) + x·φ(x)),  φ(x) = e^{−x²/2}/√(2π).
 pub fn gelu_backward<T: Float>(dx: &mut [T], dy: &[T], x: &[T]) {
-    let (h, s, c) = (
-        T::from_f64(0.5),
-        T::from_f64(INV_SQRT2),
-        T::from_f64(INV_SQRT_2PI),
-    );
     for_chunks(&mut dx[..x.len()], |ch, off| {
-        for ((o, &v), &g) in ch.iter_mut().zip(&x[off..]).zip(&dy[off..]) {
-            let cdf = h * (T::ONE + (v * s).erf());
-            let pdf = c * (-h * v * v).exp();
-            *o = g * (cdf + v * pdf);
-        }
+        let r = off..off + ch.len();
+        T::gelu_backward_slice(ch, &dy[r.clone()], &x[r])
     });
 }
 
