@@ -548,3 +548,43 @@ fn f32_encoder_layer_agrees_with_f64() {
         .collect();
     assert_close("f32 vs f64", &o32, &a64.out, 1e-5);
 }
+
+#[test]
+fn bf16_mixed_encoder_layer_is_close_to_fp32() {
+    let (b, t, e) = (2, 9, 8);
+    let mut outs = Vec::new();
+    let mut grads_all = Vec::new();
+    for prec in [Precision::F32, Precision::Bf16Mixed, Precision::F16Mixed] {
+        let mut l = ParamLayout::new();
+        let cfg = EncoderLayerConfig {
+            d_model: e,
+            nhead: 2,
+            dim_feedforward: 12,
+            dropout: 0.0,
+            activation: Activation::Gelu,
+            layer_norm_eps: 1e-5,
+            causal: true,
+            precision: prec,
+        };
+        let layer = TransformerEncoderLayer::new(&mut l, "", cfg).expect("config");
+        let p: Vec<f32> = l.init_host(9);
+        let x: Vec<f32> = rand(b * t * e, 111).iter().map(|&v| v as f32).collect();
+        let dev = Cpu;
+        let mut acts = layer.alloc_acts(&dev, b, t);
+        let key = RngKey::new(0, 0, 0);
+        layer
+            .forward(&dev, &p, &mut acts, &x, None, key)
+            .expect("forward");
+        let mut g = vec![0.0f32; l.total()];
+        let mut dx = vec![0.0f32; x.len()];
+        layer.backward(&dev, &p, &mut g, &mut acts, &x, &mut dx, key);
+        outs.push(acts.out.iter().map(|&v| v as f64).collect::<Vec<_>>());
+        grads_all.push(g.iter().map(|&v| v as f64).collect::<Vec<_>>());
+    }
+    // bf16 has 8 mantissa bits (rel. ~4e-3 per operand), fp16 11: close to fp32, not equal.
+    assert_close("bf16 out", &outs[1], &outs[0], 3e-2);
+    assert_close("fp16 out", &outs[2], &outs[0], 5e-3);
+    assert_close("bf16 grads", &grads_all[1], &grads_all[0], 5e-2);
+    assert_ne!(outs[1], outs[0]);
+    assert_ne!(outs[2], outs[1]);
+}

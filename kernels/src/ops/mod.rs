@@ -13,7 +13,7 @@ use crate::rng::{keep_threshold, RngKey};
 use crate::{Float, KernelError, Result};
 
 pub use attention::{attention_backward, attention_forward, AttnShape};
-pub use optim::{adam_step, clip_grad_norm, global_norm, AdamConfig};
+pub use optim::{adam_step, clip_grad_norm, global_norm, AdamConfig, LossScaler};
 
 /// Below this many elements an elementwise op runs on the calling thread.
 const PAR_MIN: usize = 1 << 15;
