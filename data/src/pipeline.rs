@@ -59,6 +59,13 @@ pub struct Workspace {
     positions: Vec<u32>,
 }
 
+impl Workspace {
+    /// The cell most recently tokenized by [`Pipeline::tokenize_into`].
+    pub fn cell(&self) -> &TokenizedCell {
+        &self.cell
+    }
+}
+
 impl Pipeline {
     /// Open `data.paths`, resolve the vocabulary, and build preprocessing, tokenizer and masker
     /// from a scModelForge config.

@@ -240,3 +240,30 @@ fn empty_paths_is_a_config_error() {
     let e = data::dataset::open_all(&paths).err().unwrap();
     assert!(e.to_string().contains("data.paths is empty"));
 }
+
+#[test]
+fn zarr_v2_csr() {
+    check_file("csr_f32.zarr", XEncoding::Csr, "float32", "blosc");
+}
+
+#[test]
+fn zarr_v3_csr() {
+    check_file("csr_f32_v3.zarr", XEncoding::Csr, "float32", "");
+}
+
+#[test]
+fn zarr_v2_dense() {
+    check_file("dense_f32.zarr", XEncoding::Dense, "float32", "");
+}
+
+#[test]
+fn zarr_not_a_store() {
+    let dir = std::env::temp_dir().join(format!("anvil-notzarr-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let e = anndata::open(&dir).err().unwrap().to_string();
+    assert!(
+        e.contains("not a zarr store") && e.contains("anvil-notzarr"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}

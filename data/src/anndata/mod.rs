@@ -1,9 +1,11 @@
-//! AnnData readers. One trait, [`AnnDataReader`], with an HDF5 (.h5ad) and a zarr (.zarr)
-//! implementation; [`open`] picks by what is on disk.
+//! AnnData readers. One trait, [`AnnDataReader`], with an HDF5 (.h5ad) and a zarr (.zarr, v2
+//! and v3) implementation; [`open`] picks by what is on disk.
 
 mod h5ad;
+mod zarr;
 
 pub use h5ad::H5adReader;
+pub use zarr::ZarrReader;
 
 use std::path::Path;
 
@@ -160,10 +162,7 @@ pub fn open(path: impl AsRef<Path>) -> Result<Box<dyn AnnDataReader>> {
 }
 
 fn open_zarr(path: &Path) -> Result<Box<dyn AnnDataReader>> {
-    Err(DataError::NotAnnData {
-        path: path.to_path_buf(),
-        detail: "is a directory (zarr store); zarr stores are not supported yet".into(),
-    })
+    Ok(Box::new(ZarrReader::open(path)?))
 }
 
 /// Check values of a block: entries must be finite and non-negative, indices in range.

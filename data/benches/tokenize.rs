@@ -1,0 +1,112 @@
+//! Tokenized cells per second on one thread: read → library-size normalize → log1p →
+//! rank_value (max_genes 2048, [CLS]) → mask, for an .h5ad file. Prints one JSON object.
+//!
+//!     cargo bench -p data --bench tokenize -- FILE [--cells N]
+//!
+//! `data/benches/bench_tokenize.py` runs this and the equivalent Python (anndata + numpy) path
+//! in one go; see BENCHMARKS.md.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use configs::scmodelforge::ScModelForgeConfig;
+use data::plan::{ShardPlan, Split};
+use data::{Loader, LoaderOptions, Pipeline, Position};
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    let mut file = None;
+    let mut limit = usize::MAX;
+    let mut i = 0;
+    while i < args.len() {
+        if args[i] == "--cells" {
+            limit = args
+                .get(i + 1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(usize::MAX);
+            i += 2;
+        } else {
+            file = Some(args[i].clone());
+            i += 1;
+        }
+    }
+    let Some(file) = file else {
+        eprintln!("usage: tokenize FILE [--cells N]");
+        std::process::exit(2);
+    };
+    let mut cfg = ScModelForgeConfig::default();
+    cfg.data.paths = vec![file.clone()];
+    cfg.tokenizer.max_genes = 2048;
+    let t = Instant::now();
+    let p = match Pipeline::from_config(&cfg) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    };
+    let open_s = t.elapsed().as_secs_f64();
+    let n = (p.dataset.n_cells() as usize).min(limit);
+    let masker = p.masker.clone().expect("masking configured");
+
+    // 1. Sequential blocks of rows, as the Python reference does.
+    let t = Instant::now();
+    let mut ws = data::pipeline::Workspace::default();
+    let (mut ids, mut vals, mut labels, mut pos) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut tokens = 0usize;
+    let mut start = 0;
+    while start < n {
+        let end = (start + 1024).min(n);
+        let block = p.dataset.read_file_rows(0, start, end).expect("read");
+        for c in 0..block.len() {
+            let (cell, g, v) = block.cell(c);
+            p.tokenize_into(g, v, &mut ws);
+            let cell_tokens = ws_cell(&ws);
+            ids.clear();
+            ids.extend_from_slice(&cell_tokens.genes);
+            vals.clear();
+            vals.extend_from_slice(&cell_tokens.values);
+            labels.resize(ids.len(), 0);
+            masker.apply(0, cell, &mut ids, &mut vals, &mut labels, &mut pos);
+            tokens += ids.len();
+        }
+        start = end;
+    }
+    let seq_s = t.elapsed().as_secs_f64();
+
+    // 2. The training loader: shuffled shard plan, padded batches of 64, no prefetch threads.
+    let p = Arc::new(p);
+    let plan = ShardPlan::for_dataset(&p.dataset, 0.0, 42).expect("plan");
+    let opts = LoaderOptions {
+        rank: 0,
+        world_size: 1,
+        batch_size: 64,
+        num_workers: 0,
+        split: Split::Train,
+        mask: true,
+    };
+    let steps = (n / 64).max(1);
+    let t = Instant::now();
+    let mut loader_cells = 0usize;
+    for b in Loader::new(p, &plan, opts, Position::default())
+        .expect("loader")
+        .take(steps)
+    {
+        loader_cells += b.expect("batch").batch_size;
+    }
+    let loader_s = t.elapsed().as_secs_f64();
+
+    println!(
+        "{{\"file\": \"{file}\", \"cells\": {n}, \"open_and_plan_s\": {open_s:.3}, \"sequential_s\": {seq_s:.3}, \"sequential_cells_per_s\": {:.1}, \"mean_tokens\": {:.1}, \"loader_cells\": {loader_cells}, \"loader_s\": {loader_s:.3}, \"loader_cells_per_s\": {:.1}}}",
+        n as f64 / seq_s,
+        tokens as f64 / n as f64,
+        loader_cells as f64 / loader_s
+    );
+}
+
+fn ws_cell(ws: &data::pipeline::Workspace) -> &data::tokenize::TokenizedCell {
+    ws.cell()
+}
