@@ -87,12 +87,27 @@ fn sum8(xs: &[f32]) -> f32 {
 }
 
 dispatch! {
-    /// xs[i] ← e^{xs[i] − m}; returns Σ xs[i].
-    pub fn exp_sub_sum(xs: &mut [f32], m: f32) -> f32 {
+    /// xs[i] ← e^{xs[i]·scale − m}; returns Σ xs[i].
+    pub fn exp_scaled_sum(xs: &mut [f32], scale: f32, m: f32) -> f32 {
         for x in xs.iter_mut() {
-            *x = expf(*x - m);
+            *x = expf(*x * scale - m);
         }
         sum8(xs)
+    }
+}
+
+dispatch! {
+    /// max of xs (−∞ for an empty slice).
+    pub fn max(xs: &[f32]) -> f32 {
+        let mut acc = [f32::NEG_INFINITY; 8];
+        let mut ch = xs.chunks_exact(8);
+        for c in &mut ch {
+            for k in 0..8 {
+                acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
+            }
+        }
+        let m = ch.remainder().iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+        acc.iter().fold(m, |a, &b| a.max(b))
     }
 }
 
@@ -146,7 +161,8 @@ mod tests {
             0.25,
             4.0,
         ];
-        let s = exp_sub_sum(&mut v, 1.0);
+        assert_eq!(max(&v), 4.0);
+        let s = exp_scaled_sum(&mut v, 1.0, 1.0);
         let want: f64 = [
             0.0f64,
             f64::NEG_INFINITY,

@@ -41,8 +41,10 @@ pub trait Float:
     fn abs(self) -> Self;
     fn max(self, o: Self) -> Self;
     fn is_finite(self) -> bool;
-    /// xs[i] ← e^{xs[i] − m} (e^{−∞} = 0); returns Σ xs[i]. Vectorized for f32.
-    fn exp_sub_sum(xs: &mut [Self], m: Self) -> Self;
+    /// xs[i] ← e^{xs[i]·scale − m} (e^{−∞} = 0); returns Σ xs[i]. Vectorized for f32.
+    fn exp_scaled_sum(xs: &mut [Self], scale: Self, m: Self) -> Self;
+    /// Largest element (−∞ when empty).
+    fn slice_max(xs: &[Self]) -> Self;
     /// Exact-erf GELU over a slice (vectorized for f32).
     fn gelu_slice(y: &mut [Self], x: &[Self]);
     /// GELU backward over a slice.
@@ -69,8 +71,11 @@ pub trait Float:
 macro_rules! impl_float {
     ($t:ty, $erf:path, $fast:ident) => {
         impl Float for $t {
-            fn exp_sub_sum(xs: &mut [Self], m: Self) -> Self {
-                $fast::exp_sub_sum(xs, m)
+            fn exp_scaled_sum(xs: &mut [Self], scale: Self, m: Self) -> Self {
+                $fast::exp_scaled_sum(xs, scale, m)
+            }
+            fn slice_max(xs: &[Self]) -> Self {
+                $fast::max(xs)
             }
             fn gelu_slice(y: &mut [Self], x: &[Self]) {
                 $fast::gelu_fwd(y, x)
@@ -211,13 +216,16 @@ fn clear_upper_simd_state(parallel: bool) {
 
 /// Scalar libm versions: the f64 path is the reference the tests differentiate.
 mod exact64 {
-    pub fn exp_sub_sum(xs: &mut [f64], m: f64) -> f64 {
+    pub fn exp_scaled_sum(xs: &mut [f64], scale: f64, m: f64) -> f64 {
         xs.iter_mut()
             .map(|x| {
-                *x = (*x - m).exp();
+                *x = (*x * scale - m).exp();
                 *x
             })
             .sum()
+    }
+    pub fn max(xs: &[f64]) -> f64 {
+        xs.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))
     }
     pub fn gelu_fwd(y: &mut [f64], x: &[f64]) {
         for (o, &v) in y.iter_mut().zip(x) {

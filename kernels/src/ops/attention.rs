@@ -6,7 +6,9 @@
 //! unpadded position of a sequence are skipped entirely (they are masked anyway).
 //!
 //! Math per head, with S = Q·Kᵀ/√d, masked entries −∞:
-//!   P = softmax(S) (rowwise), P' = P∘keep/(1−p) (attention dropout), O = P'·V,
+//!   P = softmax(S) (rowwise), P' = P∘keep/(1−p) (attention dropout), O = P'·V (computed as
+//!   (e^{S−max}∘keep/(1−p))·V scaled by 1/Σ per row, so bf16 rounds the unnormalized P as
+//!   flash-attention kernels do),
 //!   lse_i = log Σⱼ exp(S_ij)
 //! Backward, with Dᵢ = Σ_d dO_id·O_id (= Σⱼ dP'_ij·P'_ij):
 //!   dV = P'ᵀ·dO,  dP' = dO·Vᵀ,  dS = P∘(dP'∘keep/(1−p) − D)/√d,  dQ = dS·K,  dK = dSᵀ·Q
@@ -122,12 +124,9 @@ fn pad_row<'a>(o: &AttnOpts<'a>, b: usize, t: usize) -> Option<&'a [bool]> {
         .filter(|r| r.iter().any(|&p| p))
 }
 
-/// Scores of query i: row ← row·scale, with masked keys (padding, or j > i when causal) −∞.
+/// Masks query i's raw scores: keys that are padding, or j > i when causal, become −∞.
 #[inline]
-fn mask_scale<T: Float>(row: &mut [T], scale: T, i: usize, pad: Option<&[bool]>, causal: bool) {
-    for x in row.iter_mut() {
-        *x *= scale;
-    }
+fn mask_row<T: Float>(row: &mut [T], i: usize, pad: Option<&[bool]>, causal: bool) {
     if causal && i + 1 < row.len() {
         row[i + 1..].fill(T::NEG_INFINITY);
     }
@@ -138,23 +137,6 @@ fn mask_scale<T: Float>(row: &mut [T], scale: T, i: usize, pad: Option<&[bool]>,
             }
         }
     }
-}
-
-/// Max with 8 independent lanes (vectorizes; no NaN handling needed after masking).
-#[inline]
-fn row_max<T: Float>(row: &[T]) -> T {
-    let mut acc = [T::NEG_INFINITY; 8];
-    let mut ch = row.chunks_exact(8);
-    for c in &mut ch {
-        for k in 0..8 {
-            acc[k] = if c[k] > acc[k] { c[k] } else { acc[k] };
-        }
-    }
-    let m = ch
-        .remainder()
-        .iter()
-        .fold(T::NEG_INFINITY, |a, &b| a.max(b));
-    acc.iter().fold(m, |a, &b| a.max(b))
 }
 
 /// Forward. `qkv` is [B, T, 3E] (the in-projection output: q | k | v, head h in columns
@@ -196,6 +178,7 @@ pub fn attention_forward<T: Float>(
             round_slice(o.prec, &mut v);
             let mut ob = vec![T::ZERO; t * dh];
             let mut sb = vec![T::ZERO; QB * l];
+            let mut inv = vec![T::ZERO; QB];
             for r0 in (0..t).step_by(QB) {
                 let r1 = (r0 + QB).min(t);
                 let qb = r1 - r0;
@@ -222,25 +205,24 @@ pub fn attention_forward<T: Float>(
                 );
                 for (ii, row) in sc.chunks_exact_mut(kend).enumerate() {
                     let i = r0 + ii;
-                    mask_scale(row, scale, i, padr, o.causal);
-                    let m = row_max(row);
+                    mask_row(row, i, padr, o.causal);
+                    let m = T::slice_max(row);
                     if m == T::NEG_INFINITY {
                         row.fill(T::ZERO);
                         lse[i] = T::NEG_INFINITY;
+                        inv[ii] = T::ZERO;
                         continue;
                     }
-                    let sum = T::exp_sub_sum(row, m);
-                    lse[i] = m + sum.ln();
-                    let inv = T::ONE / sum;
+                    // Unnormalized e^{s−max}; the 1/Σ is applied to O's rows after P·V.
+                    let ms = m * scale;
+                    let sum = T::exp_scaled_sum(row, scale, ms);
+                    lse[i] = ms + sum.ln();
+                    inv[ii] = T::ONE / sum;
                     if o.dropout > 0.0 {
                         let base = ((task * t + i) * t) as u64;
                         for (j, x) in row.iter_mut().enumerate() {
                             let keep = RngKey::bits_from(stream, base + j as u64) >= thr;
-                            *x = if keep { *x * inv * drop_scale } else { T::ZERO };
-                        }
-                    } else {
-                        for x in row.iter_mut() {
-                            *x *= inv;
+                            *x = if keep { *x * drop_scale } else { T::ZERO };
                         }
                     }
                 }
@@ -260,6 +242,11 @@ pub fn attention_forward<T: Float>(
                     false,
                     false,
                 );
+                for (orow, &iv) in ob[r0 * dh..r1 * dh].chunks_exact_mut(dh).zip(&inv) {
+                    for x in orow.iter_mut() {
+                        *x *= iv;
+                    }
+                }
             }
             for (i, r) in ob.chunks_exact(dh).enumerate() {
                 // SAFETY: row i, columns h·dh..(h+1)·dh of sequence b belong to this task only.
@@ -351,8 +338,8 @@ pub fn attention_backward<T: Float>(
                     row.fill(T::ZERO);
                     continue;
                 }
-                mask_scale(row, scale, i, padr, o.causal);
-                T::exp_sub_sum(row, li);
+                mask_row(row, i, padr, o.causal);
+                T::exp_scaled_sum(row, scale, li);
             }
             // P' (dropped, rounded) feeds the dV product; P itself feeds dS.
             let pd: &[T] = if separate_p {
