@@ -204,6 +204,7 @@ fn embedding_scatter_add_and_bad_index() {
     let mut out = vec![0.0; d];
     assert!(embedding_forward(&mut out, &[5], &w, v, d).is_err());
     assert!(embedding_backward(&mut dw, &r[..d], &[7], v, d).is_err());
+    assert!(embedding_forward(&mut out, &[0], &w, v, 0).is_err());
 }
 
 /// Straightforward attention: materialize S, mask, softmax, multiply.
@@ -522,6 +523,12 @@ fn encoder_layer_rejects_bad_shapes() {
     let mut cfg = layer.cfg;
     cfg.nhead = 3;
     assert!(TransformerEncoderLayer::new(&mut l2, "x", cfg).is_err());
+    let mut c0 = layer.cfg;
+    c0.d_model = 0;
+    assert!(TransformerEncoderLayer::new(&mut l2, "x", c0).is_err());
+    let mut c1 = layer.cfg;
+    c1.dropout = 1.0;
+    assert!(TransformerEncoderLayer::new(&mut l2, "x", c1).is_err());
 }
 
 #[test]

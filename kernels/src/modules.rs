@@ -266,6 +266,18 @@ impl TransformerEncoderLayer {
     /// Registers the layer's parameters under `prefix` (e.g. "encoder.layers.0").
     pub fn new(l: &mut ParamLayout, prefix: &str, cfg: EncoderLayerConfig) -> Result<Self> {
         let (e, f) = (cfg.d_model, cfg.dim_feedforward);
+        if e == 0 || f == 0 {
+            return Err(KernelError::Shape {
+                op: "TransformerEncoderLayer",
+                detail: format!("d_model {e} and dim_feedforward {f} must be positive"),
+            });
+        }
+        if !(0.0..1.0).contains(&cfg.dropout) {
+            return Err(KernelError::Shape {
+                op: "TransformerEncoderLayer",
+                detail: format!("dropout {} outside [0, 1)", cfg.dropout),
+            });
+        }
         // Registration order follows PyTorch's named_parameters() for this module.
         let self_attn = MultiheadAttention::new(l, &join(prefix, "self_attn"), e, cfg.nhead)?;
         let linear1 = Linear::new(l, &join(prefix, "linear1"), e, f, true);

@@ -289,6 +289,7 @@ pub fn embedding_forward<T: Float>(
     vocab: usize,
     dim: usize,
 ) -> Result<()> {
+    check("embedding", dim > 0, || "embedding dim is 0".to_string())?;
     check("embedding", out.len() >= idx.len() * dim, || {
         format!("out has {} < {}x{}", out.len(), idx.len(), dim)
     })?;
@@ -313,6 +314,9 @@ pub fn embedding_backward<T: Float>(
     vocab: usize,
     dim: usize,
 ) -> Result<()> {
+    check("embedding_backward", dim > 0, || {
+        "embedding dim is 0".to_string()
+    })?;
     for (row, &t) in dout.chunks_exact(dim).zip(idx) {
         let t = t as usize;
         check("embedding_backward", t < vocab, || {
@@ -584,6 +588,7 @@ pub fn cross_entropy<T: Float>(
             )
         },
     )?;
+    check("cross_entropy", v > 0 || n == 0, || "0 classes".to_string())?;
     check("cross_entropy", targets.len() == n, || {
         format!("{} targets for {n} rows", targets.len())
     })?;
