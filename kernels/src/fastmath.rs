@@ -131,6 +131,16 @@ dispatch! {
     }
 }
 
+dispatch! {
+    /// Dropout on a run of elements: xs[j] ← keep(base + j) ? xs[j]·scale : 0.
+    pub fn dropout_apply(xs: &mut [f32], stream: u64, base: u64, thr: u32, scale: f32) -> () {
+        for (j, x) in xs.iter_mut().enumerate() {
+            let keep = crate::rng::RngKey::bits_from(stream, base + j as u64) >= thr;
+            *x = if keep { *x * scale } else { 0.0 };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -43,6 +43,8 @@ pub trait Float:
     fn is_finite(self) -> bool;
     /// xs[i] ← e^{xs[i]·scale − m} (e^{−∞} = 0); returns Σ xs[i]. Vectorized for f32.
     fn exp_scaled_sum(xs: &mut [Self], scale: Self, m: Self) -> Self;
+    /// Dropout on a run: xs[j] ← keep(stream, base + j) ? xs[j]·scale : 0 (see [`crate::rng`]).
+    fn dropout_apply(xs: &mut [Self], stream: u64, base: u64, thr: u32, scale: Self);
     /// Largest element (−∞ when empty).
     fn slice_max(xs: &[Self]) -> Self;
     /// Exact-erf GELU over a slice (vectorized for f32).
@@ -73,6 +75,9 @@ macro_rules! impl_float {
         impl Float for $t {
             fn exp_scaled_sum(xs: &mut [Self], scale: Self, m: Self) -> Self {
                 $fast::exp_scaled_sum(xs, scale, m)
+            }
+            fn dropout_apply(xs: &mut [Self], stream: u64, base: u64, thr: u32, scale: Self) {
+                $fast::dropout_apply(xs, stream, base, thr, scale)
             }
             fn slice_max(xs: &[Self]) -> Self {
                 $fast::max(xs)
@@ -223,6 +228,12 @@ mod exact64 {
                 *x
             })
             .sum()
+    }
+    pub fn dropout_apply(xs: &mut [f64], stream: u64, base: u64, thr: u32, scale: f64) {
+        for (j, x) in xs.iter_mut().enumerate() {
+            let keep = crate::rng::RngKey::bits_from(stream, base + j as u64) >= thr;
+            *x = if keep { *x * scale } else { 0.0 };
+        }
     }
     pub fn max(xs: &[f64]) -> f64 {
         xs.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b))

@@ -220,10 +220,7 @@ pub fn attention_forward<T: Float>(
                     inv[ii] = T::ONE / sum;
                     if o.dropout > 0.0 {
                         let base = ((task * t + i) * t) as u64;
-                        for (j, x) in row.iter_mut().enumerate() {
-                            let keep = RngKey::bits_from(stream, base + j as u64) >= thr;
-                            *x = if keep { *x * drop_scale } else { T::ZERO };
-                        }
+                        T::dropout_apply(row, stream, base, thr, drop_scale);
                     }
                 }
                 round_slice(o.prec, sc);
@@ -348,10 +345,7 @@ pub fn attention_backward<T: Float>(
                 if o.dropout > 0.0 {
                     for (ii, row) in pd.chunks_exact_mut(kend).enumerate() {
                         let base = ((task * t + r0 + ii) * t) as u64;
-                        for (j, x) in row.iter_mut().enumerate() {
-                            let keep = RngKey::bits_from(stream, base + j as u64) >= thr;
-                            *x = if keep { *x * drop_scale } else { T::ZERO };
-                        }
+                        T::dropout_apply(row, stream, base, thr, drop_scale);
                     }
                 }
                 round_slice(o.prec, pd);
@@ -376,15 +370,10 @@ pub fn attention_backward<T: Float>(
                 let i = r0 + ii;
                 if o.dropout > 0.0 {
                     let base = ((task * t + i) * t) as u64;
-                    for (j, (x, &pv)) in dsr.iter_mut().zip(pr).enumerate() {
-                        let keep = RngKey::bits_from(stream, base + j as u64) >= thr;
-                        let g = if keep { *x * drop_scale } else { T::ZERO };
-                        *x = pv * (g - d[i]) * scale;
-                    }
-                } else {
-                    for (x, &pv) in dsr.iter_mut().zip(pr) {
-                        *x = pv * (*x - d[i]) * scale;
-                    }
+                    T::dropout_apply(dsr, stream, base, thr, drop_scale);
+                }
+                for (x, &pv) in dsr.iter_mut().zip(pr) {
+                    *x = pv * (*x - d[i]) * scale;
                 }
             }
             round_slice(o.prec, ds);

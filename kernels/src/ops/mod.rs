@@ -527,10 +527,7 @@ pub fn dropout_forward<T: Float>(x: &mut [T], p: f64, key: RngKey) {
     };
     let (thr, st) = (keep_threshold(p), key.stream_state());
     for_chunks(x, |ch, off| {
-        for (k, v) in ch.iter_mut().enumerate() {
-            let keep = RngKey::bits_from(st, (off + k) as u64) >= thr;
-            *v = if keep { *v * scale } else { T::ZERO };
-        }
+        T::dropout_apply(ch, st, off as u64, thr, scale)
     });
 }
 
