@@ -1,3 +1,9 @@
 //! The worker: data loading, models, the training step, gradient all-reduce and checkpoints.
 
 pub mod ring;
+pub mod checkpoint;
+pub mod metrics;
+pub mod model;
+pub mod progress;
+pub mod schedule;
+pub mod train;

@@ -1,0 +1,386 @@
+//! Checkpoints: one directory per checkpoint, written under a temporary name, fsynced and
+//! renamed into place, so a reader sees a complete checkpoint or none.
+//!
+//! ```text
+//! <name>/model.safetensors      parameters under their PyTorch names (f32)
+//!        optimizer.safetensors  Adam moments: exp_avg.<name>, exp_avg_sq.<name>
+//!        state.json             epoch, step, data position, RNG state, loss scale, metrics
+//!        config.yaml            the resolved config
+//!        vocab.json             the gene vocabulary
+//!        manifest.json          size and SHA-256 of every file above (written last)
+//! ```
+//! A checkpoint whose manifest is missing or does not match its files is never loaded.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+use kernels::ParamLayout;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+pub const MANIFEST: &str = "manifest.json";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("checkpoint {path}: {detail}")]
+    Invalid { path: PathBuf, detail: String },
+}
+
+type Result<T> = std::result::Result<T, CheckpointError>;
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+fn invalid(path: &Path, detail: impl Into<String>) -> CheckpointError {
+    CheckpointError::Invalid {
+        path: path.to_path_buf(),
+        detail: detail.into(),
+    }
+}
+
+/// Where the data loader resumes: the next micro-batch `step` of `epoch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct DataPosition {
+    pub epoch: u64,
+    pub step: u64,
+}
+
+/// Everything besides tensors that a resumed run needs to continue bit for bit.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format_version: u32,
+    pub run_name: String,
+    pub architecture: String,
+    /// Optimizer steps taken.
+    pub global_step: u64,
+    /// Epoch of the last optimizer step.
+    pub epoch: u64,
+    pub position: DataPosition,
+    /// Adam's step counter (steps actually applied; 16-mixed skips do not count).
+    pub adam_t: u64,
+    pub loss_scale: f64,
+    /// Consecutive steps without overflow (16-mixed growth interval).
+    pub good_steps: u64,
+    /// Every random choice is counter-based, keyed by (seed, epoch, step, …): the seed is the
+    /// whole generator state.
+    pub rng: RngState,
+    pub world_size: usize,
+    pub global_batch: usize,
+    pub metrics: Metrics,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RngState {
+    pub kind: String,
+    pub seed: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Metrics {
+    pub train_loss: Option<f64>,
+    pub val_loss: Option<f64>,
+    /// (validation loss, checkpoint name) of the kept best checkpoints, best first.
+    pub best: Vec<(f64, String)>,
+    pub skipped_steps: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct FileEntry {
+    bytes: u64,
+    sha256: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Manifest {
+    format_version: u32,
+    files: std::collections::BTreeMap<String, FileEntry>,
+}
+
+/// What a checkpoint holds, in host buffers laid out like the model's [`ParamLayout`].
+pub struct Snapshot<'a> {
+    pub layout: &'a ParamLayout,
+    pub params: &'a [f32],
+    pub exp_avg: &'a [f32],
+    pub exp_avg_sq: &'a [f32],
+    pub state: &'a TrainState,
+    pub config_yaml: &'a str,
+    /// vocab.json contents.
+    pub vocab_json: &'a [u8],
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    let d = Sha256::digest(bytes);
+    d.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn tensors_bytes(layout: &ParamLayout, buffers: &[(&str, &[f32])], path: &Path) -> Result<Vec<u8>> {
+    let mut views = Vec::new();
+    for (prefix, buf) in buffers {
+        for e in layout.entries() {
+            let data: &[f32] = &buf[e.view().range()];
+            let v = TensorView::new(Dtype::F32, e.shape.clone(), bytemuck::cast_slice(data))
+                .map_err(|err| invalid(path, format!("tensor {}: {err}", e.name)))?;
+            views.push((format!("{prefix}{}", e.name), v));
+        }
+    }
+    safetensors::tensor::serialize(views, None)
+        .map_err(|err| invalid(path, format!("serializing tensors: {err}")))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut f = File::create(path).map_err(io(path))?;
+    f.write_all(bytes).map_err(io(path))?;
+    f.sync_all().map_err(io(path))
+}
+
+fn sync_dir(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io(path))
+}
+
+/// Writes checkpoint `root/name` atomically (replacing an existing one of that name).
+pub fn save(root: &Path, name: &str, snap: &Snapshot) -> Result<PathBuf> {
+    fs::create_dir_all(root).map_err(io(root))?;
+    let final_dir = root.join(name);
+    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+    let n = snap.layout.total();
+    if snap.params.len() < n || snap.exp_avg.len() < n || snap.exp_avg_sq.len() < n {
+        return Err(invalid(
+            &final_dir,
+            "buffers shorter than the parameter layout",
+        ));
+    }
+    let state_json = serde_json::to_vec_pretty(snap.state)
+        .map_err(|e| invalid(&final_dir, format!("state.json: {e}")))?;
+    let files: Vec<(&str, Vec<u8>)> = vec![
+        (
+            "model.safetensors",
+            tensors_bytes(snap.layout, &[("", snap.params)], &final_dir)?,
+        ),
+        (
+            "optimizer.safetensors",
+            tensors_bytes(
+                snap.layout,
+                &[("exp_avg.", snap.exp_avg), ("exp_avg_sq.", snap.exp_avg_sq)],
+                &final_dir,
+            )?,
+        ),
+        ("state.json", state_json),
+        ("config.yaml", snap.config_yaml.as_bytes().to_vec()),
+        ("vocab.json", snap.vocab_json.to_vec()),
+    ];
+    let mut manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        files: Default::default(),
+    };
+    for (fname, bytes) in &files {
+        write_synced(&tmp.join(fname), bytes)?;
+        manifest.files.insert(
+            fname.to_string(),
+            FileEntry {
+                bytes: bytes.len() as u64,
+                sha256: sha256_hex(bytes),
+            },
+        );
+    }
+    let mbytes = serde_json::to_vec_pretty(&manifest)
+        .map_err(|e| invalid(&final_dir, format!("manifest: {e}")))?;
+    write_synced(&tmp.join(MANIFEST), &mbytes)?;
+    sync_dir(&tmp)?;
+    // A directory cannot be renamed over a non-empty one: move the old one aside first.
+    let old = root.join(format!(".{name}.old-{}", std::process::id()));
+    let had_old = final_dir.exists();
+    if had_old {
+        if old.exists() {
+            fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        fs::rename(&final_dir, &old).map_err(io(&final_dir))?;
+    }
+    fs::rename(&tmp, &final_dir).map_err(io(&final_dir))?;
+    sync_dir(root)?;
+    if had_old {
+        fs::remove_dir_all(&old).map_err(io(&old))?;
+    }
+    Ok(final_dir)
+}
+
+fn read_all(path: &Path) -> Result<Vec<u8>> {
+    let mut f = File::open(path).map_err(io(path))?;
+    let mut v = Vec::new();
+    f.read_to_end(&mut v).map_err(io(path))?;
+    Ok(v)
+}
+
+/// Checks the manifest against the files; returns the verified file contents.
+pub fn verify(dir: &Path) -> Result<HashMap<String, Vec<u8>>> {
+    let mpath = dir.join(MANIFEST);
+    if !mpath.exists() {
+        return Err(invalid(
+            dir,
+            "no manifest.json (incomplete or not a checkpoint)",
+        ));
+    }
+    let manifest: Manifest = serde_json::from_slice(&read_all(&mpath)?)
+        .map_err(|e| invalid(dir, format!("manifest.json: {e}")))?;
+    let mut out = HashMap::new();
+    for need in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "config.yaml",
+        "vocab.json",
+    ] {
+        if !manifest.files.contains_key(need) {
+            return Err(invalid(dir, format!("manifest does not list {need}")));
+        }
+    }
+    for (name, entry) in &manifest.files {
+        let bytes = read_all(&dir.join(name))?;
+        if bytes.len() as u64 != entry.bytes || sha256_hex(&bytes) != entry.sha256 {
+            return Err(invalid(
+                dir,
+                format!("{name} does not match its checksum in manifest.json (corrupted)"),
+            ));
+        }
+        out.insert(name.clone(), bytes);
+    }
+    Ok(out)
+}
+
+/// A verified checkpoint, loaded into host buffers of `layout`.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub params: Vec<f32>,
+    pub exp_avg: Vec<f32>,
+    pub exp_avg_sq: Vec<f32>,
+    pub state: TrainState,
+    pub config_yaml: String,
+}
+
+fn fill_from(
+    st: &SafeTensors,
+    layout: &ParamLayout,
+    prefix: &str,
+    out: &mut [f32],
+    dir: &Path,
+) -> Result<()> {
+    for e in layout.entries() {
+        let name = format!("{prefix}{}", e.name);
+        let t = st
+            .tensor(&name)
+            .map_err(|_| invalid(dir, format!("tensor {name} missing")))?;
+        if t.dtype() != Dtype::F32 || t.shape() != e.shape.as_slice() {
+            return Err(invalid(
+                dir,
+                format!(
+                    "tensor {name} is {:?} {:?}, the model expects F32 {:?}",
+                    t.dtype(),
+                    t.shape(),
+                    e.shape
+                ),
+            ));
+        }
+        let dst = &mut out[e.view().range()];
+        for (d, c) in dst.iter_mut().zip(t.data().chunks_exact(4)) {
+            *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        }
+    }
+    Ok(())
+}
+
+/// Loads a checkpoint for a model of `layout`, after verifying its manifest.
+pub fn load(dir: &Path, layout: &ParamLayout) -> Result<Loaded> {
+    let files = verify(dir)?;
+    let get = |n: &str| {
+        files
+            .get(n)
+            .ok_or_else(|| invalid(dir, format!("{n} missing")))
+    };
+    let n = layout.total();
+    let mut params = vec![0.0f32; n];
+    let mut exp_avg = vec![0.0f32; n];
+    let mut exp_avg_sq = vec![0.0f32; n];
+    let model = SafeTensors::deserialize(get("model.safetensors")?)
+        .map_err(|e| invalid(dir, format!("model.safetensors: {e}")))?;
+    fill_from(&model, layout, "", &mut params, dir)?;
+    let opt = SafeTensors::deserialize(get("optimizer.safetensors")?)
+        .map_err(|e| invalid(dir, format!("optimizer.safetensors: {e}")))?;
+    fill_from(&opt, layout, "exp_avg.", &mut exp_avg, dir)?;
+    fill_from(&opt, layout, "exp_avg_sq.", &mut exp_avg_sq, dir)?;
+    let state: TrainState = serde_json::from_slice(get("state.json")?)
+        .map_err(|e| invalid(dir, format!("state.json: {e}")))?;
+    if state.format_version != FORMAT_VERSION {
+        return Err(invalid(
+            dir,
+            format!(
+                "checkpoint format {} is not the supported {FORMAT_VERSION}",
+                state.format_version
+            ),
+        ));
+    }
+    let config_yaml = String::from_utf8_lossy(get("config.yaml")?).into_owned();
+    Ok(Loaded {
+        dir: dir.to_path_buf(),
+        params,
+        exp_avg,
+        exp_avg_sq,
+        state,
+        config_yaml,
+    })
+}
+
+/// The step recorded in a checkpoint's state.json, if the checkpoint verifies.
+fn verified_step(dir: &Path) -> Option<u64> {
+    let files = verify(dir).ok()?;
+    let state: TrainState = serde_json::from_slice(files.get("state.json")?).ok()?;
+    Some(state.global_step)
+}
+
+/// `path` itself when it is a checkpoint (it must verify), else the verified checkpoint with
+/// the highest step directly inside `path` (temporary and corrupt ones are skipped).
+pub fn resolve_resume(path: &Path) -> Result<PathBuf> {
+    if path.join(MANIFEST).exists() {
+        verify(path)?;
+        return Ok(path.to_path_buf());
+    }
+    let entries = fs::read_dir(path).map_err(io(path))?;
+    let mut best: Option<(u64, PathBuf)> = None;
+    for e in entries.flatten() {
+        let p = e.path();
+        let hidden = p
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_none_or(|n| n.starts_with('.'));
+        if hidden || !p.is_dir() {
+            continue;
+        }
+        match verified_step(&p) {
+            Some(s) if best.as_ref().is_none_or(|(b, _)| s > *b) => best = Some((s, p)),
+            Some(_) => {}
+            None => tracing::warn!(
+                "skipping {}: not a complete, verified checkpoint",
+                p.display()
+            ),
+        }
+    }
+    best.map(|(_, p)| p)
+        .ok_or_else(|| invalid(path, "no complete checkpoint found to resume from"))
+}

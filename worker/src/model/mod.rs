@@ -1,0 +1,124 @@
+//! The three scModelForge architectures on the CPU kernels.
+//!
+//! Every model registers its parameters in one [`ParamLayout`] under PyTorch-style names, so
+//! parameters, gradients and Adam moments are single flat buffers. A model turns one padded
+//! [`Batch`] into a loss *sum* and the number of targets it covers ([`LossSum`]), and its
+//! backward accumulates `scale · d(loss sum)/dθ` into the gradient buffer. The trainer divides
+//! by the global target count afterwards, which makes the gradient of N workers with batch B the
+//! gradient of one worker with batch N·B.
+//!
+//! - [`encoder::TransformerEncoderModel`]: `transformer_encoder` (masked gene prediction).
+//! - [`autoregressive::AutoregressiveModel`]: `autoregressive_transformer` (next gene and
+//!   expression bin under a causal mask).
+//! - [`mae::MaskedAutoencoder`]: `masked_autoencoder` (encoder over visible tokens, decoder
+//!   reconstructs masked expression values).
+
+pub mod autoregressive;
+pub mod encoder;
+pub mod mae;
+mod parts;
+
+use configs::scmodelforge::{Architecture, ModelConfig};
+use data::Batch;
+use kernels::rng::RngKey;
+use kernels::{ParamLayout, Precision};
+
+pub use parts::ROUND_SEQ;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model configuration: {0}")]
+    Config(String),
+    #[error("batch does not fit the model: {0}")]
+    Batch(String),
+    #[error(transparent)]
+    Kernel(#[from] kernels::KernelError),
+}
+
+pub type Result<T> = std::result::Result<T, ModelError>;
+
+/// A loss summed over `count` targets (masked genes, next tokens, masked values).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LossSum {
+    pub sum: f64,
+    pub count: f64,
+}
+
+impl LossSum {
+    pub fn mean(&self) -> f64 {
+        if self.count > 0.0 {
+            self.sum / self.count
+        } else {
+            0.0
+        }
+    }
+}
+
+/// What a model needs to know about the data besides its config.
+#[derive(Debug, Clone, Copy)]
+pub struct DataSpec {
+    /// Token ids (special tokens included).
+    pub vocab_size: usize,
+    /// Batch values are already expression-bin indices (`binned_expression` tokenizer).
+    pub values_are_bins: bool,
+}
+
+pub trait ScModel: Send {
+    fn layout(&self) -> &ParamLayout;
+
+    /// Forward and backward of one micro-batch (dropout on, keyed by `key`): adds
+    /// `scale · ∂(loss sum)/∂θ` to `grads` and returns the loss sum and target count.
+    fn train_batch(
+        &mut self,
+        params: &Vec<f32>,
+        grads: &mut Vec<f32>,
+        batch: &Batch,
+        key: RngKey,
+        scale: f32,
+    ) -> Result<LossSum>;
+
+    /// Forward only, dropout off.
+    fn eval_batch(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<LossSum>;
+
+    /// Cell embeddings [batch, dim] (dropout off), pooled as `model.pooling` says.
+    fn cell_embeddings(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<Vec<f32>>;
+
+    /// Width of a cell embedding.
+    fn embedding_dim(&self) -> usize;
+}
+
+/// The model `cfg.architecture` names.
+pub fn build(cfg: &ModelConfig, spec: DataSpec, precision: Precision) -> Result<Box<dyn ScModel>> {
+    let vocab = cfg.vocab_size.unwrap_or(spec.vocab_size);
+    if vocab < spec.vocab_size {
+        return Err(ModelError::Config(format!(
+            "model.vocab_size = {vocab} is smaller than the gene vocabulary ({} ids with special tokens)",
+            spec.vocab_size
+        )));
+    }
+    let spec = DataSpec {
+        vocab_size: vocab,
+        ..spec
+    };
+    Ok(match cfg.architecture {
+        Architecture::TransformerEncoder => {
+            Box::new(encoder::TransformerEncoderModel::new(cfg, spec, precision)?)
+        }
+        Architecture::AutoregressiveTransformer => Box::new(
+            autoregressive::AutoregressiveModel::new(cfg, spec, precision)?,
+        ),
+        Architecture::MaskedAutoencoder => {
+            Box::new(mae::MaskedAutoencoder::new(cfg, spec, precision)?)
+        }
+    })
+}
+
+/// The kernels' precision for `training.precision`.
+pub fn precision_of(p: configs::scmodelforge::Precision) -> Precision {
+    use configs::scmodelforge::Precision as P;
+    match p {
+        P::Fp32 => Precision::F32,
+        P::Bf16Mixed => Precision::Bf16Mixed,
+        P::Fp16Mixed => Precision::F16Mixed,
+    }
+}

@@ -1,0 +1,291 @@
+//! Trainer tests on the bundled PBMC file with small models: determinism, exact resume,
+//! checkpoint integrity, world-size invariance, non-finite handling and 16-mixed skipping.
+//! Run in release: `cargo test --release -p worker --test train`.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier, Mutex};
+
+use configs::scmodelforge::{Precision, ScModelForgeConfig};
+use worker::checkpoint;
+use worker::train::{
+    train, Control, GradientSync, NoSync, TrainError, TrainEvent, TrainOptions, TrainSummary,
+};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A tiny model on the PBMC cells so a step takes milliseconds.
+fn small_config() -> ScModelForgeConfig {
+    let path = repo().join("configs/quickstart.yaml");
+    let data = repo().join("data/pbmc68k_counts.h5ad");
+    let overrides = vec![
+        format!("data.paths=[{}]", data.display()),
+        "data.max_genes=64".into(),
+        "tokenizer.max_genes=64".into(),
+        "model.hidden_dim=32".into(),
+        "model.num_layers=2".into(),
+        "model.num_heads=2".into(),
+        "model.ffn_dim=64".into(),
+        "model.max_seq_len=64".into(),
+        "training.batch_size=16".into(),
+        "training.max_epochs=2".into(),
+        "training.log_every_n_steps=1".into(),
+        "training.save_top_k=2".into(),
+        "training.gradient_accumulation=2".into(),
+    ];
+    configs::load_file_as::<ScModelForgeConfig>(&path, &overrides).expect("config loads")
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("anvil-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn run(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> Result<TrainSummary, TrainError> {
+    train(cfg, opts, &mut NoSync, &mut |_| {}, &mut || {
+        Control::Continue
+    })
+}
+
+#[test]
+fn same_seed_same_losses_and_exact_resume() {
+    let cfg = small_config();
+    let a = run(&cfg, &TrainOptions::single(tmp("a"))).expect("run a");
+    assert!(a.losses.len() >= 10, "{} steps", a.losses.len());
+    assert!(a.losses.iter().all(|l| l.is_finite()));
+    let b = run(&cfg, &TrainOptions::single(tmp("b"))).expect("run b");
+    assert_eq!(a.losses, b.losses, "same seed must give identical losses");
+    assert_eq!(a.val_losses, b.val_losses);
+
+    // Stop after k steps (mid-epoch), resume from the checkpoint it wrote.
+    let k = 5u64;
+    let dir = tmp("c");
+    let mut opts = TrainOptions::single(&dir);
+    opts.max_steps = Some(k);
+    let c1 = run(&cfg, &opts).expect("run c, first part");
+    assert!(c1.stopped_early);
+    assert_eq!(c1.losses, a.losses[..k as usize].to_vec());
+    let last = c1.last_checkpoint.expect("a last checkpoint");
+    let mut opts = TrainOptions::single(&dir);
+    opts.resume_from = Some(last.clone());
+    let c2 = run(&cfg, &opts).expect("run c, resumed");
+    assert_eq!(
+        c2.losses,
+        a.losses[k as usize..].to_vec(),
+        "resume must repeat the run"
+    );
+    assert_eq!(c2.val_losses, a.val_losses);
+
+    // The checkpoint holds PyTorch names and verifies; metrics.csv has the columns.
+    let files = checkpoint::verify(&last).expect("manifest verifies");
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "state.json",
+        "config.yaml",
+        "vocab.json",
+    ] {
+        assert!(files.contains_key(f), "{f}");
+    }
+    let st = safetensors::SafeTensors::deserialize(&files["model.safetensors"]).expect("st");
+    let names = st.names();
+    for n in [
+        "gene_embedding.weight",
+        "encoder.layers.0.self_attn.in_proj_weight",
+        "encoder.layers.1.linear2.bias",
+        "encoder.norm.weight",
+    ] {
+        assert!(names.contains(&n), "{n} missing in {names:?}");
+    }
+    let csv = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
+    assert!(csv.starts_with("step,epoch,loss,lr,grad_norm,cells_per_s,tokens_per_s,val_loss"));
+    // A run directory of checkpoints resumes from the newest verified one; a corrupted one is
+    // never chosen.
+    let root = dir.join("checkpoints");
+    let newest = checkpoint::resolve_resume(&root).expect("resolves");
+    let bytes = std::fs::read(newest.join("model.safetensors")).expect("read");
+    let mut bad = bytes.clone();
+    let at = bad.len() - 3;
+    bad[at] ^= 0x55;
+    std::fs::write(newest.join("model.safetensors"), &bad).expect("corrupt");
+    assert!(checkpoint::verify(&newest).is_err());
+    if let Ok(p) = checkpoint::resolve_resume(&root) {
+        assert_ne!(p, newest, "a corrupted checkpoint was chosen");
+    }
+    let mut opts = TrainOptions::single(tmp("d"));
+    opts.resume_from = Some(newest.clone());
+    assert!(
+        run(&cfg, &opts).is_err(),
+        "resuming from a corrupted checkpoint must fail"
+    );
+}
+
+/// An in-process all-reduce for rank threads: deposit, wait, average in rank order.
+struct ThreadSync {
+    rank: usize,
+    world: usize,
+    slots: Arc<Mutex<Vec<Vec<f32>>>>,
+    barrier: Arc<Barrier>,
+}
+
+impl GradientSync for ThreadSync {
+    fn all_reduce_mean(&mut self, grads: &mut [f32]) -> Result<(), String> {
+        self.slots.lock().map_err(|e| e.to_string())?[self.rank] = grads.to_vec();
+        self.barrier.wait();
+        {
+            let slots = self.slots.lock().map_err(|e| e.to_string())?;
+            for (i, g) in grads.iter_mut().enumerate() {
+                let s: f32 = (0..self.world).map(|r| slots[r][i]).sum();
+                *g = s / self.world as f32;
+            }
+        }
+        self.barrier.wait();
+        Ok(())
+    }
+}
+
+#[test]
+fn two_workers_follow_one_worker_with_twice_the_batch() {
+    let mut cfg = small_config();
+    cfg.model.dropout = 0.0;
+    cfg.training.gradient_accumulation = 1;
+    cfg.training.max_epochs = 1;
+    cfg.training.batch_size = 16;
+    let one = run(&cfg, &TrainOptions::single(tmp("w1"))).expect("one worker");
+    cfg.training.batch_size = 8;
+    let world = 2;
+    let slots = Arc::new(Mutex::new(vec![Vec::new(); world]));
+    let barrier = Arc::new(Barrier::new(world));
+    let handles: Vec<_> = (0..world)
+        .map(|rank| {
+            let cfg = cfg.clone();
+            let mut sync = ThreadSync {
+                rank,
+                world,
+                slots: Arc::clone(&slots),
+                barrier: Arc::clone(&barrier),
+            };
+            std::thread::spawn(move || {
+                let opts = TrainOptions {
+                    rank,
+                    world,
+                    run_dir: tmp(&format!("w2-{rank}")),
+                    resume_from: None,
+                    max_steps: None,
+                };
+                train(&cfg, &opts, &mut sync, &mut |_| {}, &mut || {
+                    Control::Continue
+                })
+            })
+        })
+        .collect();
+    let results: Vec<TrainSummary> = handles
+        .into_iter()
+        .map(|h| h.join().expect("thread").expect("rank trains"))
+        .collect();
+    assert_eq!(results[0].losses, results[1].losses);
+    assert_eq!(one.losses.len(), results[0].losses.len());
+    for (i, (a, b)) in one.losses.iter().zip(&results[0].losses).enumerate() {
+        let rel = (a - b).abs() / a.abs();
+        assert!(rel < 2e-4, "step {i}: one worker {a}, two workers {b}");
+    }
+    let (va, vb) = (one.val_losses[0].1, results[0].val_losses[0].1);
+    assert!((va - vb).abs() / va < 2e-4, "validation {va} vs {vb}");
+}
+
+#[test]
+fn divergence_stops_with_a_checkpoint_of_the_last_good_state() {
+    let mut cfg = small_config();
+    cfg.training.optimizer.lr = 1e35;
+    cfg.training.scheduler = None;
+    cfg.training.gradient_clip = 0.0;
+    cfg.training.gradient_accumulation = 1;
+    let dir = tmp("nan");
+    let mut events = Vec::new();
+    let r = train(
+        &cfg,
+        &TrainOptions::single(&dir),
+        &mut NoSync,
+        &mut |e| events.push(e),
+        &mut || Control::Continue,
+    );
+    match r {
+        Err(TrainError::NonFinite {
+            checkpoint: Some(p),
+            step,
+            ..
+        }) => {
+            let files = checkpoint::verify(&p).expect("the last good state verifies");
+            let state: checkpoint::TrainState =
+                serde_json::from_slice(&files["state.json"]).expect("state");
+            assert_eq!(state.global_step, step);
+            let msg = format!(
+                "{}",
+                TrainError::NonFinite {
+                    step,
+                    epoch: 0,
+                    loss: f64::NAN,
+                    checkpoint: Some(p)
+                }
+            );
+            assert!(msg.contains("diverged"), "{msg}");
+        }
+        other => panic!(
+            "expected a non-finite stop, got {:?}",
+            other.map(|s| s.losses)
+        ),
+    }
+}
+
+#[test]
+fn fp16_mixed_skips_overflowing_steps_and_trains() {
+    let mut cfg = small_config();
+    cfg.training.precision = Precision::Fp16Mixed;
+    cfg.training.max_epochs = 1;
+    let mut skipped = 0;
+    let s = train(
+        &cfg,
+        &TrainOptions::single(tmp("fp16")),
+        &mut NoSync,
+        &mut |e| {
+            if let TrainEvent::Log(m) = e {
+                if m.contains("overflow") {
+                    skipped += 1;
+                }
+            }
+        },
+        &mut || Control::Continue,
+    )
+    .expect("16-mixed trains");
+    assert_eq!(s.skipped_steps, skipped);
+    assert!(s.losses.iter().all(|l| l.is_finite()));
+    assert!(s.val_losses[0].1.is_finite());
+}
+
+#[test]
+fn control_checkpoint_and_stop() {
+    let cfg = small_config();
+    let dir = tmp("ctl");
+    let mut polls = 0;
+    let s = train(
+        &cfg,
+        &TrainOptions::single(&dir),
+        &mut NoSync,
+        &mut |_| {},
+        &mut || {
+            polls += 1;
+            if polls == 3 {
+                Control::CheckpointAndStop
+            } else {
+                Control::Continue
+            }
+        },
+    )
+    .expect("trains");
+    assert!(s.stopped_early);
+    assert_eq!(s.global_step, 3);
+    let last = s.last_checkpoint.expect("checkpoint");
+    checkpoint::verify(&last).expect("verifies");
+}
