@@ -58,9 +58,12 @@ fn main() {
     let (mut ids, mut vals, mut labels, mut pos) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut tokens = 0usize;
     let mut start = 0;
+    let mut read_s = 0f64;
     while start < n {
         let end = (start + 1024).min(n);
+        let tr = Instant::now();
         let block = p.dataset.read_file_rows(0, start, end).expect("read");
+        read_s += tr.elapsed().as_secs_f64();
         for c in 0..block.len() {
             let (cell, g, v) = block.cell(c);
             p.tokenize_into(g, v, &mut ws);
@@ -100,7 +103,7 @@ fn main() {
     let loader_s = t.elapsed().as_secs_f64();
 
     println!(
-        "{{\"file\": \"{file}\", \"cells\": {n}, \"open_and_plan_s\": {open_s:.3}, \"sequential_s\": {seq_s:.3}, \"sequential_cells_per_s\": {:.1}, \"mean_tokens\": {:.1}, \"loader_cells\": {loader_cells}, \"loader_s\": {loader_s:.3}, \"loader_cells_per_s\": {:.1}}}",
+        "{{\"file\": \"{file}\", \"cells\": {n}, \"open_and_plan_s\": {open_s:.3}, \"sequential_s\": {seq_s:.3}, \"sequential_read_s\": {read_s:.3}, \"sequential_cells_per_s\": {:.1}, \"mean_tokens\": {:.1}, \"loader_cells\": {loader_cells}, \"loader_s\": {loader_s:.3}, \"loader_cells_per_s\": {:.1}}}",
         n as f64 / seq_s,
         tokens as f64 / n as f64,
         loader_cells as f64 / loader_s

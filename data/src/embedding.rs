@@ -308,7 +308,7 @@ mod tests {
     fn write_npy_f32(path: &Path, rows: usize, cols: usize, data: &[f32]) {
         let mut header =
             format!("{{'descr': '<f4', 'fortran_order': False, 'shape': ({rows}, {cols}), }}");
-        while (10 + header.len() + 1) % 64 != 0 {
+        while !(10 + header.len() + 1).is_multiple_of(64) {
             header.push(' ');
         }
         header.push('\n');

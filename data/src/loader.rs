@@ -39,6 +39,26 @@ pub struct LoaderOptions {
     pub mask: bool,
 }
 
+impl LoaderOptions {
+    /// Training options from a config: `training.batch_size` per rank, `data.num_workers`
+    /// prefetch threads, masking on.
+    pub fn from_config(
+        cfg: &configs::scmodelforge::ScModelForgeConfig,
+        rank: usize,
+        world_size: usize,
+        split: Split,
+    ) -> Self {
+        LoaderOptions {
+            rank,
+            world_size,
+            batch_size: cfg.training.batch_size,
+            num_workers: cfg.data.num_workers,
+            split,
+            mask: true,
+        }
+    }
+}
+
 struct Shared {
     pipeline: Arc<Pipeline>,
     order: Vec<u64>,

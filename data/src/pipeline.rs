@@ -52,6 +52,11 @@ pub struct Pipeline {
 /// Per-thread buffers.
 #[derive(Default)]
 pub struct Workspace {
+    hist: Vec<u32>,
+    order: Vec<u32>,
+    flat_genes: Vec<u32>,
+    flat_values: Vec<f32>,
+    lens: Vec<usize>,
     genes: Vec<u32>,
     values: Vec<f32>,
     cell: TokenizedCell,
@@ -107,12 +112,96 @@ impl Pipeline {
 
     /// Tokenize one cell's raw (vocabulary-mapped) entries into `ws.cell`.
     pub fn tokenize_into(&self, genes: &[u32], raw: &[f32], ws: &mut Workspace) {
+        if !self.tokenize_counts(genes, raw, ws) {
+            self.tokenize_general(genes, raw, ws);
+        }
+    }
+
+    /// The reference path: preprocess every entry, then let the tokenizer sort.
+    pub fn tokenize_general(&self, genes: &[u32], raw: &[f32], ws: &mut Workspace) {
         ws.genes.clear();
         ws.values.clear();
         self.preprocessor
             .apply(genes, raw, &mut ws.genes, &mut ws.values);
         self.tokenizer
             .tokenize(&ws.genes, &ws.values, &mut ws.cell, &mut ws.scratch);
+    }
+
+    /// Fast path for count data (every value a whole number up to 65536), the usual AnnData
+    /// content. Normalization and log1p are strictly increasing within a cell, so ordering by
+    /// the raw count gives the same order as ordering by the preprocessed value (ties, equal
+    /// counts, stay in row order either way). A stable counting sort on the counts replaces
+    /// the comparison sort, and log1p is computed once per distinct count. Output is identical
+    /// to [`Pipeline::tokenize_general`]; returns false (doing nothing) for other data.
+    fn tokenize_counts(&self, genes: &[u32], raw: &[f32], ws: &mut Workspace) -> bool {
+        const MAX_COUNT: f32 = 65536.0;
+        let mut total = 0f32;
+        let mut max = 0f32;
+        for &v in raw {
+            if !((0.0..=MAX_COUNT).contains(&v) && v == v.trunc()) {
+                return false;
+            }
+            total += v;
+            max = max.max(v);
+        }
+        let pre = &self.preprocessor;
+        let scale = match pre.target_sum {
+            Some(t) if total > 0.0 => t / total,
+            Some(_) => 0.0,
+            None => 1.0,
+        };
+        let kept = |g: u32| match &pre.keep {
+            Some(keep) => keep.get(g as usize).copied().unwrap_or(false),
+            None => true,
+        };
+        let top = max as usize;
+        let hist = &mut ws.hist;
+        hist.clear();
+        hist.resize(top + 1, 0);
+        for (&g, &v) in genes.iter().zip(raw) {
+            if v > 0.0 && kept(g) {
+                hist[v as usize] += 1;
+            }
+        }
+        // Output offset of each count, largest count first.
+        let mut acc = 0u32;
+        for c in (1..=top).rev() {
+            let n = hist[c];
+            hist[c] = acc;
+            acc += n;
+        }
+        let order = &mut ws.order;
+        order.clear();
+        order.resize(acc as usize, 0);
+        for (i, (&g, &v)) in genes.iter().zip(raw).enumerate() {
+            if v > 0.0 && kept(g) {
+                let slot = &mut hist[v as usize];
+                order[*slot as usize] = i as u32;
+                *slot += 1;
+            }
+        }
+        let tok = &self.tokenizer;
+        let out = &mut ws.cell;
+        out.genes.clear();
+        out.values.clear();
+        if tok.prepend_cls {
+            out.genes.push(crate::vocab::CLS);
+            out.values.push(0.0);
+        }
+        let n = order.len().min(tok.room());
+        let (mut last_raw, mut last_val) = (-1f32, 0f32);
+        for &i in &order[..n] {
+            let v = raw[i as usize];
+            if v != last_raw {
+                let x = v * scale;
+                last_val = if pre.log1p { x.ln_1p() } else { x };
+                last_raw = v;
+            }
+            out.genes.push(genes[i as usize]);
+            out.values.push(last_val);
+        }
+        tok.finish(out, &mut ws.scratch);
+        true
     }
 
     /// Read, preprocess, tokenize, mask and pad these cells. `mask_epoch` keys the masking
@@ -124,13 +213,17 @@ impl Pipeline {
         ws: &mut Workspace,
     ) -> Result<Batch> {
         let block = self.dataset.read_cells(cells)?;
-        let mut seqs: Vec<TokenizedCell> = Vec::with_capacity(cells.len());
+        ws.flat_genes.clear();
+        ws.flat_values.clear();
+        ws.lens.clear();
         for i in 0..block.len() {
             let (_, g, v) = block.cell(i);
             self.tokenize_into(g, v, ws);
-            seqs.push(ws.cell.clone());
+            ws.flat_genes.extend_from_slice(&ws.cell.genes);
+            ws.flat_values.extend_from_slice(&ws.cell.values);
+            ws.lens.push(ws.cell.len());
         }
-        let seq_len = seqs.iter().map(|s| s.len()).max().unwrap_or(0);
+        let seq_len = ws.lens.iter().copied().max().unwrap_or(0);
         let n = cells.len() * seq_len;
         let mut b = Batch {
             batch_size: cells.len(),
@@ -143,19 +236,20 @@ impl Pipeline {
             attention_mask: vec![0; n],
             ..Default::default()
         };
-        for (i, s) in seqs.iter().enumerate() {
+        let mut at = 0;
+        for (i, (&l, &cell)) in ws.lens.iter().zip(cells).enumerate() {
             let row = i * seq_len;
-            let l = s.len();
-            b.gene_ids[row..row + l].copy_from_slice(&s.genes);
-            b.values[row..row + l].copy_from_slice(&s.values);
-            b.target_values[row..row + l].copy_from_slice(&s.values);
+            b.gene_ids[row..row + l].copy_from_slice(&ws.flat_genes[at..at + l]);
+            b.values[row..row + l].copy_from_slice(&ws.flat_values[at..at + l]);
+            b.target_values[row..row + l].copy_from_slice(&ws.flat_values[at..at + l]);
+            at += l;
             b.attention_mask[row..row + l]
                 .iter_mut()
                 .for_each(|m| *m = 1);
             if let (Some(m), Some(epoch)) = (&self.masker, mask_epoch) {
                 m.apply(
                     epoch,
-                    cells[i],
+                    cell,
                     &mut b.gene_ids[row..row + l],
                     &mut b.values[row..row + l],
                     &mut b.labels[row..row + l],

@@ -147,6 +147,16 @@ impl Tokenizer {
             out.genes.push(genes[i]);
             out.values.push(values[i]);
         }
+        self.finish(out, scratch);
+    }
+
+    /// Genes for a cell of this many tokens at most (the cap minus [CLS]).
+    pub fn room(&self) -> usize {
+        self.max_genes - usize::from(self.prepend_cls)
+    }
+
+    /// The strategy-specific last step on a selected, ordered cell (binning).
+    pub fn finish(&self, out: &mut TokenizedCell, scratch: &mut Scratch) {
         if self.strategy == TokenizerStrategy::BinnedExpression {
             let start = usize::from(self.prepend_cls);
             self.bin(&mut out.values[start..], &mut scratch.sorted);

@@ -376,3 +376,87 @@ fn validation_loader_covers_val_cells() {
     assert_eq!(plan.val.len(), 35);
     let _ = GeneVocab::from_genes(["A"]);
 }
+
+#[test]
+fn gene_embedding_strategy_loads_vectors() {
+    let dir = std::env::temp_dir().join(format!("anvil-ge-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // 2 genes x 3 dims, float32 .npy with a gene list beside it
+    let mut header = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }".to_string();
+    while !(10 + header.len() + 1).is_multiple_of(64) {
+        header.push(' ');
+    }
+    header.push('\n');
+    let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+    bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    bytes.extend_from_slice(header.as_bytes());
+    for v in [1f32, 2., 3., 4., 5., 6.] {
+        bytes.extend_from_slice(&v.to_le_bytes());
+    }
+    let npy = dir.join("g2v.npy");
+    std::fs::write(&npy, bytes).unwrap();
+    std::fs::write(dir.join("g2v.genes.txt"), "GC\nGA\n").unwrap();
+
+    let mut cfg = ScModelForgeConfig::default();
+    cfg.data.paths = vec![fixture("csr_f32.h5ad").display().to_string()];
+    cfg.tokenizer.strategy = TokenizerStrategy::GeneEmbedding;
+    cfg.tokenizer.embedding_path = Some(npy.display().to_string());
+    cfg.tokenizer.embedding_dim = 3;
+    let p = Pipeline::from_config(&cfg).unwrap();
+    let e = p.tokenizer.embedding.as_ref().unwrap();
+    assert_eq!(e.vector(p.vocab().id("GA")), &[4., 5., 6.]);
+    assert_eq!(e.missing, 3);
+    // values are continuous (normalized log1p), like continuous_projection
+    let b = p.batch(&[0], None, &mut Default::default()).unwrap();
+    assert_eq!(
+        b.gene_ids[..3],
+        [CLS, p.vocab().id("GC"), p.vocab().id("GA")]
+    );
+    assert!((b.values[1] - (1e4f32 * 3.0 / 4.0).ln_1p()).abs() < 1e-4);
+
+    cfg.tokenizer.embedding_dim = 200;
+    let e = Pipeline::from_config(&cfg).err().unwrap().to_string();
+    assert!(
+        e.contains("g2v.npy") && e.contains("embedding_dim is 200"),
+        "{e}"
+    );
+    cfg.tokenizer.embedding_path = None;
+    assert!(Pipeline::from_config(&cfg).is_err());
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn count_fast_path_equals_general_path() {
+    for (strategy, hvg, max_genes) in [
+        (TokenizerStrategy::RankValue, None, 2048),
+        (TokenizerStrategy::RankValue, Some(150), 64),
+        (TokenizerStrategy::BinnedExpression, None, 100),
+        (TokenizerStrategy::ContinuousProjection, None, 2048),
+    ] {
+        let mut cfg = ScModelForgeConfig::default();
+        cfg.data.paths = vec![pbmc().display().to_string()];
+        cfg.tokenizer.strategy = strategy;
+        cfg.tokenizer.max_genes = max_genes;
+        cfg.data.preprocessing.hvg_selection = hvg;
+        let p = Pipeline::from_config(&cfg).unwrap();
+        let block = p.dataset.read_file_rows(0, 0, 700).unwrap();
+        let (mut a, mut b) = (
+            data::pipeline::Workspace::default(),
+            data::pipeline::Workspace::default(),
+        );
+        for i in 0..block.len() {
+            let (_, g, v) = block.cell(i);
+            p.tokenize_into(g, v, &mut a);
+            p.tokenize_general(g, v, &mut b);
+            assert_eq!(a.cell(), b.cell(), "cell {i} {strategy:?}");
+        }
+        // non-integer values take the general path and still work
+        let (mut g, mut v) = (vec![], vec![]);
+        let (_, g0, v0) = block.cell(0);
+        g.extend_from_slice(g0);
+        v.extend(v0.iter().map(|x| x * 0.5));
+        p.tokenize_into(&g, &v, &mut a);
+        p.tokenize_general(&g, &v, &mut b);
+        assert_eq!(a.cell(), b.cell());
+    }
+}

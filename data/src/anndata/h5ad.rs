@@ -406,17 +406,33 @@ fn check_indptr(
 }
 
 fn read_indices(path: &Path, ds: &Dataset, lo: usize, hi: usize) -> Result<Vec<u32>> {
+    let out_of_range =
+        |v: i64| DataError::invalid(path, "X/indices", format!("index {v} out of range"));
+    // anndata writes int32 indices: read them as stored, skipping HDF5's type conversion.
+    let native_i32 = matches!(
+        ds.dtype().and_then(|t| t.to_descriptor()),
+        Ok(TypeDescriptor::Integer(hdf5::types::IntSize::U4))
+    );
+    if native_i32 {
+        let raw = ds
+            .read_slice_1d::<i32, _>(lo..hi)
+            .map_err(h5(path, "X/indices"))?;
+        let mut out = Vec::with_capacity(raw.len());
+        for &v in raw.iter() {
+            if v < 0 {
+                return Err(out_of_range(v as i64));
+            }
+            out.push(v as u32);
+        }
+        return Ok(out);
+    }
     let raw = ds
         .read_slice_1d::<i64, _>(lo..hi)
         .map_err(h5(path, "X/indices"))?;
     let mut out = Vec::with_capacity(raw.len());
     for &v in raw.iter() {
         if !(0..=u32::MAX as i64).contains(&v) {
-            return Err(DataError::invalid(
-                path,
-                "X/indices",
-                format!("index {v} out of range"),
-            ));
+            return Err(out_of_range(v));
         }
         out.push(v as u32);
     }
