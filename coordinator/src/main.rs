@@ -3,6 +3,9 @@
 
 mod config_cmd;
 mod data_cmd;
+mod launch;
+mod run_dir;
+mod server;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,8 @@ enum Command {
     /// Check and inspect config files (scModelForge or sleap-nn YAML)
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
+    /// Train: plan the run, start (or admit) its workers, supervise, restart on failure
+    Launch(launch::LaunchArgs),
     /// Inspect AnnData files and generate synthetic ones
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -38,5 +43,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Data(cmd) => data_cmd::run(cmd),
+        Command::Launch(args) => launch::run(args),
     }
 }

@@ -1,9 +1,10 @@
 //! The worker: data loading, models, the training step, gradient all-reduce and checkpoints.
 
-pub mod ring;
 pub mod checkpoint;
+pub mod join;
 pub mod metrics;
 pub mod model;
 pub mod progress;
+pub mod ring;
 pub mod schedule;
 pub mod train;

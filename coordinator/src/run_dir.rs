@@ -1,0 +1,136 @@
+//! A run's directory: the resolved config, the run token, the run record (for `--resume`),
+//! metrics.csv and the workers' logs. Checkpoints go under it too (written by rank 0).
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, Context};
+use serde::{Deserialize, Serialize};
+
+pub struct RunDir {
+    pub path: PathBuf,
+}
+
+/// What `--resume` needs to know about a run besides its config.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub run_id: String,
+    pub world: usize,
+    pub generation: u32,
+    pub restarts: u32,
+    pub status: String,
+}
+
+impl RunDir {
+    /// Creates (or reuses) the directory and writes the resolved config and a fresh token.
+    pub fn create(path: &Path, config_yaml: &str) -> anyhow::Result<Self> {
+        fs::create_dir_all(path.join("logs"))
+            .with_context(|| format!("cannot create run directory {}", path.display()))?;
+        let run = RunDir {
+            path: path.to_path_buf(),
+        };
+        write_atomic(&run.config_path(), config_yaml.as_bytes())?;
+        write_token(&run.token_path())?;
+        Ok(run)
+    }
+
+    pub fn open(path: &Path) -> anyhow::Result<Self> {
+        let run = RunDir {
+            path: path.to_path_buf(),
+        };
+        for needed in [run.config_path(), run.record_path(), run.token_path()] {
+            if !needed.exists() {
+                return Err(anyhow!(
+                    "{} is not an anvil run directory: {} is missing",
+                    path.display(),
+                    needed.display()
+                ));
+            }
+        }
+        fs::create_dir_all(path.join("logs"))?;
+        Ok(run)
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join("config.yaml")
+    }
+    pub fn token_path(&self) -> PathBuf {
+        self.path.join("token")
+    }
+    pub fn record_path(&self) -> PathBuf {
+        self.path.join("run.json")
+    }
+    pub fn metrics_path(&self) -> PathBuf {
+        self.path.join("metrics.csv")
+    }
+    pub fn worker_log_path(&self, rank: usize) -> PathBuf {
+        self.path.join("logs").join(format!("worker-{rank}.log"))
+    }
+
+    pub fn token(&self) -> anyhow::Result<String> {
+        let t = fs::read_to_string(self.token_path())
+            .with_context(|| format!("cannot read {}", self.token_path().display()))?;
+        Ok(t.trim().to_string())
+    }
+
+    pub fn read_record(&self) -> anyhow::Result<RunRecord> {
+        let text = fs::read_to_string(self.record_path())?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is damaged", self.record_path().display()))
+    }
+
+    pub fn write_record(&self, record: &RunRecord) -> anyhow::Result<()> {
+        let text = serde_json::to_string_pretty(record)?;
+        write_atomic(&self.record_path(), text.as_bytes())
+    }
+}
+
+/// Writes through a temporary file and a rename, so a reader never sees half a file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut f =
+        fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+/// A random run token in a file only the user can read.
+fn write_token(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 24];
+    fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
+        .context("cannot read /dev/urandom for the run token")?;
+    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    Ok(())
+}
+
+/// Drops the rows of a run's metrics.csv (written by rank 0's trainer) after `step`: a restart
+/// from that step's checkpoint writes them again.
+pub fn truncate_metrics_after(path: &Path, step: u64) -> anyhow::Result<()> {
+    let Ok(text) = fs::read_to_string(path) else {
+        return Ok(());
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|l| {
+            l.starts_with("step")
+                || l.split(',')
+                    .next()
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .is_some_and(|s| s <= step)
+        })
+        .collect();
+    write_atomic(path, format!("{}\n", kept.join("\n")).as_bytes())
+}

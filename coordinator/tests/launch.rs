@@ -1,0 +1,352 @@
+//! `coordinator launch` end to end: real coordinator and worker processes, real gRPC, the real
+//! TCP ring, on the bundled PBMC data with a small model so each run takes seconds.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn worker_bin() -> PathBuf {
+    let coordinator = PathBuf::from(env!("CARGO_BIN_EXE_coordinator"));
+    let worker = coordinator.with_file_name("worker");
+    assert!(
+        worker.exists(),
+        "the worker binary is not built at {} (cargo test --workspace builds it)",
+        worker.display()
+    );
+    worker
+}
+
+/// A fresh scratch directory for one test's runs.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("anvil-launch-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Overrides that make the quickstart tiny: a few seconds per run on two cores.
+const SMALL: &[&str] = &[
+    "model.hidden_dim=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.ffn_dim=64",
+    "model.max_seq_len=64",
+    "model.dropout=0.0",
+    "tokenizer.max_genes=64",
+    "data.max_genes=64",
+    "data.num_workers=1",
+    "training.max_epochs=2",
+    "training.log_every_n_steps=1",
+    "training.val_split=0.1",
+    "training.scheduler=null",
+];
+
+fn launch_cmd(run_dir: &Path, nodes: usize, batch: usize, extra: &[&str]) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    cmd.current_dir(repo())
+        .args(["launch", "--config", "configs/quickstart.yaml", "--nodes"])
+        .arg(nodes.to_string())
+        .arg("--run-dir")
+        .arg(run_dir)
+        .arg("--worker-bin")
+        .arg(worker_bin())
+        .args(["--heartbeat-timeout", "3"]);
+    for s in SMALL {
+        cmd.args(["--set", s]);
+    }
+    cmd.args(["--set", &format!("training.batch_size={batch}")]);
+    cmd.args(extra);
+    cmd
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn run(mut cmd: Command) -> Output {
+    cmd.output().expect("run coordinator")
+}
+
+/// (step, loss) of every training row of a run's metrics.csv.
+fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
+    let text = std::fs::read_to_string(run_dir.join("metrics.csv")).expect("metrics.csv");
+    text.lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            let loss = f.get(2)?.parse().ok()?;
+            Some((f[0].parse().ok()?, loss))
+        })
+        .collect()
+}
+
+fn assert_same_curve(a: &[(u64, f64)], b: &[(u64, f64)], what: &str) {
+    assert_eq!(
+        a.len(),
+        b.len(),
+        "{what}: different step counts\n{a:?}\n{b:?}"
+    );
+    for ((sa, la), (sb, lb)) in a.iter().zip(b) {
+        assert_eq!(sa, sb, "{what}");
+        let rel = (la - lb).abs() / la.abs().max(1e-12);
+        assert!(
+            rel <= 1e-5,
+            "{what}: step {sa}: {la} vs {lb} (relative {rel:.2e})"
+        );
+    }
+}
+
+#[test]
+fn two_workers_train_and_follow_the_one_worker_curve() {
+    let dir = scratch("equiv");
+    let one = run(launch_cmd(&dir.join("one"), 1, 16, &["--max-steps", "8"]));
+    assert!(
+        one.status.success(),
+        "1 worker failed:\n{}",
+        text(&one.stderr)
+    );
+    let two = run(launch_cmd(&dir.join("two"), 2, 8, &["--max-steps", "8"]));
+    let stderr = text(&two.stderr);
+    assert!(two.status.success(), "2 workers failed:\n{stderr}");
+    assert!(stderr.contains("all 2 workers registered"), "{stderr}");
+    assert!(stderr.contains("finished after 8 steps"), "{stderr}");
+    let (a, b) = (losses(&dir.join("one")), losses(&dir.join("two")));
+    assert_eq!(a.len(), 8, "{a:?}");
+    assert_same_curve(&a, &b, "1 x 16 vs 2 x 8");
+}
+
+#[test]
+fn four_workers_and_gradient_accumulation_follow_the_same_curve() {
+    let dir = scratch("equiv4");
+    let one = run(launch_cmd(&dir.join("one"), 1, 16, &["--max-steps", "5"]));
+    assert!(one.status.success(), "{}", text(&one.stderr));
+    let four = run(launch_cmd(&dir.join("four"), 4, 4, &["--max-steps", "5"]));
+    assert!(four.status.success(), "{}", text(&four.stderr));
+    let accum = run(launch_cmd(
+        &dir.join("accum"),
+        2,
+        4,
+        &[
+            "--max-steps",
+            "5",
+            "--set",
+            "training.gradient_accumulation=2",
+        ],
+    ));
+    assert!(accum.status.success(), "{}", text(&accum.stderr));
+    let base = losses(&dir.join("one"));
+    assert_same_curve(&base, &losses(&dir.join("four")), "1 x 16 vs 4 x 4");
+    assert_same_curve(&base, &losses(&dir.join("accum")), "1 x 16 vs 2 x (2 x 4)");
+}
+
+fn wait_for_step(run_dir: &Path, step: u64, limit: Duration) {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if losses(run_dir).iter().any(|(s, _)| *s >= step) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("run in {} never reached step {step}", run_dir.display());
+}
+
+/// Worker pids of a run, from their registration lines in the coordinator's log... we read the
+/// process table instead: children of `parent` named worker.
+fn worker_pids(parent: u32) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let Some(close) = stat.rfind(')') else {
+            continue;
+        };
+        let comm = &stat[stat.find('(').unwrap_or(0) + 1..close];
+        let ppid: u32 = stat[close + 2..]
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        if ppid == parent && comm == "worker" {
+            pids.push(pid);
+        }
+    }
+    pids.sort();
+    pids
+}
+
+fn spawn(mut cmd: Command) -> Child {
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn coordinator")
+}
+
+fn kill(pid: u32, signal: &str) {
+    let ok = Command::new("kill")
+        .args([signal, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {signal} {pid}");
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_the_run_ends_as_if_uninterrupted() {
+    let dir = scratch("fault");
+    // Checkpoint every epoch; the run is 2 epochs.
+    let steps = ["--set", "training.max_epochs=3"];
+    let clean = run(launch_cmd(&dir.join("clean"), 2, 8, &steps));
+    assert!(clean.status.success(), "{}", text(&clean.stderr));
+
+    let faulty = dir.join("faulty");
+    let child = spawn(launch_cmd(&faulty, 2, 8, &steps));
+    let coordinator = child.id();
+    // Kill a worker in the second epoch, after the first epoch's checkpoint.
+    let clean_curve = losses(&dir.join("clean"));
+    let per_epoch = clean_curve.len() as u64 / 3;
+    wait_for_step(&faulty, per_epoch + 2, Duration::from_secs(120));
+    let pids = worker_pids(coordinator);
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    kill(pids[1], "-KILL");
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("lost worker rank"), "{stderr}");
+    assert!(stderr.contains("restart 1/3"), "{stderr}");
+    assert_same_curve(&clean_curve, &losses(&faulty), "uninterrupted vs restarted");
+}
+
+#[test]
+fn sigterm_checkpoints_and_resume_continues_the_run() {
+    let dir = scratch("preempt");
+    let steps = ["--set", "training.max_epochs=3"];
+    let clean = run(launch_cmd(&dir.join("clean"), 2, 8, &steps));
+    assert!(clean.status.success(), "{}", text(&clean.stderr));
+    let clean_curve = losses(&dir.join("clean"));
+
+    let run_dir = dir.join("preempted");
+    let child = spawn(launch_cmd(&run_dir, 2, 8, &steps));
+    wait_for_step(&run_dir, 3, Duration::from_secs(120));
+    kill(child.id(), "-TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("coordinator launch --resume"), "{stderr}");
+
+    let mut resume = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    resume
+        .current_dir(repo())
+        .args(["launch", "--nodes", "2", "--resume"])
+        .arg(&run_dir)
+        .arg("--worker-bin")
+        .arg(worker_bin());
+    let out = run(resume);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_same_curve(
+        &clean_curve,
+        &losses(&run_dir),
+        "uninterrupted vs preempted + resumed",
+    );
+}
+
+#[test]
+fn a_killed_coordinator_can_resume_its_run() {
+    let dir = scratch("coordkill");
+    let run_dir = dir.join("run");
+    let child = spawn(launch_cmd(
+        &run_dir,
+        2,
+        8,
+        &["--set", "training.max_epochs=3"],
+    ));
+    wait_for_step(&run_dir, 20, Duration::from_secs(120));
+    kill(child.id(), "-KILL");
+    let _ = child.wait_with_output();
+    // Orphaned workers notice the coordinator is gone and exit.
+    let mut resume = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    resume
+        .current_dir(repo())
+        .args(["launch", "--nodes", "2", "--resume"])
+        .arg(&run_dir)
+        .arg("--worker-bin")
+        .arg(worker_bin());
+    let out = run(resume);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("resuming from"), "{stderr}");
+    assert!(stderr.contains("finished after"), "{stderr}");
+}
+
+#[test]
+fn a_worker_that_cannot_read_its_data_brings_the_run_down_with_its_message() {
+    let dir = scratch("baddata");
+    let bad = dir.join("not-hdf5.h5ad");
+    std::fs::write(&bad, b"this is not an HDF5 file").unwrap();
+    let out = run(launch_cmd(
+        &dir.join("run"),
+        2,
+        8,
+        &["--set", &format!("data.paths=[{}]", bad.display())],
+    ));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("worker rank"), "{stderr}");
+    assert!(
+        stderr.contains("not-hdf5.h5ad"),
+        "the worker's own message names the file: {stderr}"
+    );
+}
+
+#[test]
+fn registration_timeout_names_the_ranks_that_never_arrived() {
+    let dir = scratch("regtimeout");
+    let mut cmd = launch_cmd(
+        &dir.join("run"),
+        2,
+        8,
+        &["--external", "--register-timeout", "2"],
+    );
+    cmd.args(["--listen", "127.0.0.1:0"]);
+    let out = run(cmd);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ranks that never arrived: [0, 1]"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_worker_with_the_wrong_token_is_refused() {
+    let dir = scratch("token");
+    let mut cmd = launch_cmd(
+        &dir.join("run"),
+        1,
+        8,
+        &["--external", "--register-timeout", "5"],
+    );
+    cmd.args(["--listen", "127.0.0.1:47311"]);
+    let coordinator = spawn(cmd);
+    std::thread::sleep(Duration::from_millis(1500));
+    let out = Command::new(worker_bin())
+        .args(["--coordinator", "127.0.0.1:47311"])
+        .env("ANVIL_RUN_TOKEN", "not-the-token")
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("wrong run token"), "{stderr}");
+    let _ = coordinator.wait_with_output();
+}

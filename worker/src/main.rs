@@ -1,0 +1,317 @@
+//! `worker`: trains as one of a coordinator's workers (`worker --coordinator HOST:PORT`), or on
+//! its own (`worker train --config X.yaml`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use configs::ScModelForgeConfig;
+use proto::v1::{worker_message::Body, CheckpointSaved, Finished, LogLine, StepMetrics};
+use worker::join::{Command, JoinOptions, Session};
+use worker::train::{self, Control, GradientSync, TrainEvent, TrainOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "worker",
+    version,
+    about = "anvil worker: joins a coordinator's run, or trains on its own with `worker train`",
+    args_conflicts_with_subcommands = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<WorkerCommand>,
+    #[command(flatten)]
+    join: JoinArgs,
+}
+
+#[derive(Subcommand)]
+enum WorkerCommand {
+    /// Train in this one process (no coordinator): checkpoints, metrics.csv and progress locally
+    Train(TrainArgs),
+}
+
+#[derive(Args)]
+struct JoinArgs {
+    /// The coordinator's address (HOST:PORT) to register with
+    #[arg(long, value_name = "HOST:PORT")]
+    coordinator: Option<String>,
+    /// Ask for this rank (locally started workers); by default the coordinator assigns one
+    #[arg(long)]
+    rank: Option<usize>,
+    /// File holding the run token (default: the ANVIL_RUN_TOKEN environment variable)
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Interval between heartbeats, in milliseconds
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_ms: u64,
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// scModelForge YAML config
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+    /// Override one field, e.g. `--set training.max_epochs=2` (repeatable)
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    overrides: Vec<String>,
+    /// Directory for checkpoints and metrics (default: <training.checkpoint_dir>/<run_name>)
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// Stop after this many optimizer steps
+    #[arg(long)]
+    max_steps: Option<u64>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(WorkerCommand::Train(args)) => train_alone(args),
+        None => match cli.join.coordinator.clone() {
+            Some(addr) => join_run(&cli.join, addr),
+            None => Err(anyhow::anyhow!(
+                "nothing to do: pass --coordinator HOST:PORT to join a run, or use `worker train --config X.yaml`"
+            )),
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn train_alone(args: TrainArgs) -> anyhow::Result<()> {
+    let cfg: ScModelForgeConfig =
+        configs::load_file_as(&args.config, &args.overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let run_dir = args.run_dir.unwrap_or_else(|| train::default_run_dir(&cfg));
+    let opts = TrainOptions {
+        rank: 0,
+        world: 1,
+        run_dir: run_dir.clone(),
+        resume_from: cfg.training.resume_from.as_ref().map(PathBuf::from),
+        max_steps: args.max_steps,
+    };
+    let mut progress = Progress::new();
+    let summary = train::train(
+        &cfg,
+        &opts,
+        &mut train::NoSync,
+        &mut |e| progress.on_event(&e),
+        &mut || Control::Continue,
+    )?;
+    progress.clear();
+    let best = summary
+        .val_losses
+        .iter()
+        .map(|(_, l)| *l)
+        .fold(f64::NAN, f64::min);
+    eprintln!(
+        "finished {} after {} steps in {:.1}s ({:.0} cells/s, {:.0} tokens/s); best validation loss {best:.4}; run dir {}",
+        summary.run_name,
+        summary.global_step,
+        summary.train_seconds,
+        summary.cells_per_s,
+        summary.tokens_per_s,
+        run_dir.display()
+    );
+    Ok(())
+}
+
+/// A one-line progress display on an interactive terminal, plain lines otherwise.
+struct Progress {
+    tty: bool,
+    total: u64,
+    drawn: bool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        Self {
+            tty: std::io::stderr().is_terminal(),
+            total: 0,
+            drawn: false,
+        }
+    }
+
+    fn on_event(&mut self, e: &TrainEvent) {
+        match e {
+            TrainEvent::Start {
+                run_name,
+                parameters,
+                total_steps,
+                start_step,
+                ..
+            } => {
+                self.total = *total_steps;
+                eprintln!(
+                    "training {run_name}: {parameters} parameters, {total_steps} steps (from step {start_step})"
+                );
+            }
+            TrainEvent::Step {
+                epoch,
+                step,
+                loss,
+                lr,
+                cells_per_s,
+                tokens_per_s,
+                ..
+            } => {
+                let line = format!(
+                    "epoch {epoch} step {step}/{} | loss {loss:.4} | lr {lr:.2e} | {cells_per_s:.0} cells/s | {tokens_per_s:.0} tokens/s",
+                    self.total
+                );
+                if self.tty {
+                    eprint!("\r\x1b[2K{line}");
+                    self.drawn = true;
+                } else {
+                    eprintln!("{line}");
+                }
+            }
+            TrainEvent::Validation { epoch, loss, .. } => {
+                self.clear();
+                eprintln!("epoch {epoch}: validation loss {loss:.4}");
+            }
+            TrainEvent::Checkpoint { path, .. } => {
+                self.clear();
+                eprintln!("checkpoint: {}", path.display());
+            }
+            TrainEvent::Log(m) => {
+                self.clear();
+                eprintln!("{m}");
+            }
+        }
+    }
+
+    fn clear(&mut self) {
+        if self.drawn {
+            eprint!("\r\x1b[2K");
+            self.drawn = false;
+        }
+    }
+}
+
+/// The ring as the trainer's gradient synchronizer.
+struct RingSync<'a>(&'a mut worker::ring::Ring);
+
+impl GradientSync for RingSync<'_> {
+    fn all_reduce_mean(&mut self, grads: &mut [f32]) -> Result<(), String> {
+        self.0.all_reduce_mean(grads).map_err(|e| e.to_string())
+    }
+}
+
+fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<()> {
+    let token = match &args.token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?
+            .trim()
+            .to_string(),
+        None => std::env::var("ANVIL_RUN_TOKEN").map_err(|_| {
+            anyhow::anyhow!("no run token: set ANVIL_RUN_TOKEN or pass --token-file")
+        })?,
+    };
+    let (session, mut ring) = Session::join(&JoinOptions {
+        coordinator,
+        token,
+        requested_rank: args.rank,
+        heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
+    })?;
+    let outcome = train_in_session(&session, &mut ring);
+    let report = match &outcome {
+        Ok(f) => Ok(f.clone()),
+        Err(e) => Err(format!("{e:#}")),
+    };
+    session.finish(report);
+    outcome.map(|_| ())
+}
+
+fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow::Result<Finished> {
+    let a = session.assignment.clone();
+    let cfg: ScModelForgeConfig =
+        configs::Sources::from_str(&a.config_yaml, "config from coordinator")
+            .and_then(|s| s.load_as())
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opts = TrainOptions {
+        rank: a.rank as usize,
+        world: a.world_size as usize,
+        run_dir: PathBuf::from(&a.run_dir),
+        resume_from: (!a.resume_from.is_empty()).then(|| PathBuf::from(&a.resume_from)),
+        max_steps: (a.max_steps > 0).then_some(a.max_steps),
+    };
+    let rest = session;
+    let mut sync = RingSync(ring);
+    let (mut steps_per_epoch, mut total_steps) = (0, 0);
+    let summary = train::train(
+        &cfg,
+        &opts,
+        &mut sync,
+        &mut |e| match e {
+            TrainEvent::Start {
+                steps_per_epoch: spe,
+                total_steps: total,
+                ..
+            } => {
+                steps_per_epoch = spe;
+                total_steps = total;
+            }
+            TrainEvent::Step {
+                epoch,
+                step,
+                loss,
+                lr,
+                grad_norm,
+                cells_per_s,
+                tokens_per_s,
+            } => {
+                rest.set_step(step);
+                rest.send(Body::Step(StepMetrics {
+                    epoch,
+                    step,
+                    loss,
+                    lr,
+                    grad_norm,
+                    cells_per_s,
+                    tokens_per_s,
+                    steps_per_epoch,
+                    total_steps,
+                    step_time_s: 0.0,
+                    allreduce_time_s: 0.0,
+                }));
+            }
+            TrainEvent::Validation { epoch, step, loss } => {
+                rest.send(Body::Validation(proto::v1::ValidationMetrics {
+                    epoch,
+                    step,
+                    loss,
+                }))
+            }
+            TrainEvent::Checkpoint { step, path } => rest.send(Body::Checkpoint(CheckpointSaved {
+                step,
+                path: path.display().to_string(),
+            })),
+            TrainEvent::Log(message) => rest.send(Body::Log(LogLine {
+                level: "info".into(),
+                message,
+            })),
+        },
+        &mut || match rest.command() {
+            Command::Continue => Control::Continue,
+            Command::CheckpointAndStop => Control::CheckpointAndStop,
+            Command::Stop => Control::Stop,
+        },
+    )?;
+    let best_val = summary
+        .val_losses
+        .iter()
+        .map(|(_, l)| *l)
+        .fold(f64::NAN, f64::min);
+    Ok(Finished {
+        steps: summary.global_step,
+        final_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
+        best_val_loss: best_val,
+        params_hash: summary.params_hash.clone(),
+    })
+}
