@@ -53,6 +53,7 @@ pub struct Pipeline {
 #[derive(Default)]
 pub struct Workspace {
     hist: Vec<u32>,
+    scratch_keys: Vec<u64>,
     order: Vec<u32>,
     flat_genes: Vec<u32>,
     flat_values: Vec<f32>,
@@ -135,14 +136,17 @@ impl Pipeline {
     /// to [`Pipeline::tokenize_general`]; returns false (doing nothing) for other data.
     fn tokenize_counts(&self, genes: &[u32], raw: &[f32], ws: &mut Workspace) -> bool {
         const MAX_COUNT: f32 = 65536.0;
+        // Counts above this are rare (a cell's top genes): they are sorted by comparison,
+        // the rest by a histogram of at most SMALL + 1 buckets.
+        const SMALL: usize = 1024;
         let mut total = 0f32;
-        let mut max = 0f32;
+        let mut integral = true;
         for &v in raw {
-            if !((0.0..=MAX_COUNT).contains(&v) && v == v.trunc()) {
-                return false;
-            }
+            integral &= (0.0..=MAX_COUNT).contains(&v) && v == (v as u32) as f32;
             total += v;
-            max = max.max(v);
+        }
+        if !integral {
+            return false;
         }
         let pre = &self.preprocessor;
         let scale = match pre.target_sum {
@@ -154,18 +158,25 @@ impl Pipeline {
             Some(keep) => keep.get(g as usize).copied().unwrap_or(false),
             None => true,
         };
-        let top = max as usize;
         let hist = &mut ws.hist;
         hist.clear();
-        hist.resize(top + 1, 0);
-        for (&g, &v) in genes.iter().zip(raw) {
+        hist.resize(SMALL + 1, 0);
+        let big = &mut ws.scratch_keys;
+        big.clear();
+        for (i, (&g, &v)) in genes.iter().zip(raw).enumerate() {
             if v > 0.0 && kept(g) {
-                hist[v as usize] += 1;
+                let c = v as usize;
+                if c <= SMALL {
+                    hist[c] += 1;
+                } else {
+                    big.push((((u32::MAX - v.to_bits()) as u64) << 32) | i as u64);
+                }
             }
         }
-        // Output offset of each count, largest count first.
-        let mut acc = 0u32;
-        for c in (1..=top).rev() {
+        big.sort_unstable();
+        // Output offset of each small count, largest first, after the big ones.
+        let mut acc = big.len() as u32;
+        for c in (1..=SMALL).rev() {
             let n = hist[c];
             hist[c] = acc;
             acc += n;
@@ -173,9 +184,13 @@ impl Pipeline {
         let order = &mut ws.order;
         order.clear();
         order.resize(acc as usize, 0);
+        for (slot, &k) in order.iter_mut().zip(big.iter()) {
+            *slot = (k & 0xffff_ffff) as u32;
+        }
         for (i, (&g, &v)) in genes.iter().zip(raw).enumerate() {
-            if v > 0.0 && kept(g) {
-                let slot = &mut hist[v as usize];
+            let c = v as usize;
+            if v > 0.0 && c <= SMALL && kept(g) {
+                let slot = &mut hist[c];
                 order[*slot as usize] = i as u32;
                 *slot += 1;
             }

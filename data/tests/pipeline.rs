@@ -450,6 +450,17 @@ fn count_fast_path_equals_general_path() {
             p.tokenize_general(g, v, &mut b);
             assert_eq!(a.cell(), b.cell(), "cell {i} {strategy:?}");
         }
+        // large counts (above the histogram range) are ordered by comparison, same result
+        let (_, g0, v0) = block.cell(1);
+        let big: Vec<f32> = v0
+            .iter()
+            .enumerate()
+            .map(|(k, x)| if k % 3 == 0 { x * 700.0 } else { *x })
+            .collect();
+        assert!(big.iter().any(|&x| x > 1024.0));
+        p.tokenize_into(g0, &big, &mut a);
+        p.tokenize_general(g0, &big, &mut b);
+        assert_eq!(a.cell(), b.cell());
         // non-integer values take the general path and still work
         let (mut g, mut v) = (vec![], vec![]);
         let (_, g0, v0) = block.cell(0);
