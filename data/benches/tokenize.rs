@@ -54,6 +54,7 @@ fn main() {
 
     // 1. Sequential blocks of rows, as the Python reference does.
     let t = Instant::now();
+    let cpu0 = cpu_s();
     let mut ws = data::pipeline::Workspace::default();
     let (mut ids, mut vals, mut labels, mut pos) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut tokens = 0usize;
@@ -79,6 +80,7 @@ fn main() {
         start = end;
     }
     let seq_s = t.elapsed().as_secs_f64();
+    let seq_cpu_s = cpu_s() - cpu0;
 
     // 2. The training loader: shuffled shard plan, padded batches of 64, no prefetch threads.
     let p = Arc::new(p);
@@ -93,6 +95,7 @@ fn main() {
     };
     let steps = (n / 64).max(1);
     let t = Instant::now();
+    let cpu0 = cpu_s();
     let mut loader_cells = 0usize;
     for b in Loader::new(p, &plan, opts, Position::default())
         .expect("loader")
@@ -101,13 +104,26 @@ fn main() {
         loader_cells += b.expect("batch").batch_size;
     }
     let loader_s = t.elapsed().as_secs_f64();
+    let loader_cpu_s = cpu_s() - cpu0;
 
     println!(
-        "{{\"file\": \"{file}\", \"cells\": {n}, \"open_and_plan_s\": {open_s:.3}, \"sequential_s\": {seq_s:.3}, \"sequential_read_s\": {read_s:.3}, \"sequential_cells_per_s\": {:.1}, \"mean_tokens\": {:.1}, \"loader_cells\": {loader_cells}, \"loader_s\": {loader_s:.3}, \"loader_cells_per_s\": {:.1}}}",
+        "{{\"file\": \"{file}\", \"cells\": {n}, \"open_and_plan_s\": {open_s:.3}, \"sequential_s\": {seq_s:.3}, \"sequential_read_s\": {read_s:.3}, \"sequential_cells_per_s\": {:.1}, \"mean_tokens\": {:.1}, \"loader_cells\": {loader_cells}, \"loader_s\": {loader_s:.3}, \"loader_cells_per_s\": {:.1}, \"sequential_cpu_s\": {seq_cpu_s:.3}, \"sequential_cells_per_cpu_s\": {:.1}, \"loader_cpu_s\": {loader_cpu_s:.3}, \"loader_cells_per_cpu_s\": {:.1}}}",
         n as f64 / seq_s,
         tokens as f64 / n as f64,
-        loader_cells as f64 / loader_s
+        loader_cells as f64 / loader_s,
+        n as f64 / seq_cpu_s,
+        loader_cells as f64 / loader_cpu_s
     );
+}
+
+/// CPU time of this thread in seconds (Linux: /proc/thread-self/schedstat), so the figure is
+/// not inflated when other processes share the core; NaN elsewhere.
+fn cpu_s() -> f64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|x| x.parse::<f64>().ok()))
+        .map(|ns| ns * 1e-9)
+        .unwrap_or(f64::NAN)
 }
 
 fn ws_cell(ws: &data::pipeline::Workspace) -> &data::tokenize::TokenizedCell {
