@@ -216,30 +216,22 @@ fn main() {
         .iter()
         .filter(|s| only.as_deref().is_none_or(|o| o == s.name))
         .collect();
-    let mut ours = Vec::new();
+    // Each shape: anvil, then PyTorch right after, so both see similar machine load.
     for s in &shapes {
         if !no_gemm {
             gemm_bench(s, iters);
         }
-        ours.push((s.name, layer_bench(s, iters, dropout)));
-    }
-    if no_torch {
-        return;
-    }
-    let names: Vec<&str> = shapes.iter().map(|s| s.name).collect();
-    for (name, theirs) in torch_bench(&names, iters, dropout) {
-        let Some(s) = shapes.iter().find(|s| s.name == name) else {
+        let mine = layer_bench(s, iters, dropout);
+        if no_torch {
             continue;
-        };
-        let mine = ours
-            .iter()
-            .find(|(n, _)| *n == name)
-            .map_or(f64::NAN, |x| x.1);
-        println!(
-            "{{\"bench\":\"encoder_layer\",\"impl\":\"pytorch\",\"model\":\"{name}\",\"dropout\":{dropout},\"fwd_bwd_ms\":{:.2},\"tokens_per_s\":{:.0},\"anvil_speedup\":{:.2}}}",
-            theirs * 1e3,
-            (s.batch * s.seq) as f64 / theirs,
-            theirs / mine
-        );
+        }
+        for (name, theirs) in torch_bench(&[s.name], iters, dropout) {
+            println!(
+                "{{\"bench\":\"encoder_layer\",\"impl\":\"pytorch\",\"model\":\"{name}\",\"dropout\":{dropout},\"fwd_bwd_ms\":{:.2},\"tokens_per_s\":{:.0},\"anvil_speedup\":{:.2}}}",
+                theirs * 1e3,
+                (s.batch * s.seq) as f64 / theirs,
+                theirs / mine
+            );
+        }
     }
 }
