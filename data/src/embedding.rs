@@ -92,7 +92,10 @@ pub fn read_npy(path: &Path) -> Result<(usize, usize, Vec<f32>)> {
         ));
     }
     let data = &bytes[hstart + hlen..];
-    let n = shape[0] * shape[1];
+    let n = shape[0]
+        .checked_mul(shape[1])
+        .filter(|n| n.checked_mul(8).is_some())
+        .ok_or_else(|| bad(path, format!("shape {shape:?} is too large")))?;
     let values: Vec<f32> = match descr.as_str() {
         "<f4" | "=f4" => {
             if data.len() < n * 4 {

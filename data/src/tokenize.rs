@@ -127,7 +127,7 @@ impl Tokenizer {
             out.genes.push(CLS);
             out.values.push(0.0);
         }
-        let room = self.max_genes - usize::from(self.prepend_cls);
+        let room = self.room();
         // Key: descending value (positive f32 bits order like the floats), then position.
         let keys = &mut scratch.keys;
         keys.clear();
@@ -152,7 +152,7 @@ impl Tokenizer {
 
     /// Genes for a cell of this many tokens at most (the cap minus [CLS]).
     pub fn room(&self) -> usize {
-        self.max_genes - usize::from(self.prepend_cls)
+        self.max_genes.saturating_sub(usize::from(self.prepend_cls))
     }
 
     /// The strategy-specific last step on a selected, ordered cell (binning).
