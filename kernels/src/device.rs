@@ -20,6 +20,21 @@ pub trait Device<T: Float>: Sync {
     fn fill_zero(&self, m: &mut Self::Mem);
     fn copy(&self, dst: &mut Self::Mem, src: &Self::Mem);
 
+    /// c[m,n] (+)= op(a)·op(b), row-major, operands rounded per `prec`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &self,
+        prec: Precision,
+        c: &mut Self::Mem,
+        a: &Self::Mem,
+        ta: bool,
+        b: &Self::Mem,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    );
     #[allow(clippy::too_many_arguments)]
     fn linear_forward(
         &self,
@@ -185,6 +200,21 @@ impl<T: Float> Device<T> for Cpu {
     }
     fn copy(&self, dst: &mut Vec<T>, src: &Vec<T>) {
         dst[..src.len()].copy_from_slice(src)
+    }
+    fn matmul(
+        &self,
+        prec: Precision,
+        c: &mut Vec<T>,
+        a: &Vec<T>,
+        ta: bool,
+        b: &Vec<T>,
+        tb: bool,
+        m: usize,
+        n: usize,
+        k: usize,
+        accumulate: bool,
+    ) {
+        ops::matmul(prec, c, a, ta, b, tb, m, n, k, accumulate)
     }
     fn linear_forward(
         &self,
