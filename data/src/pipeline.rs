@@ -73,15 +73,21 @@ impl Workspace {
 }
 
 impl Pipeline {
-    /// Open `data.paths`, resolve the vocabulary, and build preprocessing, tokenizer and masker
-    /// from a scModelForge config.
+    /// Open `data.paths`, resolve the vocabulary (`data.gene_vocab`, or `tokenizer.gene_vocab`
+    /// when only that one is a file), and build preprocessing, tokenizer and masker from a
+    /// scModelForge config.
     pub fn from_config(cfg: &ScModelForgeConfig) -> Result<Self> {
         if cfg.data.source != DataSource::Local {
             return Err(DataError::Config(
                 "data.source cellxgene_census is not supported; download the cells to .h5ad and use data.source: local".into(),
             ));
         }
-        let dataset = Dataset::open(&cfg.data.paths, &cfg.data.gene_vocab)?;
+        // Both sections name a vocabulary; a file in either wins, `data.gene_vocab` first.
+        let vocab = [&cfg.data.gene_vocab, &cfg.tokenizer.gene_vocab]
+            .into_iter()
+            .find(|v| Path::new(v.as_str()).is_file())
+            .unwrap_or(&cfg.data.gene_vocab);
+        let dataset = Dataset::open(&cfg.data.paths, vocab)?;
         Self::with_dataset(cfg, dataset)
     }
 
