@@ -1,10 +1,10 @@
 //! `transformer_encoder`: BERT/Geneformer-style masked gene prediction.
 //!
 //! ```text
-//! x   = gene_embedding[id] + position_embedding[t] (+ expression_projection(value))
+//! x   = √H·gene_embedding[id] + position_embedding[t] (+ expression_projection(value))
 //! x   = dropout(x)
 //! h   = encoder.layers.0 … encoder.layers.{L-1}(x)      pre-norm, key padding mask
-//! z   = gene_head(encoder.norm(h[masked rows]))           [masked, vocab]
+//! z   = encoder.norm(h[masked rows]) · gene_embeddingᵀ + gene_head.bias   [masked, vocab]
 //! loss = Σ cross_entropy(z, original gene)                over masked positions
 //! ```
 //! The head runs only on the masked rows (the loss is the same as on all rows with ignore
@@ -57,7 +57,17 @@ impl TransformerEncoderModel {
             false,
             prec,
         )?;
-        let head = NormHead::new(&mut l, "encoder.norm", "gene_head", h, spec.vocab_size);
+        // The output projection is the gene embedding table (tied, as BERT's MLM decoder):
+        // predicting a gene and reading it share one geometry, which is what lets the model
+        // learn quickly that a masked gene is none of the genes it sees.
+        let head = NormHead::tied(
+            &mut l,
+            "encoder.norm",
+            "gene_head",
+            embed.gene,
+            h,
+            spec.vocab_size,
+        );
         Ok(Self {
             layout: l,
             embed,

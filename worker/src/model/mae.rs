@@ -70,7 +70,7 @@ impl MaskedAutoencoder {
     pub fn new(cfg: &ModelConfig, spec: DataSpec, prec: Precision) -> Result<Self> {
         parts::check_dims(cfg)?;
         let (h, dd, dh) = (cfg.hidden_dim, cfg.decoder_dim(), cfg.decoder_heads());
-        if dd == 0 || dh == 0 || dd % dh != 0 {
+        if dd == 0 || dh == 0 || !dd.is_multiple_of(dh) {
             return Err(ModelError::Config(format!(
                 "model.decoder_dim = {dd} must be a positive multiple of model.decoder_heads = {dh}"
             )));

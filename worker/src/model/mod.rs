@@ -63,6 +63,8 @@ pub struct DataSpec {
     pub values_are_bins: bool,
 }
 
+// `&Vec<f32>`: the kernels' modules take the CPU device's buffer type (`Vec`) itself.
+#[allow(clippy::ptr_arg)]
 pub trait ScModel: Send {
     fn layout(&self) -> &ParamLayout;
 

@@ -77,7 +77,8 @@ impl Padded {
     }
 }
 
-/// gene embedding + learned position embedding + (optionally) Linear(1, dim) of the value.
+/// √dim · gene embedding + learned position embedding + (optionally) Linear(1, dim) of the
+/// value.
 pub struct TokenEmbedding {
     pub gene: ParamView,
     pub pos: ParamView,
@@ -99,10 +100,12 @@ impl TokenEmbedding {
         dim: usize,
         use_values: bool,
     ) -> Self {
+        // N(0, 1/dim), read times √dim: unit-scale inputs, and unit-scale logits when the
+        // table doubles as the output projection (weight tying).
         let gene = l.add(
             format!("{prefix}gene_embedding.weight"),
             &[vocab, dim],
-            Init::Normal(1.0),
+            Init::Normal(1.0 / (dim as f64).sqrt()),
         );
         let pos = l.add(
             format!("{prefix}position_embedding.weight"),
@@ -133,7 +136,12 @@ impl TokenEmbedding {
         }
     }
 
-    /// out[n] = G[ids[n]] + P[pos[n]] + w·values[n] + b, for n over `ids`.
+    /// Factor on the gene embedding (√dim, as in "Attention is all you need").
+    pub fn gene_scale(&self) -> f32 {
+        (self.dim as f32).sqrt()
+    }
+
+    /// out[n] = √dim·G[ids[n]] + P[pos[n]] + w·values[n] + b, for n over `ids`.
     pub fn forward(
         &self,
         params: &[f32],
@@ -143,6 +151,7 @@ impl TokenEmbedding {
         out: &mut [f32],
     ) -> Result<()> {
         let d = self.dim;
+        let gs = self.gene_scale();
         let g = &params[self.gene.range()];
         let p = &params[self.pos.range()];
         for (n, row) in out.chunks_exact_mut(d).take(ids.len()).enumerate() {
@@ -161,7 +170,7 @@ impl TokenEmbedding {
             }
             let (gr, pr) = (&g[id * d..(id + 1) * d], &p[t * d..(t + 1) * d]);
             for k in 0..d {
-                row[k] = gr[k] + pr[k];
+                row[k] = gs * gr[k] + pr[k];
             }
             if let Some((w, b)) = self.value {
                 let (w, b) = (&params[w.range()], &params[b.range()]);
@@ -184,11 +193,12 @@ impl TokenEmbedding {
         dout: &[f32],
     ) {
         let d = self.dim;
+        let gs = self.gene_scale();
         for (n, dr) in dout.chunks_exact(d).take(ids.len()).enumerate() {
             let (id, t) = (ids[n] as usize, pos[n] as usize);
             let off = self.gene.offset + id * d;
             for k in 0..d {
-                grads[off + k] += dr[k];
+                grads[off + k] += gs * dr[k];
             }
             let off = self.pos.offset + t * d;
             for k in 0..d {
@@ -254,7 +264,7 @@ impl Stack {
         causal: bool,
         precision: Precision,
     ) -> Result<Self> {
-        if dim == 0 || heads == 0 || dim % heads != 0 {
+        if dim == 0 || heads == 0 || !dim.is_multiple_of(heads) {
             return Err(ModelError::Config(format!(
                 "hidden size {dim} must be a positive multiple of the number of heads {heads}"
             )));
@@ -433,6 +443,33 @@ impl NormHead {
         }
     }
 
+    /// Like [`NormHead::new`], with the output projection's weight `weight` [out, dim] shared
+    /// with another module (weight tying); only `{head_name}.bias` is registered.
+    pub fn tied(
+        l: &mut ParamLayout,
+        norm_name: &str,
+        head_name: &str,
+        weight: ParamView,
+        dim: usize,
+        out: usize,
+    ) -> Self {
+        let norm = LayerNorm::new(l, norm_name, dim, LN_EPS);
+        let bias = l.add(format!("{head_name}.bias"), &[out], Init::Zeros);
+        NormHead {
+            norm,
+            weight,
+            bias,
+            dim,
+            out,
+            x: Vec::new(),
+            h: Vec::new(),
+            mean: Vec::new(),
+            rstd: Vec::new(),
+            y: Vec::new(),
+            rows: 0,
+        }
+    }
+
     /// Gathers rows `rows` of `hidden` [*, dim], normalizes them and applies the linear head:
     /// `self.y` = [rows.len(), out].
     pub fn forward(&mut self, prec: Precision, params: &[f32], hidden: &[f32], rows: &[usize]) {
@@ -545,7 +582,7 @@ pub fn split2(buf: &mut [f32], a: ParamView, b: ParamView) -> (&mut [f32], &mut 
 
 /// Checks shared model sizes.
 pub fn check_dims(cfg: &ModelConfig) -> Result<()> {
-    if cfg.num_heads == 0 || cfg.hidden_dim % cfg.num_heads != 0 {
+    if cfg.num_heads == 0 || !cfg.hidden_dim.is_multiple_of(cfg.num_heads) {
         return Err(ModelError::Config(format!(
             "model.hidden_dim = {} must be a multiple of model.num_heads = {}",
             cfg.hidden_dim, cfg.num_heads

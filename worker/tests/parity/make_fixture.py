@@ -1,8 +1,8 @@
 """Reference values for the transformer_encoder parity test (worker/tests/parity.rs).
 
-Builds anvil's transformer_encoder in PyTorch with the same parameter names -- gene and
-position embeddings, Linear(1, H) expression projection, pre-norm nn.TransformerEncoder with a
-final LayerNorm, gene_head -- runs one masked-gene-prediction batch with padding in fp32 and
+Builds anvil's transformer_encoder in PyTorch with the same parameter names -- gene (times
+sqrt(H)) and position embeddings, Linear(1, H) expression projection, pre-norm
+nn.TransformerEncoder with a final LayerNorm, gene_head tied to the gene embedding -- runs one masked-gene-prediction batch with padding in fp32 and
 writes the weights, the batch, the loss and every parameter gradient to encoder_fixture.json.
 
     python3 worker/tests/parity/make_fixture.py   (torch from PyPI)
@@ -36,11 +36,12 @@ class Model(nn.Module):
             layer, LAYERS, norm=nn.LayerNorm(H), enable_nested_tensor=False
         )
         self.gene_head = nn.Linear(H, V)
+        self.gene_head.weight = self.gene_embedding.weight  # tied output projection
 
     def forward(self, ids, values, pad):
         pos = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
         x = (
-            self.gene_embedding(ids)
+            math.sqrt(H) * self.gene_embedding(ids)
             + self.position_embedding(pos)
             + self.expression_projection(values.unsqueeze(-1))
         )
@@ -48,7 +49,7 @@ class Model(nn.Module):
         return self.gene_head(h)
 
 
-model = Model().double().float()
+model = Model()
 # Perturb norms and biases away from their 1/0 init so their gradients are tested in general.
 with torch.no_grad():
     for name, p in model.named_parameters():
