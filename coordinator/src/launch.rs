@@ -173,10 +173,21 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
                 ),
             };
             let run_name = worker::train::run_name(&cfg);
-            let dir = args
-                .run_dir
-                .clone()
-                .unwrap_or_else(|| PathBuf::from("runs").join(&run_name));
+            let dir = match &args.run_dir {
+                Some(d) if d.join("run.json").exists() => bail!(
+                    "{} already holds a run; continue it with --resume {0}, or choose another --run-dir",
+                    d.display()
+                ),
+                Some(d) => d.clone(),
+                // Like Lightning's version_N: a new run never writes into an old one.
+                None => (1..)
+                    .map(|i| match i {
+                        1 => PathBuf::from("runs").join(&run_name),
+                        i => PathBuf::from("runs").join(format!("{run_name}-{i}")),
+                    })
+                    .find(|d| !d.join("run.json").exists())
+                    .unwrap_or_else(|| PathBuf::from("runs").join(&run_name)),
+            };
             let run = RunDir::create(&dir, &cfg.to_yaml())?;
             let record = RunRecord {
                 run_id: run_name,
@@ -284,7 +295,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
             .collect();
         let mut children: Vec<WorkerProc> = Vec::new();
         if !external {
-            for rank in 0..world {
+            for (rank, view) in views.iter().enumerate() {
                 let child = spawn_worker(
                     &worker_bin,
                     addr,
@@ -292,7 +303,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
                     &token,
                     &run,
                     generation,
-                    &views[rank],
+                    view,
                     exit_tx.clone(),
                 )?;
                 children.push(child);
