@@ -254,10 +254,14 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         record.run_id,
         run.path.display()
     );
-    if !resume_from.is_empty() {
-        eprintln!("anvil: resuming from {resume_from}");
+    if args.resume.is_some() {
+        // Rows after the checkpoint are trained again; without a checkpoint, all of them.
         let step = checkpoint_step(Path::new(&resume_from)).unwrap_or(0);
         truncate_metrics_after(&run.metrics_path(), step)?;
+        match resume_from.is_empty() {
+            false => eprintln!("anvil: resuming from {resume_from}"),
+            true => eprintln!("anvil: no complete checkpoint in the run yet; starting it over"),
+        }
     }
     if external {
         let why = scheduler
