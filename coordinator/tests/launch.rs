@@ -352,3 +352,73 @@ fn a_worker_with_the_wrong_token_is_refused() {
     assert!(stderr.contains("wrong run token"), "{stderr}");
     let _ = coordinator.wait_with_output();
 }
+
+#[test]
+fn a_checkpoint_cut_short_is_never_chosen_for_resume() {
+    let dir = scratch("cutshort");
+    let run_dir = dir.join("run");
+    let out = run(launch_cmd(&run_dir, 2, 8, &["--set", "training.save_top_k=3"]));
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let ckpts = run_dir.join("checkpoints");
+    let mut names: Vec<String> = std::fs::read_dir(&ckpts)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    // Two epochs: epoch=0-..., epoch=1-..., last. Damage every checkpoint of the final step
+    // as a kill mid-write would (a truncated file), and leave a half-written temporary one.
+    let first = names
+        .iter()
+        .find(|n| n.starts_with("epoch=0"))
+        .expect("epoch 0 checkpoint")
+        .clone();
+    for n in names.iter().filter(|n| **n != first) {
+        let model = ckpts.join(n).join("model.safetensors");
+        let bytes = std::fs::read(&model).unwrap();
+        std::fs::write(&model, &bytes[..bytes.len() / 2]).unwrap();
+    }
+    std::fs::create_dir_all(ckpts.join(".tmp-epoch=1-step=999")).unwrap();
+
+    let mut resume = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    resume
+        .current_dir(repo())
+        .args(["launch", "--nodes", "2", "--resume"])
+        .arg(&run_dir)
+        .arg("--worker-bin")
+        .arg(worker_bin());
+    let out = run(resume);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("resuming from {}", ckpts.join(&first).display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_second_sigterm_stops_at_once_and_the_run_stays_resumable() {
+    let dir = scratch("twice");
+    let run_dir = dir.join("run");
+    let child = spawn(launch_cmd(
+        &run_dir,
+        2,
+        8,
+        &["--set", "training.max_epochs=3"],
+    ));
+    wait_for_step(&run_dir, 45, Duration::from_secs(120));
+    kill(child.id(), "-TERM");
+    kill(child.id(), "-TERM");
+    let out = child.wait_with_output().unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("coordinator launch --resume"), "{stderr}");
+    let mut resume = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    resume
+        .current_dir(repo())
+        .args(["launch", "--nodes", "2", "--resume"])
+        .arg(&run_dir)
+        .arg("--worker-bin")
+        .arg(worker_bin());
+    let out = run(resume);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
