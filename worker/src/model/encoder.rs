@@ -1,7 +1,7 @@
 //! `transformer_encoder`: BERT/Geneformer-style masked gene prediction.
 //!
 //! ```text
-//! x   = √H·gene_embedding[id] + position_embedding[t] (+ expression_projection(value))
+//! x   = gene_embedding[id] + position_embedding[t] (+ expression_projection(value))
 //! x   = dropout(x)
 //! h   = encoder.layers.0 … encoder.layers.{L-1}(x)      pre-norm, key padding mask
 //! z   = encoder.norm(h[masked rows]) · gene_embeddingᵀ + gene_head.bias   [masked, vocab]

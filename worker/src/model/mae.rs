@@ -103,12 +103,12 @@ impl MaskedAutoencoder {
         let dec_gene = l.add(
             "decoder_gene_embedding.weight",
             &[spec.vocab_size, dd],
-            Init::Normal(1.0),
+            Init::Normal(parts::EMB_STD),
         );
         let dec_pos = l.add(
             "decoder_position_embedding.weight",
             &[cfg.max_seq_len, dd],
-            Init::Normal(1.0),
+            Init::Normal(parts::EMB_STD),
         );
         let decoder = Stack::new(
             &mut l,

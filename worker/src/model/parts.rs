@@ -18,6 +18,8 @@ pub const ROUND_SEQ: usize = 16;
 const ARENA_CACHE: usize = 3;
 /// PyTorch's nn.LayerNorm / nn.TransformerEncoderLayer default.
 pub const LN_EPS: f64 = 1e-5;
+/// Standard deviation of the embedding tables and the value projection at init.
+pub const EMB_STD: f64 = 0.02;
 
 pub fn activation(a: CfgActivation) -> Activation {
     match a {
@@ -77,8 +79,7 @@ impl Padded {
     }
 }
 
-/// √dim · gene embedding + learned position embedding + (optionally) Linear(1, dim) of the
-/// value.
+/// gene embedding + learned position embedding + (optionally) Linear(1, dim) of the value.
 pub struct TokenEmbedding {
     pub gene: ParamView,
     pub pos: ParamView,
@@ -100,29 +101,29 @@ impl TokenEmbedding {
         dim: usize,
         use_values: bool,
     ) -> Self {
-        // N(0, 1/dim), read times √dim: unit-scale inputs, and unit-scale logits when the
-        // table doubles as the output projection (weight tying).
+        // Small N(0, 0.02) tables (BERT/GPT-2 init): Adam moves every parameter by about lr
+        // per step whatever its scale, so unit-scale tables barely change in a short run.
         let gene = l.add(
             format!("{prefix}gene_embedding.weight"),
             &[vocab, dim],
-            Init::Normal(1.0 / (dim as f64).sqrt()),
+            Init::Normal(EMB_STD),
         );
         let pos = l.add(
             format!("{prefix}position_embedding.weight"),
             &[max_len, dim],
-            Init::Normal(1.0),
+            Init::Normal(EMB_STD),
         );
         let value = use_values.then(|| {
             (
                 l.add(
                     format!("{prefix}expression_projection.weight"),
                     &[dim, 1],
-                    Init::Uniform(1.0),
+                    Init::Normal(EMB_STD),
                 ),
                 l.add(
                     format!("{prefix}expression_projection.bias"),
                     &[dim],
-                    Init::Uniform(1.0),
+                    Init::Zeros,
                 ),
             )
         });
@@ -136,12 +137,12 @@ impl TokenEmbedding {
         }
     }
 
-    /// Factor on the gene embedding (√dim, as in "Attention is all you need").
+    /// Factor on the gene embedding.
     pub fn gene_scale(&self) -> f32 {
-        (self.dim as f32).sqrt()
+        1.0
     }
 
-    /// out[n] = √dim·G[ids[n]] + P[pos[n]] + w·values[n] + b, for n over `ids`.
+    /// out[n] = G[ids[n]] + P[pos[n]] + w·values[n] + b, for n over `ids`.
     pub fn forward(
         &self,
         params: &[f32],

@@ -1,7 +1,7 @@
 """Reference values for the transformer_encoder parity test (worker/tests/parity.rs).
 
-Builds anvil's transformer_encoder in PyTorch with the same parameter names -- gene (times
-sqrt(H)) and position embeddings, Linear(1, H) expression projection, pre-norm
+Builds anvil's transformer_encoder in PyTorch with the same parameter names -- gene and
+position embeddings, Linear(1, H) expression projection, pre-norm
 nn.TransformerEncoder with a final LayerNorm, gene_head tied to the gene embedding -- runs one masked-gene-prediction batch with padding in fp32 and
 writes the weights, the batch, the loss and every parameter gradient to encoder_fixture.json.
 
@@ -41,7 +41,7 @@ class Model(nn.Module):
     def forward(self, ids, values, pad):
         pos = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
         x = (
-            math.sqrt(H) * self.gene_embedding(ids)
+            self.gene_embedding(ids)
             + self.position_embedding(pos)
             + self.expression_projection(values.unsqueeze(-1))
         )
