@@ -357,7 +357,12 @@ fn a_worker_with_the_wrong_token_is_refused() {
 fn a_checkpoint_cut_short_is_never_chosen_for_resume() {
     let dir = scratch("cutshort");
     let run_dir = dir.join("run");
-    let out = run(launch_cmd(&run_dir, 2, 8, &["--set", "training.save_top_k=3"]));
+    let out = run(launch_cmd(
+        &run_dir,
+        2,
+        8,
+        &["--set", "training.save_top_k=3"],
+    ));
     assert!(out.status.success(), "{}", text(&out.stderr));
     let ckpts = run_dir.join("checkpoints");
     let mut names: Vec<String> = std::fs::read_dir(&ckpts)
