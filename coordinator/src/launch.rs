@@ -129,6 +129,8 @@ enum GenerationEnd {
 
 struct WorkerView {
     last_seen: Instant,
+    /// It reported losing a peer; its own exit is not the cause.
+    peer_lost: bool,
     finished: Option<proto::v1::Finished>,
     host: String,
     last_words: std::sync::Arc<std::sync::Mutex<VecDeque<String>>>,
@@ -292,6 +294,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         let mut views: Vec<WorkerView> = (0..world)
             .map(|_| WorkerView {
                 last_seen: Instant::now(),
+                peer_lost: false,
                 finished: None,
                 host: String::new(),
                 last_words: Default::default(),
@@ -360,6 +363,10 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
                                     break if preempting { GenerationEnd::Preempted } else { GenerationEnd::Finished };
                                 }
                             }
+                            Some(worker_message::Body::Failed(f)) if f.peer_lost => {
+                                // Collateral of another worker's loss: find that one.
+                                views[rank].peer_lost = true;
+                            }
                             Some(worker_message::Body::Failed(f)) => {
                                 break GenerationEnd::Failed { rank, message: f.message };
                             }
@@ -375,14 +382,22 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
                     Event::SessionClosed { .. } => {}
                 },
                 Some((rank, status)) = exits.recv() => {
-                    if views[rank].finished.is_none() {
+                    if views[rank].finished.is_none() && !views[rank].peer_lost {
                         // Give a reported failure a moment to arrive before calling it a loss.
                         tokio::time::sleep(Duration::from_millis(300)).await;
                         let mut failed = None;
                         while let Ok(ev) = events.try_recv() {
                             if let Event::Message(m) = ev {
-                                if let Some(worker_message::Body::Failed(f)) = m.body {
-                                    failed = Some((m.rank as usize, f.message));
+                                match m.body {
+                                    Some(worker_message::Body::Failed(f)) if f.peer_lost => {
+                                        if let Some(v) = views.get_mut(m.rank as usize) {
+                                            v.peer_lost = true;
+                                        }
+                                    }
+                                    Some(worker_message::Body::Failed(f)) => {
+                                        failed = Some((m.rank as usize, f.message));
+                                    }
+                                    _ => {}
                                 }
                             }
                         }

@@ -226,10 +226,13 @@ impl Session {
     }
 
     /// Reports the outcome and waits briefly for it to be delivered.
-    pub fn finish(mut self, outcome: Result<Finished, String>) {
+    /// `Err((message, peer_lost))`: what went wrong, and whether it was losing a peer.
+    pub fn finish(mut self, outcome: Result<Finished, (String, bool)>) {
         let body = match outcome {
             Ok(f) => worker_message::Body::Finished(f),
-            Err(message) => worker_message::Body::Failed(Failed { message }),
+            Err((message, peer_lost)) => {
+                worker_message::Body::Failed(Failed { message, peer_lost })
+            }
         };
         self.send(body);
         drop(self.upstream);

@@ -222,7 +222,13 @@ fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<()> {
     let outcome = train_in_session(&session, &mut ring);
     let report = match &outcome {
         Ok(f) => Ok(f.clone()),
-        Err(e) => Err(format!("{e:#}")),
+        Err(e) => {
+            let peer_lost = matches!(
+                e.downcast_ref::<train::TrainError>(),
+                Some(train::TrainError::Sync { .. })
+            );
+            Err((format!("{e:#}"), peer_lost))
+        }
     };
     session.finish(report);
     outcome.map(|_| ())
