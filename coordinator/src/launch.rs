@@ -448,12 +448,17 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
                     preempted,
                 );
                 let hashes: Vec<&str> = finished.iter().map(|f| f.params_hash.as_str()).collect();
-                if hashes.iter().any(|h| *h != hashes[0]) {
+                if hashes.is_empty() || hashes.iter().any(|h| h.is_empty() || *h != hashes[0]) {
                     eprintln!(
                         "error: model replicas diverged: parameter hashes per rank {hashes:?}"
                     );
                     return Ok(ExitCode::FAILURE);
                 }
+                eprintln!(
+                    "anvil: all {} replicas hold identical parameters (sha256 {})",
+                    hashes.len(),
+                    &hashes[0][..hashes[0].len().min(16)]
+                );
                 return Ok(ExitCode::SUCCESS);
             }
             GenerationEnd::Aborted => {

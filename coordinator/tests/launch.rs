@@ -117,6 +117,10 @@ fn two_workers_train_and_follow_the_one_worker_curve() {
     assert!(two.status.success(), "2 workers failed:\n{stderr}");
     assert!(stderr.contains("all 2 workers registered"), "{stderr}");
     assert!(stderr.contains("finished after 8 steps"), "{stderr}");
+    assert!(
+        stderr.contains("all 2 replicas hold identical parameters"),
+        "{stderr}"
+    );
     let (a, b) = (losses(&dir.join("one")), losses(&dir.join("two")));
     assert_eq!(a.len(), 8, "{a:?}");
     assert_same_curve(&a, &b, "1 x 16 vs 2 x 8");
