@@ -66,6 +66,17 @@ fn launch_cmd(run_dir: &Path, nodes: usize, batch: usize, extra: &[&str]) -> Com
     cmd
 }
 
+/// `coordinator launch --resume RUN_DIR` for a 2-worker run.
+fn resume_cmd(run_dir: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    cmd.current_dir(repo())
+        .args(["launch", "--nodes", "2", "--resume"])
+        .arg(run_dir)
+        .arg("--worker-bin")
+        .arg(worker_bin());
+    cmd
+}
+
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
@@ -250,14 +261,7 @@ fn sigterm_checkpoints_and_resume_continues_the_run() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(stderr.contains("coordinator launch --resume"), "{stderr}");
 
-    let mut resume = Command::new(env!("CARGO_BIN_EXE_coordinator"));
-    resume
-        .current_dir(repo())
-        .args(["launch", "--nodes", "2", "--resume"])
-        .arg(&run_dir)
-        .arg("--worker-bin")
-        .arg(worker_bin());
-    let out = run(resume);
+    let out = run(resume_cmd(&run_dir));
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_same_curve(
         &clean_curve,
@@ -281,14 +285,7 @@ fn a_killed_coordinator_can_resume_its_run() {
     kill(child.id(), "-KILL");
     let _ = child.wait_with_output();
     // Orphaned workers notice the coordinator is gone and exit.
-    let mut resume = Command::new(env!("CARGO_BIN_EXE_coordinator"));
-    resume
-        .current_dir(repo())
-        .args(["launch", "--nodes", "2", "--resume"])
-        .arg(&run_dir)
-        .arg("--worker-bin")
-        .arg(worker_bin());
-    let out = run(resume);
+    let out = run(resume_cmd(&run_dir));
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("resuming from"), "{stderr}");
@@ -388,14 +385,7 @@ fn a_checkpoint_cut_short_is_never_chosen_for_resume() {
     }
     std::fs::create_dir_all(ckpts.join(".tmp-epoch=1-step=999")).unwrap();
 
-    let mut resume = Command::new(env!("CARGO_BIN_EXE_coordinator"));
-    resume
-        .current_dir(repo())
-        .args(["launch", "--nodes", "2", "--resume"])
-        .arg(&run_dir)
-        .arg("--worker-bin")
-        .arg(worker_bin());
-    let out = run(resume);
+    let out = run(resume_cmd(&run_dir));
     let stderr = text(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
@@ -421,13 +411,6 @@ fn a_second_sigterm_stops_at_once_and_the_run_stays_resumable() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("coordinator launch --resume"), "{stderr}");
-    let mut resume = Command::new(env!("CARGO_BIN_EXE_coordinator"));
-    resume
-        .current_dir(repo())
-        .args(["launch", "--nodes", "2", "--resume"])
-        .arg(&run_dir)
-        .arg("--worker-bin")
-        .arg(worker_bin());
-    let out = run(resume);
+    let out = run(resume_cmd(&run_dir));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
