@@ -136,7 +136,7 @@ impl Hub {
                  the token of the run it should join",
             ));
         }
-        if !constant_time_eq(given.as_bytes(), self.token.as_bytes()) {
+        if !worker::ring::constant_time_eq(given.as_bytes(), self.token.as_bytes()) {
             return Err(Status::unauthenticated(
                 "wrong run token: this worker was started for another run",
             ));
@@ -148,10 +148,6 @@ impl Hub {
 fn lock(m: &Mutex<State>) -> std::sync::MutexGuard<'_, State> {
     // A panic while holding the lock leaves plain data behind; keep serving.
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 type CommandStream = Pin<Box<dyn Stream<Item = Result<CoordinatorMessage, Status>> + Send>>;
