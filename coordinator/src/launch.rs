@@ -83,6 +83,24 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "N")]
     pub max_steps: Option<u64>,
 
+    /// Serve the control plane over TLS with this certificate chain (PEM); needs --tls-key.
+    /// Workers then connect with `--tls-ca`
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --tls-cert
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificate (PEM) that locally started workers trust [default: --tls-cert itself,
+    /// right for a self-signed certificate]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Name in the certificate that locally started workers check [default: localhost]
+    #[arg(long, value_name = "NAME", requires = "tls_cert")]
+    pub tls_domain: Option<String>,
+
     /// The worker executable [default: `worker` beside this executable]
     #[arg(long, value_name = "PATH", hide = true)]
     pub worker_bin: Option<PathBuf>,
@@ -240,9 +258,16 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         Duration::from_secs_f64(args.register_timeout),
     );
     let service = CoordinatorServer::new(hub.clone());
+    let tls = tls_settings(&args)?;
+    let mut server = tonic::transport::Server::builder();
+    if let Some(t) = &tls {
+        server = server
+            .tls_config(t.server.clone())
+            .map_err(|e| anyhow!("--tls-cert/--tls-key: {}", error_chain(&e)))?;
+    }
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-        if let Err(e) = tonic::transport::Server::builder()
+        if let Err(e) = server
             .add_service(service)
             .serve_with_incoming(incoming)
             .await
@@ -269,9 +294,13 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
         let why = scheduler
             .map(|s| format!(" ({s} detected)"))
             .unwrap_or_default();
+        let tls_arg = tls
+            .as_ref()
+            .map(|t| format!(" --tls-ca {}", t.ca_path.display()))
+            .unwrap_or_default();
         eprintln!(
             "anvil: waiting for {world} external worker(s){why}; start each with\n  \
-             ANVIL_RUN_TOKEN=$(cat {}) worker --coordinator {}",
+             ANVIL_RUN_TOKEN=$(cat {}) worker --coordinator {}{tls_arg}",
             run.token_path().display(),
             advertised(addr)
         );
@@ -308,6 +337,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
                     addr,
                     rank,
                     &token,
+                    tls.as_ref(),
                     &run,
                     generation,
                     view,
@@ -586,6 +616,61 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
+/// The control plane's TLS: the server's identity, and what local workers trust and check.
+struct TlsSettings {
+    server: tonic::transport::ServerTlsConfig,
+    ca_path: PathBuf,
+    domain: String,
+}
+
+fn tls_settings(args: &LaunchArgs) -> anyhow::Result<Option<TlsSettings>> {
+    let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) else {
+        return Ok(None);
+    };
+    let read = |p: &Path, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read the TLS {what} {}", p.display()))
+    };
+    let cert_pem = read(cert, "certificate (--tls-cert)")?;
+    let key_pem = read(key, "private key (--tls-key)")?;
+    for (pem, p, marker) in [
+        (&cert_pem, cert, "CERTIFICATE-----"),
+        (&key_pem, key, "PRIVATE KEY-----"),
+    ] {
+        if !String::from_utf8_lossy(pem).contains(marker) {
+            bail!(
+                "{} is not a PEM file with a \"-----BEGIN ...{marker}\" block",
+                p.display()
+            );
+        }
+    }
+    let ca_path = absolute(args.tls_ca.as_deref().unwrap_or(cert));
+    read(&ca_path, "CA certificate (--tls-ca)")?;
+    Ok(Some(TlsSettings {
+        server: tonic::transport::ServerTlsConfig::new()
+            .identity(tonic::transport::Identity::from_pem(cert_pem, key_pem)),
+        ca_path,
+        domain: args
+            .tls_domain
+            .clone()
+            .unwrap_or_else(|| "localhost".into()),
+    }))
+}
+
+/// An error with its causes, for errors whose top-level message is vague.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut msg = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !msg.contains(&part) {
+            msg.push_str(": ");
+            msg.push_str(&part);
+        }
+        source = s.source();
+    }
+    msg
+}
+
 fn detect_scheduler() -> Option<&'static str> {
     if std::env::var_os("SLURM_JOB_ID").is_some() {
         Some("Slurm")
@@ -632,17 +717,25 @@ fn spawn_worker(
     addr: SocketAddr,
     rank: usize,
     token: &str,
+    tls: Option<&TlsSettings>,
     run: &RunDir,
     generation: u32,
     view: &WorkerView,
     exits: mpsc::UnboundedSender<(usize, String)>,
 ) -> anyhow::Result<WorkerProc> {
     let log_path = run.worker_log_path(rank);
-    let mut child = Command::new(bin)
-        .arg("--coordinator")
+    let mut cmd = Command::new(bin);
+    cmd.arg("--coordinator")
         .arg(addr.to_string())
         .arg("--rank")
-        .arg(rank.to_string())
+        .arg(rank.to_string());
+    if let Some(t) = tls {
+        cmd.arg("--tls-ca")
+            .arg(&t.ca_path)
+            .arg("--tls-domain")
+            .arg(&t.domain);
+    }
+    let mut child = cmd
         .env("ANVIL_RUN_TOKEN", token)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -32,7 +32,7 @@ enum Command {
     #[command(subcommand)]
     Config(config_cmd::ConfigCommand),
     /// Train: plan the run, start (or admit) its workers, supervise, restart on failure
-    Launch(launch::LaunchArgs),
+    Launch(Box<launch::LaunchArgs>),
     /// Inspect AnnData files and generate synthetic ones
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -43,6 +43,6 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Data(cmd) => data_cmd::run(cmd),
-        Command::Launch(args) => launch::run(args),
+        Command::Launch(args) => launch::run(*args),
     }
 }

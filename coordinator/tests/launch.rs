@@ -414,3 +414,126 @@ fn a_second_sigterm_stops_at_once_and_the_run_stays_resumable() {
     let out = run(resume_cmd(&run_dir));
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+/// A CA and a server certificate for `localhost` signed by it, made with the openssl CLI as a
+/// user would. Returns (ca.pem, server.pem, server.key).
+fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let (ca, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
+    let (cert, key, csr) = (
+        dir.join("server.pem"),
+        dir.join("server.key"),
+        dir.join("server.csr"),
+    );
+    let ext = dir.join("server.ext");
+    std::fs::write(&ext, "subjectAltName=DNS:localhost,IP:127.0.0.1\n").unwrap();
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl is installed (scripts/install-deps.sh)");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            text(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=anvil test CA",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=localhost",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "server.ext",
+        "-out",
+        "server.pem",
+    ]);
+    let _ = (ca_key, csr);
+    (ca, cert, key)
+}
+
+#[test]
+fn tls_control_plane_trains_and_refuses_plain_workers() {
+    let dir = scratch("tls");
+    let (ca, cert, key) = make_certificates(&dir);
+    let tls = |cmd: &mut Command| {
+        cmd.arg("--tls-cert")
+            .arg(&cert)
+            .arg("--tls-key")
+            .arg(&key)
+            .arg("--tls-ca")
+            .arg(&ca);
+    };
+    // Local workers get the CA and check the name localhost.
+    let mut cmd = launch_cmd(&dir.join("run"), 2, 8, &["--max-steps", "3"]);
+    tls(&mut cmd);
+    let out = run(cmd);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("finished after 3 steps"), "{stderr}");
+
+    // A worker that does not speak TLS, or trusts another CA, is not admitted.
+    let mut cmd = launch_cmd(
+        &dir.join("ext"),
+        1,
+        8,
+        &["--external", "--register-timeout", "6"],
+    );
+    cmd.args(["--listen", "127.0.0.1:47313"]);
+    tls(&mut cmd);
+    let coordinator = spawn(cmd);
+    std::thread::sleep(Duration::from_millis(1500));
+    let token = std::fs::read_to_string(dir.join("ext").join("token")).expect("token file");
+    let plain = Command::new(worker_bin())
+        .args(["--coordinator", "127.0.0.1:47313"])
+        .env("ANVIL_RUN_TOKEN", token.trim())
+        .output()
+        .unwrap();
+    let stderr = text(&plain.stderr);
+    assert!(!plain.status.success());
+    assert!(stderr.contains("--tls-ca"), "{stderr}");
+    let untrusted = Command::new(worker_bin())
+        .args(["--coordinator", "localhost:47313", "--tls-ca"])
+        .arg(&cert) // the server certificate is not a CA
+        .env("ANVIL_RUN_TOKEN", token.trim())
+        .output()
+        .unwrap();
+    let stderr = text(&untrusted.stderr);
+    assert!(!untrusted.status.success());
+    assert!(stderr.contains("cannot reach the coordinator"), "{stderr}");
+    let _ = coordinator.wait_with_output();
+}

@@ -58,6 +58,17 @@ pub struct JoinOptions {
     pub token: String,
     pub requested_rank: Option<usize>,
     pub heartbeat: Duration,
+    /// Reach the coordinator over TLS (it runs with `--tls-cert`); None for plain gRPC.
+    pub tls: Option<TlsOptions>,
+}
+
+/// How a worker checks the coordinator's certificate.
+#[derive(Debug, Clone)]
+pub struct TlsOptions {
+    /// PEM of the CA (or the self-signed certificate) to trust.
+    pub ca_pem: Vec<u8>,
+    /// Name the certificate must carry; default: the host part of the coordinator address.
+    pub domain: Option<String>,
 }
 
 impl Session {
@@ -68,10 +79,10 @@ impl Session {
             .worker_threads(1)
             .enable_all()
             .build()?;
-        let endpoint = if opts.coordinator.starts_with("http") {
-            opts.coordinator.clone()
-        } else {
-            format!("http://{}", opts.coordinator)
+        let scheme = if opts.tls.is_some() { "https" } else { "http" };
+        let endpoint = match opts.coordinator.split_once("://") {
+            Some((_, rest)) => format!("{scheme}://{rest}"),
+            None => format!("{scheme}://{}", opts.coordinator),
         };
         let connect_err = |e: &dyn std::fmt::Display| JoinError::Connect {
             addr: opts.coordinator.clone(),
@@ -92,13 +103,20 @@ impl Session {
 
         let mut client = runtime
             .block_on(async {
-                let channel = tonic::transport::Endpoint::from_shared(endpoint.clone())?
-                    .connect_timeout(Duration::from_secs(10))
-                    .connect()
-                    .await?;
+                let mut ep = tonic::transport::Endpoint::from_shared(endpoint.clone())?
+                    .connect_timeout(Duration::from_secs(10));
+                if let Some(tls) = &opts.tls {
+                    let mut cfg = tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(&tls.ca_pem));
+                    if let Some(d) = &tls.domain {
+                        cfg = cfg.domain_name(d.clone());
+                    }
+                    ep = ep.tls_config(cfg)?;
+                }
+                let channel = ep.connect().await?;
                 Ok::<_, tonic::transport::Error>(CoordinatorClient::new(channel))
             })
-            .map_err(|e| connect_err(&e))?;
+            .map_err(|e| connect_err(&describe_transport_error(&e, opts.tls.is_some())))?;
 
         let mut request = Request::new(RegisterRequest {
             run_id: String::new(),
@@ -113,7 +131,19 @@ impl Session {
             .insert(proto::TOKEN_METADATA_KEY, token.clone());
         let assignment = runtime
             .block_on(client.register(request))
-            .map_err(|s| JoinError::Refused(s.message().to_string()))?
+            .map_err(|s| match s.code() {
+                // Not the coordinator's answer: the connection itself failed (often a TLS
+                // coordinator reached without TLS).
+                tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal
+                    if opts.tls.is_none() =>
+                {
+                    connect_err(&format!(
+                        "{} (if the coordinator runs with --tls-cert, pass --tls-ca)",
+                        s.message()
+                    ))
+                }
+                _ => JoinError::Refused(s.message().to_string()),
+            })?
             .into_inner();
 
         let rank = assignment.rank as usize;
@@ -280,4 +310,23 @@ fn local_ip_towards(coordinator: &str) -> Result<std::net::IpAddr, JoinError> {
     ))?;
     probe.connect(target)?;
     Ok(probe.local_addr()?.ip())
+}
+
+/// A transport error with its causes (tonic's top-level message alone says only "transport
+/// error"), plus a hint when TLS is the likely cause.
+fn describe_transport_error(e: &tonic::transport::Error, tls: bool) -> String {
+    let mut msg = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !msg.contains(&part) {
+            msg.push_str(": ");
+            msg.push_str(&part);
+        }
+        source = s.source();
+    }
+    if tls && (msg.contains("certificate") || msg.contains("Certificate")) {
+        msg.push_str(" (check --tls-ca and --tls-domain against the coordinator's certificate)");
+    }
+    msg
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use configs::ScModelForgeConfig;
 use proto::v1::{worker_message::Body, CheckpointSaved, Finished, LogLine, StepMetrics};
-use worker::join::{Command, JoinOptions, Session};
+use worker::join::{Command, JoinOptions, Session, TlsOptions};
 use worker::train::{self, Control, GradientSync, TrainEvent, TrainOptions};
 
 #[derive(Parser)]
@@ -45,6 +45,13 @@ struct JoinArgs {
     /// Interval between heartbeats, in milliseconds
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
+    /// Reach a coordinator started with --tls-cert over TLS, trusting this CA certificate (PEM;
+    /// for a self-signed certificate, the certificate itself)
+    #[arg(long, value_name = "FILE")]
+    tls_ca: Option<PathBuf>,
+    /// Name the coordinator's certificate must carry [default: the host in --coordinator]
+    #[arg(long, value_name = "NAME", requires = "tls_ca")]
+    tls_domain: Option<String>,
 }
 
 #[derive(Args)]
@@ -213,11 +220,21 @@ fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<()> {
             anyhow::anyhow!("no run token: set ANVIL_RUN_TOKEN or pass --token-file")
         })?,
     };
+    let tls = match &args.tls_ca {
+        Some(path) => Some(TlsOptions {
+            ca_pem: std::fs::read(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the CA certificate {}: {e}", path.display())
+            })?,
+            domain: args.tls_domain.clone(),
+        }),
+        None => None,
+    };
     let (session, mut ring) = Session::join(&JoinOptions {
         coordinator,
         token,
         requested_rank: args.rank,
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
+        tls,
     })?;
     let outcome = train_in_session(&session, &mut ring);
     let report = match &outcome {

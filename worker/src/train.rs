@@ -197,8 +197,9 @@ fn describe_checkpoint(c: &Option<PathBuf>) -> String {
     }
 }
 
-/// Extra slots after the gradients: loss sum, target count, cells, tokens.
-const EXTRA: usize = 4;
+/// Extra slots after the gradients: loss sum, target count, cells, tokens, and the vote to
+/// checkpoint and stop (so every rank stops after the same step, whichever one heard first).
+const EXTRA: usize = 5;
 /// torch.amp.GradScaler defaults.
 const INIT_SCALE: f64 = 65536.0;
 const GROWTH_INTERVAL: u64 = 2000;
@@ -606,11 +607,22 @@ pub fn train(
                 continue;
             }
             // ---- optimizer step ----
+            // A stop at once (a peer failed) needs no agreement; a checkpoint-and-stop does:
+            // ranks hear it at different steps, so it is voted through the all-reduce below.
+            let wants_checkpoint_stop = match control() {
+                Control::Continue => false,
+                Control::CheckpointAndStop => true,
+                Control::Stop => {
+                    stop = Some(Control::Stop);
+                    break 'epochs;
+                }
+            };
             let g = &mut run.grads;
             g[n] = acc_sum as f32;
             g[n + 1] = acc_count as f32;
             g[n + 2] = acc_cells as f32;
             g[n + 3] = acc_tokens as f32;
+            g[n + 4] = if wants_checkpoint_stop { 1.0 } else { 0.0 };
             if opts.world > 1 {
                 sync.all_reduce_mean(g)
                     .map_err(|message| TrainError::Sync {
@@ -626,6 +638,7 @@ pub fn train(
             };
             let w = opts.world as f64;
             let (step_cells, step_tokens) = (g[n + 2] as f64 * w, g[n + 3] as f64 * w);
+            let stop_voted = g[n + 4] > 0.0;
             (acc_sum, acc_count, acc_cells, acc_tokens) = (0.0, 0.0, 0.0, 0.0);
             let grads = &mut g[..n];
             let finite = loss.is_finite() && grads.iter().all(|x| x.is_finite());
@@ -732,12 +745,9 @@ pub fn train(
                 stop = Some(Control::CheckpointAndStop);
                 break 'epochs;
             }
-            match control() {
-                Control::Continue => {}
-                c => {
-                    stop = Some(c);
-                    break 'epochs;
-                }
+            if stop_voted {
+                stop = Some(Control::CheckpointAndStop);
+                break 'epochs;
             }
             step_start = Instant::now();
         }
