@@ -1,4 +1,5 @@
-//! All-reduce bus bandwidth between 2 and 4 processes on loopback: anvil's TCP ring against
+//! All-reduce bus bandwidth between 2 and 4 processes on one host: anvil's ring with its
+//! same-host shared-memory path, the same ring forced onto TCP (`ANVIL_RING_SHM=0`), and
 //! torch.distributed's gloo backend, measured in the same run.
 //!
 //!   cargo bench -p worker --bench allreduce            # anvil + gloo (needs python3 with torch)
@@ -32,8 +33,10 @@ fn main() {
     }
     let mut rows = Vec::new();
     for world in WORLDS {
-        for (mb, secs) in spawn_ring(world) {
-            rows.push(("anvil-ring", world, mb, secs));
+        for (name, shm) in [("anvil-shm", true), ("anvil-tcp", false)] {
+            for (mb, secs) in spawn_ring(world, shm) {
+                rows.push((name, world, mb, secs));
+            }
         }
         if std::env::var_os("ANVIL_BENCH_NO_GLOO").is_none() {
             match gloo(world) {
@@ -64,17 +67,20 @@ fn main() {
                 .find(|r| r.0 == n && r.1 == world && r.2 == 64)
                 .map(|r| r.3)
         };
-        if let (Some(a), Some(g)) = (find("anvil-ring"), find("gloo")) {
-            println!(
-                "64MB, {world} processes: anvil busbw / gloo busbw = {:.2}x",
-                g / a
-            );
+        for name in ["anvil-shm", "anvil-tcp"] {
+            if let (Some(a), Some(g)) = (find(name), find("gloo")) {
+                println!(
+                    "64MB, {world} processes: {name} busbw / gloo busbw = {:.2}x",
+                    g / a
+                );
+            }
         }
     }
 }
 
 /// Spawns `world` rank processes and collects rank 0's (size MB, median seconds) results.
-fn spawn_ring(world: usize) -> Vec<(usize, f64)> {
+/// `shm: false` forces the TCP path.
+fn spawn_ring(world: usize, shm: bool) -> Vec<(usize, f64)> {
     // Pick free ports; each child binds its own (the short race is fine for a benchmark).
     let addrs: Vec<SocketAddr> = (0..world)
         .map(|_| {
@@ -95,6 +101,7 @@ fn spawn_ring(world: usize) -> Vec<(usize, f64)> {
             Command::new(&exe)
                 .env("ANVIL_BENCH_RANK", rank.to_string())
                 .env("ANVIL_BENCH_ADDRS", &list)
+                .env("ANVIL_RING_SHM", if shm { "1" } else { "0" })
                 .stdout(if rank == 0 {
                     Stdio::piped()
                 } else {
@@ -136,6 +143,12 @@ fn run_rank(rank: usize) {
         RingTimeouts::default(),
     )
     .expect("ring");
+    let wanted = std::env::var("ANVIL_RING_SHM").map_or(true, |v| v != "0");
+    assert_eq!(
+        ring.uses_shared_memory(),
+        wanted,
+        "rank {rank}: shared memory in use differs from what was asked"
+    );
     for mb in SIZES_MB {
         let mut buf = vec![1.0f32; mb * 1024 * 1024 / 4];
         ring.all_reduce_mean(&mut buf).expect("warmup");

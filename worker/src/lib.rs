@@ -7,4 +7,5 @@ pub mod model;
 pub mod progress;
 pub mod ring;
 pub mod schedule;
+pub(crate) mod shm;
 pub mod train;

@@ -9,14 +9,24 @@
 //!
 //! Peers authenticate with the run token in a handshake; a peer without it, for another run, or
 //! at the wrong place in the ring is refused with a message saying which.
+//!
+//! When every rank runs on the same host, the data moves through shared memory instead (see
+//! [`crate::shm`]) and the TCP sockets only carry barriers; `ANVIL_RING_SHM=0` forces TCP. All
+//! ranks agree on the path while forming the ring, and results agree with the TCP path up to
+//! floating-point reduction order.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::ops::Range;
+#[cfg(test)]
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use crate::shm::{self, Links, Outcome, SharedMemory};
+
 const MAGIC: &[u8; 4] = b"ANVR";
-const VERSION: u32 = 1;
+/// 2: after the handshake, ranks negotiate the shared-memory path.
+const VERSION: u32 = 2;
 /// Bytes received per read-and-add pass; large enough to amortize syscalls, small enough to stay
 /// in cache while adding.
 const SEGMENT_BYTES: usize = 256 * 1024;
@@ -51,6 +61,8 @@ pub enum RingError {
         peer: usize,
         source: std::io::Error,
     },
+    #[error("rank {rank}: {reason}")]
+    Mismatch { rank: usize, reason: String },
     #[error("invalid ring: rank {rank} of world {world}, {addrs} addresses")]
     BadShape {
         rank: usize,
@@ -69,6 +81,17 @@ pub struct Ring {
     next: Option<TcpStream>,
     /// From rank - 1.
     prev: Option<TcpStream>,
+    /// Set when all ranks share a host: data goes through shared memory, barriers over TCP.
+    shm: Option<SharedMemory>,
+}
+
+/// How to form a ring, beyond the public arguments.
+#[derive(Debug, Clone)]
+struct Options {
+    /// Whether this rank agrees to shared memory (every rank must).
+    shm: bool,
+    /// This rank's host identity; `None` detects it.
+    host: Option<String>,
 }
 
 /// How long to wait for neighbours while forming the ring, and for data once formed.
@@ -98,6 +121,23 @@ impl Ring {
         token: &str,
         timeouts: RingTimeouts,
     ) -> Result<Ring, RingError> {
+        let env = std::env::var("ANVIL_RING_SHM").ok();
+        let options = Options {
+            shm: shm::wanted_by_env(env.as_deref()),
+            host: None,
+        };
+        Self::connect_with(rank, world, listener, addrs, token, timeouts, options)
+    }
+
+    fn connect_with(
+        rank: usize,
+        world: usize,
+        listener: &TcpListener,
+        addrs: &[SocketAddr],
+        token: &str,
+        timeouts: RingTimeouts,
+        options: Options,
+    ) -> Result<Ring, RingError> {
         if world == 0 || rank >= world || addrs.len() != world {
             return Err(RingError::BadShape {
                 rank,
@@ -111,6 +151,7 @@ impl Ring {
                 world,
                 next: None,
                 prev: None,
+                shm: None,
             });
         }
         let next_rank = (rank + 1) % world;
@@ -128,7 +169,8 @@ impl Ring {
             rank,
             reason: "connector thread panicked".into(),
         })??;
-        let prev = prev?;
+        let mut prev = prev?;
+        let mut next = next;
         for s in [&next, &prev] {
             s.set_nodelay(true)
                 .map_err(|e| RingError::Socket(e, rank))?;
@@ -137,12 +179,30 @@ impl Ring {
             s.set_write_timeout(Some(timeouts.io))
                 .map_err(|e| RingError::Socket(e, rank))?;
         }
+        // Every rank takes part even when it does not want shared memory, so that all agree.
+        let host = if options.shm {
+            options.host.or_else(shm::host_identity)
+        } else {
+            None
+        };
+        let mut links = Links {
+            next: &mut next,
+            prev: &mut prev,
+        };
+        let shm =
+            SharedMemory::negotiate(rank, world, token, addrs, options.shm, host, &mut links)?;
         Ok(Ring {
             rank,
             world,
             next: Some(next),
             prev: Some(prev),
+            shm,
         })
+    }
+
+    /// Whether all-reduces move data through same-host shared memory rather than TCP.
+    pub fn uses_shared_memory(&self) -> bool {
+        self.shm.is_some()
     }
 
     pub fn rank(&self) -> usize {
@@ -164,16 +224,51 @@ impl Ring {
         self.all_reduce(buf, |_| {})
     }
 
+    /// `finish_owned` turns fully reduced elements into final ones, element by element.
     fn all_reduce(
         &mut self,
         buf: &mut [f32],
         finish_owned: impl Fn(&mut [f32]),
     ) -> Result<(), RingError> {
-        let n = self.world;
-        if n == 1 {
+        if self.world == 1 {
             finish_owned(buf);
             return Ok(());
         }
+        let result = self.all_reduce_any(buf, &finish_owned);
+        if let Err(e) = &result {
+            if !matches!(e, RingError::Mismatch { .. }) {
+                // The ring is out of step now. Closing both sockets makes the neighbours fail
+                // at once (and theirs in turn) instead of waiting out the I/O timeout.
+                for s in [&self.next, &self.prev].into_iter().flatten() {
+                    let _ = s.shutdown(std::net::Shutdown::Both);
+                }
+            }
+        }
+        result
+    }
+
+    fn all_reduce_any(
+        &mut self,
+        buf: &mut [f32],
+        finish_owned: &dyn Fn(&mut [f32]),
+    ) -> Result<(), RingError> {
+        if let (Some(shm), Some(next), Some(prev)) =
+            (self.shm.as_mut(), self.next.as_mut(), self.prev.as_mut())
+        {
+            let mut links = Links { next, prev };
+            if let Outcome::Done = shm.all_reduce(&mut links, buf, finish_owned)? {
+                return Ok(());
+            }
+        }
+        self.all_reduce_tcp(buf, finish_owned)
+    }
+
+    fn all_reduce_tcp(
+        &mut self,
+        buf: &mut [f32],
+        finish_owned: &dyn Fn(&mut [f32]),
+    ) -> Result<(), RingError> {
+        let n = self.world;
         let chunks = chunk_ranges(buf.len(), n);
         let r = self.rank;
         // Reduce-scatter: at step s send chunk (r - s), receive and add chunk (r - s - 1).
@@ -431,40 +526,154 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 mod tests {
     use super::*;
 
-    /// Forms a ring of `world` ranks on loopback threads and runs `f` on each.
-    fn with_ring<T: Send + 'static>(
-        world: usize,
+    const TIMEOUTS: RingTimeouts = RingTimeouts {
+        connect: Duration::from_secs(3),
+        io: Duration::from_secs(10),
+    };
+
+    /// How the test forms its ring.
+    #[derive(Clone)]
+    struct Setup {
         tokens: Vec<String>,
-        f: impl Fn(Result<Ring, RingError>) -> T + Send + Sync + Copy + 'static,
-    ) -> Vec<T> {
+        /// Per rank: whether it agrees to shared memory; `None` goes through `Ring::connect`.
+        shm: Option<Vec<bool>>,
+        /// Per rank host identity (defaults to the real one).
+        hosts: Option<Vec<String>>,
+        timeouts: RingTimeouts,
+    }
+
+    impl Setup {
+        fn new(world: usize) -> Setup {
+            Setup {
+                tokens: vec!["tok".into(); world],
+                shm: None,
+                hosts: None,
+                timeouts: TIMEOUTS,
+            }
+        }
+
+        fn via(world: usize, transport: Transport) -> Setup {
+            Setup {
+                shm: Some(vec![transport == Transport::Shm; world]),
+                ..Setup::new(world)
+            }
+        }
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum Transport {
+        Shm,
+        Tcp,
+    }
+
+    fn bind(world: usize) -> (Vec<TcpListener>, Vec<SocketAddr>) {
         let listeners: Vec<TcpListener> = (0..world)
             .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
             .collect();
-        let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
-        let timeouts = RingTimeouts {
-            connect: Duration::from_secs(3),
-            io: Duration::from_secs(10),
-        };
+        let addrs = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+        (listeners, addrs)
+    }
+
+    /// Forms a ring on loopback threads as `setup` says and runs `f(rank, ring)` on each rank.
+    fn run_ranks<T: Send + 'static>(
+        listeners: Vec<TcpListener>,
+        addrs: Vec<SocketAddr>,
+        setup: Setup,
+        f: impl Fn(usize, Result<Ring, RingError>) -> T + Send + Sync + Copy + 'static,
+    ) -> Vec<T> {
+        let world = listeners.len();
         let handles: Vec<_> = listeners
             .into_iter()
             .enumerate()
             .map(|(rank, listener)| {
                 let addrs = addrs.clone();
-                let token = tokens[rank].clone();
+                let setup = setup.clone();
                 std::thread::spawn(move || {
-                    f(Ring::connect(
-                        rank, world, &listener, &addrs, &token, timeouts,
-                    ))
+                    let token = &setup.tokens[rank];
+                    let ring = match &setup.shm {
+                        None => {
+                            Ring::connect(rank, world, &listener, &addrs, token, setup.timeouts)
+                        }
+                        Some(shm) => Ring::connect_with(
+                            rank,
+                            world,
+                            &listener,
+                            &addrs,
+                            token,
+                            setup.timeouts,
+                            Options {
+                                shm: shm[rank],
+                                host: setup.hosts.as_ref().map(|h| h[rank].clone()),
+                            },
+                        ),
+                    };
+                    f(rank, ring)
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     }
 
+    fn with_setup<T: Send + 'static>(
+        world: usize,
+        setup: Setup,
+        f: impl Fn(usize, Result<Ring, RingError>) -> T + Send + Sync + Copy + 'static,
+    ) -> Vec<T> {
+        let (listeners, addrs) = bind(world);
+        run_ranks(listeners, addrs, setup, f)
+    }
+
+    /// Forms a ring of `world` ranks through `Ring::connect` and runs `f` on each.
+    fn with_ring<T: Send + 'static>(
+        world: usize,
+        tokens: Vec<String>,
+        f: impl Fn(Result<Ring, RingError>) -> T + Send + Sync + Copy + 'static,
+    ) -> Vec<T> {
+        let setup = Setup {
+            tokens,
+            ..Setup::new(world)
+        };
+        with_setup(world, setup, move |_, ring| f(ring))
+    }
+
     fn input(rank: usize, len: usize) -> Vec<f32> {
         (0..len)
             .map(|i| ((i * 7 + rank * 13) % 101) as f32 * 0.25 - 3.0)
             .collect()
+    }
+
+    /// Asserts `results` (one buffer per rank) are bit-identical and equal to the mean of the
+    /// inputs within float tolerance.
+    fn check_mean(results: &[Vec<f32>], len: usize, what: &str) {
+        let world = results.len();
+        let inputs: Vec<Vec<f32>> = (0..world).map(|r| input(r, len)).collect();
+        for (rank, got) in results.iter().enumerate() {
+            assert_eq!(got.len(), len, "{what}: rank {rank} length");
+            for (i, g) in got.iter().enumerate() {
+                let e = inputs.iter().map(|v| v[i] as f64).sum::<f64>() / world as f64;
+                assert!(
+                    (*g as f64 - e).abs() <= 1e-5 * e.abs().max(1.0),
+                    "{what} rank {rank} [{i}]: {g} vs {e}"
+                );
+            }
+            // Replicas must be bit-identical, not merely close.
+            assert_eq!(got, &results[0], "{what}: rank {rank} differs from rank 0");
+        }
+    }
+
+    /// Runs one mean all-reduce of `input(rank, len)` per rank over `transport`.
+    fn mean_via(world: usize, len: usize, transport: Transport) -> Vec<Vec<f32>> {
+        with_setup(world, Setup::via(world, transport), move |rank, ring| {
+            let mut ring = ring.unwrap();
+            assert_eq!(
+                ring.uses_shared_memory(),
+                transport == Transport::Shm && world > 1,
+                "world {world}: wrong transport"
+            );
+            let mut buf = input(rank, len);
+            ring.all_reduce_mean(&mut buf).unwrap();
+            buf
+        })
     }
 
     #[test]
@@ -477,41 +686,250 @@ mod tests {
                     ring.all_reduce_mean(&mut buf).unwrap();
                     buf
                 });
-                let inputs: Vec<Vec<f32>> = (0..world).map(|r| input(r, len)).collect();
-                let expected: Vec<f64> = (0..len)
-                    .map(|i| inputs.iter().map(|v| v[i] as f64).sum::<f64>() / world as f64)
-                    .collect();
-                for (rank, got) in results.iter().enumerate() {
-                    for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
-                        assert!(
-                            (*g as f64 - e).abs() <= 1e-5 * e.abs().max(1.0),
-                            "world {world} len {len} rank {rank} [{i}]: {g} vs {e}"
-                        );
-                    }
-                    // Replicas must be bit-identical, not merely close.
-                    assert_eq!(
-                        got, &results[0],
-                        "world {world} len {len}: rank {rank} differs"
-                    );
+                check_mean(&results, len, &format!("connect, world {world} len {len}"));
+            }
+        }
+    }
+
+    #[test]
+    fn shm_and_tcp_paths_give_the_same_mean() {
+        for world in [2, 3, 4] {
+            // Lengths below, at and not divisible by the world size, one beyond a piece.
+            for len in [0, 1, 2, 3, 5, 1000, 16 * 1024 + 3, 100_003] {
+                let shm = mean_via(world, len, Transport::Shm);
+                let tcp = mean_via(world, len, Transport::Tcp);
+                check_mean(&shm, len, &format!("shm world {world} len {len}"));
+                check_mean(&tcp, len, &format!("tcp world {world} len {len}"));
+                if world == 2 {
+                    // Two addends sum the same in either order, so the paths agree exactly.
+                    assert_eq!(shm[0], tcp[0], "world 2 len {len}: shm and tcp differ");
                 }
             }
         }
     }
 
     #[test]
-    fn repeated_reductions_reuse_the_ring() {
-        let results = with_ring(3, vec!["t".into(); 3], |ring| {
-            let mut ring = ring.unwrap();
-            let mut total = 0.0;
-            for step in 0..20 {
-                let mut buf = vec![(ring.rank() + step) as f32; 17];
-                ring.all_reduce_sum(&mut buf).unwrap();
-                total += buf[16];
+    fn buffers_of_changing_size_reuse_and_grow_the_segments() {
+        for transport in [Transport::Shm, Transport::Tcp] {
+            let results = with_setup(3, Setup::via(3, transport), move |rank, ring| {
+                let mut ring = ring.unwrap();
+                assert_eq!(ring.uses_shared_memory(), transport == Transport::Shm);
+                [10, 1000, 5, 300_001, 0, 7, 1_000_000, 64]
+                    .into_iter()
+                    .map(|len| {
+                        let mut buf = input(rank, len);
+                        ring.all_reduce_mean(&mut buf).unwrap();
+                        buf
+                    })
+                    .collect::<Vec<_>>()
+            });
+            for call in 0..results[0].len() {
+                let per_rank: Vec<Vec<f32>> = results.iter().map(|r| r[call].clone()).collect();
+                let len = per_rank[0].len();
+                check_mean(&per_rank, len, &format!("{transport:?} call {call}"));
             }
-            total
+        }
+    }
+
+    #[test]
+    fn repeated_reductions_reuse_the_ring() {
+        for transport in [Transport::Shm, Transport::Tcp] {
+            let results = with_setup(3, Setup::via(3, transport), |_, ring| {
+                let mut ring = ring.unwrap();
+                let mut total = 0.0;
+                for step in 0..20 {
+                    let mut buf = vec![(ring.rank() + step) as f32; 17];
+                    ring.all_reduce_sum(&mut buf).unwrap();
+                    total += buf[16];
+                }
+                total
+            });
+            // sum over steps of (0+1+2 + 3*step) = 20*3 + 3*190
+            assert!(
+                results.iter().all(|t| *t == 630.0),
+                "{transport:?}: {results:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn ranks_on_different_hosts_use_tcp() {
+        let setup = Setup {
+            hosts: Some(vec!["a/1".into(), "a/1".into(), "b/1".into()]),
+            ..Setup::via(3, Transport::Shm)
+        };
+        let results = with_setup(3, setup, |rank, ring| {
+            let mut ring = ring.unwrap();
+            let mut buf = input(rank, 1001);
+            ring.all_reduce_mean(&mut buf).unwrap();
+            (ring.uses_shared_memory(), buf)
         });
-        // sum over steps of (0+1+2 + 3*step) = 20*3 + 3*190
-        assert!(results.iter().all(|t| *t == 630.0), "{results:?}");
+        assert!(results.iter().all(|(shm, _)| !shm));
+        let bufs: Vec<Vec<f32>> = results.into_iter().map(|(_, b)| b).collect();
+        check_mean(&bufs, 1001, "mixed hosts");
+    }
+
+    #[test]
+    fn one_rank_declining_shared_memory_makes_all_use_tcp() {
+        let setup = Setup {
+            shm: Some(vec![true, false, true, true]),
+            ..Setup::new(4)
+        };
+        let results = with_setup(4, setup, |rank, ring| {
+            let mut ring = ring.unwrap();
+            let mut buf = input(rank, 999);
+            ring.all_reduce_mean(&mut buf).unwrap();
+            (ring.uses_shared_memory(), buf)
+        });
+        assert!(results.iter().all(|(shm, _)| !shm));
+        let bufs: Vec<Vec<f32>> = results.into_iter().map(|(_, b)| b).collect();
+        check_mean(&bufs, 999, "one rank declined");
+    }
+
+    #[test]
+    fn the_env_switch_forces_tcp() {
+        for off in ["0", "false", "OFF", " no "] {
+            assert!(!shm::wanted_by_env(Some(off)), "{off}");
+        }
+        for on in [None, Some("1"), Some("yes"), Some("")] {
+            assert!(shm::wanted_by_env(on), "{on:?}");
+        }
+    }
+
+    /// Is `e` a lost peer noticed through a closed connection (not a timeout)?
+    fn lost_by_disconnect(e: &RingError) -> bool {
+        match e {
+            RingError::PeerLost { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn a_peer_that_dies_mid_all_reduce_is_reported_as_lost() {
+        // A long I/O timeout: the survivors must notice the closed sockets, not time out.
+        let timeouts = RingTimeouts {
+            connect: Duration::from_secs(3),
+            io: Duration::from_secs(60),
+        };
+        for transport in [Transport::Shm, Transport::Tcp] {
+            let setup = Setup {
+                timeouts,
+                ..Setup::via(4, transport)
+            };
+            let results = with_setup(4, setup, move |rank, ring| {
+                let mut ring = ring.unwrap();
+                let mut buf = input(rank, 300_000);
+                // A first all-reduce that everyone finishes.
+                ring.all_reduce_mean(&mut buf).unwrap();
+                if rank == 2 {
+                    if let (Some(shm), Some(next), Some(prev)) =
+                        (ring.shm.as_mut(), ring.next.as_mut(), ring.prev.as_mut())
+                    {
+                        // Gets past the first barrier of the next all-reduce, then dies.
+                        let mut links = Links { next, prev };
+                        assert!(shm.fill_only(&mut links, &buf).unwrap());
+                    }
+                    drop(ring);
+                    return None;
+                }
+                Some(ring.all_reduce_mean(&mut buf).err())
+            });
+            for (rank, r) in results.iter().enumerate() {
+                if rank == 2 {
+                    continue;
+                }
+                match r {
+                    Some(Some(e)) => assert!(
+                        lost_by_disconnect(e),
+                        "{transport:?} rank {rank}: expected PeerLost by disconnect, got {e}"
+                    ),
+                    other => panic!("{transport:?} rank {rank}: expected an error, got {other:?}"),
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_stalled_peer_times_out_instead_of_hanging() {
+        for transport in [Transport::Shm, Transport::Tcp] {
+            let setup = Setup {
+                timeouts: RingTimeouts {
+                    connect: Duration::from_secs(3),
+                    io: Duration::from_millis(300),
+                },
+                ..Setup::via(2, transport)
+            };
+            let results = with_setup(2, setup, |rank, ring| {
+                let mut ring = ring.unwrap();
+                let mut buf = input(rank, 1000);
+                if rank == 1 {
+                    std::thread::sleep(Duration::from_millis(1500));
+                }
+                ring.all_reduce_mean(&mut buf).err().map(|e| e.to_string())
+            });
+            assert!(
+                results[0]
+                    .as_deref()
+                    .is_some_and(|e| e.contains("lost rank 1")),
+                "{transport:?}: {results:?}"
+            );
+            // The late rank finds the ring closed rather than waiting for its own timeout.
+            assert!(results[1].is_some(), "{transport:?}: {results:?}");
+        }
+    }
+
+    #[test]
+    fn ranks_passing_different_lengths_get_an_error_not_a_crash() {
+        let results = with_setup(3, Setup::via(3, Transport::Shm), |rank, ring| {
+            let mut ring = ring.unwrap();
+            assert!(ring.uses_shared_memory());
+            // Rank 1's buffer is far longer than the others' segments.
+            let len = if rank == 1 { 1_000_000 } else { 10 };
+            let mut buf = input(rank, len);
+            let err = ring.all_reduce_mean(&mut buf).err();
+            // Every rank learned of the disagreement, so the ring is still in step.
+            let mut again = input(rank, 77);
+            ring.all_reduce_mean(&mut again).unwrap();
+            (err.map(|e| e.to_string()), again)
+        });
+        for (rank, (err, _)) in results.iter().enumerate() {
+            assert!(
+                err.as_deref().is_some_and(|e| e.contains("disagree")),
+                "rank {rank}: {err:?}"
+            );
+        }
+        let bufs: Vec<Vec<f32>> = results.into_iter().map(|(_, b)| b).collect();
+        check_mean(&bufs, 77, "after a disagreement");
+    }
+
+    #[test]
+    fn segments_replace_stale_files_and_leave_no_names_behind() {
+        let (listeners, addrs) = bind(3);
+        let paths: Vec<PathBuf> = (0..3)
+            .map(|r| shm::segment_path("tok", 3, &addrs, r))
+            .collect();
+        // A crashed earlier incarnation of this ring left rank 0's segment behind.
+        std::fs::write(&paths[0], b"stale").unwrap();
+        let results = run_ranks(
+            listeners,
+            addrs,
+            Setup::via(3, Transport::Shm),
+            |rank, ring| {
+                let mut ring = ring.unwrap();
+                let mut buf = input(rank, 5000);
+                ring.all_reduce_mean(&mut buf).unwrap();
+                (ring.uses_shared_memory(), buf)
+            },
+        );
+        assert!(results.iter().all(|(shm, _)| *shm));
+        for p in &paths {
+            assert!(!p.exists(), "{} still exists", p.display());
+        }
+        let bufs: Vec<Vec<f32>> = results.into_iter().map(|(_, b)| b).collect();
+        check_mean(&bufs, 5000, "after replacing a stale segment");
     }
 
     #[test]
