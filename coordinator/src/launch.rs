@@ -263,7 +263,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     if let Some(t) = &tls {
         server = server
             .tls_config(t.server.clone())
-            .map_err(|e| anyhow!("--tls-cert/--tls-key: {}", error_chain(&e)))?;
+            .map_err(|e| anyhow!("--tls-cert/--tls-key: {}", worker::join::error_chain(&e)))?;
     }
     tokio::spawn(async move {
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
@@ -654,21 +654,6 @@ fn tls_settings(args: &LaunchArgs) -> anyhow::Result<Option<TlsSettings>> {
             .clone()
             .unwrap_or_else(|| "localhost".into()),
     }))
-}
-
-/// An error with its causes, for errors whose top-level message is vague.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !msg.contains(&part) {
-            msg.push_str(": ");
-            msg.push_str(&part);
-        }
-        source = s.source();
-    }
-    msg
 }
 
 fn detect_scheduler() -> Option<&'static str> {
