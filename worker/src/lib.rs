@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod join;
 pub mod metrics;
 pub mod model;
+pub mod overlap;
 pub mod progress;
 pub mod ring;
 pub mod schedule;

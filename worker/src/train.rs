@@ -38,6 +38,7 @@ use kernels::rng::RngKey;
 use crate::checkpoint::{self, DataPosition, Metrics, RngState, Snapshot, TrainState};
 use crate::metrics::CsvLogger;
 use crate::model::{self, DataSpec, ModelError, ScModel};
+use crate::overlap::{Overlap, BUCKET_FLOATS};
 use crate::schedule::Schedule;
 
 pub use crate::progress::Progress;
@@ -74,8 +75,9 @@ impl TrainOptions {
     }
 }
 
-/// Averages a buffer over all workers (in place). Called by every rank in the same order.
-pub trait GradientSync {
+/// Averages a buffer over all workers (in place). Called by every rank in the same order, from
+/// a communication thread while backward runs (hence `Send`).
+pub trait GradientSync: Send {
     fn all_reduce_mean(&mut self, grads: &mut [f32]) -> Result<(), String>;
 }
 
@@ -595,41 +597,65 @@ pub fn train(
             hide_masked(&mut batch);
             let key = run.dropout_key(epoch, batch.step);
             let scale = run.state.loss_scale as f32;
-            let s = run
-                .model
-                .train_batch(&run.params, &mut run.grads, &batch, key, scale)?;
-            acc_sum += s.sum;
-            acc_count += s.count;
-            acc_cells += batch.batch_size as f64;
-            acc_tokens += batch.attention_mask.iter().map(|&m| m as f64).sum::<f64>();
             let boundary = (batch.step + 1) % accum == 0 || batch.step + 1 == micro_per_epoch;
+            // On the step's last micro-batch with peers, finished layers are averaged while
+            // backward goes on (see `overlap`); the rest once backward is done.
+            let overlap = boundary && opts.world > 1;
+            let mut stop_now = false;
+            std::thread::scope(|scope| -> Result<(), TrainError> {
+                let mut comm = overlap.then(|| Overlap::start(scope, &mut *sync, BUCKET_FLOATS));
+                let s = run.model.train_batch(
+                    &run.params,
+                    &mut run.grads,
+                    &batch,
+                    key,
+                    scale,
+                    &mut |range, g| {
+                        if let Some(c) = comm.as_mut() {
+                            c.ready(range, g)
+                        }
+                    },
+                )?;
+                acc_sum += s.sum;
+                acc_count += s.count;
+                acc_cells += batch.batch_size as f64;
+                acc_tokens += batch.attention_mask.iter().map(|&m| m as f64).sum::<f64>();
+                if !boundary {
+                    return Ok(());
+                }
+                // A stop at once (a peer failed) needs no agreement; a checkpoint-and-stop
+                // does: ranks hear it at different steps, so it is voted in the all-reduce.
+                let wants_checkpoint_stop = match control() {
+                    Control::Continue => false,
+                    Control::CheckpointAndStop => true,
+                    Control::Stop => {
+                        stop_now = true;
+                        return Ok(());
+                    }
+                };
+                let g = &mut run.grads;
+                g[n] = acc_sum as f32;
+                g[n + 1] = acc_count as f32;
+                g[n + 2] = acc_cells as f32;
+                g[n + 3] = acc_tokens as f32;
+                g[n + 4] = if wants_checkpoint_stop { 1.0 } else { 0.0 };
+                if let Some(c) = comm {
+                    c.finish(g).map_err(|message| TrainError::Sync {
+                        step: run.state.global_step,
+                        message,
+                    })?;
+                }
+                Ok(())
+            })?;
+            if stop_now {
+                stop = Some(Control::Stop);
+                break 'epochs;
+            }
             if !boundary {
                 continue;
             }
             // ---- optimizer step ----
-            // A stop at once (a peer failed) needs no agreement; a checkpoint-and-stop does:
-            // ranks hear it at different steps, so it is voted through the all-reduce below.
-            let wants_checkpoint_stop = match control() {
-                Control::Continue => false,
-                Control::CheckpointAndStop => true,
-                Control::Stop => {
-                    stop = Some(Control::Stop);
-                    break 'epochs;
-                }
-            };
             let g = &mut run.grads;
-            g[n] = acc_sum as f32;
-            g[n + 1] = acc_count as f32;
-            g[n + 2] = acc_cells as f32;
-            g[n + 3] = acc_tokens as f32;
-            g[n + 4] = if wants_checkpoint_stop { 1.0 } else { 0.0 };
-            if opts.world > 1 {
-                sync.all_reduce_mean(g)
-                    .map_err(|message| TrainError::Sync {
-                        step: run.state.global_step,
-                        message,
-                    })?;
-            }
             let count_mean = g[n + 1] as f64;
             let loss = if opts.world > 1 {
                 g[n] as f64 / count_mean.max(f64::MIN_POSITIVE)

@@ -94,7 +94,14 @@ fn transformer_encoder_matches_pytorch() {
     };
     let mut grads = vec![0.0f32; layout.total()];
     let s = m
-        .train_batch(&params, &mut grads, &batch, RngKey::new(0, 0, 0), 1.0)
+        .train_batch(
+            &params,
+            &mut grads,
+            &batch,
+            RngKey::new(0, 0, 0),
+            1.0,
+            &mut |_, _| {},
+        )
         .expect("step");
     let loss = s.mean();
     let rel = (loss - f.loss).abs() / f.loss.abs();

@@ -289,3 +289,88 @@ fn control_checkpoint_and_stop() {
     let last = s.last_checkpoint.expect("checkpoint");
     checkpoint::verify(&last).expect("verifies");
 }
+
+/// Backward reports every encoder layer's gradients as soon as the layer is done, top layer
+/// first, with the values it leaves in the buffer: what the overlapped all-reduce relies on.
+#[test]
+fn backward_reports_each_finished_layer_for_every_architecture() {
+    use configs::scmodelforge::Architecture;
+    use data::masking::IGNORE_INDEX;
+    use kernels::rng::RngKey;
+    use worker::model::{build, DataSpec};
+
+    for arch in [
+        Architecture::TransformerEncoder,
+        Architecture::AutoregressiveTransformer,
+        Architecture::MaskedAutoencoder,
+    ] {
+        let mut cfg = small_config().model;
+        cfg.architecture = arch;
+        cfg.decoder_layers = 2;
+        let spec = DataSpec {
+            vocab_size: 40,
+            values_are_bins: false,
+        };
+        let mut m = build(&cfg, spec, kernels::Precision::F32).expect("model");
+        let layout = m.layout().clone();
+        let params: Vec<f32> = layout.init_host(7);
+        let (b, t) = (2, 12);
+        let ids: Vec<u32> = (0..b * t).map(|i| 4 + (i as u32 * 7) % 36).collect();
+        let batch = data::Batch {
+            batch_size: b,
+            seq_len: t,
+            cells: vec![0, 1],
+            gene_ids: ids.clone(),
+            values: (0..b * t).map(|i| (i % 5) as f32).collect(),
+            target_values: (0..b * t).map(|i| (i % 5) as f32).collect(),
+            labels: ids
+                .iter()
+                .enumerate()
+                .map(|(i, &g)| if i % 4 == 1 { g as i32 } else { IGNORE_INDEX })
+                .collect(),
+            attention_mask: vec![1; b * t],
+            ..Default::default()
+        };
+        let mut grads = vec![0.0f32; layout.total()];
+        let mut reported: Vec<(std::ops::Range<usize>, Vec<f32>)> = Vec::new();
+        m.train_batch(
+            &params,
+            &mut grads,
+            &batch,
+            RngKey::new(1, 0, 0),
+            1.0,
+            &mut |r, g| reported.push((r, g.to_vec())),
+        )
+        .expect("step");
+        let layers = cfg.num_layers
+            + if arch == Architecture::MaskedAutoencoder {
+                cfg.decoder_layers
+            } else {
+                0
+            };
+        assert_eq!(reported.len(), layers, "{arch:?}");
+        for (r, g) in &reported {
+            // What was reported is final: backward wrote nothing there afterwards.
+            assert_eq!(&grads[r.clone()], &g[..], "{arch:?} {r:?}");
+            assert!(
+                g.iter().any(|&x| x != 0.0),
+                "{arch:?} {r:?} has no gradient"
+            );
+            // Exactly the parameters of one `...layers.N.` prefix.
+            let inside: Vec<&str> = layout
+                .entries()
+                .iter()
+                .filter(|e| e.offset >= r.start && e.offset < r.end)
+                .map(|e| e.name.as_str())
+                .collect();
+            let prefix = inside[0].split(".self_attn").next().unwrap_or("");
+            assert!(prefix.contains("layers."), "{arch:?}: {inside:?}");
+            assert!(inside.iter().all(|n| n.starts_with(prefix)), "{inside:?}");
+        }
+        // Within one stack, the top layer comes first.
+        assert!(
+            reported.windows(2).any(|w| w[1].0.end <= w[0].0.start),
+            "{arch:?}: not reported top-down"
+        );
+    }
+}

@@ -210,6 +210,7 @@ impl ScModel for AutoregressiveModel {
         batch: &Batch,
         key: RngKey,
         scale: f32,
+        ready: &mut super::GradsReady,
     ) -> Result<LossSum> {
         if batch.batch_size == 0 {
             return Ok(LossSum::default());
@@ -224,7 +225,7 @@ impl ScModel for AutoregressiveModel {
             .backward(self.prec, params, grads, &de, &rows, &mut dh);
         let mut dx = self
             .stack
-            .backward(params, grads, p.b, p.t, &dh, key)
+            .backward(params, grads, p.b, p.t, &dh, key, ready)
             .clone();
         ops::dropout_backward(&mut dx, self.dropout, layer_key(key, 0));
         self.embed.backward(grads, &p.ids, &p.pos, &p.values, &dx);

@@ -145,6 +145,7 @@ impl ScModel for TransformerEncoderModel {
         batch: &Batch,
         key: RngKey,
         scale: f32,
+        ready: &mut super::GradsReady,
     ) -> Result<LossSum> {
         if batch.batch_size == 0 {
             return Ok(LossSum::default());
@@ -158,7 +159,9 @@ impl ScModel for TransformerEncoderModel {
         let mut dh = vec![0.0f32; hidden.len()];
         self.head
             .backward(self.prec, params, grads, &dlogits, &rows, &mut dh);
-        let dx = self.stack.backward(params, grads, p.b, p.t, &dh, key);
+        let dx = self
+            .stack
+            .backward(params, grads, p.b, p.t, &dh, key, ready);
         let mut dx = dx.clone();
         ops::dropout_backward(&mut dx, self.dropout, layer_key(key, 0));
         self.embed.backward(grads, &p.ids, &p.pos, &p.values, &dx);

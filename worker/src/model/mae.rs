@@ -279,6 +279,7 @@ impl ScModel for MaskedAutoencoder {
         batch: &Batch,
         key: RngKey,
         scale: f32,
+        ready: &mut super::GradsReady,
     ) -> Result<LossSum> {
         if batch.batch_size == 0 {
             return Ok(LossSum::default());
@@ -298,7 +299,7 @@ impl ScModel for MaskedAutoencoder {
         let dkey = decoder_key(key);
         let din = self
             .decoder
-            .backward(params, grads, f.b, f.t, &ddec, dkey)
+            .backward(params, grads, f.b, f.t, &ddec, dkey, ready)
             .clone();
         for (n, row) in din.chunks_exact(dd).enumerate() {
             if f.pad[n] {
@@ -334,7 +335,7 @@ impl ScModel for MaskedAutoencoder {
         }
         let mut dx = self
             .encoder
-            .backward(params, grads, v.b, v.t, &denc, key)
+            .backward(params, grads, v.b, v.t, &denc, key, ready)
             .clone();
         ops::dropout_backward(&mut dx, self.dropout, layer_key(key, 0));
         self.embed.backward(grads, &v.ids, &v.pos, &v.values, &dx);

@@ -63,6 +63,11 @@ pub struct DataSpec {
     pub values_are_bins: bool,
 }
 
+/// Told during backward that a range of the gradient buffer is final for this micro-batch (an
+/// encoder layer is done), with those gradients, so their all-reduce can start while backward
+/// goes on with the layers below.
+pub type GradsReady<'a> = dyn FnMut(std::ops::Range<usize>, &[f32]) + 'a;
+
 // `&Vec<f32>`: the kernels' modules take the CPU device's buffer type (`Vec`) itself.
 #[allow(clippy::ptr_arg)]
 pub trait ScModel: Send {
@@ -70,6 +75,7 @@ pub trait ScModel: Send {
 
     /// Forward and backward of one micro-batch (dropout on, keyed by `key`): adds
     /// `scale · ∂(loss sum)/∂θ` to `grads` and returns the loss sum and target count.
+    /// `ready` hears of each encoder layer's gradient range as soon as backward has finished it.
     fn train_batch(
         &mut self,
         params: &Vec<f32>,
@@ -77,6 +83,7 @@ pub trait ScModel: Send {
         batch: &Batch,
         key: RngKey,
         scale: f32,
+        ready: &mut GradsReady,
     ) -> Result<LossSum>;
 
     /// Forward only, dropout off.

@@ -228,6 +228,8 @@ impl TokenEmbedding {
 /// layers registered as `{prefix}.{i}.…`.
 pub struct Stack {
     pub layers: Vec<TransformerEncoderLayer>,
+    /// Each layer's parameters' range in the layout (a layer registers them contiguously).
+    ranges: Vec<std::ops::Range<usize>>,
     /// The same layers with dropout 0, for evaluation.
     eval_layers: Vec<TransformerEncoderLayer>,
     pub dim: usize,
@@ -281,12 +283,15 @@ impl Stack {
             precision,
         };
         let mut layers = Vec::with_capacity(num_layers);
+        let mut ranges = Vec::with_capacity(num_layers);
         for i in 0..num_layers {
+            let start = l.total();
             layers.push(TransformerEncoderLayer::new(
                 l,
                 &format!("{prefix}.{i}"),
                 cfg,
             )?);
+            ranges.push(start..l.total());
         }
         let eval_layers = layers
             .iter()
@@ -298,6 +303,7 @@ impl Stack {
             .collect();
         Ok(Stack {
             layers,
+            ranges,
             eval_layers,
             dim,
             arenas: Vec::new(),
@@ -370,7 +376,8 @@ impl Stack {
     }
 
     /// Backward of the last training forward of shape (b, t): from dout [b, t, dim] returns
-    /// dx [b, t, dim] (valid until the next call).
+    /// dx [b, t, dim] (valid until the next call). Each finished layer's gradients go to `ready`.
+    #[allow(clippy::too_many_arguments)]
     pub fn backward(
         &mut self,
         params: &Vec<f32>,
@@ -379,8 +386,10 @@ impl Stack {
         t: usize,
         dout: &[f32],
         key: RngKey,
+        ready: &mut super::GradsReady,
     ) -> &Vec<f32> {
         let layers = self.layers.clone();
+        let ranges = self.ranges.clone();
         let arena = self.arena(b, t);
         let len = arena.ga.len();
         arena.ga.copy_from_slice(&dout[..len]);
@@ -394,6 +403,7 @@ impl Stack {
                 &mut arena.gb,
                 layer_key(key, i as u64 + 1),
             );
+            ready(ranges[i].clone(), &grads[ranges[i].clone()]);
             std::mem::swap(&mut arena.ga, &mut arena.gb);
         }
         &arena.ga

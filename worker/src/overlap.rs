@@ -1,0 +1,213 @@
+//! Gradient all-reduce overlapped with backward.
+//!
+//! On the micro-batch that ends an optimizer step, backward reports each encoder layer's
+//! gradient range as soon as the layer is done (`ScModel::train_batch`'s `ready` hook). Those
+//! gradients are copied into buckets of at least `bucket_floats` (adjacent layers coalesce,
+//! as PyTorch DDP's buckets do) and averaged on a communication thread while backward goes on
+//! with the layers below. What no layer covers (embeddings, heads, norms, the trainer's extra
+//! slots) is averaged last, once backward is done. Every rank cuts the same buckets in the same
+//! order, because they follow the parameter layout, so the collective calls match.
+//!
+//! The communication thread owns copies, never the gradient buffer itself, so backward keeps
+//! writing the layers below while the ones above are on the wire; the results are copied back
+//! when the step's last bucket has arrived.
+
+use std::ops::Range;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::train::GradientSync;
+
+/// Default bucket size: 1 MiB of f32 gradients.
+pub const BUCKET_FLOATS: usize = 256 * 1024;
+
+struct Bucket {
+    range: Range<usize>,
+    data: Vec<f32>,
+}
+
+/// One optimizer step's overlapped all-reduce, bound to a scope's communication thread.
+pub struct Overlap {
+    to_comm: Option<mpsc::Sender<Bucket>>,
+    from_comm: mpsc::Receiver<Result<Bucket, String>>,
+    /// Ranges reported but not sent yet (coalescing towards `bucket_floats`).
+    pending: Option<Bucket>,
+    sent: Vec<Range<usize>>,
+    bucket_floats: usize,
+}
+
+impl Overlap {
+    /// Starts the communication thread in `scope`; it averages each bucket it is sent with
+    /// `sync`, in order, until the step is finished.
+    pub fn start<'scope, 'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        sync: &'scope mut dyn GradientSync,
+        bucket_floats: usize,
+    ) -> Overlap {
+        let (to_comm, rx) = mpsc::channel::<Bucket>();
+        let (tx, from_comm) = mpsc::channel();
+        scope.spawn(move || {
+            for mut b in rx {
+                let r = sync.all_reduce_mean(&mut b.data).map(|()| b);
+                let failed = r.is_err();
+                if tx.send(r).is_err() || failed {
+                    break;
+                }
+            }
+        });
+        Overlap {
+            to_comm: Some(to_comm),
+            from_comm,
+            pending: None,
+            sent: Vec::new(),
+            bucket_floats: bucket_floats.max(1),
+        }
+    }
+
+    /// Backward finished `range`, whose gradients are `grads` (the hook's arguments).
+    pub fn ready(&mut self, range: Range<usize>, grads: &[f32]) {
+        if range.is_empty() {
+            return;
+        }
+        match &mut self.pending {
+            // Backward walks the layout downwards: the new range ends where the pending one
+            // starts. Prepend it.
+            Some(p) if range.end == p.range.start => {
+                let mut data = Vec::with_capacity(range.len() + p.data.len());
+                data.extend_from_slice(grads);
+                data.extend_from_slice(&p.data);
+                p.data = data;
+                p.range.start = range.start;
+            }
+            _ => {
+                self.flush();
+                self.pending = Some(Bucket {
+                    range,
+                    data: grads.to_vec(),
+                });
+            }
+        }
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.data.len() >= self.bucket_floats)
+        {
+            self.flush();
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some(b) = self.pending.take() {
+            self.sent.push(b.range.clone());
+            if let Some(tx) = &self.to_comm {
+                // A closed channel means the thread stopped on an error; `finish` reports it.
+                let _ = tx.send(b);
+            }
+        }
+    }
+
+    /// Sends everything in `grads` not sent yet, waits for every bucket and writes the averages
+    /// back into `grads`. Returns how long it waited after backward (the exposed
+    /// communication time).
+    pub fn finish(mut self, grads: &mut [f32]) -> Result<Duration, String> {
+        self.flush();
+        for gap in gaps(&self.sent, grads.len()) {
+            self.ready(gap.clone(), &grads[gap]);
+            self.flush();
+        }
+        let waiting = Instant::now();
+        let expected = self.sent.len();
+        self.to_comm = None;
+        for _ in 0..expected {
+            let b = self
+                .from_comm
+                .recv()
+                .map_err(|_| "the all-reduce thread stopped".to_string())??;
+            grads[b.range].copy_from_slice(&b.data);
+        }
+        Ok(waiting.elapsed())
+    }
+}
+
+/// The parts of `0..len` that no range in `covered` touches, in ascending order.
+fn gaps(covered: &[Range<usize>], len: usize) -> Vec<Range<usize>> {
+    let mut sorted: Vec<Range<usize>> = covered.to_vec();
+    sorted.sort_by_key(|r| r.start);
+    let mut out = Vec::new();
+    let mut at = 0;
+    for r in sorted {
+        if r.start > at {
+            out.push(at..r.start);
+        }
+        at = at.max(r.end);
+    }
+    if at < len {
+        out.push(at..len);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the bucket sizes it sees and "averages" with a peer whose gradients are all 1.
+    struct HalfWithOnes {
+        calls: std::sync::Arc<std::sync::Mutex<Vec<usize>>>,
+    }
+
+    impl GradientSync for HalfWithOnes {
+        fn all_reduce_mean(&mut self, g: &mut [f32]) -> Result<(), String> {
+            self.calls.lock().unwrap().push(g.len());
+            g.iter_mut().for_each(|x| *x = (*x + 1.0) / 2.0);
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn gaps_cover_the_rest() {
+        assert_eq!(gaps(&[3..5, 8..10], 12), vec![0..3, 5..8, 10..12]);
+        let whole = vec![0..6, 6..12];
+        assert_eq!(gaps(&whole, 12), Vec::<Range<usize>>::new());
+        assert_eq!(gaps(&[], 4), vec![0..4]);
+    }
+
+    #[test]
+    fn every_element_is_reduced_once_in_layout_order_buckets() {
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut sync = HalfWithOnes {
+            calls: calls.clone(),
+        };
+        let mut grads: Vec<f32> = (0..100).map(|i| i as f32).collect();
+        let want: Vec<f32> = grads.iter().map(|x| (x + 1.0) / 2.0).collect();
+        std::thread::scope(|s| {
+            let mut ov = Overlap::start(s, &mut sync, 25);
+            // Layers 70..90, 50..70, 30..50, 10..30 finish in this order (backward).
+            for r in [70..90, 50..70, 30..50, 10..30] {
+                ov.ready(r.clone(), &grads[r.clone()]);
+            }
+            ov.finish(&mut grads).unwrap();
+        });
+        assert_eq!(grads, want);
+        // 20-float layers coalesce in pairs to reach 25; then 0..10 and 90..100.
+        assert_eq!(*calls.lock().unwrap(), vec![40, 40, 10, 10]);
+    }
+
+    #[test]
+    fn an_all_reduce_error_surfaces_from_finish() {
+        struct Broken;
+        impl GradientSync for Broken {
+            fn all_reduce_mean(&mut self, _: &mut [f32]) -> Result<(), String> {
+                Err("lost rank 1".into())
+            }
+        }
+        let mut grads = vec![1.0f32; 10];
+        let mut broken = Broken;
+        let r = std::thread::scope(|s| {
+            let mut ov = Overlap::start(s, &mut broken, 4);
+            ov.ready(5..10, &grads[5..10]);
+            ov.finish(&mut grads)
+        });
+        assert_eq!(r.unwrap_err(), "lost rank 1");
+    }
+}
