@@ -313,6 +313,32 @@ fn a_worker_that_cannot_read_its_data_brings_the_run_down_with_its_message() {
 }
 
 #[test]
+fn a_diverging_run_stops_cleanly_with_the_workers_message() {
+    let dir = scratch("diverge");
+    let out = run(launch_cmd(
+        &dir.join("run"),
+        2,
+        8,
+        &[
+            "--set",
+            "training.optimizer.lr=1e35",
+            "--set",
+            "training.scheduler=null",
+            "--set",
+            "training.gradient_clip=0.0",
+        ],
+    ));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("worker rank"), "{stderr}");
+    assert!(stderr.contains("training diverged"), "{stderr}");
+    assert!(
+        !stderr.contains("restart 1/"),
+        "a diverged run is not restarted: {stderr}"
+    );
+}
+
+#[test]
 fn registration_timeout_names_the_ranks_that_never_arrived() {
     let dir = scratch("regtimeout");
     let mut cmd = launch_cmd(
