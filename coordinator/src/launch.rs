@@ -338,6 +338,7 @@ async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
                     rank,
                     &token,
                     tls.as_ref(),
+                    world,
                     &run,
                     generation,
                     view,
@@ -703,6 +704,7 @@ fn spawn_worker(
     rank: usize,
     token: &str,
     tls: Option<&TlsSettings>,
+    local_workers: usize,
     run: &RunDir,
     generation: u32,
     view: &WorkerView,
@@ -719,6 +721,15 @@ fn spawn_worker(
             .arg(&t.ca_path)
             .arg("--tls-domain")
             .arg(&t.domain);
+    }
+    // Like torchrun's OMP_NUM_THREADS: local workers share the machine's cores instead of each
+    // starting one compute thread per core (which oversubscribes them). The user's setting wins.
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cmd.env(
+            "RAYON_NUM_THREADS",
+            (cores / local_workers.max(1)).max(1).to_string(),
+        );
     }
     let mut child = cmd
         .env("ANVIL_RUN_TOKEN", token)
