@@ -60,10 +60,13 @@ fn main() {
     let mut tokens = 0usize;
     let mut start = 0;
     let mut read_s = 0f64;
+    let (mut block, mut raw) = (data::dataset::CellBlock::default(), Default::default());
     while start < n {
         let end = (start + 1024).min(n);
         let tr = Instant::now();
-        let block = p.dataset.read_file_rows(0, start, end).expect("read");
+        p.dataset
+            .read_file_rows_into(0, start, end, &mut block, &mut raw)
+            .expect("read");
         read_s += tr.elapsed().as_secs_f64();
         for c in 0..block.len() {
             let (cell, g, v) = block.cell(c);

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use configs::scmodelforge::{DataSource, ScModelForgeConfig};
 
-use crate::dataset::Dataset;
+use crate::dataset::{Dataset, Gathered};
 use crate::error::{DataError, Result};
 use crate::masking::{Masker, IGNORE_INDEX};
 use crate::preprocess::Preprocessor;
@@ -65,6 +65,7 @@ pub struct Workspace {
     cell: TokenizedCell,
     scratch: Scratch,
     positions: Vec<u32>,
+    gathered: Gathered,
 }
 
 impl Workspace {
@@ -372,17 +373,19 @@ impl Pipeline {
         mask_epoch: Option<u64>,
         ws: &mut Workspace,
     ) -> Result<Batch> {
-        let block = self.dataset.read_cells(cells)?;
+        let mut gathered = std::mem::take(&mut ws.gathered);
+        self.dataset.gather_cells(cells, &mut gathered)?;
         ws.flat_genes.clear();
         ws.flat_values.clear();
         ws.lens.clear();
-        for i in 0..block.len() {
-            let (_, g, v) = block.cell(i);
+        for i in 0..cells.len() {
+            let (g, v) = gathered.cell(i);
             self.tokenize_into(g, v, ws);
             ws.flat_genes.extend_from_slice(&ws.cell.genes);
             ws.flat_values.extend_from_slice(&ws.cell.values);
             ws.lens.push(ws.cell.len());
         }
+        ws.gathered = gathered;
         let seq_len = ws.lens.iter().copied().max().unwrap_or(0);
         let n = cells.len() * seq_len;
         let mut b = Batch {

@@ -12,7 +12,8 @@
 
 use configs::scmodelforge::PreprocessingConfig;
 
-use crate::dataset::Dataset;
+use crate::anndata::CsrRows;
+use crate::dataset::{CellBlock, Dataset};
 use crate::error::{DataError, Result};
 use crate::vocab::N_SPECIAL;
 
@@ -148,12 +149,13 @@ pub fn gene_stats(dataset: &Dataset, target_sum: Option<f32>) -> Result<GeneStat
     let mut sum = vec![0f64; n_genes];
     let mut sum_sq = vec![0f64; n_genes];
     let mut totals = Vec::with_capacity(dataset.n_cells() as usize);
+    let (mut block, mut rows) = (CellBlock::default(), CsrRows::default());
     for (f, file) in dataset.files().iter().enumerate() {
         let n = file.n_obs();
         let mut start = 0;
         while start < n {
             let end = (start + SCAN_BLOCK).min(n);
-            let block = dataset.read_file_rows(f, start, end)?;
+            dataset.read_file_rows_into(f, start, end, &mut block, &mut rows)?;
             for i in 0..block.len() {
                 let (_, genes, vals) = block.cell(i);
                 let total: f32 = vals.iter().sum();
