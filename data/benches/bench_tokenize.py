@@ -161,10 +161,14 @@ def main():
         "speedup_loader": round(r["loader_cells_per_s"] / py["cells_per_s"], 1),
         "speedup_sequential_cpu": round(r["sequential_cells_per_cpu_s"] / py["cells_per_cpu_s"], 1),
         "speedup_loader_cpu": round(r["loader_cells_per_cpu_s"] / py["cells_per_cpu_s"], 1),
+        "speedup_sequential128_cpu":
+            round(r["sequential128_cells_per_cpu_s"] / py["cells_per_cpu_s"], 1),
         "scmodelforge_package": package_status(),
         "quoted_package_cells_per_s": QUOTED_PACKAGE_CELLS_PER_S,
         "speedup_sequential_cpu_vs_quoted_package":
             round(r["sequential_cells_per_cpu_s"] / QUOTED_PACKAGE_CELLS_PER_S, 1),
+        "speedup_sequential128_cpu_vs_quoted_package":
+            round(r["sequential128_cells_per_cpu_s"] / QUOTED_PACKAGE_CELLS_PER_S, 1),
         "speedup_loader_cpu_vs_quoted_package":
             round(r["loader_cells_per_cpu_s"] / QUOTED_PACKAGE_CELLS_PER_S, 1),
     }
