@@ -388,27 +388,34 @@ impl Pipeline {
         ws.gathered = gathered;
         let seq_len = ws.lens.iter().copied().max().unwrap_or(0);
         let n = cells.len() * seq_len;
+        // Rows are appended (cell, then padding) so every element is written once, rather
+        // than filled with padding and then overwritten.
         let mut b = Batch {
             batch_size: cells.len(),
             seq_len,
             cells: cells.to_vec(),
-            gene_ids: vec![PAD; n],
-            values: vec![0.0; n],
-            target_values: vec![0.0; n],
-            labels: vec![IGNORE_INDEX; n],
-            attention_mask: vec![0; n],
+            gene_ids: Vec::with_capacity(n),
+            values: Vec::with_capacity(n),
+            target_values: Vec::with_capacity(n),
+            labels: Vec::with_capacity(n),
+            attention_mask: Vec::with_capacity(n),
             ..Default::default()
         };
         let mut at = 0;
         for (i, (&l, &cell)) in ws.lens.iter().zip(cells).enumerate() {
             let row = i * seq_len;
-            b.gene_ids[row..row + l].copy_from_slice(&ws.flat_genes[at..at + l]);
-            b.values[row..row + l].copy_from_slice(&ws.flat_values[at..at + l]);
-            b.target_values[row..row + l].copy_from_slice(&ws.flat_values[at..at + l]);
+            let end = row + seq_len;
+            b.gene_ids.extend_from_slice(&ws.flat_genes[at..at + l]);
+            b.gene_ids.resize(end, PAD);
+            b.values.extend_from_slice(&ws.flat_values[at..at + l]);
+            b.values.resize(end, 0.0);
+            b.target_values
+                .extend_from_slice(&ws.flat_values[at..at + l]);
+            b.target_values.resize(end, 0.0);
+            b.labels.resize(end, IGNORE_INDEX);
+            b.attention_mask.resize(row + l, 1);
+            b.attention_mask.resize(end, 0);
             at += l;
-            b.attention_mask[row..row + l]
-                .iter_mut()
-                .for_each(|m| *m = 1);
             if let (Some(m), Some(epoch)) = (&self.masker, mask_epoch) {
                 m.apply(
                     epoch,
