@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use crate::anndata::{self, AnnDataReader};
+use crate::anndata::{self, AnnDataReader, CsrRows};
 use crate::error::{DataError, Result};
 use crate::vocab::{GeneVocab, UNK};
 
@@ -36,6 +36,25 @@ impl CellBlock {
     pub fn cell(&self, i: usize) -> (u64, &[u32], &[f32]) {
         let (lo, hi) = (self.indptr[i], self.indptr[i + 1]);
         (self.cells[i], &self.genes[lo..hi], &self.values[lo..hi])
+    }
+}
+
+/// Cells gathered by [`Dataset::gather_cells`]: the data of requested cell k is
+/// `genes[spans[k].0..spans[k].1]` / `values[..]` (in file order, not request order).
+/// Reusable from call to call.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub spans: Vec<(usize, usize)>,
+    pub genes: Vec<u32>,
+    pub values: Vec<f32>,
+    order: Vec<usize>,
+    rows: CsrRows,
+}
+
+impl Gathered {
+    pub fn cell(&self, k: usize) -> (&[u32], &[f32]) {
+        let (lo, hi) = self.spans[k];
+        (&self.genes[lo..hi], &self.values[lo..hi])
     }
 }
 
@@ -121,26 +140,69 @@ impl Dataset {
 
     /// Rows `start..end` of file `f`, genes mapped to the vocabulary.
     pub fn read_file_rows(&self, f: usize, start: usize, end: usize) -> Result<CellBlock> {
-        let rows = self.files[f].read_rows(start, end)?;
+        let mut out = CellBlock::default();
+        self.read_file_rows_into(f, start, end, &mut out, &mut CsrRows::default())?;
+        Ok(out)
+    }
+
+    /// As [`Dataset::read_file_rows`], into `out`, reusing its buffers and those of `rows`
+    /// (scratch for the raw read).
+    pub fn read_file_rows_into(
+        &self,
+        f: usize,
+        start: usize,
+        end: usize,
+        out: &mut CellBlock,
+        rows: &mut CsrRows,
+    ) -> Result<()> {
+        self.files[f].read_rows_into(start, end, rows)?;
         let map = &self.gene_maps[f];
-        Ok(CellBlock {
-            cells: (start..end).map(|r| self.offsets[f] + r as u64).collect(),
-            genes: rows.indices.iter().map(|&c| map[c as usize]).collect(),
-            indptr: rows.indptr,
-            values: rows.data,
-        })
+        out.cells.clear();
+        out.cells
+            .extend((start..end).map(|r| self.offsets[f] + r as u64));
+        out.genes.clear();
+        out.genes
+            .extend(rows.indices.iter().map(|&c| map[c as usize]));
+        std::mem::swap(&mut out.indptr, &mut rows.indptr);
+        std::mem::swap(&mut out.values, &mut rows.data);
+        Ok(())
     }
 
     /// Read arbitrary cells, returned in the order given. Cells close together in a file are
     /// read with one contiguous read (gaps of up to `max_gap` rows are read and dropped).
     pub fn read_cells(&self, cells: &[u64]) -> Result<CellBlock> {
+        let mut g = Gathered::default();
+        self.gather_cells(cells, &mut g)?;
+        let mut out = CellBlock {
+            cells: cells.to_vec(),
+            indptr: Vec::with_capacity(cells.len() + 1),
+            genes: Vec::with_capacity(g.genes.len()),
+            values: Vec::with_capacity(g.values.len()),
+        };
+        out.indptr.push(0);
+        for k in 0..cells.len() {
+            let (genes, values) = g.cell(k);
+            out.genes.extend_from_slice(genes);
+            out.values.extend_from_slice(values);
+            out.indptr.push(out.genes.len());
+        }
+        Ok(out)
+    }
+
+    /// Read arbitrary cells into `out` (see [`Gathered`]), reusing its buffers. Cells close
+    /// together in a file are read with one contiguous read (gaps of up to 64 rows are read
+    /// and dropped).
+    pub fn gather_cells(&self, cells: &[u64], out: &mut Gathered) -> Result<()> {
         const MAX_GAP: u64 = 64;
-        let mut order: Vec<usize> = (0..cells.len()).collect();
+        let order = &mut out.order;
+        order.clear();
+        order.extend(0..cells.len());
         order.sort_by_key(|&i| cells[i]);
         // Where each requested cell's data lands: (start, end) into the gathered arrays.
-        let mut spans = vec![(0usize, 0usize); cells.len()];
-        let mut genes = Vec::new();
-        let mut values = Vec::new();
+        out.spans.clear();
+        out.spans.resize(cells.len(), (0, 0));
+        out.genes.clear();
+        out.values.clear();
         let mut i = 0;
         while i < order.len() {
             let first = cells[order[i]];
@@ -163,31 +225,20 @@ impl Dataset {
             let last = cells[order[j - 1]];
             let start = (first - self.offsets[f]) as usize;
             let end = (last - self.offsets[f]) as usize + 1;
-            let rows = self.files[f].read_rows(start, end)?;
+            let rows = &mut out.rows;
+            self.files[f].read_rows_into(start, end, rows)?;
             let map = &self.gene_maps[f];
             for &k in &order[i..j] {
                 let r = (cells[k] - self.offsets[f]) as usize - start;
                 let (lo, hi) = (rows.indptr[r], rows.indptr[r + 1]);
-                let at = genes.len();
-                genes.extend(rows.indices[lo..hi].iter().map(|&c| map[c as usize]));
-                values.extend_from_slice(&rows.data[lo..hi]);
-                spans[k] = (at, genes.len());
+                let at = out.genes.len();
+                out.genes
+                    .extend(rows.indices[lo..hi].iter().map(|&c| map[c as usize]));
+                out.values.extend_from_slice(&rows.data[lo..hi]);
+                out.spans[k] = (at, out.genes.len());
             }
             i = j;
         }
-        // Reassemble in request order.
-        let mut out = CellBlock {
-            cells: cells.to_vec(),
-            indptr: Vec::with_capacity(cells.len() + 1),
-            genes: Vec::with_capacity(genes.len()),
-            values: Vec::with_capacity(values.len()),
-        };
-        out.indptr.push(0);
-        for &(lo, hi) in &spans {
-            out.genes.extend_from_slice(&genes[lo..hi]);
-            out.values.extend_from_slice(&values[lo..hi]);
-            out.indptr.push(out.genes.len());
-        }
-        Ok(out)
+        Ok(())
     }
 }

@@ -66,13 +66,26 @@ impl Masker {
         positions: &mut Vec<u32>,
     ) {
         labels.iter_mut().for_each(|l| *l = IGNORE_INDEX);
+        // Positions of maskable tokens, in order. Usually they are everything after the
+        // leading [CLS]: then the list is a plain range (both checks vectorize).
         positions.clear();
-        positions.extend(
-            ids.iter()
-                .enumerate()
-                .filter(|(_, &id)| id >= N_SPECIAL)
-                .map(|(i, _)| i as u32),
-        );
+        let first = ids
+            .iter()
+            .position(|&id| id >= N_SPECIAL)
+            .unwrap_or(ids.len());
+        let maskable = ids[first..].iter().filter(|&&id| id >= N_SPECIAL).count();
+        if maskable == ids.len() - first {
+            positions.extend(first as u32..ids.len() as u32);
+        } else {
+            // Branch-free: every position is stored, the count advances past maskable ones.
+            positions.resize(ids.len(), 0);
+            let mut n = 0;
+            for (i, &id) in ids.iter().enumerate() {
+                positions[n] = i as u32;
+                n += usize::from(id >= N_SPECIAL);
+            }
+            positions.truncate(n);
+        }
         let n = positions.len();
         if n == 0 || self.mask_ratio <= 0.0 {
             return;
@@ -168,6 +181,71 @@ mod tests {
         assert_eq!(run(0, 5), run(0, 5));
         assert_ne!(run(0, 5), run(1, 5));
         assert_ne!(run(0, 5), run(0, 6));
+    }
+
+    /// The masking as first written: the maskable positions collected with a filter.
+    fn reference(
+        m: &Masker,
+        epoch: u64,
+        cell: u64,
+        ids: &mut [u32],
+        values: &mut [f32],
+    ) -> Vec<i32> {
+        let mut labels = vec![IGNORE_INDEX; ids.len()];
+        let mut positions: Vec<u32> = ids
+            .iter()
+            .enumerate()
+            .filter(|(_, &id)| id >= N_SPECIAL)
+            .map(|(i, _)| i as u32)
+            .collect();
+        let n = positions.len();
+        if n == 0 || m.mask_ratio <= 0.0 {
+            return labels;
+        }
+        let k = ((m.mask_ratio * n as f64).round() as usize).clamp(1, n);
+        let mut rng = CounterRng::new(m.seed, Stream::Masking, &[epoch, cell]);
+        let p_mask = 1.0 - m.random_replace_ratio - m.keep_ratio;
+        let n_genes = m.vocab_len.saturating_sub(N_SPECIAL) as u64;
+        for j in 0..k {
+            let r = j + rng.below((n - j) as u64) as usize;
+            positions.swap(j, r);
+            let p = positions[j] as usize;
+            labels[p] = ids[p] as i32;
+            values[p] = MASK_VALUE;
+            let u = rng.next_f64();
+            if u < p_mask {
+                ids[p] = MASK;
+            } else if u < p_mask + m.random_replace_ratio && n_genes > 0 {
+                ids[p] = N_SPECIAL + rng.below(n_genes) as u32;
+            }
+        }
+        labels
+    }
+
+    #[test]
+    fn same_as_reference_with_special_tokens_anywhere() {
+        let m = Masker::new(&cfg(0.15, 0.1, 0.1), 1000, 7).unwrap();
+        let mut pos = Vec::new();
+        let mut r = CounterRng::new(3, Stream::Synth, &[]);
+        for cell in 0..500u64 {
+            let len = r.below(300) as usize;
+            // [CLS] first or not; [UNK] (or [PAD]) sprinkled in some cells, none in others.
+            let specials = cell % 3;
+            let ids: Vec<u32> = (0..len)
+                .map(|i| match (i, specials) {
+                    (0, 0 | 1) => CLS,
+                    (_, 1) if r.below(10) == 0 => r.below(N_SPECIAL as u64) as u32,
+                    _ => N_SPECIAL + r.below(996) as u32,
+                })
+                .collect();
+            let vals: Vec<f32> = (0..len).map(|i| i as f32).collect();
+            let (mut a_ids, mut a_vals, mut a_labels) = (ids.clone(), vals.clone(), vec![0; len]);
+            m.apply(2, cell, &mut a_ids, &mut a_vals, &mut a_labels, &mut pos);
+            let (mut b_ids, mut b_vals) = (ids.clone(), vals.clone());
+            let b_labels = reference(&m, 2, cell, &mut b_ids, &mut b_vals);
+            assert_eq!((a_ids, a_labels), (b_ids, b_labels), "cell {cell}");
+            assert_eq!(a_vals, b_vals);
+        }
     }
 
     #[test]

@@ -471,3 +471,53 @@ fn count_fast_path_equals_general_path() {
         assert_eq!(a.cell(), b.cell());
     }
 }
+
+#[test]
+fn count_fast_path_equals_general_path_on_random_cells() {
+    use data::rng::{CounterRng, Stream};
+    // Random count rows with the cases the counting sort treats specially: zeros, counts
+    // above its histogram, cells longer than max_genes, [UNK] genes, genes outside the HVG
+    // set, library sizes past 2^24 (where f32 sums stop being exact), and empty cells.
+    for (strategy, hvg, max_genes) in [
+        (TokenizerStrategy::RankValue, None, 2048),
+        (TokenizerStrategy::RankValue, Some(150), 64),
+        (TokenizerStrategy::BinnedExpression, None, 100),
+        (TokenizerStrategy::ContinuousProjection, None, 300),
+    ] {
+        let mut cfg = ScModelForgeConfig::default();
+        cfg.data.paths = vec![pbmc().display().to_string()];
+        cfg.tokenizer.strategy = strategy;
+        cfg.tokenizer.max_genes = max_genes;
+        cfg.data.preprocessing.hvg_selection = hvg;
+        let p = Pipeline::from_config(&cfg).unwrap();
+        let vocab_len = p.vocab().len() as u64;
+        let (mut a, mut b) = (
+            data::pipeline::Workspace::default(),
+            data::pipeline::Workspace::default(),
+        );
+        let mut rng = CounterRng::new(9, Stream::Synth, &[]);
+        for cell in 0..300u64 {
+            let n = match cell % 7 {
+                0 => 0,
+                1 => 3000,
+                _ => rng.below(600) as usize,
+            };
+            let big = cell % 5 == 0;
+            let huge = cell % 11 == 0;
+            let genes: Vec<u32> = (0..n)
+                .map(|_| 1 + rng.below(vocab_len - 1) as u32)
+                .collect();
+            let vals: Vec<f32> = (0..n)
+                .map(|_| match rng.below(10) {
+                    0 => 0.0,
+                    1 if big => (1000 + rng.below(5000)) as f32,
+                    1..=3 if huge => (40_000 + rng.below(25_000)) as f32,
+                    _ => (1 + rng.below(6)) as f32,
+                })
+                .collect();
+            p.tokenize_into(&genes, &vals, &mut a);
+            p.tokenize_general(&genes, &vals, &mut b);
+            assert_eq!(a.cell(), b.cell(), "cell {cell} {strategy:?}");
+        }
+    }
+}

@@ -19,6 +19,10 @@ enum XStore {
         indptr: Vec<u64>,
         data: Dataset,
         indices: Dataset,
+        /// Stored as float32 / int32 (what anndata writes): read straight into the caller's
+        /// buffers without conversion.
+        data_f32: bool,
+        indices_i32: bool,
     },
     /// CSC cannot be sliced by row cheaply, so it is converted to CSR once, at open.
     InMemory(CsrRows),
@@ -255,7 +259,16 @@ impl H5adReader {
                     compression: compression_name(&data),
                 };
                 let store = if encoding == XEncoding::Csr {
+                    let descriptor = |ds: &Dataset| ds.dtype().and_then(|t| t.to_descriptor()).ok();
                     XStore::Csr {
+                        data_f32: matches!(
+                            descriptor(&data),
+                            Some(TypeDescriptor::Float(hdf5::types::FloatSize::U4))
+                        ),
+                        indices_i32: matches!(
+                            descriptor(&indices),
+                            Some(TypeDescriptor::Integer(hdf5::types::IntSize::U4))
+                        ),
                         indptr,
                         data,
                         indices,
@@ -439,6 +452,40 @@ fn read_indices(path: &Path, ds: &Dataset, lo: usize, hi: usize) -> Result<Vec<u
     Ok(out)
 }
 
+/// Elements `lo..hi` of a 1-D dataset into `out` (resized), read as HDF5 type `T` into memory
+/// of `B` (same size and layout, e.g. int32 into u32). `out` keeps its allocation from call to
+/// call; its previous contents are overwritten by the read.
+fn read_slice_into<T: hdf5::H5Type, B: Copy + Default>(
+    ds: &Dataset,
+    lo: usize,
+    hi: usize,
+    out: &mut Vec<B>,
+) -> hdf5::Result<()> {
+    assert_eq!(std::mem::size_of::<T>(), std::mem::size_of::<B>());
+    out.resize(hi - lo, B::default());
+    if hi == lo {
+        return Ok(());
+    }
+    let file_space = ds.space()?.select(lo..hi)?;
+    let mem_space = hdf5::Dataspace::try_new(hi - lo)?;
+    let mem_type = hdf5::Datatype::from_type::<T>()?;
+    hdf5::sync::sync(|| {
+        // SAFETY: `out` holds exactly `hi - lo` elements of B, which has T's size, and the
+        // memory dataspace selects that many elements of type T.
+        let status = unsafe {
+            hdf5_sys::h5d::H5Dread(
+                ds.id(),
+                mem_type.id(),
+                mem_space.id(),
+                file_space.id(),
+                hdf5_sys::h5p::H5P_DEFAULT,
+                out.as_mut_ptr().cast(),
+            )
+        };
+        hdf5::h5check(status).map(|_| ())
+    })
+}
+
 fn read_values(path: &Path, ds: &Dataset, lo: usize, hi: usize) -> Result<Vec<f32>> {
     Ok(ds
         .read_slice_1d::<f32, _>(lo..hi)
@@ -537,6 +584,12 @@ impl AnnDataReader for H5adReader {
     }
 
     fn read_rows(&self, start: usize, end: usize) -> Result<CsrRows> {
+        let mut rows = CsrRows::default();
+        self.read_rows_into(start, end, &mut rows)?;
+        Ok(rows)
+    }
+
+    fn read_rows_into(&self, start: usize, end: usize, out: &mut CsrRows) -> Result<()> {
         if start > end || end > self.n_obs {
             return Err(DataError::invalid(
                 &self.path,
@@ -549,26 +602,32 @@ impl AnnDataReader for H5adReader {
                 indptr,
                 data,
                 indices,
+                data_f32,
+                indices_i32,
             } => {
                 let (lo, hi) = (indptr[start] as usize, indptr[end] as usize);
-                let idx = if hi > lo {
-                    read_indices(&self.path, indices, lo, hi)?
+                out.indptr.clear();
+                out.indptr
+                    .extend(indptr[start..=end].iter().map(|&p| p as usize - lo));
+                if *indices_i32 {
+                    // Negative indices arrive as values >= 2^31 and fail validation below.
+                    read_slice_into::<i32, u32>(indices, lo, hi, &mut out.indices)
+                        .map_err(h5(&self.path, "X/indices"))?;
+                } else if hi > lo {
+                    out.indices = read_indices(&self.path, indices, lo, hi)?;
                 } else {
-                    Vec::new()
-                };
-                let val = if hi > lo {
-                    read_values(&self.path, data, lo, hi)?
-                } else {
-                    Vec::new()
-                };
-                CsrRows {
-                    indptr: indptr[start..=end]
-                        .iter()
-                        .map(|&p| p as usize - lo)
-                        .collect(),
-                    indices: idx,
-                    data: val,
+                    out.indices.clear();
                 }
+                if *data_f32 {
+                    read_slice_into::<f32, f32>(data, lo, hi, &mut out.data)
+                        .map_err(h5(&self.path, "X/data"))?;
+                } else if hi > lo {
+                    out.data = read_values(&self.path, data, lo, hi)?;
+                } else {
+                    out.data.clear();
+                }
+                validate_rows(&self.path, out, start, self.n_vars)?;
+                return Ok(());
             }
             XStore::InMemory(all) => {
                 let (lo, hi) = (all.indptr[start], all.indptr[end]);
@@ -603,7 +662,8 @@ impl AnnDataReader for H5adReader {
             }
         };
         validate_rows(&self.path, &rows, start, self.n_vars)?;
-        Ok(rows)
+        *out = rows;
+        Ok(())
     }
 
     fn row_nnz(&self) -> Result<Vec<u32>> {

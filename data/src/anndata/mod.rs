@@ -140,6 +140,11 @@ pub trait AnnDataReader: Send + Sync {
     fn x_info(&self) -> &XInfo;
     /// Rows `start..end` of X. Values are checked: negative or non-finite entries are errors.
     fn read_rows(&self, start: usize, end: usize) -> Result<CsrRows>;
+    /// As [`AnnDataReader::read_rows`], into `out`, reusing its buffers where the reader can.
+    fn read_rows_into(&self, start: usize, end: usize, out: &mut CsrRows) -> Result<()> {
+        *out = self.read_rows(start, end)?;
+        Ok(())
+    }
     /// Stored entries per row (a cheap pass over indptr for sparse X; a read for dense X).
     fn row_nnz(&self) -> Result<Vec<u32>>;
     /// obs column names in the file's order, with their kinds.
@@ -202,6 +207,12 @@ pub(crate) fn validate_rows(
                 ));
             }
             if c as usize >= n_vars {
+                // int32 indices are read as stored: a negative one arrives as 2^32 - |c|.
+                let c = if c > i32::MAX as u32 {
+                    (c as i32).to_string()
+                } else {
+                    c.to_string()
+                };
                 return Err(DataError::invalid(
                     path,
                     "X",
