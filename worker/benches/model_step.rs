@@ -402,6 +402,8 @@ impl Row {
 }
 
 fn main() {
+    // The worker binary's allocator setting, so the step is timed as training runs it.
+    worker::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| {
         args.iter()

@@ -1,5 +1,6 @@
 //! The worker: data loading, models, the training step, gradient all-reduce and checkpoints.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod join;
 pub mod metrics;

@@ -71,7 +71,7 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
-    keep_freed_memory();
+    worker::alloc::keep_freed_memory();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(WorkerCommand::Train(args)) => train_alone(args),
@@ -338,17 +338,4 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
         best_val_loss: best_val,
         params_hash: summary.params_hash.clone(),
     })
-}
-
-/// Every training step allocates and frees activation buffers of the same sizes. glibc serves
-/// large ones with fresh mmaps and returns them on free, so each step paid for page faults and
-/// the kernel zeroing pages (~8% of a quickstart step). Keep freed memory in the heap instead;
-/// the peak footprint is unchanged.
-fn keep_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: mallopt only changes allocator thresholds; called before any other thread exists.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
-    }
 }

@@ -612,12 +612,15 @@ pub fn cross_entropy<T: Float>(
                 dz.fill(T::ZERO);
                 return 0.0;
             }
-            let m = z.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
-            let sum: T = z.iter().map(|&x| (x - m).exp()).sum();
+            // One (vectorized for f32) exp per logit: dz = e^{z−m}, then softmax = dz / Σ.
+            let m = T::slice_max(z);
+            dz.copy_from_slice(z);
+            let sum = T::exp_scaled_sum(dz, T::ONE, m);
             let lse = m + sum.ln();
             let s = T::from_f64(scale);
-            for (d, &x) in dz.iter_mut().zip(z) {
-                *d = (x - lse).exp() * s;
+            let f = s / sum;
+            for d in dz.iter_mut() {
+                *d *= f;
             }
             dz[t as usize] -= s;
             (lse - z[t as usize]).to_f64()
