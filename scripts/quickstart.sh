@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the bundled example data (data/pbmc68k_counts.h5ad): a coordinator and two
-# local workers pretrain the quickstart model, averaging gradients over the TCP ring.
+# local workers pretrain the quickstart model, averaging gradients through shared memory (one host).
 # Extra arguments go to `coordinator launch` (e.g. --set training.max_epochs=2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
