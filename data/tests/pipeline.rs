@@ -425,6 +425,16 @@ fn gene_embedding_strategy_loads_vectors() {
     std::fs::remove_dir_all(&dir).ok();
 }
 
+/// The PBMC pipeline for the fast-path-vs-general-path comparisons.
+fn count_pipeline(strategy: TokenizerStrategy, hvg: Option<usize>, max_genes: usize) -> Pipeline {
+    let mut cfg = ScModelForgeConfig::default();
+    cfg.data.paths = vec![pbmc().display().to_string()];
+    cfg.tokenizer.strategy = strategy;
+    cfg.tokenizer.max_genes = max_genes;
+    cfg.data.preprocessing.hvg_selection = hvg;
+    Pipeline::from_config(&cfg).unwrap()
+}
+
 #[test]
 fn count_fast_path_equals_general_path() {
     for (strategy, hvg, max_genes) in [
@@ -433,12 +443,7 @@ fn count_fast_path_equals_general_path() {
         (TokenizerStrategy::BinnedExpression, None, 100),
         (TokenizerStrategy::ContinuousProjection, None, 2048),
     ] {
-        let mut cfg = ScModelForgeConfig::default();
-        cfg.data.paths = vec![pbmc().display().to_string()];
-        cfg.tokenizer.strategy = strategy;
-        cfg.tokenizer.max_genes = max_genes;
-        cfg.data.preprocessing.hvg_selection = hvg;
-        let p = Pipeline::from_config(&cfg).unwrap();
+        let p = count_pipeline(strategy, hvg, max_genes);
         let block = p.dataset.read_file_rows(0, 0, 700).unwrap();
         let (mut a, mut b) = (
             data::pipeline::Workspace::default(),
@@ -484,12 +489,7 @@ fn count_fast_path_equals_general_path_on_random_cells() {
         (TokenizerStrategy::BinnedExpression, None, 100),
         (TokenizerStrategy::ContinuousProjection, None, 300),
     ] {
-        let mut cfg = ScModelForgeConfig::default();
-        cfg.data.paths = vec![pbmc().display().to_string()];
-        cfg.tokenizer.strategy = strategy;
-        cfg.tokenizer.max_genes = max_genes;
-        cfg.data.preprocessing.hvg_selection = hvg;
-        let p = Pipeline::from_config(&cfg).unwrap();
+        let p = count_pipeline(strategy, hvg, max_genes);
         let vocab_len = p.vocab().len() as u64;
         let (mut a, mut b) = (
             data::pipeline::Workspace::default(),

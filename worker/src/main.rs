@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use configs::ScModelForgeConfig;
 use proto::v1::{worker_message::Body, CheckpointSaved, Finished, LogLine, StepMetrics};
 use worker::join::{Command, JoinOptions, Session, TlsOptions};
-use worker::train::{self, Control, GradientSync, TrainEvent, TrainOptions};
+use worker::train::{self, Control, TrainEvent, TrainOptions};
 
 #[derive(Parser)]
 #[command(
@@ -202,15 +202,6 @@ impl Progress {
     }
 }
 
-/// The ring as the trainer's gradient synchronizer.
-struct RingSync<'a>(&'a mut worker::ring::Ring);
-
-impl GradientSync for RingSync<'_> {
-    fn all_reduce_mean(&mut self, grads: &mut [f32]) -> Result<(), String> {
-        self.0.all_reduce_mean(grads).map_err(|e| e.to_string())
-    }
-}
-
 fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<()> {
     let token = match &args.token_file {
         Some(path) => std::fs::read_to_string(path)
@@ -266,12 +257,11 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
         max_steps: (a.max_steps > 0).then_some(a.max_steps),
     };
     let rest = session;
-    let mut sync = RingSync(ring);
     let (mut steps_per_epoch, mut total_steps) = (0, 0);
     let summary = train::train(
         &cfg,
         &opts,
-        &mut sync,
+        ring,
         &mut |e| match e {
             TrainEvent::Start {
                 steps_per_epoch: spe,

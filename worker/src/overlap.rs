@@ -21,7 +21,15 @@ use crate::train::GradientSync;
 /// Default bucket size: 1 MiB of f32 gradients.
 pub const BUCKET_FLOATS: usize = 256 * 1024;
 
+/// Gradients of `range`, as the pieces backward reported, highest first (joined once, on the
+/// communication thread).
 struct Bucket {
+    range: Range<usize>,
+    pieces: Vec<Vec<f32>>,
+}
+
+/// A reduced bucket on its way back.
+struct Reduced {
     range: Range<usize>,
     data: Vec<f32>,
 }
@@ -29,7 +37,7 @@ struct Bucket {
 /// One optimizer step's overlapped all-reduce, bound to a scope's communication thread.
 pub struct Overlap {
     to_comm: Option<mpsc::Sender<Bucket>>,
-    from_comm: mpsc::Receiver<Result<Bucket, String>>,
+    from_comm: mpsc::Receiver<Result<Reduced, String>>,
     /// Ranges reported but not sent yet (coalescing towards `bucket_floats`).
     pending: Option<Bucket>,
     sent: Vec<Range<usize>>,
@@ -47,8 +55,16 @@ impl Overlap {
         let (to_comm, rx) = mpsc::channel::<Bucket>();
         let (tx, from_comm) = mpsc::channel();
         scope.spawn(move || {
-            for mut b in rx {
-                let r = sync.all_reduce_mean(&mut b.data).map(|()| b);
+            for b in rx {
+                let mut data = Vec::with_capacity(b.range.len());
+                b.pieces
+                    .iter()
+                    .rev()
+                    .for_each(|p| data.extend_from_slice(p));
+                let range = b.range;
+                let r = sync
+                    .all_reduce_mean(&mut data)
+                    .map(|()| Reduced { range, data });
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {
                     break;
@@ -69,29 +85,22 @@ impl Overlap {
         if range.is_empty() {
             return;
         }
-        match &mut self.pending {
-            // Backward walks the layout downwards: the new range ends where the pending one
-            // starts. Prepend it.
-            Some(p) if range.end == p.range.start => {
-                let mut data = Vec::with_capacity(range.len() + p.data.len());
-                data.extend_from_slice(grads);
-                data.extend_from_slice(&p.data);
-                p.data = data;
-                p.range.start = range.start;
-            }
-            _ => {
-                self.flush();
-                self.pending = Some(Bucket {
-                    range,
-                    data: grads.to_vec(),
-                });
-            }
-        }
+        // Backward walks the layout downwards: a range that ends where the pending bucket
+        // starts joins it; anything else starts a new bucket.
         if self
             .pending
             .as_ref()
-            .is_some_and(|p| p.data.len() >= self.bucket_floats)
+            .is_some_and(|p| range.end != p.range.start)
         {
+            self.flush();
+        }
+        let p = self.pending.get_or_insert(Bucket {
+            range: range.end..range.end,
+            pieces: Vec::new(),
+        });
+        p.range.start = range.start;
+        p.pieces.push(grads.to_vec());
+        if p.range.len() >= self.bucket_floats {
             self.flush();
         }
     }

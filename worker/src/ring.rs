@@ -752,21 +752,27 @@ mod tests {
         }
     }
 
+    /// One all-reduce of `len` floats per rank under `setup`: every rank must have fallen back
+    /// to TCP, and the mean must be right.
+    fn assert_tcp_mean(world: usize, setup: Setup, len: usize, what: &str) {
+        let results = with_setup(world, setup, move |rank, ring| {
+            let mut ring = ring.unwrap();
+            let mut buf = input(rank, len);
+            ring.all_reduce_mean(&mut buf).unwrap();
+            (ring.uses_shared_memory(), buf)
+        });
+        assert!(results.iter().all(|(shm, _)| !shm), "{what}");
+        let bufs: Vec<Vec<f32>> = results.into_iter().map(|(_, b)| b).collect();
+        check_mean(&bufs, len, what);
+    }
+
     #[test]
     fn ranks_on_different_hosts_use_tcp() {
         let setup = Setup {
             hosts: Some(vec!["a/1".into(), "a/1".into(), "b/1".into()]),
             ..Setup::via(3, Transport::Shm)
         };
-        let results = with_setup(3, setup, |rank, ring| {
-            let mut ring = ring.unwrap();
-            let mut buf = input(rank, 1001);
-            ring.all_reduce_mean(&mut buf).unwrap();
-            (ring.uses_shared_memory(), buf)
-        });
-        assert!(results.iter().all(|(shm, _)| !shm));
-        let bufs: Vec<Vec<f32>> = results.into_iter().map(|(_, b)| b).collect();
-        check_mean(&bufs, 1001, "mixed hosts");
+        assert_tcp_mean(3, setup, 1001, "mixed hosts");
     }
 
     #[test]
@@ -775,15 +781,7 @@ mod tests {
             shm: Some(vec![true, false, true, true]),
             ..Setup::new(4)
         };
-        let results = with_setup(4, setup, |rank, ring| {
-            let mut ring = ring.unwrap();
-            let mut buf = input(rank, 999);
-            ring.all_reduce_mean(&mut buf).unwrap();
-            (ring.uses_shared_memory(), buf)
-        });
-        assert!(results.iter().all(|(shm, _)| !shm));
-        let bufs: Vec<Vec<f32>> = results.into_iter().map(|(_, b)| b).collect();
-        check_mean(&bufs, 999, "one rank declined");
+        assert_tcp_mean(4, setup, 999, "one rank declined");
     }
 
     #[test]

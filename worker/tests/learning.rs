@@ -15,13 +15,12 @@ fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn quickstart(extra: &[&str]) -> ScModelForgeConfig {
-    let mut o = vec![format!(
+fn quickstart() -> ScModelForgeConfig {
+    let data = format!(
         "data.paths=[{}]",
         repo().join("data/pbmc68k_counts.h5ad").display()
-    )];
-    o.extend(extra.iter().map(|s| s.to_string()));
-    configs::load_file_as::<ScModelForgeConfig>(&repo().join("configs/quickstart.yaml"), &o)
+    );
+    configs::load_file_as::<ScModelForgeConfig>(&repo().join("configs/quickstart.yaml"), &[data])
         .expect("quickstart loads")
 }
 
@@ -50,7 +49,7 @@ fn print_event(e: TrainEvent) {
 
 #[test]
 fn quickstart_validation_loss_beats_gene_frequencies() {
-    let cfg = quickstart(&[]);
+    let cfg = quickstart();
     let baseline = frequency_baseline(&cfg).expect("baseline");
     println!("frequency baseline: {baseline:.4} nats");
     assert!((baseline - 6.38).abs() < 0.1, "baseline {baseline}");

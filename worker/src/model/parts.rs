@@ -310,32 +310,6 @@ impl Stack {
         })
     }
 
-    fn arena(&mut self, b: usize, t: usize) -> &mut Arena {
-        if let Some(i) = self.arenas.iter().position(|a| a.b == b && a.t == t) {
-            let a = self.arenas.remove(i);
-            self.arenas.push(a);
-        } else {
-            if self.arenas.len() >= ARENA_CACHE {
-                self.arenas.remove(0);
-            }
-            let acts = self
-                .layers
-                .iter()
-                .map(|l| l.alloc_acts::<f32, Cpu>(&Cpu, b, t))
-                .collect();
-            let n = b * t * self.dim;
-            self.arenas.push(Arena {
-                b,
-                t,
-                acts,
-                ga: vec![0.0; n],
-                gb: vec![0.0; n],
-            });
-        }
-        let last = self.arenas.len() - 1;
-        &mut self.arenas[last]
-    }
-
     /// Runs the layers over x [b, t, dim]; `key` None = evaluation (no dropout). Returns the
     /// output [b, t, dim] (valid until the next call).
     pub fn forward(
@@ -347,13 +321,13 @@ impl Stack {
         pad: &[bool],
         key: Option<RngKey>,
     ) -> Result<&Vec<f32>> {
-        let layers = if key.is_some() {
-            self.layers.clone()
-        } else {
-            self.eval_layers.clone()
-        };
         let len = b * t * self.dim;
-        let arena = self.arena(b, t);
+        let arena = arena(&mut self.arenas, &self.layers, self.dim, b, t);
+        let layers = if key.is_some() {
+            &self.layers
+        } else {
+            &self.eval_layers
+        };
         let k0 = key.unwrap_or(RngKey::new(0, 0, 0));
         for (i, layer) in layers.iter().enumerate() {
             let (done, rest) = arena.acts.split_at_mut(i);
@@ -388,12 +362,11 @@ impl Stack {
         key: RngKey,
         ready: &mut super::GradsReady,
     ) -> &Vec<f32> {
-        let layers = self.layers.clone();
-        let ranges = self.ranges.clone();
-        let arena = self.arena(b, t);
+        let arena = arena(&mut self.arenas, &self.layers, self.dim, b, t);
         let len = arena.ga.len();
         arena.ga.copy_from_slice(&dout[..len]);
-        for (i, layer) in layers.iter().enumerate().rev() {
+        let ranges = &self.ranges;
+        for (i, layer) in self.layers.iter().enumerate().rev() {
             layer.backward(
                 &Cpu,
                 params,
@@ -408,6 +381,40 @@ impl Stack {
         }
         &arena.ga
     }
+}
+
+/// The activation arena for shape (b, t), most recently used last (allocated on first use; at
+/// most `ARENA_CACHE` shapes kept). A free function over the fields, so callers can borrow the
+/// layers beside it.
+fn arena<'a>(
+    arenas: &'a mut Vec<Arena>,
+    layers: &[TransformerEncoderLayer],
+    dim: usize,
+    b: usize,
+    t: usize,
+) -> &'a mut Arena {
+    if let Some(i) = arenas.iter().position(|a| a.b == b && a.t == t) {
+        let a = arenas.remove(i);
+        arenas.push(a);
+    } else {
+        if arenas.len() >= ARENA_CACHE {
+            arenas.remove(0);
+        }
+        let acts = layers
+            .iter()
+            .map(|l| l.alloc_acts::<f32, Cpu>(&Cpu, b, t))
+            .collect();
+        let n = b * t * dim;
+        arenas.push(Arena {
+            b,
+            t,
+            acts,
+            ga: vec![0.0; n],
+            gb: vec![0.0; n],
+        });
+    }
+    let last = arenas.len() - 1;
+    &mut arenas[last]
 }
 
 /// LayerNorm followed by Linear over selected rows; keeps what backward needs.
