@@ -9,5 +9,5 @@ pub mod overlap;
 pub mod progress;
 pub mod ring;
 pub mod schedule;
-pub(crate) mod shm;
+pub mod sync;
 pub mod train;

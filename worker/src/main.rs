@@ -279,6 +279,8 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
                 grad_norm,
                 cells_per_s,
                 tokens_per_s,
+                step_seconds,
+                allreduce_seconds,
             } => {
                 rest.set_step(step);
                 rest.send(Body::Step(StepMetrics {
@@ -291,8 +293,8 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
                     tokens_per_s,
                     steps_per_epoch,
                     total_steps,
-                    step_time_s: 0.0,
-                    allreduce_time_s: 0.0,
+                    step_time_s: step_seconds,
+                    allreduce_time_s: allreduce_seconds,
                 }));
             }
             TrainEvent::Validation { epoch, step, loss } => {

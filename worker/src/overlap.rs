@@ -4,8 +4,8 @@
 //! gradient range as soon as the layer is done (`ScModel::train_batch`'s `ready` hook). Those
 //! gradients are copied into buckets of at least `bucket_floats` (adjacent layers coalesce,
 //! as PyTorch DDP's buckets do) and averaged on a communication thread while backward goes on
-//! with the layers below. What no layer covers (embeddings, heads, norms, the trainer's extra
-//! slots) is averaged last, once backward is done. Every rank cuts the same buckets in the same
+//! with the layers below. What no layer covers (embeddings, heads, norms, and the trainer's step
+//! totals appended after the gradients) is averaged last, once backward is done. Every rank cuts the same buckets in the same
 //! order, because they follow the parameter layout, so the collective calls match.
 //!
 //! The communication thread owns copies, never the gradient buffer itself, so backward keeps
@@ -16,7 +16,7 @@ use std::ops::Range;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::train::GradientSync;
+use crate::sync::GradientSync;
 
 /// Default bucket size: 1 MiB of f32 gradients.
 pub const BUCKET_FLOATS: usize = 256 * 1024;
@@ -107,22 +107,40 @@ impl Overlap {
 
     fn flush(&mut self) {
         if let Some(b) = self.pending.take() {
-            self.sent.push(b.range.clone());
-            if let Some(tx) = &self.to_comm {
-                // A closed channel means the thread stopped on an error; `finish` reports it.
-                let _ = tx.send(b);
-            }
+            self.send(b);
         }
     }
 
-    /// Sends everything in `grads` not sent yet, waits for every bucket and writes the averages
-    /// back into `grads`. Returns how long it waited after backward (the exposed
-    /// communication time).
-    pub fn finish(mut self, grads: &mut [f32]) -> Result<Duration, String> {
+    fn send(&mut self, b: Bucket) {
+        self.sent.push(b.range.clone());
+        if let Some(tx) = &self.to_comm {
+            // A closed channel means the thread stopped on an error; `finish` reports it.
+            let _ = tx.send(b);
+        }
+    }
+
+    /// Sends everything in `grads` not sent yet, with `tail` (the step's totals) appended to
+    /// the last piece, waits for every bucket and writes the averages back into `grads` and
+    /// `tail`. Returns how long it waited after backward (the exposed communication time).
+    pub fn finish(mut self, grads: &mut [f32], tail: &mut [f32]) -> Result<Duration, String> {
         self.flush();
-        for gap in gaps(&self.sent, grads.len()) {
-            self.ready(gap.clone(), &grads[gap]);
-            self.flush();
+        let len = grads.len();
+        let mut tail_sent = tail.is_empty();
+        for gap in gaps(&self.sent, len) {
+            let mut pieces = vec![grads[gap.clone()].to_vec()];
+            if gap.end == len && !tail_sent {
+                // Pieces are joined highest first: the tail goes after the last gradients.
+                pieces.insert(0, tail.to_vec());
+                tail_sent = true;
+            }
+            self.send(Bucket { range: gap, pieces });
+        }
+        if !tail_sent {
+            let pieces = vec![tail.to_vec()];
+            self.send(Bucket {
+                range: len..len,
+                pieces,
+            });
         }
         let waiting = Instant::now();
         let expected = self.sent.len();
@@ -132,7 +150,11 @@ impl Overlap {
                 .from_comm
                 .recv()
                 .map_err(|_| "the all-reduce thread stopped".to_string())??;
-            grads[b.range].copy_from_slice(&b.data);
+            let (g, t) = b.data.split_at(b.range.len());
+            grads[b.range].copy_from_slice(g);
+            if !t.is_empty() {
+                tail.copy_from_slice(t);
+            }
         }
         Ok(waiting.elapsed())
     }
@@ -195,7 +217,7 @@ mod tests {
             for r in [70..90, 50..70, 30..50, 10..30] {
                 ov.ready(r.clone(), &grads[r.clone()]);
             }
-            ov.finish(&mut grads).unwrap();
+            ov.finish(&mut grads, &mut []).unwrap();
         });
         assert_eq!(grads, want);
         // 20-float layers coalesce in pairs to reach 25; then 0..10 and 90..100.
@@ -215,8 +237,41 @@ mod tests {
         let r = std::thread::scope(|s| {
             let mut ov = Overlap::start(s, &mut broken, 4);
             ov.ready(5..10, &grads[5..10]);
-            ov.finish(&mut grads)
+            ov.finish(&mut grads, &mut [])
         });
         assert_eq!(r.unwrap_err(), "lost rank 1");
+    }
+
+    #[test]
+    fn the_tail_travels_with_the_last_gap_in_one_call() {
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut sync = HalfWithOnes {
+            calls: calls.clone(),
+        };
+        let mut grads: Vec<f32> = (0..30).map(|i| i as f32).collect();
+        let mut tail = [3.0f32, 5.0];
+        std::thread::scope(|s| {
+            let mut ov = Overlap::start(s, &mut sync, 100);
+            ov.ready(10..20, &grads[10..20]);
+            ov.finish(&mut grads, &mut tail).unwrap();
+        });
+        let want: Vec<f32> = (0..30).map(|i| (i as f32 + 1.0) / 2.0).collect();
+        assert_eq!(grads, want);
+        assert_eq!(tail, [2.0, 3.0]);
+        // 10..20 from backward, then 0..10, then 20..30 with the 2 tail values.
+        assert_eq!(*calls.lock().unwrap(), vec![10, 10, 12]);
+
+        // Layers covering the end: the tail goes alone, last.
+        calls.lock().unwrap().clear();
+        let mut grads = vec![1.0f32; 8];
+        let mut tail = [7.0f32];
+        std::thread::scope(|s| {
+            let mut ov = Overlap::start(s, &mut sync, 100);
+            ov.ready(4..8, &grads[4..8]);
+            ov.finish(&mut grads, &mut tail).unwrap();
+        });
+        assert_eq!(grads, vec![1.0; 8]);
+        assert_eq!(tail, [4.0]);
+        assert_eq!(*calls.lock().unwrap(), vec![4, 4, 1]);
     }
 }

@@ -1,77 +1,34 @@
-//! Gradient all-reduce between CPU workers: a ring over TCP (reduce-scatter, then all-gather).
+//! Gradient all-reduce between CPU workers: a ring of ranks (reduce-scatter, then all-gather).
 //!
-//! Each rank connects to the next rank and accepts from the previous one. A buffer is cut into
-//! `world` chunks; in `world - 1` reduce-scatter steps every rank sends one chunk forward while
-//! adding the chunk arriving from behind, so each rank ends owning the full sum of one chunk.
-//! The owner scales it to the mean, and `world - 1` all-gather steps pass the owned chunks
-//! around. Every element is reduced by exactly one rank and copied to the rest, so replicas stay
-//! bit-identical. Per rank, 2(n-1)/n of the buffer crosses the wire each way, which is optimal.
+//! Each rank connects to the next rank and accepts from the previous one ([`handshake`]: peers
+//! authenticate with the run token; a peer without it, for another run, or at the wrong place
+//! in the ring is refused with a message saying which). A buffer is cut into `world` chunks;
+//! in `world - 1` reduce-scatter steps every rank sends one chunk forward while adding the
+//! chunk arriving from behind, so each rank ends owning the full sum of one chunk. The owner
+//! scales it to the mean, and `world - 1` all-gather steps pass the owned chunks around
+//! ([`tcp`]). Per rank, 2(n-1)/n of the buffer crosses the wire each way, which is optimal.
 //!
-//! Peers authenticate with the run token in a handshake; a peer without it, for another run, or
-//! at the wrong place in the ring is refused with a message saying which.
-//!
-//! When every rank runs on the same host, the data moves through shared memory instead (see
-//! [`crate::shm`]) and the TCP sockets only carry barriers; `ANVIL_RING_SHM=0` forces TCP. All
+//! When every rank runs on the same host, the data moves through shared memory instead
+//! ([`shm`]) and the TCP sockets only carry barriers; `ANVIL_RING_SHM=0` forces TCP. All
 //! ranks agree on the path while forming the ring, and results agree with the TCP path up to
 //! floating-point reduction order.
 
-use std::io::{Read, Write};
+mod error;
+mod handshake;
+mod shm;
+mod tcp;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::ops::Range;
 #[cfg(test)]
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+#[cfg(test)]
+use std::time::Duration;
 
-use crate::shm::{self, Links, Outcome, SharedMemory};
-
-const MAGIC: &[u8; 4] = b"ANVR";
-/// 2: after the handshake, ranks negotiate the shared-memory path.
-const VERSION: u32 = 2;
-/// Bytes received per read-and-add pass; large enough to amortize syscalls, small enough to stay
-/// in cache while adding.
-const SEGMENT_BYTES: usize = 256 * 1024;
-
-#[derive(Debug, thiserror::Error)]
-pub enum RingError {
-    #[error("rank {rank}: could not reach rank {peer} at {addr} within {waited:?}: {source}")]
-    Connect {
-        rank: usize,
-        peer: usize,
-        addr: SocketAddr,
-        waited: Duration,
-        source: std::io::Error,
-    },
-    #[error("rank {rank}: no connection from rank {peer} within {waited:?}")]
-    AcceptTimeout {
-        rank: usize,
-        peer: usize,
-        waited: Duration,
-    },
-    #[error("rank {rank}: refused a ring connection: {reason}")]
-    Refused { rank: usize, reason: String },
-    #[error("rank {rank}: rank {peer} refused our connection: {reason}")]
-    RefusedByPeer {
-        rank: usize,
-        peer: usize,
-        reason: String,
-    },
-    #[error("rank {rank}: lost rank {peer} during all-reduce: {source}")]
-    PeerLost {
-        rank: usize,
-        peer: usize,
-        source: std::io::Error,
-    },
-    #[error("rank {rank}: {reason}")]
-    Mismatch { rank: usize, reason: String },
-    #[error("invalid ring: rank {rank} of world {world}, {addrs} addresses")]
-    BadShape {
-        rank: usize,
-        world: usize,
-        addrs: usize,
-    },
-    #[error("rank {rank}: socket setup failed: {0}", rank = .1)]
-    Socket(std::io::Error, usize),
-}
+pub use error::RingError;
+pub use handshake::{constant_time_eq, RingTimeouts};
+use shm::{Outcome, SharedMemory};
+pub use tcp::chunk_ranges;
+use tcp::Links;
 
 /// One rank's place in the ring, connected to its neighbours.
 pub struct Ring {
@@ -92,22 +49,6 @@ struct Options {
     shm: bool,
     /// This rank's host identity; `None` detects it.
     host: Option<String>,
-}
-
-/// How long to wait for neighbours while forming the ring, and for data once formed.
-#[derive(Debug, Clone, Copy)]
-pub struct RingTimeouts {
-    pub connect: Duration,
-    pub io: Duration,
-}
-
-impl Default for RingTimeouts {
-    fn default() -> Self {
-        Self {
-            connect: Duration::from_secs(30),
-            io: Duration::from_secs(120),
-        }
-    }
 }
 
 impl Ring {
@@ -162,9 +103,9 @@ impl Ring {
         let next_addr = addrs[next_rank];
         let token_owned = token.to_string();
         let connector = std::thread::spawn(move || {
-            connect_forward(rank, world, next_rank, next_addr, &token_owned, timeouts)
+            handshake::connect_forward(rank, world, next_rank, next_addr, &token_owned, timeouts)
         });
-        let prev = accept_backward(rank, world, prev_rank, listener, token, timeouts);
+        let prev = handshake::accept_backward(rank, world, prev_rank, listener, token, timeouts);
         let next = connector.join().map_err(|_| RingError::Refused {
             rank,
             reason: "connector thread panicked".into(),
@@ -247,279 +188,24 @@ impl Ring {
         result
     }
 
+    /// Shared memory when the ring has it (and every rank can use it for this call), else TCP.
     fn all_reduce_any(
         &mut self,
         buf: &mut [f32],
         finish_owned: &dyn Fn(&mut [f32]),
     ) -> Result<(), RingError> {
-        if let (Some(shm), Some(next), Some(prev)) =
-            (self.shm.as_mut(), self.next.as_mut(), self.prev.as_mut())
-        {
-            let mut links = Links { next, prev };
+        let (Some(next), Some(prev)) = (self.next.as_mut(), self.prev.as_mut()) else {
+            finish_owned(buf);
+            return Ok(());
+        };
+        let mut links = Links { next, prev };
+        if let Some(shm) = self.shm.as_mut() {
             if let Outcome::Done = shm.all_reduce(&mut links, buf, finish_owned)? {
                 return Ok(());
             }
         }
-        self.all_reduce_tcp(buf, finish_owned)
+        tcp::all_reduce(&mut links, self.rank, self.world, buf, finish_owned)
     }
-
-    fn all_reduce_tcp(
-        &mut self,
-        buf: &mut [f32],
-        finish_owned: &dyn Fn(&mut [f32]),
-    ) -> Result<(), RingError> {
-        let n = self.world;
-        let chunks = chunk_ranges(buf.len(), n);
-        let r = self.rank;
-        // Reduce-scatter: at step s send chunk (r - s), receive and add chunk (r - s - 1).
-        for s in 0..n - 1 {
-            let send = chunks[(r + n - s) % n].clone();
-            let recv = chunks[(r + 2 * n - s - 1) % n].clone();
-            self.exchange(buf, send, recv, true)?;
-        }
-        // Rank r now owns the complete chunk (r + 1).
-        let owned = chunks[(r + 1) % n].clone();
-        finish_owned(&mut buf[owned]);
-        // All-gather: at step s send chunk (r + 1 - s), receive chunk (r - s).
-        for s in 0..n - 1 {
-            let send = chunks[(r + 1 + n - s) % n].clone();
-            let recv = chunks[(r + n - s) % n].clone();
-            self.exchange(buf, send, recv, false)?;
-        }
-        Ok(())
-    }
-
-    /// Sends `buf[send]` forward while receiving into `buf[recv]` from behind (adding when
-    /// `add`). The two ranges never overlap.
-    fn exchange(
-        &mut self,
-        buf: &mut [f32],
-        send: Range<usize>,
-        recv: Range<usize>,
-        add: bool,
-    ) -> Result<(), RingError> {
-        let (rank, n) = (self.rank, self.world);
-        let (send_buf, recv_buf) = disjoint(buf, send, recv);
-        let (Some(next), Some(prev)) = (self.next.as_mut(), self.prev.as_mut()) else {
-            return Ok(());
-        };
-        std::thread::scope(|scope| {
-            let sender = scope.spawn(move || next.write_all(bytemuck::cast_slice(send_buf)));
-            let received =
-                receive_into(prev, recv_buf, add).map_err(|source| RingError::PeerLost {
-                    rank,
-                    peer: (rank + n - 1) % n,
-                    source,
-                });
-            let sent = match sender.join() {
-                Ok(r) => r.map_err(|source| RingError::PeerLost {
-                    rank,
-                    peer: (rank + 1) % n,
-                    source,
-                }),
-                Err(_) => Err(RingError::Refused {
-                    rank,
-                    reason: "sender thread panicked".into(),
-                }),
-            };
-            received.and(sent)
-        })
-    }
-}
-
-/// Reads `out.len()` floats, adding them into `out` or overwriting it.
-fn receive_into(stream: &mut TcpStream, out: &mut [f32], add: bool) -> std::io::Result<()> {
-    if !add {
-        return stream.read_exact(bytemuck::cast_slice_mut(out));
-    }
-    let mut staging = vec![0f32; (SEGMENT_BYTES / 4).min(out.len())];
-    for dst in out.chunks_mut(staging.len().max(1)) {
-        let seg = &mut staging[..dst.len()];
-        stream.read_exact(bytemuck::cast_slice_mut(seg))?;
-        for (d, s) in dst.iter_mut().zip(seg.iter()) {
-            *d += *s;
-        }
-    }
-    Ok(())
-}
-
-/// Splits `len` elements into `n` contiguous ranges whose sizes differ by at most one.
-pub fn chunk_ranges(len: usize, n: usize) -> Vec<Range<usize>> {
-    let (base, extra) = (len / n, len % n);
-    let mut start = 0;
-    (0..n)
-        .map(|i| {
-            let size = base + usize::from(i < extra);
-            let r = start..start + size;
-            start += size;
-            r
-        })
-        .collect()
-}
-
-/// Borrows two non-overlapping ranges of one slice, one shared and one mutable.
-fn disjoint(buf: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&[f32], &mut [f32]) {
-    debug_assert!(a.end <= b.start || b.end <= a.start);
-    if a.start < b.start {
-        let (left, right) = buf.split_at_mut(b.start);
-        (&left[a], &mut right[..b.end - b.start])
-    } else {
-        let (left, right) = buf.split_at_mut(a.start);
-        (&right[..a.end - a.start], &mut left[b])
-    }
-}
-
-fn handshake_bytes(rank: usize, world: usize, token: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(20 + token.len());
-    out.extend_from_slice(MAGIC);
-    for v in [VERSION, rank as u32, world as u32, token.len() as u32] {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
-    out.extend_from_slice(token.as_bytes());
-    out
-}
-
-fn connect_forward(
-    rank: usize,
-    world: usize,
-    peer: usize,
-    addr: SocketAddr,
-    token: &str,
-    timeouts: RingTimeouts,
-) -> Result<TcpStream, RingError> {
-    let start = Instant::now();
-    let mut stream = loop {
-        match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
-            Ok(s) => break s,
-            Err(e) if start.elapsed() >= timeouts.connect => {
-                return Err(RingError::Connect {
-                    rank,
-                    peer,
-                    addr,
-                    waited: start.elapsed(),
-                    source: e,
-                })
-            }
-            // The peer may not be listening yet.
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
-    let io = |e| RingError::Socket(e, rank);
-    stream
-        .set_read_timeout(Some(timeouts.connect))
-        .map_err(io)?;
-    stream
-        .write_all(&handshake_bytes(rank, world, token))
-        .map_err(io)?;
-    // The acceptor answers with a status byte and, when refusing, a reason.
-    let mut status = [0u8; 1];
-    stream.read_exact(&mut status).map_err(io)?;
-    if status[0] != 0 {
-        let mut reason = String::new();
-        let _ = stream.read_to_string(&mut reason);
-        return Err(RingError::RefusedByPeer { rank, peer, reason });
-    }
-    Ok(stream)
-}
-
-fn accept_backward(
-    rank: usize,
-    world: usize,
-    expected_peer: usize,
-    listener: &TcpListener,
-    token: &str,
-    timeouts: RingTimeouts,
-) -> Result<TcpStream, RingError> {
-    let start = Instant::now();
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| RingError::Socket(e, rank))?;
-    loop {
-        match listener.accept() {
-            Ok((mut stream, _)) => {
-                stream
-                    .set_nonblocking(false)
-                    .map_err(|e| RingError::Socket(e, rank))?;
-                stream
-                    .set_read_timeout(Some(Duration::from_secs(5)))
-                    .map_err(|e| RingError::Socket(e, rank))?;
-                match check_handshake(&mut stream, world, expected_peer, token) {
-                    Ok(()) => {
-                        stream
-                            .write_all(&[0])
-                            .map_err(|e| RingError::Socket(e, rank))?;
-                        return Ok(stream);
-                    }
-                    Err(reason) => {
-                        // Tell the caller why, then keep waiting for the right peer.
-                        let mut answer = vec![1u8];
-                        answer.extend_from_slice(reason.as_bytes());
-                        let _ = stream.write_all(&answer);
-                        if timeouts.connect <= start.elapsed() {
-                            return Err(RingError::Refused { rank, reason });
-                        }
-                    }
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                if start.elapsed() >= timeouts.connect {
-                    return Err(RingError::AcceptTimeout {
-                        rank,
-                        peer: expected_peer,
-                        waited: start.elapsed(),
-                    });
-                }
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => return Err(RingError::Socket(e, rank)),
-        }
-    }
-}
-
-fn check_handshake(
-    stream: &mut TcpStream,
-    world: usize,
-    expected_peer: usize,
-    token: &str,
-) -> Result<(), String> {
-    let mut header = [0u8; 20];
-    stream
-        .read_exact(&mut header)
-        .map_err(|e| format!("incomplete handshake: {e}"))?;
-    if &header[..4] != MAGIC {
-        return Err("not an anvil ring connection".into());
-    }
-    let word =
-        |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    let (version, peer, peer_world, token_len) = (word(4), word(8), word(12), word(16));
-    if version != VERSION {
-        return Err(format!(
-            "ring protocol version {version}, expected {VERSION}"
-        ));
-    }
-    if token_len as usize > 4096 {
-        return Err("run token too long".into());
-    }
-    let mut peer_token = vec![0u8; token_len as usize];
-    stream
-        .read_exact(&mut peer_token)
-        .map_err(|e| format!("incomplete handshake: {e}"))?;
-    if !constant_time_eq(&peer_token, token.as_bytes()) {
-        return Err(
-            "wrong run token (a worker of another run, or not started by this coordinator)".into(),
-        );
-    }
-    if peer_world as usize != world || peer as usize != expected_peer {
-        return Err(format!(
-            "expected rank {expected_peer} of {world}, got rank {peer} of {peer_world}"
-        ));
-    }
-    Ok(())
-}
-
-/// Compares run tokens without leaking, through timing, how much of a guess was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

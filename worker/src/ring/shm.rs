@@ -28,7 +28,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, OpenOptionsExt};
@@ -37,7 +37,8 @@ use std::sync::atomic::{fence, Ordering};
 
 use sha2::{Digest, Sha256};
 
-use crate::ring::{chunk_ranges, RingError};
+use super::error::RingError;
+use super::tcp::{chunk_ranges, Links};
 
 /// Segment bytes before the data: a header page, so the data is page- and f32-aligned.
 const HEADER: usize = 4096;
@@ -355,12 +356,6 @@ pub(crate) enum Outcome {
     Done,
     /// Every rank agreed to run this call over TCP instead (a segment could not grow).
     UseTcp,
-}
-
-/// The two ring sockets, and who is at their other ends.
-pub(crate) struct Links<'a> {
-    pub next: &'a mut TcpStream,
-    pub prev: &'a mut TcpStream,
 }
 
 /// The shared-memory state of one rank of a same-host ring.

@@ -1,0 +1,126 @@
+//! The ring all-reduce over TCP: reduce-scatter, then all-gather, one chunk per rank.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::ops::Range;
+
+use super::error::RingError;
+
+/// Bytes received per read-and-add pass; large enough to amortize syscalls, small enough to stay
+/// in cache while adding.
+const SEGMENT_BYTES: usize = 256 * 1024;
+
+/// The two ring sockets: to rank + 1 and from rank - 1.
+pub(crate) struct Links<'a> {
+    pub next: &'a mut TcpStream,
+    pub prev: &'a mut TcpStream,
+}
+
+/// Replaces `buf` by the reduction over ranks: `world - 1` reduce-scatter steps leave rank r
+/// owning the complete sum of chunk r + 1, `finish_owned` turns that into final values, and
+/// `world - 1` all-gather steps pass the owned chunks around. Every element is reduced by
+/// exactly one rank and copied to the rest, so replicas stay bit-identical.
+pub(crate) fn all_reduce(
+    links: &mut Links<'_>,
+    rank: usize,
+    world: usize,
+    buf: &mut [f32],
+    finish_owned: &dyn Fn(&mut [f32]),
+) -> Result<(), RingError> {
+    let n = world;
+    let chunks = chunk_ranges(buf.len(), n);
+    let r = rank;
+    // Reduce-scatter: at step s send chunk (r - s), receive and add chunk (r - s - 1).
+    for s in 0..n - 1 {
+        let send = chunks[(r + n - s) % n].clone();
+        let recv = chunks[(r + 2 * n - s - 1) % n].clone();
+        exchange(links, rank, world, buf, send, recv, true)?;
+    }
+    // Rank r now owns the complete chunk (r + 1).
+    let owned = chunks[(r + 1) % n].clone();
+    finish_owned(&mut buf[owned]);
+    // All-gather: at step s send chunk (r + 1 - s), receive chunk (r - s).
+    for s in 0..n - 1 {
+        let send = chunks[(r + 1 + n - s) % n].clone();
+        let recv = chunks[(r + n - s) % n].clone();
+        exchange(links, rank, world, buf, send, recv, false)?;
+    }
+    Ok(())
+}
+
+/// Sends `buf[send]` forward while receiving into `buf[recv]` from behind (adding when
+/// `add`). The two ranges never overlap.
+fn exchange(
+    links: &mut Links<'_>,
+    rank: usize,
+    n: usize,
+    buf: &mut [f32],
+    send: Range<usize>,
+    recv: Range<usize>,
+    add: bool,
+) -> Result<(), RingError> {
+    let (send_buf, recv_buf) = disjoint(buf, send, recv);
+    let (next, prev) = (&mut *links.next, &mut *links.prev);
+    std::thread::scope(|scope| {
+        let sender = scope.spawn(move || next.write_all(bytemuck::cast_slice(send_buf)));
+        let received = receive_into(prev, recv_buf, add).map_err(|source| RingError::PeerLost {
+            rank,
+            peer: (rank + n - 1) % n,
+            source,
+        });
+        let sent = match sender.join() {
+            Ok(r) => r.map_err(|source| RingError::PeerLost {
+                rank,
+                peer: (rank + 1) % n,
+                source,
+            }),
+            Err(_) => Err(RingError::Refused {
+                rank,
+                reason: "sender thread panicked".into(),
+            }),
+        };
+        received.and(sent)
+    })
+}
+
+/// Reads `out.len()` floats, adding them into `out` or overwriting it.
+fn receive_into(stream: &mut TcpStream, out: &mut [f32], add: bool) -> std::io::Result<()> {
+    if !add {
+        return stream.read_exact(bytemuck::cast_slice_mut(out));
+    }
+    let mut staging = vec![0f32; (SEGMENT_BYTES / 4).min(out.len())];
+    for dst in out.chunks_mut(staging.len().max(1)) {
+        let seg = &mut staging[..dst.len()];
+        stream.read_exact(bytemuck::cast_slice_mut(seg))?;
+        for (d, s) in dst.iter_mut().zip(seg.iter()) {
+            *d += *s;
+        }
+    }
+    Ok(())
+}
+
+/// Splits `len` elements into `n` contiguous ranges whose sizes differ by at most one.
+pub fn chunk_ranges(len: usize, n: usize) -> Vec<Range<usize>> {
+    let (base, extra) = (len / n, len % n);
+    let mut start = 0;
+    (0..n)
+        .map(|i| {
+            let size = base + usize::from(i < extra);
+            let r = start..start + size;
+            start += size;
+            r
+        })
+        .collect()
+}
+
+/// Borrows two non-overlapping ranges of one slice, one shared and one mutable.
+fn disjoint(buf: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&[f32], &mut [f32]) {
+    debug_assert!(a.end <= b.start || b.end <= a.start);
+    if a.start < b.start {
+        let (left, right) = buf.split_at_mut(b.start);
+        (&left[a], &mut right[..b.end - b.start])
+    } else {
+        let (left, right) = buf.split_at_mut(a.start);
+        (&right[..a.end - a.start], &mut left[b])
+    }
+}

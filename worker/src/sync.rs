@@ -1,0 +1,23 @@
+//! How the trainer averages across workers: one trait, called by every rank in the same order.
+
+/// Averages a buffer over all workers (in place). Called by every rank in the same order, from
+/// a communication thread while backward runs (hence `Send`).
+pub trait GradientSync: Send {
+    fn all_reduce_mean(&mut self, grads: &mut [f32]) -> Result<(), String>;
+}
+
+/// One worker: nothing to average.
+pub struct NoSync;
+
+impl GradientSync for NoSync {
+    fn all_reduce_mean(&mut self, _grads: &mut [f32]) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// The CPU ring (shared memory on one host, TCP across hosts).
+impl GradientSync for crate::ring::Ring {
+    fn all_reduce_mean(&mut self, grads: &mut [f32]) -> Result<(), String> {
+        crate::ring::Ring::all_reduce_mean(self, grads).map_err(|e| e.to_string())
+    }
+}

@@ -1,0 +1,73 @@
+//! The training loop of one worker: data → model → gradient sync → AdamW, with validation,
+//! checkpoints, resume and metrics. No networking here: the caller passes a [`GradientSync`]
+//! ([`NoSync`] for one process, the CPU ring for several) and the trainer calls it once per
+//! optimizer step, on the last micro-batch of gradient accumulation.
+//!
+//! [`train`] is the whole loop; each step it takes is a method of [`Trainer`] (`trainer.rs`).
+//!
+//! **World-size invariance.** A model's backward accumulates the gradient of its loss *sum*
+//! over the micro-batch's targets (masked genes). This rank's loss sum, target count, cells,
+//! tokens and stop vote ([`StepTotals`]) travel after the gradients in the same all-reduce
+//! (mean), which so also yields their global means. Dividing the reduced gradient by the
+//! reduced count gives the gradient of the mean loss over every target of the global batch —
+//! exactly what one worker with the whole batch computes, up to floating-point reduction order.
+//!
+//! **Determinism.** Data order, masking and dropout derive from (seed, epoch, step, …) with
+//! counter-based generators, so the loss sequence is a function of the config, and a run
+//! resumed from a checkpoint repeats the uninterrupted one.
+//!
+//! **Masked positions are hidden.** The model sees neither the gene nor the expression value
+//! at any masked position (issue 4: [MASK] id and the mask value, as scGPT does), in training
+//! and validation alike, so the task cannot be solved by reading the input. The masker's
+//! `random_replace_ratio` / `keep_ratio` choices are therefore overridden at the model's input:
+//! a kept or replaced gene would let the loss be lowered by copying it (measured: training loss
+//! 0.4 nats below the frequency baseline while the hidden-input validation loss stayed above it).
+
+mod baseline;
+mod events;
+mod naming;
+mod totals;
+mod trainer;
+
+use configs::scmodelforge::ScModelForgeConfig;
+
+pub use crate::progress::Progress;
+pub use crate::sync::{GradientSync, NoSync};
+pub use baseline::frequency_baseline;
+pub use events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
+pub use naming::{checkpoint_root, default_run_dir, run_name};
+pub use totals::StepTotals;
+pub use trainer::{params_hash, MicroStep, Trainer};
+
+/// Trains `cfg` as rank `opts.rank` of `opts.world`: per micro-batch forward and backward, per
+/// optimizer step the all-reduce and the update, per epoch validation and checkpoints. `sync`
+/// averages across workers, `on_event` hears of progress, and `control`, asked once per
+/// optimizer step, can stop the run.
+pub fn train(
+    cfg: &ScModelForgeConfig,
+    opts: &TrainOptions,
+    sync: &mut dyn GradientSync,
+    on_event: &mut dyn FnMut(TrainEvent),
+    control: &mut dyn FnMut() -> Control,
+) -> Result<TrainSummary, TrainError> {
+    let mut trainer = Trainer::new(cfg, opts, on_event)?;
+    let mut stop = None;
+    'epochs: while let Some(mut loader) = trainer.start_epoch()? {
+        while let Some(batch) = loader.next() {
+            let reduced = match trainer.micro_step(batch?, sync, control)? {
+                MicroStep::Accumulating => continue,
+                MicroStep::StepReady(reduced) => reduced,
+                MicroStep::StopNow => {
+                    stop = Some(Control::Stop);
+                    break 'epochs;
+                }
+            };
+            if let Some(how) = trainer.optimizer_step(reduced, loader.position(), on_event)? {
+                stop = Some(how);
+                break 'epochs;
+            }
+        }
+        trainer.end_epoch(sync, on_event)?;
+    }
+    trainer.finish(stop, on_event)
+}

@@ -1,0 +1,718 @@
+//! One worker's trainer: the state of a run, and the steps the loop in [`super::train`] calls
+//! in order — [`Trainer::new`], then per epoch [`Trainer::start_epoch`], per micro-batch
+//! [`Trainer::micro_step`] (forward and backward; on the last micro-batch of an optimizer step
+//! also the gradient all-reduce), [`Trainer::optimizer_step`] (unscale, clip, AdamW),
+//! [`Trainer::end_epoch`] (validation, checkpoints), and [`Trainer::finish`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use configs::scmodelforge::{
+    Logger, OptimizerName, Precision as CfgPrecision, ScModelForgeConfig, TokenizerStrategy,
+};
+use configs::ConfigRoot;
+use data::masking::IGNORE_INDEX;
+use data::vocab::{MASK, SPECIAL_TOKENS};
+use data::{Batch, Loader, LoaderOptions, Pipeline, Position, ShardPlan, Split};
+use kernels::ops::{adam_step, clip_grad_norm, global_norm, AdamConfig};
+use kernels::rng::RngKey;
+
+use super::events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
+use super::naming;
+use super::totals::StepTotals;
+use crate::checkpoint::{self, DataPosition, Metrics, RngState, Snapshot, TrainState};
+use crate::metrics::CsvLogger;
+use crate::model::{self, DataSpec, ScModel};
+use crate::overlap::{Overlap, BUCKET_FLOATS};
+use crate::schedule::Schedule;
+use crate::sync::GradientSync;
+
+/// torch.amp.GradScaler defaults.
+const INIT_SCALE: f64 = 65536.0;
+const GROWTH_INTERVAL: u64 = 2000;
+const MIN_SCALE: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// What a micro-step leaves for the loop to do.
+pub enum MicroStep {
+    /// More micro-batches to accumulate before the optimizer step.
+    Accumulating,
+    /// The gradients are complete (and averaged over the workers): take the optimizer step.
+    StepReady(Reduced),
+    /// The caller said stop at once (a peer failed): no agreement, no checkpoint.
+    StopNow,
+}
+
+/// The step's totals after the all-reduce, and how long it waited for it after backward.
+pub struct Reduced {
+    totals: StepTotals,
+    allreduce: Duration,
+}
+
+/// Throughput and timing since the last Step event (or over the whole run).
+#[derive(Default)]
+struct Window {
+    cells: f64,
+    tokens: f64,
+    seconds: f64,
+    allreduce_seconds: f64,
+    steps: u64,
+}
+
+impl Window {
+    fn add(&mut self, cells: f64, tokens: f64, seconds: f64, allreduce_seconds: f64) {
+        self.cells += cells;
+        self.tokens += tokens;
+        self.seconds += seconds;
+        self.allreduce_seconds += allreduce_seconds;
+        self.steps += 1;
+    }
+}
+
+pub struct Trainer<'a> {
+    cfg: &'a ScModelForgeConfig,
+    opts: &'a TrainOptions,
+    pipeline: Arc<Pipeline>,
+    plan: ShardPlan,
+    model: Box<dyn ScModel>,
+    /// The flat buffers: parameters, their gradients and AdamW's two moments, one layout.
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    exp_avg: Vec<f32>,
+    exp_avg_sq: Vec<f32>,
+    /// Everything a checkpoint records besides the buffers.
+    state: TrainState,
+    ckpt_root: PathBuf,
+    config_yaml: String,
+    vocab_json: Vec<u8>,
+    csv: Option<CsvLogger>,
+    schedule: Schedule,
+    adam: AdamConfig,
+    fp16: bool,
+    micro_per_epoch: u64,
+    accum: u64,
+    /// The epoch being trained.
+    epoch: u64,
+    /// This rank's sums over the micro-batches of the current optimizer step.
+    totals: StepTotals,
+    step_start: Instant,
+    /// Where the data stood after the last optimizer step.
+    step_pos: DataPosition,
+    since_log: Window,
+    whole_run: Window,
+    summary: TrainSummary,
+}
+
+impl<'a> Trainer<'a> {
+    /// Data, model and buffers for `cfg` as rank `opts.rank` of `opts.world`, resumed from a
+    /// checkpoint when asked; announces the run with [`TrainEvent::Start`].
+    pub fn new(
+        cfg: &'a ScModelForgeConfig,
+        opts: &'a TrainOptions,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<Self, TrainError> {
+        check_config(cfg, opts)?;
+        let t = &cfg.training;
+        let fp16 = t.precision == CfgPrecision::Fp16Mixed;
+        let seed = t.seed as u64;
+        let pipeline = Arc::new(Pipeline::from_config(cfg)?);
+        let plan = ShardPlan::for_dataset(&pipeline.dataset, t.val_split, seed)?;
+        let spec = DataSpec {
+            vocab_size: pipeline.vocab().len(),
+            values_are_bins: cfg.tokenizer.strategy == TokenizerStrategy::BinnedExpression,
+        };
+        let model = model::build(&cfg.model, spec, model::precision_of(t.precision))?;
+        let layout = model.layout().clone();
+        let n = layout.total();
+        let name = naming::resolve_run_name(cfg, &opts.run_dir);
+        let mut run_cfg = cfg.clone();
+        run_cfg.training.run_name = Some(name.clone());
+        let global_batch = t.batch_size * opts.world;
+
+        if opts.rank == 0 {
+            std::fs::create_dir_all(&opts.run_dir).map_err(|source| TrainError::Io {
+                path: opts.run_dir.clone(),
+                source,
+            })?;
+        }
+        let micro_per_epoch = plan.steps(Split::Train, global_batch);
+        if micro_per_epoch == 0 {
+            return Err(TrainError::Config(format!(
+                "the training split has {} cells, fewer than one global batch of {global_batch} (training.batch_size x workers)",
+                plan.train.len()
+            )));
+        }
+        let parameters = layout.entries().iter().map(|e| e.len()).sum();
+        let mut trainer = Trainer {
+            cfg,
+            opts,
+            model,
+            params: layout.init_host(seed),
+            grads: vec![0.0; n],
+            exp_avg: vec![0.0; n],
+            exp_avg_sq: vec![0.0; n],
+            state: TrainState {
+                format_version: checkpoint::FORMAT_VERSION,
+                run_name: name.clone(),
+                architecture: cfg.model.architecture.as_str().to_string(),
+                global_step: 0,
+                epoch: 0,
+                position: DataPosition::default(),
+                adam_t: 0,
+                loss_scale: if fp16 { INIT_SCALE } else { 1.0 },
+                good_steps: 0,
+                rng: RngState {
+                    kind: "counter-based splitmix64 keyed by (seed, epoch, step, index)".into(),
+                    seed: t.seed,
+                },
+                world_size: opts.world,
+                global_batch,
+                metrics: Metrics::default(),
+            },
+            ckpt_root: naming::checkpoint_root(cfg, &opts.run_dir),
+            config_yaml: run_cfg.to_yaml(),
+            vocab_json: vocab_json(&pipeline),
+            pipeline,
+            plan,
+            csv: None,
+            schedule: Schedule::new(t.optimizer.lr, t.scheduler.clone()),
+            adam: AdamConfig {
+                decoupled: t.optimizer.name == OptimizerName::AdamW,
+                ..AdamConfig::adamw(t.optimizer.lr, t.optimizer.weight_decay)
+            },
+            fp16,
+            micro_per_epoch,
+            accum: t.gradient_accumulation as u64,
+            epoch: 0,
+            totals: StepTotals::default(),
+            step_start: Instant::now(),
+            step_pos: DataPosition::default(),
+            since_log: Window::default(),
+            whole_run: Window::default(),
+            summary: TrainSummary {
+                run_name: name.clone(),
+                parameters,
+                ..Default::default()
+            },
+        };
+        trainer.resume(on_event)?;
+        trainer.epoch = trainer.state.position.epoch;
+        if opts.rank == 0 {
+            if t.logger != Logger::Csv {
+                on_event(TrainEvent::Log(format!(
+                    "training.logger {} is not available here; metrics go to metrics.csv",
+                    t.logger.as_str()
+                )));
+            }
+            let p = opts.run_dir.join("metrics.csv");
+            trainer.csv =
+                Some(CsvLogger::open(&p).map_err(|source| TrainError::Io { path: p, source })?);
+        }
+        let steps_per_epoch = micro_per_epoch.div_ceil(trainer.accum);
+        on_event(TrainEvent::Start {
+            run_name: name,
+            parameters,
+            steps_per_epoch,
+            total_steps: steps_per_epoch * t.max_epochs as u64,
+            start_step: trainer.state.global_step,
+        });
+        Ok(trainer)
+    }
+
+    /// Loads the checkpoint `--resume` or `training.resume_from` names, if any.
+    fn resume(&mut self, on_event: &mut dyn FnMut(TrainEvent)) -> Result<(), TrainError> {
+        let resume = self
+            .opts
+            .resume_from
+            .clone()
+            .or_else(|| self.cfg.training.resume_from.as_ref().map(PathBuf::from));
+        let Some(path) = resume else {
+            return Ok(());
+        };
+        let dir = checkpoint::resolve_resume(&path)?;
+        let loaded = checkpoint::load(&dir, self.model.layout())?;
+        let global_batch = self.state.global_batch;
+        if loaded.state.global_batch != global_batch {
+            on_event(TrainEvent::Log(format!(
+                "warning: checkpoint was trained with global batch {}, this run uses {global_batch}; the data order of the current epoch changes",
+                loaded.state.global_batch
+            )));
+        }
+        self.params = loaded.params;
+        self.exp_avg = loaded.exp_avg;
+        self.exp_avg_sq = loaded.exp_avg_sq;
+        self.state = TrainState {
+            run_name: self.state.run_name.clone(),
+            world_size: self.opts.world,
+            global_batch,
+            ..loaded.state
+        };
+        on_event(TrainEvent::Log(format!(
+            "resumed from {} at step {} (epoch {}, batch {})",
+            dir.display(),
+            self.state.global_step,
+            self.state.position.epoch,
+            self.state.position.step
+        )));
+        Ok(())
+    }
+
+    /// The training loader of the next epoch, or None when `training.max_epochs` are done. A
+    /// resumed run starts inside its epoch, at the batch after the checkpoint.
+    pub fn start_epoch(&mut self) -> Result<Option<Loader>, TrainError> {
+        if self.epoch >= self.cfg.training.max_epochs as u64 {
+            return Ok(None);
+        }
+        let epoch = self.epoch;
+        let start = Position {
+            epoch,
+            step: if epoch == self.state.position.epoch {
+                self.state.position.step
+            } else {
+                0
+            },
+        };
+        let lo = LoaderOptions {
+            rank: self.opts.rank,
+            world_size: self.opts.world,
+            batch_size: self.cfg.training.batch_size,
+            num_workers: self.cfg.data.num_workers,
+            split: Split::Train,
+            mask: true,
+        };
+        let loader = Loader::new(Arc::clone(&self.pipeline), &self.plan, lo, start)?;
+        self.totals = StepTotals::default();
+        self.step_start = Instant::now();
+        self.step_pos = DataPosition {
+            epoch,
+            step: start.step,
+        };
+        Ok(Some(loader))
+    }
+
+    /// Forward and backward of one micro-batch, accumulating into the gradients. On the last
+    /// micro-batch of an optimizer step it also asks `control` whether to go on and averages
+    /// gradients and totals over the workers: finished layers while backward goes on with the
+    /// layers below (see `overlap`), the rest once backward is done.
+    pub fn micro_step(
+        &mut self,
+        mut batch: Batch,
+        sync: &mut dyn GradientSync,
+        control: &mut dyn FnMut() -> Control,
+    ) -> Result<MicroStep, TrainError> {
+        hide_masked(&mut batch);
+        let key = self.dropout_key(self.epoch, batch.step);
+        let scale = self.state.loss_scale as f32;
+        let boundary =
+            (batch.step + 1).is_multiple_of(self.accum) || batch.step + 1 == self.micro_per_epoch;
+        let overlap = boundary && self.opts.world > 1;
+        let step = self.state.global_step;
+        let (model, params, grads) = (&mut self.model, &self.params, &mut self.grads);
+        let totals = &mut self.totals;
+        std::thread::scope(|scope| {
+            let mut comm = overlap.then(|| Overlap::start(scope, &mut *sync, BUCKET_FLOATS));
+            let s = model.train_batch(params, grads, &batch, key, scale, &mut |range, g| {
+                if let Some(c) = comm.as_mut() {
+                    c.ready(range, g)
+                }
+            })?;
+            totals.loss_sum += s.sum;
+            totals.targets += s.count;
+            totals.cells += batch.batch_size as f64;
+            totals.tokens += batch.attention_mask.iter().map(|&m| m as f64).sum::<f64>();
+            if !boundary {
+                return Ok(MicroStep::Accumulating);
+            }
+            // A stop at once needs no agreement; a checkpoint-and-stop does: ranks hear it at
+            // different steps, so it is voted in the all-reduce.
+            totals.stop_vote = match control() {
+                Control::Continue => 0.0,
+                Control::CheckpointAndStop => 1.0,
+                Control::Stop => return Ok(MicroStep::StopNow),
+            };
+            let mut wire = totals.to_wire();
+            let allreduce = match comm {
+                Some(c) => c
+                    .finish(grads, &mut wire)
+                    .map_err(|message| TrainError::Sync { step, message })?,
+                None => Duration::ZERO,
+            };
+            Ok(MicroStep::StepReady(Reduced {
+                totals: StepTotals::from_wire(&wire),
+                allreduce,
+            }))
+        })
+    }
+
+    /// Turns the summed gradients into the mean-loss gradient and takes the AdamW step (under
+    /// 16-mixed, an overflowing step is skipped and the loss scale backs off). Then records the
+    /// step and reports it every `log_every_n_steps`. `position` is the loader's position after
+    /// the step. Returns how to stop when the run should stop after this step.
+    pub fn optimizer_step(
+        &mut self,
+        reduced: Reduced,
+        position: Position,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<Option<Control>, TrainError> {
+        let t = &self.cfg.training;
+        let r = reduced.totals;
+        let count_mean = r.targets;
+        let loss = if self.opts.world > 1 {
+            r.loss_sum / count_mean.max(f64::MIN_POSITIVE)
+        } else {
+            self.totals.loss_sum / self.totals.targets.max(f64::MIN_POSITIVE)
+        };
+        let w = self.opts.world as f64;
+        let (step_cells, step_tokens) = (r.cells * w, r.tokens * w);
+        let stop_voted = r.stop_vote > 0.0;
+        self.totals = StepTotals::default();
+        let finite = loss.is_finite() && self.grads.iter().all(|x| x.is_finite());
+        let lr = self.schedule.lr(self.state.global_step);
+        let mut grad_norm = f64::NAN;
+        if !finite && self.fp16 {
+            // Overflow under the loss scale: skip the step and back off.
+            self.state.loss_scale *= 0.5;
+            self.state.good_steps = 0;
+            self.state.metrics.skipped_steps += 1;
+            self.summary.skipped_steps += 1;
+            on_event(TrainEvent::Log(format!(
+                "16-mixed: overflow at step {}, skipped; loss scale now {}",
+                self.state.global_step, self.state.loss_scale
+            )));
+            if self.state.loss_scale < MIN_SCALE {
+                return Err(TrainError::LossScaleUnderflow {
+                    step: self.state.global_step,
+                    scale: self.state.loss_scale,
+                });
+            }
+        } else if !finite {
+            let checkpoint = self.save("last", self.step_pos, on_event)?;
+            return Err(TrainError::NonFinite {
+                step: self.state.global_step,
+                epoch: self.epoch,
+                loss,
+                checkpoint,
+            });
+        } else {
+            let grads = &mut self.grads;
+            if count_mean > 0.0 {
+                let f = (1.0 / (self.state.loss_scale * count_mean)) as f32;
+                grads.iter_mut().for_each(|x| *x *= f);
+            }
+            grad_norm = if t.gradient_clip > 0.0 {
+                clip_grad_norm(grads, t.gradient_clip)
+            } else {
+                global_norm(grads)
+            };
+            self.state.adam_t += 1;
+            let cfg_step = AdamConfig { lr, ..self.adam };
+            adam_step(
+                &cfg_step,
+                self.state.adam_t,
+                &mut self.params,
+                grads,
+                &mut self.exp_avg,
+                &mut self.exp_avg_sq,
+            );
+            if self.fp16 {
+                self.state.good_steps += 1;
+                if self.state.good_steps >= GROWTH_INTERVAL {
+                    self.state.loss_scale *= 2.0;
+                    self.state.good_steps = 0;
+                }
+            }
+        }
+        self.grads.iter_mut().for_each(|x| *x = 0.0);
+
+        self.state.global_step += 1;
+        self.state.epoch = self.epoch;
+        self.state.metrics.train_loss = Some(loss);
+        self.step_pos = DataPosition {
+            epoch: position.epoch,
+            step: position.step,
+        };
+        self.state.position = self.step_pos;
+        self.summary.losses.push(loss);
+        let seconds = self.step_start.elapsed().as_secs_f64();
+        let allreduce = reduced.allreduce.as_secs_f64();
+        self.whole_run
+            .add(step_cells, step_tokens, seconds, allreduce);
+        self.since_log
+            .add(step_cells, step_tokens, seconds, allreduce);
+        let gs = self.state.global_step;
+        if gs.is_multiple_of(t.log_every_n_steps as u64) {
+            self.log_step(loss, lr, grad_norm, on_event)?;
+        }
+        self.step_start = Instant::now();
+        if self.opts.max_steps.is_some_and(|m| gs >= m) || stop_voted {
+            return Ok(Some(Control::CheckpointAndStop));
+        }
+        Ok(None)
+    }
+
+    /// A Step event and a metrics.csv row over the steps since the last one.
+    fn log_step(
+        &mut self,
+        loss: f64,
+        lr: f64,
+        grad_norm: f64,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<(), TrainError> {
+        let (gs, epoch) = (self.state.global_step, self.epoch);
+        let wdw = std::mem::take(&mut self.since_log);
+        let secs = wdw.seconds.max(1e-9);
+        let (cps, tps) = (wdw.cells / secs, wdw.tokens / secs);
+        let steps = wdw.steps.max(1) as f64;
+        on_event(TrainEvent::Step {
+            epoch,
+            step: gs,
+            loss,
+            lr,
+            grad_norm,
+            cells_per_s: cps,
+            tokens_per_s: tps,
+            step_seconds: wdw.seconds / steps,
+            allreduce_seconds: wdw.allreduce_seconds / steps,
+        });
+        if let Some(c) = self.csv.as_mut() {
+            c.step(gs, epoch, loss, lr, grad_norm, cps, tps)
+                .map_err(|source| TrainError::Io {
+                    path: self.opts.run_dir.join("metrics.csv"),
+                    source,
+                })?;
+        }
+        Ok(())
+    }
+
+    /// Validation over the whole validation split, the best-k checkpoints by validation loss,
+    /// and the `last` checkpoint.
+    pub fn end_epoch(
+        &mut self,
+        sync: &mut dyn GradientSync,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<(), TrainError> {
+        let epoch = self.epoch;
+        let val = self.validate(sync)?;
+        let gs = self.state.global_step;
+        self.state.position = DataPosition {
+            epoch: epoch + 1,
+            step: 0,
+        };
+        if let Some(v) = val {
+            self.state.metrics.val_loss = Some(v);
+            self.summary.val_losses.push((epoch, v));
+            on_event(TrainEvent::Validation {
+                epoch,
+                step: gs,
+                loss: v,
+            });
+            if let Some(c) = self.csv.as_mut() {
+                c.validation(gs, epoch, v)
+                    .map_err(|source| TrainError::Io {
+                        path: self.opts.run_dir.join("metrics.csv"),
+                        source,
+                    })?;
+            }
+            self.save_if_best(v, on_event)?;
+        }
+        self.summary.last_checkpoint = self.save("last", self.state.position, on_event)?;
+        self.epoch += 1;
+        Ok(())
+    }
+
+    /// Keeps the `training.save_top_k` checkpoints with the lowest validation loss.
+    fn save_if_best(
+        &mut self,
+        v: f64,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<(), TrainError> {
+        let (k, epoch, gs) = (
+            self.cfg.training.save_top_k,
+            self.epoch,
+            self.state.global_step,
+        );
+        let best = &self.state.metrics.best;
+        let qualifies = k > 0 && (best.len() < k || best.last().is_some_and(|(b, _)| v < *b));
+        if !qualifies {
+            return Ok(());
+        }
+        let ck_name = format!("epoch={epoch}-step={gs}-val_loss={v:.4}");
+        let mut best = self.state.metrics.best.clone();
+        best.push((v, ck_name.clone()));
+        best.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let evicted: Vec<String> = best.drain(k.min(best.len())..).map(|x| x.1).collect();
+        self.state.metrics.best = best;
+        self.save(&ck_name, self.state.position, on_event)?;
+        if self.opts.rank == 0 {
+            for e in evicted {
+                let p = self.ckpt_root.join(&e);
+                if p.exists() {
+                    let _ = std::fs::remove_dir_all(&p);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Saves the `last` checkpoint when the run stopped early with a checkpoint, and sums up.
+    pub fn finish(
+        mut self,
+        stop: Option<Control>,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<TrainSummary, TrainError> {
+        if let Some(c) = stop {
+            self.summary.stopped_early = true;
+            if c == Control::CheckpointAndStop {
+                self.summary.last_checkpoint = self.save("last", self.state.position, on_event)?;
+            }
+        }
+        let run = &self.whole_run;
+        let mut summary = self.summary;
+        summary.global_step = self.state.global_step;
+        summary.best_checkpoint = self
+            .state
+            .metrics
+            .best
+            .first()
+            .map(|(_, n)| self.ckpt_root.join(n));
+        summary.params_hash = params_hash(&self.params);
+        summary.train_seconds = run.seconds;
+        summary.cells_per_s = run.cells / run.seconds.max(1e-9);
+        summary.tokens_per_s = run.tokens / run.seconds.max(1e-9);
+        Ok(summary)
+    }
+
+    /// Rank 0 writes checkpoint `name` with the data at `position`; other ranks write nothing.
+    fn save(
+        &self,
+        name: &str,
+        position: DataPosition,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<Option<PathBuf>, TrainError> {
+        if self.opts.rank != 0 {
+            return Ok(None);
+        }
+        let state = TrainState {
+            position,
+            ..self.state.clone()
+        };
+        let snap = Snapshot {
+            layout: self.model.layout(),
+            params: &self.params,
+            exp_avg: &self.exp_avg,
+            exp_avg_sq: &self.exp_avg_sq,
+            state: &state,
+            config_yaml: &self.config_yaml,
+            vocab_json: &self.vocab_json,
+        };
+        let path = checkpoint::save(&self.ckpt_root, name, &snap)?;
+        on_event(TrainEvent::Checkpoint {
+            step: self.state.global_step,
+            path: path.clone(),
+        });
+        Ok(Some(path))
+    }
+
+    /// Dropout masks differ per rank, epoch and micro-batch.
+    fn dropout_key(&self, epoch: u64, micro_step: u64) -> RngKey {
+        let seed = self.cfg.training.seed as u64;
+        let rank_mix = kernels::rng::mix64(self.opts.rank as u64 ^ 0xA5A5_5A5A);
+        RngKey::new(seed ^ rank_mix, (epoch << 32) | micro_step, 0)
+    }
+
+    /// Mean validation loss over the whole validation split (all ranks), None without one.
+    fn validate(&mut self, sync: &mut dyn GradientSync) -> Result<Option<f64>, TrainError> {
+        if self.plan.val.is_empty() {
+            return Ok(None);
+        }
+        let lo = LoaderOptions {
+            rank: self.opts.rank,
+            world_size: self.opts.world,
+            batch_size: self.cfg.training.batch_size,
+            num_workers: self.cfg.data.num_workers.min(2),
+            split: Split::Val,
+            mask: true,
+        };
+        let loader = Loader::new(
+            Arc::clone(&self.pipeline),
+            &self.plan,
+            lo,
+            Position::default(),
+        )?;
+        let (mut sum, mut count) = (0.0f64, 0.0f64);
+        for b in loader {
+            let mut b = b?;
+            hide_masked(&mut b);
+            let s = self.model.eval_batch(&self.params, &b)?;
+            sum += s.sum;
+            count += s.count;
+        }
+        let mut buf = [sum as f32, count as f32];
+        if self.opts.world > 1 {
+            sync.all_reduce_mean(&mut buf)
+                .map_err(|message| TrainError::Sync {
+                    step: self.state.global_step,
+                    message,
+                })?;
+            sum = buf[0] as f64;
+            count = buf[1] as f64;
+        }
+        Ok((count > 0.0).then(|| sum / count))
+    }
+}
+
+/// SHA-256 of the parameter buffer: equal on every replica of a data-parallel run.
+pub fn params_hash(params: &[f32]) -> String {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(bytemuck::cast_slice::<f32, u8>(params))
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn check_config(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> Result<(), TrainError> {
+    let t = &cfg.training;
+    let bad = |m: String| Err(TrainError::Config(m));
+    if opts.world == 0 || opts.rank >= opts.world {
+        return bad(format!("rank {} of world size {}", opts.rank, opts.world));
+    }
+    if t.batch_size == 0 {
+        return bad("training.batch_size must be positive".into());
+    }
+    if t.gradient_accumulation == 0 {
+        return bad("training.gradient_accumulation must be at least 1".into());
+    }
+    if !(t.optimizer.lr.is_finite() && t.optimizer.lr >= 0.0) {
+        return bad(format!(
+            "training.optimizer.lr = {} is not a valid rate",
+            t.optimizer.lr
+        ));
+    }
+    if !(t.gradient_clip.is_finite() && t.gradient_clip >= 0.0) {
+        return bad(format!(
+            "training.gradient_clip = {} must be >= 0 (0 disables clipping)",
+            t.gradient_clip
+        ));
+    }
+    if t.log_every_n_steps == 0 {
+        return bad("training.log_every_n_steps must be positive".into());
+    }
+    Ok(())
+}
+
+fn vocab_json(p: &Pipeline) -> Vec<u8> {
+    let v = serde_json::json!({
+        "special_tokens": SPECIAL_TOKENS,
+        "genes": p.vocab().genes(),
+    });
+    serde_json::to_vec_pretty(&v).unwrap_or_default()
+}
+
+/// Hides every masked position of a batch completely (see the module docs of `train`).
+fn hide_masked(batch: &mut Batch) {
+    for (id, &l) in batch.gene_ids.iter_mut().zip(&batch.labels) {
+        if l != IGNORE_INDEX {
+            *id = MASK;
+        }
+    }
+}
