@@ -3,7 +3,8 @@
 //! ([`NoSync`] for one process, the CPU ring for several) and the trainer calls it once per
 //! optimizer step, on the last micro-batch of gradient accumulation.
 //!
-//! [`train`] is the whole loop; each step it takes is a method of [`Trainer`] (`trainer.rs`).
+//! `trainer.rs` reads top to bottom: [`train`], the whole loop, then each step it takes as a
+//! method of [`Trainer`].
 //!
 //! **World-size invariance.** A model's backward accumulates the gradient of its loss *sum*
 //! over the micro-batch's targets (masked genes). This rank's loss sum, target count, cells,
@@ -29,45 +30,10 @@ mod naming;
 mod totals;
 mod trainer;
 
-use configs::scmodelforge::ScModelForgeConfig;
-
 pub use crate::progress::Progress;
 pub use crate::sync::{GradientSync, NoSync};
 pub use baseline::frequency_baseline;
 pub use events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
 pub use naming::{checkpoint_root, default_run_dir, run_name};
 pub use totals::StepTotals;
-pub use trainer::{params_hash, MicroStep, Trainer};
-
-/// Trains `cfg` as rank `opts.rank` of `opts.world`: per micro-batch forward and backward, per
-/// optimizer step the all-reduce and the update, per epoch validation and checkpoints. `sync`
-/// averages across workers, `on_event` hears of progress, and `control`, asked once per
-/// optimizer step, can stop the run.
-pub fn train(
-    cfg: &ScModelForgeConfig,
-    opts: &TrainOptions,
-    sync: &mut dyn GradientSync,
-    on_event: &mut dyn FnMut(TrainEvent),
-    control: &mut dyn FnMut() -> Control,
-) -> Result<TrainSummary, TrainError> {
-    let mut trainer = Trainer::new(cfg, opts, on_event)?;
-    let mut stop = None;
-    'epochs: while let Some(mut loader) = trainer.start_epoch()? {
-        while let Some(batch) = loader.next() {
-            let reduced = match trainer.micro_step(batch?, sync, control)? {
-                MicroStep::Accumulating => continue,
-                MicroStep::StepReady(reduced) => reduced,
-                MicroStep::StopNow => {
-                    stop = Some(Control::Stop);
-                    break 'epochs;
-                }
-            };
-            if let Some(how) = trainer.optimizer_step(reduced, loader.position(), on_event)? {
-                stop = Some(how);
-                break 'epochs;
-            }
-        }
-        trainer.end_epoch(sync, on_event)?;
-    }
-    trainer.finish(stop, on_event)
-}
+pub use trainer::{params_hash, train, MicroStep, Trainer};

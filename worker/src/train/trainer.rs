@@ -1,8 +1,8 @@
-//! One worker's trainer: the state of a run, and the steps the loop in [`super::train`] calls
-//! in order — [`Trainer::new`], then per epoch [`Trainer::start_epoch`], per micro-batch
-//! [`Trainer::micro_step`] (forward and backward; on the last micro-batch of an optimizer step
-//! also the gradient all-reduce), [`Trainer::optimizer_step`] (unscale, clip, AdamW),
-//! [`Trainer::end_epoch`] (validation, checkpoints), and [`Trainer::finish`].
+//! One worker's training run: [`train`] is the loop; [`Trainer`] holds the run's state and
+//! each step the loop takes — [`Trainer::new`], then per epoch [`Trainer::start_epoch`], per
+//! micro-batch [`Trainer::micro_step`] (forward and backward; on the last micro-batch of an
+//! optimizer step also the gradient all-reduce), [`Trainer::optimizer_step`] (unscale, clip,
+//! AdamW), [`Trainer::end_epoch`] (validation, checkpoints), and [`Trainer::finish`].
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -32,6 +32,39 @@ use crate::sync::GradientSync;
 const INIT_SCALE: f64 = 65536.0;
 const GROWTH_INTERVAL: u64 = 2000;
 const MIN_SCALE: f64 = 1.0 / (1u64 << 24) as f64;
+
+/// Trains `cfg` as rank `opts.rank` of `opts.world`: per micro-batch forward and backward, per
+/// optimizer step the all-reduce and the update, per epoch validation and checkpoints. `sync`
+/// averages across workers, `on_event` hears of progress, and `control`, asked once per
+/// optimizer step, can stop the run.
+pub fn train(
+    cfg: &ScModelForgeConfig,
+    opts: &TrainOptions,
+    sync: &mut dyn GradientSync,
+    on_event: &mut dyn FnMut(TrainEvent),
+    control: &mut dyn FnMut() -> Control,
+) -> Result<TrainSummary, TrainError> {
+    let mut trainer = Trainer::new(cfg, opts, on_event)?;
+    let mut stop = None;
+    'epochs: while let Some(mut loader) = trainer.start_epoch()? {
+        while let Some(batch) = loader.next() {
+            let reduced = match trainer.micro_step(batch?, sync, control)? {
+                MicroStep::Accumulating => continue,
+                MicroStep::StepReady(reduced) => reduced,
+                MicroStep::StopNow => {
+                    stop = Some(Control::Stop);
+                    break 'epochs;
+                }
+            };
+            if let Some(how) = trainer.optimizer_step(reduced, loader.position(), on_event)? {
+                stop = Some(how);
+                break 'epochs;
+            }
+        }
+        trainer.end_epoch(sync, on_event)?;
+    }
+    trainer.finish(stop, on_event)
+}
 
 /// What a micro-step leaves for the loop to do.
 pub enum MicroStep {
