@@ -1,7 +1,7 @@
 //! Every backward against central finite differences in f64, and forwards against naive
 //! references.
 
-use crate::device::{Cpu, Device};
+use crate::backend::{Cpu, Device};
 use crate::modules::{EncoderLayerConfig, TransformerEncoderLayer};
 use crate::ops::attention::AttnOpts;
 use crate::ops::*;
