@@ -345,6 +345,19 @@ mod tests {
     }
 
     #[test]
+    fn buffers_resize_and_read_in_place() {
+        let dev = Cpu;
+        let mut m: Vec<f32> = dev.upload(&[1.0, 2.0, 3.0]);
+        dev.resize(&mut m, 5);
+        assert_eq!(m, [1.0, 2.0, 3.0, 0.0, 0.0]);
+        dev.resize(&mut m, 2);
+        assert_eq!(dev.download(&m), [1.0, 2.0]);
+        let v = Device::<f32>::read(&dev, &m, 1..2);
+        assert!(matches!(v, Cow::Borrowed(_)), "the CPU lends its buffer");
+        assert_eq!(&v[..], &[2.0]);
+    }
+
+    #[test]
     #[should_panic(expected = "overlapping")]
     fn views_mut_rejects_overlap() {
         let mut buf = vec![0u8; 8];

@@ -42,7 +42,7 @@ pub use cpu::Cpu;
 /// (weight [dim] (nn.Linear(1, dim)'s [dim, 1]), bias [dim], values [n]).
 pub type ValueProjection<'a, M> = (ParamView, ParamView, &'a M);
 
-pub trait Device<T: Float>: Sync {
+pub trait Device<T: Float>: Send + Sync {
     /// A buffer of T on this device. `Default` is the empty buffer.
     type Mem: Default + Send + Sync;
 

@@ -40,3 +40,6 @@ fn join(prefix: &str, name: &str) -> String {
         format!("{prefix}.{name}")
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,11 +19,10 @@
 use configs::scmodelforge::{ModelConfig, Pooling};
 use data::Batch;
 use kernels::modules::NormHead;
-use kernels::rng::RngKey;
 use kernels::{Cpu, Device, ParamLayout, Precision};
 
 use super::parts::{self, Padded, Trunk};
-use super::{DataSpec, GradsReady, LossSum, ModelError, Result, ScModel};
+use super::{Arch, DataSpec, LossSum, ModelError, Result, Train};
 
 pub struct AutoregressiveModel<D: Device<f32> = Cpu> {
     dev: D,
@@ -104,15 +103,18 @@ impl<D: Device<f32>> AutoregressiveModel<D> {
         }
         (rows, genes, bins)
     }
+}
 
-    /// Forward (dropout and backward when `train` = (key, scale)): the weighted loss sum of
-    /// both heads; backward adds scale·∂(loss sum)/∂θ to `grads`.
+impl<D: Device<f32>> Arch<D> for AutoregressiveModel<D> {
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
     fn run(
         &mut self,
         params: &D::Mem,
-        grads: Option<&mut D::Mem>,
         batch: &Batch,
-        train: Option<(RngKey, f32, &mut GradsReady)>,
+        train: Option<Train<'_, D::Mem>>,
     ) -> Result<LossSum> {
         if batch.batch_size == 0 {
             return Ok(LossSum::default());
@@ -122,9 +124,9 @@ impl<D: Device<f32>> AutoregressiveModel<D> {
         let (rows, genes, bins) = self.targets(batch, &p);
         let hidden = self
             .trunk
-            .encode(dev, params, &p, train.as_ref().map(|t| t.0))?;
+            .encode(dev, params, &p, train.as_ref().map(|t| t.key))?;
         let m = rows.len();
-        let scale = train.as_ref().map_or(0.0, |t| t.1 as f64);
+        let scale = train.as_ref().map_or(0.0, |t| t.scale as f64);
         self.gene_head
             .forward(dev, self.prec, params, hidden, &rows);
         self.expr_head
@@ -147,11 +149,10 @@ impl<D: Device<f32>> AutoregressiveModel<D> {
             self.n_bins,
             m as f64 * scale * self.expr_w,
         )?;
-        let loss = LossSum {
-            sum: (self.gene_w * mg + self.expr_w * me) * m as f64,
-            count: m as f64,
-        };
-        if let (Some((key, _, ready)), Some(grads)) = (train, grads) {
+        if let Some(Train {
+            grads, key, ready, ..
+        }) = train
+        {
             let mut dh = dev.zeros(dev.len(hidden));
             let rs = &rows;
             self.gene_head
@@ -161,10 +162,13 @@ impl<D: Device<f32>> AutoregressiveModel<D> {
             self.trunk
                 .backward(dev, params, grads, &p, &dh, key, ready)?;
         }
-        Ok(loss)
+        Ok(LossSum {
+            sum: (self.gene_w * mg + self.expr_w * me) * m as f64,
+            count: m as f64,
+        })
     }
 
-    fn embed_cells(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
+    fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
         let dev = &self.dev;
         let p = Padded::unmasked(batch, self.trunk.embed.max_len);
         let hidden = self.trunk.encode(dev, params, &p, None)?;
@@ -175,32 +179,6 @@ impl<D: Device<f32>> AutoregressiveModel<D> {
         let real = |r: usize| (0..len(r)).map(|j| r * t + j).collect();
         let d = self.trunk.dim();
         Ok(parts::pool(dev, &normed, p.b, d, self.pooling, last, real))
-    }
-}
-
-impl ScModel for AutoregressiveModel {
-    fn layout(&self) -> &ParamLayout {
-        &self.layout
-    }
-
-    fn train_batch(
-        &mut self,
-        params: &Vec<f32>,
-        grads: &mut Vec<f32>,
-        batch: &Batch,
-        key: RngKey,
-        scale: f32,
-        ready: &mut GradsReady,
-    ) -> Result<LossSum> {
-        self.run(params, Some(grads), batch, Some((key, scale, ready)))
-    }
-
-    fn eval_batch(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<LossSum> {
-        self.run(params, None, batch, None)
-    }
-
-    fn cell_embeddings(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<Vec<f32>> {
-        self.embed_cells(params, batch)
     }
 
     fn embedding_dim(&self) -> usize {

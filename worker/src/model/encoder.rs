@@ -15,11 +15,10 @@ use configs::scmodelforge::{ModelConfig, Pooling};
 use data::masking::IGNORE_INDEX;
 use data::Batch;
 use kernels::modules::NormHead;
-use kernels::rng::RngKey;
 use kernels::{Cpu, Device, ParamLayout, Precision};
 
 use super::parts::{self, Padded, Trunk};
-use super::{DataSpec, GradsReady, LossSum, Result, ScModel};
+use super::{Arch, DataSpec, LossSum, Result, Train};
 
 pub struct TransformerEncoderModel<D: Device<f32> = Cpu> {
     dev: D,
@@ -80,15 +79,18 @@ impl<D: Device<f32>> TransformerEncoderModel<D> {
         }
         (rows, targets)
     }
+}
 
-    /// Forward (dropout and backward when `train` = (key, scale)): the loss sum over the masked
-    /// genes; backward adds scale·∂(loss sum)/∂θ to `grads`.
+impl<D: Device<f32>> Arch<D> for TransformerEncoderModel<D> {
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
     fn run(
         &mut self,
         params: &D::Mem,
-        grads: Option<&mut D::Mem>,
         batch: &Batch,
-        train: Option<(RngKey, f32, &mut GradsReady)>,
+        train: Option<Train<'_, D::Mem>>,
     ) -> Result<LossSum> {
         if batch.batch_size == 0 {
             return Ok(LossSum::default());
@@ -98,60 +100,36 @@ impl<D: Device<f32>> TransformerEncoderModel<D> {
         let (rows, targets) = Self::targets(batch, &p);
         let hidden = self
             .trunk
-            .encode(dev, params, &p, train.as_ref().map(|t| t.0))?;
+            .encode(dev, params, &p, train.as_ref().map(|t| t.key))?;
         let m = rows.len();
         self.head.forward(dev, self.prec, params, hidden, &rows);
         // cross_entropy scales its gradient by dloss / m: dloss = m·scale gives scale·∂Σ.
-        let dloss = train.as_ref().map_or(0.0, |t| m as f64 * t.1 as f64);
+        let dloss = train.as_ref().map_or(0.0, |t| m as f64 * t.scale as f64);
         let mut dlogits = dev.zeros(m * self.vocab);
         let mean = dev.cross_entropy(&mut dlogits, &self.head.y, &targets, m, self.vocab, dloss)?;
-        let loss = LossSum {
-            sum: mean * m as f64,
-            count: m as f64,
-        };
-        if let (Some((key, _, ready)), Some(grads)) = (train, grads) {
+        if let Some(Train {
+            grads, key, ready, ..
+        }) = train
+        {
             let mut dh = dev.zeros(dev.len(hidden));
             self.head
                 .backward(dev, self.prec, params, grads, &dlogits, &rows, &mut dh);
             self.trunk
                 .backward(dev, params, grads, &p, &dh, key, ready)?;
         }
-        Ok(loss)
+        Ok(LossSum {
+            sum: mean * m as f64,
+            count: m as f64,
+        })
     }
 
-    fn embed_cells(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
+    fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
         let dev = &self.dev;
         let p = Padded::masked(batch, self.trunk.embed.max_len);
         let hidden = self.trunk.encode(dev, params, &p, None)?;
         let normed = self.head.normalize(dev, params, hidden, p.b * p.t);
         let d = self.trunk.dim();
         Ok(parts::pool_padded(dev, &normed, &p, d, self.pooling))
-    }
-}
-
-impl ScModel for TransformerEncoderModel {
-    fn layout(&self) -> &ParamLayout {
-        &self.layout
-    }
-
-    fn train_batch(
-        &mut self,
-        params: &Vec<f32>,
-        grads: &mut Vec<f32>,
-        batch: &Batch,
-        key: RngKey,
-        scale: f32,
-        ready: &mut GradsReady,
-    ) -> Result<LossSum> {
-        self.run(params, Some(grads), batch, Some((key, scale, ready)))
-    }
-
-    fn eval_batch(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<LossSum> {
-        self.run(params, None, batch, None)
-    }
-
-    fn cell_embeddings(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<Vec<f32>> {
-        self.embed_cells(params, batch)
     }
 
     fn embedding_dim(&self) -> usize {

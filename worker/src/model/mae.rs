@@ -23,7 +23,7 @@ use kernels::rng::RngKey;
 use kernels::{Cpu, Device, Init, ParamLayout, ParamView, Precision};
 
 use super::parts::{self, layer_config, Padded, Trunk};
-use super::{DataSpec, GradsReady, LossSum, ModelError, Result, ScModel};
+use super::{Arch, DataSpec, LossSum, ModelError, Result, Train};
 
 /// The decoder's dropout keys differ from the encoder's.
 fn decoder_key(key: RngKey) -> RngKey {
@@ -178,19 +178,26 @@ impl<D: Device<f32>> MaskedAutoencoder<D> {
             real_pos,
         }
     }
+}
 
-    /// Forward (dropout and backward when `train` = (key, scale)): the squared-error sum over
-    /// the masked values; backward adds scale·∂(loss sum)/∂θ to `grads`.
+impl<D: Device<f32>> Arch<D> for MaskedAutoencoder<D> {
+    fn layout(&self) -> &ParamLayout {
+        &self.layout
+    }
+
     fn run(
         &mut self,
         params: &D::Mem,
-        grads: Option<&mut D::Mem>,
-        pl: &Plan,
-        train: Option<(RngKey, f32, &mut GradsReady)>,
-    ) -> Result<f64> {
+        batch: &Batch,
+        train: Option<Train<'_, D::Mem>>,
+    ) -> Result<LossSum> {
+        if batch.batch_size == 0 {
+            return Ok(LossSum::default());
+        }
+        let pl = &self.plan(batch);
         let dev = &self.dev;
         let (h, dd, prec) = (self.hidden, self.ddim, self.prec);
-        let key = train.as_ref().map(|t| t.0);
+        let key = train.as_ref().map(|t| t.key);
         let enc = self.trunk.encode(dev, params, &pl.vis, key)?;
         // Only real visible rows continue to the decoder.
         let mut e = dev.zeros(pl.vis_rows.len() * h);
@@ -218,8 +225,16 @@ impl<D: Device<f32>> MaskedAutoencoder<D> {
             .forward(dev, params, &dx, f.b, f.t, &f.pad, key.map(decoder_key))?;
         self.head.forward(dev, prec, params, dec, &pl.masked_rows);
         let targets = dev.upload(&pl.targets);
-        let (Some((key, scale, ready)), Some(grads)) = (train, grads) else {
-            return Ok(dev.squared_error_sum(None, &self.head.y, &targets, 0.0)?);
+        let count = m as f64;
+        let Some(Train {
+            grads,
+            key,
+            scale,
+            ready,
+        }) = train
+        else {
+            let sum = dev.squared_error_sum(None, &self.head.y, &targets, 0.0)?;
+            return Ok(LossSum { sum, count });
         };
         // d(scale·Σ(y−v)²)/dy = 2·scale·(y−v)
         let mut dy = dev.zeros(m);
@@ -257,10 +272,10 @@ impl<D: Device<f32>> MaskedAutoencoder<D> {
         dev.scatter_rows(&mut denc, &de, &pl.vis_rows, h, false);
         self.trunk
             .backward(dev, params, grads, v, &denc, key, ready)?;
-        Ok(sum)
+        Ok(LossSum { sum, count })
     }
 
-    fn embed_cells(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
+    fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
         let dev = &self.dev;
         let p = Padded::unmasked(batch, self.max_len);
         let enc = self.trunk.encode(dev, params, &p, None)?;
@@ -272,48 +287,6 @@ impl<D: Device<f32>> MaskedAutoencoder<D> {
             self.hidden,
             self.pooling,
         ))
-    }
-}
-
-impl ScModel for MaskedAutoencoder {
-    fn layout(&self) -> &ParamLayout {
-        &self.layout
-    }
-
-    fn train_batch(
-        &mut self,
-        params: &Vec<f32>,
-        grads: &mut Vec<f32>,
-        batch: &Batch,
-        key: RngKey,
-        scale: f32,
-        ready: &mut GradsReady,
-    ) -> Result<LossSum> {
-        if batch.batch_size == 0 {
-            return Ok(LossSum::default());
-        }
-        let pl = self.plan(batch);
-        let sum = self.run(params, Some(grads), &pl, Some((key, scale, ready)))?;
-        Ok(LossSum {
-            sum,
-            count: pl.masked_rows.len() as f64,
-        })
-    }
-
-    fn eval_batch(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<LossSum> {
-        if batch.batch_size == 0 {
-            return Ok(LossSum::default());
-        }
-        let pl = self.plan(batch);
-        let sum = self.run(params, None, &pl, None)?;
-        Ok(LossSum {
-            sum,
-            count: pl.masked_rows.len() as f64,
-        })
-    }
-
-    fn cell_embeddings(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<Vec<f32>> {
-        self.embed_cells(params, batch)
     }
 
     fn embedding_dim(&self) -> usize {
