@@ -1,16 +1,16 @@
 //! Every backward against central finite differences in f64, and forwards against naive
 //! references.
 
-use crate::device::{Cpu, Device};
+use crate::backend::{Cpu, Device};
 use crate::modules::{EncoderLayerConfig, TransformerEncoderLayer};
 use crate::ops::attention::AttnOpts;
 use crate::ops::*;
-use crate::params::ParamLayout;
+use crate::params::{ParamLayout, ParamView};
 use crate::rng::RngKey;
 use crate::Precision;
 
 /// Deterministic values in [-1, 1).
-fn rand(n: usize, seed: u64) -> Vec<f64> {
+pub(crate) fn rand(n: usize, seed: u64) -> Vec<f64> {
     let k = RngKey::new(seed, 99, 7);
     (0..n)
         .map(|i| k.bits(i as u64) as f64 / 2_147_483_648.0 - 1.0)
@@ -18,7 +18,7 @@ fn rand(n: usize, seed: u64) -> Vec<f64> {
 }
 
 /// Central differences of `f` with respect to every element of `x`.
-fn fd(x: &[f64], mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64> {
+pub(crate) fn fd(x: &[f64], mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64> {
     let h = 1e-6;
     let mut x = x.to_vec();
     (0..x.len())
@@ -35,7 +35,7 @@ fn fd(x: &[f64], mut f: impl FnMut(&[f64]) -> f64) -> Vec<f64> {
 }
 
 #[track_caller]
-fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
+pub(crate) fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     assert_eq!(got.len(), want.len(), "{what}: length");
     let scale = want.iter().fold(1e-3f64, |a, &b| a.max(b.abs()));
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
@@ -46,7 +46,7 @@ fn assert_close(what: &str, got: &[f64], want: &[f64], tol: f64) {
     }
 }
 
-fn dot(a: &[f64], b: &[f64]) -> f64 {
+pub(crate) fn dot(a: &[f64], b: &[f64]) -> f64 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
@@ -439,6 +439,302 @@ fn mse_value_and_grad() {
     let num = fd(&x, |x| mse(&mut [0.0; 9], x, &y, 1.0).unwrap_or(f64::NAN));
     assert_close("dmse", &dx, &num, 1e-7);
     assert!(mse(&mut dx, &x, &y[..3], 1.0).is_err());
+}
+
+fn rand32(n: usize, seed: u64) -> Vec<f32> {
+    rand(n, seed).iter().map(|&v| v as f32).collect()
+}
+
+fn same_bits(what: &str, got: &[f32], want: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for (i, (g, w)) in got.iter().zip(want).enumerate() {
+        assert_eq!(g.to_bits(), w.to_bits(), "{what}[{i}]: {g} vs {w}");
+    }
+}
+
+#[test]
+fn token_embedding_matches_naive_and_fd() {
+    let (vocab, max_len, d) = (6, 5, 3);
+    let ids = [1u32, 4, 4, 0, 5];
+    let pos = [0u32, 1, 2, 1, 4];
+    let n = ids.len();
+    let (g, p, w, b) = (
+        rand(vocab * d, 31),
+        rand(max_len * d, 32),
+        rand(d, 33),
+        rand(d, 34),
+    );
+    let vals = rand(n, 35);
+    let r = rand(n * d, 36);
+    let fwd = |g: &[f64], p: &[f64], w: &[f64], b: &[f64], with_values: bool| {
+        let mut out = vec![0.0; n * d];
+        let value = with_values.then_some((w, b, &vals[..]));
+        token_embedding_forward(&mut out, &ids, &pos, g, p, value, d).expect("in range");
+        out
+    };
+    let out = fwd(&g, &p, &w, &b, true);
+    for k in 0..n {
+        let (i, t) = (ids[k] as usize, pos[k] as usize);
+        for c in 0..d {
+            let want = g[i * d + c] + p[t * d + c] + w[c] * vals[k] + b[c];
+            assert!((out[k * d + c] - want).abs() < 1e-14);
+        }
+    }
+    for with_values in [true, false] {
+        let loss =
+            |g: &[f64], p: &[f64], w: &[f64], b: &[f64]| dot(&fwd(g, p, w, b, with_values), &r);
+        let (mut dg, mut dp, mut dw, mut db) = (
+            vec![0.0; g.len()],
+            vec![0.0; p.len()],
+            vec![0.0; d],
+            vec![0.0; d],
+        );
+        let dvalue = with_values.then_some((&mut dw[..], &mut db[..], &vals[..]));
+        token_embedding_backward(&mut dg, &mut dp, dvalue, &r, &ids, &pos, d).expect("in range");
+        assert_close("dgene", &dg, &fd(&g, |g| loss(g, &p, &w, &b)), 1e-8);
+        assert_close("dpos", &dp, &fd(&p, |p| loss(&g, p, &w, &b)), 1e-8);
+        if with_values {
+            assert_close("dw", &dw, &fd(&w, |w| loss(&g, &p, w, &b)), 1e-8);
+            assert_close("db", &db, &fd(&b, |b| loss(&g, &p, &w, b)), 1e-8);
+        }
+    }
+    let mut out = vec![0.0; d];
+    assert!(token_embedding_forward(&mut out, &[6], &[0], &g, &p, None, d).is_err());
+    assert!(token_embedding_forward(&mut out, &[0], &[5], &g, &p, None, d).is_err());
+    assert!(token_embedding_forward(&mut out, &[0, 1], &[0], &g, &p, None, d).is_err());
+    let (mut dg, mut dp) = (vec![0.0; g.len()], vec![0.0; p.len()]);
+    assert!(token_embedding_backward(&mut dg, &mut dp, None, &r[..d], &[9], &[0], d).is_err());
+}
+
+/// The loops the worker's TokenEmbedding ran before the op existed (gene scale 1.0), on the
+/// flat buffers.
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn old_token_embedding(
+    params: &[f32],
+    grads: &mut [f32],
+    views: (ParamView, ParamView, Option<(ParamView, ParamView)>),
+    ids: &[u32],
+    pos: &[u32],
+    values: &[f32],
+    dout: &[f32],
+    d: usize,
+) -> Vec<f32> {
+    let (gene, ptab, value) = views;
+    let gs = 1.0f32;
+    let mut out = vec![0.0f32; ids.len() * d];
+    let (g, p) = (&params[gene.range()], &params[ptab.range()]);
+    for (n, row) in out.chunks_exact_mut(d).take(ids.len()).enumerate() {
+        let (id, t) = (ids[n] as usize, pos[n] as usize);
+        let (gr, pr) = (&g[id * d..(id + 1) * d], &p[t * d..(t + 1) * d]);
+        for k in 0..d {
+            row[k] = gs * gr[k] + pr[k];
+        }
+        if let Some((w, b)) = value {
+            let (w, b) = (&params[w.range()], &params[b.range()]);
+            let v = values[n];
+            for k in 0..d {
+                row[k] += w[k] * v + b[k];
+            }
+        }
+    }
+    for (n, dr) in dout.chunks_exact(d).take(ids.len()).enumerate() {
+        let (id, t) = (ids[n] as usize, pos[n] as usize);
+        let off = gene.offset + id * d;
+        for k in 0..d {
+            grads[off + k] += gs * dr[k];
+        }
+        let off = ptab.offset + t * d;
+        for k in 0..d {
+            grads[off + k] += dr[k];
+        }
+    }
+    if let Some((w, b)) = value {
+        let mut dw = vec![0.0f32; d];
+        let mut db = vec![0.0f32; d];
+        for (n, dr) in dout.chunks_exact(d).take(ids.len()).enumerate() {
+            let v = values[n];
+            for k in 0..d {
+                dw[k] += dr[k] * v;
+                db[k] += dr[k];
+            }
+        }
+        for k in 0..d {
+            grads[w.offset + k] += dw[k];
+            grads[b.offset + k] += db[k];
+        }
+    }
+    out
+}
+
+#[test]
+fn token_embedding_device_op_equals_the_old_loops_bit_for_bit() {
+    let (vocab, max_len, d, n) = (50, 40, 24, 300);
+    let mut l = ParamLayout::new();
+    let gene = l.add("g", &[vocab, d], crate::Init::Zeros);
+    let ptab = l.add("p", &[max_len, d], crate::Init::Zeros);
+    let w = l.add("w", &[d, 1], crate::Init::Zeros);
+    let b = l.add("b", &[d], crate::Init::Zeros);
+    let params = rand32(l.total(), 41);
+    let ids: Vec<u32> = (0..n).map(|i| (i * 7 % vocab) as u32).collect();
+    let pos: Vec<u32> = (0..n).map(|i| (i % max_len) as u32).collect();
+    let values: Vec<f32> = rand32(n, 42).iter().map(|v| v.abs() * 9.0).collect();
+    let dout = rand32(n * d, 43);
+    let dev = Cpu;
+    for value in [Some((w, b)), None] {
+        // Gradients start non-zero, as under gradient accumulation.
+        let start = rand32(l.total(), 44);
+        let mut old_grads = start.clone();
+        let views = (gene, ptab, value);
+        let want = old_token_embedding(
+            &params,
+            &mut old_grads,
+            views,
+            &ids,
+            &pos,
+            &values,
+            &dout,
+            d,
+        );
+        let vals = dev.upload(&values);
+        let value = value.map(|(w, b)| (w, b, &vals));
+        let mut out: Vec<f32> = dev.zeros(n * d);
+        dev.token_embedding_forward(&mut out, &ids, &pos, &params, gene, ptab, value, d)
+            .expect("in range");
+        same_bits("forward", &out, &want);
+        let mut grads = start.clone();
+        dev.token_embedding_backward(&mut grads, &dout, &ids, &pos, gene, ptab, value, d)
+            .expect("in range");
+        same_bits("backward", &grads, &old_grads);
+    }
+}
+
+#[test]
+fn gather_scatter_rows_are_adjoint() {
+    let (d, rows) = (3, [4usize, 0, 4, 2]);
+    let x = rand(5 * d, 51);
+    let r = rand(rows.len() * d, 52);
+    let gather = |x: &[f64]| {
+        let mut out = vec![0.0; rows.len() * d];
+        gather_rows(&mut out, x, &rows, d);
+        out
+    };
+    let out = gather(&x);
+    for (k, &row) in rows.iter().enumerate() {
+        assert_eq!(out[k * d..(k + 1) * d], x[row * d..(row + 1) * d]);
+    }
+    // d(r·gather(x))/dx = scatter-add of r (row 4 twice).
+    let mut dx = vec![0.0; x.len()];
+    scatter_rows(&mut dx, &r, &rows, d, true);
+    assert_close("scatter-add", &dx, &fd(&x, |x| dot(&gather(x), &r)), 1e-9);
+    // Without accumulate the rows are written (the last write of a repeated row wins).
+    let mut dst = vec![7.0; x.len()];
+    scatter_rows(&mut dst, &r, &rows[..2], d, false);
+    assert_eq!(dst[4 * d..5 * d], r[..d]);
+    assert_eq!(dst[..d], r[d..2 * d]);
+    assert!(dst[d..4 * d].iter().all(|&v| v == 7.0));
+}
+
+#[test]
+fn mean_rows_matches_fd_and_the_old_pooling_loop() {
+    let (d, rows, offsets) = (2, [0usize, 2, 3, 1], [0usize, 3, 3, 4]);
+    let x = rand(4 * d, 61);
+    let r = rand(3 * d, 62);
+    let mean = |x: &[f64]| {
+        let mut out = vec![9.0; 3 * d];
+        mean_rows(&mut out, x, &rows, &offsets, d);
+        out
+    };
+    let out = mean(&x);
+    for c in 0..d {
+        assert!((out[c] - (x[c] + x[2 * d + c] + x[3 * d + c]) / 3.0).abs() < 1e-15);
+        assert_eq!(out[d + c], 0.0, "an empty group is 0");
+        assert_eq!(out[2 * d + c], x[d + c]);
+    }
+    let num = fd(&x, |x| dot(&mean(x), &r));
+    let mut want = vec![0.0; x.len()];
+    for (g, w) in offsets.windows(2).enumerate() {
+        for &row in &rows[w[0]..w[1]] {
+            for c in 0..d {
+                want[row * d + c] += r[g * d + c] / (w[1] - w[0]) as f64;
+            }
+        }
+    }
+    assert_close("dmean", &want, &num, 1e-8);
+    // The encoder's mean pooling over the real tokens, as it was written before the op.
+    let (b, t, d) = (3, 20, 16);
+    let h = rand32(b * t * d, 63);
+    let pad: Vec<bool> = (0..b * t).map(|i| i % t >= t - 3 * (i / t) - 1).collect();
+    let mut old = vec![0.0f32; b * d];
+    for r in 0..b {
+        let o = &mut old[r * d..(r + 1) * d];
+        let mut n = 0usize;
+        for j in 0..t {
+            if !pad[r * t + j] {
+                n += 1;
+                let row = &h[(r * t + j) * d..(r * t + j + 1) * d];
+                o.iter_mut().zip(row).for_each(|(a, b)| *a += *b);
+            }
+        }
+        let inv = 1.0 / n.max(1) as f32;
+        o.iter_mut().for_each(|a| *a *= inv);
+    }
+    let (mut all, mut offs) = (Vec::new(), vec![0]);
+    for r in 0..b {
+        all.extend((0..t).map(|j| r * t + j).filter(|&i| !pad[i]));
+        offs.push(all.len());
+    }
+    let mut out = vec![0.0f32; b * d];
+    mean_rows(&mut out, &h, &all, &offs, d);
+    same_bits("mean pooling", &out, &old);
+}
+
+#[test]
+fn squared_error_sum_matches_fd_and_the_old_loop() {
+    let (y, t) = (rand(7, 71), rand(7, 72));
+    let mut dy = vec![0.0; 7];
+    let s = squared_error_sum(Some(&mut dy), &y, &t, 0.75).expect("same length");
+    let want: f64 = y.iter().zip(&t).map(|(a, b)| (a - b).powi(2)).sum();
+    assert!((s - want).abs() < 1e-14);
+    let num = fd(&y, |y| {
+        0.75 * squared_error_sum(None, y, &t, 0.0).unwrap_or(f64::NAN)
+    });
+    assert_close("dy", &dy, &num, 1e-7);
+    assert!(squared_error_sum(None, &y, &t[..3], 1.0).is_err());
+    assert!(squared_error_sum(Some(&mut dy[..2]), &y, &t, 1.0).is_err());
+    // The masked autoencoder's loop before the op: f32 differences, f64 squares.
+    let (y, t) = (rand32(500, 73), rand32(500, 74));
+    let scale = 0.37f32;
+    let old_sum: f64 = (0..y.len())
+        .map(|i| {
+            let e = (y[i] - t[i]) as f64;
+            e * e
+        })
+        .sum();
+    let old_dy: Vec<f32> = (0..y.len()).map(|i| 2.0 * scale * (y[i] - t[i])).collect();
+    let mut dy = vec![0.0f32; y.len()];
+    let s = squared_error_sum(Some(&mut dy), &y, &t, scale as f64).expect("same length");
+    assert_eq!(s.to_bits(), old_sum.to_bits());
+    same_bits("dy", &dy, &old_dy);
+}
+
+#[test]
+fn scale_and_all_finite_over_parallel_chunks() {
+    // Larger than one parallel chunk: the same as the trainer's sequential loop, bit for bit.
+    let g = rand32(100_000, 81);
+    let factor = 1.0 / (65536.0 * 37.0);
+    let f = factor as f32;
+    let want: Vec<f32> = g.iter().map(|&x| x * f).collect();
+    let mut got = g.clone();
+    scale(&mut got, factor);
+    same_bits("scale", &got, &want);
+    assert!(all_finite(&got));
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut x = g.clone();
+        x[77_777] = bad;
+        assert!(!all_finite(&x));
+    }
+    let x = [3.0f64, 4.0];
+    assert_eq!(global_norm(&x), 5.0);
 }
 
 fn small_layer(

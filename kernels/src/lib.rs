@@ -1,5 +1,7 @@
-//! Compute: explicit forward/backward ops behind the [`Device`] trait. [`Cpu`] is implemented
-//! (rayon + faer); a CUDA backend (feature `cuda`, not written yet) implements the same trait.
+//! Compute: explicit forward/backward ops behind the [`Device`] trait, the one door through
+//! which modules, models and the trainer reach compute. [`Cpu`] is implemented (rayon + faer);
+//! a CUDA backend is not written yet and will be one more file, `backend/cuda.rs`,
+//! implementing the same trait.
 //!
 //! llm.c-style: every op is a forward function and a backward function with the math in a
 //! short comment, no autograd tape. Ops are generic over [`Float`] (f32 for training, f64 for
@@ -8,24 +10,30 @@
 //! register PyTorch names, so the layout's entries are the checkpoint index.
 //!
 //! Layout of the crate:
-//! - [`ops`]: the CPU ops on slices (linear/GEMM, bias, layernorm, embedding, attention,
-//!   GELU/ReLU, dropout, residual, cross-entropy, MSE, Adam/AdamW, clipping, loss scaling);
-//! - [`device`]: the backend trait over device buffers and its CPU implementation;
-//! - [`modules`]: Linear, LayerNorm, Embedding, MultiheadAttention, TransformerEncoderLayer;
+//! - [`backend`]: the [`Device`] trait over device buffers; [`backend::cpu`] implements it;
+//! - [`ops`]: the CPU ops on slices that [`Cpu`] forwards to (linear/GEMM, bias, layernorm,
+//!   embeddings, row gather/scatter/mean, attention, GELU/ReLU, dropout, residual,
+//!   cross-entropy, squared error, Adam/AdamW, clipping, scaling);
+//! - [`modules`]: Linear, LayerNorm, Embedding, TokenEmbedding, MultiheadAttention,
+//!   TransformerEncoderLayer, the encoder layer Stack and the norm + linear heads, all computing
+//!   through [`Device`] only;
+//! - [`optim`]: Adam hyper-parameters and dynamic loss scaling for the trainer;
 //! - [`params`]: the flat parameter layout; [`precision`]: bf16/fp16 rounding;
 //! - [`rng`]: counter-based randomness; [`fastmath`]: vectorized f32 exp/erf.
 
-pub mod device;
+pub mod backend;
 pub mod fastmath;
 pub mod float;
 pub mod modules;
 pub mod ops;
+pub mod optim;
 pub mod params;
 pub mod precision;
 pub mod rng;
 
-pub use device::{Cpu, Device};
+pub use backend::{Cpu, Device};
 pub use float::Float;
+pub use modules::Activation;
 pub use params::{Init, ParamEntry, ParamLayout, ParamView};
 pub use precision::Precision;
 

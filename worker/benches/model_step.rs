@@ -33,9 +33,9 @@ use configs::scmodelforge::{Activation, Architecture, ModelConfig};
 use data::masking::IGNORE_INDEX;
 use data::vocab::{MASK, N_SPECIAL};
 use data::Batch;
-use kernels::ops::{adam_step, clip_grad_norm, matmul, AdamConfig};
+use kernels::optim::AdamConfig;
 use kernels::rng::RngKey;
-use kernels::Precision;
+use kernels::{Cpu, Device, Precision};
 use worker::model::{self, DataSpec};
 
 #[derive(Clone, Copy)]
@@ -234,9 +234,10 @@ fn child(s: &Shape, prec_name: &str, dropout: f64, warmup: usize, iters: usize) 
     };
     let layout = model.layout().clone();
     let n = layout.total();
-    let mut params: Vec<f32> = layout.init_host(42);
-    let mut grads = vec![0.0f32; n];
-    let (mut m, mut v) = (vec![0.0f32; n], vec![0.0f32; n]);
+    let dev = Cpu;
+    let mut params: Vec<f32> = dev.upload(&layout.init_host(42));
+    let mut grads: Vec<f32> = dev.zeros(n);
+    let (mut m, mut v): (Vec<f32>, Vec<f32>) = (dev.zeros(n), dev.zeros(n));
     let adam = AdamConfig::adamw(1e-4, 0.01);
     let batch = synthetic_batch(s);
 
@@ -255,11 +256,10 @@ fn child(s: &Shape, prec_name: &str, dropout: f64, warmup: usize, iters: usize) 
             Ok(l) => l,
             Err(e) => panic!("train_batch: {e}"),
         };
-        let f = (1.0 / ls.count.max(1.0)) as f32;
-        grads.iter_mut().for_each(|g| *g *= f);
-        clip_grad_norm(&mut grads, 1.0);
-        adam_step(&adam, step as u64 + 1, &mut params, &grads, &mut m, &mut v);
-        grads.iter_mut().for_each(|g| *g = 0.0);
+        dev.scale(&mut grads, 1.0 / ls.count.max(1.0));
+        dev.clip_grad_norm(&mut grads, 1.0);
+        dev.adam_step(&adam, step as u64 + 1, &mut params, &grads, &mut m, &mut v);
+        dev.fill_zero(&mut grads);
         let secs = t0.elapsed().as_secs_f64();
         losses.push(ls.mean());
         if step >= warmup {
@@ -320,7 +320,7 @@ fn torch_script() -> &'static str {
     concat!(env!("CARGO_MANIFEST_DIR"), "/benches/model_step_torch.py")
 }
 
-/// GFLOP/s of a square f32 product through `kernels::ops::matmul` (the linear layers' path;
+/// GFLOP/s of a square f32 product through the CPU device's `matmul` (the linear layers' path;
 /// `tb` = x·Wᵀ as in the forward).
 fn gemm_gflops(n: usize, tb: bool, iters: usize) -> f64 {
     let key = RngKey::new(7, 0, 0);
@@ -331,7 +331,7 @@ fn gemm_gflops(n: usize, tb: bool, iters: usize) -> f64 {
     let mut c = vec![0.0f32; n * n];
     let mut run = || {
         let t0 = Instant::now();
-        matmul(Precision::F32, &mut c, &a, false, &b, tb, n, n, n, false);
+        Cpu.matmul(Precision::F32, &mut c, &a, false, &b, tb, n, n, n, false);
         t0.elapsed().as_secs_f64()
     };
     run();
@@ -362,14 +362,15 @@ fn bf16_overhead(iters: usize) {
     let copy = best(&mut || buf.copy_from_slice(&src));
     let round = best(&mut || {
         buf.copy_from_slice(&src);
-        kernels::precision::round_slice(Precision::Bf16Mixed, &mut buf);
+        Cpu.round(Precision::Bf16Mixed, &mut buf);
     });
     let (tokens, e) = (8 * 2048, 256);
-    let x = &src[..tokens * e];
-    let w = &src[tokens * e..tokens * e + 3 * e * e];
+    let x = src[..tokens * e].to_vec();
+    let w = src[tokens * e..tokens * e + 3 * e * e].to_vec();
     let mut y = vec![0.0f32; tokens * 3 * e];
-    let mut mm =
-        |p: Precision| best(&mut || matmul(p, &mut y, x, false, w, true, tokens, 3 * e, e, false));
+    let mut mm = |p: Precision| {
+        best(&mut || Cpu.matmul(p, &mut y, &x, false, &w, true, tokens, 3 * e, e, false))
+    };
     let (f32_s, bf16_s) = (mm(Precision::F32), mm(Precision::Bf16Mixed));
     println!(
         "{{\"bench\":\"bf16_overhead\",\"elements\":{n},\"copy_ns_per_elem\":{:.2},\"copy_and_round_ns_per_elem\":{:.2},\"matmul_shape\":[{tokens},{e},{}],\"matmul_f32_ms\":{:.2},\"matmul_bf16_mixed_ms\":{:.2}}}",

@@ -13,7 +13,7 @@ use crate::rng::{keep_threshold, RngKey};
 use crate::{Float, KernelError, Result};
 
 pub use attention::{attention_backward, attention_forward, AttnShape};
-pub use optim::{adam_step, clip_grad_norm, global_norm, AdamConfig, LossScaler};
+pub use optim::{adam_step, all_finite, clip_grad_norm, global_norm, scale, AdamConfig};
 
 /// Below this many elements an elementwise op runs on the calling thread.
 const PAR_MIN: usize = 1 << 15;
@@ -329,6 +329,170 @@ pub fn embedding_backward<T: Float>(
     Ok(())
 }
 
+/// Token embedding: out[n,:] = G[ids[n],:] + P[pos[n],:], and with a value projection
+/// `value` = (w [dim], b [dim], values [n]) also + (w·values[n] + b)  (nn.Linear(1, dim) of the
+/// value). G is [vocab, dim], P is [max_len, dim]. Errors on an id or position out of range.
+#[allow(clippy::type_complexity)]
+pub fn token_embedding_forward<T: Float>(
+    out: &mut [T],
+    ids: &[u32],
+    pos: &[u32],
+    gene: &[T],
+    position: &[T],
+    value: Option<(&[T], &[T], &[T])>,
+    dim: usize,
+) -> Result<()> {
+    check_tokens(ids, pos, gene.len(), position.len(), dim)?;
+    check("token_embedding", out.len() >= ids.len() * dim, || {
+        format!("out has {} < {}x{dim}", out.len(), ids.len())
+    })?;
+    if let Some((w, b, values)) = value {
+        check(
+            "token_embedding",
+            w.len() >= dim && b.len() >= dim && values.len() >= ids.len(),
+            || {
+                format!(
+                    "value projection {}/{} for {dim}, {} values",
+                    w.len(),
+                    b.len(),
+                    values.len()
+                )
+            },
+        )?;
+    }
+    let d = dim;
+    for (n, row) in out.chunks_exact_mut(d).take(ids.len()).enumerate() {
+        let (id, t) = (ids[n] as usize, pos[n] as usize);
+        let (gr, pr) = (&gene[id * d..(id + 1) * d], &position[t * d..(t + 1) * d]);
+        for k in 0..d {
+            row[k] = gr[k] + pr[k];
+        }
+        if let Some((w, b, values)) = value {
+            let v = values[n];
+            for k in 0..d {
+                row[k] += w[k] * v + b[k];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Token embedding backward (scatter-add): dG[ids[n],:] += dout[n,:], dP[pos[n],:] += dout[n,:];
+/// with `dvalue` = (dw, db, values): dw += Σₙ dout[n,:]·values[n], db += Σₙ dout[n,:] (summed
+/// over n first, then added).
+#[allow(clippy::type_complexity)]
+pub fn token_embedding_backward<T: Float>(
+    dgene: &mut [T],
+    dposition: &mut [T],
+    dvalue: Option<(&mut [T], &mut [T], &[T])>,
+    dout: &[T],
+    ids: &[u32],
+    pos: &[u32],
+    dim: usize,
+) -> Result<()> {
+    check_tokens(ids, pos, dgene.len(), dposition.len(), dim)?;
+    let d = dim;
+    for (n, dr) in dout.chunks_exact(d).take(ids.len()).enumerate() {
+        let (id, t) = (ids[n] as usize, pos[n] as usize);
+        for (g, &v) in dgene[id * d..(id + 1) * d].iter_mut().zip(dr) {
+            *g += v;
+        }
+        for (g, &v) in dposition[t * d..(t + 1) * d].iter_mut().zip(dr) {
+            *g += v;
+        }
+    }
+    if let Some((gw, gb, values)) = dvalue {
+        let mut dw = vec![T::ZERO; d];
+        let mut db = vec![T::ZERO; d];
+        for (n, dr) in dout.chunks_exact(d).take(ids.len()).enumerate() {
+            let v = values[n];
+            for k in 0..d {
+                dw[k] += dr[k] * v;
+                db[k] += dr[k];
+            }
+        }
+        for k in 0..d {
+            gw[k] += dw[k];
+            gb[k] += db[k];
+        }
+    }
+    Ok(())
+}
+
+/// Ids within the gene table and positions within the position table (both `dim` wide).
+fn check_tokens(ids: &[u32], pos: &[u32], gene: usize, position: usize, dim: usize) -> Result<()> {
+    check("token_embedding", dim > 0, || {
+        "embedding dim is 0".to_string()
+    })?;
+    check("token_embedding", ids.len() == pos.len(), || {
+        format!("{} ids but {} positions", ids.len(), pos.len())
+    })?;
+    let (vocab, max_len) = (gene / dim, position / dim);
+    for (&id, &t) in ids.iter().zip(pos) {
+        check("token_embedding", (id as usize) < vocab, || {
+            format!("token id {id} outside the vocabulary of {vocab}")
+        })?;
+        check("token_embedding", (t as usize) < max_len, || {
+            format!("position {t} beyond the {max_len} positions")
+        })?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows: gather, scatter, mean
+
+/// Gather: out[k,:] = x[rows[k],:]  (its backward is [`scatter_rows`] with `accumulate`).
+pub fn gather_rows<T: Float>(out: &mut [T], x: &[T], rows: &[usize], dim: usize) {
+    if dim == 0 {
+        return;
+    }
+    for (o, &r) in out.chunks_exact_mut(dim).zip(rows) {
+        o.copy_from_slice(&x[r * dim..(r + 1) * dim]);
+    }
+}
+
+/// Scatter: dst[rows[k],:] = src[k,:], or += when `accumulate` (in order of k, so a row listed
+/// twice adds up).
+pub fn scatter_rows<T: Float>(
+    dst: &mut [T],
+    src: &[T],
+    rows: &[usize],
+    dim: usize,
+    accumulate: bool,
+) {
+    if dim == 0 {
+        return;
+    }
+    for (s, &r) in src.chunks_exact(dim).zip(rows) {
+        let d = &mut dst[r * dim..(r + 1) * dim];
+        if accumulate {
+            d.iter_mut().zip(s).for_each(|(a, b)| *a += *b);
+        } else {
+            d.copy_from_slice(s);
+        }
+    }
+}
+
+/// Mean of groups of rows: for group g (rows[offsets[g]..offsets[g+1]]),
+/// out[g,:] = (Σₖ x[rows[k],:]) · (1/max(count, 1)), summed in order from 0. An empty group
+/// gives 0.
+pub fn mean_rows<T: Float>(out: &mut [T], x: &[T], rows: &[usize], offsets: &[usize], dim: usize) {
+    if dim == 0 {
+        return;
+    }
+    for (o, w) in out.chunks_exact_mut(dim).zip(offsets.windows(2)) {
+        o.fill(T::ZERO);
+        let group = &rows[w[0]..w[1]];
+        for &r in group {
+            let row = &x[r * dim..(r + 1) * dim];
+            o.iter_mut().zip(row).for_each(|(a, b)| *a += *b);
+        }
+        let inv = T::ONE / T::from_f64(group.len().max(1) as f64);
+        o.iter_mut().for_each(|a| *a *= inv);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // LayerNorm
 
@@ -631,6 +795,36 @@ pub fn cross_entropy<T: Float>(
     } else {
         total / count as f64
     })
+}
+
+/// Sum of squared errors: returns Σₙ (y[n] − t[n])², each difference taken in T and squared
+/// and summed (in order) in f64; with `dy`, writes dy[n] = (2·dscale)·(y[n] − t[n])  (the
+/// gradient of dscale·Σ(y − t)²).
+pub fn squared_error_sum<T: Float>(
+    dy: Option<&mut [T]>,
+    y: &[T],
+    target: &[T],
+    dscale: f64,
+) -> Result<f64> {
+    check("squared_error_sum", y.len() == target.len(), || {
+        format!("y {} target {}", y.len(), target.len())
+    })?;
+    if let Some(dy) = dy {
+        check("squared_error_sum", dy.len() >= y.len(), || {
+            format!("dy {} < y {}", dy.len(), y.len())
+        })?;
+        let s = T::from_f64(2.0 * dscale);
+        for ((d, &a), &b) in dy.iter_mut().zip(y).zip(target) {
+            *d = s * (a - b);
+        }
+    }
+    Ok(y.iter()
+        .zip(target)
+        .map(|(&a, &b)| {
+            let e = (a - b).to_f64();
+            e * e
+        })
+        .sum())
 }
 
 /// Mean squared error: loss = (1/n) Σ (x − y)²;  dx = 2(x − y)/n · dloss.

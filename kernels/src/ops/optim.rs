@@ -1,4 +1,6 @@
-//! Optimizer and gradient clipping, one pass over the flat parameter/gradient buffers.
+//! Optimizer, gradient clipping and the whole-buffer checks and scalings around them, one pass
+//! over the flat parameter/gradient buffers. (Dynamic loss scaling, which decides what to do
+//! with these, is [`crate::optim::LossScaler`].)
 
 use rayon::prelude::*;
 
@@ -90,87 +92,26 @@ pub fn clip_grad_norm<T: Float>(grads: &mut [T], max_norm: f64) -> f64 {
     let n = global_norm(grads);
     let coef = max_norm / (n + 1e-6);
     if coef < 1.0 {
-        let c = T::from_f64(coef);
-        grads
-            .par_chunks_mut(CHUNK)
-            .for_each(|ch| ch.iter_mut().for_each(|x| *x *= c));
+        scale(grads, coef);
     }
     n
 }
 
-/// Dynamic loss scaling for "16-mixed" (torch.amp.GradScaler semantics): the loss is
-/// multiplied by `scale` before backward; after it, gradients are checked and unscaled. A step
-/// with a non-finite gradient is skipped and the scale backs off; `growth_interval` clean steps
-/// in a row grow it.
-#[derive(Clone, Debug, PartialEq)]
-pub struct LossScaler {
-    pub scale: f64,
-    pub growth_factor: f64,
-    pub backoff_factor: f64,
-    pub growth_interval: u32,
-    good_steps: u32,
+/// x ← x·f with f = `factor` rounded to T once (for f32: `factor as f32`), elementwise.
+pub fn scale<T: Float>(x: &mut [T], factor: f64) {
+    let f = T::from_f64(factor);
+    x.par_chunks_mut(CHUNK)
+        .for_each(|ch| ch.iter_mut().for_each(|v| *v *= f));
 }
 
-impl Default for LossScaler {
-    fn default() -> Self {
-        Self {
-            scale: 65536.0,
-            growth_factor: 2.0,
-            backoff_factor: 0.5,
-            growth_interval: 2000,
-            good_steps: 0,
-        }
-    }
-}
-
-impl LossScaler {
-    /// Unscales `grads` in place and updates the scale. Returns false when the gradients held
-    /// inf/NaN: the caller skips the optimizer step (the gradients are then meaningless).
-    pub fn unscale_and_update<T: Float>(&mut self, grads: &mut [T]) -> bool {
-        let finite = grads
-            .par_chunks(CHUNK)
-            .all(|c| c.iter().all(|x| x.is_finite()));
-        if finite {
-            let inv = T::from_f64(1.0 / self.scale);
-            grads
-                .par_chunks_mut(CHUNK)
-                .for_each(|c| c.iter_mut().for_each(|x| *x *= inv));
-            self.good_steps += 1;
-            if self.good_steps >= self.growth_interval {
-                self.scale *= self.growth_factor;
-                self.good_steps = 0;
-            }
-        } else {
-            self.scale *= self.backoff_factor;
-            self.good_steps = 0;
-        }
-        finite
-    }
+/// Whether every element is finite (no inf, no NaN).
+pub fn all_finite<T: Float>(x: &[T]) -> bool {
+    x.par_chunks(CHUNK).all(|c| c.iter().all(|v| v.is_finite()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn loss_scaler_skips_overflow_and_grows() {
-        let mut s = LossScaler {
-            growth_interval: 2,
-            ..Default::default()
-        };
-        let mut g = vec![65536.0f32, -131072.0];
-        assert!(s.unscale_and_update(&mut g));
-        assert_eq!(g, vec![1.0, -2.0]);
-        let mut g = vec![1.0f32, f32::INFINITY];
-        assert!(!s.unscale_and_update(&mut g));
-        assert_eq!(s.scale, 32768.0);
-        let mut g = vec![f32::NAN];
-        assert!(!s.unscale_and_update(&mut g));
-        assert_eq!(s.scale, 16384.0);
-        assert!(s.unscale_and_update(&mut [0.0f32]));
-        assert!(s.unscale_and_update(&mut [0.0f32]));
-        assert_eq!(s.scale, 32768.0);
-    }
 
     #[test]
     fn adamw_matches_hand_computed_steps() {

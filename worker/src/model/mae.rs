@@ -18,33 +18,30 @@
 use configs::scmodelforge::{ModelConfig, Pooling};
 use data::masking::IGNORE_INDEX;
 use data::Batch;
-use kernels::ops;
+use kernels::modules::{NormHead, RowNorm, SavedLinear, Stack, EMB_STD};
 use kernels::rng::RngKey;
-use kernels::{Init, ParamLayout, ParamView, Precision};
+use kernels::{Cpu, Device, Init, ParamLayout, ParamView, Precision};
 
-use super::encoder::pool;
-use super::parts::{
-    self, clamp_positions, layer_key, NormHead, Padded, RowNorm, SavedLinear, Stack, TokenEmbedding,
-};
-use super::{DataSpec, LossSum, ModelError, Result, ScModel};
+use super::parts::{self, layer_config, Padded, Trunk};
+use super::{Arch, DataSpec, LossSum, ModelError, Result, Train};
 
 /// The decoder's dropout keys differ from the encoder's.
 fn decoder_key(key: RngKey) -> RngKey {
     RngKey::new(key.seed, key.step, key.layer.wrapping_add(1))
 }
 
-pub struct MaskedAutoencoder {
+pub struct MaskedAutoencoder<D: Device<f32> = Cpu> {
+    dev: D,
     layout: ParamLayout,
-    embed: TokenEmbedding,
-    encoder: Stack,
-    enc_norm: RowNorm,
-    decoder_embed: SavedLinear,
+    trunk: Trunk<D::Mem>,
+    enc_norm: RowNorm<D::Mem>,
+    decoder_embed: SavedLinear<D::Mem>,
+    /// [dd], read as a one-row table (every masked row looks up row 0).
     mask_token: ParamView,
     dec_gene: ParamView,
     dec_pos: ParamView,
-    decoder: Stack,
-    head: NormHead,
-    dropout: f64,
+    decoder: Stack<D::Mem>,
+    head: NormHead<D::Mem>,
     pooling: Pooling,
     prec: Precision,
     hidden: usize,
@@ -59,15 +56,26 @@ struct Plan {
     vis: Padded,
     /// Full sequences, [b, t] padded; ids are the original genes.
     full: Padded,
-    /// For each visible row of `vis` (non-pad), its row in `full`.
-    vis_rows: Vec<(usize, usize)>,
-    /// Masked rows of `full` and their target values.
+    /// The real visible rows of `vis`, and the row of each in `full`.
+    vis_rows: Vec<usize>,
+    vis_full: Vec<usize>,
+    /// Masked rows of `full`, their genes and their target values.
     masked_rows: Vec<usize>,
+    masked_ids: Vec<u32>,
     targets: Vec<f32>,
+    /// The real (non-padding) rows of `full` and their positions.
+    real_rows: Vec<usize>,
+    real_pos: Vec<u32>,
 }
 
 impl MaskedAutoencoder {
     pub fn new(cfg: &ModelConfig, spec: DataSpec, prec: Precision) -> Result<Self> {
+        Self::with_device(Cpu, cfg, spec, prec)
+    }
+}
+
+impl<D: Device<f32>> MaskedAutoencoder<D> {
+    pub fn with_device(dev: D, cfg: &ModelConfig, spec: DataSpec, prec: Precision) -> Result<Self> {
         parts::check_dims(cfg)?;
         let (h, dd, dh) = (cfg.hidden_dim, cfg.decoder_dim(), cfg.decoder_heads());
         if dd == 0 || dh == 0 || !dd.is_multiple_of(dh) {
@@ -77,56 +85,27 @@ impl MaskedAutoencoder {
         }
         let act = parts::activation(cfg.activation);
         let mut l = ParamLayout::new();
-        let embed = TokenEmbedding::new(
-            &mut l,
-            "",
-            spec.vocab_size,
-            cfg.max_seq_len,
-            h,
-            cfg.use_expression_values,
-        );
-        let encoder = Stack::new(
-            &mut l,
-            "encoder.layers",
-            cfg.num_layers,
-            h,
-            cfg.num_heads,
-            cfg.ffn_dim(),
-            cfg.dropout,
-            act,
-            false,
-            prec,
-        )?;
+        let trunk = Trunk::new(&mut l, cfg, spec.vocab_size, false, prec)?;
         let enc_norm = RowNorm::new(&mut l, "encoder.norm", h);
         let decoder_embed = SavedLinear::new(&mut l, "decoder_embed", h, dd);
         let mask_token = l.add("mask_token", &[dd], Init::Normal(0.02));
         let dec_gene = l.add(
             "decoder_gene_embedding.weight",
             &[spec.vocab_size, dd],
-            Init::Normal(parts::EMB_STD),
+            Init::Normal(EMB_STD),
         );
         let dec_pos = l.add(
             "decoder_position_embedding.weight",
             &[cfg.max_seq_len, dd],
-            Init::Normal(parts::EMB_STD),
+            Init::Normal(EMB_STD),
         );
-        let decoder = Stack::new(
-            &mut l,
-            "decoder.layers",
-            cfg.decoder_layers,
-            dd,
-            dh,
-            4 * dd,
-            cfg.dropout,
-            act,
-            false,
-            prec,
-        )?;
+        let layers = layer_config(dd, dh, 4 * dd, cfg.dropout, act, false, prec);
+        let decoder = Stack::new(&mut l, "decoder.layers", cfg.decoder_layers, layers)?;
         let head = NormHead::new(&mut l, "decoder.norm", "expression_head", dd, 1);
         Ok(Self {
+            dev,
             layout: l,
-            embed,
-            encoder,
+            trunk,
             enc_norm,
             decoder_embed,
             mask_token,
@@ -134,7 +113,6 @@ impl MaskedAutoencoder {
             dec_pos,
             decoder,
             head,
-            dropout: cfg.dropout,
             pooling: cfg.pooling,
             prec,
             hidden: h,
@@ -146,14 +124,7 @@ impl MaskedAutoencoder {
 
     fn plan(&self, batch: &Batch) -> Plan {
         let (b, s) = (batch.batch_size, batch.seq_len);
-        let ids: Vec<u32> = batch
-            .gene_ids
-            .iter()
-            .zip(&batch.labels)
-            .map(|(&id, &l)| if l != IGNORE_INDEX { l as u32 } else { id })
-            .collect();
-        let mut full = Padded::new(b, s, &ids, &batch.target_values, &batch.attention_mask);
-        clamp_positions(&mut full.pos, &full.pad, self.max_len);
+        let full = Padded::unmasked(batch, self.max_len);
         // Visible tokens per cell, compacted.
         let mut per_cell: Vec<Vec<usize>> = vec![Vec::new(); b];
         let (mut masked_rows, mut targets) = (Vec::new(), Vec::new());
@@ -176,212 +147,146 @@ impl MaskedAutoencoder {
             (vec![0u32; b * tv], vec![0f32; b * tv], vec![0u32; b * tv]);
         for (r, cell) in per_cell.iter().enumerate() {
             for (k, &j) in cell.iter().enumerate() {
-                vids[r * tv + k] = ids[r * s + j];
+                vids[r * tv + k] = full.ids[full.row(r, j)];
                 vvals[r * tv + k] = batch.values[r * s + j];
                 vmask[r * tv + k] = 1;
             }
         }
         let mut vis = Padded::new(b, tv, &vids, &vvals, &vmask);
-        let mut vis_rows = Vec::new();
+        let (mut vis_rows, mut vis_full) = (Vec::new(), Vec::new());
         for (r, cell) in per_cell.iter().enumerate() {
             for (k, &j) in cell.iter().enumerate() {
                 let row = vis.row(r, k);
                 vis.pos[row] = j as u32;
-                vis_rows.push((row, full.row(r, j)));
+                vis_rows.push(row);
+                vis_full.push(full.row(r, j));
             }
         }
-        clamp_positions(&mut vis.pos, &vis.pad, self.max_len);
+        parts::clamp_positions(&mut vis.pos, &vis.pad, self.max_len);
+        let masked_ids = masked_rows.iter().map(|&r| full.ids[r]).collect();
+        let real_rows: Vec<usize> = (0..full.pad.len()).filter(|&n| !full.pad[n]).collect();
+        let real_pos = real_rows.iter().map(|&n| full.pos[n]).collect();
         Plan {
             vis,
             full,
             vis_rows,
+            vis_full,
             masked_rows,
+            masked_ids,
             targets,
+            real_rows,
+            real_pos,
         }
-    }
-
-    /// Forward; returns the loss sum and keeps activations for backward.
-    fn forward(&mut self, params: &Vec<f32>, pl: &Plan, key: Option<RngKey>) -> Result<f64> {
-        let (h, dd) = (self.hidden, self.ddim);
-        let v = &pl.vis;
-        let mut x = vec![0.0f32; v.b * v.t * h];
-        self.embed
-            .forward(params, &v.ids, &v.pos, &v.values, &mut x)?;
-        if let Some(k) = key {
-            ops::dropout_forward(&mut x, self.dropout, layer_key(k, 0));
-        }
-        let enc = self.encoder.forward(params, &x, v.b, v.t, &v.pad, key)?;
-        // Only real visible rows continue to the decoder.
-        let mut e = Vec::with_capacity(pl.vis_rows.len() * h);
-        for &(row, _) in &pl.vis_rows {
-            e.extend_from_slice(&enc[row * h..(row + 1) * h]);
-        }
-        self.enc_norm.forward(params, &e);
-        self.decoder_embed
-            .forward(self.prec, params, &self.enc_norm.y.clone());
-        let f = &pl.full;
-        let mut dx = vec![0.0f32; f.b * f.t * dd];
-        let (pos_tab, gene_tab) = (
-            &params[self.dec_pos.range()],
-            &params[self.dec_gene.range()],
-        );
-        for (n, row) in dx.chunks_exact_mut(dd).enumerate() {
-            let p = f.pos[n] as usize;
-            row.copy_from_slice(&pos_tab[p * dd..(p + 1) * dd]);
-        }
-        for (k, &(_, frow)) in pl.vis_rows.iter().enumerate() {
-            let src = &self.decoder_embed.y[k * dd..(k + 1) * dd];
-            dx[frow * dd..(frow + 1) * dd]
-                .iter_mut()
-                .zip(src)
-                .for_each(|(a, b)| *a += *b);
-        }
-        let mt = &params[self.mask_token.range()];
-        for &frow in &pl.masked_rows {
-            let g = f.ids[frow] as usize;
-            if g >= self.vocab {
-                return Err(ModelError::Batch(format!(
-                    "token id {g} outside the model vocabulary of {}",
-                    self.vocab
-                )));
-            }
-            let gr = &gene_tab[g * dd..(g + 1) * dd];
-            for (c, a) in dx[frow * dd..(frow + 1) * dd].iter_mut().enumerate() {
-                *a += mt[c] + gr[c];
-            }
-        }
-        let dkey = key.map(decoder_key);
-        let dec = self
-            .decoder
-            .forward(params, &dx, f.b, f.t, &f.pad, dkey)?
-            .clone();
-        self.head.forward(self.prec, params, &dec, &pl.masked_rows);
-        let m = pl.masked_rows.len();
-        let sum: f64 = (0..m)
-            .map(|i| {
-                let e = (self.head.y[i] - pl.targets[i]) as f64;
-                e * e
-            })
-            .sum();
-        Ok(sum)
     }
 }
 
-impl ScModel for MaskedAutoencoder {
+impl<D: Device<f32>> Arch<D> for MaskedAutoencoder<D> {
     fn layout(&self) -> &ParamLayout {
         &self.layout
     }
 
-    fn train_batch(
+    fn run(
         &mut self,
-        params: &Vec<f32>,
-        grads: &mut Vec<f32>,
+        params: &D::Mem,
         batch: &Batch,
-        key: RngKey,
-        scale: f32,
-        ready: &mut super::GradsReady,
+        train: Option<Train<'_, D::Mem>>,
     ) -> Result<LossSum> {
         if batch.batch_size == 0 {
             return Ok(LossSum::default());
         }
-        let pl = self.plan(batch);
-        let sum = self.forward(params, &pl, Some(key))?;
-        let (h, dd) = (self.hidden, self.ddim);
-        let m = pl.masked_rows.len();
-        // d(scale·Σ(y−v)²)/dy = 2·scale·(y−v)
-        let dy: Vec<f32> = (0..m)
-            .map(|i| 2.0 * scale * (self.head.y[i] - pl.targets[i]))
-            .collect();
+        let pl = &self.plan(batch);
+        let dev = &self.dev;
+        let (h, dd, prec) = (self.hidden, self.ddim, self.prec);
+        let key = train.as_ref().map(|t| t.key);
+        let enc = self.trunk.encode(dev, params, &pl.vis, key)?;
+        // Only real visible rows continue to the decoder.
+        let mut e = dev.zeros(pl.vis_rows.len() * h);
+        dev.gather_rows(&mut e, enc, &pl.vis_rows, h);
+        self.enc_norm.forward(dev, params, &e);
+        self.decoder_embed
+            .forward(dev, prec, params, &self.enc_norm.y);
+        // Decoder input: position embedding everywhere, plus the projected encoder state on
+        // visible rows, plus mask_token + decoder_gene_embedding[gene] on masked rows.
         let f = &pl.full;
-        let mut ddec = vec![0.0f32; f.b * f.t * dd];
-        self.head
-            .backward(self.prec, params, grads, &dy, &pl.masked_rows, &mut ddec);
-        let dkey = decoder_key(key);
-        let din = self
+        let mut dx = dev.zeros(f.b * f.t * dd);
+        dev.embedding_forward(&mut dx, &f.pos, params, self.dec_pos, dd)?;
+        dev.scatter_rows(&mut dx, &self.decoder_embed.y, &pl.vis_full, dd, true);
+        parts::check_ids(&pl.masked_ids, self.vocab)?;
+        let m = pl.masked_rows.len();
+        let token_idx = vec![0u32; m];
+        let mut masked_in = dev.zeros(m * dd);
+        dev.embedding_forward(&mut masked_in, &pl.masked_ids, params, self.dec_gene, dd)?;
+        let mut tokens = dev.zeros(m * dd);
+        dev.embedding_forward(&mut tokens, &token_idx, params, self.mask_token, dd)?;
+        dev.add_inplace(&mut masked_in, &tokens);
+        dev.scatter_rows(&mut dx, &masked_in, &pl.masked_rows, dd, true);
+        let dec = self
             .decoder
-            .backward(params, grads, f.b, f.t, &ddec, dkey, ready)
-            .clone();
-        for (n, row) in din.chunks_exact(dd).enumerate() {
-            if f.pad[n] {
-                continue;
-            }
-            let off = self.dec_pos.offset + f.pos[n] as usize * dd;
-            grads[off..off + dd]
-                .iter_mut()
-                .zip(row)
-                .for_each(|(a, b)| *a += *b);
-        }
-        for &frow in &pl.masked_rows {
-            let row = &din[frow * dd..(frow + 1) * dd];
-            let g = f.ids[frow] as usize;
-            let off = self.dec_gene.offset + g * dd;
-            for c in 0..dd {
-                grads[self.mask_token.offset + c] += row[c];
-                grads[off + c] += row[c];
-            }
-        }
-        let mut dproj = Vec::with_capacity(pl.vis_rows.len() * dd);
-        for &(_, frow) in &pl.vis_rows {
-            dproj.extend_from_slice(&din[frow * dd..(frow + 1) * dd]);
-        }
+            .forward(dev, params, &dx, f.b, f.t, &f.pad, key.map(decoder_key))?;
+        self.head.forward(dev, prec, params, dec, &pl.masked_rows);
+        let targets = dev.upload(&pl.targets);
+        let count = m as f64;
+        let Some(Train {
+            grads,
+            key,
+            scale,
+            ready,
+        }) = train
+        else {
+            let sum = dev.squared_error_sum(None, &self.head.y, &targets, 0.0)?;
+            return Ok(LossSum { sum, count });
+        };
+        // d(scale·Σ(y−v)²)/dy = 2·scale·(y−v)
+        let mut dy = dev.zeros(m);
+        let sum = dev.squared_error_sum(Some(&mut dy), &self.head.y, &targets, scale as f64)?;
+        let mut ddec = dev.zeros(f.b * f.t * dd);
+        self.head
+            .backward(dev, prec, params, grads, &dy, &pl.masked_rows, &mut ddec);
+        let din = self.decoder.backward(
+            dev,
+            params,
+            grads,
+            f.b,
+            f.t,
+            &ddec,
+            decoder_key(key),
+            &mut *ready,
+        );
+        let rows_of = |rows: &[usize]| {
+            let mut out = dev.zeros(rows.len() * dd);
+            dev.gather_rows(&mut out, din, rows, dd);
+            out
+        };
+        let dpos = rows_of(&pl.real_rows);
+        dev.embedding_backward(grads, self.dec_pos, &dpos, &pl.real_pos, dd)?;
+        let dmasked = rows_of(&pl.masked_rows);
+        dev.embedding_backward(grads, self.mask_token, &dmasked, &token_idx, dd)?;
+        dev.embedding_backward(grads, self.dec_gene, &dmasked, &pl.masked_ids, dd)?;
+        let dproj = rows_of(&pl.vis_full);
         let dnorm = self
             .decoder_embed
-            .backward(self.prec, params, grads, &dproj);
-        let de = self.enc_norm.backward(params, grads, &dnorm);
+            .backward(dev, prec, params, grads, &dproj);
+        let de = self.enc_norm.backward(dev, params, grads, &dnorm);
         let v = &pl.vis;
-        let mut denc = vec![0.0f32; v.b * v.t * h];
-        for (k, &(row, _)) in pl.vis_rows.iter().enumerate() {
-            denc[row * h..(row + 1) * h].copy_from_slice(&de[k * h..(k + 1) * h]);
-        }
-        let mut dx = self
-            .encoder
-            .backward(params, grads, v.b, v.t, &denc, key, ready)
-            .clone();
-        ops::dropout_backward(&mut dx, self.dropout, layer_key(key, 0));
-        self.embed.backward(grads, &v.ids, &v.pos, &v.values, &dx);
-        Ok(LossSum {
-            sum,
-            count: m as f64,
-        })
+        let mut denc = dev.zeros(v.b * v.t * h);
+        dev.scatter_rows(&mut denc, &de, &pl.vis_rows, h, false);
+        self.trunk
+            .backward(dev, params, grads, v, &denc, key, ready)?;
+        Ok(LossSum { sum, count })
     }
 
-    fn eval_batch(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<LossSum> {
-        if batch.batch_size == 0 {
-            return Ok(LossSum::default());
-        }
-        let pl = self.plan(batch);
-        let sum = self.forward(params, &pl, None)?;
-        Ok(LossSum {
-            sum,
-            count: pl.masked_rows.len() as f64,
-        })
-    }
-
-    fn cell_embeddings(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<Vec<f32>> {
-        let ids: Vec<u32> = batch
-            .gene_ids
-            .iter()
-            .zip(&batch.labels)
-            .map(|(&id, &l)| if l != IGNORE_INDEX { l as u32 } else { id })
-            .collect();
-        let mut p = Padded::new(
-            batch.batch_size,
-            batch.seq_len,
-            &ids,
-            &batch.target_values,
-            &batch.attention_mask,
-        );
-        clamp_positions(&mut p.pos, &p.pad, self.max_len);
-        let h = self.hidden;
-        let mut x = vec![0.0f32; p.b * p.t * h];
-        self.embed
-            .forward(params, &p.ids, &p.pos, &p.values, &mut x)?;
-        let enc = self
-            .encoder
-            .forward(params, &x, p.b, p.t, &p.pad, None)?
-            .clone();
-        self.enc_norm.forward(params, &enc);
-        Ok(pool(&self.enc_norm.y, &p, h, self.pooling))
+    fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
+        let dev = &self.dev;
+        let p = Padded::unmasked(batch, self.max_len);
+        let enc = self.trunk.encode(dev, params, &p, None)?;
+        self.enc_norm.forward(dev, params, enc);
+        Ok(parts::pool_padded(
+            dev,
+            &self.enc_norm.y,
+            &p,
+            self.hidden,
+            self.pooling,
+        ))
     }
 
     fn embedding_dim(&self) -> usize {

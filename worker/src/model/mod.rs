@@ -1,4 +1,5 @@
-//! The three scModelForge architectures on the CPU kernels.
+//! The three scModelForge architectures, computing through the kernels' modules and
+//! [`Device`] trait only.
 //!
 //! Every model registers its parameters in one [`ParamLayout`] under PyTorch-style names, so
 //! parameters, gradients and Adam moments are single flat buffers. A model turns one padded
@@ -6,6 +7,10 @@
 //! backward accumulates `scale · d(loss sum)/dθ` into the gradient buffer. The trainer divides
 //! by the global target count afterwards, which makes the gradient of N workers with batch B the
 //! gradient of one worker with batch N·B.
+//!
+//! Each architecture is generic over its device (`Model<D: Device<f32>>`, [`Cpu`] by default)
+//! and implements [`Arch`]; [`ScModel`], the trainer's face with host buffers, follows for every
+//! architecture on [`Cpu`].
 //!
 //! - [`encoder::TransformerEncoderModel`]: `transformer_encoder` (masked gene prediction).
 //! - [`autoregressive::AutoregressiveModel`]: `autoregressive_transformer` (next gene and
@@ -21,7 +26,7 @@ mod parts;
 use configs::scmodelforge::{Architecture, ModelConfig};
 use data::Batch;
 use kernels::rng::RngKey;
-use kernels::{ParamLayout, Precision};
+use kernels::{Cpu, Device, ParamLayout, Precision};
 
 pub use parts::ROUND_SEQ;
 
@@ -94,6 +99,72 @@ pub trait ScModel: Send {
 
     /// Width of a cell embedding.
     fn embedding_dim(&self) -> usize;
+}
+
+/// What a training forward needs besides the batch: the gradient buffer backward adds into,
+/// the dropout key, the loss scale and the hook that hears of each finished encoder layer.
+pub struct Train<'a, M> {
+    pub grads: &'a mut M,
+    pub key: RngKey,
+    pub scale: f32,
+    pub ready: &'a mut GradsReady<'a>,
+}
+
+/// An architecture on the compute device `D`.
+pub trait Arch<D: Device<f32>>: Send {
+    fn layout(&self) -> &ParamLayout;
+
+    /// Forward of one micro-batch (dropout off) returning the loss sum and target count; with
+    /// `train`, dropout on (keyed by `train.key`) and backward: adds `train.scale · ∂(loss
+    /// sum)/∂θ` to `train.grads`.
+    fn run(
+        &mut self,
+        params: &D::Mem,
+        batch: &Batch,
+        train: Option<Train<'_, D::Mem>>,
+    ) -> Result<LossSum>;
+
+    /// Cell embeddings [batch, dim] (dropout off), pooled as `model.pooling` says.
+    fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>>;
+
+    /// Width of a cell embedding.
+    fn embedding_dim(&self) -> usize;
+}
+
+impl<A: Arch<Cpu>> ScModel for A {
+    fn layout(&self) -> &ParamLayout {
+        Arch::layout(self)
+    }
+
+    fn train_batch(
+        &mut self,
+        params: &Vec<f32>,
+        grads: &mut Vec<f32>,
+        batch: &Batch,
+        key: RngKey,
+        scale: f32,
+        ready: &mut GradsReady,
+    ) -> Result<LossSum> {
+        let train = Train {
+            grads,
+            key,
+            scale,
+            ready,
+        };
+        self.run(params, batch, Some(train))
+    }
+
+    fn eval_batch(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<LossSum> {
+        self.run(params, batch, None)
+    }
+
+    fn cell_embeddings(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<Vec<f32>> {
+        Arch::cell_embeddings(self, params, batch)
+    }
+
+    fn embedding_dim(&self) -> usize {
+        Arch::embedding_dim(self)
+    }
 }
 
 /// The model `cfg.architecture` names.

@@ -1,30 +1,48 @@
-//! Pieces the three architectures share: the token embedding (gene + learned position +
-//! expression-value projection), a stack of pre-norm encoder layers with cached activation
-//! arenas, and a layer norm + linear head over a subset of rows.
+//! What the three architectures share beyond the kernels' modules: the config and batch glue
+//! (activation from the config enum, size checks, the padded batch layout, pooling choices)
+//! and [`Trunk`], the token embedding + dropout + encoder layers every model starts with.
+//! Everything that computes goes through [`kernels::modules`] or the [`Device`] trait.
 
-use configs::scmodelforge::{Activation as CfgActivation, ModelConfig};
+use configs::scmodelforge::{Activation as CfgActivation, ModelConfig, Pooling};
+use data::masking::IGNORE_INDEX;
 use data::Batch;
-use kernels::modules::{EncoderActs, EncoderLayerConfig, LayerNorm, TransformerEncoderLayer};
-use kernels::ops::{self, Activation};
+use kernels::modules::{layer_key, EncoderLayerConfig, Stack, TokenEmbedding, LN_EPS};
 use kernels::rng::RngKey;
-use kernels::{Cpu, Init, ParamLayout, ParamView, Precision};
+use kernels::{Activation, Device, ParamLayout, Precision};
 
-use super::{ModelError, Result};
+use super::{GradsReady, ModelError, Result};
 
 /// Padded sequence lengths are rounded up to a multiple of this, so batches of similar length
 /// share one activation arena (padding rows are masked keys and carry no gradient).
 pub const ROUND_SEQ: usize = 16;
-/// Arenas kept for recently seen (batch, seq) shapes.
-const ARENA_CACHE: usize = 3;
-/// PyTorch's nn.LayerNorm / nn.TransformerEncoderLayer default.
-pub const LN_EPS: f64 = 1e-5;
-/// Standard deviation of the embedding tables and the value projection at init.
-pub const EMB_STD: f64 = 0.02;
 
 pub fn activation(a: CfgActivation) -> Activation {
     match a {
         CfgActivation::Gelu => Activation::Gelu,
         CfgActivation::Relu => Activation::Relu,
+    }
+}
+
+/// Pre-norm encoder layers of width `dim` (PyTorch's layer norm ε).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_config(
+    dim: usize,
+    heads: usize,
+    ffn: usize,
+    dropout: f64,
+    act: Activation,
+    causal: bool,
+    precision: Precision,
+) -> EncoderLayerConfig {
+    EncoderLayerConfig {
+        d_model: dim,
+        nhead: heads,
+        dim_feedforward: ffn,
+        dropout,
+        activation: act,
+        layer_norm_eps: LN_EPS,
+        causal,
+        precision,
     }
 }
 
@@ -63,538 +81,43 @@ impl Padded {
         p
     }
 
-    pub fn from_batch(batch: &Batch) -> Self {
-        Self::new(
+    /// The batch as the model reads it (masked ids and values), positions clamped to
+    /// `max_len`.
+    pub fn masked(batch: &Batch, max_len: usize) -> Self {
+        let mut p = Self::new(
             batch.batch_size,
             batch.seq_len,
             &batch.gene_ids,
             &batch.values,
             &batch.attention_mask,
-        )
+        );
+        clamp_positions(&mut p.pos, &p.pad, max_len);
+        p
+    }
+
+    /// The unmasked cell (labels restored into the ids, original values), positions clamped to
+    /// `max_len`.
+    pub fn unmasked(batch: &Batch, max_len: usize) -> Self {
+        let ids: Vec<u32> = batch
+            .gene_ids
+            .iter()
+            .zip(&batch.labels)
+            .map(|(&id, &l)| if l != IGNORE_INDEX { l as u32 } else { id })
+            .collect();
+        let mut p = Self::new(
+            batch.batch_size,
+            batch.seq_len,
+            &ids,
+            &batch.target_values,
+            &batch.attention_mask,
+        );
+        clamp_positions(&mut p.pos, &p.pad, max_len);
+        p
     }
 
     /// Row index in the padded layout of token (r, j) of the original [b, seq] layout.
     pub fn row(&self, r: usize, j: usize) -> usize {
         r * self.t + j
-    }
-}
-
-/// gene embedding + learned position embedding + (optionally) Linear(1, dim) of the value.
-pub struct TokenEmbedding {
-    pub gene: ParamView,
-    pub pos: ParamView,
-    /// (weight [dim, 1], bias [dim]) of the expression-value projection.
-    pub value: Option<(ParamView, ParamView)>,
-    pub vocab: usize,
-    pub max_len: usize,
-    pub dim: usize,
-}
-
-impl TokenEmbedding {
-    /// Registers `{prefix}gene_embedding`, `{prefix}position_embedding` and (when
-    /// `use_values`) `{prefix}expression_projection`.
-    pub fn new(
-        l: &mut ParamLayout,
-        prefix: &str,
-        vocab: usize,
-        max_len: usize,
-        dim: usize,
-        use_values: bool,
-    ) -> Self {
-        // Small N(0, 0.02) tables (BERT/GPT-2 init): Adam moves every parameter by about lr
-        // per step whatever its scale, so unit-scale tables barely change in a short run.
-        let gene = l.add(
-            format!("{prefix}gene_embedding.weight"),
-            &[vocab, dim],
-            Init::Normal(EMB_STD),
-        );
-        let pos = l.add(
-            format!("{prefix}position_embedding.weight"),
-            &[max_len, dim],
-            Init::Normal(EMB_STD),
-        );
-        let value = use_values.then(|| {
-            (
-                l.add(
-                    format!("{prefix}expression_projection.weight"),
-                    &[dim, 1],
-                    Init::Normal(EMB_STD),
-                ),
-                l.add(
-                    format!("{prefix}expression_projection.bias"),
-                    &[dim],
-                    Init::Zeros,
-                ),
-            )
-        });
-        TokenEmbedding {
-            gene,
-            pos,
-            value,
-            vocab,
-            max_len,
-            dim,
-        }
-    }
-
-    /// Factor on the gene embedding.
-    pub fn gene_scale(&self) -> f32 {
-        1.0
-    }
-
-    /// out[n] = G[ids[n]] + P[pos[n]] + w·values[n] + b, for n over `ids`.
-    pub fn forward(
-        &self,
-        params: &[f32],
-        ids: &[u32],
-        pos: &[u32],
-        values: &[f32],
-        out: &mut [f32],
-    ) -> Result<()> {
-        let d = self.dim;
-        let gs = self.gene_scale();
-        let g = &params[self.gene.range()];
-        let p = &params[self.pos.range()];
-        for (n, row) in out.chunks_exact_mut(d).take(ids.len()).enumerate() {
-            let (id, t) = (ids[n] as usize, pos[n] as usize);
-            if id >= self.vocab {
-                return Err(ModelError::Batch(format!(
-                    "token id {id} outside the model vocabulary of {}",
-                    self.vocab
-                )));
-            }
-            if t >= self.max_len {
-                return Err(ModelError::Batch(format!(
-                    "position {t} beyond model.max_seq_len = {}",
-                    self.max_len
-                )));
-            }
-            let (gr, pr) = (&g[id * d..(id + 1) * d], &p[t * d..(t + 1) * d]);
-            for k in 0..d {
-                row[k] = gs * gr[k] + pr[k];
-            }
-            if let Some((w, b)) = self.value {
-                let (w, b) = (&params[w.range()], &params[b.range()]);
-                let v = values[n];
-                for k in 0..d {
-                    row[k] += w[k] * v + b[k];
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Scatter-adds `dout` into the embedding tables; dw += Σ dout·v, db += Σ dout.
-    pub fn backward(
-        &self,
-        grads: &mut [f32],
-        ids: &[u32],
-        pos: &[u32],
-        values: &[f32],
-        dout: &[f32],
-    ) {
-        let d = self.dim;
-        let gs = self.gene_scale();
-        for (n, dr) in dout.chunks_exact(d).take(ids.len()).enumerate() {
-            let (id, t) = (ids[n] as usize, pos[n] as usize);
-            let off = self.gene.offset + id * d;
-            for k in 0..d {
-                grads[off + k] += gs * dr[k];
-            }
-            let off = self.pos.offset + t * d;
-            for k in 0..d {
-                grads[off + k] += dr[k];
-            }
-        }
-        if let Some((w, b)) = self.value {
-            let mut dw = vec![0.0f32; d];
-            let mut db = vec![0.0f32; d];
-            for (n, dr) in dout.chunks_exact(d).take(ids.len()).enumerate() {
-                let v = values[n];
-                for k in 0..d {
-                    dw[k] += dr[k] * v;
-                    db[k] += dr[k];
-                }
-            }
-            for k in 0..d {
-                grads[w.offset + k] += dw[k];
-                grads[b.offset + k] += db[k];
-            }
-        }
-    }
-}
-
-/// nn.TransformerEncoder(norm_first layers) without its final norm: `num_layers` pre-norm
-/// layers registered as `{prefix}.{i}.…`.
-pub struct Stack {
-    pub layers: Vec<TransformerEncoderLayer>,
-    /// Each layer's parameters' range in the layout (a layer registers them contiguously).
-    ranges: Vec<std::ops::Range<usize>>,
-    /// The same layers with dropout 0, for evaluation.
-    eval_layers: Vec<TransformerEncoderLayer>,
-    pub dim: usize,
-    arenas: Vec<Arena>,
-}
-
-struct Arena {
-    b: usize,
-    t: usize,
-    acts: Vec<EncoderActs<Vec<f32>>>,
-    ga: Vec<f32>,
-    gb: Vec<f32>,
-}
-
-/// Dropout keys: the embedding dropout is "layer" 0, encoder layer i is i + 1 (plus `base`).
-pub fn layer_key(key: RngKey, layer: u64) -> RngKey {
-    RngKey::new(
-        key.seed,
-        key.step,
-        key.layer.wrapping_mul(1024).wrapping_add(layer),
-    )
-}
-
-impl Stack {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        l: &mut ParamLayout,
-        prefix: &str,
-        num_layers: usize,
-        dim: usize,
-        heads: usize,
-        ffn: usize,
-        dropout: f64,
-        act: Activation,
-        causal: bool,
-        precision: Precision,
-    ) -> Result<Self> {
-        if dim == 0 || heads == 0 || !dim.is_multiple_of(heads) {
-            return Err(ModelError::Config(format!(
-                "hidden size {dim} must be a positive multiple of the number of heads {heads}"
-            )));
-        }
-        let cfg = EncoderLayerConfig {
-            d_model: dim,
-            nhead: heads,
-            dim_feedforward: ffn,
-            dropout,
-            activation: act,
-            layer_norm_eps: LN_EPS,
-            causal,
-            precision,
-        };
-        let mut layers = Vec::with_capacity(num_layers);
-        let mut ranges = Vec::with_capacity(num_layers);
-        for i in 0..num_layers {
-            let start = l.total();
-            layers.push(TransformerEncoderLayer::new(
-                l,
-                &format!("{prefix}.{i}"),
-                cfg,
-            )?);
-            ranges.push(start..l.total());
-        }
-        let eval_layers = layers
-            .iter()
-            .map(|x| {
-                let mut x = x.clone();
-                x.cfg.dropout = 0.0;
-                x
-            })
-            .collect();
-        Ok(Stack {
-            layers,
-            ranges,
-            eval_layers,
-            dim,
-            arenas: Vec::new(),
-        })
-    }
-
-    /// Runs the layers over x [b, t, dim]; `key` None = evaluation (no dropout). Returns the
-    /// output [b, t, dim] (valid until the next call).
-    pub fn forward(
-        &mut self,
-        params: &Vec<f32>,
-        x: &Vec<f32>,
-        b: usize,
-        t: usize,
-        pad: &[bool],
-        key: Option<RngKey>,
-    ) -> Result<&Vec<f32>> {
-        let len = b * t * self.dim;
-        let arena = arena(&mut self.arenas, &self.layers, self.dim, b, t);
-        let layers = if key.is_some() {
-            &self.layers
-        } else {
-            &self.eval_layers
-        };
-        let k0 = key.unwrap_or(RngKey::new(0, 0, 0));
-        for (i, layer) in layers.iter().enumerate() {
-            let (done, rest) = arena.acts.split_at_mut(i);
-            let input = if i == 0 { x } else { &done[i - 1].out };
-            layer.forward(
-                &Cpu,
-                params,
-                &mut rest[0],
-                input,
-                Some(pad),
-                layer_key(k0, i as u64 + 1),
-            )?;
-        }
-        if layers.is_empty() {
-            // No layers: the output is the input.
-            arena.ga[..len].copy_from_slice(&x[..len]);
-            return Ok(&arena.ga);
-        }
-        Ok(&arena.acts[layers.len() - 1].out)
-    }
-
-    /// Backward of the last training forward of shape (b, t): from dout [b, t, dim] returns
-    /// dx [b, t, dim] (valid until the next call). Each finished layer's gradients go to `ready`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward(
-        &mut self,
-        params: &Vec<f32>,
-        grads: &mut Vec<f32>,
-        b: usize,
-        t: usize,
-        dout: &[f32],
-        key: RngKey,
-        ready: &mut super::GradsReady,
-    ) -> &Vec<f32> {
-        let arena = arena(&mut self.arenas, &self.layers, self.dim, b, t);
-        let len = arena.ga.len();
-        arena.ga.copy_from_slice(&dout[..len]);
-        let ranges = &self.ranges;
-        for (i, layer) in self.layers.iter().enumerate().rev() {
-            layer.backward(
-                &Cpu,
-                params,
-                grads,
-                &mut arena.acts[i],
-                &arena.ga,
-                &mut arena.gb,
-                layer_key(key, i as u64 + 1),
-            );
-            ready(ranges[i].clone(), &grads[ranges[i].clone()]);
-            std::mem::swap(&mut arena.ga, &mut arena.gb);
-        }
-        &arena.ga
-    }
-}
-
-/// The activation arena for shape (b, t), most recently used last (allocated on first use; at
-/// most `ARENA_CACHE` shapes kept). A free function over the fields, so callers can borrow the
-/// layers beside it.
-fn arena<'a>(
-    arenas: &'a mut Vec<Arena>,
-    layers: &[TransformerEncoderLayer],
-    dim: usize,
-    b: usize,
-    t: usize,
-) -> &'a mut Arena {
-    if let Some(i) = arenas.iter().position(|a| a.b == b && a.t == t) {
-        let a = arenas.remove(i);
-        arenas.push(a);
-    } else {
-        if arenas.len() >= ARENA_CACHE {
-            arenas.remove(0);
-        }
-        let acts = layers
-            .iter()
-            .map(|l| l.alloc_acts::<f32, Cpu>(&Cpu, b, t))
-            .collect();
-        let n = b * t * dim;
-        arenas.push(Arena {
-            b,
-            t,
-            acts,
-            ga: vec![0.0; n],
-            gb: vec![0.0; n],
-        });
-    }
-    let last = arenas.len() - 1;
-    &mut arenas[last]
-}
-
-/// LayerNorm followed by Linear over selected rows; keeps what backward needs.
-pub struct NormHead {
-    pub norm: LayerNorm,
-    pub weight: ParamView,
-    pub bias: ParamView,
-    pub dim: usize,
-    pub out: usize,
-    // saved activations
-    x: Vec<f32>,
-    h: Vec<f32>,
-    mean: Vec<f32>,
-    rstd: Vec<f32>,
-    pub y: Vec<f32>,
-    rows: usize,
-}
-
-impl NormHead {
-    /// `norm_name` e.g. "encoder.norm"; `head_name` e.g. "gene_head".
-    pub fn new(
-        l: &mut ParamLayout,
-        norm_name: &str,
-        head_name: &str,
-        dim: usize,
-        out: usize,
-    ) -> Self {
-        let norm = LayerNorm::new(l, norm_name, dim, LN_EPS);
-        let a = 1.0 / (dim as f64).sqrt();
-        let weight = l.add(format!("{head_name}.weight"), &[out, dim], Init::Uniform(a));
-        let bias = l.add(format!("{head_name}.bias"), &[out], Init::Uniform(a));
-        NormHead {
-            norm,
-            weight,
-            bias,
-            dim,
-            out,
-            x: Vec::new(),
-            h: Vec::new(),
-            mean: Vec::new(),
-            rstd: Vec::new(),
-            y: Vec::new(),
-            rows: 0,
-        }
-    }
-
-    /// Like [`NormHead::new`], with the output projection's weight `weight` [out, dim] shared
-    /// with another module (weight tying); only `{head_name}.bias` is registered.
-    pub fn tied(
-        l: &mut ParamLayout,
-        norm_name: &str,
-        head_name: &str,
-        weight: ParamView,
-        dim: usize,
-        out: usize,
-    ) -> Self {
-        let norm = LayerNorm::new(l, norm_name, dim, LN_EPS);
-        let bias = l.add(format!("{head_name}.bias"), &[out], Init::Zeros);
-        NormHead {
-            norm,
-            weight,
-            bias,
-            dim,
-            out,
-            x: Vec::new(),
-            h: Vec::new(),
-            mean: Vec::new(),
-            rstd: Vec::new(),
-            y: Vec::new(),
-            rows: 0,
-        }
-    }
-
-    /// Gathers rows `rows` of `hidden` [*, dim], normalizes them and applies the linear head:
-    /// `self.y` = [rows.len(), out].
-    pub fn forward(&mut self, prec: Precision, params: &[f32], hidden: &[f32], rows: &[usize]) {
-        let (d, m) = (self.dim, rows.len());
-        self.rows = m;
-        self.x.clear();
-        for &r in rows {
-            self.x.extend_from_slice(&hidden[r * d..(r + 1) * d]);
-        }
-        self.h.resize(m * d, 0.0);
-        self.mean.resize(m, 0.0);
-        self.rstd.resize(m, 0.0);
-        self.y.resize(m * self.out, 0.0);
-        if m == 0 {
-            return;
-        }
-        ops::layernorm_forward(
-            &mut self.h,
-            &mut self.mean,
-            &mut self.rstd,
-            &self.x,
-            &params[self.norm.weight.range()],
-            &params[self.norm.bias.range()],
-            m,
-            d,
-            self.norm.eps,
-        );
-        ops::linear_forward(
-            prec,
-            &mut self.y,
-            &self.h,
-            &params[self.weight.range()],
-            Some(&params[self.bias.range()]),
-            m,
-            d,
-            self.out,
-        );
-    }
-
-    /// From dy [rows, out] (the last forward's rows): accumulates parameter gradients and adds
-    /// the rows' input gradients into `dhidden` [*, dim] at `rows`.
-    pub fn backward(
-        &mut self,
-        prec: Precision,
-        params: &[f32],
-        grads: &mut [f32],
-        dy: &[f32],
-        rows: &[usize],
-        dhidden: &mut [f32],
-    ) {
-        let (d, m) = (self.dim, self.rows);
-        if m == 0 {
-            return;
-        }
-        let mut dh = vec![0.0f32; m * d];
-        {
-            let (w, b) = (self.weight, self.bias);
-            let (gw, gb) = split2(grads, w, b);
-            ops::linear_backward(
-                prec,
-                Some(&mut dh),
-                false,
-                gw,
-                Some(gb),
-                dy,
-                &self.h,
-                &params[w.range()],
-                m,
-                d,
-                self.out,
-            );
-        }
-        let mut dx = vec![0.0f32; m * d];
-        let (g, bt) = (self.norm.weight, self.norm.bias);
-        let (gg, gbt) = split2(grads, g, bt);
-        ops::layernorm_backward(
-            &mut dx,
-            false,
-            gg,
-            gbt,
-            &dh,
-            &self.x,
-            &self.mean,
-            &self.rstd,
-            &params[g.range()],
-            m,
-            d,
-        );
-        for (k, &r) in rows.iter().enumerate() {
-            for (o, v) in dhidden[r * d..(r + 1) * d]
-                .iter_mut()
-                .zip(&dx[k * d..(k + 1) * d])
-            {
-                *o += *v;
-            }
-        }
-    }
-}
-
-/// Two disjoint mutable views of the gradient buffer.
-pub fn split2(buf: &mut [f32], a: ParamView, b: ParamView) -> (&mut [f32], &mut [f32]) {
-    if a.offset < b.offset {
-        let (lo, hi) = buf.split_at_mut(b.offset);
-        (&mut lo[a.range()], &mut hi[..b.len])
-    } else {
-        let (lo, hi) = buf.split_at_mut(a.offset);
-        (&mut hi[..a.len], &mut lo[b.range()])
     }
 }
 
@@ -629,142 +152,160 @@ pub fn clamp_positions(pos: &mut [u32], pad: &[bool], max_len: usize) {
     }
 }
 
-/// LayerNorm over every row of a [rows, dim] tensor, keeping what backward needs.
-pub struct RowNorm {
-    pub norm: LayerNorm,
-    x: Vec<f32>,
-    mean: Vec<f32>,
-    rstd: Vec<f32>,
-    pub y: Vec<f32>,
-}
-
-impl RowNorm {
-    pub fn new(l: &mut ParamLayout, name: &str, dim: usize) -> Self {
-        RowNorm {
-            norm: LayerNorm::new(l, name, dim, LN_EPS),
-            x: Vec::new(),
-            mean: Vec::new(),
-            rstd: Vec::new(),
-            y: Vec::new(),
-        }
-    }
-
-    pub fn forward(&mut self, params: &[f32], x: &[f32]) {
-        let d = self.norm.dim;
-        let m = x.len() / d;
-        self.x.clear();
-        self.x.extend_from_slice(x);
-        self.y.resize(m * d, 0.0);
-        self.mean.resize(m, 0.0);
-        self.rstd.resize(m, 0.0);
-        if m > 0 {
-            ops::layernorm_forward(
-                &mut self.y,
-                &mut self.mean,
-                &mut self.rstd,
-                &self.x,
-                &params[self.norm.weight.range()],
-                &params[self.norm.bias.range()],
-                m,
-                d,
-                self.norm.eps,
-            );
-        }
-    }
-
-    /// dx [rows, dim] from dy (the last forward's rows).
-    pub fn backward(&self, params: &[f32], grads: &mut [f32], dy: &[f32]) -> Vec<f32> {
-        let d = self.norm.dim;
-        let m = self.x.len() / d;
-        let mut dx = vec![0.0f32; m * d];
-        if m > 0 {
-            let (g, b) = (self.norm.weight, self.norm.bias);
-            let (gg, gb) = split2(grads, g, b);
-            ops::layernorm_backward(
-                &mut dx,
-                false,
-                gg,
-                gb,
-                dy,
-                &self.x,
-                &self.mean,
-                &self.rstd,
-                &params[g.range()],
-                m,
-                d,
-            );
-        }
-        dx
+/// Token ids within the model vocabulary.
+pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
+    match ids.iter().find(|&&id| id as usize >= vocab) {
+        Some(id) => Err(ModelError::Batch(format!(
+            "token id {id} outside the model vocabulary of {vocab}"
+        ))),
+        None => Ok(()),
     }
 }
 
-/// A plain linear layer over [rows, in] with PyTorch's init, saving its input.
-pub struct SavedLinear {
-    pub weight: ParamView,
-    pub bias: ParamView,
-    pub i: usize,
-    pub o: usize,
-    x: Vec<f32>,
-    pub y: Vec<f32>,
+/// Cell embeddings [b, d] from a padded [b, t, d] tensor `h`: `Cls` takes row `cls_row(r)` of
+/// sequence r, `Mean` averages its rows `rows(r)`.
+pub fn pool<D: Device<f32>>(
+    dev: &D,
+    h: &D::Mem,
+    b: usize,
+    d: usize,
+    pooling: Pooling,
+    cls_row: impl Fn(usize) -> usize,
+    rows: impl Fn(usize) -> Vec<usize>,
+) -> Vec<f32> {
+    let mut out = dev.zeros(b * d);
+    match pooling {
+        Pooling::Cls => {
+            let picked: Vec<usize> = (0..b).map(cls_row).collect();
+            dev.gather_rows(&mut out, h, &picked, d);
+        }
+        Pooling::Mean => {
+            let (mut all, mut offsets) = (Vec::new(), vec![0]);
+            for r in 0..b {
+                all.extend(rows(r));
+                offsets.push(all.len());
+            }
+            dev.mean_rows(&mut out, h, &all, &offsets, d);
+        }
+    }
+    dev.download(&out)
 }
 
-impl SavedLinear {
-    pub fn new(l: &mut ParamLayout, name: &str, i: usize, o: usize) -> Self {
-        let a = 1.0 / (i as f64).sqrt();
-        SavedLinear {
-            weight: l.add(format!("{name}.weight"), &[o, i], Init::Uniform(a)),
-            bias: l.add(format!("{name}.bias"), &[o], Init::Uniform(a)),
-            i,
-            o,
-            x: Vec::new(),
-            y: Vec::new(),
-        }
-    }
+/// [`pool`] as the encoders read a padded [b, t, d] tensor: `Cls` is each sequence's first row
+/// ([CLS]), `Mean` averages its real (non-padding) rows.
+pub fn pool_padded<D: Device<f32>>(
+    dev: &D,
+    h: &D::Mem,
+    p: &Padded,
+    d: usize,
+    pooling: Pooling,
+) -> Vec<f32> {
+    let t = p.t;
+    let real = |r: usize| (0..t).map(|j| r * t + j).filter(|&i| !p.pad[i]).collect();
+    pool(dev, h, p.b, d, pooling, |r| r * t, real)
+}
 
-    pub fn forward(&mut self, prec: Precision, params: &[f32], x: &[f32]) {
-        let n = x.len() / self.i;
-        self.x.clear();
-        self.x.extend_from_slice(x);
-        self.y.resize(n * self.o, 0.0);
-        if n > 0 {
-            ops::linear_forward(
-                prec,
-                &mut self.y,
-                &self.x,
-                &params[self.weight.range()],
-                Some(&params[self.bias.range()]),
-                n,
-                self.i,
-                self.o,
-            );
-        }
-    }
+/// The token embedding (registered at the top level), a dropout on it, and the encoder layers
+/// `encoder.layers.*`: how every architecture turns tokens into hidden states.
+pub struct Trunk<M> {
+    pub embed: TokenEmbedding,
+    pub stack: Stack<M>,
+    dropout: f64,
+    /// The last encode's embeddings and values (the values are read again by backward).
+    x: M,
+    values: M,
+}
 
-    pub fn backward(
-        &self,
+impl<M: Default> Trunk<M> {
+    /// Registers the embedding and `cfg.num_layers` layers (causal self-attention if `causal`).
+    pub fn new(
+        l: &mut ParamLayout,
+        cfg: &ModelConfig,
+        vocab: usize,
+        causal: bool,
         prec: Precision,
-        params: &[f32],
-        grads: &mut [f32],
-        dy: &[f32],
-    ) -> Vec<f32> {
-        let n = self.x.len() / self.i;
-        let mut dx = vec![0.0f32; n * self.i];
-        if n > 0 {
-            let (gw, gb) = split2(grads, self.weight, self.bias);
-            ops::linear_backward(
-                prec,
-                Some(&mut dx),
-                false,
-                gw,
-                Some(gb),
-                dy,
-                &self.x,
-                &params[self.weight.range()],
-                n,
-                self.i,
-                self.o,
-            );
+    ) -> Result<Self> {
+        let h = cfg.hidden_dim;
+        let embed =
+            TokenEmbedding::new(l, "", vocab, cfg.max_seq_len, h, cfg.use_expression_values);
+        let act = activation(cfg.activation);
+        let layers = layer_config(
+            h,
+            cfg.num_heads,
+            cfg.ffn_dim(),
+            cfg.dropout,
+            act,
+            causal,
+            prec,
+        );
+        let stack = Stack::new(l, "encoder.layers", cfg.num_layers, layers)?;
+        Ok(Trunk {
+            embed,
+            stack,
+            dropout: cfg.dropout,
+            x: M::default(),
+            values: M::default(),
+        })
+    }
+}
+
+impl<M> Trunk<M> {
+    pub fn dim(&self) -> usize {
+        self.embed.dim
+    }
+
+    /// Embeds the padded tokens, applies dropout (layer 0 of `key`; none when `key` is None,
+    /// i.e. evaluation) and runs the encoder layers: hidden states [b, t, dim], valid until the
+    /// next call.
+    pub fn encode<D: Device<f32, Mem = M>>(
+        &mut self,
+        dev: &D,
+        params: &M,
+        p: &Padded,
+        key: Option<RngKey>,
+    ) -> Result<&M> {
+        let e = &self.embed;
+        for (&id, &t) in p.ids.iter().zip(&p.pos) {
+            check_ids(&[id], e.vocab)?;
+            if t as usize >= e.max_len {
+                return Err(ModelError::Batch(format!(
+                    "position {t} beyond model.max_seq_len = {}",
+                    e.max_len
+                )));
+            }
         }
-        dx
+        self.values = dev.upload(&p.values);
+        dev.resize(&mut self.x, p.b * p.t * e.dim);
+        e.forward(dev, params, &p.ids, &p.pos, &self.values, &mut self.x)?;
+        if let Some(k) = key {
+            dev.dropout_forward(&mut self.x, self.dropout, layer_key(k, 0));
+        }
+        Ok(self
+            .stack
+            .forward(dev, params, &self.x, p.b, p.t, &p.pad, key)?)
+    }
+
+    /// Backward of the last training [`encode`](Self::encode) of `p` from the hidden states'
+    /// gradient `dh`: accumulates every gradient of the embedding and the layers; `ready`
+    /// hears of each layer as soon as it is done.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<D: Device<f32, Mem = M>>(
+        &mut self,
+        dev: &D,
+        params: &M,
+        grads: &mut M,
+        p: &Padded,
+        dh: &M,
+        key: RngKey,
+        ready: &mut GradsReady,
+    ) -> Result<()> {
+        let dx = self
+            .stack
+            .backward(dev, params, grads, p.b, p.t, dh, key, ready);
+        dev.dropout_backward(dx, self.dropout, layer_key(key, 0));
+        let (ids, pos) = (&p.ids, &p.pos);
+        Ok(self
+            .embed
+            .backward(dev, grads, ids, pos, &self.values, dx)?)
     }
 }

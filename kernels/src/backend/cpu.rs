@@ -1,183 +1,38 @@
-//! The op interface a backend implements. Buffers are the backend's own (`Mem`: host `Vec` on
-//! CPU, a device allocation on CUDA); parameters are addressed as (flat buffer, [`ParamView`])
-//! so a backend never needs more than one allocation for all weights and one for all
-//! gradients. Host-side metadata (token ids, targets, padding masks) is passed as slices.
-//!
-//! `Cpu` is the reference implementation: it forwards to [`crate::ops`].
+//! The CPU backend: buffers are `Vec<T>`, every method forwards to the slice op of the same
+//! name in [`crate::ops`] (rayon threads, faer GEMM).
 
+use std::borrow::Cow;
+use std::ops::Range;
+
+use super::{Device, ValueProjection};
 use crate::ops::{self, attention::AttnOpts, Activation, AdamConfig, AttnShape};
 use crate::params::ParamView;
 use crate::rng::RngKey;
 use crate::{Float, Precision, Result};
 
-pub trait Device<T: Float>: Sync {
-    type Mem: Send + Sync;
-
-    fn zeros(&self, len: usize) -> Self::Mem;
-    fn upload(&self, host: &[T]) -> Self::Mem;
-    fn download(&self, m: &Self::Mem) -> Vec<T>;
-    fn len(&self, m: &Self::Mem) -> usize;
-    fn fill_zero(&self, m: &mut Self::Mem);
-    fn copy(&self, dst: &mut Self::Mem, src: &Self::Mem);
-
-    /// c[m,n] (+)= op(a)·op(b), row-major, operands rounded per `prec`.
-    #[allow(clippy::too_many_arguments)]
-    fn matmul(
-        &self,
-        prec: Precision,
-        c: &mut Self::Mem,
-        a: &Self::Mem,
-        ta: bool,
-        b: &Self::Mem,
-        tb: bool,
-        m: usize,
-        n: usize,
-        k: usize,
-        accumulate: bool,
-    );
-    #[allow(clippy::too_many_arguments)]
-    fn linear_forward(
-        &self,
-        prec: Precision,
-        y: &mut Self::Mem,
-        x: &Self::Mem,
-        params: &Self::Mem,
-        w: ParamView,
-        b: Option<ParamView>,
-        n: usize,
-        i: usize,
-        o: usize,
-    );
-    #[allow(clippy::too_many_arguments)]
-    fn linear_backward(
-        &self,
-        prec: Precision,
-        dx: Option<&mut Self::Mem>,
-        accumulate_dx: bool,
-        grads: &mut Self::Mem,
-        dy: &Self::Mem,
-        x: &Self::Mem,
-        params: &Self::Mem,
-        w: ParamView,
-        b: Option<ParamView>,
-        n: usize,
-        i: usize,
-        o: usize,
-    );
-    #[allow(clippy::too_many_arguments)]
-    fn layernorm_forward(
-        &self,
-        y: &mut Self::Mem,
-        mean: &mut Self::Mem,
-        rstd: &mut Self::Mem,
-        x: &Self::Mem,
-        params: &Self::Mem,
-        gamma: ParamView,
-        beta: ParamView,
-        n: usize,
-        c: usize,
-        eps: f64,
-    );
-    #[allow(clippy::too_many_arguments)]
-    fn layernorm_backward(
-        &self,
-        dx: &mut Self::Mem,
-        accumulate_dx: bool,
-        grads: &mut Self::Mem,
-        dy: &Self::Mem,
-        x: &Self::Mem,
-        mean: &Self::Mem,
-        rstd: &Self::Mem,
-        params: &Self::Mem,
-        gamma: ParamView,
-        beta: ParamView,
-        n: usize,
-        c: usize,
-    );
-    fn embedding_forward(
-        &self,
-        out: &mut Self::Mem,
-        idx: &[u32],
-        params: &Self::Mem,
-        w: ParamView,
-        dim: usize,
-    ) -> Result<()>;
-    fn embedding_backward(
-        &self,
-        grads: &mut Self::Mem,
-        w: ParamView,
-        dout: &Self::Mem,
-        idx: &[u32],
-        dim: usize,
-    ) -> Result<()>;
-    fn attention_forward(
-        &self,
-        out: &mut Self::Mem,
-        lse: &mut Self::Mem,
-        qkv: &Self::Mem,
-        s: AttnShape,
-        o: &AttnOpts,
-    );
-    #[allow(clippy::too_many_arguments)]
-    fn attention_backward(
-        &self,
-        dqkv: &mut Self::Mem,
-        dout: &Self::Mem,
-        out: &Self::Mem,
-        lse: &Self::Mem,
-        qkv: &Self::Mem,
-        s: AttnShape,
-        o: &AttnOpts,
-    );
-    fn activation_forward(&self, act: Activation, y: &mut Self::Mem, x: &Self::Mem);
-    fn activation_backward(
-        &self,
-        act: Activation,
-        dx: &mut Self::Mem,
-        dy: &Self::Mem,
-        x: &Self::Mem,
-    );
-    fn dropout_forward(&self, x: &mut Self::Mem, p: f64, key: RngKey);
-    fn dropout_backward(&self, dy: &mut Self::Mem, p: f64, key: RngKey);
-    fn residual_forward(&self, out: &mut Self::Mem, a: &Self::Mem, b: &Self::Mem);
-    fn add_inplace(&self, acc: &mut Self::Mem, g: &Self::Mem);
-    fn cross_entropy(
-        &self,
-        dlogits: &mut Self::Mem,
-        logits: &Self::Mem,
-        targets: &[i64],
-        n: usize,
-        v: usize,
-        dloss: f64,
-    ) -> Result<f64>;
-    fn mse(&self, dx: &mut Self::Mem, x: &Self::Mem, y: &Self::Mem, dloss: f64) -> Result<f64>;
-    fn adam_step(
-        &self,
-        cfg: &AdamConfig,
-        t: u64,
-        params: &mut Self::Mem,
-        grads: &Self::Mem,
-        m: &mut Self::Mem,
-        v: &mut Self::Mem,
-    );
-    fn clip_grad_norm(&self, grads: &mut Self::Mem, max_norm: f64) -> f64;
-    fn round(&self, prec: Precision, x: &mut Self::Mem);
-}
-
 /// The CPU backend (rayon threads, faer GEMM).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Cpu;
 
-/// Two disjoint mutable parameter-gradient views of one flat buffer.
-fn two_mut<T>(buf: &mut [T], a: ParamView, b: ParamView) -> (&mut [T], &mut [T]) {
-    assert!(a.offset + a.len <= b.offset || b.offset + b.len <= a.offset);
-    if a.offset < b.offset {
-        let (lo, hi) = buf.split_at_mut(b.offset);
-        (&mut lo[a.range()], &mut hi[..b.len])
-    } else {
-        let (lo, hi) = buf.split_at_mut(a.offset);
-        (&mut hi[..a.len], &mut lo[b.range()])
+/// Disjoint mutable views of one flat buffer, in the order of `views` (panics if two overlap).
+fn views_mut<'a, T, const N: usize>(
+    mut buf: &'a mut [T],
+    views: [ParamView; N],
+) -> [&'a mut [T]; N] {
+    let mut order: [usize; N] = std::array::from_fn(|i| i);
+    order.sort_by_key(|&i| views[i].offset);
+    let mut out: [Option<&'a mut [T]>; N] = std::array::from_fn(|_| None);
+    let mut base = 0;
+    for i in order {
+        let v = views[i];
+        assert!(v.offset >= base, "overlapping parameter views");
+        let rest = std::mem::take(&mut buf);
+        let (view, rest) = rest[v.offset - base..].split_at_mut(v.len);
+        out[i] = Some(view);
+        buf = rest;
+        base = v.offset + v.len;
     }
+    out.map(|v| v.expect("every view is assigned"))
 }
 
 impl<T: Float> Device<T> for Cpu {
@@ -186,11 +41,17 @@ impl<T: Float> Device<T> for Cpu {
     fn zeros(&self, len: usize) -> Vec<T> {
         vec![T::ZERO; len]
     }
+    fn resize(&self, m: &mut Vec<T>, len: usize) {
+        m.resize(len, T::ZERO)
+    }
     fn upload(&self, host: &[T]) -> Vec<T> {
         host.to_vec()
     }
     fn download(&self, m: &Vec<T>) -> Vec<T> {
         m.clone()
+    }
+    fn read<'a>(&self, m: &'a Vec<T>, range: Range<usize>) -> Cow<'a, [T]> {
+        Cow::Borrowed(&m[range])
     }
     fn len(&self, m: &Vec<T>) -> usize {
         m.len()
@@ -250,7 +111,7 @@ impl<T: Float> Device<T> for Cpu {
         let wv = &params[w.range()];
         match b {
             Some(b) => {
-                let (dw, db) = two_mut(grads, w, b);
+                let [dw, db] = views_mut(grads, [w, b]);
                 ops::linear_backward(prec, dx, accumulate_dx, dw, Some(db), dy, x, wv, n, i, o)
             }
             None => {
@@ -290,7 +151,7 @@ impl<T: Float> Device<T> for Cpu {
         n: usize,
         c: usize,
     ) {
-        let (dg, db) = two_mut(grads, gamma, beta);
+        let [dg, db] = views_mut(grads, [gamma, beta]);
         let g = &params[gamma.range()];
         ops::layernorm_backward(dx, accumulate_dx, dg, db, dy, x, mean, rstd, g, n, c)
     }
@@ -313,6 +174,66 @@ impl<T: Float> Device<T> for Cpu {
         dim: usize,
     ) -> Result<()> {
         ops::embedding_backward(&mut grads[w.range()], dout, idx, w.len / dim.max(1), dim)
+    }
+    fn token_embedding_forward(
+        &self,
+        out: &mut Vec<T>,
+        ids: &[u32],
+        pos: &[u32],
+        params: &Vec<T>,
+        gene: ParamView,
+        position: ParamView,
+        value: Option<ValueProjection<'_, Vec<T>>>,
+        dim: usize,
+    ) -> Result<()> {
+        let value = value.map(|(w, b, v)| (&params[w.range()], &params[b.range()], &v[..]));
+        let (g, p) = (&params[gene.range()], &params[position.range()]);
+        ops::token_embedding_forward(out, ids, pos, g, p, value, dim)
+    }
+    fn token_embedding_backward(
+        &self,
+        grads: &mut Vec<T>,
+        dout: &Vec<T>,
+        ids: &[u32],
+        pos: &[u32],
+        gene: ParamView,
+        position: ParamView,
+        value: Option<ValueProjection<'_, Vec<T>>>,
+        dim: usize,
+    ) -> Result<()> {
+        match value {
+            Some((w, b, v)) => {
+                let [dg, dp, dw, db] = views_mut(grads, [gene, position, w, b]);
+                ops::token_embedding_backward(dg, dp, Some((dw, db, v)), dout, ids, pos, dim)
+            }
+            None => {
+                let [dg, dp] = views_mut(grads, [gene, position]);
+                ops::token_embedding_backward(dg, dp, None, dout, ids, pos, dim)
+            }
+        }
+    }
+    fn gather_rows(&self, out: &mut Vec<T>, x: &Vec<T>, rows: &[usize], dim: usize) {
+        ops::gather_rows(out, x, rows, dim)
+    }
+    fn scatter_rows(
+        &self,
+        dst: &mut Vec<T>,
+        src: &Vec<T>,
+        rows: &[usize],
+        dim: usize,
+        accumulate: bool,
+    ) {
+        ops::scatter_rows(dst, src, rows, dim, accumulate)
+    }
+    fn mean_rows(
+        &self,
+        out: &mut Vec<T>,
+        x: &Vec<T>,
+        rows: &[usize],
+        offsets: &[usize],
+        dim: usize,
+    ) {
+        ops::mean_rows(out, x, rows, offsets, dim)
     }
     fn attention_forward(
         &self,
@@ -365,8 +286,14 @@ impl<T: Float> Device<T> for Cpu {
     ) -> Result<f64> {
         ops::cross_entropy(dlogits, logits, targets, n, v, dloss)
     }
-    fn mse(&self, dx: &mut Vec<T>, x: &Vec<T>, y: &Vec<T>, dloss: f64) -> Result<f64> {
-        ops::mse(dx, x, y, dloss)
+    fn squared_error_sum(
+        &self,
+        dy: Option<&mut Vec<T>>,
+        y: &Vec<T>,
+        target: &Vec<T>,
+        dscale: f64,
+    ) -> Result<f64> {
+        ops::squared_error_sum(dy.map(|d| d.as_mut_slice()), y, target, dscale)
     }
     fn adam_step(
         &self,
@@ -379,10 +306,63 @@ impl<T: Float> Device<T> for Cpu {
     ) {
         ops::adam_step(cfg, t, params, grads, m, v)
     }
+    fn global_norm(&self, x: &Vec<T>) -> f64 {
+        ops::global_norm(x)
+    }
     fn clip_grad_norm(&self, grads: &mut Vec<T>, max_norm: f64) -> f64 {
         ops::clip_grad_norm(grads, max_norm)
     }
+    fn all_finite(&self, x: &Vec<T>) -> bool {
+        ops::all_finite(x)
+    }
+    fn scale(&self, x: &mut Vec<T>, factor: f64) {
+        ops::scale(x, factor)
+    }
     fn round(&self, prec: Precision, x: &mut Vec<T>) {
         crate::precision::round_slice(prec, x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn views_mut_splits_in_any_order() {
+        let mut buf: Vec<u32> = (0..10).collect();
+        let a = ParamView { offset: 6, len: 3 };
+        let b = ParamView { offset: 0, len: 2 };
+        let c = ParamView { offset: 3, len: 1 };
+        let [x, y, z] = views_mut(&mut buf, [a, b, c]);
+        assert_eq!(
+            (&x[..], &y[..], &z[..]),
+            (&[6, 7, 8][..], &[0, 1][..], &[3][..])
+        );
+        x[0] = 60;
+        z[0] = 30;
+        assert_eq!(buf[6], 60);
+        assert_eq!(buf[3], 30);
+    }
+
+    #[test]
+    fn buffers_resize_and_read_in_place() {
+        let dev = Cpu;
+        let mut m: Vec<f32> = dev.upload(&[1.0, 2.0, 3.0]);
+        dev.resize(&mut m, 5);
+        assert_eq!(m, [1.0, 2.0, 3.0, 0.0, 0.0]);
+        dev.resize(&mut m, 2);
+        assert_eq!(dev.download(&m), [1.0, 2.0]);
+        let v = Device::<f32>::read(&dev, &m, 1..2);
+        assert!(matches!(v, Cow::Borrowed(_)), "the CPU lends its buffer");
+        assert_eq!(&v[..], &[2.0]);
+    }
+
+    #[test]
+    #[should_panic(expected = "overlapping")]
+    fn views_mut_rejects_overlap() {
+        let mut buf = vec![0u8; 8];
+        let a = ParamView { offset: 0, len: 4 };
+        let b = ParamView { offset: 3, len: 2 };
+        let _ = views_mut(&mut buf, [a, b]);
     }
 }

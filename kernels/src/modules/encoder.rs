@@ -1,198 +1,15 @@
-//! Modules built on the ops. A module holds [`ParamView`]s into the flat parameter buffer and
-//! registers its parameters under PyTorch's names; saved activations live in an arena struct
-//! allocated once per batch shape and passed to forward/backward.
+//! nn.TransformerEncoderLayer (pre-norm) and its activation arena.
 
-use crate::device::Device;
+use super::attention::MultiheadAttention;
+use super::join;
+use super::linear::Linear;
+use super::norm::LayerNorm;
+use crate::backend::Device;
 use crate::ops::attention::AttnOpts;
 use crate::ops::{Activation, AttnShape};
-use crate::params::{Init, ParamLayout, ParamView};
+use crate::params::ParamLayout;
 use crate::rng::RngKey;
 use crate::{Float, KernelError, Precision, Result};
-
-fn join(prefix: &str, name: &str) -> String {
-    if prefix.is_empty() {
-        name.to_string()
-    } else {
-        format!("{prefix}.{name}")
-    }
-}
-
-/// nn.Linear: y = x·Wᵀ + b, W is [out, in]. Init U(±1/√in) for both, as PyTorch.
-#[derive(Clone, Debug)]
-pub struct Linear {
-    pub weight: ParamView,
-    pub bias: Option<ParamView>,
-    pub in_features: usize,
-    pub out_features: usize,
-}
-
-impl Linear {
-    pub fn new(l: &mut ParamLayout, prefix: &str, in_f: usize, out_f: usize, bias: bool) -> Self {
-        let a = 1.0 / (in_f as f64).sqrt();
-        let weight = l.add(join(prefix, "weight"), &[out_f, in_f], Init::Uniform(a));
-        let bias = bias.then(|| l.add(join(prefix, "bias"), &[out_f], Init::Uniform(a)));
-        Self {
-            weight,
-            bias,
-            in_features: in_f,
-            out_features: out_f,
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward<T: Float, D: Device<T>>(
-        &self,
-        dev: &D,
-        prec: Precision,
-        params: &D::Mem,
-        x: &D::Mem,
-        y: &mut D::Mem,
-        n: usize,
-    ) {
-        let (i, o) = (self.in_features, self.out_features);
-        dev.linear_forward(prec, y, x, params, self.weight, self.bias, n, i, o)
-    }
-
-    /// Accumulates dW, db into `grads`; writes (or adds to) dx when given.
-    #[allow(clippy::too_many_arguments)]
-    pub fn backward<T: Float, D: Device<T>>(
-        &self,
-        dev: &D,
-        prec: Precision,
-        params: &D::Mem,
-        grads: &mut D::Mem,
-        x: &D::Mem,
-        dy: &D::Mem,
-        dx: Option<&mut D::Mem>,
-        accumulate_dx: bool,
-        n: usize,
-    ) {
-        let (i, o) = (self.in_features, self.out_features);
-        dev.linear_backward(
-            prec,
-            dx,
-            accumulate_dx,
-            grads,
-            dy,
-            x,
-            params,
-            self.weight,
-            self.bias,
-            n,
-            i,
-            o,
-        )
-    }
-}
-
-/// nn.LayerNorm over the last dimension (weight = 1, bias = 0 at init).
-#[derive(Clone, Debug)]
-pub struct LayerNorm {
-    pub weight: ParamView,
-    pub bias: ParamView,
-    pub dim: usize,
-    pub eps: f64,
-}
-
-impl LayerNorm {
-    pub fn new(l: &mut ParamLayout, prefix: &str, dim: usize, eps: f64) -> Self {
-        Self {
-            weight: l.add(join(prefix, "weight"), &[dim], Init::Ones),
-            bias: l.add(join(prefix, "bias"), &[dim], Init::Zeros),
-            dim,
-            eps,
-        }
-    }
-}
-
-/// nn.Embedding: out[n] = W[idx[n]], init N(0, 1).
-#[derive(Clone, Debug)]
-pub struct Embedding {
-    pub weight: ParamView,
-    pub vocab: usize,
-    pub dim: usize,
-}
-
-impl Embedding {
-    pub fn new(l: &mut ParamLayout, prefix: &str, vocab: usize, dim: usize) -> Self {
-        Self {
-            weight: l.add(join(prefix, "weight"), &[vocab, dim], Init::Normal(1.0)),
-            vocab,
-            dim,
-        }
-    }
-
-    pub fn forward<T: Float, D: Device<T>>(
-        &self,
-        dev: &D,
-        params: &D::Mem,
-        idx: &[u32],
-        out: &mut D::Mem,
-    ) -> Result<()> {
-        dev.embedding_forward(out, idx, params, self.weight, self.dim)
-    }
-
-    pub fn backward<T: Float, D: Device<T>>(
-        &self,
-        dev: &D,
-        grads: &mut D::Mem,
-        idx: &[u32],
-        dout: &D::Mem,
-    ) -> Result<()> {
-        dev.embedding_backward(grads, self.weight, dout, idx, self.dim)
-    }
-}
-
-/// nn.MultiheadAttention (batch_first, packed in-projection): parameters `in_proj_weight`
-/// [3E, E] (xavier-uniform), `in_proj_bias` [3E] (0), `out_proj.weight` [E, E], `out_proj.bias`
-/// [E] (0).
-#[derive(Clone, Debug)]
-pub struct MultiheadAttention {
-    pub in_proj: Linear,
-    pub out_proj: Linear,
-    pub heads: usize,
-    pub embed: usize,
-}
-
-impl MultiheadAttention {
-    pub fn new(l: &mut ParamLayout, prefix: &str, embed: usize, heads: usize) -> Result<Self> {
-        if heads == 0 || !embed.is_multiple_of(heads) {
-            return Err(KernelError::Shape {
-                op: "MultiheadAttention",
-                detail: format!("embed dim {embed} is not divisible by {heads} heads"),
-            });
-        }
-        let xavier = (6.0 / (embed + 3 * embed) as f64).sqrt();
-        let w = l.add(
-            join(prefix, "in_proj_weight"),
-            &[3 * embed, embed],
-            Init::Uniform(xavier),
-        );
-        let b = l.add(join(prefix, "in_proj_bias"), &[3 * embed], Init::Zeros);
-        let ow = l.add(
-            join(prefix, "out_proj.weight"),
-            &[embed, embed],
-            Init::Uniform(1.0 / (embed as f64).sqrt()),
-        );
-        let ob = l.add(join(prefix, "out_proj.bias"), &[embed], Init::Zeros);
-        Ok(Self {
-            in_proj: Linear {
-                weight: w,
-                bias: Some(b),
-                in_features: embed,
-                out_features: 3 * embed,
-            },
-            out_proj: Linear {
-                weight: ow,
-                bias: Some(ob),
-                in_features: embed,
-                out_features: embed,
-            },
-            heads,
-            embed,
-        })
-    }
-}
 
 /// nn.TransformerEncoderLayer hyper-parameters (norm_first=True, batch_first=True).
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -303,6 +120,17 @@ impl TransformerEncoderLayer {
         }
     }
 
+    /// The self-attention's options for a padding mask and the layer's dropout key.
+    fn attn_opts<'a>(&self, key_pad: Option<&'a [bool]>, key: RngKey) -> AttnOpts<'a> {
+        AttnOpts {
+            key_pad,
+            causal: self.cfg.causal,
+            dropout: self.cfg.dropout,
+            key: key.site(SITE_ATTN),
+            prec: self.cfg.precision,
+        }
+    }
+
     /// The activation arena for a (batch, seq) shape; reuse it for every batch of that shape.
     pub fn alloc_acts<T: Float, D: Device<T>>(
         &self,
@@ -372,50 +200,17 @@ impl TransformerEncoderLayer {
         let a = acts;
         dev.copy(&mut a.x, x);
         let (n1, n2) = (&self.norm1, &self.norm2);
-        dev.layernorm_forward(
-            &mut a.h1,
-            &mut a.mean1,
-            &mut a.rstd1,
-            &a.x,
-            params,
-            n1.weight,
-            n1.bias,
-            n,
-            e,
-            n1.eps,
-        );
+        n1.forward(dev, params, &a.x, &mut a.h1, &mut a.mean1, &mut a.rstd1, n);
         let sa = &self.self_attn;
         sa.in_proj.forward(dev, prec, params, &a.h1, &mut a.qkv, n);
-        let opts = AttnOpts {
-            key_pad: a.key_pad.as_deref(),
-            causal: self.cfg.causal,
-            dropout: p,
-            key: key.site(SITE_ATTN),
-            prec,
-        };
-        dev.attention_forward(
-            &mut a.attn,
-            &mut a.lse,
-            &a.qkv,
-            self.attn_shape(b, t),
-            &opts,
-        );
+        let opts = self.attn_opts(a.key_pad.as_deref(), key);
+        let s = self.attn_shape(b, t);
+        dev.attention_forward(&mut a.attn, &mut a.lse, &a.qkv, s, &opts);
         sa.out_proj
             .forward(dev, prec, params, &a.attn, &mut a.s_e1, n);
         dev.dropout_forward(&mut a.s_e1, p, key.site(SITE_DROPOUT1));
         dev.residual_forward(&mut a.x1, &a.x, &a.s_e1);
-        dev.layernorm_forward(
-            &mut a.h2,
-            &mut a.mean2,
-            &mut a.rstd2,
-            &a.x1,
-            params,
-            n2.weight,
-            n2.bias,
-            n,
-            e,
-            n2.eps,
-        );
+        n2.forward(dev, params, &a.x1, &mut a.h2, &mut a.mean2, &mut a.rstd2, n);
         self.linear1
             .forward(dev, prec, params, &a.h2, &mut a.ff1, n);
         dev.activation_forward(self.cfg.activation, &mut a.ffa, &a.ff1);
@@ -442,7 +237,7 @@ impl TransformerEncoderLayer {
     ) {
         let (b, t) = acts.shape();
         let n = b * t;
-        let (e, p, prec) = (self.cfg.d_model, self.cfg.dropout, self.cfg.precision);
+        let (p, prec) = (self.cfg.dropout, self.cfg.precision);
         let a = acts;
         let (n1, n2, sa) = (&self.norm1, &self.norm2, &self.self_attn);
         // Feed-forward branch: y = x₁ + drop2(linear2(drop(act(linear1(norm2(x₁)))))).
@@ -473,9 +268,9 @@ impl TransformerEncoderLayer {
             n,
         );
         dev.copy(&mut a.dx1, dout);
-        dev.layernorm_backward(
-            &mut a.dx1, true, grads, &a.s_e2, &a.x1, &a.mean2, &a.rstd2, params, n2.weight,
-            n2.bias, n, e,
+        let (x1, mean2, rstd2) = (&a.x1, &a.mean2, &a.rstd2);
+        n2.backward(
+            dev, params, grads, x1, mean2, rstd2, &a.s_e2, &mut a.dx1, true, n,
         );
         // Attention branch: x₁ = x + drop1(out_proj(attn(in_proj(norm1(x))))).
         dev.copy(&mut a.s_e1, &a.dx1);
@@ -491,22 +286,9 @@ impl TransformerEncoderLayer {
             false,
             n,
         );
-        let opts = AttnOpts {
-            key_pad: a.key_pad.as_deref(),
-            causal: self.cfg.causal,
-            dropout: p,
-            key: key.site(SITE_ATTN),
-            prec,
-        };
-        dev.attention_backward(
-            &mut a.s_qkv,
-            &a.s_e2,
-            &a.attn,
-            &a.lse,
-            &a.qkv,
-            self.attn_shape(b, t),
-            &opts,
-        );
+        let opts = self.attn_opts(a.key_pad.as_deref(), key);
+        let s = self.attn_shape(b, t);
+        dev.attention_backward(&mut a.s_qkv, &a.s_e2, &a.attn, &a.lse, &a.qkv, s, &opts);
         sa.in_proj.backward(
             dev,
             prec,
@@ -519,8 +301,8 @@ impl TransformerEncoderLayer {
             n,
         );
         dev.copy(dx, &a.dx1);
-        dev.layernorm_backward(
-            dx, true, grads, &a.s_e2, &a.x, &a.mean1, &a.rstd1, params, n1.weight, n1.bias, n, e,
+        n1.backward(
+            dev, params, grads, &a.x, &a.mean1, &a.rstd1, &a.s_e2, dx, true, n,
         );
     }
 }

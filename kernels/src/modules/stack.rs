@@ -1,0 +1,195 @@
+//! nn.TransformerEncoder (pre-norm layers) without its final norm, with the layers' activation
+//! arenas cached per batch shape and a hook that hears of each layer's finished gradients.
+
+use std::ops::Range;
+
+use super::encoder::{EncoderActs, EncoderLayerConfig, TransformerEncoderLayer};
+use crate::backend::Device;
+use crate::params::ParamLayout;
+use crate::rng::RngKey;
+use crate::{Float, KernelError, Result};
+
+/// Arenas kept for recently seen (batch, seq) shapes.
+const ARENA_CACHE: usize = 3;
+
+/// `num_layers` pre-norm encoder layers registered as `{prefix}.{i}.…`, run in sequence.
+pub struct Stack<M> {
+    pub layers: Vec<TransformerEncoderLayer>,
+    /// Each layer's parameters' range in the layout (a layer registers them contiguously).
+    ranges: Vec<Range<usize>>,
+    /// The same layers with dropout 0, for evaluation.
+    eval_layers: Vec<TransformerEncoderLayer>,
+    pub dim: usize,
+    arenas: Vec<Arena<M>>,
+}
+
+struct Arena<M> {
+    b: usize,
+    t: usize,
+    acts: Vec<EncoderActs<M>>,
+    ga: M,
+    gb: M,
+}
+
+/// Dropout keys: an embedding dropout before the stack is "layer" 0, encoder layer i is i + 1
+/// (mixed with `key.layer`, so two stacks in one model can differ).
+pub fn layer_key(key: RngKey, layer: u64) -> RngKey {
+    RngKey::new(
+        key.seed,
+        key.step,
+        key.layer.wrapping_mul(1024).wrapping_add(layer),
+    )
+}
+
+impl<M> Stack<M> {
+    /// Registers `num_layers` layers of `cfg` under `{prefix}.{i}`.
+    pub fn new(
+        l: &mut ParamLayout,
+        prefix: &str,
+        num_layers: usize,
+        cfg: EncoderLayerConfig,
+    ) -> Result<Self> {
+        let (dim, heads) = (cfg.d_model, cfg.nhead);
+        if dim == 0 || heads == 0 || !dim.is_multiple_of(heads) {
+            return Err(KernelError::Shape {
+                op: "Stack",
+                detail: format!(
+                    "hidden size {dim} must be a positive multiple of the number of heads {heads}"
+                ),
+            });
+        }
+        let mut layers = Vec::with_capacity(num_layers);
+        let mut ranges = Vec::with_capacity(num_layers);
+        for i in 0..num_layers {
+            let start = l.total();
+            layers.push(TransformerEncoderLayer::new(
+                l,
+                &format!("{prefix}.{i}"),
+                cfg,
+            )?);
+            ranges.push(start..l.total());
+        }
+        let eval_layers = layers
+            .iter()
+            .map(|x| {
+                let mut x = x.clone();
+                x.cfg.dropout = 0.0;
+                x
+            })
+            .collect();
+        Ok(Stack {
+            layers,
+            ranges,
+            eval_layers,
+            dim,
+            arenas: Vec::new(),
+        })
+    }
+
+    /// Runs the layers over x [b, t, dim] with key padding mask `pad` [b, t] (true = padding);
+    /// `key` None = evaluation (no dropout), else layer i's dropout key is
+    /// `layer_key(key, i + 1)`. Returns the output [b, t, dim] (valid until the next call).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<T: Float, D: Device<T, Mem = M>>(
+        &mut self,
+        dev: &D,
+        params: &M,
+        x: &M,
+        b: usize,
+        t: usize,
+        pad: &[bool],
+        key: Option<RngKey>,
+    ) -> Result<&M> {
+        let arena = arena(dev, &mut self.arenas, &self.layers, self.dim, b, t);
+        let layers = if key.is_some() {
+            &self.layers
+        } else {
+            &self.eval_layers
+        };
+        let k0 = key.unwrap_or(RngKey::new(0, 0, 0));
+        for (i, layer) in layers.iter().enumerate() {
+            let (done, rest) = arena.acts.split_at_mut(i);
+            let input = if i == 0 { x } else { &done[i - 1].out };
+            layer.forward(
+                dev,
+                params,
+                &mut rest[0],
+                input,
+                Some(pad),
+                layer_key(k0, i as u64 + 1),
+            )?;
+        }
+        if layers.is_empty() {
+            // No layers: the output is the input.
+            dev.copy(&mut arena.ga, x);
+            return Ok(&arena.ga);
+        }
+        Ok(&arena.acts[layers.len() - 1].out)
+    }
+
+    /// Backward of the last training forward of shape (b, t): from dout [b, t, dim] returns
+    /// dx [b, t, dim] (valid, and free to modify, until the next call). As soon as a layer's
+    /// backward is done, `ready` gets its parameters' range and their gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward<T: Float, D: Device<T, Mem = M>>(
+        &mut self,
+        dev: &D,
+        params: &M,
+        grads: &mut M,
+        b: usize,
+        t: usize,
+        dout: &M,
+        key: RngKey,
+        ready: &mut dyn FnMut(Range<usize>, &[T]),
+    ) -> &mut M {
+        let arena = arena(dev, &mut self.arenas, &self.layers, self.dim, b, t);
+        dev.copy(&mut arena.ga, dout);
+        let ranges = &self.ranges;
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            layer.backward(
+                dev,
+                params,
+                grads,
+                &mut arena.acts[i],
+                &arena.ga,
+                &mut arena.gb,
+                layer_key(key, i as u64 + 1),
+            );
+            ready(ranges[i].clone(), &dev.read(grads, ranges[i].clone()));
+            std::mem::swap(&mut arena.ga, &mut arena.gb);
+        }
+        &mut arena.ga
+    }
+}
+
+/// The activation arena for shape (b, t), most recently used last (allocated on first use; at
+/// most `ARENA_CACHE` shapes kept). A free function over the fields, so callers can borrow the
+/// layers beside it.
+fn arena<'a, T: Float, D: Device<T>>(
+    dev: &D,
+    arenas: &'a mut Vec<Arena<D::Mem>>,
+    layers: &[TransformerEncoderLayer],
+    dim: usize,
+    b: usize,
+    t: usize,
+) -> &'a mut Arena<D::Mem> {
+    if let Some(i) = arenas.iter().position(|a| a.b == b && a.t == t) {
+        let a = arenas.remove(i);
+        arenas.push(a);
+    } else {
+        if arenas.len() >= ARENA_CACHE {
+            arenas.remove(0);
+        }
+        let acts = layers.iter().map(|l| l.alloc_acts(dev, b, t)).collect();
+        let n = b * t * dim;
+        arenas.push(Arena {
+            b,
+            t,
+            acts,
+            ga: dev.zeros(n),
+            gb: dev.zeros(n),
+        });
+    }
+    let last = arenas.len() - 1;
+    &mut arenas[last]
+}

@@ -1,0 +1,216 @@
+//! The modules moved from the worker (SavedLinear, RowNorm, NormHead, Stack) against central
+//! finite differences in f64, through the CPU device.
+
+use super::*;
+use crate::gradcheck_tests::{assert_close, dot, fd, rand};
+use crate::params::ParamLayout;
+use crate::rng::RngKey;
+use crate::{Cpu, Precision};
+
+const F32: Precision = Precision::F32;
+
+/// Parameters with non-trivial LayerNorm affines and biases, so every gradient is exercised.
+fn params(l: &ParamLayout, seed: u64) -> Vec<f64> {
+    rand(l.total(), seed).iter().map(|v| v * 0.5).collect()
+}
+
+#[test]
+fn norm_head_matches_fd_and_adds_into_its_rows() {
+    let (d, out, n) = (4, 3, 6);
+    let rows = [4usize, 1, 5];
+    for tied in [false, true] {
+        let mut l = ParamLayout::new();
+        let table = Embedding::new(&mut l, "emb", out, d);
+        let mut head: NormHead<Vec<f64>> = if tied {
+            NormHead::tied(&mut l, "norm", "head", table.weight, d, out)
+        } else {
+            NormHead::new(&mut l, "norm", "head", d, out)
+        };
+        let p = params(&l, 1);
+        let hidden = rand(n * d, 2);
+        let r = rand(rows.len() * out, 3);
+        let loss = |head: &mut NormHead<Vec<f64>>, p: &Vec<f64>, h: &Vec<f64>| {
+            head.forward(&Cpu, F32, p, h, &rows);
+            dot(&head.y, &r)
+        };
+        loss(&mut head, &p, &hidden);
+        let mut grads = vec![0.0; l.total()];
+        let start = rand(n * d, 4);
+        let mut dh = start.clone();
+        head.backward(&Cpu, F32, &p, &mut grads, &r, &rows, &mut dh);
+        let added: Vec<f64> = dh.iter().zip(&start).map(|(a, b)| a - b).collect();
+        let num = fd(&hidden, |h| loss(&mut head, &p, &h.to_vec()));
+        assert_close("dhidden", &added, &num, 1e-6);
+        assert!(added[..d]
+            .iter()
+            .chain(&added[2 * d..4 * d])
+            .all(|&v| v == 0.0));
+        let num = fd(&p, |pp| loss(&mut head, &pp.to_vec(), &hidden));
+        assert_close("dparams", &grads, &num, 1e-6);
+        // The norm alone over every row is what the head normalizes before projecting.
+        let all = head.normalize(&Cpu, &p, &hidden, n);
+        head.forward(&Cpu, F32, &p, &hidden, &[5]);
+        let mut y = vec![0.0; out];
+        head.proj
+            .forward(&Cpu, F32, &p, &all[5 * d..].to_vec(), &mut y, 1);
+        assert_close("normalize", &y, &head.y, 1e-12);
+    }
+}
+
+#[test]
+fn row_norm_then_saved_linear_matches_fd() {
+    let (d, o, n) = (5, 3, 4);
+    let mut l = ParamLayout::new();
+    let mut norm: RowNorm<Vec<f64>> = RowNorm::new(&mut l, "norm", d);
+    let mut lin: SavedLinear<Vec<f64>> = SavedLinear::new(&mut l, "proj", d, o);
+    assert_eq!(
+        l.entries()
+            .iter()
+            .map(|e| e.name.as_str())
+            .collect::<Vec<_>>(),
+        ["norm.weight", "norm.bias", "proj.weight", "proj.bias"]
+    );
+    let p = params(&l, 11);
+    let x = rand(n * d, 12);
+    let r = rand(n * o, 13);
+    let mut loss = |p: &Vec<f64>, x: &Vec<f64>| {
+        norm.forward(&Cpu, p, x);
+        lin.forward(&Cpu, F32, p, &norm.y);
+        dot(&lin.y, &r)
+    };
+    loss(&p, &x);
+    let num_x = fd(&x, |xx| loss(&p, &xx.to_vec()));
+    let num_p = fd(&p, |pp| loss(&pp.to_vec(), &x));
+    loss(&p, &x);
+    let mut grads = vec![0.0; l.total()];
+    let dn = lin.backward(&Cpu, F32, &p, &mut grads, &r);
+    let dx = norm.backward(&Cpu, &p, &mut grads, &dn);
+    assert_close("dx", &dx, &num_x, 1e-6);
+    assert_close("dparams", &grads, &num_p, 1e-6);
+    // A later call with fewer rows resizes what is kept.
+    norm.forward(&Cpu, &p, &x[..d].to_vec());
+    assert_eq!(norm.y.len(), d);
+    assert_eq!(
+        norm.backward(&Cpu, &p, &mut grads, &r[..d].to_vec()).len(),
+        d
+    );
+}
+
+fn stack_config(dropout: f64) -> EncoderLayerConfig {
+    EncoderLayerConfig {
+        d_model: 8,
+        nhead: 2,
+        dim_feedforward: 12,
+        dropout,
+        activation: Activation::Gelu,
+        layer_norm_eps: LN_EPS,
+        causal: false,
+        precision: F32,
+    }
+}
+
+#[test]
+fn stack_matches_fd_and_hears_each_layer_once_done() {
+    let (b, t, e) = (2, 3, 8);
+    let mut l = ParamLayout::new();
+    let mut stack: Stack<Vec<f64>> = Stack::new(&mut l, "enc", 2, stack_config(0.2)).expect("ok");
+    let p = params(&l, 21);
+    let x = rand(b * t * e, 22);
+    let r = rand(b * t * e, 23);
+    let mut pad = vec![false; b * t];
+    pad[5] = true;
+    let key = RngKey::new(1, 2, 3);
+    let mut loss = |p: &Vec<f64>, x: &Vec<f64>| {
+        let y = stack
+            .forward(&Cpu, p, x, b, t, &pad, Some(key))
+            .expect("shapes");
+        dot(y, &r)
+    };
+    let num_x = fd(&x, |xx| loss(&p, &xx.to_vec()));
+    let num_p = fd(&p, |pp| loss(&pp.to_vec(), &x));
+    loss(&p, &x);
+    let mut grads = vec![0.0; l.total()];
+    let mut heard = Vec::new();
+    let dx = stack
+        .backward(
+            &Cpu,
+            &p,
+            &mut grads,
+            b,
+            t,
+            &r,
+            key,
+            &mut |range, g: &[f64]| heard.push((range, g.to_vec())),
+        )
+        .clone();
+    assert_close("dx", &dx, &num_x, 1e-6);
+    assert_close("dparams", &grads, &num_p, 1e-6);
+    // Last layer first, each with the range of exactly its own parameters (and their final
+    // gradients).
+    let names_in = |range: &std::ops::Range<usize>| {
+        let es = l.entries();
+        es.iter()
+            .filter(|e| range.contains(&e.offset))
+            .map(|e| {
+                assert!(
+                    e.offset + e.len() <= range.end,
+                    "{} crosses the range",
+                    e.name
+                );
+                e.name.clone()
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(heard.len(), 2);
+    for (i, prefix) in [(0, "enc.1."), (1, "enc.0.")] {
+        let names = names_in(&heard[i].0);
+        assert_eq!(names.len(), 12);
+        assert!(names.iter().all(|n| n.starts_with(prefix)), "{names:?}");
+    }
+    for (range, g) in &heard {
+        assert_eq!(&grads[range.clone()], &g[..]);
+    }
+    // Evaluation (no key) runs without dropout: the same as a stack built with dropout 0.
+    let mut l0 = ParamLayout::new();
+    let mut plain: Stack<Vec<f64>> = Stack::new(&mut l0, "enc", 2, stack_config(0.0)).expect("ok");
+    let eval = stack
+        .forward(&Cpu, &p, &x, b, t, &pad, None)
+        .expect("ok")
+        .clone();
+    let want = plain
+        .forward(&Cpu, &p, &x, b, t, &pad, Some(key))
+        .expect("ok");
+    assert_eq!(&eval, want);
+    assert!(Stack::<Vec<f64>>::new(
+        &mut l0,
+        "bad",
+        1,
+        EncoderLayerConfig {
+            nhead: 3,
+            ..stack_config(0.0)
+        }
+    )
+    .is_err());
+}
+
+#[test]
+fn empty_stack_passes_through() {
+    let mut l = ParamLayout::new();
+    let mut stack: Stack<Vec<f64>> = Stack::new(&mut l, "enc", 0, stack_config(0.1)).expect("ok");
+    let x = rand(2 * 8, 31);
+    let y = stack
+        .forward(&Cpu, &vec![], &x, 1, 2, &[false, false], None)
+        .expect("ok");
+    assert_eq!(y, &x);
+    let dx = stack.backward(
+        &Cpu,
+        &vec![],
+        &mut vec![],
+        1,
+        2,
+        &x,
+        RngKey::new(0, 0, 0),
+        &mut |_, _| panic!("no layers, nothing to hear"),
+    );
+    assert_eq!(dx, &x);
+}
