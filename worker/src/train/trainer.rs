@@ -15,8 +15,9 @@ use configs::ConfigRoot;
 use data::masking::IGNORE_INDEX;
 use data::vocab::{MASK, SPECIAL_TOKENS};
 use data::{Batch, Loader, LoaderOptions, Pipeline, Position, ShardPlan, Split};
-use kernels::ops::{adam_step, clip_grad_norm, global_norm, AdamConfig};
+use kernels::optim::{AdamConfig, LossScaler};
 use kernels::rng::RngKey;
+use kernels::{Cpu, Device};
 
 use super::events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
 use super::naming;
@@ -28,9 +29,7 @@ use crate::overlap::{Overlap, BUCKET_FLOATS};
 use crate::schedule::Schedule;
 use crate::sync::GradientSync;
 
-/// torch.amp.GradScaler defaults.
-const INIT_SCALE: f64 = 65536.0;
-const GROWTH_INTERVAL: u64 = 2000;
+/// Below this loss scale a 16-mixed run gives up: every step overflows.
 const MIN_SCALE: f64 = 1.0 / (1u64 << 24) as f64;
 
 /// Trains `cfg` as rank `opts.rank` of `opts.world`: per micro-batch forward and backward, per
@@ -108,6 +107,8 @@ pub struct Trainer<'a> {
     pipeline: Arc<Pipeline>,
     plan: ShardPlan,
     model: Box<dyn ScModel>,
+    /// Where the buffers live and the optimizer step runs.
+    dev: Cpu,
     /// The flat buffers: parameters, their gradients and AdamW's two moments, one layout.
     params: Vec<f32>,
     grads: Vec<f32>,
@@ -121,7 +122,8 @@ pub struct Trainer<'a> {
     csv: Option<CsvLogger>,
     schedule: Schedule,
     adam: AdamConfig,
-    fp16: bool,
+    /// 16-mixed's dynamic loss scale; None trains unscaled.
+    scaler: Option<LossScaler>,
     micro_per_epoch: u64,
     accum: u64,
     /// The epoch being trained.
@@ -146,7 +148,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<Self, TrainError> {
         check_config(cfg, opts)?;
         let t = &cfg.training;
-        let fp16 = t.precision == CfgPrecision::Fp16Mixed;
+        let scaler = (t.precision == CfgPrecision::Fp16Mixed).then(LossScaler::default);
         let seed = t.seed as u64;
         let pipeline = Arc::new(Pipeline::from_config(cfg)?);
         let plan = ShardPlan::for_dataset(&pipeline.dataset, t.val_split, seed)?;
@@ -180,6 +182,7 @@ impl<'a> Trainer<'a> {
             cfg,
             opts,
             model,
+            dev: Cpu,
             params: layout.init_host(seed),
             grads: vec![0.0; n],
             exp_avg: vec![0.0; n],
@@ -192,7 +195,7 @@ impl<'a> Trainer<'a> {
                 epoch: 0,
                 position: DataPosition::default(),
                 adam_t: 0,
-                loss_scale: if fp16 { INIT_SCALE } else { 1.0 },
+                loss_scale: scaler.as_ref().map_or(1.0, |s| s.scale),
                 good_steps: 0,
                 rng: RngState {
                     kind: "counter-based splitmix64 keyed by (seed, epoch, step, index)".into(),
@@ -213,7 +216,7 @@ impl<'a> Trainer<'a> {
                 decoupled: t.optimizer.name == OptimizerName::AdamW,
                 ..AdamConfig::adamw(t.optimizer.lr, t.optimizer.weight_decay)
             },
-            fp16,
+            scaler,
             micro_per_epoch,
             accum: t.gradient_accumulation as u64,
             epoch: 0,
@@ -280,6 +283,10 @@ impl<'a> Trainer<'a> {
             global_batch,
             ..loaded.state
         };
+        if let Some(scaler) = self.scaler.as_mut() {
+            scaler.scale = self.state.loss_scale;
+            scaler.good_steps = self.state.good_steps;
+        }
         on_event(TrainEvent::Log(format!(
             "resumed from {} at step {} (epoch {}, batch {})",
             dir.display(),
@@ -399,47 +406,48 @@ impl<'a> Trainer<'a> {
         let (step_cells, step_tokens) = (r.cells * w, r.tokens * w);
         let stop_voted = r.stop_vote > 0.0;
         self.totals = StepTotals::default();
-        let finite = loss.is_finite() && self.grads.iter().all(|x| x.is_finite());
+        let finite = loss.is_finite() && self.dev.all_finite(&self.grads);
         let lr = self.schedule.lr(self.state.global_step);
         let mut grad_norm = f64::NAN;
-        if !finite && self.fp16 {
+        if !finite {
+            let Some(scaler) = self.scaler.as_mut() else {
+                let checkpoint = self.save("last", self.step_pos, on_event)?;
+                return Err(TrainError::NonFinite {
+                    step: self.state.global_step,
+                    epoch: self.epoch,
+                    loss,
+                    checkpoint,
+                });
+            };
             // Overflow under the loss scale: skip the step and back off.
-            self.state.loss_scale *= 0.5;
-            self.state.good_steps = 0;
+            scaler.update(false);
             self.state.metrics.skipped_steps += 1;
             self.summary.skipped_steps += 1;
             on_event(TrainEvent::Log(format!(
                 "16-mixed: overflow at step {}, skipped; loss scale now {}",
-                self.state.global_step, self.state.loss_scale
+                self.state.global_step, scaler.scale
             )));
-            if self.state.loss_scale < MIN_SCALE {
+            if scaler.scale < MIN_SCALE {
                 return Err(TrainError::LossScaleUnderflow {
                     step: self.state.global_step,
-                    scale: self.state.loss_scale,
+                    scale: scaler.scale,
                 });
             }
-        } else if !finite {
-            let checkpoint = self.save("last", self.step_pos, on_event)?;
-            return Err(TrainError::NonFinite {
-                step: self.state.global_step,
-                epoch: self.epoch,
-                loss,
-                checkpoint,
-            });
         } else {
-            let grads = &mut self.grads;
+            // The mean-loss gradient: divide by the targets of the global batch (and the scale).
+            let (dev, grads) = (&self.dev, &mut self.grads);
+            let loss_scale = self.scaler.as_ref().map_or(1.0, |s| s.scale);
             if count_mean > 0.0 {
-                let f = (1.0 / (self.state.loss_scale * count_mean)) as f32;
-                grads.iter_mut().for_each(|x| *x *= f);
+                dev.scale(grads, 1.0 / (loss_scale * count_mean));
             }
             grad_norm = if t.gradient_clip > 0.0 {
-                clip_grad_norm(grads, t.gradient_clip)
+                dev.clip_grad_norm(grads, t.gradient_clip)
             } else {
-                global_norm(grads)
+                dev.global_norm(grads)
             };
             self.state.adam_t += 1;
             let cfg_step = AdamConfig { lr, ..self.adam };
-            adam_step(
+            dev.adam_step(
                 &cfg_step,
                 self.state.adam_t,
                 &mut self.params,
@@ -447,15 +455,15 @@ impl<'a> Trainer<'a> {
                 &mut self.exp_avg,
                 &mut self.exp_avg_sq,
             );
-            if self.fp16 {
-                self.state.good_steps += 1;
-                if self.state.good_steps >= GROWTH_INTERVAL {
-                    self.state.loss_scale *= 2.0;
-                    self.state.good_steps = 0;
-                }
+            if let Some(scaler) = self.scaler.as_mut() {
+                scaler.update(true);
             }
         }
-        self.grads.iter_mut().for_each(|x| *x = 0.0);
+        if let Some(scaler) = &self.scaler {
+            self.state.loss_scale = scaler.scale;
+            self.state.good_steps = scaler.good_steps;
+        }
+        self.dev.fill_zero(&mut self.grads);
 
         self.state.global_step += 1;
         self.state.epoch = self.epoch;
