@@ -70,7 +70,7 @@ fn is_nested(v: &Value) -> bool {
 }
 
 /// A value in flow style.
-fn inline(value: &Value) -> String {
+pub(crate) fn inline(value: &Value) -> String {
     match value {
         Value::Null => "null".into(),
         Value::Bool(b) => b.to_string(),

@@ -8,6 +8,7 @@
 
 pub mod emit;
 pub mod error;
+pub mod reference;
 pub mod schema;
 pub mod scmodelforge;
 pub mod sleap;
@@ -16,7 +17,7 @@ pub mod tree;
 use std::path::Path;
 
 pub use error::{ConfigError, ConfigErrors, Location};
-pub use schema::{Ctx, FromNode, Origin, Params, ToValue, Value};
+pub use schema::{Ctx, FieldDoc, FromNode, Origin, Params, ToValue, Value};
 pub use scmodelforge::ScModelForgeConfig;
 pub use sleap::SleapNnConfig;
 use tree::{Mark, Node};

@@ -2,8 +2,9 @@
 //! config structs back into plain values for dumping.
 //!
 //! Config sections are declared with [`section!`](crate::section) and enumerations with
-//! [`choice!`](crate::choice); both generate the struct, its defaults, its reader and its writer
-//! from one list, so a field cannot be documented, defaulted and parsed inconsistently.
+//! [`choice!`](crate::choice); both generate the struct, its defaults, its reader, its writer
+//! and its entry in the field reference from one list, so a field cannot be documented,
+//! defaulted and parsed inconsistently.
 
 use std::collections::HashMap;
 
@@ -148,10 +149,105 @@ pub fn join(parent: &str, child: &str) -> String {
 
 /// Reading a typed value from a node. Errors go to `cx`; `None` means "an error was recorded,
 /// keep the default".
+///
+/// The schema also describes itself for the generated field reference
+/// ([`crate::reference`]): [`FromNode::kind`], [`FromNode::allowed`] and, for sections,
+/// [`FromNode::fields`].
 pub trait FromNode: Sized {
     /// What a user must write, for messages: "an integer", "a list of strings".
     fn expected() -> String;
     fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self>;
+
+    /// The type as the field reference names it; by default what messages say.
+    fn kind() -> String {
+        Self::expected()
+    }
+
+    /// The spellings an enumeration accepts; empty for other types.
+    fn allowed() -> &'static [&'static str] {
+        &[]
+    }
+
+    /// A section's fields (and theirs, recursively), keys relative to the section; empty for a
+    /// plain value.
+    fn fields() -> Vec<FieldDoc> {
+        Vec::new()
+    }
+
+    /// The type's doc comment (a section's or an enumeration's), as one paragraph.
+    fn doc() -> String {
+        String::new()
+    }
+}
+
+/// Doc comment lines as one paragraph.
+pub fn doc_text(lines: &[&str]) -> String {
+    let lines: Vec<&str> = lines
+        .iter()
+        .map(|l| l.trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines.join(" ")
+}
+
+/// One field of a config schema, for the generated reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FieldDoc {
+    /// Dotted key, relative to the section that lists it; `[]` stands for any list item.
+    pub key: String,
+    /// The type, as [`FromNode::kind`] names it.
+    pub kind: String,
+    /// The value a config gets when it does not write this field.
+    pub default: Value,
+    /// For an enumeration (or an optional one, or a list of them): the accepted spellings.
+    pub allowed: &'static [&'static str],
+    /// The field's doc comment in the schema, else its type's, as one paragraph.
+    pub doc: String,
+    /// A section: its own fields follow it.
+    pub section: bool,
+}
+
+impl FieldDoc {
+    /// Adds field `key` of type `T`, then `T`'s own fields under it (for a section). `default`
+    /// is the field's default in the enclosing section; where it is a mapping it also gives the
+    /// defaults of the fields under it.
+    pub fn push<T: FromNode>(out: &mut Vec<FieldDoc>, key: &str, default: Value, doc: &[&str]) {
+        let nested = T::fields();
+        let doc = match doc_text(doc) {
+            d if d.is_empty() => T::doc(),
+            d => d,
+        };
+        out.push(FieldDoc {
+            key: key.to_string(),
+            kind: T::kind(),
+            default: default.clone(),
+            allowed: T::allowed(),
+            doc,
+            section: !nested.is_empty(),
+        });
+        for mut f in nested {
+            if let Some(v) = default.lookup(&f.key) {
+                f.default = v.clone();
+            }
+            f.key = if f.key.starts_with('[') {
+                format!("{key}{}", f.key)
+            } else {
+                format!("{key}.{}", f.key)
+            };
+            out.push(f);
+        }
+    }
+}
+
+/// "a list of strings", or "a list (each item ...)" where a plural would not read.
+fn list_of(item: &str) -> String {
+    let bare = item.strip_prefix("an ").or_else(|| item.strip_prefix("a "));
+    match bare {
+        Some(b) if !b.contains([',', '(', '`', '"']) && !b.contains(" or ") => {
+            format!("a list of {b}s")
+        }
+        _ => format!("a list (each item {item})"),
+    }
 }
 
 /// A plain value tree for dumping configs (and for free-form parameters).
@@ -286,6 +382,18 @@ impl<T: FromNode> FromNode for Option<T> {
     fn expected() -> String {
         format!("{} or null", T::expected())
     }
+    fn kind() -> String {
+        format!("{} or null", T::kind())
+    }
+    fn allowed() -> &'static [&'static str] {
+        T::allowed()
+    }
+    fn fields() -> Vec<FieldDoc> {
+        T::fields()
+    }
+    fn doc() -> String {
+        T::doc()
+    }
     fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
         if node.is_null() {
             Some(None)
@@ -303,6 +411,22 @@ impl<T: FromNode> FromNode for Vec<T> {
             .or_else(|| inner.strip_prefix("a "))
             .unwrap_or(&inner);
         format!("a list of {inner}s")
+    }
+    fn kind() -> String {
+        list_of(&T::kind())
+    }
+    fn allowed() -> &'static [&'static str] {
+        T::allowed()
+    }
+    fn fields() -> Vec<FieldDoc> {
+        let mut fields = T::fields();
+        for f in &mut fields {
+            f.key = format!("[].{}", f.key);
+        }
+        fields
+    }
+    fn doc() -> String {
+        T::doc()
     }
     fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
         match &node.kind {
@@ -335,6 +459,14 @@ impl FromNode for Value {
 }
 
 impl Value {
+    /// The value at a dotted key inside nested mappings.
+    pub fn lookup(&self, dotted: &str) -> Option<&Value> {
+        dotted.split('.').try_fold(self, |v, key| match v {
+            Value::Map(entries) => entries.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => None,
+        })
+    }
+
     /// Resolves a node the way YAML's core schema would: plain `null`, booleans and numbers
     /// become typed values, everything else a string.
     pub fn of(node: &Node) -> Value {
@@ -456,20 +588,21 @@ pub fn map_entries<'n>(
     }
 }
 
-/// Declares a config section: the struct, its `Default`, its reader (strict about unknown keys)
-/// and its writer, from one list of `field: Type = default` lines.
+/// Declares a config section: the struct, its `Default`, its reader (strict about unknown keys),
+/// its writer and its fields for the reference, from one list of `field: Type = default` lines.
+/// The section and its fields take doc comments only (they become the reference's text).
 #[macro_export]
 macro_rules! section {
     (
-        $(#[$meta:meta])*
+        $(#[doc = $sdoc:literal])*
         pub struct $name:ident {
-            $( $(#[$fmeta:meta])* $field:ident : $ty:ty = $default:expr ),* $(,)?
+            $( $(#[doc = $doc:literal])* $field:ident : $ty:ty = $default:expr ),* $(,)?
         }
     ) => {
-        $(#[$meta])*
+        $(#[doc = $sdoc])*
         #[derive(Debug, Clone, PartialEq)]
         pub struct $name {
-            $( $(#[$fmeta])* pub $field: $ty, )*
+            $( $(#[doc = $doc])* pub $field: $ty, )*
         }
 
         impl Default for $name {
@@ -486,6 +619,25 @@ macro_rules! section {
         impl $crate::schema::FromNode for $name {
             fn expected() -> String {
                 format!("a mapping ({} section)", stringify!($name))
+            }
+            fn kind() -> String {
+                "a section".into()
+            }
+            fn doc() -> String {
+                $crate::schema::doc_text(&[$($sdoc),*])
+            }
+            fn fields() -> Vec<$crate::schema::FieldDoc> {
+                let defaults = Self::default();
+                let mut out = Vec::new();
+                $(
+                    $crate::schema::FieldDoc::push::<$ty>(
+                        &mut out,
+                        stringify!($field),
+                        $crate::schema::ToValue::to_value(&defaults.$field),
+                        &[$($doc),*],
+                    );
+                )*
+                out
             }
             fn from_node(
                 node: &$crate::tree::Node,
@@ -523,14 +675,15 @@ macro_rules! section {
     };
 }
 
-/// Declares an enumeration written as one of a fixed set of strings.
+/// Declares an enumeration written as one of a fixed set of strings (its own doc comment becomes
+/// the reference's text for fields of this type that have none).
 #[macro_export]
 macro_rules! choice {
     (
-        $(#[$meta:meta])*
+        $(#[doc = $edoc:literal])*
         pub enum $name:ident { $( $(#[$vmeta:meta])* $variant:ident = $text:literal ),* $(,)? }
     ) => {
-        $(#[$meta])*
+        $(#[doc = $edoc])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         pub enum $name { $( $(#[$vmeta])* $variant, )* }
 
@@ -556,6 +709,15 @@ macro_rules! choice {
         impl $crate::schema::FromNode for $name {
             fn expected() -> String {
                 format!("one of {}", $crate::error::one_of(Self::ALLOWED))
+            }
+            fn kind() -> String {
+                "one of the allowed values".into()
+            }
+            fn doc() -> String {
+                $crate::schema::doc_text(&[$($edoc),*])
+            }
+            fn allowed() -> &'static [&'static str] {
+                Self::ALLOWED
             }
             fn from_node(
                 node: &$crate::tree::Node,

@@ -1,10 +1,10 @@
-//! `coordinator config validate|show`.
+//! `coordinator config validate|show|reference`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Args, Subcommand};
-use configs::{AnyConfig, ConfigErrors};
+use clap::{Args, Subcommand, ValueEnum};
+use configs::{AnyConfig, ConfigErrors, Family};
 
 /// A config file plus `--set` overrides; shared by every command that takes a config.
 #[derive(Args, Debug, Clone)]
@@ -32,6 +32,41 @@ pub enum ConfigCommand {
     Validate(ConfigArgs),
     /// Print the fully resolved config (defaults filled in, overrides applied) as YAML
     Show(ConfigArgs),
+    /// Write the field reference of a config family (every dotted key with its type, default,
+    /// allowed values and description) as Markdown, generated from the typed schema
+    Reference(ReferenceArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct ReferenceArgs {
+    /// Which family's fields
+    #[arg(long, value_enum)]
+    pub family: FamilyArg,
+    /// Write to this file instead of stdout
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum FamilyArg {
+    Scmodelforge,
+    SleapNn,
+}
+
+impl FamilyArg {
+    fn family(self) -> Family {
+        match self {
+            FamilyArg::Scmodelforge => Family::ScModelForge,
+            FamilyArg::SleapNn => Family::SleapNn,
+        }
+    }
+
+    fn flag(self) -> &'static str {
+        match self {
+            FamilyArg::Scmodelforge => "scmodelforge",
+            FamilyArg::SleapNn => "sleap-nn",
+        }
+    }
 }
 
 /// Exit code for a config that does not validate (clap uses 2 for usage errors too).
@@ -41,6 +76,7 @@ pub fn run(cmd: ConfigCommand) -> ExitCode {
     let (args, show) = match &cmd {
         ConfigCommand::Validate(a) => (a, false),
         ConfigCommand::Show(a) => (a, true),
+        ConfigCommand::Reference(r) => return reference(r),
     };
     match args.load() {
         Ok(config) => {
@@ -63,6 +99,27 @@ pub fn run(cmd: ConfigCommand) -> ExitCode {
             );
             ExitCode::from(INVALID)
         }
+    }
+}
+
+fn reference(args: &ReferenceArgs) -> ExitCode {
+    let command = format!(
+        "coordinator config reference --family {} --out docs/config-reference-{0}.md",
+        args.family.flag()
+    );
+    let text = configs::reference::markdown(args.family.family(), &command);
+    match &args.out {
+        None => {
+            print!("{text}");
+            ExitCode::SUCCESS
+        }
+        Some(path) => match std::fs::write(path, text) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: cannot write {}: {e}", path.display());
+                ExitCode::FAILURE
+            }
+        },
     }
 }
 

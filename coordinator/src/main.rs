@@ -4,8 +4,8 @@
 mod config_cmd;
 mod data_cmd;
 mod launch;
-mod run_dir;
 mod server;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -40,6 +40,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    run::logging::init();
     match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Data(cmd) => data_cmd::run(cmd),

@@ -136,7 +136,7 @@ impl Hub {
                  the token of the run it should join",
             ));
         }
-        if !worker::ring::constant_time_eq(given.as_bytes(), self.token.as_bytes()) {
+        if !proto::auth::constant_time_eq(given.as_bytes(), self.token.as_bytes()) {
             return Err(Status::unauthenticated(
                 "wrong run token: this worker was started for another run",
             ));

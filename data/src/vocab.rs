@@ -204,10 +204,6 @@ impl GeneVocab {
             "gene vocabulary '{gene_vocab}' is not a file: built from the union of the datasets' genes ({} genes, sorted by name)",
             v.n_genes()
         );
-        eprintln!(
-            "gene_vocab '{gene_vocab}' is not a file; built the vocabulary from the union of the datasets' gene names ({} genes, sorted)",
-            v.n_genes()
-        );
         Ok(v)
     }
 }

@@ -9,47 +9,22 @@
 //!        vocab.json             the gene vocabulary
 //!        manifest.json          size and SHA-256 of every file above (written last)
 //! ```
-//! A checkpoint whose manifest is missing or does not match its files is never loaded.
+//! A checkpoint whose manifest is missing or does not match its files is never loaded. The
+//! manifest, its verification and the choice of a checkpoint to resume from are part of the run
+//! directory's contract with the coordinator: they live in [`run::checkpoint`] and are
+//! re-exported here; this module writes and reads the tensors.
 
-use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use kernels::ParamLayout;
+use run::checkpoint::{invalid, io, Manifest};
+pub use run::checkpoint::{resolve_resume, verify, CheckpointError, FORMAT_VERSION, MANIFEST};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
-
-pub const MANIFEST: &str = "manifest.json";
-pub const FORMAT_VERSION: u32 = 1;
-
-#[derive(Debug, thiserror::Error)]
-pub enum CheckpointError {
-    #[error("checkpoint {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("checkpoint {path}: {detail}")]
-    Invalid { path: PathBuf, detail: String },
-}
 
 type Result<T> = std::result::Result<T, CheckpointError>;
-
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io {
-        path: path.to_path_buf(),
-        source,
-    }
-}
-
-fn invalid(path: &Path, detail: impl Into<String>) -> CheckpointError {
-    CheckpointError::Invalid {
-        path: path.to_path_buf(),
-        detail: detail.into(),
-    }
-}
 
 /// Where the data loader resumes: the next micro-batch `step` of `epoch`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -97,18 +72,6 @@ pub struct Metrics {
     pub skipped_steps: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct FileEntry {
-    bytes: u64,
-    sha256: String,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct Manifest {
-    format_version: u32,
-    files: std::collections::BTreeMap<String, FileEntry>,
-}
-
 /// What a checkpoint holds, in host buffers laid out like the model's [`ParamLayout`].
 pub struct Snapshot<'a> {
     pub layout: &'a ParamLayout,
@@ -119,11 +82,6 @@ pub struct Snapshot<'a> {
     pub config_yaml: &'a str,
     /// vocab.json contents.
     pub vocab_json: &'a [u8],
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    let d = Sha256::digest(bytes);
-    d.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn tensors_bytes(layout: &ParamLayout, buffers: &[(&str, &[f32])], path: &Path) -> Result<Vec<u8>> {
@@ -187,21 +145,13 @@ pub fn save(root: &Path, name: &str, snap: &Snapshot) -> Result<PathBuf> {
         ("config.yaml", snap.config_yaml.as_bytes().to_vec()),
         ("vocab.json", snap.vocab_json.to_vec()),
     ];
-    let mut manifest = Manifest {
-        format_version: FORMAT_VERSION,
-        files: Default::default(),
-    };
+    let mut manifest = Manifest::default();
     for (fname, bytes) in &files {
         write_synced(&tmp.join(fname), bytes)?;
-        manifest.files.insert(
-            fname.to_string(),
-            FileEntry {
-                bytes: bytes.len() as u64,
-                sha256: sha256_hex(bytes),
-            },
-        );
+        manifest.add(fname, bytes);
     }
-    let mbytes = serde_json::to_vec_pretty(&manifest)
+    let mbytes = manifest
+        .to_json()
         .map_err(|e| invalid(&final_dir, format!("manifest: {e}")))?;
     write_synced(&tmp.join(MANIFEST), &mbytes)?;
     sync_dir(&tmp)?;
@@ -220,49 +170,6 @@ pub fn save(root: &Path, name: &str, snap: &Snapshot) -> Result<PathBuf> {
         fs::remove_dir_all(&old).map_err(io(&old))?;
     }
     Ok(final_dir)
-}
-
-fn read_all(path: &Path) -> Result<Vec<u8>> {
-    let mut f = File::open(path).map_err(io(path))?;
-    let mut v = Vec::new();
-    f.read_to_end(&mut v).map_err(io(path))?;
-    Ok(v)
-}
-
-/// Checks the manifest against the files; returns the verified file contents.
-pub fn verify(dir: &Path) -> Result<HashMap<String, Vec<u8>>> {
-    let mpath = dir.join(MANIFEST);
-    if !mpath.exists() {
-        return Err(invalid(
-            dir,
-            "no manifest.json (incomplete or not a checkpoint)",
-        ));
-    }
-    let manifest: Manifest = serde_json::from_slice(&read_all(&mpath)?)
-        .map_err(|e| invalid(dir, format!("manifest.json: {e}")))?;
-    let mut out = HashMap::new();
-    for need in [
-        "model.safetensors",
-        "optimizer.safetensors",
-        "state.json",
-        "config.yaml",
-        "vocab.json",
-    ] {
-        if !manifest.files.contains_key(need) {
-            return Err(invalid(dir, format!("manifest does not list {need}")));
-        }
-    }
-    for (name, entry) in &manifest.files {
-        let bytes = read_all(&dir.join(name))?;
-        if bytes.len() as u64 != entry.bytes || sha256_hex(&bytes) != entry.sha256 {
-            return Err(invalid(
-                dir,
-                format!("{name} does not match its checksum in manifest.json (corrupted)"),
-            ));
-        }
-        out.insert(name.clone(), bytes);
-    }
-    Ok(out)
 }
 
 /// A verified checkpoint, loaded into host buffers of `layout`.
@@ -345,42 +252,4 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<Loaded> {
         state,
         config_yaml,
     })
-}
-
-/// The step recorded in a checkpoint's state.json, if the checkpoint verifies.
-fn verified_step(dir: &Path) -> Option<u64> {
-    let files = verify(dir).ok()?;
-    let state: TrainState = serde_json::from_slice(files.get("state.json")?).ok()?;
-    Some(state.global_step)
-}
-
-/// `path` itself when it is a checkpoint (it must verify), else the verified checkpoint with
-/// the highest step directly inside `path` (temporary and corrupt ones are skipped).
-pub fn resolve_resume(path: &Path) -> Result<PathBuf> {
-    if path.join(MANIFEST).exists() {
-        verify(path)?;
-        return Ok(path.to_path_buf());
-    }
-    let entries = fs::read_dir(path).map_err(io(path))?;
-    let mut best: Option<(u64, PathBuf)> = None;
-    for e in entries.flatten() {
-        let p = e.path();
-        let hidden = p
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_none_or(|n| n.starts_with('.'));
-        if hidden || !p.is_dir() {
-            continue;
-        }
-        match verified_step(&p) {
-            Some(s) if best.as_ref().is_none_or(|(b, _)| s > *b) => best = Some((s, p)),
-            Some(_) => {}
-            None => tracing::warn!(
-                "skipping {}: not a complete, verified checkpoint",
-                p.display()
-            ),
-        }
-    }
-    best.map(|(_, p)| p)
-        .ok_or_else(|| invalid(path, "no complete checkpoint found to resume from"))
 }

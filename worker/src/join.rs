@@ -314,25 +314,9 @@ fn local_ip_towards(coordinator: &str) -> Result<std::net::IpAddr, JoinError> {
 
 /// A transport error with its causes, plus a hint when TLS is the likely cause.
 fn describe_transport_error(e: &tonic::transport::Error, tls: bool) -> String {
-    let mut msg = error_chain(e);
+    let mut msg = proto::error_chain(e);
     if tls && (msg.contains("certificate") || msg.contains("Certificate")) {
         msg.push_str(" (check --tls-ca and --tls-domain against the coordinator's certificate)");
-    }
-    msg
-}
-
-/// An error with its causes, for errors whose top-level message is vague (tonic's transport
-/// errors say only "transport error"); a cause already contained in the message is not repeated.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut msg = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !msg.contains(&part) {
-            msg.push_str(": ");
-            msg.push_str(&part);
-        }
-        source = s.source();
     }
     msg
 }

@@ -6,7 +6,6 @@ pub mod join;
 pub mod metrics;
 pub mod model;
 pub mod overlap;
-pub mod progress;
 pub mod ring;
 pub mod schedule;
 pub mod sync;

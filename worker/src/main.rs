@@ -8,8 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use configs::ScModelForgeConfig;
 use proto::v1::{worker_message::Body, CheckpointSaved, Finished, LogLine, StepMetrics};
+use run::progress::{Progress, Step, Summary};
 use worker::join::{Command, JoinOptions, Session, TlsOptions};
-use worker::train::{self, Control, TrainEvent, TrainOptions};
+use worker::train::{self, Control, TrainEvent, TrainOptions, TrainSummary};
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +74,7 @@ struct TrainArgs {
 fn main() -> ExitCode {
     worker::alloc::keep_freed_memory();
     let cli = Cli::parse();
+    run::logging::init();
     let result = match cli.command {
         Some(WorkerCommand::Train(args)) => train_alone(args),
         None => match cli.join.coordinator.clone() {
@@ -94,7 +96,7 @@ fn main() -> ExitCode {
 fn train_alone(args: TrainArgs) -> anyhow::Result<()> {
     let cfg: ScModelForgeConfig =
         configs::load_file_as(&args.config, &args.overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let run_dir = args.run_dir.unwrap_or_else(|| train::default_run_dir(&cfg));
+    let run_dir = args.run_dir.unwrap_or_else(|| run::default_run_dir(&cfg));
     let opts = TrainOptions {
         rank: 0,
         world: 1,
@@ -102,104 +104,74 @@ fn train_alone(args: TrainArgs) -> anyhow::Result<()> {
         resume_from: cfg.training.resume_from.as_ref().map(PathBuf::from),
         max_steps: args.max_steps,
     };
-    let mut progress = Progress::new();
+    let mut progress = Progress::stderr("");
+    let mut total_steps = 0;
     let summary = train::train(
         &cfg,
         &opts,
         &mut train::NoSync,
-        &mut |e| progress.on_event(&e),
+        &mut |e| show(&mut progress, &mut total_steps, e),
         &mut || Control::Continue,
     )?;
-    progress.clear();
-    let best = summary
-        .val_losses
-        .iter()
-        .map(|(_, l)| *l)
-        .fold(f64::NAN, f64::min);
-    eprintln!(
-        "finished {} after {} steps in {:.1}s ({:.0} cells/s, {:.0} tokens/s); best validation loss {best:.4}; run dir {}",
-        summary.run_name,
-        summary.global_step,
-        summary.train_seconds,
-        summary.cells_per_s,
-        summary.tokens_per_s,
-        run_dir.display()
-    );
+    progress.summary(&Summary {
+        outcome: &format!("finished {}", summary.run_name),
+        steps: summary.global_step,
+        seconds: summary.train_seconds,
+        cells_per_s: summary.cells_per_s,
+        tokens_per_s: summary.tokens_per_s,
+        best_val_loss: best_val_loss(&summary),
+    });
+    progress.log(&format!("run dir {}", run_dir.display()));
     Ok(())
 }
 
-/// A one-line progress display on an interactive terminal, plain lines otherwise.
-struct Progress {
-    tty: bool,
-    total: u64,
-    drawn: bool,
+/// A training event on the progress printer.
+fn show(progress: &mut Progress, total_steps: &mut u64, e: TrainEvent) {
+    match e {
+        TrainEvent::Start {
+            run_name,
+            parameters,
+            total_steps: total,
+            start_step,
+            ..
+        } => {
+            *total_steps = total;
+            progress.log(&format!(
+                "training {run_name}: {parameters} parameters, {total} steps (from step {start_step})"
+            ));
+        }
+        TrainEvent::Step {
+            epoch,
+            step,
+            loss,
+            lr,
+            cells_per_s,
+            tokens_per_s,
+            ..
+        } => progress.step(Step {
+            epoch,
+            step,
+            total_steps: *total_steps,
+            loss,
+            lr,
+            cells_per_s,
+            tokens_per_s,
+        }),
+        TrainEvent::Validation { epoch, loss, .. } => progress.validation(epoch, loss),
+        TrainEvent::Checkpoint { step, path } => {
+            progress.log(&format!("checkpoint at step {step}: {}", path.display()))
+        }
+        TrainEvent::Log(m) => progress.log(&m),
+    }
 }
 
-impl Progress {
-    fn new() -> Self {
-        use std::io::IsTerminal;
-        Self {
-            tty: std::io::stderr().is_terminal(),
-            total: 0,
-            drawn: false,
-        }
-    }
-
-    fn on_event(&mut self, e: &TrainEvent) {
-        match e {
-            TrainEvent::Start {
-                run_name,
-                parameters,
-                total_steps,
-                start_step,
-                ..
-            } => {
-                self.total = *total_steps;
-                eprintln!(
-                    "training {run_name}: {parameters} parameters, {total_steps} steps (from step {start_step})"
-                );
-            }
-            TrainEvent::Step {
-                epoch,
-                step,
-                loss,
-                lr,
-                cells_per_s,
-                tokens_per_s,
-                ..
-            } => {
-                let line = format!(
-                    "epoch {epoch} step {step}/{} | loss {loss:.4} | lr {lr:.2e} | {cells_per_s:.0} cells/s | {tokens_per_s:.0} tokens/s",
-                    self.total
-                );
-                if self.tty {
-                    eprint!("\r\x1b[2K{line}");
-                    self.drawn = true;
-                } else {
-                    eprintln!("{line}");
-                }
-            }
-            TrainEvent::Validation { epoch, loss, .. } => {
-                self.clear();
-                eprintln!("epoch {epoch}: validation loss {loss:.4}");
-            }
-            TrainEvent::Checkpoint { path, .. } => {
-                self.clear();
-                eprintln!("checkpoint: {}", path.display());
-            }
-            TrainEvent::Log(m) => {
-                self.clear();
-                eprintln!("{m}");
-            }
-        }
-    }
-
-    fn clear(&mut self) {
-        if self.drawn {
-            eprint!("\r\x1b[2K");
-            self.drawn = false;
-        }
-    }
+/// The lowest validation loss of a run (NaN when none ran).
+fn best_val_loss(summary: &TrainSummary) -> f64 {
+    summary
+        .val_losses
+        .iter()
+        .map(|(_, l)| *l)
+        .fold(f64::NAN, f64::min)
 }
 
 fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<()> {
@@ -319,15 +291,10 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
             Command::Stop => Control::Stop,
         },
     )?;
-    let best_val = summary
-        .val_losses
-        .iter()
-        .map(|(_, l)| *l)
-        .fold(f64::NAN, f64::min);
     Ok(Finished {
         steps: summary.global_step,
         final_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
-        best_val_loss: best_val,
+        best_val_loss: best_val_loss(&summary),
         params_hash: summary.params_hash.clone(),
     })
 }

@@ -162,7 +162,7 @@ fn check_handshake(
     stream
         .read_exact(&mut peer_token)
         .map_err(|e| format!("incomplete handshake: {e}"))?;
-    if !constant_time_eq(&peer_token, token.as_bytes()) {
+    if !proto::auth::constant_time_eq(&peer_token, token.as_bytes()) {
         return Err(
             "wrong run token (a worker of another run, or not started by this coordinator)".into(),
         );
@@ -173,9 +173,4 @@ fn check_handshake(
         ));
     }
     Ok(())
-}
-
-/// Compares run tokens without leaking, through timing, how much of a guess was right.
-pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

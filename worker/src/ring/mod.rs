@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::RingError;
-pub use handshake::{constant_time_eq, RingTimeouts};
+pub use handshake::RingTimeouts;
 use shm::{Outcome, SharedMemory};
 pub use tcp::chunk_ranges;
 use tcp::Links;

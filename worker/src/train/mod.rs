@@ -26,14 +26,11 @@
 
 mod baseline;
 mod events;
-mod naming;
 mod totals;
 mod trainer;
 
-pub use crate::progress::Progress;
 pub use crate::sync::{GradientSync, NoSync};
 pub use baseline::frequency_baseline;
 pub use events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
-pub use naming::{checkpoint_root, default_run_dir, run_name};
 pub use totals::StepTotals;
 pub use trainer::{params_hash, train, MicroStep, Trainer};

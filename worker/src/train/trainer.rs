@@ -18,9 +18,9 @@ use data::{Batch, Loader, LoaderOptions, Pipeline, Position, ShardPlan, Split};
 use kernels::optim::{AdamConfig, LossScaler};
 use kernels::rng::RngKey;
 use kernels::{Cpu, Device};
+use run::{checkpoint_root, resolve_run_name};
 
 use super::events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
-use super::naming;
 use super::totals::StepTotals;
 use crate::checkpoint::{self, DataPosition, Metrics, RngState, Snapshot, TrainState};
 use crate::metrics::CsvLogger;
@@ -159,7 +159,7 @@ impl<'a> Trainer<'a> {
         let model = model::build(&cfg.model, spec, model::precision_of(t.precision))?;
         let layout = model.layout().clone();
         let n = layout.total();
-        let name = naming::resolve_run_name(cfg, &opts.run_dir);
+        let name = resolve_run_name(cfg, &opts.run_dir);
         let mut run_cfg = cfg.clone();
         run_cfg.training.run_name = Some(name.clone());
         let global_batch = t.batch_size * opts.world;
@@ -205,7 +205,7 @@ impl<'a> Trainer<'a> {
                 global_batch,
                 metrics: Metrics::default(),
             },
-            ckpt_root: naming::checkpoint_root(cfg, &opts.run_dir),
+            ckpt_root: checkpoint_root(cfg, &opts.run_dir),
             config_yaml: run_cfg.to_yaml(),
             vocab_json: vocab_json(&pipeline),
             pipeline,

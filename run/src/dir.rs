@@ -1,5 +1,6 @@
-//! A run's directory: the resolved config, the run token, the run record (for `--resume`),
-//! metrics.csv and the workers' logs. Checkpoints go under it too (written by rank 0).
+//! A run's directory as the coordinator keeps it: the resolved config, the run token, the run
+//! record (for `--resume`), metrics.csv and the workers' logs. Checkpoints go under it too
+//! (written by rank 0; see [`crate::checkpoint`]).
 
 use std::fs;
 use std::io::Write;
@@ -23,6 +24,24 @@ pub struct RunRecord {
 }
 
 impl RunDir {
+    /// A directory for a new run named `run_name` under `parent`: `parent/run_name`, or
+    /// `parent/run_name-2`, `-3`, … (like Lightning's version_N, a new run never writes into an
+    /// old one).
+    pub fn fresh_path(parent: &Path, run_name: &str) -> PathBuf {
+        (1..)
+            .map(|i| match i {
+                1 => parent.join(run_name),
+                i => parent.join(format!("{run_name}-{i}")),
+            })
+            .find(|d| !RunDir::holds_run(d))
+            .unwrap_or_else(|| parent.join(run_name))
+    }
+
+    /// Whether `path` already holds a run (its run record).
+    pub fn holds_run(path: &Path) -> bool {
+        path.join(RECORD).exists()
+    }
+
     /// Creates (or reuses) the directory and writes the resolved config and a fresh token.
     pub fn create(path: &Path, config_yaml: &str) -> anyhow::Result<Self> {
         fs::create_dir_all(path.join("logs"))
@@ -59,7 +78,7 @@ impl RunDir {
         self.path.join("token")
     }
     pub fn record_path(&self) -> PathBuf {
-        self.path.join("run.json")
+        self.path.join(RECORD)
     }
     pub fn metrics_path(&self) -> PathBuf {
         self.path.join("metrics.csv")
@@ -133,4 +152,62 @@ pub fn truncate_metrics_after(path: &Path, step: u64) -> anyhow::Result<()> {
         })
         .collect();
     write_atomic(path, format!("{}\n", kept.join("\n")).as_bytes())
+}
+
+/// The run record's file name.
+const RECORD: &str = "run.json";
+
+/// `p` made absolute against the current directory (unchanged if that cannot be read).
+pub fn absolute(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        p.to_path_buf()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(p))
+            .unwrap_or_else(|_| p.to_path_buf())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("anvil-run-dir-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_run_directory_round_trips_and_new_runs_get_fresh_ones() {
+        let parent = scratch("fresh");
+        let first = RunDir::fresh_path(&parent, "r");
+        assert_eq!(first, parent.join("r"));
+        let run = RunDir::create(&first, "training: {}\n").unwrap();
+        assert!(RunDir::open(&first).is_err(), "no record yet");
+        let record = RunRecord {
+            run_id: "r".into(),
+            world: 2,
+            generation: 1,
+            restarts: 1,
+            status: "running".into(),
+        };
+        run.write_record(&record).unwrap();
+        let again = RunDir::open(&first).unwrap();
+        assert_eq!(again.read_record().unwrap().world, 2);
+        assert_eq!(again.token().unwrap().len(), 48);
+        assert_eq!(RunDir::fresh_path(&parent, "r"), parent.join("r-2"));
+    }
+
+    #[test]
+    fn metrics_after_a_step_are_dropped() {
+        let path = scratch("metrics").join("metrics.csv");
+        fs::write(&path, "step,epoch,loss\n1,0,5.0\n2,0,4.0\n3,0,3.0\n").unwrap();
+        truncate_metrics_after(&path, 2).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            "step,epoch,loss\n1,0,5.0\n2,0,4.0\n"
+        );
+    }
 }

@@ -1,0 +1,78 @@
+//! `coordinator launch`'s command line.
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+use crate::tls::TlsArgs;
+
+#[derive(Args, Debug)]
+pub struct LaunchArgs {
+    /// scModelForge YAML config to train (not needed with --resume)
+    #[arg(
+        long,
+        short = 'c',
+        value_name = "FILE",
+        required_unless_present = "resume"
+    )]
+    pub config: Option<PathBuf>,
+
+    /// Override one config field, typed and validated like the file (repeatable)
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    pub overrides: Vec<String>,
+
+    /// Number of nodes (machines) in the run
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub nodes: usize,
+
+    /// Workers per node (one per GPU on GPU nodes)
+    #[arg(long, default_value_t = 1, value_name = "K")]
+    pub workers_per_node: usize,
+
+    /// Do not start workers; wait for N x K workers started elsewhere (Slurm, Kubernetes, by
+    /// hand) to register with `worker --coordinator HOST:PORT`. Implied under Slurm/Kubernetes.
+    #[arg(long)]
+    pub external: bool,
+
+    /// Start workers locally even when running under Slurm or Kubernetes
+    #[arg(long, conflicts_with = "external")]
+    pub local: bool,
+
+    /// Address the coordinator listens on for workers [default: 127.0.0.1:0 for local
+    /// workers, 0.0.0.0:50051 for external ones]
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<String>,
+
+    /// Directory of the run: resolved config, token, metrics.csv, logs, checkpoints
+    /// [default: runs/<run_name>]
+    #[arg(long, value_name = "DIR")]
+    pub run_dir: Option<PathBuf>,
+
+    /// Continue the run in RUN_DIR (after the coordinator was stopped or killed) from its last
+    /// complete checkpoint
+    #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
+    pub resume: Option<PathBuf>,
+
+    /// Seconds without a heartbeat after which a worker counts as lost
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub heartbeat_timeout: f64,
+
+    /// Seconds to wait for every worker to register
+    #[arg(long, default_value_t = 120.0, value_name = "SECS")]
+    pub register_timeout: f64,
+
+    /// Group restarts from the last complete checkpoint before giving up
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub max_restarts: u32,
+
+    /// Stop after this many optimizer steps (for smoke tests)
+    #[arg(long, value_name = "N")]
+    pub max_steps: Option<u64>,
+
+    #[command(flatten)]
+    pub tls: TlsArgs,
+
+    /// The worker executable [default: `worker` beside this executable]
+    #[arg(long, value_name = "PATH", hide = true)]
+    pub worker_bin: Option<PathBuf>,
+}

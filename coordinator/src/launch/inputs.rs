@@ -1,0 +1,44 @@
+//! Checking a run's inputs before any worker starts, so a bad path fails here, once, clearly.
+//!
+//! **Why the coordinator does not plan the run.** The plan (the gene vocabulary, the
+//! train/validation split, each rank's shard of cells and its order per epoch) is a pure,
+//! deterministic function of the resolved config, the data files and the world size: every
+//! rank computes the same plan from the same inputs (`data::ShardPlan` and the pipeline in
+//! `worker::train`) and takes its own part. The coordinator hands each worker only what differs
+//! between them (its rank, the world size, the run directory and the checkpoint to resume
+//! from) with the resolved config. Sending the vocabulary and per-rank shard lists instead
+//! would repeat work each worker must do anyway (it reads the same files to tokenize them),
+//! make registration messages grow with the dataset, and put a second source of truth beside
+//! the config. What the coordinator can usefully do ahead of the workers is what is here: see
+//! that the inputs exist and say what the run will do with them.
+
+use std::path::Path;
+
+use anyhow::bail;
+use configs::ScModelForgeConfig;
+
+/// Fails on a data path that does not exist; prints the run's inputs and global batch.
+pub fn check_inputs(cfg: &ScModelForgeConfig, world: usize) -> anyhow::Result<()> {
+    for p in &cfg.data.paths {
+        if !Path::new(p).exists() {
+            bail!("data.paths: {p} does not exist (paths are relative to the current directory)");
+        }
+    }
+    let global = cfg.training.batch_size * world;
+    eprintln!(
+        "anvil: {} file(s), {} tokenizer, global batch {} ({} per worker x {world}){}",
+        cfg.data.paths.len(),
+        cfg.tokenizer.strategy,
+        global,
+        cfg.training.batch_size,
+        if cfg.training.gradient_accumulation > 1 {
+            format!(
+                ", gradient accumulation {}",
+                cfg.training.gradient_accumulation
+            )
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
+}

@@ -1,0 +1,125 @@
+//! Opening a run: fresh from a config (a new run directory with the resolved config, a token and
+//! the run record), or continued from its directory (`--resume`) at its last complete
+//! checkpoint.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail};
+use configs::{ConfigRoot, ScModelForgeConfig};
+use run::dir::truncate_metrics_after;
+use run::{RunDir, RunRecord};
+
+use super::args::LaunchArgs;
+
+/// A run ready to be served: its config, directory, record and token.
+pub struct OpenRun {
+    pub cfg: ScModelForgeConfig,
+    pub dir: RunDir,
+    pub record: RunRecord,
+    pub token: String,
+    /// Continued with `--resume`: from this checkpoint (None: no complete checkpoint yet, so
+    /// the run starts over).
+    pub resumed: Option<Option<PathBuf>>,
+}
+
+impl OpenRun {
+    pub fn open(args: &LaunchArgs) -> anyhow::Result<Self> {
+        let world = args.nodes * args.workers_per_node;
+        if world == 0 {
+            bail!("--nodes and --workers-per-node must be at least 1");
+        }
+        let mut open = match &args.resume {
+            Some(dir) => Self::resume(dir, args, world)?,
+            None => Self::create(args, world)?,
+        };
+        if open.resumed.is_some() {
+            open.resumed = Some(open.rewind()?);
+        }
+        Ok(open)
+    }
+
+    /// The last complete checkpoint, where the run continues; the rows of metrics.csv after it
+    /// are dropped, since they are trained again (without a checkpoint, all of them).
+    pub fn rewind(&self) -> anyhow::Result<Option<PathBuf>> {
+        let from = run::checkpoint::latest(&self.cfg, &self.dir.path);
+        let step = from.as_deref().and_then(run::checkpoint::step).unwrap_or(0);
+        truncate_metrics_after(&self.dir.metrics_path(), step)?;
+        Ok(from)
+    }
+
+    /// The checkpoint the workers of the first generation start from ("" for none).
+    pub fn resume_from(&self) -> String {
+        match &self.resumed {
+            Some(Some(p)) => p.display().to_string(),
+            _ => String::new(),
+        }
+    }
+
+    fn resume(dir: &Path, args: &LaunchArgs, world: usize) -> anyhow::Result<Self> {
+        let run = RunDir::open(dir)?;
+        let record = run.read_record()?;
+        let cfg: ScModelForgeConfig =
+            configs::load_file_as(&run.config_path(), &[]).map_err(|e| anyhow!("{e}"))?;
+        if record.world != world && (args.nodes, args.workers_per_node) != (1, 1) {
+            bail!(
+                "{} was started with {} workers; resume it with the same number (got {world})",
+                dir.display(),
+                record.world
+            );
+        }
+        Ok(OpenRun {
+            cfg,
+            token: run.token()?,
+            dir: run,
+            record,
+            resumed: Some(None),
+        })
+    }
+
+    fn create(args: &LaunchArgs, world: usize) -> anyhow::Result<Self> {
+        let path = args
+            .config
+            .as_ref()
+            .ok_or_else(|| anyhow!("--config is required"))?;
+        let loaded = configs::load_file(path, &args.overrides).map_err(|e| anyhow!("{e}"))?;
+        let cfg = match loaded {
+            configs::AnyConfig::ScModelForge(c) => c,
+            configs::AnyConfig::SleapNn(_) => bail!(
+                "{} is a sleap-nn config; anvil validates it (coordinator config validate) \
+                 but training pose models is not available yet",
+                path.display()
+            ),
+        };
+        let run_name = run::run_name(&cfg);
+        let dir = match &args.run_dir {
+            Some(d) if RunDir::holds_run(d) => bail!(
+                "{} already holds a run; continue it with --resume {0}, or choose another --run-dir",
+                d.display()
+            ),
+            Some(d) => d.clone(),
+            None => RunDir::fresh_path(Path::new("runs"), &run_name),
+        };
+        let run = RunDir::create(&dir, &cfg.to_yaml())?;
+        let record = RunRecord {
+            run_id: run_name,
+            world,
+            generation: 0,
+            restarts: 0,
+            status: "starting".into(),
+        };
+        run.write_record(&record)?;
+        Ok(OpenRun {
+            cfg,
+            token: run.token()?,
+            dir: run,
+            record,
+            resumed: None,
+        })
+    }
+
+    /// Records the run's status ("running", "finished", ...).
+    pub fn set_status(&mut self, status: &str) -> anyhow::Result<()> {
+        self.record.status = status.into();
+        self.dir.write_record(&self.record)
+    }
+}

@@ -1,0 +1,21 @@
+//! The run-directory contract: what the coordinator and the workers both know about a run
+//! without either linking the other's code.
+//!
+//! - [`naming`]: a run's name and where its directory and checkpoints go;
+//! - [`checkpoint`]: a checkpoint's manifest, its verification and which one a run resumes from;
+//! - [`dir`]: the coordinator's state files in the run directory (config, token, run record,
+//!   metrics, worker logs);
+//! - [`progress`]: the one progress printer for `coordinator launch` and `worker train`;
+//! - [`logging`]: the log subscriber both binaries install.
+//!
+//! The worker writes and reads checkpoint tensors itself (`worker::checkpoint`); this crate
+//! holds only names, files and checks, so the coordinator stays free of compute.
+
+pub mod checkpoint;
+pub mod dir;
+pub mod logging;
+pub mod naming;
+pub mod progress;
+
+pub use dir::{RunDir, RunRecord};
+pub use naming::{checkpoint_root, default_run_dir, resolve_run_name, run_name};
