@@ -33,4 +33,4 @@ pub use crate::sync::{GradientSync, NoSync};
 pub use baseline::frequency_baseline;
 pub use events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
 pub use totals::StepTotals;
-pub use trainer::{params_hash, train, MicroStep, Trainer};
+pub use trainer::{params_hash, train, MicroStep, Reduced, Trainer};
