@@ -738,6 +738,16 @@ fn check_config(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> Result<(), Tra
     if t.log_every_n_steps == 0 {
         return bad("training.log_every_n_steps must be positive".into());
     }
+    // Sections this build cannot honour yet are refused, never silently skipped.
+    if cfg.finetune.is_some() {
+        return bad("finetune: fine-tuning is not implemented yet; this build pretrains only (remove the finetune section to pretrain)".into());
+    }
+    if let Some(b) = cfg.eval.benchmarks.first() {
+        return bad(format!(
+            "eval.benchmarks: evaluation benchmarks ({}) are not implemented yet; remove them (the validation loss is computed every epoch)",
+            b.name
+        ));
+    }
     Ok(())
 }
 
