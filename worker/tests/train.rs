@@ -412,3 +412,73 @@ fn sections_this_build_cannot_train_are_refused_by_name() {
     .expect_err("benchmarks are not implemented: refused");
     assert!(err.to_string().contains("eval.benchmarks"), "{err}");
 }
+
+/// Averages nothing (one replica's values are their own mean) but takes `delay` per call, like
+/// a slow network.
+struct SlowSync {
+    delay: std::time::Duration,
+}
+
+impl GradientSync for SlowSync {
+    fn all_reduce_mean(&mut self, _grads: &mut [f32]) -> Result<(), String> {
+        std::thread::sleep(self.delay);
+        Ok(())
+    }
+}
+
+#[test]
+fn step_events_carry_the_real_step_and_all_reduce_times() {
+    let mut cfg = small_config();
+    cfg.training.max_epochs = 1;
+    cfg.training.gradient_accumulation = 1;
+    let step_times = |events: &[TrainEvent]| -> Vec<(f64, f64)> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                TrainEvent::Step {
+                    step_seconds,
+                    allreduce_seconds,
+                    ..
+                } => Some((*step_seconds, *allreduce_seconds)),
+                _ => None,
+            })
+            .collect()
+    };
+    // One worker: steps take time, nothing waits for an all-reduce.
+    let mut events = Vec::new();
+    train(
+        &cfg,
+        &TrainOptions::single(tmp("times-1")),
+        &mut NoSync,
+        &mut |e| events.push(e),
+        &mut || Control::Continue,
+    )
+    .expect("trains");
+    let times = step_times(&events);
+    assert!(!times.is_empty());
+    assert!(times.iter().all(|&(s, a)| s > 0.0 && a == 0.0), "{times:?}");
+
+    // A rank of two whose all-reduce takes 30 ms a call: the part after backward (at least the
+    // last bucket) is reported, and is part of the step time.
+    let mut events = Vec::new();
+    let opts = TrainOptions {
+        rank: 0,
+        world: 2,
+        run_dir: tmp("times-2"),
+        resume_from: None,
+        max_steps: Some(3),
+    };
+    let mut sync = SlowSync {
+        delay: std::time::Duration::from_millis(30),
+    };
+    train(&cfg, &opts, &mut sync, &mut |e| events.push(e), &mut || {
+        Control::Continue
+    })
+    .expect("trains");
+    let times = step_times(&events);
+    assert_eq!(times.len(), 3, "{times:?}");
+    assert!(
+        times.iter().all(|&(s, a)| a >= 0.025 && s >= a),
+        "{times:?}"
+    );
+}
