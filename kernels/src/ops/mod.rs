@@ -19,6 +19,13 @@ pub use optim::{adam_step, all_finite, clip_grad_norm, global_norm, scale, AdamC
 const PAR_MIN: usize = 1 << 15;
 const PAR_CHUNK: usize = 1 << 14;
 
+/// The results of a parallel map, in index order. Partial sums are then combined sequentially,
+/// so a reduction's result does not depend on how rayon scheduled the pieces (its own
+/// `reduce`/`sum` combine in a scheduling-dependent order): same inputs, same bits.
+pub(crate) fn in_order<I: IndexedParallelIterator>(it: I) -> std::vec::IntoIter<I::Item> {
+    it.collect::<Vec<_>>().into_iter()
+}
+
 fn check(op: &'static str, ok: bool, detail: impl FnOnce() -> String) -> Result<()> {
     if ok {
         Ok(())
@@ -263,15 +270,12 @@ pub fn bias_backward<T: Float>(db: &mut [T], dy: &[T], n: usize, o: usize) {
     let sum = if n * o < PAR_MIN {
         partial(dy)
     } else {
-        dy.par_chunks(rows_per * o).map(partial).reduce(
-            || vec![T::ZERO; o],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(&b) {
-                    *x += *y;
-                }
-                a
-            },
-        )
+        in_order(dy.par_chunks(rows_per * o).map(partial)).fold(vec![T::ZERO; o], |mut a, b| {
+            for (x, y) in a.iter_mut().zip(&b) {
+                *x += *y;
+            }
+            a
+        })
     };
     for (d, s) in db[..o].iter_mut().zip(&sum) {
         *d += *s;
@@ -596,10 +600,8 @@ pub fn layernorm_backward<T: Float>(
             .map(work)
             .fold((vec![T::ZERO; c], vec![T::ZERO; c]), |a, b| sum_pairs(a, b))
     } else {
-        dx.par_chunks_mut(rows_per * c)
-            .enumerate()
-            .map(work)
-            .reduce(|| (vec![T::ZERO; c], vec![T::ZERO; c]), sum_pairs)
+        in_order(dx.par_chunks_mut(rows_per * c).enumerate().map(work))
+            .fold((vec![T::ZERO; c], vec![T::ZERO; c]), sum_pairs)
     };
     for j in 0..c {
         dgamma[j] += dg[j];
@@ -767,29 +769,31 @@ pub fn cross_entropy<T: Float>(
     } else {
         dloss / count as f64
     };
-    let total: f64 = dlogits[..n * v]
-        .par_chunks_mut(v)
-        .zip(logits[..n * v].par_chunks(v))
-        .zip(targets.par_iter())
-        .map(|((dz, z), &t)| {
-            if t == IGNORE_INDEX {
-                dz.fill(T::ZERO);
-                return 0.0;
-            }
-            // One (vectorized for f32) exp per logit: dz = e^{z−m}, then softmax = dz / Σ.
-            let m = T::slice_max(z);
-            dz.copy_from_slice(z);
-            let sum = T::exp_scaled_sum(dz, T::ONE, m);
-            let lse = m + sum.ln();
-            let s = T::from_f64(scale);
-            let f = s / sum;
-            for d in dz.iter_mut() {
-                *d *= f;
-            }
-            dz[t as usize] -= s;
-            (lse - z[t as usize]).to_f64()
-        })
-        .sum();
+    let total: f64 = in_order(
+        dlogits[..n * v]
+            .par_chunks_mut(v)
+            .zip(logits[..n * v].par_chunks(v))
+            .zip(targets.par_iter())
+            .map(|((dz, z), &t)| {
+                if t == IGNORE_INDEX {
+                    dz.fill(T::ZERO);
+                    return 0.0;
+                }
+                // One (vectorized for f32) exp per logit: dz = e^{z−m}, then softmax = dz / Σ.
+                let m = T::slice_max(z);
+                dz.copy_from_slice(z);
+                let sum = T::exp_scaled_sum(dz, T::ONE, m);
+                let lse = m + sum.ln();
+                let s = T::from_f64(scale);
+                let f = s / sum;
+                for d in dz.iter_mut() {
+                    *d *= f;
+                }
+                dz[t as usize] -= s;
+                (lse - z[t as usize]).to_f64()
+            }),
+    )
+    .sum();
     Ok(if count == 0 {
         0.0
     } else {
@@ -841,4 +845,67 @@ pub fn mse<T: Float>(dx: &mut [T], x: &[T], y: &[T], dloss: f64) -> Result<f64> 
         *d = e * s;
     }
     Ok(sum / n)
+}
+
+#[cfg(test)]
+mod determinism_tests {
+    use super::*;
+
+    /// Runs `f` on a rayon pool of `threads` threads.
+    fn on_threads<R: Send>(threads: usize, f: impl FnOnce() -> R + Send) -> R {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .expect("pool")
+            .install(f)
+    }
+
+    fn values(n: usize, seed: u32) -> Vec<f32> {
+        (0..n)
+            .map(|i| {
+                let h = crate::rng::lowbias32(i as u32 ^ seed.wrapping_mul(0x9E37_79B9));
+                (h as f32 / u32::MAX as f32 - 0.5) * 3.0
+            })
+            .collect()
+    }
+
+    /// Every reduction across rows gives the same bits whatever the number of threads and
+    /// however rayon schedules the pieces (it combines its own `sum`/`reduce` in a
+    /// scheduling-dependent order, which made same-seed runs differ in the last digits).
+    #[test]
+    fn reductions_do_not_depend_on_threads_or_scheduling() {
+        let (n, c, v) = (4096, 96, 200);
+        let dy = values(n * c, 1);
+        let x = values(n * c, 2);
+        let gamma = values(c, 3);
+        let logits = values(n * v, 4);
+        let targets: Vec<i64> = (0..n as i64).map(|i| (i * 7) % v as i64).collect();
+        let run = || {
+            let mut db = vec![0.0f32; c];
+            bias_backward(&mut db, &dy, n, c);
+            let (mut mean, mut rstd, mut y) = (vec![0.0; n], vec![0.0; n], vec![0.0; n * c]);
+            layernorm_forward(&mut y, &mut mean, &mut rstd, &x, &gamma, &gamma, n, c, 1e-5);
+            let (mut dx, mut dg, mut dbt) = (vec![0.0f32; n * c], vec![0.0; c], vec![0.0; c]);
+            layernorm_backward(
+                &mut dx, false, &mut dg, &mut dbt, &dy, &x, &mean, &rstd, &gamma, n, c,
+            );
+            let mut dl = vec![0.0f32; n * v];
+            let loss = cross_entropy(&mut dl, &logits, &targets, n, v, 1.0).expect("ce");
+            let norm = optim::global_norm(&dy);
+            let bits = |xs: &[f32]| xs.iter().map(|x| x.to_bits()).collect::<Vec<u32>>();
+            (
+                bits(&db),
+                bits(&dg),
+                bits(&dbt),
+                loss.to_bits(),
+                norm.to_bits(),
+            )
+        };
+        let one = on_threads(1, run);
+        for threads in [2, 3, 4] {
+            for _ in 0..3 {
+                assert!(on_threads(threads, run) == one, "{threads} threads");
+            }
+        }
+    }
 }

@@ -79,11 +79,13 @@ pub fn adam_step<T: Float>(
 
 /// ‖g‖₂ over the whole gradient buffer, accumulated in f64.
 pub fn global_norm<T: Float>(grads: &[T]) -> f64 {
-    grads
-        .par_chunks(CHUNK)
-        .map(|c| c.iter().map(|&x| x.to_f64() * x.to_f64()).sum::<f64>())
-        .sum::<f64>()
-        .sqrt()
+    super::in_order(
+        grads
+            .par_chunks(CHUNK)
+            .map(|c| c.iter().map(|&x| x.to_f64() * x.to_f64()).sum::<f64>()),
+    )
+    .sum::<f64>()
+    .sqrt()
 }
 
 /// torch.nn.utils.clip_grad_norm_: with n = ‖g‖₂, g ← g·min(1, max_norm/(n + 1e-6)).
