@@ -113,7 +113,24 @@ impl Session {
                     }
                     ep = ep.tls_config(cfg)?;
                 }
-                let channel = ep.connect().await?;
+                // A scheduler may start the workers before the coordinator listens (Slurm
+                // starts both at once; a requeued job reuses the run's token file): a refused
+                // connection is retried for a while, anything else is reported at once.
+                let patience = tokio::time::Instant::now() + CONNECT_PATIENCE;
+                let mut said = false;
+                let channel = loop {
+                    match ep.connect().await {
+                        Ok(c) => break c,
+                        Err(e) if refused(&e) && tokio::time::Instant::now() < patience => {
+                            if !said {
+                                tracing::info!(coordinator = %opts.coordinator, "coordinator not listening yet; retrying");
+                                said = true;
+                            }
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
                 Ok::<_, tonic::transport::Error>(CoordinatorClient::new(channel))
             })
             .map_err(|e| connect_err(&describe_transport_error(&e, opts.tls.is_some())))?;
@@ -274,6 +291,23 @@ impl Session {
         }
         self.runtime.shutdown_timeout(Duration::from_secs(1));
     }
+}
+
+/// How long a worker keeps trying a coordinator that refuses connections (not yet listening).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Whether the connection was refused (nobody listening at the address yet).
+fn refused(e: &tonic::transport::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::ConnectionRefused {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn message(rank: usize, generation: u32, body: worker_message::Body) -> WorkerMessage {

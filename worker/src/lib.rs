@@ -6,6 +6,7 @@ pub mod join;
 pub mod metrics;
 pub mod model;
 pub mod overlap;
+pub mod preempt;
 pub mod ring;
 pub mod schedule;
 pub mod sync;

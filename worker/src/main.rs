@@ -75,6 +75,7 @@ fn main() -> ExitCode {
     worker::alloc::keep_freed_memory();
     let cli = Cli::parse();
     run::logging::init();
+    worker::preempt::install();
     let result = match cli.command {
         Some(WorkerCommand::Train(args)) => train_alone(args),
         None => match cli.join.coordinator.clone() {
@@ -111,10 +112,25 @@ fn train_alone(args: TrainArgs) -> anyhow::Result<()> {
         &opts,
         &mut train::NoSync,
         &mut |e| show(&mut progress, &mut total_steps, e),
-        &mut || Control::Continue,
+        &mut || {
+            if worker::preempt::requested() {
+                Control::CheckpointAndStop
+            } else {
+                Control::Continue
+            }
+        },
     )?;
+    let outcome = match (&summary.last_checkpoint, summary.stopped_early) {
+        (Some(ck), true) => format!(
+            "stopped {} on request with a checkpoint at {} (continue with --set training.resume_from={})",
+            summary.run_name,
+            ck.display(),
+            ck.display()
+        ),
+        _ => format!("finished {}", summary.run_name),
+    };
     progress.summary(&Summary {
-        outcome: &format!("finished {}", summary.run_name),
+        outcome: &outcome,
         steps: summary.global_step,
         seconds: summary.train_seconds,
         cells_per_s: summary.cells_per_s,
@@ -286,6 +302,7 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
             })),
         },
         &mut || match rest.command() {
+            Command::Continue if worker::preempt::requested() => Control::CheckpointAndStop,
             Command::Continue => Control::Continue,
             Command::CheckpointAndStop => Control::CheckpointAndStop,
             Command::Stop => Control::Stop,

@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# deploy/slurm/anvil.sbatch on a real one-node Slurm cluster (scripts/slurm-local.sh), as a user
+# submits it. Needs root (it starts munged, slurmctld and slurmd) and about 5 minutes, most of it
+# Slurm's two-minute hold on a requeued job. Not part of scripts/test.sh yet.
+#   bash scripts/slurm-test.sh
+# Checks: `sbatch -n 2` with extra `--set` arguments completes; SIGUSR1 (the time-limit warning)
+# ends in a checkpoint, a requeue and a resumed run whose final parameters equal an uninterrupted
+# run's; `scancel` (SIGTERM to every process) ends in a checkpoint and a clean exit; no anvil
+# process is left.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$(pwd)
+work=$(mktemp -d /tmp/anvil-slurm-test.XXXXXX)
+cargo build --release -q -p coordinator -p worker
+bin=${CARGO_TARGET_DIR:-$repo/target}/release
+bash scripts/slurm-local.sh start "$work/slurm"
+export SLURM_CONF=$work/slurm/slurm.conf
+trap 'bash "$repo/scripts/slurm-local.sh" stop "$work/slurm"' EXIT
+mkdir -p "$work/jobs" && cd "$work/jobs"
+ln -s "$repo/configs" configs && ln -s "$repo/data" data
+fail() { echo "FAIL: $*" >&2; exit 1; }
+submit() { ANVIL_BIN=$bin sbatch --parsable -n 2 --export=ALL "$repo/deploy/slurm/anvil.sbatch" "$@"; }
+state() { scontrol show job "$1" | grep -oE 'JobState=[A-Z_]+' | cut -d= -f2; }
+wait_state() { # job, wanted state regex, seconds
+  for _ in $(seq "$3"); do state "$1" | grep -qE "^($2)$" && return 0; sleep 1; done
+  fail "job $1 is $(state "$1"), expected $2 (log: $(tail -n 5 "anvil-$1.out"))"
+}
+hash_of() { grep -oE 'identical parameters \(sha256 [0-9a-f]+' "anvil-$1.out" | tail -n 1; }
+quick=(configs/quickstart.yaml --set training.max_epochs=3)
+
+echo "1. sbatch -n 2, extra arguments passed through"
+a=$(submit configs/quickstart.yaml --set training.max_epochs=1)
+wait_state "$a" COMPLETED 300
+grep -q 'finished after 9 steps' "anvil-$a.out" || fail "job $a did not train 1 epoch"
+
+echo "2. SIGUSR1: checkpoint, requeue, resume; same parameters as an uninterrupted run"
+u=$(submit "${quick[@]}")
+sleep 25
+scancel --batch --signal=USR1 "$u"
+for _ in $(seq 120); do grep -q 'requeueing job' "anvil-$u.out" && break; sleep 1; done
+grep -q 'requeueing job' "anvil-$u.out" || fail "job $u was not requeued"
+ref=$(ANVIL_PORT=50052 submit "${quick[@]}")
+wait_state "$ref" COMPLETED 400
+wait_state "$u" COMPLETED 400
+grep -q 'resuming runs/slurm-' "anvil-$u.out" || fail "job $u did not resume"
+[ -n "$(hash_of "$u")" ] && [ "$(hash_of "$u")" = "$(hash_of "$ref")" ] ||
+  fail "resumed run $(hash_of "$u") differs from uninterrupted $(hash_of "$ref")"
+
+echo "3. scancel (SIGTERM): checkpoint and clean exit"
+c=$(submit "${quick[@]}")
+sleep 25
+scancel "$c"
+wait_state "$c" CANCELLED 120
+sleep 5
+grep -q '"status": *"preempted"' "runs/slurm-$c/run.json" || fail "job $c wrote no checkpoint"
+[ -d "runs/slurm-$c/checkpoints/last" ] || fail "job $c has no last checkpoint"
+
+if pgrep -f "$bin/(coordinator|worker)" >/dev/null; then fail "anvil processes left running"; fi
+echo "slurm: 3 passed, 0 failed"
