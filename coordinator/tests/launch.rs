@@ -313,6 +313,33 @@ fn a_worker_that_cannot_read_its_data_brings_the_run_down_with_its_message() {
 }
 
 #[test]
+fn a_section_this_build_cannot_train_is_refused_before_any_worker_starts() {
+    let dir = scratch("finetune");
+    let out = run(launch_cmd(
+        &dir.join("run"),
+        2,
+        8,
+        &[
+            "--set",
+            "finetune.label_key=cell_type",
+            "--set",
+            "finetune.checkpoint_path=checkpoints/last",
+        ],
+    ));
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("finetune: fine-tuning is not implemented"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("registered"),
+        "no worker was started: {stderr}"
+    );
+    assert!(!dir.join("run/logs/worker-0.log").exists());
+}
+
+#[test]
 fn a_diverging_run_stops_cleanly_with_the_workers_message() {
     let dir = scratch("diverge");
     let out = run(launch_cmd(

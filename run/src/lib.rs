@@ -6,7 +6,8 @@
 //! - [`dir`]: the coordinator's state files in the run directory (config, token, run record,
 //!   metrics, worker logs);
 //! - [`progress`]: the one progress printer for `coordinator launch` and `worker train`;
-//! - [`logging`]: the log subscriber both binaries install.
+//! - [`logging`]: the log subscriber both binaries install;
+//! - [`support`]: the config sections this build cannot train yet, refused at start.
 //!
 //! The worker writes and reads checkpoint tensors itself (`worker::checkpoint`); this crate
 //! holds only names, files and checks, so the coordinator stays free of compute.
@@ -16,6 +17,7 @@ pub mod dir;
 pub mod logging;
 pub mod naming;
 pub mod progress;
+pub mod support;
 
 pub use dir::{RunDir, RunRecord};
 pub use naming::{checkpoint_root, default_run_dir, resolve_run_name, run_name};

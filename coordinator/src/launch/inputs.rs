@@ -17,8 +17,12 @@ use std::path::Path;
 use anyhow::bail;
 use configs::ScModelForgeConfig;
 
-/// Fails on a data path that does not exist; prints the run's inputs and global batch.
+/// Fails on a config section this build cannot train or a data path that does not exist;
+/// prints the run's inputs and global batch.
 pub fn check_inputs(cfg: &ScModelForgeConfig, world: usize) -> anyhow::Result<()> {
+    if let Some(why) = run::support::unsupported(cfg) {
+        bail!("{why}");
+    }
     for p in &cfg.data.paths {
         if !Path::new(p).exists() {
             bail!("data.paths: {p} does not exist (paths are relative to the current directory)");

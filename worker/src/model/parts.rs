@@ -265,14 +265,13 @@ impl<M> Trunk<M> {
         key: Option<RngKey>,
     ) -> Result<&M> {
         let e = &self.embed;
-        for (&id, &t) in p.ids.iter().zip(&p.pos) {
-            check_ids(&[id], e.vocab)?;
-            if t as usize >= e.max_len {
-                return Err(ModelError::Batch(format!(
-                    "position {t} beyond model.max_seq_len = {}",
-                    e.max_len
-                )));
-            }
+        // Checked here, once, to name the config key; the kernel checks bounds again.
+        check_ids(&p.ids, e.vocab)?;
+        if let Some(t) = p.pos.iter().find(|&&t| t as usize >= e.max_len) {
+            return Err(ModelError::Batch(format!(
+                "position {t} beyond model.max_seq_len = {}",
+                e.max_len
+            )));
         }
         self.values = dev.upload(&p.values);
         dev.resize(&mut self.x, p.b * p.t * e.dim);

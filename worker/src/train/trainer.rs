@@ -195,7 +195,8 @@ impl<'a> Trainer<'a> {
                 epoch: 0,
                 position: DataPosition::default(),
                 adam_t: 0,
-                loss_scale: scaler.as_ref().map_or(1.0, |s| s.scale),
+                // The scaler's, written at save.
+                loss_scale: 1.0,
                 good_steps: 0,
                 rng: RngState {
                     kind: "counter-based splitmix64 keyed by (seed, epoch, step, index)".into(),
@@ -342,7 +343,7 @@ impl<'a> Trainer<'a> {
     ) -> Result<MicroStep, TrainError> {
         hide_masked(&mut batch);
         let key = self.dropout_key(self.epoch, batch.step);
-        let scale = self.state.loss_scale as f32;
+        let scale = self.loss_scale() as f32;
         let boundary =
             (batch.step + 1).is_multiple_of(self.accum) || batch.step + 1 == self.micro_per_epoch;
         let overlap = boundary && self.opts.world > 1;
@@ -435,8 +436,8 @@ impl<'a> Trainer<'a> {
             }
         } else {
             // The mean-loss gradient: divide by the targets of the global batch (and the scale).
+            let loss_scale = self.loss_scale();
             let (dev, grads) = (&self.dev, &mut self.grads);
-            let loss_scale = self.scaler.as_ref().map_or(1.0, |s| s.scale);
             if count_mean > 0.0 {
                 dev.scale(grads, 1.0 / (loss_scale * count_mean));
             }
@@ -458,10 +459,6 @@ impl<'a> Trainer<'a> {
             if let Some(scaler) = self.scaler.as_mut() {
                 scaler.update(true);
             }
-        }
-        if let Some(scaler) = &self.scaler {
-            self.state.loss_scale = scaler.scale;
-            self.state.good_steps = scaler.good_steps;
         }
         self.dev.fill_zero(&mut self.grads);
 
@@ -635,6 +632,8 @@ impl<'a> Trainer<'a> {
         }
         let state = TrainState {
             position,
+            loss_scale: self.loss_scale(),
+            good_steps: self.scaler.as_ref().map_or(0, |s| s.good_steps),
             ..self.state.clone()
         };
         let snap = Snapshot {
@@ -652,6 +651,11 @@ impl<'a> Trainer<'a> {
             path: path.clone(),
         });
         Ok(Some(path))
+    }
+
+    /// The factor on the loss before backward: 16-mixed's dynamic scale, else 1.
+    fn loss_scale(&self) -> f64 {
+        self.scaler.as_ref().map_or(1.0, |s| s.scale)
     }
 
     /// Dropout masks differ per rank, epoch and micro-batch.
@@ -738,15 +742,8 @@ fn check_config(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> Result<(), Tra
     if t.log_every_n_steps == 0 {
         return bad("training.log_every_n_steps must be positive".into());
     }
-    // Sections this build cannot honour yet are refused, never silently skipped.
-    if cfg.finetune.is_some() {
-        return bad("finetune: fine-tuning is not implemented yet; this build pretrains only (remove the finetune section to pretrain)".into());
-    }
-    if let Some(b) = cfg.eval.benchmarks.first() {
-        return bad(format!(
-            "eval.benchmarks: evaluation benchmarks ({}) are not implemented yet; remove them (the validation loss is computed every epoch)",
-            b.name
-        ));
+    if let Some(why) = run::support::unsupported(cfg) {
+        return bad(why);
     }
     Ok(())
 }
