@@ -41,6 +41,8 @@ pub struct Assignment {
     pub config_yaml: String,
     pub resume_from: String,
     pub max_steps: u64,
+    /// W3C traceparent of the generation's span (empty when no traces are exported).
+    pub trace_parent: String,
 }
 
 #[derive(Debug, Clone)]
@@ -88,6 +90,11 @@ impl Hub {
             register_timeout,
         };
         (hub, rx)
+    }
+
+    /// The trace the current generation's workers continue.
+    pub fn set_trace_parent(&self, trace_parent: String) {
+        lock(&self.state).assignment.trace_parent = trace_parent;
     }
 
     /// Opens registration for a new generation (after a restart), forgetting the old workers.
@@ -238,6 +245,7 @@ impl Coordinator for Hub {
             resume_from: a.resume_from.clone(),
             max_steps: a.max_steps,
             nccl_unique_id: Vec::new(),
+            trace_parent: a.trace_parent.clone(),
         }))
     }
 

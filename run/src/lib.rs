@@ -7,7 +7,8 @@
 //!   metrics, worker logs);
 //! - [`progress`]: the one progress printer for `coordinator launch` and `worker train`;
 //! - [`logging`]: the log subscriber both binaries install;
-//! - [`support`]: the config sections this build cannot train yet, refused at start.
+//! - [`support`]: the config sections this build cannot train yet, refused at start;
+//! - [`telemetry`]: OpenTelemetry export of traces and metrics (OTLP/gRPC), when asked for.
 //!
 //! The worker writes and reads checkpoint tensors itself (`worker::checkpoint`); this crate
 //! holds only names, files and checks, so the coordinator stays free of compute.
@@ -18,6 +19,7 @@ pub mod logging;
 pub mod naming;
 pub mod progress;
 pub mod support;
+pub mod telemetry;
 
 pub use dir::{RunDir, RunRecord};
 pub use naming::{checkpoint_root, default_run_dir, resolve_run_name, run_name};

@@ -10,4 +10,5 @@ pub mod preempt;
 pub mod ring;
 pub mod schedule;
 pub mod sync;
+pub mod telemetry;
 pub mod train;

@@ -104,7 +104,19 @@ fn train_alone(args: TrainArgs) -> anyhow::Result<()> {
         run_dir: run_dir.clone(),
         resume_from: cfg.training.resume_from.as_ref().map(PathBuf::from),
         max_steps: args.max_steps,
+        trace_parent: String::new(),
     };
+    let run_id = run_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let _export = run::telemetry::start(&run::telemetry::Identity {
+        service: "anvil-worker",
+        run_id: &run_id,
+        rank: Some(0),
+    });
+    let run_span = tracing::info_span!(target: run::telemetry::TRACE_TARGET, "run", anvil.run_id = %run_id, world = 1);
+    let _in_run = run_span.enter();
     let mut progress = Progress::stderr("");
     let mut total_steps = 0;
     let summary = train::train(
@@ -216,6 +228,12 @@ fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<()> {
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
         tls,
     })?;
+    // Declared first so that it outlives the training spans it exports.
+    let _export = run::telemetry::start(&run::telemetry::Identity {
+        service: "anvil-worker",
+        run_id: &session.assignment.run_id,
+        rank: Some(session.assignment.rank as usize),
+    });
     let outcome = train_in_session(&session, &mut ring);
     let report = match &outcome {
         Ok(f) => Ok(f.clone()),
@@ -243,6 +261,7 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
         run_dir: PathBuf::from(&a.run_dir),
         resume_from: (!a.resume_from.is_empty()).then(|| PathBuf::from(&a.resume_from)),
         max_steps: (a.max_steps > 0).then_some(a.max_steps),
+        trace_parent: a.trace_parent.clone(),
     };
     let rest = session;
     let (mut steps_per_epoch, mut total_steps) = (0, 0);

@@ -174,6 +174,7 @@ fn two_workers_follow_one_worker_with_twice_the_batch() {
                     run_dir: tmp(&format!("w2-{rank}")),
                     resume_from: None,
                     max_steps: None,
+                    trace_parent: String::new(),
                 };
                 train(&cfg, &opts, &mut sync, &mut |_| {}, &mut || {
                     Control::Continue
@@ -467,6 +468,7 @@ fn step_events_carry_the_real_step_and_all_reduce_times() {
         run_dir: tmp("times-2"),
         resume_from: None,
         max_steps: Some(3),
+        trace_parent: String::new(),
     };
     let mut sync = SlowSync {
         delay: std::time::Duration::from_millis(30),

@@ -30,6 +30,7 @@ impl Supervisor {
             end,
             views,
             mut procs,
+            span: _generation_span,
         } = generation;
         let code = match end {
             GenerationEnd::Finished | GenerationEnd::Preempted => {
@@ -64,6 +65,7 @@ impl Supervisor {
                 kill_all(&mut procs).await;
                 self.report_loss(&views[rank], rank, &why);
                 if run.record.restarts < max_restarts {
+                    let _span = self.watch.restart(run.record.restarts + 1, rank, &why);
                     self.restart(run, max_restarts)?;
                     return Ok(Next::Restart);
                 }

@@ -77,6 +77,7 @@ impl ControlPlane {
             config_yaml: configs::ConfigRoot::to_yaml(&run.cfg),
             resume_from: run.resume_from(),
             max_steps: args.max_steps.unwrap_or(0),
+            trace_parent: String::new(),
         };
         let (hub, events) = Hub::new(
             run.token.clone(),

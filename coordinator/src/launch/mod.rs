@@ -8,7 +8,8 @@
 //! - [`control`]: where the coordinator listens, its gRPC service and TLS;
 //! - [`supervise`]: one generation of workers, from start to end;
 //! - [`procs`] and [`signals`]: local worker processes, and the signals a run obeys;
-//! - [`conclude`]: what follows a generation: summary and exit code, or a restart.
+//! - [`conclude`]: what follows a generation: summary and exit code, or a restart;
+//! - [`telemetry`]: the run's spans and metrics for OpenTelemetry.
 
 mod args;
 mod conclude;
@@ -18,6 +19,7 @@ mod open;
 mod procs;
 mod signals;
 mod supervise;
+mod telemetry;
 
 use std::process::ExitCode;
 
@@ -52,12 +54,18 @@ pub fn run(args: LaunchArgs) -> ExitCode {
 async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     let mut run = OpenRun::open(&args)?;
     check_inputs(&run.cfg, run.record.world)?;
+    // Declared before the supervisor so that its spans end before the exporter stops.
+    let _export = run::telemetry::start(&run::telemetry::Identity {
+        service: "anvil-coordinator",
+        run_id: &run.record.run_id,
+        rank: None,
+    });
 
     let placement = Placement::of(&args);
     let plane = ControlPlane::serve(&args, &run, placement).await?;
     plane.announce(&run, placement);
 
-    let mut supervisor = Supervisor::new(&args, plane, placement)?;
+    let mut supervisor = Supervisor::new(&args, plane, placement, &run)?;
     loop {
         let generation = supervisor.supervise(&mut run).await?;
         match supervisor

@@ -15,6 +15,7 @@ use super::control::{ControlPlane, Placement};
 use super::open::OpenRun;
 use super::procs::{kill_all, sibling_executable, LastWords, WorkerCommand, WorkerProc};
 use super::signals::Signals;
+use super::telemetry::RunWatch;
 use crate::server::Event;
 
 /// How one generation of workers ended.
@@ -68,6 +69,8 @@ pub struct Generation {
     pub end: GenerationEnd,
     pub views: Vec<WorkerView>,
     pub procs: Vec<WorkerProc>,
+    /// The generation's trace span; ends when the generation is concluded.
+    pub span: tracing::Span,
 }
 
 /// Follows a run's generations of workers, from the control plane's events.
@@ -76,6 +79,7 @@ pub struct Supervisor {
     pub placement: Placement,
     pub progress: Progress,
     pub started: Instant,
+    pub watch: RunWatch,
     signals: Signals,
     worker_bin: PathBuf,
     heartbeat_timeout: Duration,
@@ -87,10 +91,12 @@ impl Supervisor {
         args: &LaunchArgs,
         plane: ControlPlane,
         placement: Placement,
+        run: &OpenRun,
     ) -> anyhow::Result<Self> {
         Ok(Supervisor {
             plane,
             placement,
+            watch: RunWatch::new(&run.record.run_id, run.record.world),
             signals: Signals::new()?,
             progress: Progress::stderr("anvil: "),
             started: Instant::now(),
@@ -108,6 +114,10 @@ impl Supervisor {
         run.set_status("running")?;
         let world = run.record.world;
         let generation = run.record.generation;
+        let span = self.watch.generation(generation);
+        self.plane
+            .hub
+            .set_trace_parent(run::telemetry::trace_parent(&span));
         let (exit_tx, mut exits) = mpsc::unbounded_channel::<(usize, String)>();
         let mut views: Vec<WorkerView> = (0..world).map(|_| WorkerView::new()).collect();
         let mut procs: Vec<WorkerProc> = Vec::new();
@@ -155,7 +165,11 @@ impl Supervisor {
                             bail!("not every worker registered within {:.0}s; ranks that never arrived: {missing:?}", self.register_timeout.as_secs_f64());
                         }
                     } else if let Some(rank) = (0..world).find(|r| views[*r].silent(self.heartbeat_timeout)) {
+                        self.watch.workers_alive(world - 1);
                         break GenerationEnd::Lost { rank, why: format!("no heartbeat for {:.1}s", views[rank].last_seen.elapsed().as_secs_f64()) };
+                    }
+                    if all_registered {
+                        self.watch.workers_alive(views.iter().filter(|v| !v.silent(self.heartbeat_timeout)).count());
                     }
                     self.progress.tick();
                 }
@@ -171,7 +185,12 @@ impl Supervisor {
             }
         };
         self.progress.clear();
-        Ok(Generation { end, views, procs })
+        Ok(Generation {
+            end,
+            views,
+            procs,
+            span,
+        })
     }
 
     /// Follows one event of the control plane; Some when it ends the generation.
@@ -198,6 +217,7 @@ impl Supervisor {
                 ));
                 if self.plane.hub.missing_ranks().is_empty() && !*all_registered {
                     *all_registered = true;
+                    self.watch.workers_alive(world);
                     for v in views.iter_mut() {
                         v.last_seen = Instant::now();
                     }

@@ -20,6 +20,8 @@ use configs::scmodelforge::{ModelConfig, Pooling};
 use data::Batch;
 use kernels::modules::NormHead;
 use kernels::{Cpu, Device, ParamLayout, Precision};
+use run::telemetry::TRACE_TARGET;
+use tracing::info_span;
 
 use super::parts::{self, Padded, Trunk};
 use super::{Arch, DataSpec, LossSum, ModelError, Result, Train};
@@ -119,6 +121,7 @@ impl<D: Device<f32>> Arch<D> for AutoregressiveModel<D> {
         if batch.batch_size == 0 {
             return Ok(LossSum::default());
         }
+        let forward = info_span!(target: TRACE_TARGET, "forward").entered();
         let dev = &self.dev;
         let p = Padded::unmasked(batch, self.trunk.embed.max_len);
         let (rows, genes, bins) = self.targets(batch, &p);
@@ -149,10 +152,12 @@ impl<D: Device<f32>> Arch<D> for AutoregressiveModel<D> {
             self.n_bins,
             m as f64 * scale * self.expr_w,
         )?;
+        drop(forward);
         if let Some(Train {
             grads, key, ready, ..
         }) = train
         {
+            let _backward = info_span!(target: TRACE_TARGET, "backward").entered();
             let mut dh = dev.zeros(dev.len(hidden));
             let rs = &rows;
             self.gene_head

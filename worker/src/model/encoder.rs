@@ -16,6 +16,8 @@ use data::masking::IGNORE_INDEX;
 use data::Batch;
 use kernels::modules::NormHead;
 use kernels::{Cpu, Device, ParamLayout, Precision};
+use run::telemetry::TRACE_TARGET;
+use tracing::info_span;
 
 use super::parts::{self, Padded, Trunk};
 use super::{Arch, DataSpec, LossSum, Result, Train};
@@ -95,6 +97,7 @@ impl<D: Device<f32>> Arch<D> for TransformerEncoderModel<D> {
         if batch.batch_size == 0 {
             return Ok(LossSum::default());
         }
+        let forward = info_span!(target: TRACE_TARGET, "forward").entered();
         let dev = &self.dev;
         let p = Padded::masked(batch, self.trunk.embed.max_len);
         let (rows, targets) = Self::targets(batch, &p);
@@ -107,10 +110,12 @@ impl<D: Device<f32>> Arch<D> for TransformerEncoderModel<D> {
         let dloss = train.as_ref().map_or(0.0, |t| m as f64 * t.scale as f64);
         let mut dlogits = dev.zeros(m * self.vocab);
         let mean = dev.cross_entropy(&mut dlogits, &self.head.y, &targets, m, self.vocab, dloss)?;
+        drop(forward);
         if let Some(Train {
             grads, key, ready, ..
         }) = train
         {
+            let _backward = info_span!(target: TRACE_TARGET, "backward").entered();
             let mut dh = dev.zeros(dev.len(hidden));
             self.head
                 .backward(dev, self.prec, params, grads, &dlogits, &rows, &mut dh);

@@ -21,6 +21,8 @@ use data::Batch;
 use kernels::modules::{NormHead, RowNorm, SavedLinear, Stack, EMB_STD};
 use kernels::rng::RngKey;
 use kernels::{Cpu, Device, Init, ParamLayout, ParamView, Precision};
+use run::telemetry::TRACE_TARGET;
+use tracing::info_span;
 
 use super::parts::{self, layer_config, Padded, Trunk};
 use super::{Arch, DataSpec, LossSum, ModelError, Result, Train};
@@ -194,6 +196,7 @@ impl<D: Device<f32>> Arch<D> for MaskedAutoencoder<D> {
         if batch.batch_size == 0 {
             return Ok(LossSum::default());
         }
+        let forward = info_span!(target: TRACE_TARGET, "forward").entered();
         let pl = &self.plan(batch);
         let dev = &self.dev;
         let (h, dd, prec) = (self.hidden, self.ddim, self.prec);
@@ -239,6 +242,8 @@ impl<D: Device<f32>> Arch<D> for MaskedAutoencoder<D> {
         // d(scale·Σ(y−v)²)/dy = 2·scale·(y−v)
         let mut dy = dev.zeros(m);
         let sum = dev.squared_error_sum(Some(&mut dy), &self.head.y, &targets, scale as f64)?;
+        drop(forward);
+        let _backward = info_span!(target: TRACE_TARGET, "backward").entered();
         let mut ddec = dev.zeros(f.b * f.t * dd);
         self.head
             .backward(dev, prec, params, grads, &dy, &pl.masked_rows, &mut ddec);

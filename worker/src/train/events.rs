@@ -18,6 +18,9 @@ pub struct TrainOptions {
     pub resume_from: Option<PathBuf>,
     /// Stop (with a `last` checkpoint) after this many optimizer steps in total.
     pub max_steps: Option<u64>,
+    /// W3C traceparent of the coordinator's generation span, continued by this worker's
+    /// spans; empty when there is none.
+    pub trace_parent: String,
 }
 
 impl Default for TrainOptions {
@@ -34,6 +37,7 @@ impl TrainOptions {
             run_dir: run_dir.into(),
             resume_from: None,
             max_steps: None,
+            trace_parent: String::new(),
         }
     }
 }

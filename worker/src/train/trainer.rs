@@ -28,6 +28,9 @@ use crate::model::{self, DataSpec, ScModel};
 use crate::overlap::{Overlap, BUCKET_FLOATS};
 use crate::schedule::Schedule;
 use crate::sync::GradientSync;
+use crate::telemetry::TrainTrace;
+use run::telemetry::TRACE_TARGET;
+use tracing::info_span;
 
 /// Below this loss scale a 16-mixed run gives up: every step overflows.
 const MIN_SCALE: f64 = 1.0 / (1u64 << 24) as f64;
@@ -46,7 +49,12 @@ pub fn train(
     let mut trainer = Trainer::new(cfg, opts, on_event)?;
     let mut stop = None;
     'epochs: while let Some(mut loader) = trainer.start_epoch()? {
-        while let Some(batch) = loader.next() {
+        loop {
+            let batch = {
+                let _data = trainer.data_span(loader.position()).entered();
+                loader.next()
+            };
+            let Some(batch) = batch else { break };
             let reduced = match trainer.micro_step(batch?, sync, control)? {
                 MicroStep::Accumulating => continue,
                 MicroStep::StepReady(reduced) => reduced,
@@ -136,6 +144,8 @@ pub struct Trainer<'a> {
     since_log: Window,
     whole_run: Window,
     summary: TrainSummary,
+    /// The open trace spans (epoch, step) and the training metrics.
+    trace: TrainTrace,
 }
 
 impl<'a> Trainer<'a> {
@@ -231,6 +241,7 @@ impl<'a> Trainer<'a> {
                 parameters,
                 ..Default::default()
             },
+            trace: TrainTrace::new(&opts.trace_parent),
         };
         trainer.resume(on_event)?;
         trainer.epoch = trainer.state.position.epoch;
@@ -322,6 +333,7 @@ impl<'a> Trainer<'a> {
             mask: true,
         };
         let loader = Loader::new(Arc::clone(&self.pipeline), &self.plan, lo, start)?;
+        self.trace.start_epoch(epoch);
         self.totals = StepTotals::default();
         self.step_start = Instant::now();
         self.step_pos = DataPosition {
@@ -329,6 +341,14 @@ impl<'a> Trainer<'a> {
             step: start.step,
         };
         Ok(Some(loader))
+    }
+
+    /// The span of waiting for the batch after `position` (none past the epoch's end).
+    pub fn data_span(&mut self, position: Position) -> tracing::Span {
+        if position.step >= self.micro_per_epoch {
+            return tracing::Span::none();
+        }
+        self.trace.data(self.state.global_step)
     }
 
     /// Forward and backward of one micro-batch, accumulating into the gradients. On the last
@@ -348,6 +368,9 @@ impl<'a> Trainer<'a> {
             (batch.step + 1).is_multiple_of(self.accum) || batch.step + 1 == self.micro_per_epoch;
         let overlap = boundary && self.opts.world > 1;
         let step = self.state.global_step;
+        // Forward, backward and the all-reduce are spans inside the step's.
+        let step_span = self.trace.step(step).clone();
+        let _in_step = step_span.enter();
         let (model, params, grads) = (&mut self.model, &self.params, &mut self.grads);
         let totals = &mut self.totals;
         std::thread::scope(|scope| {
@@ -372,6 +395,8 @@ impl<'a> Trainer<'a> {
                 Control::Stop => return Ok(MicroStep::StopNow),
             };
             let mut wire = totals.to_wire();
+            let _allreduce =
+                info_span!(target: TRACE_TARGET, "all-reduce", overlapped = overlap).entered();
             let allreduce = match comm {
                 Some(c) => c
                     .finish(grads, &mut wire)
@@ -407,6 +432,9 @@ impl<'a> Trainer<'a> {
         let (step_cells, step_tokens) = (r.cells * w, r.tokens * w);
         let stop_voted = r.stop_vote > 0.0;
         self.totals = StepTotals::default();
+        let optimizer_span =
+            info_span!(target: TRACE_TARGET, parent: self.trace.current(), "optimizer");
+        let in_optimizer = optimizer_span.enter();
         let finite = loss.is_finite() && self.dev.all_finite(&self.grads);
         let lr = self.schedule.lr(self.state.global_step);
         let mut grad_norm = f64::NAN;
@@ -461,6 +489,7 @@ impl<'a> Trainer<'a> {
             }
         }
         self.dev.fill_zero(&mut self.grads);
+        drop(in_optimizer);
 
         self.state.global_step += 1;
         self.state.epoch = self.epoch;
@@ -473,6 +502,7 @@ impl<'a> Trainer<'a> {
         self.summary.losses.push(loss);
         let seconds = self.step_start.elapsed().as_secs_f64();
         let allreduce = reduced.allreduce.as_secs_f64();
+        self.trace.end_step(loss, seconds, allreduce);
         self.whole_run
             .add(step_cells, step_tokens, seconds, allreduce);
         self.since_log
@@ -501,6 +531,7 @@ impl<'a> Trainer<'a> {
         let secs = wdw.seconds.max(1e-9);
         let (cps, tps) = (wdw.cells / secs, wdw.tokens / secs);
         let steps = wdw.steps.max(1) as f64;
+        self.trace.logged(loss, lr, grad_norm, cps, tps);
         on_event(TrainEvent::Step {
             epoch,
             step: gs,
@@ -555,6 +586,7 @@ impl<'a> Trainer<'a> {
         }
         self.summary.last_checkpoint = self.save("last", self.state.position, on_event)?;
         self.epoch += 1;
+        self.trace.end_epoch();
         Ok(())
     }
 
@@ -630,6 +662,9 @@ impl<'a> Trainer<'a> {
         if self.opts.rank != 0 {
             return Ok(None);
         }
+        let span =
+            info_span!(target: TRACE_TARGET, parent: self.trace.current(), "checkpoint", name);
+        let _in_checkpoint = span.enter();
         let state = TrainState {
             position,
             loss_scale: self.loss_scale(),
@@ -670,6 +705,8 @@ impl<'a> Trainer<'a> {
         if self.plan.val.is_empty() {
             return Ok(None);
         }
+        let span = info_span!(target: TRACE_TARGET, parent: self.trace.current(), "validation");
+        let _in_validation = span.enter();
         let lo = LoaderOptions {
             rank: self.opts.rank,
             world_size: self.opts.world,
