@@ -111,12 +111,15 @@ pub struct EventWriter {
 
 impl EventWriter {
     /// A new `events.out.tfevents.<unix seconds>.<host>.<pid>.<n>` in `dir`, begun with the
-    /// file-version event.
+    /// file-version event. TensorBoard reads a directory's event files in name order, so when
+    /// an older file's name carries this second or a later one (a resume within the same
+    /// second, or on a host whose clock is behind), the name takes the second after it.
     pub fn create(dir: &Path) -> std::io::Result<Self> {
         let now = unix_seconds();
+        let newest = newest_file_second(dir)?;
         let name = format!(
-            "events.out.tfevents.{:010}.{}.{}.{}",
-            now as u64,
+            "{FILE_PREFIX}{:010}.{}.{}.{}",
+            newest.map_or(now as u64, |s| (now as u64).max(s + 1)),
             hostname(),
             std::process::id(),
             FILE_COUNTER.fetch_add(1, Ordering::Relaxed)
@@ -175,6 +178,24 @@ impl EventWriter {
     }
 }
 
+/// How every event file's name starts.
+pub const FILE_PREFIX: &str = "events.out.tfevents.";
+
+/// The largest seconds field among the event files in `dir`.
+fn newest_file_second(dir: &Path) -> std::io::Result<Option<u64>> {
+    let mut newest = None;
+    for entry in std::fs::read_dir(dir)? {
+        let name = entry?.file_name();
+        let secs = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(FILE_PREFIX))
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|s| s.parse::<u64>().ok());
+        newest = newest.max(secs);
+    }
+    Ok(newest)
+}
+
 fn unix_seconds() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -220,6 +241,28 @@ mod tests {
         assert_eq!(&r[8..12], &masked_crc32c(&3u64.to_le_bytes()).to_le_bytes());
         assert_eq!(&r[12..15], b"abc");
         assert_eq!(&r[15..], &masked_crc32c(b"abc").to_le_bytes());
+    }
+
+    #[test]
+    fn event_files_are_named_in_the_order_they_were_opened() {
+        let dir = std::env::temp_dir().join(format!("anvil-tfevents-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        // An older file from a host whose clock ran a minute ahead.
+        let ahead = unix_seconds() as u64 + 60;
+        std::fs::write(dir.join(format!("{FILE_PREFIX}{ahead:010}.h.1.0")), b"").unwrap();
+        let a = EventWriter::create(&dir).unwrap();
+        let b = EventWriter::create(&dir).unwrap();
+        let name = |w: &EventWriter| w.path().file_name().unwrap().to_str().unwrap().to_string();
+        assert!(name(&a).starts_with(&format!("{FILE_PREFIX}{:010}.", ahead + 1)), "{}", name(&a));
+        assert!(name(&b).starts_with(&format!("{FILE_PREFIX}{:010}.", ahead + 2)), "{}", name(&b));
+        // Each begins with the file-version record.
+        let bytes = std::fs::read(a.path()).unwrap();
+        let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+        let event = Event::decode(&bytes[12..12 + len]).unwrap();
+        assert_eq!(event.what, Some(What::FileVersion(FILE_VERSION.into())));
+        assert_eq!(bytes.len(), 12 + len + 4);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
