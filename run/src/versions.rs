@@ -71,8 +71,7 @@ mod tests {
 
     #[test]
     fn versions_are_numbered_directories_and_resumes_continue_the_newest() {
-        let dir =
-            std::env::temp_dir().join(format!("anvil-run-versions-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("anvil-run-versions-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(versions(&dir), Vec::<u32>::new());
         assert_eq!(for_start(&dir, false), 0);

@@ -46,6 +46,19 @@ fn tmp(name: &str) -> PathBuf {
     d
 }
 
+/// Removes a test's directories when it passes (a failing one leaves them to look at).
+struct Scratch(Vec<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            for d in &self.0 {
+                let _ = std::fs::remove_dir_all(d);
+            }
+        }
+    }
+}
+
 /// Trains, returning the summary and every event.
 fn run(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> (TrainSummary, Vec<TrainEvent>) {
     let mut events = Vec::new();
@@ -104,7 +117,10 @@ fn expected_rows(events: &[TrainEvent]) -> Vec<(u64, BTreeMap<String, f64>)> {
         };
         rows.push((
             step,
-            values.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+            values
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
         ));
     }
     rows
@@ -161,7 +177,11 @@ fn assert_rows_equal(
             "{what}: metrics at step {gs}"
         );
         for (k, w) in wv {
-            assert!(same(gv[k], *w), "{what}: {k} at step {gs}: {} vs {w}", gv[k]);
+            assert!(
+                same(gv[k], *w),
+                "{what}: {k} at step {gs}: {} vs {w}",
+                gv[k]
+            );
         }
     }
 }
@@ -171,7 +191,12 @@ fn event_files(dir: &Path) -> Vec<PathBuf> {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .filter(|p| p.file_name().unwrap().to_string_lossy().contains("tfevents"))
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_string_lossy()
+                .contains("tfevents")
+        })
         .collect();
     v.sort();
     v
@@ -201,11 +226,11 @@ fn python() -> Option<PathBuf> {
 #[test]
 fn a_resumed_run_continues_its_version_and_tensorboard_reads_what_was_logged() {
     let cfg = small_config(Logger::Tensorboard, 2);
-    let (_, clean) = run(&cfg, &opts(&tmp("tb-clean"), None, None));
-    let dir = tmp("tb-resumed");
+    let (clean_dir, dir, ck) = (tmp("tb-clean"), tmp("tb-resumed"), tmp("tb-ck5"));
+    let _scratch = Scratch(vec![clean_dir.clone(), dir.clone(), ck.clone()]);
+    let (_, clean) = run(&cfg, &opts(&clean_dir, None, None));
     let k = 5;
     let (a, events_a) = run(&cfg, &opts(&dir, None, Some(k)));
-    let ck = tmp("tb-ck5");
     copy_dir(&a.last_checkpoint.expect("a checkpoint at step 5"), &ck);
     let (b, events_b) = run(&cfg, &opts(&dir, Some(&ck), Some(k + 3)));
     assert_eq!(b.global_step, k + 3);
@@ -227,7 +252,10 @@ fn a_resumed_run_continues_its_version_and_tensorboard_reads_what_was_logged() {
     );
 
     let version = dir.join("version_0");
-    assert!(!dir.join("version_1").exists(), "a resume opened a new version");
+    assert!(
+        !dir.join("version_1").exists(),
+        "a resume opened a new version"
+    );
     let (header, rows) = read_csv(&version.join("metrics.csv"));
     assert_eq!(header, loggers::columns("lr-AdamW"));
     let mut want = expected_rows(&events_a);
@@ -240,7 +268,10 @@ fn a_resumed_run_continues_its_version_and_tensorboard_reads_what_was_logged() {
             .collect()
     };
     assert_eq!(loss_by_step(&rows), loss_by_step(&expected_rows(&clean)));
-    let vals: Vec<_> = rows.iter().filter(|r| r.1.contains_key("val/loss")).collect();
+    let vals: Vec<_> = rows
+        .iter()
+        .filter(|r| r.1.contains_key("val/loss"))
+        .collect();
     assert_eq!(vals.len(), 2, "one validation row per epoch");
 
     let files = event_files(&version);
@@ -301,6 +332,7 @@ fn a_resumed_run_continues_its_version_and_tensorboard_reads_what_was_logged() {
 fn csv_writes_lightnings_layout_and_a_fresh_run_takes_the_next_version() {
     let cfg = small_config(Logger::Csv, 1);
     let dir = tmp("csv");
+    let _scratch = Scratch(vec![dir.clone()]);
     let (_, first) = run(&cfg, &opts(&dir, None, Some(3)));
     let v0 = dir.join("version_0");
     let csv0 = std::fs::read_to_string(v0.join("metrics.csv")).unwrap();
@@ -314,10 +346,7 @@ fn csv_writes_lightnings_layout_and_a_fresh_run_takes_the_next_version() {
     );
     let (_, rows) = read_csv(&v0.join("metrics.csv"));
     assert_rows_equal(&rows, &expected_rows(&first), "version_0");
-    assert_eq!(
-        rows.iter().map(|r| r.0).collect::<Vec<_>>(),
-        vec![1, 2, 3]
-    );
+    assert_eq!(rows.iter().map(|r| r.0).collect::<Vec<_>>(), vec![1, 2, 3]);
     assert!(event_files(&v0).is_empty(), "csv writes no event files");
 
     let hparams = std::fs::read_to_string(v0.join("hparams.yaml")).unwrap();
@@ -350,7 +379,10 @@ fn csv_writes_lightnings_layout_and_a_fresh_run_takes_the_next_version() {
 
     // A second fresh run in the same directory: version_1; version_0 is left alone.
     let (_, second) = run(&cfg, &opts(&dir, None, Some(2)));
-    assert_eq!(std::fs::read_to_string(v0.join("metrics.csv")).unwrap(), csv0);
+    assert_eq!(
+        std::fs::read_to_string(v0.join("metrics.csv")).unwrap(),
+        csv0
+    );
     let (_, rows1) = read_csv(&dir.join("version_1/metrics.csv"));
     assert_rows_equal(&rows1, &expected_rows(&second), "version_1");
     assert!(dir.join("version_1/hparams.yaml").exists());
@@ -364,6 +396,7 @@ fn csv_writes_lightnings_layout_and_a_fresh_run_takes_the_next_version() {
 fn wandb_says_once_that_it_writes_tensorboard_and_csv_instead() {
     let cfg = small_config(Logger::Wandb, 1);
     let dir = tmp("wandb");
+    let _scratch = Scratch(vec![dir.clone()]);
     let (_, events) = run(&cfg, &opts(&dir, None, Some(2)));
     let version = dir.join("version_0");
     let lines: Vec<&String> = events

@@ -162,7 +162,9 @@ mod tests {
             "step,x,y,old\n1,5,,a\n2,4,,b\n3,,0.125,\n"
         );
         std::fs::write(&p, "a,b\n1,2\n").unwrap();
-        let err = CsvLogger::resume(&p, &["step"], 2).err().expect("no step column");
+        let err = CsvLogger::resume(&p, &["step"], 2)
+            .err()
+            .expect("no step column");
         assert!(err.to_string().contains("no step column"), "{err}");
     }
 

@@ -27,8 +27,8 @@ pub mod tensorboard;
 
 use std::path::{Path, PathBuf};
 
-use configs::scmodelforge::{Logger, OptimizerName, ScModelForgeConfig};
 use configs::schema::{ToValue, Value};
+use configs::scmodelforge::{Logger, OptimizerName, ScModelForgeConfig};
 
 pub use self::csv::CsvLogger;
 use self::tensorboard::EventWriter;

@@ -254,8 +254,16 @@ mod tests {
         let a = EventWriter::create(&dir).unwrap();
         let b = EventWriter::create(&dir).unwrap();
         let name = |w: &EventWriter| w.path().file_name().unwrap().to_str().unwrap().to_string();
-        assert!(name(&a).starts_with(&format!("{FILE_PREFIX}{:010}.", ahead + 1)), "{}", name(&a));
-        assert!(name(&b).starts_with(&format!("{FILE_PREFIX}{:010}.", ahead + 2)), "{}", name(&b));
+        assert!(
+            name(&a).starts_with(&format!("{FILE_PREFIX}{:010}.", ahead + 1)),
+            "{}",
+            name(&a)
+        );
+        assert!(
+            name(&b).starts_with(&format!("{FILE_PREFIX}{:010}.", ahead + 2)),
+            "{}",
+            name(&b)
+        );
         // Each begins with the file-version record.
         let bytes = std::fs::read(a.path()).unwrap();
         let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -272,9 +280,6 @@ mod tests {
             value: Some(ValueKind::SimpleValue(0.0)),
         };
         // tag (field 1, "x") then simple_value (field 2, fixed32 0.0).
-        assert_eq!(
-            v.encode_to_vec(),
-            vec![0x0a, 0x01, b'x', 0x15, 0, 0, 0, 0]
-        );
+        assert_eq!(v.encode_to_vec(), vec![0x0a, 0x01, b'x', 0x15, 0, 0, 0, 0]);
     }
 }
