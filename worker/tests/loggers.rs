@@ -76,8 +76,11 @@ fn opts(run_dir: &Path, resume: Option<&Path>, max_steps: Option<u64>) -> TrainO
     o
 }
 
-/// The rows a run's Step and Validation events stand for, as (step, metric -> value).
-fn expected_rows(events: &[TrainEvent]) -> Vec<(u64, BTreeMap<String, f64>)> {
+/// A logged row: its step and its metrics by name.
+type Row = (u64, BTreeMap<String, f64>);
+
+/// The rows a run's Step and Validation events stand for.
+fn expected_rows(events: &[TrainEvent]) -> Vec<Row> {
     let mut rows = Vec::new();
     for e in events {
         let (step, values): (u64, Vec<(&str, f64)>) = match e {
@@ -126,8 +129,8 @@ fn expected_rows(events: &[TrainEvent]) -> Vec<(u64, BTreeMap<String, f64>)> {
     rows
 }
 
-/// metrics.csv as (header, rows of (step, non-empty cells by column)).
-fn read_csv(path: &Path) -> (Vec<String>, Vec<(u64, BTreeMap<String, f64>)>) {
+/// metrics.csv as its header and rows (the non-empty cells by column).
+fn read_csv(path: &Path) -> (Vec<String>, Vec<Row>) {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let mut lines = text.lines();
     let header: Vec<String> = lines
@@ -163,11 +166,7 @@ fn same(a: f64, b: f64) -> bool {
     a == b || (a.is_nan() && b.is_nan())
 }
 
-fn assert_rows_equal(
-    got: &[(u64, BTreeMap<String, f64>)],
-    want: &[(u64, BTreeMap<String, f64>)],
-    what: &str,
-) {
+fn assert_rows_equal(got: &[Row], want: &[Row], what: &str) {
     assert_eq!(got.len(), want.len(), "{what}: row count");
     for ((gs, gv), (ws, wv)) in got.iter().zip(want) {
         assert_eq!(gs, ws, "{what}: steps");
@@ -262,7 +261,7 @@ fn a_resumed_run_continues_its_version_and_tensorboard_reads_what_was_logged() {
     want.extend(expected_rows(&events_c));
     assert_rows_equal(&rows, &want, "metrics.csv after two resumes");
     // Steps 6-8 of the abandoned attempt are gone; the curve is the uninterrupted one.
-    let loss_by_step = |rows: &[(u64, BTreeMap<String, f64>)]| -> Vec<(u64, f64)> {
+    let loss_by_step = |rows: &[Row]| -> Vec<(u64, f64)> {
         rows.iter()
             .filter_map(|(s, v)| Some((*s, *v.get("train/loss")?)))
             .collect()
