@@ -193,9 +193,12 @@ section! {
         scheduler: Option<SchedulerConfig> = Some(SchedulerConfig::default()),
         gradient_clip: f64 = 1.0,
         gradient_accumulation: usize = 1,
+        /// Rank 0 writes `version_N/` in the run directory (Lightning's layout): metrics.csv and hparams.yaml always; `tensorboard` adds TensorBoard event files; `wandb` (anvil has no W&B client) writes what `tensorboard` does and says how to upload it with `wandb sync --sync-tensorboard`.
         logger: Logger = Logger::Wandb,
+        /// Named in the `wandb sync` command `logger: wandb` prints; nothing is sent from anvil.
         wandb_project: String = "scmodelforge".into(),
         run_name: Option<String> = None,
+        /// `worker train` without `--run-dir` puts the run in `{log_dir}/{run name}`, where scModelForge's loggers write (`coordinator launch` uses `runs/` or `--run-dir`).
         log_dir: String = "logs".into(),
         log_every_n_steps: usize = 50,
         checkpoint_dir: String = "checkpoints".into(),

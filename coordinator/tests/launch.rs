@@ -85,15 +85,21 @@ fn run(mut cmd: Command) -> Output {
     cmd.output().expect("run coordinator")
 }
 
-/// (step, loss) of every training row of a run's metrics.csv.
+/// (step, train/loss) of every training row of a run's metrics.csv (its newest version).
 fn losses(run_dir: &Path) -> Vec<(u64, f64)> {
-    let text = std::fs::read_to_string(run_dir.join("metrics.csv")).expect("metrics.csv");
-    text.lines()
-        .skip(1)
+    let path = run::versions::metrics_csv(run_dir);
+    let text = std::fs::read_to_string(&path).expect("metrics.csv");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split(',').collect();
+    let col = |name: &str| header.iter().position(|h| *h == name);
+    let (Some(step), Some(loss)) = (col("step"), col("train/loss")) else {
+        panic!("{}: no step and train/loss columns", path.display());
+    };
+    lines
         .filter_map(|l| {
             let f: Vec<&str> = l.split(',').collect();
-            let loss = f.get(2)?.parse().ok()?;
-            Some((f[0].parse().ok()?, loss))
+            let loss = f.get(loss)?.parse().ok()?;
+            Some((f.get(step)?.parse().ok()?, loss))
         })
         .collect()
 }
@@ -165,7 +171,9 @@ fn wait_for_step(run_dir: &Path, step: u64, limit: Duration) {
     let start = Instant::now();
     while start.elapsed() < limit {
         // metrics.csv appears once rank 0 starts training.
-        if run_dir.join("metrics.csv").exists() && losses(run_dir).iter().any(|(s, _)| *s >= step) {
+        if run::versions::metrics_csv(run_dir).exists()
+            && losses(run_dir).iter().any(|(s, _)| *s >= step)
+        {
             return;
         }
         std::thread::sleep(Duration::from_millis(50));

@@ -1,6 +1,7 @@
 //! A run's directory as the coordinator keeps it: the resolved config, the run token, the run
-//! record (for `--resume`), metrics.csv and the workers' logs. Checkpoints go under it too
-//! (written by rank 0; see [`crate::checkpoint`]).
+//! record (for `--resume`) and the workers' logs. Checkpoints and the metric loggers'
+//! `version_N/` directories go under it too (written by rank 0; see [`crate::checkpoint`] and
+//! [`crate::versions`]).
 
 use std::fs;
 use std::io::Write;
@@ -80,8 +81,9 @@ impl RunDir {
     pub fn record_path(&self) -> PathBuf {
         self.path.join(RECORD)
     }
+    /// The newest logger version's metrics.csv (see [`crate::versions`]).
     pub fn metrics_path(&self) -> PathBuf {
-        self.path.join("metrics.csv")
+        crate::versions::metrics_csv(&self.path)
     }
     pub fn worker_log_path(&self, rank: usize) -> PathBuf {
         self.path.join("logs").join(format!("worker-{rank}.log"))
@@ -135,25 +137,6 @@ fn write_token(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Drops the rows of a run's metrics.csv (written by rank 0's trainer) after `step`: a restart
-/// from that step's checkpoint writes them again.
-pub fn truncate_metrics_after(path: &Path, step: u64) -> anyhow::Result<()> {
-    let Ok(text) = fs::read_to_string(path) else {
-        return Ok(());
-    };
-    let kept: Vec<&str> = text
-        .lines()
-        .filter(|l| {
-            l.starts_with("step")
-                || l.split(',')
-                    .next()
-                    .and_then(|s| s.parse::<u64>().ok())
-                    .is_some_and(|s| s <= step)
-        })
-        .collect();
-    write_atomic(path, format!("{}\n", kept.join("\n")).as_bytes())
-}
-
 /// The run record's file name.
 const RECORD: &str = "run.json";
 
@@ -198,16 +181,5 @@ mod tests {
         assert_eq!(again.read_record().unwrap().world, 2);
         assert_eq!(again.token().unwrap().len(), 48);
         assert_eq!(RunDir::fresh_path(&parent, "r"), parent.join("r-2"));
-    }
-
-    #[test]
-    fn metrics_after_a_step_are_dropped() {
-        let path = scratch("metrics").join("metrics.csv");
-        fs::write(&path, "step,epoch,loss\n1,0,5.0\n2,0,4.0\n3,0,3.0\n").unwrap();
-        truncate_metrics_after(&path, 2).unwrap();
-        assert_eq!(
-            fs::read_to_string(&path).unwrap(),
-            "step,epoch,loss\n1,0,5.0\n2,0,4.0\n"
-        );
     }
 }

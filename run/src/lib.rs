@@ -4,7 +4,8 @@
 //! - [`naming`]: a run's name and where its directory and checkpoints go;
 //! - [`checkpoint`]: a checkpoint's manifest, its verification and which one a run resumes from;
 //! - [`dir`]: the coordinator's state files in the run directory (config, token, run record,
-//!   metrics, worker logs);
+//!   worker logs);
+//! - [`versions`]: the `version_N` directories the metric loggers write (Lightning's layout);
 //! - [`progress`]: the one progress printer for `coordinator launch` and `worker train`;
 //! - [`logging`]: the log subscriber both binaries install;
 //! - [`support`]: the config sections this build cannot train yet, refused at start;
@@ -20,6 +21,7 @@ pub mod naming;
 pub mod progress;
 pub mod support;
 pub mod telemetry;
+pub mod versions;
 
 pub use dir::{RunDir, RunRecord};
 pub use naming::{checkpoint_root, default_run_dir, resolve_run_name, run_name};

@@ -3,7 +3,7 @@
 pub mod alloc;
 pub mod checkpoint;
 pub mod join;
-pub mod metrics;
+pub mod loggers;
 pub mod model;
 pub mod overlap;
 pub mod preempt;

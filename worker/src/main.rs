@@ -28,7 +28,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum WorkerCommand {
-    /// Train in this one process (no coordinator): checkpoints, metrics.csv and progress locally
+    /// Train in this one process (no coordinator): checkpoints, metrics and progress locally
     Train(TrainArgs),
 }
 
@@ -63,7 +63,8 @@ struct TrainArgs {
     /// Override one field, e.g. `--set training.max_epochs=2` (repeatable)
     #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
     overrides: Vec<String>,
-    /// Directory for checkpoints and metrics (default: <training.checkpoint_dir>/<run_name>)
+    /// Directory for checkpoints and metrics (default: <training.log_dir>/<run_name>, where
+    /// scModelForge's loggers write; metrics go to its version_N/)
     #[arg(long, value_name = "DIR")]
     run_dir: Option<PathBuf>,
     /// Stop after this many optimizer steps

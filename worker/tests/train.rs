@@ -78,7 +78,7 @@ fn same_seed_same_losses_and_exact_resume() {
     );
     assert_eq!(c2.val_losses, a.val_losses);
 
-    // The checkpoint holds PyTorch names and verifies; metrics.csv has the columns.
+    // The checkpoint holds PyTorch names and verifies.
     let files = checkpoint::verify(&last).expect("manifest verifies");
     for f in [
         "model.safetensors",
@@ -99,8 +99,10 @@ fn same_seed_same_losses_and_exact_resume() {
     ] {
         assert!(names.contains(&n), "{n} missing in {names:?}");
     }
-    let csv = std::fs::read_to_string(dir.join("metrics.csv")).expect("metrics.csv");
-    assert!(csv.starts_with("step,epoch,loss,lr,grad_norm,cells_per_s,tokens_per_s,val_loss"));
+    // The resumed run continued the first part's logger version.
+    let csv = std::fs::read_to_string(dir.join("version_0/metrics.csv")).expect("metrics.csv");
+    assert!(csv.starts_with("epoch,lr-AdamW,"), "{csv}");
+    assert!(!dir.join("version_1").exists());
     // A run directory of checkpoints resumes from the newest verified one; a corrupted one is
     // never chosen.
     let root = dir.join("checkpoints");
@@ -395,7 +397,7 @@ fn sections_this_build_cannot_train_are_refused_by_name() {
     )
     .expect_err("fine-tuning is not implemented: refused, not pretrained instead");
     assert!(err.to_string().contains("finetune:"), "{err}");
-    assert!(!dir.join("metrics.csv").exists(), "nothing was trained");
+    assert!(!dir.join("version_0").exists(), "nothing was trained");
 
     let mut cfg = small_config();
     cfg.eval.benchmarks = vec![configs::scmodelforge::BenchmarkSpec {

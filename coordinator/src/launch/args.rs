@@ -43,7 +43,8 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<String>,
 
-    /// Directory of the run: resolved config, token, metrics.csv, logs, checkpoints
+    /// Directory of the run: resolved config, token, worker logs, checkpoints, and the metric
+    /// loggers' version_N/ (metrics.csv, TensorBoard events)
     /// [default: runs/<run_name>]
     #[arg(long, value_name = "DIR")]
     pub run_dir: Option<PathBuf>,

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
 use configs::{ConfigRoot, ScModelForgeConfig};
-use run::dir::truncate_metrics_after;
 use run::{RunDir, RunRecord};
 
 use super::args::LaunchArgs;
@@ -38,13 +37,11 @@ impl OpenRun {
         Ok(open)
     }
 
-    /// The last complete checkpoint, where the run continues; the rows of metrics.csv after it
-    /// are dropped, since they are trained again (without a checkpoint, all of them).
+    /// The last complete checkpoint, where the run continues. Rank 0's loggers drop the
+    /// metrics logged after it when they open (`worker::loggers`); without a checkpoint the
+    /// run starts over in a new `version_N` of its logs.
     pub fn rewind(&self) -> anyhow::Result<Option<PathBuf>> {
-        let from = run::checkpoint::latest(&self.cfg, &self.dir.path);
-        let step = from.as_deref().and_then(run::checkpoint::step).unwrap_or(0);
-        truncate_metrics_after(&self.dir.metrics_path(), step)?;
-        Ok(from)
+        Ok(run::checkpoint::latest(&self.cfg, &self.dir.path))
     }
 
     /// The checkpoint the workers of the first generation start from ("" for none).

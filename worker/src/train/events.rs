@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use crate::checkpoint;
+use crate::loggers::{LogError, StepMetrics};
 use crate::model::ModelError;
 
 /// How this process takes part in a run.
@@ -11,7 +12,8 @@ use crate::model::ModelError;
 pub struct TrainOptions {
     pub rank: usize,
     pub world: usize,
-    /// metrics.csv goes here; checkpoints under `training.checkpoint_dir` relative to it.
+    /// Rank 0's metric loggers write `version_N/` here (see `crate::loggers`); checkpoints go
+    /// under `training.checkpoint_dir` relative to it.
     pub run_dir: PathBuf,
     /// Overrides `training.resume_from`: a checkpoint directory, or a directory of checkpoints
     /// (the verified one with the highest step is used).
@@ -81,6 +83,22 @@ pub enum TrainEvent {
     Log(String),
 }
 
+impl From<&StepMetrics> for TrainEvent {
+    fn from(m: &StepMetrics) -> Self {
+        TrainEvent::Step {
+            epoch: m.epoch,
+            step: m.step,
+            loss: m.loss,
+            lr: m.lr,
+            grad_norm: m.grad_norm,
+            cells_per_s: m.cells_per_s,
+            tokens_per_s: m.tokens_per_s,
+            step_seconds: m.step_seconds,
+            allreduce_seconds: m.allreduce_seconds,
+        }
+    }
+}
+
 /// The caller's answer when polled once per optimizer step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
@@ -142,6 +160,15 @@ pub enum TrainError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+impl From<LogError> for TrainError {
+    fn from(e: LogError) -> Self {
+        TrainError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
 }
 
 fn describe_checkpoint(c: &Option<PathBuf>) -> String {

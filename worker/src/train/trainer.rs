@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use configs::scmodelforge::{
-    Logger, OptimizerName, Precision as CfgPrecision, ScModelForgeConfig, TokenizerStrategy,
+    OptimizerName, Precision as CfgPrecision, ScModelForgeConfig, TokenizerStrategy,
 };
 use configs::ConfigRoot;
 use data::masking::IGNORE_INDEX;
@@ -23,7 +23,7 @@ use run::{checkpoint_root, resolve_run_name};
 use super::events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
 use super::totals::StepTotals;
 use crate::checkpoint::{self, DataPosition, Metrics, RngState, Snapshot, TrainState};
-use crate::metrics::CsvLogger;
+use crate::loggers::{Loggers, StepMetrics};
 use crate::model::{self, DataSpec, ScModel};
 use crate::overlap::{Overlap, BUCKET_FLOATS};
 use crate::schedule::Schedule;
@@ -127,7 +127,8 @@ pub struct Trainer<'a> {
     ckpt_root: PathBuf,
     config_yaml: String,
     vocab_json: Vec<u8>,
-    csv: Option<CsvLogger>,
+    /// Rank 0's metric loggers (`training.logger`).
+    loggers: Option<Loggers>,
     schedule: Schedule,
     adam: AdamConfig,
     /// 16-mixed's dynamic loss scale; None trains unscaled.
@@ -221,7 +222,7 @@ impl<'a> Trainer<'a> {
             vocab_json: vocab_json(&pipeline),
             pipeline,
             plan,
-            csv: None,
+            loggers: None,
             schedule: Schedule::new(t.optimizer.lr, t.scheduler.clone()),
             adam: AdamConfig {
                 decoupled: t.optimizer.name == OptimizerName::AdamW,
@@ -243,18 +244,13 @@ impl<'a> Trainer<'a> {
             },
             trace: TrainTrace::new(&opts.trace_parent),
         };
-        trainer.resume(on_event)?;
+        let resumed = trainer.resume(on_event)?;
         trainer.epoch = trainer.state.position.epoch;
         if opts.rank == 0 {
-            if t.logger != Logger::Csv {
-                on_event(TrainEvent::Log(format!(
-                    "training.logger {} is not available here; metrics go to metrics.csv",
-                    t.logger.as_str()
-                )));
-            }
-            let p = opts.run_dir.join("metrics.csv");
-            trainer.csv =
-                Some(CsvLogger::open(&p).map_err(|source| TrainError::Io { path: p, source })?);
+            let resumed_at = resumed.then_some(trainer.state.global_step);
+            let loggers = Loggers::open(cfg, &opts.run_dir, resumed_at)?;
+            on_event(TrainEvent::Log(loggers.announcement()));
+            trainer.loggers = Some(loggers);
         }
         let steps_per_epoch = micro_per_epoch.div_ceil(trainer.accum);
         on_event(TrainEvent::Start {
@@ -267,15 +263,16 @@ impl<'a> Trainer<'a> {
         Ok(trainer)
     }
 
-    /// Loads the checkpoint `--resume` or `training.resume_from` names, if any.
-    fn resume(&mut self, on_event: &mut dyn FnMut(TrainEvent)) -> Result<(), TrainError> {
+    /// Loads the checkpoint `--resume` or `training.resume_from` names, if any; true when it
+    /// did.
+    fn resume(&mut self, on_event: &mut dyn FnMut(TrainEvent)) -> Result<bool, TrainError> {
         let resume = self
             .opts
             .resume_from
             .clone()
             .or_else(|| self.cfg.training.resume_from.as_ref().map(PathBuf::from));
         let Some(path) = resume else {
-            return Ok(());
+            return Ok(false);
         };
         let dir = checkpoint::resolve_resume(&path)?;
         let loaded = checkpoint::load(&dir, self.model.layout())?;
@@ -306,7 +303,7 @@ impl<'a> Trainer<'a> {
             self.state.position.epoch,
             self.state.position.step
         )));
-        Ok(())
+        Ok(true)
     }
 
     /// The training loader of the next epoch, or None when `training.max_epochs` are done. A
@@ -518,7 +515,7 @@ impl<'a> Trainer<'a> {
         Ok(None)
     }
 
-    /// A Step event and a metrics.csv row over the steps since the last one.
+    /// A Step event and the loggers' record of the steps since the last one.
     fn log_step(
         &mut self,
         loss: f64,
@@ -532,7 +529,7 @@ impl<'a> Trainer<'a> {
         let (cps, tps) = (wdw.cells / secs, wdw.tokens / secs);
         let steps = wdw.steps.max(1) as f64;
         self.trace.logged(loss, lr, grad_norm, cps, tps);
-        on_event(TrainEvent::Step {
+        let metrics = StepMetrics {
             epoch,
             step: gs,
             loss,
@@ -542,13 +539,10 @@ impl<'a> Trainer<'a> {
             tokens_per_s: tps,
             step_seconds: wdw.seconds / steps,
             allreduce_seconds: wdw.allreduce_seconds / steps,
-        });
-        if let Some(c) = self.csv.as_mut() {
-            c.step(gs, epoch, loss, lr, grad_norm, cps, tps)
-                .map_err(|source| TrainError::Io {
-                    path: self.opts.run_dir.join("metrics.csv"),
-                    source,
-                })?;
+        };
+        on_event(TrainEvent::from(&metrics));
+        if let Some(l) = self.loggers.as_mut() {
+            l.step(&metrics)?;
         }
         Ok(())
     }
@@ -575,12 +569,8 @@ impl<'a> Trainer<'a> {
                 step: gs,
                 loss: v,
             });
-            if let Some(c) = self.csv.as_mut() {
-                c.validation(gs, epoch, v)
-                    .map_err(|source| TrainError::Io {
-                        path: self.opts.run_dir.join("metrics.csv"),
-                        source,
-                    })?;
+            if let Some(l) = self.loggers.as_mut() {
+                l.validation(epoch, gs, v)?;
             }
             self.save_if_best(v, on_event)?;
         }
