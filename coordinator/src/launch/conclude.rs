@@ -36,7 +36,12 @@ impl Supervisor {
                 wait_all(&mut procs, Duration::from_secs(10)).await;
                 let preempted = matches!(end, GenerationEnd::Preempted);
                 run.set_status(if preempted { "preempted" } else { "finished" })?;
-                self.finished(run, &views, preempted)
+                let consistent = self.finished(run, &views, preempted);
+                match (consistent, preempted) {
+                    (false, _) => ExitCode::FAILURE,
+                    (true, true) => ExitCode::from(self.preempted_exit_code),
+                    (true, false) => ExitCode::SUCCESS,
+                }
             }
             GenerationEnd::Aborted => {
                 kill_all(&mut procs).await;
@@ -79,8 +84,8 @@ impl Supervisor {
     }
 
     /// The summary of a finished (or preempted) run, and the check that every replica holds
-    /// the same parameters.
-    fn finished(&mut self, run: &OpenRun, views: &[WorkerView], preempted: bool) -> ExitCode {
+    /// the same parameters (false when they differ).
+    fn finished(&mut self, run: &OpenRun, views: &[WorkerView], preempted: bool) -> bool {
         let finished: Vec<&proto::v1::Finished> =
             views.iter().filter_map(|v| v.finished.as_ref()).collect();
         let last = self.progress.last().unwrap_or_default();
@@ -111,14 +116,14 @@ impl Supervisor {
         let hashes: Vec<&str> = finished.iter().map(|f| f.params_hash.as_str()).collect();
         if hashes.is_empty() || hashes.iter().any(|h| h.is_empty() || *h != hashes[0]) {
             eprintln!("error: model replicas diverged: parameter hashes per rank {hashes:?}");
-            return ExitCode::FAILURE;
+            return false;
         }
         self.progress.log(&format!(
             "all {} replicas hold identical parameters (sha256 {})",
             hashes.len(),
             &hashes[0][..hashes[0].len().min(16)]
         ));
-        ExitCode::SUCCESS
+        true
     }
 
     fn report_loss(&mut self, view: &WorkerView, rank: usize, why: &str) {
