@@ -206,6 +206,7 @@ fn an_evicted_worker_stops_the_run_non_zero_and_the_restarted_job_resumes_it() {
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(75), "{stderr}");
     assert_eq!(record_status(&run_dir), "preempted", "{stderr}");
+    assert!(stderr.contains("exiting with code 75"), "{stderr}");
     assert_eq!(
         std::fs::read_to_string(run_dir.join("token")).unwrap(),
         "k8s-secret-token-0123456789",

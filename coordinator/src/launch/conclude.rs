@@ -107,7 +107,13 @@ impl Supervisor {
             checkpoints.display(),
             run.dir.metrics_path().display()
         ));
-        if preempted {
+        if preempted && self.preempted_exit_code != 0 {
+            self.progress.log(&format!(
+                "exiting with code {} (--preempted-exit-code) so that the scheduler starts the \
+                 coordinator again, which continues the run",
+                self.preempted_exit_code
+            ));
+        } else if preempted {
             self.progress.log(&format!(
                 "continue this run with\n  coordinator launch --resume {}",
                 run.dir.path.display()
