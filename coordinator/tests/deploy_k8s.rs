@@ -355,6 +355,9 @@ fn the_objects_are_wired_together() {
     assert_eq!(workers["spec"]["completions"], 3);
     assert_eq!(workers["spec"]["parallelism"], 3);
     assert_eq!(pod(workers)["restartPolicy"], "OnFailure");
+    for job in [coord_job, workers] {
+        assert_eq!(pod(job)["enableServiceLinks"], false);
+    }
     assert_eq!(strings(&worker["command"]), ["worker"]);
     assert_eq!(after(&args, "--rank"), "$(JOB_COMPLETION_INDEX)");
     assert_eq!(after(&args, "--preempted-exit-code"), "75");

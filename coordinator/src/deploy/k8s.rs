@@ -491,6 +491,9 @@ impl Plan {
                     "spec": {
                         "restartPolicy": "OnFailure",
                         "terminationGracePeriodSeconds": GRACE_SECONDS,
+                        // No SERVICE_HOST/PORT variables for every Service of the namespace
+                        // (a Service NAME-coordinator would add ANVIL_COORDINATOR_PORT=tcp://...).
+                        "enableServiceLinks": false,
                         "securityContext": pod_security(),
                         "initContainers": [{
                             "name": "stage-data",
@@ -562,6 +565,9 @@ impl Plan {
                     "spec": {
                         "restartPolicy": "OnFailure",
                         "terminationGracePeriodSeconds": GRACE_SECONDS,
+                        // No SERVICE_HOST/PORT variables for every Service of the namespace
+                        // (a Service NAME-coordinator would add ANVIL_COORDINATOR_PORT=tcp://...).
+                        "enableServiceLinks": false,
                         "securityContext": pod_security(),
                         "affinity": { "podAntiAffinity": {
                             "preferredDuringSchedulingIgnoredDuringExecution": [{
