@@ -299,6 +299,26 @@ fn resume_existing_continues_only_the_same_config() {
     assert!(stderr.contains("another config"), "{stderr}");
     assert!(stderr.contains("lr: 0.5"), "{stderr}");
 
+    // Nor with another number of workers (not even 1, which plain --resume takes as "as before").
+    let out = coordinator(&[
+        "--external",
+        "--nodes",
+        "1",
+        "--resume-existing",
+        "--run-dir",
+    ])
+    .arg(&run_dir)
+    .arg("--token-file")
+    .arg(&token)
+    .output()
+    .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("was started with 2 workers, not 1"),
+        "{stderr}"
+    );
+
     // Without --resume-existing the old refusal stands.
     let out = coordinator(&["--external", "--nodes", "2", "--run-dir"])
         .arg(&run_dir)

@@ -40,6 +40,16 @@ impl OpenRun {
             (Some(dir), _) => Self::resume(dir, args, world)?,
             (None, Some(dir)) if args.resume_existing && RunDir::holds_run(dir) => {
                 let open = Self::resume(dir, args, world)?;
+                // `--resume` takes the run's own worker count when none is given; here the
+                // command line is the one that started the run, so it must agree.
+                if open.record.world != world {
+                    bail!(
+                        "--resume-existing: {} was started with {} workers, not {world}; keep \
+                         --nodes as it was, or choose another --run-dir",
+                        dir.display(),
+                        open.record.world
+                    );
+                }
                 open.check_same_config(args)?;
                 open
             }
