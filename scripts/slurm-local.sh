@@ -63,8 +63,16 @@ SlurmdPidFile=$dir/slurmd.pid
 SlurmctldLogFile=$dir/slurmctld.log
 SlurmdLogFile=$dir/slurmd.log
 KillWait=30
-NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus State=UNKNOWN
+# Two GPUs in name only (placeholder device nodes, nothing behind them), so that GPU submit
+# shapes (--gpus-per-task) can be scheduled and tested on a machine without GPUs.
+GresTypes=gpu
+NodeName=localhost NodeAddr=127.0.0.1 CPUs=$cpus Gres=gpu:2 State=UNKNOWN
 PartitionName=debug Nodes=localhost Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
+CONF
+for i in 0 1; do [ -e "$dir/fake-gpu$i" ] || mknod "$dir/fake-gpu$i" c 1 3; done
+cat > "$dir/gres.conf" <<CONF
+AutoDetect=off
+NodeName=localhost Name=gpu File=$dir/fake-gpu[0-1]
 CONF
 export SLURM_CONF=$dir/slurm.conf
 /usr/sbin/slurmctld

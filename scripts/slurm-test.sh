@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # deploy/slurm/anvil.sbatch on a real one-node Slurm cluster (scripts/slurm-local.sh), as a user
-# submits it. Needs root (it starts munged, slurmctld and slurmd) and about 5 minutes, most of it
-# Slurm's two-minute hold on a requeued job. Not part of scripts/test.sh yet.
+# submits it. Needs root (it starts munged, slurmctld and slurmd) and about 6 minutes, most of it
+# Slurm's two-minute hold on a requeued job. scripts/test.sh runs it after the cargo tests.
 #   bash scripts/slurm-test.sh
-# Checks: `sbatch -n 2` with extra `--set` arguments completes; SIGUSR1 (the time-limit warning)
+# Checks: `sbatch -n 2` with extra `--set` arguments completes; `--gpus-per-task=1` gives each
+# worker task its own GPU (placeholder GPUs on this cluster) and completes; SIGUSR1 (the time-limit warning)
 # ends in a checkpoint, a requeue and a resumed run whose final parameters equal an uninterrupted
 # run's; `scancel` (SIGTERM to every process) ends in a checkpoint and a clean exit; no anvil
 # process is left.
@@ -33,6 +34,13 @@ a=$(submit configs/quickstart.yaml --set training.max_epochs=1)
 wait_state "$a" COMPLETED 300
 grep -q 'finished after 9 steps' "anvil-$a.out" || fail "job $a did not train 1 epoch"
 
+echo "1b. sbatch -n 2 --gpus-per-task=1: one GPU per worker task"
+g=$(ANVIL_BIN=$bin sbatch --parsable -n 2 --gpus-per-task=1 --export=ALL "$repo/deploy/slurm/anvil.sbatch" \
+  configs/quickstart.yaml --set training.max_epochs=1)
+wait_state "$g" COMPLETED 300
+grep -q 'finished after 9 steps' "anvil-$g.out" || fail "job $g did not train 1 epoch"
+scontrol show job "$g" | grep -q 'TresPerTask=gres:gpu:1' || fail "job $g did not ask one GPU per task"
+
 echo "2. SIGUSR1: checkpoint, requeue, resume; same parameters as an uninterrupted run"
 u=$(submit "${quick[@]}")
 sleep 25
@@ -56,4 +64,4 @@ grep -q '"status": *"preempted"' "runs/slurm-$c/run.json" || fail "job $c wrote 
 [ -d "runs/slurm-$c/checkpoints/last" ] || fail "job $c has no last checkpoint"
 
 if pgrep -f "$bin/(coordinator|worker)" >/dev/null; then fail "anvil processes left running"; fi
-echo "slurm: 3 passed, 0 failed"
+echo "slurm: 4 passed, 0 failed"

@@ -1,8 +1,11 @@
-//! `coordinator data inspect|synth`: look inside AnnData files and generate synthetic ones.
+//! `coordinator data inspect|synth|wait`: look inside AnnData files, generate synthetic ones,
+//! and wait for a config's data to arrive (the init container of `coordinator deploy k8s`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime};
 
+use anyhow::{anyhow, bail, Context};
 use clap::{Args, Subcommand, ValueEnum};
 use data::anndata::{self, ObsKind};
 use data::synth::{synth_h5ad, SynthOptions};
@@ -18,6 +21,28 @@ pub enum DataCommand {
     },
     /// Write a deterministic synthetic AnnData .h5ad (negative-binomial counts, cell types, CSR)
     Synth(SynthArgs),
+    /// Wait until every data file of a config is present, no longer growing, and opens as
+    /// AnnData (relative paths against the current directory). The coordinator pod of
+    /// `coordinator deploy k8s` runs this in an init container while the user copies the data
+    /// onto the volume with `kubectl cp`
+    Wait(WaitArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct WaitArgs {
+    #[command(flatten)]
+    pub config: crate::config_cmd::ConfigArgs,
+    /// Copy a missing data file from DIR/<its relative path> when DIR has it (the container
+    /// image carries the bundled example data under /opt/anvil)
+    #[arg(long, value_name = "DIR")]
+    pub seed: Option<PathBuf>,
+    /// Give up after this many seconds [default: wait for as long as it takes]
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<f64>,
+    /// Seconds between checks; a file counts as complete once its size and modification time
+    /// stayed the same for one interval and it opens
+    #[arg(long, default_value_t = 5.0, value_name = "SECS")]
+    pub interval: f64,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -56,6 +81,7 @@ pub fn run(cmd: DataCommand) -> ExitCode {
     let result = match cmd {
         DataCommand::Inspect { files } => inspect(&files),
         DataCommand::Synth(a) => synth(&a),
+        DataCommand::Wait(a) => wait(&a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -166,6 +192,153 @@ fn synth(a: &SynthArgs) -> anyhow::Result<()> {
         a.cells,
         a.genes,
         t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn wait(args: &WaitArgs) -> anyhow::Result<()> {
+    if !(args.interval.is_finite() && args.interval > 0.0) {
+        bail!("--interval must be a positive number of seconds");
+    }
+    let cfg = match args.config.load() {
+        Ok(configs::AnyConfig::ScModelForge(c)) => c,
+        Ok(configs::AnyConfig::SleapNn(_)) => bail!(
+            "{} is a sleap-nn config; `data wait` waits for scModelForge data files",
+            args.config.config.display()
+        ),
+        Err(errors) => bail!("{}", errors),
+    };
+    let paths: Vec<PathBuf> = cfg.data.paths.iter().map(PathBuf::from).collect();
+    if paths.is_empty() {
+        eprintln!("anvil: the config names no data files; nothing to wait for");
+        return Ok(());
+    }
+    if let Some(seed) = &args.seed {
+        for p in &paths {
+            seed_one(seed, p)?;
+        }
+    }
+    let deadline = args
+        .timeout
+        .map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+    let interval = Duration::from_secs_f64(args.interval);
+    let mut pending: Vec<Pending> = paths.into_iter().map(Pending::new).collect();
+    loop {
+        for p in pending.iter_mut() {
+            p.check();
+        }
+        pending.retain(|p| {
+            if p.ready {
+                eprintln!("anvil: {} is ready", p.path.display());
+            }
+            !p.ready
+        });
+        if pending.is_empty() {
+            eprintln!("anvil: all data files are ready");
+            return Ok(());
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            let waiting: Vec<String> = pending
+                .iter()
+                .map(|p| format!("{} ({})", p.path.display(), p.state))
+                .collect();
+            bail!("data files still not ready: {}", waiting.join(", "));
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+/// A data file being waited for.
+struct Pending {
+    path: PathBuf,
+    /// (bytes, latest modification) at the last check; None while missing.
+    last: Option<(u64, SystemTime)>,
+    /// What was last said about it.
+    state: String,
+    ready: bool,
+}
+
+impl Pending {
+    fn new(path: PathBuf) -> Self {
+        Pending {
+            path,
+            last: None,
+            state: String::new(),
+            ready: false,
+        }
+    }
+
+    /// Ready once the file stopped changing since the last check and opens as AnnData (a
+    /// truncated .h5ad does not: HDF5 checks the file's length against its superblock).
+    fn check(&mut self) {
+        let now = fingerprint(&self.path);
+        let state = match (now, self.last) {
+            (None, _) => format!(
+                "missing: copy it to {}",
+                run::dir::absolute(&self.path).display()
+            ),
+            (Some(n), Some(l)) if n == l => match anndata::open(&self.path) {
+                Ok(_) => {
+                    self.ready = true;
+                    "ready".into()
+                }
+                Err(e) => format!("present but not readable yet: {e}"),
+            },
+            (Some((bytes, _)), _) => format!("arriving ({bytes} bytes so far)"),
+        };
+        self.last = now;
+        if state != self.state && !self.ready {
+            eprintln!("anvil: waiting for {}: {state}", self.path.display());
+        }
+        self.state = state;
+    }
+}
+
+/// Total size and latest modification time of a file, or of a directory's files (a .zarr
+/// store); None when it does not exist.
+fn fingerprint(path: &Path) -> Option<(u64, SystemTime)> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mut total = (
+        meta.len(),
+        meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+    );
+    if meta.is_dir() {
+        total.0 = 0;
+        for entry in std::fs::read_dir(path).ok()?.flatten() {
+            if let Some((bytes, modified)) = fingerprint(&entry.path()) {
+                total.0 += bytes;
+                total.1 = total.1.max(modified);
+            }
+        }
+    }
+    Some(total)
+}
+
+/// Copies `seed/path` to `path` when `path` is missing and the seed has it (through a temporary
+/// name, so a half-copied file never looks complete).
+fn seed_one(seed: &Path, path: &Path) -> anyhow::Result<()> {
+    if path.exists() || path.is_absolute() {
+        return Ok(());
+    }
+    let from = seed.join(path);
+    if !from.is_file() {
+        return Ok(());
+    }
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    let name = path
+        .file_name()
+        .ok_or_else(|| anyhow!("{} has no file name", path.display()))?;
+    let tmp = path.with_file_name(format!(".{}.part", name.to_string_lossy()));
+    std::fs::copy(&from, &tmp)
+        .with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "anvil: copied {} from {} (bundled with the image)",
+        path.display(),
+        from.display()
     );
     Ok(())
 }

@@ -3,6 +3,7 @@
 
 mod config_cmd;
 mod data_cmd;
+mod deploy;
 mod launch;
 mod server;
 mod tls;
@@ -36,6 +37,9 @@ enum Command {
     /// Inspect AnnData files and generate synthetic ones
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Render what a cluster needs to run anvil (Kubernetes manifests)
+    #[command(subcommand)]
+    Deploy(deploy::DeployCommand),
 }
 
 fn main() -> ExitCode {
@@ -45,5 +49,6 @@ fn main() -> ExitCode {
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Launch(args) => launch::run(*args),
+        Command::Deploy(cmd) => deploy::run(cmd),
     }
 }

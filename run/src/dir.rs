@@ -95,6 +95,12 @@ impl RunDir {
         Ok(t.trim().to_string())
     }
 
+    /// Replaces the run's token (a token given by the scheduler, e.g. a Kubernetes Secret,
+    /// instead of the generated one), so workers that read the token file agree with it.
+    pub fn set_token(&self, token: &str) -> anyhow::Result<()> {
+        write_token_text(&self.token_path(), token)
+    }
+
     pub fn read_record(&self) -> anyhow::Result<RunRecord> {
         let text = fs::read_to_string(self.record_path())?;
         serde_json::from_str(&text)
@@ -118,22 +124,35 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A random run token in a file only the user can read.
-fn write_token(path: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
+/// A fresh random run token: 24 bytes from /dev/urandom as 48 hex digits.
+pub fn random_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 24];
     fs::File::open("/dev/urandom")
         .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut bytes))
         .context("cannot read /dev/urandom for the run token")?;
-    let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    let _ = fs::remove_file(path);
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// A random run token in a file only the user can read.
+fn write_token(path: &Path) -> anyhow::Result<()> {
+    write_token_text(path, &random_token()?)
+}
+
+/// `token` in a file only the user can read, replacing the file at once (through a temporary
+/// file created with that mode, then a rename: a reader sees the old token or the new one).
+fn write_token_text(path: &Path, token: &str) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let _ = fs::remove_file(&tmp);
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
+        .open(&tmp)
+        .with_context(|| format!("cannot create {}", tmp.display()))?;
     f.write_all(token.as_bytes())?;
+    f.sync_all()?;
+    fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
@@ -181,5 +200,14 @@ mod tests {
         assert_eq!(again.read_record().unwrap().world, 2);
         assert_eq!(again.token().unwrap().len(), 48);
         assert_eq!(RunDir::fresh_path(&parent, "r"), parent.join("r-2"));
+        again.set_token("given-by-the-scheduler").unwrap();
+        assert_eq!(again.token().unwrap(), "given-by-the-scheduler");
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(again.token_path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_ne!(random_token().unwrap(), random_token().unwrap());
     }
 }

@@ -53,6 +53,12 @@ struct JoinArgs {
     /// Name the coordinator's certificate must carry [default: the host in --coordinator]
     #[arg(long, value_name = "NAME", requires = "tls_ca")]
     tls_domain: Option<String>,
+    /// Exit with CODE instead of 0 when the run stopped at a checkpoint before its end (a
+    /// signal, or the coordinator's stop). A Kubernetes Job restarts a worker that exits
+    /// non-zero, and counts one that exits 0 as done for good, so `coordinator deploy k8s`
+    /// sets this
+    #[arg(long, default_value_t = 0, value_name = "CODE")]
+    preempted_exit_code: u8,
 }
 
 #[derive(Args)]
@@ -78,16 +84,22 @@ fn main() -> ExitCode {
     run::logging::init();
     worker::preempt::install();
     let result = match cli.command {
-        Some(WorkerCommand::Train(args)) => train_alone(args),
+        Some(WorkerCommand::Train(args)) => train_alone(args).map(|()| ExitCode::SUCCESS),
         None => match cli.join.coordinator.clone() {
-            Some(addr) => join_run(&cli.join, addr),
+            Some(addr) => join_run(&cli.join, addr).map(|interrupted| {
+                if interrupted {
+                    ExitCode::from(cli.join.preempted_exit_code)
+                } else {
+                    ExitCode::SUCCESS
+                }
+            }),
             None => Err(anyhow::anyhow!(
                 "nothing to do: pass --coordinator HOST:PORT to join a run, or use `worker train --config X.yaml`"
             )),
         },
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
@@ -203,7 +215,9 @@ fn best_val_loss(summary: &TrainSummary) -> f64 {
         .fold(f64::NAN, f64::min)
 }
 
-fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<()> {
+/// Trains as one of a coordinator's workers; Ok(true) when the run stopped on request before
+/// its end (see `--preempted-exit-code`).
+fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<bool> {
     let token = match &args.token_file {
         Some(path) => std::fs::read_to_string(path)
             .map_err(|e| anyhow::anyhow!("cannot read token file {}: {e}", path.display()))?
@@ -247,7 +261,7 @@ fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<()> {
         }
     };
     session.finish(report);
-    outcome.map(|_| ())
+    outcome.map(|f| f.interrupted)
 }
 
 fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow::Result<Finished> {
@@ -333,5 +347,6 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
         final_loss: summary.losses.last().copied().unwrap_or(f64::NAN),
         best_val_loss: best_val_loss(&summary),
         params_hash: summary.params_hash.clone(),
+        interrupted: summary.interrupted,
     })
 }

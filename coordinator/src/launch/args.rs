@@ -54,6 +54,25 @@ pub struct LaunchArgs {
     #[arg(long, value_name = "RUN_DIR", conflicts_with = "config")]
     pub resume: Option<PathBuf>,
 
+    /// With --config and --run-dir: when RUN_DIR already holds a run of the same config,
+    /// continue it from its last complete checkpoint (as --resume would) instead of refusing; a
+    /// finished one exits 0 at once. For schedulers that restart the coordinator with the same
+    /// command line (`coordinator deploy k8s` runs it as a Kubernetes Job)
+    #[arg(long, requires_all = ["config", "run_dir"])]
+    pub resume_existing: bool,
+
+    /// Use the run token in FILE (e.g. a mounted Kubernetes Secret) instead of a fresh random
+    /// one; workers must present the same token. The run directory's token file is set to it
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+
+    /// Exit with CODE instead of 0 when the run stopped at a checkpoint before its end (a signal
+    /// to the coordinator or to any worker). A Kubernetes Job restarts a coordinator that exits
+    /// non-zero and counts one that exits 0 as done for good, so `coordinator deploy k8s` sets
+    /// this
+    #[arg(long, default_value_t = 0, value_name = "CODE")]
+    pub preempted_exit_code: u8,
+
     /// Seconds without a heartbeat after which a worker counts as lost
     #[arg(long, default_value_t = 5.0, value_name = "SECS")]
     pub heartbeat_timeout: f64,

@@ -37,7 +37,12 @@ impl Supervisor {
                 wait_all(&mut procs, Duration::from_secs(10)).await;
                 let preempted = matches!(end, GenerationEnd::Preempted);
                 run.set_status(if preempted { "preempted" } else { "finished" })?;
-                self.finished(run, &views, preempted)
+                let consistent = self.finished(run, &views, preempted);
+                match (consistent, preempted) {
+                    (false, _) => ExitCode::FAILURE,
+                    (true, true) => ExitCode::from(self.preempted_exit_code),
+                    (true, false) => ExitCode::SUCCESS,
+                }
             }
             GenerationEnd::Aborted => {
                 kill_all(&mut procs).await;
@@ -81,8 +86,8 @@ impl Supervisor {
     }
 
     /// The summary of a finished (or preempted) run, and the check that every replica holds
-    /// the same parameters.
-    fn finished(&mut self, run: &OpenRun, views: &[WorkerView], preempted: bool) -> ExitCode {
+    /// the same parameters (false when they differ).
+    fn finished(&mut self, run: &OpenRun, views: &[WorkerView], preempted: bool) -> bool {
         let finished: Vec<&proto::v1::Finished> =
             views.iter().filter_map(|v| v.finished.as_ref()).collect();
         let last = self.progress.last().unwrap_or_default();
@@ -104,7 +109,13 @@ impl Supervisor {
             checkpoints.display(),
             run.dir.metrics_path().display()
         ));
-        if preempted {
+        if preempted && self.preempted_exit_code != 0 {
+            self.progress.log(&format!(
+                "exiting with code {} (--preempted-exit-code) so that the scheduler starts the \
+                 coordinator again, which continues the run",
+                self.preempted_exit_code
+            ));
+        } else if preempted {
             self.progress.log(&format!(
                 "continue this run with\n  coordinator launch --resume {}",
                 run.dir.path.display()
@@ -113,14 +124,14 @@ impl Supervisor {
         let hashes: Vec<&str> = finished.iter().map(|f| f.params_hash.as_str()).collect();
         if hashes.is_empty() || hashes.iter().any(|h| h.is_empty() || *h != hashes[0]) {
             eprintln!("error: model replicas diverged: parameter hashes per rank {hashes:?}");
-            return ExitCode::FAILURE;
+            return false;
         }
         self.progress.log(&format!(
             "all {} replicas hold identical parameters (sha256 {})",
             hashes.len(),
             &hashes[0][..hashes[0].len().min(16)]
         ));
-        ExitCode::SUCCESS
+        true
     }
 
     fn report_loss(&mut self, view: &WorkerView, rank: usize, why: &str) {

@@ -53,6 +53,13 @@ pub fn run(args: LaunchArgs) -> ExitCode {
 
 async fn launch(args: LaunchArgs) -> anyhow::Result<ExitCode> {
     let mut run = OpenRun::open(&args)?;
+    if run.already_finished {
+        eprintln!(
+            "anvil: the run in {} has already finished; nothing to do",
+            run.dir.path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     check_inputs(&run.cfg, run.record.world)?;
     // Declared before the supervisor so that its spans end before the exporter stops.
     let _export = run::telemetry::start(&run::telemetry::Identity {

@@ -1,10 +1,11 @@
 //! Opening a run: fresh from a config (a new run directory with the resolved config, a token and
-//! the run record), or continued from its directory (`--resume`) at its last complete
+//! the run record), or continued from its directory (`--resume`, or `--resume-existing` when
+//! the `--run-dir` of a restarted coordinator already holds its run) at its last complete
 //! checkpoint.
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{anyhow, bail};
+use anyhow::{anyhow, bail, Context};
 use configs::{ConfigRoot, ScModelForgeConfig};
 use run::{RunDir, RunRecord};
 
@@ -19,6 +20,8 @@ pub struct OpenRun {
     /// Continued with `--resume`: from this checkpoint (None: no complete checkpoint yet, so
     /// the run starts over).
     pub resumed: Option<Option<PathBuf>>,
+    /// Found finished by `--resume-existing`: nothing left to do (the run is left untouched).
+    pub already_finished: bool,
 }
 
 impl OpenRun {
@@ -27,14 +30,75 @@ impl OpenRun {
         if world == 0 {
             bail!("--nodes and --workers-per-node must be at least 1");
         }
-        let mut open = match &args.resume {
-            Some(dir) => Self::resume(dir, args, world)?,
-            None => Self::create(args, world)?,
+        let given_token = args
+            .token_file
+            .as_deref()
+            .map(read_token_file)
+            .transpose()?;
+        let mut open = match (&args.resume, &args.run_dir) {
+            (Some(dir), _) => Self::resume(dir, args, world)?,
+            (None, Some(dir)) if args.resume_existing && RunDir::holds_run(dir) => {
+                let open = Self::resume(dir, args, world)?;
+                // `--resume` takes the run's own worker count when none is given; here the
+                // command line is the one that started the run, so it must agree.
+                if open.record.world != world {
+                    bail!(
+                        "--resume-existing: {} was started with {} workers, not {world}; keep \
+                         --nodes as it was, or choose another --run-dir",
+                        dir.display(),
+                        open.record.world
+                    );
+                }
+                open.check_same_config(args)?;
+                open
+            }
+            _ => Self::create(args, world)?,
         };
-        if open.resumed.is_some() {
+        if let Some(token) = given_token {
+            if token != open.token {
+                open.dir.set_token(&token)?;
+                open.token = token;
+            }
+        }
+        if args.resume_existing && open.record.status == "finished" {
+            open.already_finished = true;
+        } else if open.resumed.is_some() {
             open.resumed = Some(open.rewind()?);
         }
         Ok(open)
+    }
+
+    /// `--resume-existing` continues a run only with the config it was started with: a
+    /// different `--config` (or `--set`) under the same `--run-dir` is a mistake to report, not
+    /// a run to train on quietly with the old config.
+    fn check_same_config(&self, args: &LaunchArgs) -> anyhow::Result<()> {
+        let Some(path) = &args.config else {
+            return Ok(());
+        };
+        let given: ScModelForgeConfig =
+            configs::load_file_as(path, &args.overrides).map_err(|e| anyhow!("{e}"))?;
+        let (given, stored) = (given.to_yaml(), self.cfg.to_yaml());
+        if given == stored {
+            return Ok(());
+        }
+        let difference = given
+            .lines()
+            .zip(stored.lines())
+            .find(|(a, b)| a != b)
+            .map(|(a, b)| {
+                format!(
+                    " (first difference: `{}` here, `{}` in the run)",
+                    a.trim(),
+                    b.trim()
+                )
+            })
+            .unwrap_or_default();
+        bail!(
+            "--resume-existing: {} holds a run started with another config than --config {}{difference}; \
+             continue it with its own config, or choose another --run-dir",
+            self.dir.path.display(),
+            path.display()
+        )
     }
 
     /// The last complete checkpoint, where the run continues. Rank 0's loggers drop the
@@ -70,6 +134,7 @@ impl OpenRun {
             dir: run,
             record,
             resumed: Some(None),
+            already_finished: false,
         })
     }
 
@@ -111,6 +176,7 @@ impl OpenRun {
             dir: run,
             record,
             resumed: None,
+            already_finished: false,
         })
     }
 
@@ -119,4 +185,21 @@ impl OpenRun {
         self.record.status = status.into();
         self.dir.write_record(&self.record)
     }
+}
+
+/// The run token in `--token-file`: one line of printable ASCII (it travels as gRPC metadata).
+fn read_token_file(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--token-file: cannot read {}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        bail!("--token-file: {} is empty", path.display());
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        bail!(
+            "--token-file: the token in {} must be printable ASCII without spaces",
+            path.display()
+        );
+    }
+    Ok(token.to_string())
 }

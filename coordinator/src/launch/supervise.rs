@@ -84,6 +84,8 @@ pub struct Supervisor {
     worker_bin: PathBuf,
     heartbeat_timeout: Duration,
     register_timeout: Duration,
+    /// The exit code of a run stopped at a checkpoint before its end (`--preempted-exit-code`).
+    pub preempted_exit_code: u8,
 }
 
 impl Supervisor {
@@ -106,6 +108,7 @@ impl Supervisor {
             },
             heartbeat_timeout: Duration::from_secs_f64(args.heartbeat_timeout),
             register_timeout: Duration::from_secs_f64(args.register_timeout),
+            preempted_exit_code: args.preempted_exit_code,
         })
     }
 
@@ -258,7 +261,12 @@ impl Supervisor {
                     Some(worker_message::Body::Finished(f)) => {
                         views[rank].finished = Some(f);
                         if views.iter().all(|v| v.finished.is_some()) {
-                            return Some(if preempting {
+                            // A worker's own signal (one evicted pod) stops the run as the
+                            // coordinator's does: the workers vote on it in the all-reduce.
+                            let interrupted = views
+                                .iter()
+                                .any(|v| v.finished.as_ref().is_some_and(|f| f.interrupted));
+                            return Some(if preempting || interrupted {
                                 GenerationEnd::Preempted
                             } else {
                                 GenerationEnd::Finished

@@ -121,6 +121,9 @@ pub struct TrainSummary {
     pub best_checkpoint: Option<PathBuf>,
     /// Stopped by `max_steps` or `Control` before `max_epochs`.
     pub stopped_early: bool,
+    /// Stopped on request (a checkpoint-and-stop vote after a signal, or the coordinator's
+    /// stop) before the run's end; not by `max_steps`.
+    pub interrupted: bool,
     pub skipped_steps: u64,
     /// Global training throughput over the whole run (validation and checkpoints excluded).
     pub cells_per_s: f64,

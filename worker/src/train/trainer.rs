@@ -509,7 +509,9 @@ impl<'a> Trainer<'a> {
             self.log_step(loss, lr, grad_norm, on_event)?;
         }
         self.step_start = Instant::now();
-        if self.opts.max_steps.is_some_and(|m| gs >= m) || stop_voted {
+        let reached_max_steps = self.opts.max_steps.is_some_and(|m| gs >= m);
+        if reached_max_steps || stop_voted {
+            self.summary.interrupted = stop_voted && !reached_max_steps;
             return Ok(Some(Control::CheckpointAndStop));
         }
         Ok(None)
@@ -622,6 +624,9 @@ impl<'a> Trainer<'a> {
     ) -> Result<TrainSummary, TrainError> {
         if let Some(c) = stop {
             self.summary.stopped_early = true;
+            if c == Control::Stop {
+                self.summary.interrupted = true;
+            }
             if c == Control::CheckpointAndStop {
                 self.summary.last_checkpoint = self.save("last", self.state.position, on_event)?;
             }
