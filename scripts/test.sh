@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Everything CI checks: formatting, lints, and the whole test suite (release build, since
-# several tests train models).
+# Everything CI checks: formatting, lints, the whole test suite (release build, since several
+# tests train models), and deploy/slurm/anvil.sbatch on a real one-node Slurm cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
@@ -8,3 +8,16 @@ export ANVIL_PYTHON="${ANVIL_VENV:-/var/tmp/anvil-venv}/bin/python"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --release
+
+# The Slurm test starts munged, slurmctld and slurmd, so it needs root (or sudo without a
+# password). CI always runs it; elsewhere it is skipped, loudly, when neither is available.
+if [ "$(id -u)" -eq 0 ]; then
+  bash scripts/slurm-test.sh
+elif sudo -n true 2>/dev/null; then
+  sudo -E env "PATH=$PATH" bash scripts/slurm-test.sh
+elif [ -n "${CI:-}" ]; then
+  echo "error: the Slurm test needs root or passwordless sudo, and CI must run it" >&2
+  exit 1
+else
+  echo "SKIPPED: scripts/slurm-test.sh (the real Slurm test) needs root or passwordless sudo" >&2
+fi
