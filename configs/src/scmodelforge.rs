@@ -213,6 +213,8 @@ section! {
     pub struct OptimizerConfig {
         name: OptimizerName = OptimizerName::AdamW,
         lr: f64 = 1e-4,
+        /// Applied to every parameter except those whose name contains `bias`, `layer_norm`,
+        /// `LayerNorm` or `layernorm` (no decay), as scModelForge groups them.
         weight_decay: f64 = 0.01,
     }
 }

@@ -258,7 +258,15 @@ fn child(s: &Shape, prec_name: &str, dropout: f64, warmup: usize, iters: usize) 
         };
         dev.scale(&mut grads, 1.0 / ls.count.max(1.0));
         dev.clip_grad_norm(&mut grads, 1.0);
-        dev.adam_step(&adam, step as u64 + 1, &mut params, &grads, &mut m, &mut v);
+        dev.adam_step(
+            &adam,
+            step as u64 + 1,
+            &mut params,
+            &grads,
+            &mut m,
+            &mut v,
+            &[],
+        );
         dev.fill_zero(&mut grads);
         let secs = t0.elapsed().as_secs_f64();
         losses.push(ls.mean());

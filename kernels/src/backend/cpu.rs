@@ -303,8 +303,9 @@ impl<T: Float> Device<T> for Cpu {
         grads: &Vec<T>,
         m: &mut Vec<T>,
         v: &mut Vec<T>,
+        decay_free: &[std::ops::Range<usize>],
     ) {
-        ops::adam_step(cfg, t, params, grads, m, v)
+        ops::adam_step(cfg, t, params, grads, m, v, decay_free)
     }
     fn global_norm(&self, x: &Vec<T>) -> f64 {
         ops::global_norm(x)

@@ -276,6 +276,8 @@ pub trait Device<T: Float>: Send + Sync {
 
     // ---- optimizer step ---------------------------------------------------------------------
 
+    /// One Adam(W) step; the parameters in `decay_free` (sorted ranges) take no weight decay.
+    #[allow(clippy::too_many_arguments)]
     fn adam_step(
         &self,
         cfg: &AdamConfig,
@@ -284,6 +286,7 @@ pub trait Device<T: Float>: Send + Sync {
         grads: &Self::Mem,
         m: &mut Self::Mem,
         v: &mut Self::Mem,
+        decay_free: &[std::ops::Range<usize>],
     );
     /// ‖x‖₂, accumulated in f64.
     fn global_norm(&self, x: &Self::Mem) -> f64;

@@ -2,6 +2,8 @@
 //! over the flat parameter/gradient buffers. (Dynamic loss scaling, which decides what to do
 //! with these, is [`crate::optim::LossScaler`].)
 
+use std::ops::Range;
+
 use rayon::prelude::*;
 
 use crate::Float;
@@ -37,6 +39,10 @@ impl AdamConfig {
 ///   AdamW: p ← p·(1 − lr·wd)          Adam: g ← g + wd·p
 ///   m ← β₁m + (1−β₁)g,  v ← β₂v + (1−β₂)g²
 ///   p ← p − (lr/(1−β₁ᵗ)) · m / (√v/√(1−β₂ᵗ) + ε)
+///
+/// `decay_free` lists the parameter ranges that take no weight decay (sorted, not
+/// overlapping): torch's second parameter group with `weight_decay=0` (biases and LayerNorm
+/// parameters in scModelForge).
 pub fn adam_step<T: Float>(
     cfg: &AdamConfig,
     t: u64,
@@ -44,9 +50,44 @@ pub fn adam_step<T: Float>(
     grads: &[T],
     m: &mut [T],
     v: &mut [T],
+    decay_free: &[Range<usize>],
 ) {
     let n = params.len();
     assert!(grads.len() == n && m.len() == n && v.len() == n);
+    let no_decay = AdamConfig {
+        weight_decay: 0.0,
+        ..*cfg
+    };
+    // Alternate between the decayed stretch before each decay-free range and the range.
+    let mut at = 0;
+    for r in decay_free {
+        assert!(
+            at <= r.start && r.start <= r.end && r.end <= n,
+            "decay_free must be sorted"
+        );
+        adam_segment(cfg, t, at..r.start, params, grads, m, v);
+        adam_segment(&no_decay, t, r.clone(), params, grads, m, v);
+        at = r.end;
+    }
+    adam_segment(cfg, t, at..n, params, grads, m, v);
+}
+
+fn adam_segment<T: Float>(
+    cfg: &AdamConfig,
+    t: u64,
+    range: Range<usize>,
+    params: &mut [T],
+    grads: &[T],
+    m: &mut [T],
+    v: &mut [T],
+) {
+    if range.is_empty() {
+        return;
+    }
+    let params = &mut params[range.clone()];
+    let grads = &grads[range.clone()];
+    let m = &mut m[range.clone()];
+    let v = &mut v[range];
     let ti = t.max(1) as i32;
     let bc1 = 1.0 - cfg.beta1.powi(ti);
     let bc2 = 1.0 - cfg.beta2.powi(ti);
@@ -128,13 +169,13 @@ mod tests {
         };
         let mut p = vec![1.0f64, -2.0];
         let (mut m, mut v) = (vec![0.0; 2], vec![0.0; 2]);
-        adam_step(&cfg, 1, &mut p, &[0.5, -1.0], &mut m, &mut v);
+        adam_step(&cfg, 1, &mut p, &[0.5, -1.0], &mut m, &mut v, &[]);
         // Step 1: p·(1−0.001), then m̂ = g, v̂ = g², update = lr·g/(|g|+eps) ≈ ±0.1.
         let e0 = 1.0 * 0.999 - 0.1 * 0.5 / (0.5 + 1e-8);
         let e1 = -2.0 * 0.999 + 0.1 * 1.0 / (1.0 + 1e-8);
         assert!((p[0] - e0).abs() < 1e-12, "{} {}", p[0], e0);
         assert!((p[1] - e1).abs() < 1e-12);
-        adam_step(&cfg, 2, &mut p, &[0.25, 0.5], &mut m, &mut v);
+        adam_step(&cfg, 2, &mut p, &[0.25, 0.5], &mut m, &mut v, &[]);
         let m0 = 0.9 * 0.05 + 0.1 * 0.25;
         let v0 = 0.999 * 0.001 * 0.25 + 0.001 * 0.0625;
         let e0b = e0 * 0.999
@@ -145,12 +186,34 @@ mod tests {
     }
 
     #[test]
+    fn decay_free_ranges_take_no_weight_decay_and_the_rest_does() {
+        // Zero gradients: AdamW's update is the decay alone, p·(1 − lr·wd).
+        let cfg = AdamConfig::adamw(0.1, 0.5);
+        let n = 40_000; // several rayon chunks, ranges across chunk boundaries
+        let mut p = vec![1.0f64; n];
+        let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+        let free = [3..5, 16_380..16_390, 39_999..40_000];
+        adam_step(&cfg, 1, &mut p, &vec![0.0; n], &mut m, &mut v, &free);
+        for (i, &x) in p.iter().enumerate() {
+            let expect = if free.iter().any(|r| r.contains(&i)) {
+                1.0
+            } else {
+                0.95
+            };
+            assert!(
+                (x - expect).abs() < 1e-12,
+                "element {i}: {x}, expected {expect}"
+            );
+        }
+    }
+
+    #[test]
     fn adam_l2_differs_from_adamw() {
         let mut cfg = AdamConfig::adamw(0.1, 0.5);
         cfg.decoupled = false;
         let mut p = vec![1.0f64];
         let (mut m, mut v) = (vec![0.0], vec![0.0]);
-        adam_step(&cfg, 1, &mut p, &[0.0], &mut m, &mut v);
+        adam_step(&cfg, 1, &mut p, &[0.0], &mut m, &mut v, &[]);
         // g = 0 + 0.5·1 = 0.5 → step 1 moves by lr·sign(g) = 0.1.
         assert!((p[0] - 0.9).abs() < 1e-7, "{}", p[0]);
     }

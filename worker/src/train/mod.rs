@@ -26,11 +26,13 @@
 
 mod baseline;
 mod events;
+mod param_groups;
 mod totals;
 mod trainer;
 
 pub use crate::sync::{GradientSync, NoSync};
 pub use baseline::frequency_baseline;
 pub use events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
+pub use param_groups::{decay_free, decay_free_ranges};
 pub use totals::StepTotals;
 pub use trainer::{params_hash, train, MicroStep, Reduced, Trainer};

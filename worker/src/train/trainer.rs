@@ -131,6 +131,8 @@ pub struct Trainer<'a> {
     loggers: Option<Loggers>,
     schedule: Schedule,
     adam: AdamConfig,
+    /// Parameters without weight decay (biases, LayerNorm), as scModelForge groups them.
+    decay_free: Vec<std::ops::Range<usize>>,
     /// 16-mixed's dynamic loss scale; None trains unscaled.
     scaler: Option<LossScaler>,
     micro_per_epoch: u64,
@@ -168,6 +170,7 @@ impl<'a> Trainer<'a> {
             values_are_bins: cfg.tokenizer.strategy == TokenizerStrategy::BinnedExpression,
         };
         let model = model::build(&cfg.model, spec, model::precision_of(t.precision))?;
+        let decay_free = super::param_groups::decay_free_ranges(model.layout());
         let layout = model.layout().clone();
         let n = layout.total();
         let name = resolve_run_name(cfg, &opts.run_dir);
@@ -228,6 +231,7 @@ impl<'a> Trainer<'a> {
                 decoupled: t.optimizer.name == OptimizerName::AdamW,
                 ..AdamConfig::adamw(t.optimizer.lr, t.optimizer.weight_decay)
             },
+            decay_free,
             scaler,
             micro_per_epoch,
             accum: t.gradient_accumulation as u64,
@@ -480,6 +484,7 @@ impl<'a> Trainer<'a> {
                 grads,
                 &mut self.exp_avg,
                 &mut self.exp_avg_sq,
+                &self.decay_free,
             );
             if let Some(scaler) = self.scaler.as_mut() {
                 scaler.update(true);
