@@ -221,6 +221,8 @@ fn rendered_manifests_pass_the_kubernetes_schemas() {
             "1Ti",
             "--storage-class",
             "nfs-client",
+            "--otlp-endpoint",
+            "http://otel-collector.monitoring:4317",
         ]),
     ];
     for (i, yaml) in variants.iter().enumerate() {
@@ -581,6 +583,15 @@ fn bad_input_is_refused_naming_the_flag_or_file() {
             vec![
                 "--nodes".into(),
                 "2".into(),
+                "--otlp-endpoint".into(),
+                "collector:4317".into(),
+            ],
+            &["--otlp-endpoint \"collector:4317\"", "http://"],
+        ),
+        (
+            vec![
+                "--nodes".into(),
+                "2".into(),
                 "--set".into(),
                 "training.batch_size=-1".into(),
             ],
@@ -760,4 +771,21 @@ fn data_wait_does_not_take_a_file_still_being_copied() {
         stderr.contains("data/pbmc68k_counts.h5ad is ready"),
         "{stderr}"
     );
+}
+
+#[test]
+fn otlp_endpoint_reaches_the_coordinator_and_every_worker_and_nothing_else_by_default() {
+    let url = "http://otel-collector.monitoring:4317";
+    let docs = documents(&render(&["--nodes", "3", "--otlp-endpoint", url]));
+    let coordinator_job = find(&docs, "Job", "anvil-coordinator");
+    let workers_job = find(&docs, "Job", "anvil-workers");
+    for c in [
+        container(coordinator_job, "coordinator"),
+        container(workers_job, "worker"),
+    ] {
+        assert_eq!(env(c, "OTEL_EXPORTER_OTLP_ENDPOINT")["value"], url, "{c:#}");
+    }
+    // Without the flag no container carries an OpenTelemetry variable.
+    let plain = render(&["--nodes", "3"]);
+    assert!(!plain.contains("OTEL_"), "{plain}");
 }

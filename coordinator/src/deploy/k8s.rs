@@ -124,6 +124,12 @@ pub struct K8sArgs {
     #[arg(long, default_value_t = 6, value_name = "N")]
     pub backoff_limit: u32,
 
+    /// Export traces and metrics to this OpenTelemetry collector (OTLP/gRPC, e.g.
+    /// http://otel-collector.monitoring:4317): sets OTEL_EXPORTER_OTLP_ENDPOINT in the
+    /// coordinator and every worker
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// Write the manifests to FILE ("-": standard output)
     #[arg(long, short = 'o', default_value = "-", value_name = "FILE")]
     pub output: PathBuf,
@@ -178,6 +184,8 @@ pub struct Plan {
     /// Compute threads per worker (from `cpu`).
     pub threads: usize,
     pub backoff_limit: u32,
+    /// OTEL_EXPORTER_OTLP_ENDPOINT for every anvil container, when given.
+    pub otlp_endpoint: Option<String>,
     pub token: String,
     /// The command that rendered these manifests, for their header.
     pub command_line: String,
@@ -241,6 +249,15 @@ impl Plan {
         };
         let threads = cpu_threads(&a.cpu)?;
         check_quantity("--memory", &a.memory)?;
+        if let Some(url) = &a.otlp_endpoint {
+            let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+            if !scheme_ok || url.len() <= "https://".len() || url.contains(char::is_whitespace) {
+                bail!(
+                    "--otlp-endpoint {url:?}: expected the collector's OTLP/gRPC URL, such as \
+                     http://otel-collector.monitoring:4317"
+                );
+            }
+        }
         let (config_text, cfg) = load_config(&a.config, &a.overrides)?;
         let data_paths =
             data_on_volume(&cfg).map_err(|e| anyhow!("--config {}: {e}", a.config.display()))?;
@@ -258,6 +275,7 @@ impl Plan {
             memory: a.memory.clone(),
             threads,
             backoff_limit: a.backoff_limit,
+            otlp_endpoint: a.otlp_endpoint.clone(),
             token: run::dir::random_token()?,
             command_line: command_line(a),
         })
@@ -480,7 +498,7 @@ impl Plan {
             "requests": { "cpu": "500m", "memory": "1Gi" },
             "limits": { "memory": "2Gi" },
         });
-        json!({
+        let mut job = json!({
             "apiVersion": "batch/v1",
             "kind": "Job",
             "metadata": self.metadata(&names.coordinator, "coordinator"),
@@ -522,7 +540,20 @@ impl Plan {
                     },
                 },
             },
-        })
+        });
+        let env = self.telemetry_env();
+        if !env.is_empty() {
+            job["spec"]["template"]["spec"]["containers"][0]["env"] = json!(env);
+        }
+        job
+    }
+
+    /// OTEL_EXPORTER_OTLP_ENDPOINT for the anvil containers, when `--otlp-endpoint` gave one.
+    fn telemetry_env(&self) -> Vec<Value> {
+        self.otlp_endpoint
+            .iter()
+            .map(|url| json!({ "name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value": url }))
+            .collect()
     }
 
     fn worker_job(&self) -> Value {
@@ -536,6 +567,7 @@ impl Plan {
         }
         env.push(json!({ "name": "ANVIL_COORDINATOR", "value": self.coordinator_address() }));
         let mut worker_env = env.clone();
+        worker_env.extend(self.telemetry_env());
         worker_env.extend([
             // The Job controller sets JOB_COMPLETION_INDEX too; declaring it here, from the
             // same annotation, makes `$(JOB_COMPLETION_INDEX)` in args certain to expand.
@@ -831,6 +863,9 @@ fn command_line(a: &K8sArgs) -> String {
     }
     parts.push(format!("--cpu {}", shell_quote(&a.cpu)));
     parts.push(format!("--memory {}", shell_quote(&a.memory)));
+    if let Some(url) = &a.otlp_endpoint {
+        parts.push(format!("--otlp-endpoint {}", shell_quote(url)));
+    }
     parts.push(format!("--backoff-limit {}", a.backoff_limit));
     parts.join(" ")
 }
@@ -917,6 +952,7 @@ mod tests {
             cpu: "4".into(),
             memory: "16Gi".into(),
             backoff_limit: 6,
+            otlp_endpoint: None,
             output: "-".into(),
         }
     }
