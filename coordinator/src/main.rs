@@ -4,6 +4,7 @@
 mod config_cmd;
 mod data_cmd;
 mod deploy;
+mod embed_cmd;
 mod launch;
 mod server;
 mod tls;
@@ -37,6 +38,10 @@ enum Command {
     /// Inspect AnnData files and generate synthetic ones
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
+    /// Write a trained model's cell embeddings into obsm["X_anvil"] of a copy of an .h5ad file
+    ///
+    /// Example: `coordinator embed --checkpoint RUN/checkpoints --data F.h5ad --output G.h5ad`
+    Embed(embed_cmd::EmbedArgs),
     /// Render what a cluster needs to run anvil (Kubernetes manifests)
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
@@ -49,6 +54,7 @@ fn main() -> ExitCode {
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Launch(args) => launch::run(*args),
+        Command::Embed(args) => embed_cmd::run(args),
         Command::Deploy(cmd) => deploy::run(cmd),
     }
 }

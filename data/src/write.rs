@@ -227,3 +227,40 @@ where
     file.flush().map_err(out.err("file"))?;
     Ok(())
 }
+
+/// Store `values` (row-major [n_obs, dim]) as `obsm/<key>` of the AnnData file at `path`,
+/// opened read-write: creates the `obsm` dict if the file lacks it and replaces an existing
+/// `obsm/<key>`. Everything else in the file is left as it is.
+pub fn put_obsm(path: &Path, key: &str, values: &[f32], n_obs: usize, dim: usize) -> Result<()> {
+    let out = H5Out {
+        path: path.to_path_buf(),
+    };
+    if values.len() != n_obs * dim {
+        return Err(DataError::invalid(
+            path,
+            "obsm",
+            format!("{} values do not fill [{n_obs}, {dim}]", values.len()),
+        ));
+    }
+    let file = File::open_rw(path).map_err(out.err("file"))?;
+    let obsm = if file.link_exists("obsm") {
+        file.group("obsm").map_err(out.err("obsm"))?
+    } else {
+        let g = file.create_group("obsm").map_err(out.err("obsm"))?;
+        out.encoding(&g, "dict", "0.1.0")?;
+        g
+    };
+    let object = format!("obsm/{key}");
+    if obsm.link_exists(key) {
+        obsm.unlink(key).map_err(out.err(&object))?;
+    }
+    let ds = obsm
+        .new_dataset::<f32>()
+        .shape([n_obs, dim])
+        .create(key)
+        .map_err(out.err(&object))?;
+    ds.write_raw(values).map_err(out.err(&object))?;
+    out.encoding(&ds, "array", "0.2.0")?;
+    file.flush().map_err(out.err("file"))?;
+    Ok(())
+}

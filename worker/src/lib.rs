@@ -2,6 +2,7 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod embed;
 pub mod join;
 pub mod loggers;
 pub mod model;

@@ -30,6 +30,27 @@ struct Cli {
 enum WorkerCommand {
     /// Train in this one process (no coordinator): checkpoints, metrics and progress locally
     Train(TrainArgs),
+    /// Write a trained model's cell embeddings into obsm["X_anvil"] of a copy of an .h5ad file
+    Embed(EmbedArgs),
+}
+
+#[derive(Args)]
+struct EmbedArgs {
+    /// A checkpoint directory, or a directory of checkpoints (the newest complete one is used)
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    /// The AnnData file (.h5ad) whose cells to embed; it is never modified
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Where to write the copy of --data with obsm["X_anvil"] added
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: PathBuf,
+    /// Cells per forward pass [default: the checkpoint's training.batch_size]
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// Replace --output if it exists
+    #[arg(long)]
+    overwrite: bool,
 }
 
 #[derive(Args)]
@@ -85,6 +106,14 @@ fn main() -> ExitCode {
     worker::preempt::install();
     let result = match cli.command {
         Some(WorkerCommand::Train(args)) => train_alone(args).map(|()| ExitCode::SUCCESS),
+        Some(WorkerCommand::Embed(a)) => worker::embed::run(&worker::embed::EmbedOptions {
+            checkpoint: a.checkpoint,
+            data: a.data,
+            output: a.output,
+            batch_size: a.batch_size,
+            overwrite: a.overwrite,
+        })
+        .map(|_| ExitCode::SUCCESS),
         None => match cli.join.coordinator.clone() {
             Some(addr) => join_run(&cli.join, addr).map(|interrupted| {
                 if interrupted {

@@ -16,7 +16,7 @@ mod conclude;
 mod control;
 mod inputs;
 mod open;
-mod procs;
+pub(crate) mod procs;
 mod signals;
 mod supervise;
 mod telemetry;

@@ -1,0 +1,326 @@
+//! `coordinator embed` end to end: real processes. A tiny model is trained for a few steps
+//! with `worker train` on the bundled PBMC data, then `coordinator embed` (which runs the
+//! sibling `worker embed`) writes obsm["X_anvil"] into a copy of the file; anndata reads it
+//! back (through ANVIL_PYTHON) and the embeddings are checked for determinism and errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+fn worker_bin() -> PathBuf {
+    let coordinator = PathBuf::from(env!("CARGO_BIN_EXE_coordinator"));
+    let worker = coordinator.with_file_name("worker");
+    assert!(
+        worker.exists(),
+        "the worker binary is not built at {} (cargo build -p worker, or cargo test --workspace)",
+        worker.display()
+    );
+    worker
+}
+
+fn pbmc() -> PathBuf {
+    repo().join("data/pbmc68k_counts.h5ad")
+}
+
+/// A fresh scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("anvil-embed-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Overrides that make the quickstart model tiny (a second of training on two cores).
+const SMALL: &[&str] = &[
+    "model.hidden_dim=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.ffn_dim=64",
+    "model.max_seq_len=64",
+    "model.dropout=0.0",
+    "tokenizer.max_genes=64",
+    "data.max_genes=64",
+    "data.num_workers=1",
+    "training.max_epochs=1",
+    "training.log_every_n_steps=1",
+    "training.val_split=0.1",
+    "training.scheduler=null",
+    "training.batch_size=16",
+];
+
+/// Embedding width of the SMALL model (`model.hidden_dim`).
+const DIM: usize = 32;
+
+/// A run directory with a trained checkpoint, made once for all tests of this file.
+fn trained_run() -> &'static Path {
+    static RUN: OnceLock<PathBuf> = OnceLock::new();
+    RUN.get_or_init(|| {
+        let dir = scratch("run");
+        let mut cmd = Command::new(worker_bin());
+        cmd.current_dir(repo())
+            .args(["train", "--config", "configs/quickstart.yaml", "--run-dir"])
+            .arg(&dir)
+            .args(["--max-steps", "3"]);
+        for s in SMALL {
+            cmd.args(["--set", s]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(out.status.success(), "worker train failed:\n{}", text(&out));
+        dir
+    })
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn embed(checkpoint: &Path, data: &Path, output: &Path, extra: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .arg("embed")
+        .arg("--checkpoint")
+        .arg(checkpoint)
+        .arg("--data")
+        .arg(data)
+        .arg("--output")
+        .arg(output)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+fn read_obsm(path: &Path) -> (Vec<usize>, Vec<f32>) {
+    let f = hdf5::File::open(path).unwrap();
+    let ds = f.dataset("obsm/X_anvil").unwrap();
+    (ds.shape(), ds.read_raw::<f32>().unwrap())
+}
+
+fn n_obs(path: &Path) -> usize {
+    // The `shape` attribute of a sparse X (the bundled file's X is CSR).
+    let f = hdf5::File::open(path).unwrap();
+    let shape: Vec<i64> = f
+        .group("X")
+        .unwrap()
+        .attr("shape")
+        .unwrap()
+        .read_raw()
+        .unwrap();
+    shape[0] as usize
+}
+
+#[test]
+fn embed_writes_a_copy_anndata_reads() {
+    let dir = scratch("anndata");
+    let out_path = dir.join("embedded.h5ad");
+    let before = std::fs::read(pbmc()).unwrap();
+    let out = embed(
+        &trained_run().join("checkpoints"),
+        &pbmc(),
+        &out_path,
+        &["--batch-size", "50"],
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(
+        std::fs::read(pbmc()).unwrap(),
+        before,
+        "the input file changed"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cells"), "no progress on stderr:\n{stderr}");
+    // No temporary file left beside the output.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(left, vec!["embedded.h5ad".to_string()]);
+
+    let (shape, values) = read_obsm(&out_path);
+    assert_eq!(shape, vec![n_obs(&pbmc()), DIM]);
+    assert!(values.iter().all(|v| v.is_finite()));
+
+    let python = match std::env::var_os("ANVIL_PYTHON") {
+        Some(p) => p,
+        None if std::env::var_os("CI").is_some() => {
+            panic!("ANVIL_PYTHON is not set in CI: run the tests through scripts/test.sh")
+        }
+        None => {
+            eprintln!(
+                "\n*** SKIPPED: reading the embedded file with anndata needs ANVIL_PYTHON (a \
+                 Python with anndata; scripts/install-deps.sh makes one): run scripts/test.sh, \
+                 or ANVIL_PYTHON=/var/tmp/anvil-venv/bin/python cargo test ... ***\n"
+            );
+            return;
+        }
+    };
+    let script = format!(
+        r#"
+import anndata, numpy as np, scipy.sparse as sp
+src = anndata.read_h5ad({src:?})
+out = anndata.read_h5ad({out:?})
+e = out.obsm["X_anvil"]
+assert isinstance(e, np.ndarray), type(e)
+assert e.dtype == np.float32, e.dtype
+assert e.shape == (src.n_obs, {dim}), e.shape
+assert np.isfinite(e).all()
+assert list(out.obs_names) == list(src.obs_names)
+assert list(out.var_names) == list(src.var_names)
+assert out.obs.equals(src.obs)
+assert out.var.equals(src.var)
+a, b = out.X, src.X
+if sp.issparse(a) or sp.issparse(b):
+    assert sp.issparse(a) and sp.issparse(b) and a.shape == b.shape and (a != b).nnz == 0
+else:
+    assert np.array_equal(a, b)
+assert set(out.obsm.keys()) == set(src.obsm.keys()) | {{"X_anvil"}}
+assert set(out.uns.keys()) == set(src.uns.keys())
+print("ok", e.shape)
+"#,
+        src = pbmc().display().to_string(),
+        out = out_path.display().to_string(),
+        dim = DIM
+    );
+    let py = Command::new(python).arg("-c").arg(script).output().unwrap();
+    assert!(py.status.success(), "anndata check failed:\n{}", text(&py));
+}
+
+#[test]
+fn embeddings_are_deterministic_and_independent_of_batch_size() {
+    let dir = scratch("determinism");
+    let ckpt = trained_run().join("checkpoints/last");
+    let (a, b, c) = (dir.join("a.h5ad"), dir.join("b.h5ad"), dir.join("c.h5ad"));
+    for (p, bs) in [(&a, "64"), (&b, "64"), (&c, "7")] {
+        let out = embed(&ckpt, &pbmc(), p, &["--batch-size", bs]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+    let (sa, va) = read_obsm(&a);
+    let (sb, vb) = read_obsm(&b);
+    assert_eq!(sa, sb);
+    let bytes = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bytes(&va), bytes(&vb), "two runs gave different embeddings");
+    // Another batch size pads differently; padding is masked out, so the values agree.
+    let (sc, vc) = read_obsm(&c);
+    assert_eq!(sa, sc);
+    let worst = va
+        .iter()
+        .zip(&vc)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "batch size 7 vs 64 differ by {worst}");
+    // Cells differ from each other (not one constant row).
+    assert_ne!(bytes(&va[..DIM]), bytes(&va[DIM..2 * DIM]));
+}
+
+#[test]
+fn replaces_an_existing_x_anvil_and_respects_overwrite() {
+    let dir = scratch("overwrite");
+    let ckpt = trained_run().join("checkpoints");
+    let first = dir.join("first.h5ad");
+    let out = embed(&ckpt, &pbmc(), &first, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (_, v1) = read_obsm(&first);
+
+    // Embedding a file that already has obsm/X_anvil replaces it.
+    let second = dir.join("second.h5ad");
+    let out = embed(&ckpt, &first, &second, &[]);
+    assert!(out.status.success(), "{}", text(&out));
+    let (s2, v2) = read_obsm(&second);
+    assert_eq!(s2, vec![n_obs(&pbmc()), DIM]);
+    assert_eq!(v1, v2);
+
+    // An existing output is refused without --overwrite and left alone.
+    let before = std::fs::read(&second).unwrap();
+    let out = embed(&ckpt, &pbmc(), &second, &[]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("already exists") && stderr.contains("second.h5ad"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&second).unwrap(), before);
+    let out = embed(&ckpt, &pbmc(), &second, &["--overwrite"]);
+    assert!(out.status.success(), "{}", text(&out));
+
+    // The output may never be the input, even with --overwrite.
+    let before = std::fs::read(&first).unwrap();
+    let out = embed(&ckpt, &first, &first, &["--overwrite"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is the input file"), "{stderr}");
+    assert_eq!(std::fs::read(&first).unwrap(), before);
+}
+
+#[test]
+fn clear_errors() {
+    let dir = scratch("errors");
+    let ckpt = trained_run().join("checkpoints/last");
+    let out_path = dir.join("out.h5ad");
+    let fails_with = |out: Output, needles: &[&str]| {
+        assert!(!out.status.success(), "expected failure:\n{}", text(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        for n in needles {
+            assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
+        }
+        assert!(!out_path.exists(), "a failed embed left an output");
+    };
+
+    // A checkpoint that does not exist.
+    let missing = dir.join("no-such-checkpoint");
+    fails_with(
+        embed(&missing, &pbmc(), &out_path, &[]),
+        &["does not exist", "no-such-checkpoint"],
+    );
+
+    // A checkpoint whose files no longer match its manifest.
+    let corrupt = dir.join("corrupt");
+    std::fs::create_dir_all(&corrupt).unwrap();
+    for e in std::fs::read_dir(&ckpt).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), corrupt.join(e.file_name())).unwrap();
+    }
+    let mut bytes = std::fs::read(corrupt.join("model.safetensors")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x55;
+    std::fs::write(corrupt.join("model.safetensors"), bytes).unwrap();
+    fails_with(
+        embed(&corrupt, &pbmc(), &out_path, &[]),
+        &["corrupt", "model.safetensors", "manifest"],
+    );
+
+    // A data file that is not AnnData.
+    let not_h5ad = dir.join("notes.h5ad");
+    std::fs::write(&not_h5ad, "not an hdf5 file\n").unwrap();
+    fails_with(
+        embed(&ckpt, &not_h5ad, &out_path, &[]),
+        &["--data", "notes.h5ad"],
+    );
+
+    // A data file that does not exist.
+    fails_with(
+        embed(&ckpt, &dir.join("absent.h5ad"), &out_path, &[]),
+        &["--data", "absent.h5ad"],
+    );
+
+    // A data file sharing no genes with the checkpoint's vocabulary.
+    let synth = dir.join("synth.h5ad");
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["data", "synth", "--cells", "20", "--genes", "30", "--out"])
+        .arg(&synth)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    fails_with(
+        embed(&ckpt, &synth, &out_path, &[]),
+        &["synth.h5ad", "vocabulary"],
+    );
+}

@@ -1,0 +1,273 @@
+//! `worker embed`: cell embeddings of a trained model for every cell of an AnnData file,
+//! written into `obsm["X_anvil"]` of a copy of that file.
+//!
+//! The model, its tokenizer and preprocessing all come from the checkpoint (its stored config
+//! and vocabulary), never from a separate config. Cells are read in file order, unmasked and
+//! unshuffled, and pooled as `model.pooling` says with dropout off, so two runs give the same
+//! bytes. Preprocessing statistics the config asks to compute from the data (a median library
+//! size when `target_sum` is null, highly variable genes) are computed from the file being
+//! embedded, as a training run on that file would.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+use configs::scmodelforge::{ScModelForgeConfig, TokenizerStrategy};
+use configs::Sources;
+use data::dataset::Dataset;
+use data::pipeline::Workspace;
+use data::vocab::GeneVocab;
+use data::Pipeline;
+
+use crate::checkpoint;
+use crate::model::{self, DataSpec, ScModel};
+
+/// The key under `obsm` that embeddings are written to.
+pub const OBSM_KEY: &str = "X_anvil";
+
+/// A trained model ready to embed cells: rebuilt from a checkpoint's config and vocabulary.
+pub struct Embedder {
+    /// The checkpoint directory it was loaded from.
+    pub dir: PathBuf,
+    pub cfg: ScModelForgeConfig,
+    pub vocab: GeneVocab,
+    pub model: Box<dyn ScModel>,
+    pub params: Vec<f32>,
+}
+
+impl Embedder {
+    /// Loads `path`: a checkpoint directory, or a directory of checkpoints (the newest
+    /// verified one), as `--resume` resolves it.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        if !path.exists() {
+            bail!("checkpoint {} does not exist", path.display());
+        }
+        let dir = checkpoint::resolve_resume(path)
+            .with_context(|| format!("--checkpoint {}", path.display()))?;
+        // Verifies the manifest; the config and vocabulary are read from the verified files.
+        let files =
+            checkpoint::verify(&dir).with_context(|| format!("--checkpoint {}", dir.display()))?;
+        let get = |n: &str| {
+            files
+                .get(n)
+                .ok_or_else(|| anyhow!("checkpoint {}: {n} missing", dir.display()))
+        };
+        let yaml = String::from_utf8_lossy(get("config.yaml")?).into_owned();
+        let cfg_name = dir.join("config.yaml").display().to_string();
+        let cfg: ScModelForgeConfig = Sources::from_str(&yaml, &cfg_name)
+            .and_then(|s| s.load_as())
+            .map_err(|e| anyhow!("checkpoint config {cfg_name}: {e}"))?;
+        let vocab = vocab_from_json(get("vocab.json")?)
+            .with_context(|| format!("checkpoint {}: vocab.json", dir.display()))?;
+        let spec = DataSpec {
+            vocab_size: vocab.len(),
+            values_are_bins: cfg.tokenizer.strategy == TokenizerStrategy::BinnedExpression,
+        };
+        let model = model::build(
+            &cfg.model,
+            spec,
+            model::precision_of(cfg.training.precision),
+        )?;
+        let loaded = checkpoint::load(&dir, model.layout())
+            .with_context(|| format!("--checkpoint {}", dir.display()))?;
+        Ok(Embedder {
+            dir,
+            cfg,
+            vocab,
+            model,
+            params: loaded.params,
+        })
+    }
+
+    /// The pipeline that tokenizes `data` as this model was trained to see cells: the
+    /// checkpoint's vocabulary, tokenizer and preprocessing, no masking.
+    pub fn pipeline(&self, data: &Path) -> anyhow::Result<Pipeline> {
+        let file =
+            data::anndata::open(data).with_context(|| format!("--data {}", data.display()))?;
+        let n_vars = file.n_vars();
+        let dataset = Dataset::new(vec![file], self.vocab.clone());
+        if dataset.unknown_genes()[0] >= n_vars {
+            bail!(
+                "--data {}: none of its {n_vars} genes (var_names) is in the checkpoint's vocabulary of {} genes ({})",
+                data.display(),
+                self.vocab.n_genes(),
+                self.dir.display()
+            );
+        }
+        let mut pipeline = Pipeline::with_dataset(&self.cfg, dataset)
+            .with_context(|| format!("--data {}", data.display()))?;
+        pipeline.masker = None;
+        Ok(pipeline)
+    }
+
+    /// Embeddings of `cells` (global ids of `pipeline`), row-major [cells, dim].
+    pub fn embed_cells(
+        &mut self,
+        pipeline: &Pipeline,
+        cells: &[u64],
+        ws: &mut Workspace,
+    ) -> anyhow::Result<Vec<f32>> {
+        let batch = pipeline.batch(cells, None, ws)?;
+        Ok(self.model.cell_embeddings(&self.params, &batch)?)
+    }
+
+    /// Embeddings of every cell of `pipeline`, in file order, `batch_size` cells at a time;
+    /// `progress(done, total)` hears after each batch.
+    pub fn embed_all(
+        &mut self,
+        pipeline: &Pipeline,
+        batch_size: usize,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> anyhow::Result<Vec<f32>> {
+        if batch_size == 0 {
+            bail!("--batch-size must be positive");
+        }
+        let n = pipeline.dataset.n_cells();
+        let dim = self.model.embedding_dim();
+        let mut out = Vec::with_capacity(n as usize * dim);
+        let mut ws = Workspace::default();
+        let mut start = 0u64;
+        while start < n {
+            let end = (start + batch_size as u64).min(n);
+            let cells: Vec<u64> = (start..end).collect();
+            let e = self.embed_cells(pipeline, &cells, &mut ws)?;
+            if e.len() != cells.len() * dim {
+                bail!(
+                    "the model returned {} values for {} cells of width {dim}",
+                    e.len(),
+                    cells.len()
+                );
+            }
+            out.extend_from_slice(&e);
+            start = end;
+            progress(start, n);
+        }
+        Ok(out)
+    }
+}
+
+fn vocab_from_json(bytes: &[u8]) -> anyhow::Result<GeneVocab> {
+    #[derive(serde::Deserialize)]
+    struct VocabFile {
+        genes: Vec<String>,
+    }
+    let v: VocabFile = serde_json::from_slice(bytes)?;
+    if v.genes.is_empty() {
+        bail!("contains no genes");
+    }
+    Ok(GeneVocab::from_genes(v.genes))
+}
+
+/// What `worker embed` (and `coordinator embed`) is asked to do.
+#[derive(Debug, Clone)]
+pub struct EmbedOptions {
+    pub checkpoint: PathBuf,
+    pub data: PathBuf,
+    pub output: PathBuf,
+    /// Cells per forward pass (default: the checkpoint's `training.batch_size`).
+    pub batch_size: Option<usize>,
+    /// Replace an existing output file.
+    pub overwrite: bool,
+}
+
+/// Removes the temporary output unless it was renamed into place.
+struct TempFile(Option<PathBuf>);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Embeds every cell of `opts.data` and writes a copy of it with `obsm["X_anvil"]` to
+/// `opts.output` (through a temporary file renamed into place). Returns (cells, dim).
+pub fn run(opts: &EmbedOptions) -> anyhow::Result<(usize, usize)> {
+    let (data, output) = (&opts.data, &opts.output);
+    if output.as_os_str().is_empty() {
+        bail!("--output is empty");
+    }
+    if same_file(data, output) || data == output {
+        bail!(
+            "--output {} is the input file: the input is never modified, name another file",
+            output.display()
+        );
+    }
+    if output.exists() && !opts.overwrite {
+        bail!(
+            "--output {} already exists (pass --overwrite to replace it)",
+            output.display()
+        );
+    }
+    if !data.is_file() {
+        bail!(
+            "--data {}: no such file (an .h5ad file is expected)",
+            data.display()
+        );
+    }
+    let mut emb = Embedder::load(&opts.checkpoint)?;
+    let pipeline = emb.pipeline(data)?;
+    let n = pipeline.dataset.n_cells() as usize;
+    let dim = emb.model.embedding_dim();
+    let batch_size = opts.batch_size.unwrap_or(emb.cfg.training.batch_size);
+    eprintln!(
+        "embedding {n} cells of {} with {} (width {dim}, {batch_size} cells per batch)",
+        data.display(),
+        emb.dir.display()
+    );
+    let t0 = Instant::now();
+    let mut last = Instant::now();
+    let values = emb.embed_all(&pipeline, batch_size, &mut |done, total| {
+        if last.elapsed() >= Duration::from_secs(5) || done == total {
+            last = Instant::now();
+            let secs = t0.elapsed().as_secs_f64();
+            eprintln!(
+                "embed: {done}/{total} cells ({:.0}%), {:.0} cells/s",
+                100.0 * done as f64 / total.max(1) as f64,
+                done as f64 / secs.max(1e-9)
+            );
+        }
+    })?;
+    drop(pipeline);
+
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = output
+        .file_name()
+        .ok_or_else(|| anyhow!("--output {} names no file", output.display()))?
+        .to_string_lossy();
+    let tmp = TempFile(Some(
+        parent.join(format!(".{name}.tmp-{}", std::process::id())),
+    ));
+    let tmp_path = tmp.0.clone().unwrap_or_default();
+    std::fs::copy(data, &tmp_path)
+        .with_context(|| format!("copying {} to {}", data.display(), tmp_path.display()))?;
+    data::write::put_obsm(&tmp_path, OBSM_KEY, &values, n, dim)
+        .with_context(|| format!("writing obsm/{OBSM_KEY} for --output {}", output.display()))?;
+    if output.exists() && !opts.overwrite {
+        bail!(
+            "--output {} appeared while embedding (pass --overwrite to replace it)",
+            output.display()
+        );
+    }
+    std::fs::rename(&tmp_path, output)
+        .with_context(|| format!("renaming {} to {}", tmp_path.display(), output.display()))?;
+    let mut tmp = tmp;
+    tmp.0 = None;
+    eprintln!(
+        "wrote {} ({n} cells, obsm[\"{OBSM_KEY}\"] of width {dim}) in {:.1}s",
+        output.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok((n, dim))
+}
