@@ -3,27 +3,13 @@
 //! sibling `worker embed`) writes obsm["X_anvil"] into a copy of the file; anndata reads it
 //! back (through ANVIL_PYTHON) and the embeddings are checked for determinism and errors.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn worker_bin() -> PathBuf {
-    let coordinator = PathBuf::from(env!("CARGO_BIN_EXE_coordinator"));
-    let worker = coordinator.with_file_name("worker");
-    assert!(
-        worker.exists(),
-        "the worker binary is not built at {} (cargo build -p worker, or cargo test --workspace)",
-        worker.display()
-    );
-    worker
-}
+use common::{repo, worker_bin};
 
 fn pbmc() -> PathBuf {
     repo().join("data/pbmc68k_counts.h5ad")
@@ -31,23 +17,11 @@ fn pbmc() -> PathBuf {
 
 /// A fresh scratch directory for one test.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("anvil-embed-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("embed", name)
 }
 
-/// Overrides that make the quickstart model tiny (a second of training on two cores).
-const SMALL: &[&str] = &[
-    "model.hidden_dim=32",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.ffn_dim=64",
-    "model.max_seq_len=64",
-    "model.dropout=0.0",
-    "tokenizer.max_genes=64",
-    "data.max_genes=64",
-    "data.num_workers=1",
+/// The `training.*` overrides of this suite, on top of `common::TINY_MODEL`.
+const TRAINING: &[&str] = &[
     "training.max_epochs=1",
     "training.log_every_n_steps=1",
     "training.val_split=0.1",
@@ -55,7 +29,7 @@ const SMALL: &[&str] = &[
     "training.batch_size=16",
 ];
 
-/// Embedding width of the SMALL model (`model.hidden_dim`).
+/// Embedding width of the tiny model (`model.hidden_dim` in `common::TINY_MODEL`).
 const DIM: usize = 32;
 
 /// A run directory with a trained checkpoint, made once for all tests of this file.
@@ -68,9 +42,7 @@ fn trained_run() -> &'static Path {
             .args(["train", "--config", "configs/quickstart.yaml", "--run-dir"])
             .arg(&dir)
             .args(["--max-steps", "3"]);
-        for s in SMALL {
-            cmd.args(["--set", s]);
-        }
+        common::set_tiny(&mut cmd, TRAINING);
         let out = cmd.output().unwrap();
         assert!(out.status.success(), "worker train failed:\n{}", text(&out));
         dir

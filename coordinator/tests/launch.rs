@@ -1,47 +1,21 @@
 //! `coordinator launch` end to end: real coordinator and worker processes, real gRPC, the real
 //! TCP ring, on the bundled PBMC data with a small model so each run takes seconds.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn worker_bin() -> PathBuf {
-    let coordinator = PathBuf::from(env!("CARGO_BIN_EXE_coordinator"));
-    let worker = coordinator.with_file_name("worker");
-    assert!(
-        worker.exists(),
-        "the worker binary is not built at {} (cargo test --workspace builds it)",
-        worker.display()
-    );
-    worker
-}
+use common::{repo, worker_bin};
 
 /// A fresh scratch directory for one test's runs.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("anvil-launch-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("launch", name)
 }
 
-/// Overrides that make the quickstart tiny: a few seconds per run on two cores.
-const SMALL: &[&str] = &[
-    "model.hidden_dim=32",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.ffn_dim=64",
-    "model.max_seq_len=64",
-    "model.dropout=0.0",
-    "tokenizer.max_genes=64",
-    "data.max_genes=64",
-    "data.num_workers=1",
+/// The `training.*` overrides of this suite, on top of `common::TINY_MODEL`.
+const TRAINING: &[&str] = &[
     "training.max_epochs=2",
     "training.log_every_n_steps=1",
     "training.val_split=0.1",
@@ -58,9 +32,7 @@ fn launch_cmd(run_dir: &Path, nodes: usize, batch: usize, extra: &[&str]) -> Com
         .arg("--worker-bin")
         .arg(worker_bin())
         .args(["--heartbeat-timeout", "3"]);
-    for s in SMALL {
-        cmd.args(["--set", s]);
-    }
+    common::set_tiny(&mut cmd, TRAINING);
     cmd.args(["--set", &format!("training.batch_size={batch}")]);
     cmd.args(extra);
     cmd

@@ -4,45 +4,20 @@
 //! preempted exit code, and the same coordinator command line started again (the Job
 //! restarting its pod) continues the run to the end the uninterrupted run reaches.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn worker_bin() -> PathBuf {
-    let worker = PathBuf::from(env!("CARGO_BIN_EXE_coordinator")).with_file_name("worker");
-    assert!(
-        worker.exists(),
-        "the worker binary is not built at {} (cargo test --workspace builds it)",
-        worker.display()
-    );
-    worker
-}
+use common::{repo, worker_bin};
 
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("anvil-k8s-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+    common::scratch("k8s", name)
 }
 
-/// The quickstart made tiny (as in tests/launch.rs): seconds per run on two cores.
-const SMALL: &[&str] = &[
-    "model.hidden_dim=32",
-    "model.num_layers=1",
-    "model.num_heads=2",
-    "model.ffn_dim=64",
-    "model.max_seq_len=64",
-    "model.dropout=0.0",
-    "tokenizer.max_genes=64",
-    "data.max_genes=64",
-    "data.num_workers=1",
+/// The `training.*` overrides of this suite, on top of `common::TINY_MODEL`.
+const TRAINING: &[&str] = &[
     "training.max_epochs=3",
     "training.log_every_n_steps=1",
     "training.val_split=0.1",
@@ -54,9 +29,7 @@ fn coordinator(args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
     cmd.current_dir(repo())
         .args(["launch", "--config", "configs/quickstart.yaml"]);
-    for s in SMALL {
-        cmd.args(["--set", s]);
-    }
+    common::set_tiny(&mut cmd, TRAINING);
     cmd.args(args);
     cmd
 }

@@ -3,9 +3,10 @@
 //! (names, parent-child structure across the three processes, resource attributes) and the
 //! metrics arrived.
 
+mod common;
+
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +25,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
 };
 use opentelemetry_proto::tonic::common::v1::{any_value, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{metric, number_data_point};
+
+use common::{repo, worker_bin};
 
 /// Every metric anvil exports: (name, kind, who exports it).
 const METRICS: &[(&str, Kind, &str)] = &[
@@ -54,17 +57,6 @@ fn prometheus_name(name: &str, kind: Kind) -> String {
         Kind::Seconds => format!("{base}_seconds"),
         Kind::Counter => format!("{base}_total"),
     }
-}
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-fn worker_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_coordinator")).with_file_name("worker")
 }
 
 /// What the receiver got.
@@ -219,8 +211,8 @@ fn a_two_worker_launch_exports_its_span_tree_and_metrics() {
     let (receiver, addr) = start_receiver(&rt);
     let run_dir = std::env::temp_dir().join(format!("anvil-otel-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run_dir);
-    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .current_dir(repo())
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    cmd.current_dir(repo())
         .args([
             "launch",
             "--config",
@@ -233,32 +225,15 @@ fn a_two_worker_launch_exports_its_span_tree_and_metrics() {
         .arg("--worker-bin")
         .arg(worker_bin())
         .args(["--max-steps", "4"])
-        .args([
-            "--set",
-            "model.hidden_dim=32",
-            "--set",
-            "model.num_layers=1",
-            "--set",
-            "model.num_heads=2",
-            "--set",
-            "model.ffn_dim=64",
-            "--set",
-            "model.max_seq_len=64",
-            "--set",
-            "tokenizer.max_genes=64",
-            "--set",
-            "data.max_genes=64",
-            "--set",
-            "training.batch_size=16",
-            "--set",
-            "training.log_every_n_steps=1",
-        ])
         .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{addr}"))
         .env("OTEL_METRIC_EXPORT_INTERVAL", "500")
         .env_remove("OTEL_SERVICE_NAME")
-        .env_remove("OTEL_SDK_DISABLED")
-        .output()
-        .unwrap();
+        .env_remove("OTEL_SDK_DISABLED");
+    common::set_tiny(
+        &mut cmd,
+        &["training.batch_size=16", "training.log_every_n_steps=1"],
+    );
+    let out = cmd.output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "launch failed:\n{stderr}");
 
@@ -388,8 +363,8 @@ fn an_unreachable_collector_costs_a_warning_not_the_run() {
     let run_dir = std::env::temp_dir().join(format!("anvil-otel-off-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&run_dir);
     let start = Instant::now();
-    let out = Command::new(worker_bin())
-        .current_dir(repo())
+    let mut cmd = Command::new(worker_bin());
+    cmd.current_dir(repo())
         .args([
             "train",
             "--config",
@@ -398,23 +373,9 @@ fn an_unreachable_collector_costs_a_warning_not_the_run() {
             "3",
         ])
         .arg("--run-dir")
-        .arg(&run_dir)
-        .args([
-            "--set",
-            "model.hidden_dim=32",
-            "--set",
-            "model.num_layers=1",
-            "--set",
-            "model.num_heads=2",
-            "--set",
-            "model.ffn_dim=64",
-            "--set",
-            "model.max_seq_len=64",
-            "--set",
-            "tokenizer.max_genes=64",
-            "--set",
-            "data.max_genes=64",
-        ])
+        .arg(&run_dir);
+    common::set_tiny(&mut cmd, &[]);
+    let out = cmd
         .env(
             "OTEL_EXPORTER_OTLP_ENDPOINT",
             format!("http://127.0.0.1:{port}"),

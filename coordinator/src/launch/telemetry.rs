@@ -5,13 +5,13 @@
 //! exported.
 
 use opentelemetry::metrics::{Counter, Gauge};
-use opentelemetry::KeyValue;
 use run::telemetry::TRACE_TARGET;
 use tracing::{info_span, Span};
 
+/// The run id is a resource attribute of every series (`run::telemetry`), so the data points
+/// carry no attributes of their own.
 pub struct RunWatch {
     run: Span,
-    run_id: String,
     workers_alive: Gauge<u64>,
     restarts: Counter<u64>,
 }
@@ -24,10 +24,9 @@ impl RunWatch {
             .with_description("Group restarts after a lost worker")
             .build();
         // Zero from the start, so a dashboard shows the series before the first restart.
-        restarts.add(0, &[KeyValue::new("anvil.run_id", run_id.to_string())]);
+        restarts.add(0, &[]);
         RunWatch {
             run: info_span!(target: TRACE_TARGET, "run", anvil.run_id = run_id, world),
-            run_id: run_id.to_string(),
             workers_alive: meter
                 .u64_gauge("anvil.workers.alive")
                 .with_description("Workers of the current generation with a fresh heartbeat")
@@ -43,15 +42,11 @@ impl RunWatch {
 
     /// The span of a restart (and one more on `anvil.restarts`).
     pub fn restart(&self, restart: u32, lost_rank: usize, why: &str) -> Span {
-        self.restarts
-            .add(1, &[KeyValue::new("anvil.run_id", self.run_id.clone())]);
+        self.restarts.add(1, &[]);
         info_span!(target: TRACE_TARGET, parent: &self.run, "restart", restart, lost_rank, why)
     }
 
     pub fn workers_alive(&self, alive: usize) {
-        self.workers_alive.record(
-            alive as u64,
-            &[KeyValue::new("anvil.run_id", self.run_id.clone())],
-        );
+        self.workers_alive.record(alive as u64, &[]);
     }
 }

@@ -1,0 +1,55 @@
+//! What the coordinator's end-to-end tests share: where the repository and the binaries are,
+//! scratch directories, and the overrides that make the quickstart model tiny.
+
+// Each test file uses a part of this.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+pub fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// The worker binary beside the coordinator under test (`cargo test --workspace` builds it).
+pub fn worker_bin() -> PathBuf {
+    let worker = PathBuf::from(env!("CARGO_BIN_EXE_coordinator")).with_file_name("worker");
+    assert!(
+        worker.exists(),
+        "the worker binary is not built at {} (cargo build -p worker, or cargo test --workspace)",
+        worker.display()
+    );
+    worker
+}
+
+/// A fresh scratch directory `anvil-{suite}-{pid}-{name}` for one test.
+pub fn scratch(suite: &str, name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("anvil-{suite}-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Overrides that make the quickstart model tiny: seconds per run on two cores. Each suite
+/// adds its own `training.*` settings.
+pub const TINY_MODEL: &[&str] = &[
+    "model.hidden_dim=32",
+    "model.num_layers=1",
+    "model.num_heads=2",
+    "model.ffn_dim=64",
+    "model.max_seq_len=64",
+    "model.dropout=0.0",
+    "tokenizer.max_genes=64",
+    "data.max_genes=64",
+    "data.num_workers=1",
+];
+
+/// `--set` for each override of the tiny model, then for each of `more`.
+pub fn set_tiny(cmd: &mut Command, more: &[&str]) {
+    for s in TINY_MODEL.iter().chain(more) {
+        cmd.args(["--set", s]);
+    }
+}
