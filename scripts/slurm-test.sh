@@ -4,7 +4,8 @@
 # Slurm's two-minute hold on a requeued job. scripts/test.sh runs it after the cargo tests.
 #   bash scripts/slurm-test.sh
 # Checks: `sbatch -n 2` with extra `--set` arguments completes; `--gpus-per-task=1` gives each
-# worker task its own GPU (placeholder GPUs on this cluster) and completes; SIGUSR1 (the time-limit warning)
+# worker task its own GPU (placeholder GPUs on this cluster) and completes when submitted as
+# `-N 1 --ntasks-per-node=2`; SIGUSR1 (the time-limit warning)
 # ends in a checkpoint, a requeue and a resumed run whose final parameters equal an uninterrupted
 # run's; `scancel` (SIGTERM to every process) ends in a checkpoint and a clean exit; no anvil
 # process is left.
@@ -34,8 +35,8 @@ a=$(submit configs/quickstart.yaml --set training.max_epochs=1)
 wait_state "$a" COMPLETED 300
 grep -q 'finished after 9 steps' "anvil-$a.out" || fail "job $a did not train 1 epoch"
 
-echo "1b. sbatch -n 2 --gpus-per-task=1: one GPU per worker task"
-g=$(ANVIL_BIN=$bin sbatch --parsable -n 2 --gpus-per-task=1 --export=ALL "$repo/deploy/slurm/anvil.sbatch" \
+echo "1b. sbatch -N 1 --ntasks-per-node=2 --gpus-per-task=1: one GPU per worker task"
+g=$(ANVIL_BIN=$bin sbatch --parsable -N 1 --ntasks-per-node=2 --gpus-per-task=1 --export=ALL "$repo/deploy/slurm/anvil.sbatch" \
   configs/quickstart.yaml --set training.max_epochs=1)
 wait_state "$g" COMPLETED 300
 grep -q 'finished after 9 steps' "anvil-$g.out" || fail "job $g did not train 1 epoch"
