@@ -3,7 +3,8 @@
 //!
 //! - [`cpu`]: [`Cpu`], the reference implementation (rayon threads, faer GEMM), forwarding to
 //!   the slice ops in [`crate::ops`];
-//! - `cuda.rs` (not written yet): the same trait over device allocations.
+//! - [`cuda`] (feature `cuda`): [`cuda::Cuda`], the same trait over device allocations, with
+//!   NVRTC-compiled kernels and cuBLASLt.
 //!
 //! # The contract
 //!
@@ -26,6 +27,8 @@
 //! reference. The CPU backend is deterministic for a given rayon thread count.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use std::borrow::Cow;
 use std::ops::Range;
