@@ -1,0 +1,491 @@
+//! The GPU op suite: each `Device` op run on the CUDA backend and on the CPU backend with the
+//! same random inputs, results compared within the precision's tolerance (f32: 1e-4 relative
+//! to the largest magnitude, since sums run in other orders; bf16/fp16: 2e-2).
+//!
+//! `cargo test --release -p kernels --features cuda --test gpu_ops`. Its own harness: where no
+//! device can be opened every case prints `SKIPPED` with the reason and the summary counts
+//! them as skipped (set ANVIL_REQUIRE_GPU=1 to make that a failure, as scripts/gpu-check.sh
+//! does).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use kernels::backend::cuda::Cuda;
+use kernels::ops::attention::AttnOpts;
+use kernels::ops::{Activation, AdamConfig, AttnShape};
+use kernels::rng::RngKey;
+use kernels::{Cpu, Device, ParamView, Precision};
+
+/// Deterministic values in [-scale, scale).
+fn rand(n: usize, seed: u32, scale: f32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            let h = kernels::rng::lowbias32(i as u32 ^ seed.wrapping_mul(0x9E37_79B9));
+            (h as f32 / u32::MAX as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
+/// Outputs of one case, by name, as host vectors.
+type Outputs = Vec<(&'static str, Vec<f32>)>;
+
+fn compare(cpu: &Outputs, gpu: &Outputs, tol: f32) -> Result<(), String> {
+    for ((name, a), (_, b)) in cpu.iter().zip(gpu) {
+        if a.len() != b.len() {
+            return Err(format!(
+                "{name}: {} values on CPU, {} on GPU",
+                a.len(),
+                b.len()
+            ));
+        }
+        let mag = a.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            if x.is_nan() != y.is_nan() || (x - y).abs() > tol * mag {
+                return Err(format!(
+                    "{name}[{i}]: CPU {x} GPU {y} (tolerance {tol} x {mag})"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn matmul<D: Device<f32>>(d: &D, prec: Precision) -> Outputs {
+    let (m, n, k) = (37, 45, 67);
+    let mut out = Outputs::new();
+    for (ta, tb, name) in [
+        (false, false, "nn"),
+        (true, false, "tn"),
+        (false, true, "nt"),
+        (true, true, "tt"),
+    ] {
+        let a = d.upload(&rand(m * k, 1, 1.0));
+        let b = d.upload(&rand(k * n, 2, 1.0));
+        let mut c = d.upload(&rand(m * n, 3, 1.0));
+        d.matmul(prec, &mut c, &a, ta, &b, tb, m, n, k, true);
+        out.push((name, d.download(&c)));
+    }
+    out
+}
+
+fn linear<D: Device<f32>>(d: &D, prec: Precision) -> Outputs {
+    let (n, i, o) = (50, 24, 40);
+    let params = d.upload(&rand(o * i + o + 7, 4, 0.5));
+    let (w, b) = (
+        ParamView {
+            offset: 7,
+            len: o * i,
+        },
+        ParamView {
+            offset: 7 + o * i,
+            len: o,
+        },
+    );
+    let x = d.upload(&rand(n * i, 5, 1.0));
+    let mut y = d.zeros(n * o);
+    d.linear_forward(prec, &mut y, &x, &params, w, Some(b), n, i, o);
+    let dy = d.upload(&rand(n * o, 6, 1.0));
+    let mut dx = d.upload(&rand(n * i, 7, 1.0));
+    let mut grads = d.upload(&rand(o * i + o + 7, 8, 0.1));
+    d.linear_backward(
+        prec,
+        Some(&mut dx),
+        true,
+        &mut grads,
+        &dy,
+        &x,
+        &params,
+        w,
+        Some(b),
+        n,
+        i,
+        o,
+    );
+    vec![
+        ("y", d.download(&y)),
+        ("dx", d.download(&dx)),
+        ("grads", d.download(&grads)),
+    ]
+}
+
+fn layernorm<D: Device<f32>>(d: &D) -> Outputs {
+    let (n, c) = (33, 300);
+    let params = d.upload(&rand(2 * c, 9, 1.0));
+    let (g, b) = (
+        ParamView { offset: 0, len: c },
+        ParamView { offset: c, len: c },
+    );
+    let x = d.upload(&rand(n * c, 10, 2.0));
+    let (mut y, mut mean, mut rstd) = (d.zeros(n * c), d.zeros(n), d.zeros(n));
+    d.layernorm_forward(&mut y, &mut mean, &mut rstd, &x, &params, g, b, n, c, 1e-5);
+    let dy = d.upload(&rand(n * c, 11, 1.0));
+    let mut dx = d.zeros(n * c);
+    let mut grads = d.zeros(2 * c);
+    d.layernorm_backward(
+        &mut dx, false, &mut grads, &dy, &x, &mean, &rstd, &params, g, b, n, c,
+    );
+    vec![
+        ("y", d.download(&y)),
+        ("mean", d.download(&mean)),
+        ("rstd", d.download(&rstd)),
+        ("dx", d.download(&dx)),
+        ("grads", d.download(&grads)),
+    ]
+}
+
+fn embeddings<D: Device<f32>>(d: &D) -> Outputs {
+    let (vocab, max_len, dim, n) = (50, 20, 16, 70);
+    let total = vocab * dim + max_len * dim + 2 * dim;
+    let params = d.upload(&rand(total, 12, 1.0));
+    let gene = ParamView {
+        offset: 0,
+        len: vocab * dim,
+    };
+    let pos_v = ParamView {
+        offset: vocab * dim,
+        len: max_len * dim,
+    };
+    let vw = ParamView {
+        offset: vocab * dim + max_len * dim,
+        len: dim,
+    };
+    let vb = ParamView {
+        offset: vw.offset + dim,
+        len: dim,
+    };
+    let ids: Vec<u32> = (0..n as u32).map(|i| (i * 7) % vocab as u32).collect();
+    let pos: Vec<u32> = (0..n as u32).map(|i| i % max_len as u32).collect();
+    let values = d.upload(&rand(n, 13, 3.0));
+    let mut out = d.zeros(n * dim);
+    d.token_embedding_forward(
+        &mut out,
+        &ids,
+        &pos,
+        &params,
+        gene,
+        pos_v,
+        Some((vw, vb, &values)),
+        dim,
+    )
+    .expect("forward");
+    let dout = d.upload(&rand(n * dim, 14, 1.0));
+    let mut grads = d.zeros(total);
+    d.token_embedding_backward(
+        &mut grads,
+        &dout,
+        &ids,
+        &pos,
+        gene,
+        pos_v,
+        Some((vw, vb, &values)),
+        dim,
+    )
+    .expect("backward");
+    let mut plain = d.zeros(n * dim);
+    d.embedding_forward(&mut plain, &ids, &params, gene, dim)
+        .expect("embedding");
+    d.embedding_backward(&mut grads, gene, &dout, &ids, dim)
+        .expect("embedding backward");
+    // Out-of-range ids are an error on both backends, before any launch.
+    assert!(d
+        .embedding_forward(&mut plain, &[vocab as u32], &params, gene, dim)
+        .is_err());
+    vec![
+        ("token", d.download(&out)),
+        ("plain", d.download(&plain)),
+        ("grads", d.download(&grads)),
+    ]
+}
+
+fn rows<D: Device<f32>>(d: &D) -> Outputs {
+    let dim = 24;
+    let x = d.upload(&rand(30 * dim, 15, 1.0));
+    let rows = [3usize, 0, 29, 3, 17];
+    let mut g = d.zeros(rows.len() * dim);
+    d.gather_rows(&mut g, &x, &rows, dim);
+    let mut dst = d.upload(&rand(30 * dim, 16, 1.0));
+    d.scatter_rows(&mut dst, &g, &rows, dim, true);
+    let mut dst2 = d.zeros(30 * dim);
+    d.scatter_rows(&mut dst2, &g, &[1, 2, 3, 4, 5], dim, false);
+    let mut mean = d.zeros(3 * dim);
+    d.mean_rows(&mut mean, &x, &[1, 2, 3, 10, 11], &[0, 3, 3, 5], dim);
+    vec![
+        ("gather", d.download(&g)),
+        ("scatter_add", d.download(&dst)),
+        ("scatter", d.download(&dst2)),
+        ("mean", d.download(&mean)),
+    ]
+}
+
+fn attention<D: Device<f32>>(
+    d: &D,
+    head_dim: usize,
+    causal: bool,
+    dropout: f64,
+    prec: Precision,
+) -> Outputs {
+    let s = AttnShape {
+        batch: 3,
+        seq: 77,
+        heads: 2,
+        head_dim,
+    };
+    let e = s.embed();
+    // Sequence 0 unpadded, 1 padded after 40 keys, 2 with a padding key inside as well.
+    let mut pad = vec![false; s.batch * s.seq];
+    for j in 40..s.seq {
+        pad[s.seq + j] = true;
+    }
+    pad[2 * s.seq + 5] = true;
+    let o = AttnOpts {
+        key_pad: Some(&pad),
+        causal,
+        dropout,
+        key: RngKey::new(11, 3, 2),
+        prec,
+    };
+    let qkv = d.upload(&rand(s.batch * s.seq * 3 * e, 17, 1.5));
+    let mut out = d.zeros(s.batch * s.seq * e);
+    let mut lse = d.zeros(s.batch * s.heads * s.seq);
+    d.attention_forward(&mut out, &mut lse, &qkv, s, &o);
+    let dout = d.upload(&rand(s.batch * s.seq * e, 18, 1.0));
+    let mut dqkv = d.zeros(s.batch * s.seq * 3 * e);
+    d.attention_backward(&mut dqkv, &dout, &out, &lse, &qkv, s, &o);
+    vec![
+        ("out", d.download(&out)),
+        ("lse", d.download(&lse)),
+        ("dqkv", d.download(&dqkv)),
+    ]
+}
+
+fn elementwise<D: Device<f32>>(d: &D) -> Outputs {
+    let n = 5000;
+    let x = d.upload(&rand(n, 19, 4.0));
+    let dy = d.upload(&rand(n, 20, 1.0));
+    let mut out = Outputs::new();
+    for (act, name, dname) in [
+        (Activation::Gelu, "gelu", "gelu_backward"),
+        (Activation::Relu, "relu", "relu_backward"),
+    ] {
+        let mut y = d.zeros(n);
+        d.activation_forward(act, &mut y, &x);
+        let mut dx = d.zeros(n);
+        d.activation_backward(act, &mut dx, &dy, &x);
+        out.push((name, d.download(&y)));
+        out.push((dname, d.download(&dx)));
+    }
+    let mut dr = d.upload(&rand(n, 21, 1.0));
+    d.dropout_forward(&mut dr, 0.3, RngKey::new(5, 6, 7));
+    out.push(("dropout", d.download(&dr)));
+    let mut r = d.zeros(n);
+    d.residual_forward(&mut r, &x, &dy);
+    d.add_inplace(&mut r, &x);
+    d.scale(&mut r, 0.37);
+    out.push(("residual_add_scale", d.download(&r)));
+    let mut rb = d.upload(&rand(n, 22, 3.0));
+    d.round(Precision::Bf16Mixed, &mut rb);
+    out.push(("round_bf16", d.download(&rb)));
+    let mut rh = d.upload(&rand(n, 23, 3.0));
+    d.round(Precision::F16Mixed, &mut rh);
+    out.push(("round_fp16", d.download(&rh)));
+    out
+}
+
+fn losses<D: Device<f32>>(d: &D) -> Outputs {
+    let (n, v) = (40, 1000);
+    let logits = d.upload(&rand(n * v, 24, 5.0));
+    let targets: Vec<i64> = (0..n as i64)
+        .map(|i| {
+            if i % 7 == 3 {
+                -100
+            } else {
+                (i * 31) % v as i64
+            }
+        })
+        .collect();
+    let mut dl = d.zeros(n * v);
+    let loss = d
+        .cross_entropy(&mut dl, &logits, &targets, n, v, 1.5)
+        .expect("cross entropy");
+    let y = d.upload(&rand(300, 25, 2.0));
+    let t = d.upload(&rand(300, 26, 2.0));
+    let mut dy = d.zeros(300);
+    let se = d
+        .squared_error_sum(Some(&mut dy), &y, &t, 0.25)
+        .expect("squared error");
+    vec![
+        ("ce_loss", vec![loss as f32]),
+        ("ce_grad", d.download(&dl)),
+        ("se_sum", vec![se as f32]),
+        ("se_grad", d.download(&dy)),
+    ]
+}
+
+fn optimizer<D: Device<f32>>(d: &D) -> Outputs {
+    let n = 70_000;
+    let mut p = d.upload(&rand(n, 27, 1.0));
+    let mut g = d.upload(&rand(n, 28, 0.5));
+    let (mut m, mut v) = (d.zeros(n), d.zeros(n));
+    let cfg = AdamConfig::adamw(1e-3, 0.01);
+    let norm = d.clip_grad_norm(&mut g, 1.0);
+    for t in 1..=3 {
+        d.adam_step(
+            &cfg,
+            t,
+            &mut p,
+            &g,
+            &mut m,
+            &mut v,
+            &[10..20, 40_000..40_010],
+        );
+    }
+    let finite = d.all_finite(&p) as u8 as f32;
+    let mut bad = d.upload(&rand(100, 29, 1.0));
+    d.scale(&mut bad, f64::INFINITY);
+    let not_finite = d.all_finite(&bad) as u8 as f32;
+    vec![
+        ("norm", vec![norm as f32, d.global_norm(&g) as f32]),
+        ("params", d.download(&p)),
+        ("exp_avg", d.download(&m)),
+        ("exp_avg_sq", d.download(&v)),
+        ("finite", vec![finite, not_finite]),
+    ]
+}
+
+/// Buffers: resize keeps the prefix and zero-fills, copy and read see the same bytes.
+fn buffers<D: Device<f32>>(d: &D) -> Outputs {
+    let mut a = d.upload(&rand(100, 30, 1.0));
+    d.resize(&mut a, 150);
+    d.resize(&mut a, 60);
+    d.resize(&mut a, 90);
+    let mut b = d.zeros(120);
+    d.copy(&mut b, &a);
+    let part = d.read(&b, 50..100).into_owned();
+    let mut z = d.upload(&rand(10, 31, 1.0));
+    d.fill_zero(&mut z);
+    vec![
+        ("resized", d.download(&a)),
+        ("copied", d.download(&b)),
+        ("read", part),
+        ("zeroed", d.download(&z)),
+    ]
+}
+
+type Case = (String, f32, Box<dyn Fn(&Cuda) -> (Outputs, Outputs)>);
+
+fn case(name: &str, tol: f32, f: impl Fn(&Cuda) -> (Outputs, Outputs) + 'static) -> Case {
+    (name.to_string(), tol, Box::new(f))
+}
+
+fn cases() -> Vec<Case> {
+    let mut v = Vec::new();
+    for (prec, tol, tag) in [
+        (Precision::F32, 1e-4, "f32"),
+        (Precision::Bf16Mixed, 2e-2, "bf16"),
+        (Precision::F16Mixed, 2e-3, "fp16"),
+    ] {
+        v.push(case(&format!("matmul_{tag}"), tol, move |g| {
+            (matmul(&Cpu, prec), matmul(g, prec))
+        }));
+        v.push(case(&format!("linear_{tag}"), tol, move |g| {
+            (linear(&Cpu, prec), linear(g, prec))
+        }));
+    }
+    v.push(case("layernorm", 1e-4, |g| (layernorm(&Cpu), layernorm(g))));
+    v.push(case("embeddings", 1e-5, |g| {
+        (embeddings(&Cpu), embeddings(g))
+    }));
+    v.push(case("rows", 1e-6, |g| (rows(&Cpu), rows(g))));
+    for dh in [16, 32, 64, 128] {
+        for (causal, dropout, prec, tol) in [
+            (false, 0.0, Precision::F32, 1e-4),
+            (true, 0.0, Precision::F32, 1e-4),
+            (false, 0.1, Precision::F32, 1e-4),
+            (true, 0.1, Precision::Bf16Mixed, 3e-2),
+        ] {
+            let name = format!(
+                "attention_d{dh}{}{}_{}",
+                if causal { "_causal" } else { "" },
+                if dropout > 0.0 { "_dropout" } else { "" },
+                if prec == Precision::F32 {
+                    "f32"
+                } else {
+                    "bf16"
+                }
+            );
+            v.push(case(&name, tol, move |g| {
+                (
+                    attention(&Cpu, dh, causal, dropout, prec),
+                    attention(g, dh, causal, dropout, prec),
+                )
+            }));
+        }
+    }
+    v.push(case("elementwise", 1e-5, |g| {
+        (elementwise(&Cpu), elementwise(g))
+    }));
+    v.push(case("losses", 1e-5, |g| (losses(&Cpu), losses(g))));
+    v.push(case("optimizer", 1e-5, |g| (optimizer(&Cpu), optimizer(g))));
+    v.push(case("buffers", 0.0, |g| (buffers(&Cpu), buffers(g))));
+    v
+}
+
+fn main() {
+    let cases = cases();
+    let dev = if Cuda::available() {
+        Cuda::open(0).map_err(|e| e.to_string())
+    } else {
+        Err("no CUDA driver or device on this machine".to_string())
+    };
+    let dev = match dev {
+        Ok(d) => d,
+        Err(reason) => {
+            for (name, _, _) in &cases {
+                println!("test {name} ... SKIPPED ({reason})");
+            }
+            println!(
+                "\ntest result: SKIPPED. 0 passed; 0 failed; {} skipped: {reason}",
+                cases.len()
+            );
+            if std::env::var_os("ANVIL_REQUIRE_GPU").is_some() {
+                std::process::exit(1);
+            }
+            return;
+        }
+    };
+    println!("GPU op suite on {}", dev.describe());
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let (mut passed, mut failed) = (0, 0);
+    for (name, tol, f) in &cases {
+        if !filter.is_empty() && !filter.iter().any(|p| name.contains(p.as_str())) {
+            continue;
+        }
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            let (cpu, gpu) = f(&dev);
+            compare(&cpu, &gpu, *tol)
+        }));
+        match r {
+            Ok(Ok(())) => {
+                passed += 1;
+                println!("test {name} ... ok");
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                println!("test {name} ... FAILED: {e}");
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED (panicked)");
+            }
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; 0 skipped",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
