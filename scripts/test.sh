@@ -5,9 +5,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export ANVIL_PYTHON="${ANVIL_VENV:-/var/tmp/anvil-venv}/bin/python"
+source scripts/cuda-env.sh
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --release
+# The CUDA path builds and its kernels compile (NVRTC, ptxas) with no GPU here; the GPU suites
+# then report every case SKIPPED with the reason unless a device is present.
+cargo clippy --release -p kernels -p worker --features cuda --all-targets -- -D warnings
+cargo test --release -p kernels -p worker --features cuda --test cuda_compile --test gpu_ops --test gpu
 
 # The Slurm test starts munged, slurmctld and slurmd, so it needs root (or sudo without a
 # password). CI always runs it; elsewhere it is skipped, loudly, when neither is available.

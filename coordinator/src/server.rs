@@ -49,6 +49,8 @@ pub struct Assignment {
 struct Slot {
     data_addr: String,
     host: String,
+    /// The NCCL unique id the worker created (empty on CPU); rank 0's goes to everyone.
+    nccl_unique_id: Vec<u8>,
 }
 
 struct State {
@@ -197,6 +199,7 @@ impl Coordinator for Hub {
             st.slots[rank] = Some(Slot {
                 data_addr: req.data_addr.clone(),
                 host: req.host.clone(),
+                nccl_unique_id: req.nccl_unique_id.clone(),
             });
             let count = st.slots.iter().filter(|s| s.is_some()).count();
             let generation = st.assignment.generation;
@@ -244,7 +247,10 @@ impl Coordinator for Hub {
                 .collect(),
             resume_from: a.resume_from.clone(),
             max_steps: a.max_steps,
-            nccl_unique_id: Vec::new(),
+            nccl_unique_id: st.slots[0]
+                .as_ref()
+                .map(|s| s.nccl_unique_id.clone())
+                .unwrap_or_default(),
             trace_parent: a.trace_parent.clone(),
         }))
     }

@@ -142,6 +142,7 @@ impl Session {
             data_addr: data_addr.to_string(),
             requested_rank: opts.requested_rank.map_or(-1, |r| r as i32),
             devices: 0,
+            nccl_unique_id: nccl_offer(),
         });
         request
             .metadata_mut()
@@ -353,4 +354,16 @@ fn describe_transport_error(e: &tonic::transport::Error, tls: bool) -> String {
         msg.push_str(" (check --tls-ca and --tls-domain against the coordinator's certificate)");
     }
     msg
+}
+
+/// The NCCL unique id this worker offers for rank 0's communicator (empty on CPU builds).
+fn nccl_offer() -> Vec<u8> {
+    #[cfg(feature = "cuda")]
+    {
+        crate::nccl::offer_unique_id()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Vec::new()
+    }
 }

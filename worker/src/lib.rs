@@ -2,10 +2,13 @@
 
 pub mod alloc;
 pub mod checkpoint;
+pub mod device;
 pub mod embed;
 pub mod join;
 pub mod loggers;
 pub mod model;
+#[cfg(feature = "cuda")]
+pub mod nccl;
 pub mod overlap;
 pub mod preempt;
 pub mod ring;

@@ -147,6 +147,7 @@ fn train_alone(args: TrainArgs) -> anyhow::Result<()> {
         resume_from: cfg.training.resume_from.as_ref().map(PathBuf::from),
         max_steps: args.max_steps,
         trace_parent: String::new(),
+        nccl_unique_id: Vec::new(),
     };
     let run_id = run_dir
         .file_name()
@@ -306,6 +307,7 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
         resume_from: (!a.resume_from.is_empty()).then(|| PathBuf::from(&a.resume_from)),
         max_steps: (a.max_steps > 0).then_some(a.max_steps),
         trace_parent: a.trace_parent.clone(),
+        nccl_unique_id: a.nccl_unique_id.clone(),
     };
     let rest = session;
     let (mut steps_per_epoch, mut total_steps) = (0, 0);

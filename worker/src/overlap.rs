@@ -16,6 +16,8 @@ use std::ops::Range;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use kernels::Device;
+
 use crate::sync::GradientSync;
 
 /// Default bucket size: 1 MiB of f32 gradients.
@@ -122,12 +124,17 @@ impl Overlap {
     /// Sends everything in `grads` not sent yet, with `tail` (the step's totals) appended to
     /// the last piece, waits for every bucket and writes the averages back into `grads` and
     /// `tail`. Returns how long it waited after backward (the exposed communication time).
-    pub fn finish(mut self, grads: &mut [f32], tail: &mut [f32]) -> Result<Duration, String> {
+    pub fn finish<D: Device<f32>>(
+        mut self,
+        dev: &D,
+        grads: &mut D::Mem,
+        tail: &mut [f32],
+    ) -> Result<Duration, String> {
         self.flush();
-        let len = grads.len();
+        let len = dev.len(grads);
         let mut tail_sent = tail.is_empty();
         for gap in gaps(&self.sent, len) {
-            let mut pieces = vec![grads[gap.clone()].to_vec()];
+            let mut pieces = vec![dev.read(grads, gap.clone()).into_owned()];
             if gap.end == len && !tail_sent {
                 // Pieces are joined highest first: the tail goes after the last gradients.
                 pieces.insert(0, tail.to_vec());
@@ -151,7 +158,7 @@ impl Overlap {
                 .recv()
                 .map_err(|_| "the all-reduce thread stopped".to_string())??;
             let (g, t) = b.data.split_at(b.range.len());
-            grads[b.range].copy_from_slice(g);
+            dev.write(grads, b.range.start, g);
             if !t.is_empty() {
                 tail.copy_from_slice(t);
             }
@@ -217,7 +224,7 @@ mod tests {
             for r in [70..90, 50..70, 30..50, 10..30] {
                 ov.ready(r.clone(), &grads[r.clone()]);
             }
-            ov.finish(&mut grads, &mut []).unwrap();
+            ov.finish(&kernels::Cpu, &mut grads, &mut []).unwrap();
         });
         assert_eq!(grads, want);
         // 20-float layers coalesce in pairs to reach 25; then 0..10 and 90..100.
@@ -237,7 +244,7 @@ mod tests {
         let r = std::thread::scope(|s| {
             let mut ov = Overlap::start(s, &mut broken, 4);
             ov.ready(5..10, &grads[5..10]);
-            ov.finish(&mut grads, &mut [])
+            ov.finish(&kernels::Cpu, &mut grads, &mut [])
         });
         assert_eq!(r.unwrap_err(), "lost rank 1");
     }
@@ -253,7 +260,7 @@ mod tests {
         std::thread::scope(|s| {
             let mut ov = Overlap::start(s, &mut sync, 100);
             ov.ready(10..20, &grads[10..20]);
-            ov.finish(&mut grads, &mut tail).unwrap();
+            ov.finish(&kernels::Cpu, &mut grads, &mut tail).unwrap();
         });
         let want: Vec<f32> = (0..30).map(|i| (i as f32 + 1.0) / 2.0).collect();
         assert_eq!(grads, want);
@@ -268,7 +275,7 @@ mod tests {
         std::thread::scope(|s| {
             let mut ov = Overlap::start(s, &mut sync, 100);
             ov.ready(4..8, &grads[4..8]);
-            ov.finish(&mut grads, &mut tail).unwrap();
+            ov.finish(&kernels::Cpu, &mut grads, &mut tail).unwrap();
         });
         assert_eq!(grads, vec![1.0; 8]);
         assert_eq!(tail, [4.0]);

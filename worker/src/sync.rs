@@ -6,6 +6,12 @@ pub trait GradientSync: Send {
     fn all_reduce_mean(&mut self, grads: &mut [f32]) -> Result<(), String>;
 }
 
+/// Averages a whole gradient buffer across workers on the compute device itself (NCCL on
+/// GPUs), without a trip through host memory. Called by every rank in the same order.
+pub trait DeviceReduce<D: kernels::Device<f32>>: Send {
+    fn all_reduce_mean(&mut self, dev: &D, grads: &mut D::Mem) -> Result<(), String>;
+}
+
 /// One worker: nothing to average.
 pub struct NoSync;
 

@@ -177,6 +177,7 @@ fn two_workers_follow_one_worker_with_twice_the_batch() {
                     resume_from: None,
                     max_steps: None,
                     trace_parent: String::new(),
+                    nccl_unique_id: Vec::new(),
                 };
                 train(&cfg, &opts, &mut sync, &mut |_| {}, &mut || {
                     Control::Continue
@@ -471,6 +472,7 @@ fn step_events_carry_the_real_step_and_all_reduce_times() {
         resume_from: None,
         max_steps: Some(3),
         trace_parent: String::new(),
+        nccl_unique_id: Vec::new(),
     };
     let mut sync = SlowSync {
         delay: std::time::Duration::from_millis(30),

@@ -50,6 +50,9 @@ impl<T: Float> Device<T> for Cpu {
     fn download(&self, m: &Vec<T>) -> Vec<T> {
         m.clone()
     }
+    fn write(&self, m: &mut Vec<T>, offset: usize, host: &[T]) {
+        m[offset..offset + host.len()].copy_from_slice(host)
+    }
     fn read<'a>(&self, m: &'a Vec<T>, range: Range<usize>) -> Cow<'a, [T]> {
         Cow::Borrowed(&m[range])
     }

@@ -58,6 +58,8 @@ pub trait Device<T: Float>: Send + Sync {
     fn resize(&self, m: &mut Self::Mem, len: usize);
     fn upload(&self, host: &[T]) -> Self::Mem;
     fn download(&self, m: &Self::Mem) -> Vec<T>;
+    /// m[offset..offset + len(host)] = host.
+    fn write(&self, m: &mut Self::Mem, offset: usize, host: &[T]);
     /// A host view of `m[range]`: borrowed where the buffer is host memory, a download
     /// otherwise.
     fn read<'a>(&self, m: &'a Self::Mem, range: Range<usize>) -> Cow<'a, [T]>;

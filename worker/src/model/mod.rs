@@ -9,8 +9,8 @@
 //! gradient of one worker with batch N·B.
 //!
 //! Each architecture is generic over its device (`Model<D: Device<f32>>`, [`Cpu`] by default)
-//! and implements [`Arch`]; [`ScModel`], the trainer's face with host buffers, follows for every
-//! architecture on [`Cpu`].
+//! and implements [`Arch`]; [`ScModel`], the trainer's face, follows for every architecture on
+//! every device.
 //!
 //! - [`encoder::TransformerEncoderModel`]: `transformer_encoder` (masked gene prediction).
 //! - [`autoregressive::AutoregressiveModel`]: `autoregressive_transformer` (next gene and
@@ -73,9 +73,10 @@ pub struct DataSpec {
 /// goes on with the layers below.
 pub type GradsReady<'a> = dyn FnMut(std::ops::Range<usize>, &[f32]) + 'a;
 
-// `&Vec<f32>`: the kernels' modules take the CPU device's buffer type (`Vec`) itself.
+/// The trainer's face of a model on device `D` (the CPU by default): parameters and gradients
+/// are that device's buffers (`Vec<f32>` on the CPU).
 #[allow(clippy::ptr_arg)]
-pub trait ScModel: Send {
+pub trait ScModel<D: Device<f32> = Cpu>: Send {
     fn layout(&self) -> &ParamLayout;
 
     /// Forward and backward of one micro-batch (dropout on, keyed by `key`): adds
@@ -83,8 +84,8 @@ pub trait ScModel: Send {
     /// `ready` hears of each encoder layer's gradient range as soon as backward has finished it.
     fn train_batch(
         &mut self,
-        params: &Vec<f32>,
-        grads: &mut Vec<f32>,
+        params: &D::Mem,
+        grads: &mut D::Mem,
         batch: &Batch,
         key: RngKey,
         scale: f32,
@@ -92,10 +93,10 @@ pub trait ScModel: Send {
     ) -> Result<LossSum>;
 
     /// Forward only, dropout off.
-    fn eval_batch(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<LossSum>;
+    fn eval_batch(&mut self, params: &D::Mem, batch: &Batch) -> Result<LossSum>;
 
     /// Cell embeddings [batch, dim] (dropout off), pooled as `model.pooling` says.
-    fn cell_embeddings(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<Vec<f32>>;
+    fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>>;
 
     /// Width of a cell embedding.
     fn embedding_dim(&self) -> usize;
@@ -131,15 +132,15 @@ pub trait Arch<D: Device<f32>>: Send {
     fn embedding_dim(&self) -> usize;
 }
 
-impl<A: Arch<Cpu>> ScModel for A {
+impl<D: Device<f32>, A: Arch<D>> ScModel<D> for A {
     fn layout(&self) -> &ParamLayout {
         Arch::layout(self)
     }
 
     fn train_batch(
         &mut self,
-        params: &Vec<f32>,
-        grads: &mut Vec<f32>,
+        params: &D::Mem,
+        grads: &mut D::Mem,
         batch: &Batch,
         key: RngKey,
         scale: f32,
@@ -154,11 +155,11 @@ impl<A: Arch<Cpu>> ScModel for A {
         self.run(params, batch, Some(train))
     }
 
-    fn eval_batch(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<LossSum> {
+    fn eval_batch(&mut self, params: &D::Mem, batch: &Batch) -> Result<LossSum> {
         self.run(params, batch, None)
     }
 
-    fn cell_embeddings(&mut self, params: &Vec<f32>, batch: &Batch) -> Result<Vec<f32>> {
+    fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
         Arch::cell_embeddings(self, params, batch)
     }
 
@@ -167,8 +168,18 @@ impl<A: Arch<Cpu>> ScModel for A {
     }
 }
 
-/// The model `cfg.architecture` names.
+/// The model `cfg.architecture` names, on the CPU.
 pub fn build(cfg: &ModelConfig, spec: DataSpec, precision: Precision) -> Result<Box<dyn ScModel>> {
+    build_on(Cpu, cfg, spec, precision)
+}
+
+/// The model `cfg.architecture` names, computing on `dev`.
+pub fn build_on<D: Device<f32> + 'static>(
+    dev: D,
+    cfg: &ModelConfig,
+    spec: DataSpec,
+    precision: Precision,
+) -> Result<Box<dyn ScModel<D>>> {
     let vocab = cfg.vocab_size.unwrap_or(spec.vocab_size);
     if vocab < spec.vocab_size {
         return Err(ModelError::Config(format!(
@@ -181,15 +192,15 @@ pub fn build(cfg: &ModelConfig, spec: DataSpec, precision: Precision) -> Result<
         ..spec
     };
     Ok(match cfg.architecture {
-        Architecture::TransformerEncoder => {
-            Box::new(encoder::TransformerEncoderModel::new(cfg, spec, precision)?)
-        }
-        Architecture::AutoregressiveTransformer => Box::new(
-            autoregressive::AutoregressiveModel::new(cfg, spec, precision)?,
+        Architecture::TransformerEncoder => Box::new(
+            encoder::TransformerEncoderModel::with_device(dev, cfg, spec, precision)?,
         ),
-        Architecture::MaskedAutoencoder => {
-            Box::new(mae::MaskedAutoencoder::new(cfg, spec, precision)?)
-        }
+        Architecture::AutoregressiveTransformer => Box::new(
+            autoregressive::AutoregressiveModel::with_device(dev, cfg, spec, precision)?,
+        ),
+        Architecture::MaskedAutoencoder => Box::new(mae::MaskedAutoencoder::with_device(
+            dev, cfg, spec, precision,
+        )?),
     })
 }
 

@@ -23,6 +23,9 @@ pub struct TrainOptions {
     /// W3C traceparent of the coordinator's generation span, continued by this worker's
     /// spans; empty when there is none.
     pub trace_parent: String,
+    /// Rank 0's NCCL unique id from the coordinator: GPU workers average gradients through
+    /// NCCL with it (empty: no NCCL; gradients go through `sync` on the host).
+    pub nccl_unique_id: Vec<u8>,
 }
 
 impl Default for TrainOptions {
@@ -40,6 +43,7 @@ impl TrainOptions {
             resume_from: None,
             max_steps: None,
             trace_parent: String::new(),
+            nccl_unique_id: Vec::new(),
         }
     }
 }

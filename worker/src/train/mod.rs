@@ -35,4 +35,4 @@ pub use baseline::frequency_baseline;
 pub use events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
 pub use param_groups::{decay_free, decay_free_ranges};
 pub use totals::StepTotals;
-pub use trainer::{params_hash, train, MicroStep, Reduced, Trainer};
+pub use trainer::{params_hash, train, train_on, MicroStep, Reduced, Trainer};

@@ -27,7 +27,7 @@ use crate::loggers::{Loggers, StepMetrics};
 use crate::model::{self, DataSpec, ScModel};
 use crate::overlap::{Overlap, BUCKET_FLOATS};
 use crate::schedule::Schedule;
-use crate::sync::GradientSync;
+use crate::sync::{DeviceReduce, GradientSync};
 use crate::telemetry::TrainTrace;
 use run::telemetry::TRACE_TARGET;
 use tracing::info_span;
@@ -46,7 +46,48 @@ pub fn train(
     on_event: &mut dyn FnMut(TrainEvent),
     control: &mut dyn FnMut() -> Control,
 ) -> Result<TrainSummary, TrainError> {
-    let mut trainer = Trainer::new(cfg, opts, on_event)?;
+    match crate::device::select(cfg, opts)? {
+        crate::device::Selected::Cpu => train_on(Cpu, None, cfg, opts, sync, on_event, control),
+        #[cfg(feature = "cuda")]
+        crate::device::Selected::Cuda(dev) => {
+            on_event(TrainEvent::Log(format!(
+                "training on GPU {}",
+                dev.describe()
+            )));
+            // Gradients go through NCCL when rank 0 offered an id; otherwise through `sync`
+            // on the host (correct, slower).
+            let nccl: Option<Box<dyn DeviceReduce<_>>> =
+                if opts.world > 1 && !opts.nccl_unique_id.is_empty() {
+                    let comm = crate::nccl::Nccl::connect(
+                        &dev,
+                        opts.rank,
+                        opts.world,
+                        &opts.nccl_unique_id,
+                        crate::nccl::DEFAULT_WATCHDOG,
+                    )
+                    .map_err(|message| TrainError::Sync { step: 0, message })?;
+                    Some(Box::new(comm))
+                } else {
+                    None
+                };
+            train_on(dev, nccl, cfg, opts, sync, on_event, control)
+        }
+    }
+}
+
+/// [`train`] on the compute device `dev`; with `device_reduce`, gradients are averaged on the
+/// device (NCCL) and only the step's totals go through `sync`.
+pub fn train_on<D: Device<f32> + Clone + 'static>(
+    dev: D,
+    device_reduce: Option<Box<dyn DeviceReduce<D>>>,
+    cfg: &ScModelForgeConfig,
+    opts: &TrainOptions,
+    sync: &mut dyn GradientSync,
+    on_event: &mut dyn FnMut(TrainEvent),
+    control: &mut dyn FnMut() -> Control,
+) -> Result<TrainSummary, TrainError> {
+    let mut trainer = Trainer::new(dev, cfg, opts, on_event)?;
+    trainer.device_reduce = device_reduce;
     let mut stop = None;
     'epochs: while let Some(mut loader) = trainer.start_epoch()? {
         loop {
@@ -109,19 +150,23 @@ impl Window {
     }
 }
 
-pub struct Trainer<'a> {
+/// The training state on compute device `D` (the CPU by default): parameters, gradients and
+/// AdamW's moments live in `D`'s buffers.
+pub struct Trainer<'a, D: Device<f32> + 'static = Cpu> {
     cfg: &'a ScModelForgeConfig,
     opts: &'a TrainOptions,
     pipeline: Arc<Pipeline>,
     plan: ShardPlan,
-    model: Box<dyn ScModel>,
+    model: Box<dyn ScModel<D>>,
     /// Where the buffers live and the optimizer step runs.
-    dev: Cpu,
+    dev: D,
     /// The flat buffers: parameters, their gradients and AdamW's two moments, one layout.
-    params: Vec<f32>,
-    grads: Vec<f32>,
-    exp_avg: Vec<f32>,
-    exp_avg_sq: Vec<f32>,
+    params: D::Mem,
+    grads: D::Mem,
+    exp_avg: D::Mem,
+    exp_avg_sq: D::Mem,
+    /// Averages gradients on the device (NCCL); None: through the host `sync`, overlapped.
+    device_reduce: Option<Box<dyn DeviceReduce<D>>>,
     /// Everything a checkpoint records besides the buffers.
     state: TrainState,
     ckpt_root: PathBuf,
@@ -151,10 +196,11 @@ pub struct Trainer<'a> {
     trace: TrainTrace,
 }
 
-impl<'a> Trainer<'a> {
-    /// Data, model and buffers for `cfg` as rank `opts.rank` of `opts.world`, resumed from a
-    /// checkpoint when asked; announces the run with [`TrainEvent::Start`].
+impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
+    /// Data, model and buffers for `cfg` as rank `opts.rank` of `opts.world` on `dev`, resumed
+    /// from a checkpoint when asked; announces the run with [`TrainEvent::Start`].
     pub fn new(
+        dev: D,
         cfg: &'a ScModelForgeConfig,
         opts: &'a TrainOptions,
         on_event: &mut dyn FnMut(TrainEvent),
@@ -169,7 +215,12 @@ impl<'a> Trainer<'a> {
             vocab_size: pipeline.vocab().len(),
             values_are_bins: cfg.tokenizer.strategy == TokenizerStrategy::BinnedExpression,
         };
-        let model = model::build(&cfg.model, spec, model::precision_of(t.precision))?;
+        let model = model::build_on(
+            dev.clone(),
+            &cfg.model,
+            spec,
+            model::precision_of(t.precision),
+        )?;
         let decay_free = super::param_groups::decay_free_ranges(model.layout());
         let layout = model.layout().clone();
         let n = layout.total();
@@ -196,11 +247,12 @@ impl<'a> Trainer<'a> {
             cfg,
             opts,
             model,
-            dev: Cpu,
-            params: layout.init_host(seed),
-            grads: vec![0.0; n],
-            exp_avg: vec![0.0; n],
-            exp_avg_sq: vec![0.0; n],
+            params: dev.upload(&layout.init_host(seed)),
+            grads: dev.zeros(n),
+            exp_avg: dev.zeros(n),
+            exp_avg_sq: dev.zeros(n),
+            device_reduce: None,
+            dev,
             state: TrainState {
                 format_version: checkpoint::FORMAT_VERSION,
                 run_name: name.clone(),
@@ -287,9 +339,9 @@ impl<'a> Trainer<'a> {
                 loaded.state.global_batch
             )));
         }
-        self.params = loaded.params;
-        self.exp_avg = loaded.exp_avg;
-        self.exp_avg_sq = loaded.exp_avg_sq;
+        self.params = self.dev.upload(&loaded.params);
+        self.exp_avg = self.dev.upload(&loaded.exp_avg);
+        self.exp_avg_sq = self.dev.upload(&loaded.exp_avg_sq);
         self.state = TrainState {
             run_name: self.state.run_name.clone(),
             world_size: self.opts.world,
@@ -367,14 +419,16 @@ impl<'a> Trainer<'a> {
         let scale = self.loss_scale() as f32;
         let boundary =
             (batch.step + 1).is_multiple_of(self.accum) || batch.step + 1 == self.micro_per_epoch;
-        let overlap = boundary && self.opts.world > 1;
+        let on_device = self.device_reduce.is_some() && self.opts.world > 1;
+        let overlap = boundary && self.opts.world > 1 && !on_device;
         let step = self.state.global_step;
         // Forward, backward and the all-reduce are spans inside the step's.
         let step_span = self.trace.step(step).clone();
         let _in_step = step_span.enter();
-        let (model, params, grads) = (&mut self.model, &self.params, &mut self.grads);
+        let (model, dev, params, grads) =
+            (&mut self.model, &self.dev, &self.params, &mut self.grads);
         let totals = &mut self.totals;
-        std::thread::scope(|scope| {
+        let mut out = std::thread::scope(|scope| -> Result<MicroStep, TrainError> {
             let mut comm = overlap.then(|| Overlap::start(scope, &mut *sync, BUCKET_FLOATS));
             let s = model.train_batch(params, grads, &batch, key, scale, &mut |range, g| {
                 if let Some(c) = comm.as_mut() {
@@ -400,7 +454,7 @@ impl<'a> Trainer<'a> {
                 info_span!(target: TRACE_TARGET, "all-reduce", overlapped = overlap).entered();
             let allreduce = match comm {
                 Some(c) => c
-                    .finish(grads, &mut wire)
+                    .finish(dev, grads, &mut wire)
                     .map_err(|message| TrainError::Sync { step, message })?,
                 None => Duration::ZERO,
             };
@@ -408,7 +462,23 @@ impl<'a> Trainer<'a> {
                 totals: StepTotals::from_wire(&wire),
                 allreduce,
             }))
-        })
+        })?;
+        // On the device path the gradients are averaged in place once backward is done; the
+        // totals (a few floats) still go through the host `sync`.
+        if let (MicroStep::StepReady(r), Some(reduce), true) =
+            (&mut out, self.device_reduce.as_mut(), on_device)
+        {
+            let start = Instant::now();
+            let fail = |message| TrainError::Sync { step, message };
+            reduce
+                .all_reduce_mean(&self.dev, &mut self.grads)
+                .map_err(fail)?;
+            let mut wire = r.totals.to_wire();
+            sync.all_reduce_mean(&mut wire).map_err(fail)?;
+            r.totals = StepTotals::from_wire(&wire);
+            r.allreduce = start.elapsed();
+        }
+        Ok(out)
     }
 
     /// Turns the summed gradients into the mean-loss gradient and takes the AdamW step (under
@@ -645,7 +715,7 @@ impl<'a> Trainer<'a> {
             .best
             .first()
             .map(|(_, n)| self.ckpt_root.join(n));
-        summary.params_hash = params_hash(&self.params);
+        summary.params_hash = params_hash(&self.dev.download(&self.params));
         summary.train_seconds = run.seconds;
         summary.cells_per_s = run.cells / run.seconds.max(1e-9);
         summary.tokens_per_s = run.tokens / run.seconds.max(1e-9);
@@ -671,11 +741,18 @@ impl<'a> Trainer<'a> {
             good_steps: self.scaler.as_ref().map_or(0, |s| s.good_steps),
             ..self.state.clone()
         };
+        // Host copies (free on the CPU backend's `read`, a download on a GPU).
+        let whole = |m: &'_ D::Mem| self.dev.read(m, 0..self.dev.len(m)).into_owned();
+        let (params, exp_avg, exp_avg_sq) = (
+            whole(&self.params),
+            whole(&self.exp_avg),
+            whole(&self.exp_avg_sq),
+        );
         let snap = Snapshot {
             layout: self.model.layout(),
-            params: &self.params,
-            exp_avg: &self.exp_avg,
-            exp_avg_sq: &self.exp_avg_sq,
+            params: &params,
+            exp_avg: &exp_avg,
+            exp_avg_sq: &exp_avg_sq,
             state: &state,
             config_yaml: &self.config_yaml,
             vocab_json: &self.vocab_json,

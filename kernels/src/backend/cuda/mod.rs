@@ -62,8 +62,22 @@ pub struct CudaMem {
     len: usize,
 }
 
-/// One GPU: its context, the stream every op runs on, the compiled kernels and cuBLASLt.
+/// One GPU: its context, the stream every op runs on, the compiled kernels and cuBLASLt. Cheap
+/// to clone (a shared handle), so models and the trainer each hold one.
+#[derive(Clone)]
 pub struct Cuda {
+    inner: Arc<Inner>,
+}
+
+impl std::ops::Deref for Cuda {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.inner
+    }
+}
+
+#[doc(hidden)]
+pub struct Inner {
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
     kernels: HashMap<String, CudaFunction>,
@@ -101,6 +115,16 @@ impl Cuda {
         // SAFETY: only probes whether the library can be opened.
         let present = unsafe { cudarc::driver::sys::is_culib_present() };
         present && CudaContext::device_count().map(|n| n > 0).unwrap_or(false)
+    }
+
+    /// Visible devices (0 without a driver).
+    pub fn device_count() -> usize {
+        // SAFETY: only probes whether the library can be opened.
+        let present = unsafe { cudarc::driver::sys::is_culib_present() };
+        if !present {
+            return 0;
+        }
+        CudaContext::device_count().map_or(0, |n| n.max(0) as usize)
     }
 
     /// Opens device `ordinal` (after `CUDA_VISIBLE_DEVICES`) and compiles the kernels for it.
@@ -143,13 +167,15 @@ impl Cuda {
         }
         let blas = Blas::new(&stream, capability.0)?;
         Ok(Self {
-            ctx,
-            stream,
-            kernels,
-            blas,
-            half_scratch: Mutex::new([None, None]),
-            name,
-            capability,
+            inner: Arc::new(Inner {
+                ctx,
+                stream,
+                kernels,
+                blas,
+                half_scratch: Mutex::new([None, None]),
+                name,
+                capability,
+            }),
         })
     }
 
@@ -185,7 +211,8 @@ impl Cuda {
         }
     }
 
-    /// The device buffer behind `m`, for NCCL and other device-side consumers.
+    /// The device buffer behind `m` (its first `len` elements are the buffer's), for NCCL
+    /// and other device-side consumers.
     pub fn slice_mut<'a>(&self, m: &'a mut CudaMem) -> Option<&'a mut CudaSlice<f32>> {
         m.buf.as_mut()
     }
@@ -422,6 +449,21 @@ impl Device<f32> for Cuda {
     }
     fn download(&self, m: &CudaMem) -> Vec<f32> {
         self.read(m, 0..m.len).into_owned()
+    }
+    fn write(&self, m: &mut CudaMem, offset: usize, host: &[f32]) {
+        if host.is_empty() {
+            return;
+        }
+        assert!(
+            offset + host.len() <= m.len,
+            "write past the end of a buffer"
+        );
+        let b = m.buf.as_mut().expect("non-empty buffer");
+        ok(
+            "upload",
+            self.stream
+                .memcpy_htod(host, &mut b.slice_mut(offset..offset + host.len())),
+        );
     }
     fn read<'a>(&self, m: &'a CudaMem, range: Range<usize>) -> Cow<'a, [f32]> {
         assert!(

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# What a maintainer runs first on a GPU machine (one H100/H200: under 10 minutes, most of it the
+# build). Builds with --features cuda, compiles every CUDA kernel for sm_80/sm_90 and reports
+# registers and spills, runs the GPU op suite (each op against the CPU backend) and the
+# worker's GPU suite (50 training steps against the CPU run, NCCL between two GPUs, a dead rank),
+# then measures training throughput of Geneformer-6L and a 12-layer model in bf16 against
+# PyTorch on the same GPU (eager and torch.compile): tokens/s, MFU and peak memory.
+#
+#   bash scripts/gpu-check.sh            # everything
+#   bash scripts/gpu-check.sh --no-bench # suites only
+#
+# Needs: cargo, an NVIDIA driver; NVRTC from the CUDA toolkit or the nvidia-cuda-nvrtc-cu12
+# wheel (installed into the test venv by scripts/install-deps.sh); for the comparison, a python3
+# with CUDA PyTorch (ANVIL_TORCH_PYTHON, default python3). Every GPU test fails here instead
+# of skipping when no device opens (ANVIL_REQUIRE_GPU=1).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bench=1
+[ "${1:-}" = "--no-bench" ] && bench=0
+
+source scripts/cuda-env.sh
+export ANVIL_REQUIRE_GPU=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || echo "nvidia-smi not found"
+
+echo "== build (--features cuda)"
+cargo build --release -p worker --features cuda
+echo "== kernel compile check (NVRTC sm_80/sm_90, ptxas registers and spills)"
+cargo test --release -p kernels --features cuda --test cuda_compile -- --nocapture
+echo "== GPU op suite (CUDA against the CPU backend)"
+cargo test --release -p kernels --features cuda --test gpu_ops
+echo "== worker GPU suite (training, NCCL, dead rank)"
+cargo test --release -p worker --features cuda --test gpu
+if [ "$bench" = 1 ]; then
+  echo "== throughput against PyTorch (bf16)"
+  cargo bench -p worker --features cuda --bench gpu_step -- --iters 10
+fi

@@ -1,0 +1,52 @@
+//! Which compute device a worker trains on: `training.num_gpus` as scModelForge reads it
+//! (Lightning's devices). Unset means auto-detect: a GPU when this build has CUDA and one is
+//! visible, else the CPU. A number asks for GPUs, and a worker that cannot open one fails at
+//! start saying what it looked for, instead of training on the CPU unasked.
+
+use configs::ScModelForgeConfig;
+
+use crate::train::{TrainError, TrainOptions};
+
+/// The device a worker computes on.
+pub enum Selected {
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda(kernels::backend::cuda::Cuda),
+}
+
+/// This worker's GPU among the node's: `LOCAL_RANK` (torchrun, Kubernetes), `SLURM_LOCALID`
+/// (srun), else the global rank, modulo the visible devices (`CUDA_VISIBLE_DEVICES` applies).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn local_ordinal(opts: &TrainOptions, visible: usize) -> usize {
+    let local = ["LOCAL_RANK", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok()?.parse::<usize>().ok())
+        .unwrap_or(opts.rank);
+    local % visible.max(1)
+}
+
+#[cfg(feature = "cuda")]
+pub fn select(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> Result<Selected, TrainError> {
+    use kernels::backend::cuda::Cuda;
+    let asked = cfg.training.num_gpus;
+    if asked.is_none() && !Cuda::available() {
+        return Ok(Selected::Cpu);
+    }
+    let ordinal = local_ordinal(opts, Cuda::device_count());
+    Cuda::open(ordinal).map(Selected::Cuda).map_err(|e| {
+        TrainError::Config(format!(
+            "training.num_gpus = {} asks for GPUs, but GPU {ordinal} could not be opened: {e}",
+            asked.map_or("auto".to_string(), |n| n.to_string())
+        ))
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn select(cfg: &ScModelForgeConfig, _opts: &TrainOptions) -> Result<Selected, TrainError> {
+    match cfg.training.num_gpus {
+        None => Ok(Selected::Cpu),
+        Some(n) => Err(TrainError::Config(format!(
+            "training.num_gpus = {n} asks for GPUs, but this worker was built without CUDA support (build it with `cargo build --release --features cuda`), or remove training.num_gpus to train on the CPU"
+        ))),
+    }
+}

@@ -1,0 +1,219 @@
+//! The worker's GPU suite: a 50-step training run on CUDA whose losses follow the same run on
+//! the CPU within bf16 tolerance, a two-rank NCCL all-reduce, and a rank that dies without
+//! hanging the other (the watchdog aborts the communicator).
+//!
+//! `cargo test --release -p worker --features cuda --test gpu`. Its own harness: where no
+//! device can be opened every case prints `SKIPPED` with the reason and the summary counts
+//! them as skipped (ANVIL_REQUIRE_GPU=1 makes that a failure, as scripts/gpu-check.sh does).
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use configs::scmodelforge::ScModelForgeConfig;
+use kernels::backend::cuda::Cuda;
+use kernels::{Cpu, Device};
+use worker::nccl::Nccl;
+use worker::train::{train_on, Control, NoSync, TrainOptions, TrainSummary};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The quickstart model, shrunk, in bf16-mixed, for 50 optimizer steps.
+fn config() -> ScModelForgeConfig {
+    let path = repo().join("configs/quickstart.yaml");
+    let data = repo().join("data/pbmc68k_counts.h5ad");
+    let overrides = vec![
+        format!("data.paths=[{}]", data.display()),
+        "data.max_genes=128".into(),
+        "tokenizer.max_genes=128".into(),
+        "model.hidden_dim=64".into(),
+        "model.num_layers=2".into(),
+        "model.num_heads=2".into(),
+        "model.ffn_dim=128".into(),
+        "model.max_seq_len=128".into(),
+        "training.batch_size=16".into(),
+        "training.max_epochs=20".into(),
+        "training.precision=bf16-mixed".into(),
+        "training.log_every_n_steps=10".into(),
+    ];
+    configs::load_file_as::<ScModelForgeConfig>(&path, &overrides).expect("config loads")
+}
+
+fn run<D: Device<f32> + Clone + 'static>(dev: D, name: &str) -> TrainSummary {
+    let dir = std::env::temp_dir().join(format!("anvil-gpu-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut opts = TrainOptions::single(&dir);
+    opts.max_steps = Some(50);
+    let cfg = config();
+    let s = train_on(
+        dev,
+        None,
+        &cfg,
+        &opts,
+        &mut NoSync,
+        &mut |_| {},
+        &mut || Control::Continue,
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    s
+}
+
+fn training_follows_the_cpu(gpu: &Cuda) -> Result<(), String> {
+    let cpu = run(Cpu, "cpu");
+    let cuda = run(gpu.clone(), "cuda");
+    if cpu.losses.len() != 50 || cuda.losses.len() != 50 {
+        return Err(format!(
+            "{} CPU and {} GPU steps, expected 50",
+            cpu.losses.len(),
+            cuda.losses.len()
+        ));
+    }
+    // bf16 operands round differently after different summation orders; the trajectories
+    // must stay together within a few percent and both must learn.
+    for (i, (a, b)) in cpu.losses.iter().zip(&cuda.losses).enumerate() {
+        if (a - b).abs() > 0.03 * a.abs() + 0.02 {
+            return Err(format!("step {i}: CPU loss {a:.4}, GPU {b:.4}"));
+        }
+    }
+    let (first, last) = (cuda.losses[0], cuda.losses[49]);
+    if last >= first {
+        return Err(format!("GPU loss did not fall: {first:.4} -> {last:.4}"));
+    }
+    println!(
+        "    losses: CPU {:.4} -> {:.4}, GPU {first:.4} -> {last:.4}",
+        cpu.losses[0], cpu.losses[49]
+    );
+    Ok(())
+}
+
+/// Two ranks on two GPUs, one thread each (NCCL's one-process setup).
+fn two_ranks<R: Send>(f: impl Fn(usize, Cuda, Vec<u8>) -> R + Sync) -> Result<Vec<R>, String> {
+    if Cuda::device_count() < 2 {
+        return Err("SKIP: needs two GPUs".into());
+    }
+    let id = worker::nccl::offer_unique_id();
+    if id.is_empty() {
+        return Err("SKIP: libnccl not found".into());
+    }
+    std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|r| {
+                let (f, id) = (&f, id.clone());
+                s.spawn(move || {
+                    let dev = Cuda::open(r).map_err(|e| e.to_string())?;
+                    Ok::<R, String>(f(r, dev, id))
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().map_err(|_| "rank panicked".to_string())?)
+            .collect()
+    })
+}
+
+fn nccl_all_reduce_averages(_: &Cuda) -> Result<(), String> {
+    let out = two_ranks(|rank, dev, id| {
+        let mut nccl = Nccl::connect(&dev, rank, 2, &id, Duration::from_secs(60))?;
+        let host: Vec<f32> = (0..1000).map(|i| (i * (rank + 1)) as f32).collect();
+        let mut buf = dev.upload(&host);
+        nccl.all_reduce_mean(&mut buf, 0..1000)?;
+        Ok::<Vec<f32>, String>(dev.download(&buf))
+    })?;
+    for r in out {
+        let v = r?;
+        for (i, x) in v.iter().enumerate() {
+            if (x - 1.5 * i as f32).abs() > 1e-3 {
+                return Err(format!("element {i}: {x}, expected {}", 1.5 * i as f32));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn a_dead_rank_does_not_hang_the_other(_: &Cuda) -> Result<(), String> {
+    let out = two_ranks(|rank, dev, id| {
+        let mut nccl = Nccl::connect(&dev, rank, 2, &id, Duration::from_secs(5))?;
+        if rank == 1 {
+            // Dies before the collective: its communicator is torn down, never joins.
+            drop(nccl);
+            return Ok(Duration::ZERO);
+        }
+        let mut buf = dev.zeros(1 << 20);
+        let start = Instant::now();
+        match nccl.all_reduce_mean(&mut buf, 0..(1 << 20)) {
+            Ok(()) => Err("the all-reduce completed without its peer".to_string()),
+            Err(_) => Ok(start.elapsed()),
+        }
+    })?;
+    let waited = out.into_iter().next().ok_or("no rank 0")??;
+    if waited > Duration::from_secs(30) {
+        return Err(format!("rank 0 waited {waited:?}"));
+    }
+    Ok(())
+}
+
+type Case = (&'static str, fn(&Cuda) -> Result<(), String>);
+
+fn main() {
+    let cases: [Case; 3] = [
+        ("training_follows_the_cpu", training_follows_the_cpu),
+        ("nccl_all_reduce_averages", nccl_all_reduce_averages),
+        (
+            "a_dead_rank_does_not_hang_the_other",
+            a_dead_rank_does_not_hang_the_other,
+        ),
+    ];
+    let dev = if Cuda::available() {
+        Cuda::open(0).map_err(|e| e.to_string())
+    } else {
+        Err("no CUDA driver or device on this machine".to_string())
+    };
+    let dev = match dev {
+        Ok(d) => d,
+        Err(reason) => {
+            for (name, _) in &cases {
+                println!("test {name} ... SKIPPED ({reason})");
+            }
+            println!(
+                "\ntest result: SKIPPED. 0 passed; 0 failed; {} skipped: {reason}",
+                cases.len()
+            );
+            if std::env::var_os("ANVIL_REQUIRE_GPU").is_some() {
+                std::process::exit(1);
+            }
+            return;
+        }
+    };
+    println!("worker GPU suite on {}", dev.describe());
+    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
+    for (name, f) in cases {
+        match catch_unwind(AssertUnwindSafe(|| f(&dev))) {
+            Ok(Ok(())) => {
+                passed += 1;
+                println!("test {name} ... ok");
+            }
+            Ok(Err(e)) if e.starts_with("SKIP: ") => {
+                skipped += 1;
+                println!("test {name} ... SKIPPED ({})", &e[6..]);
+            }
+            Ok(Err(e)) => {
+                failed += 1;
+                println!("test {name} ... FAILED: {e}");
+            }
+            Err(_) => {
+                failed += 1;
+                println!("test {name} ... FAILED (panicked)");
+            }
+        }
+    }
+    println!(
+        "\ntest result: {}. {passed} passed; {failed} failed; {skipped} skipped",
+        if failed == 0 { "ok" } else { "FAILED" }
+    );
+    if failed > 0 {
+        std::process::exit(1);
+    }
+}
