@@ -3,6 +3,7 @@
 pub mod alloc;
 pub mod checkpoint;
 pub mod embed;
+pub mod finetune;
 pub mod join;
 pub mod loggers;
 pub mod model;
