@@ -308,3 +308,36 @@ fn bad_labels_are_refused_with_messages_that_say_what_is_wrong() {
     );
     run(&cfg, &dir.join("ok"), &mut Vec::new()).expect("every class fits without a split");
 }
+
+#[test]
+fn a_resumed_fine_tuning_run_repeats_the_uninterrupted_one() {
+    let dir = tmp("resume");
+    let ck = pretrain(&dir.join("pre"));
+    // The backbone thaws at epoch 1, after the stop: the resumed run must thaw it too.
+    let cfg = finetune_config(&ck, &pbmc(), &["training.max_epochs=2"]);
+    let whole = run(&cfg, &dir.join("whole"), &mut Vec::new()).expect("uninterrupted");
+
+    let part = dir.join("part");
+    let mut opts = TrainOptions::single(&part);
+    opts.max_steps = Some(7);
+    let first = train(&cfg, &opts, &mut NoSync, &mut |_| {}, &mut || {
+        Control::Continue
+    })
+    .expect("first part");
+    assert!(first.stopped_early);
+    let mut opts = TrainOptions::single(&part);
+    opts.resume_from = first.last_checkpoint.clone();
+    let rest = train(&cfg, &opts, &mut NoSync, &mut |_| {}, &mut || {
+        Control::Continue
+    })
+    .expect("resumed");
+    let mut losses = first.losses.clone();
+    losses.extend(&rest.losses);
+    assert_eq!(losses, whole.losses);
+    assert_eq!(rest.val_losses, whole.val_losses);
+    assert_eq!(rest.params_hash, whole.params_hash);
+    assert_eq!(
+        column(&part, "val/accuracy"),
+        column(&dir.join("whole"), "val/accuracy")
+    );
+}

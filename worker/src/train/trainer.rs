@@ -505,7 +505,13 @@ impl<'a> Trainer<'a> {
             info_span!(target: TRACE_TARGET, parent: self.trace.current(), "optimizer");
         let in_optimizer = optimizer_span.enter();
         let finite = loss.is_finite() && self.dev.all_finite(&self.grads);
-        let lr = self.schedule.lr(self.state.global_step);
+        // Fine-tuning logs the head's rate (the group that always trains).
+        let lr = match &self.cfg.finetune {
+            Some(ft) => {
+                ft.head_lr.unwrap_or(t.optimizer.lr) * self.schedule.factor(self.state.global_step)
+            }
+            None => self.schedule.lr(self.state.global_step),
+        };
         let mut grad_norm = f64::NAN;
         if !finite {
             let Some(scaler) = self.scaler.as_mut() else {
