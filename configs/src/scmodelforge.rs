@@ -303,7 +303,9 @@ impl ToValue for BenchmarkSpec {
 
 section! {
     pub struct FinetuneConfig {
-        checkpoint_path: String = String::new(),
+        /// The pretrained checkpoint; null (or empty) when `coordinator finetune --checkpoint`
+        /// names it.
+        checkpoint_path: Option<String> = None,
         freeze_backbone: bool = false,
         /// Unfreeze the backbone after this many epochs (0: no gradual unfreezing).
         freeze_backbone_epochs: usize = 0,
@@ -336,6 +338,16 @@ section! {
         /// None: ["out_proj", "linear1", "linear2"].
         target_modules: Option<Vec<String>> = None,
         bias: LoraBias = LoraBias::None,
+    }
+}
+
+impl FinetuneConfig {
+    /// The pretrained checkpoint's path, when one is named (null and "" name none).
+    pub fn checkpoint(&self) -> Option<&str> {
+        self.checkpoint_path
+            .as_deref()
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
     }
 }
 
@@ -551,11 +563,6 @@ impl ScModelForgeConfig {
 
         // finetune
         if let Some(f) = &self.finetune {
-            cx.check(
-                !f.checkpoint_path.is_empty(),
-                "finetune.checkpoint_path",
-                || "fine-tuning needs the pretrained checkpoint to start from".to_string(),
-            );
             cx.check(!f.label_key.is_empty(), "finetune.label_key", || {
                 "must name an obs column".to_string()
             });

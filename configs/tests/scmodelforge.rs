@@ -312,7 +312,6 @@ fn semantic_checks_have_clear_messages() {
         ("tokenizer:\n  max_genes: 4096\n", "tokenizer.max_genes: 4096 genes per cell do not fit model.max_seq_len 2048"),
         ("tokenizer:\n  strategy: gene_embedding\n", "tokenizer.embedding_path: strategy \"gene_embedding\" needs embedding_path"),
         ("training:\n  optimizer:\n    lr: -1e-3\n", "training.optimizer.lr: must be a positive number"),
-        ("finetune:\n  label_key: cell_type\n", "finetune.checkpoint_path: fine-tuning needs the pretrained checkpoint"),
     ];
     for (yaml, expected) in cases {
         let e = errors(&format!("{MINIMAL}{yaml}"));
@@ -479,4 +478,26 @@ fn family_detection() {
 #[test]
 fn scmodelforge_family_name() {
     assert_eq!(<ScModelForgeConfig as ConfigRoot>::FAMILY, "scModelForge");
+}
+
+#[test]
+fn finetune_checkpoint_path_may_be_left_to_the_command_line() {
+    // The package's recipes leave it null for `finetune --checkpoint C`.
+    for yaml in [
+        "finetune:\n  checkpoint_path: null\n  label_key: cell_type\n",
+        "finetune:\n  checkpoint_path: ''\n",
+        "finetune:\n  label_key: cell_type\n",
+    ] {
+        let c = load(&format!("{MINIMAL}{yaml}")).unwrap();
+        assert_eq!(
+            c.finetune.expect("finetune section").checkpoint(),
+            None,
+            "{yaml}"
+        );
+    }
+    let c = load(&format!(
+        "{MINIMAL}finetune:\n  checkpoint_path: runs/x/checkpoints\n"
+    ))
+    .unwrap();
+    assert_eq!(c.finetune.unwrap().checkpoint(), Some("runs/x/checkpoints"));
 }

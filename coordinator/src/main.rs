@@ -5,6 +5,7 @@ mod config_cmd;
 mod data_cmd;
 mod deploy;
 mod embed_cmd;
+mod finetune_cmd;
 mod launch;
 mod server;
 mod tls;
@@ -35,6 +36,12 @@ enum Command {
     Config(config_cmd::ConfigCommand),
     /// Train: plan the run, start (or admit) its workers, supervise, restart on failure
     Launch(Box<launch::LaunchArgs>),
+    /// Fine-tune a pretrained checkpoint on a task (the config's finetune section): a launch
+    /// whose workers train a classification or regression head on the backbone
+    ///
+    /// Example: `coordinator finetune --config configs/finetune_cell_type.yaml --checkpoint
+    /// runs/quickstart/checkpoints --nodes 2`
+    Finetune(Box<finetune_cmd::FinetuneArgs>),
     /// Inspect AnnData files and generate synthetic ones
     #[command(subcommand)]
     Data(data_cmd::DataCommand),
@@ -55,6 +62,7 @@ fn main() -> ExitCode {
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Launch(args) => launch::run(*args),
         Command::Embed(args) => embed_cmd::run(args),
+        Command::Finetune(args) => finetune_cmd::run(*args),
         Command::Deploy(cmd) => deploy::run(cmd),
     }
 }

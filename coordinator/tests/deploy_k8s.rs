@@ -621,7 +621,6 @@ fn bad_input_is_refused_naming_the_flag_or_file() {
         ),
         ("configs/sleap_single_instance.yaml", "sleap-nn config"),
         ("configs/census_brain.yaml", "data.source cellxgene_census"),
-        ("configs/finetune_cell_type.yaml", "finetune"),
     ] {
         let mut args = base(config);
         args.extend(["--nodes".into(), "2".into()]);
@@ -636,6 +635,30 @@ fn bad_input_is_refused_naming_the_flag_or_file() {
         assert!(
             stderr.contains(expected),
             "{config}: expected {expected:?} in\n{stderr}"
+        );
+    }
+    // Fine-tuning deploys like training, but LoRA is refused by name (not implemented) and the
+    // pretrained checkpoint must be on the volume like the data.
+    for (set, expected) in [
+        ("finetune.lora.enabled=true", "finetune.lora: LoRA"),
+        (
+            "finetune.checkpoint_path=/elsewhere/ck",
+            "finetune.checkpoint_path: /elsewhere/ck is outside the volume",
+        ),
+        (
+            "finetune.checkpoint_path=null",
+            "finetune.checkpoint_path is empty",
+        ),
+    ] {
+        let mut args = base("configs/finetune_cell_type.yaml");
+        args.extend(["--nodes".into(), "2".into(), "--set".into(), set.into()]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = coordinator(&refs);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{set}: {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{set}: expected {expected:?} in\n{stderr}"
         );
     }
     // An existing claim and a claim to create exclude each other (clap's usage error).

@@ -84,6 +84,98 @@ impl ShardPlan {
         let mut train: Vec<u64> = keyed[n_val..].iter().map(|&(_, c)| c).collect();
         val.sort_unstable();
         train.sort_unstable();
+        Ok(Self::from_split(
+            file_offsets,
+            train,
+            val,
+            seed,
+            block_size,
+            skipped_empty,
+        ))
+    }
+
+    /// A split stratified by class (fine-tuning a classifier, as scModelForge splits): of each
+    /// class's usable cells, max(1, floor(val_split * n)) go to validation (none when
+    /// `val_split` is 0), those with the smallest hash of (seed, cell id); the rest train.
+    /// `class[c]` is cell c's class, `names` the classes' names for the error that a class
+    /// has too few cells to appear in both parts.
+    pub fn stratified(
+        file_offsets: &[u64],
+        row_nnz: &[u32],
+        class: &[u32],
+        names: &[String],
+        val_split: f64,
+        seed: u64,
+        block_size: usize,
+    ) -> Result<Self> {
+        if !(0.0..1.0).contains(&val_split) {
+            return Err(DataError::Config(format!(
+                "training.val_split must be in [0, 1), got {val_split}"
+            )));
+        }
+        if block_size == 0 || class.len() != row_nnz.len() {
+            return Err(DataError::Config(
+                "a stratified split needs one class per cell and a positive block size".into(),
+            ));
+        }
+        let mut per_class: Vec<Vec<(u64, u64)>> = vec![Vec::new(); names.len()];
+        let mut skipped_empty = 0u64;
+        for (c, (&nnz, &k)) in row_nnz.iter().zip(class).enumerate() {
+            if nnz == 0 {
+                skipped_empty += 1;
+                continue;
+            }
+            let Some(list) = per_class.get_mut(k as usize) else {
+                return Err(DataError::Config(format!(
+                    "cell {c} has class {k}, beyond the {} classes",
+                    names.len()
+                )));
+            };
+            list.push((key(seed, Stream::Split, &[c as u64]), c as u64));
+        }
+        if skipped_empty > 0 {
+            tracing::warn!("{skipped_empty} cells have no expressed genes and are skipped");
+        }
+        let (mut train, mut val) = (Vec::new(), Vec::new());
+        for (k, mut cells) in per_class.into_iter().enumerate() {
+            let n = cells.len();
+            let n_val = if val_split > 0.0 {
+                ((val_split * n as f64).floor() as usize).max(1)
+            } else {
+                0
+            };
+            if n_val >= n && n > 0 {
+                return Err(DataError::Config(format!(
+                    "class {:?} has {n} cell(s) with expressed genes; with training.val_split = {val_split} every class needs at least {} (at least one for validation and one for training): remove the class's cells or merge it into another label",
+                    names[k],
+                    n_val + 1
+                )));
+            }
+            cells.sort_unstable();
+            val.extend(cells[..n_val].iter().map(|&(_, c)| c));
+            train.extend(cells[n_val..].iter().map(|&(_, c)| c));
+        }
+        val.sort_unstable();
+        train.sort_unstable();
+        Ok(Self::from_split(
+            file_offsets,
+            train,
+            val,
+            seed,
+            block_size,
+            skipped_empty,
+        ))
+    }
+
+    /// The plan of a given split: training cells cut into blocks that never straddle files.
+    fn from_split(
+        file_offsets: &[u64],
+        train: Vec<u64>,
+        val: Vec<u64>,
+        seed: u64,
+        block_size: usize,
+        skipped_empty: u64,
+    ) -> Self {
         let mut blocks = Vec::new();
         let mut i = 0;
         while i < train.len() {
@@ -96,13 +188,13 @@ impl ShardPlan {
             blocks.push((i, j));
             i = j;
         }
-        Ok(ShardPlan {
+        ShardPlan {
             seed,
             train,
             val,
             blocks,
             skipped_empty,
-        })
+        }
     }
 
     /// Plan for a dataset: reads every file's row sizes (cheap for sparse X).
@@ -181,6 +273,53 @@ mod tests {
             nnz[c] = 0;
         }
         ShardPlan::new(&[0, n as u64 / 3, n as u64], &nnz, val, seed, 16).unwrap()
+    }
+
+    #[test]
+    fn stratified_split_puts_every_class_in_both_parts() {
+        let n = 300;
+        let nnz = vec![3u32; n];
+        // class 0: 200 cells, class 1: 90, class 2: 10.
+        let class: Vec<u32> = (0..n)
+            .map(|c| {
+                if c < 200 {
+                    0
+                } else if c < 290 {
+                    1
+                } else {
+                    2
+                }
+            })
+            .collect();
+        let names: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+        let p = ShardPlan::stratified(&[0, n as u64], &nnz, &class, &names, 0.25, 3, 16).unwrap();
+        let count =
+            |cells: &[u64], k: u32| cells.iter().filter(|&&c| class[c as usize] == k).count();
+        assert_eq!(
+            [count(&p.val, 0), count(&p.val, 1), count(&p.val, 2)],
+            [50, 22, 2]
+        );
+        assert_eq!(p.train.len() + p.val.len(), n);
+        let again =
+            ShardPlan::stratified(&[0, n as u64], &nnz, &class, &names, 0.25, 3, 16).unwrap();
+        assert_eq!(p, again);
+        // A class of one cell cannot be in both parts.
+        let mut lonely = class.clone();
+        lonely[299] = 3;
+        let names4: Vec<String> = ["a", "b", "c", "rare"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let e = ShardPlan::stratified(&[0, n as u64], &nnz, &lonely, &names4, 0.25, 3, 16)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("\"rare\" has 1 cell(s)") && e.contains("at least 2"),
+            "{e}"
+        );
+        // Without validation every class trains whole.
+        let p0 = ShardPlan::stratified(&[0, n as u64], &nnz, &lonely, &names4, 0.0, 3, 16).unwrap();
+        assert_eq!((p0.train.len(), p0.val.len()), (n, 0));
     }
 
     #[test]

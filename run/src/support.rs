@@ -5,8 +5,10 @@ use configs::ScModelForgeConfig;
 
 /// The first section of `cfg` this build cannot train, as a message naming its key.
 pub fn unsupported(cfg: &ScModelForgeConfig) -> Option<String> {
-    if cfg.finetune.is_some() {
-        return Some("finetune: fine-tuning is not implemented yet; this build pretrains only (remove the finetune section to pretrain)".into());
+    if let Some(ft) = &cfg.finetune {
+        if ft.lora.enabled {
+            return Some("finetune.lora: LoRA adapters are not implemented yet; set finetune.lora.enabled: false to fine-tune the backbone itself (or freeze it with finetune.freeze_backbone: true)".into());
+        }
     }
     cfg.eval.benchmarks.first().map(|b| {
         format!(

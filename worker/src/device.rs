@@ -29,6 +29,14 @@ fn local_ordinal(opts: &TrainOptions, visible: usize) -> usize {
 pub fn select(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> Result<Selected, TrainError> {
     use kernels::backend::cuda::Cuda;
     let asked = cfg.training.num_gpus;
+    if cfg.finetune.is_some() {
+        return match asked {
+            None => Ok(Selected::Cpu),
+            Some(n) => Err(TrainError::Config(format!(
+                "training.num_gpus = {n}: fine-tuning runs on the CPU in this build (the GPU trainer pretrains); remove training.num_gpus"
+            ))),
+        };
+    }
     if asked.is_none() && !Cuda::available() {
         return Ok(Selected::Cpu);
     }
@@ -48,5 +56,23 @@ pub fn select(cfg: &ScModelForgeConfig, _opts: &TrainOptions) -> Result<Selected
         Some(n) => Err(TrainError::Config(format!(
             "training.num_gpus = {n} asks for GPUs, but this worker was built without CUDA support (build it with `cargo build --release --features cuda`), or remove training.num_gpus to train on the CPU"
         ))),
+    }
+}
+
+#[cfg(all(test, not(feature = "cuda")))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpus_asked_of_a_cpu_build_are_refused_by_name() {
+        let mut cfg = ScModelForgeConfig::default();
+        let opts = TrainOptions::default();
+        assert!(matches!(select(&cfg, &opts), Ok(Selected::Cpu)));
+        cfg.training.num_gpus = Some(2);
+        let Err(TrainError::Config(msg)) = select(&cfg, &opts) else {
+            panic!("num_gpus = 2 on a CPU build must be refused");
+        };
+        assert!(msg.contains("training.num_gpus = 2"), "{msg}");
+        assert!(msg.contains("--features cuda"), "{msg}");
     }
 }

@@ -4,6 +4,7 @@ pub mod alloc;
 pub mod checkpoint;
 pub mod device;
 pub mod embed;
+pub mod finetune;
 pub mod join;
 pub mod loggers;
 pub mod model;

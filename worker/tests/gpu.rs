@@ -52,6 +52,7 @@ fn run<D: Device<f32> + Clone + 'static>(dev: D, name: &str) -> TrainSummary {
         None,
         &cfg,
         &opts,
+        None,
         &mut NoSync,
         &mut |_| {},
         &mut || Control::Continue,

@@ -385,7 +385,10 @@ fn sections_this_build_cannot_train_are_refused_by_name() {
     let data = repo().join("data/pbmc68k_counts.h5ad");
     let cfg = configs::load_file_as::<ScModelForgeConfig>(
         &path,
-        &[format!("data.paths=[{}]", data.display())],
+        &[
+            format!("data.paths=[{}]", data.display()),
+            "finetune.lora.enabled=true".into(),
+        ],
     )
     .expect("config loads");
     let dir = tmp("finetune-refused");
@@ -396,8 +399,8 @@ fn sections_this_build_cannot_train_are_refused_by_name() {
         &mut |_| {},
         &mut || Control::Continue,
     )
-    .expect_err("fine-tuning is not implemented: refused, not pretrained instead");
-    assert!(err.to_string().contains("finetune:"), "{err}");
+    .expect_err("LoRA is not implemented: refused, not fine-tuned without adapters instead");
+    assert!(err.to_string().contains("finetune.lora"), "{err}");
     assert!(!dir.join("version_0").exists(), "nothing was trained");
 
     let mut cfg = small_config();

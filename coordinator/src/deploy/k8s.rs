@@ -743,6 +743,12 @@ fn data_on_volume(cfg: &ScModelForgeConfig) -> anyhow::Result<Vec<String>> {
         on_volume.push(relative_to_volume("data.paths", p)?);
     }
     relative_to_volume("training.checkpoint_dir", &cfg.training.checkpoint_dir)?;
+    if let Some(ft) = &cfg.finetune {
+        let Some(ck) = ft.checkpoint() else {
+            bail!("finetune.checkpoint_path is empty: a fine-tuning run needs the pretrained checkpoint, on the volume");
+        };
+        relative_to_volume("finetune.checkpoint_path", ck)?;
+    }
     Ok(on_volume)
 }
 

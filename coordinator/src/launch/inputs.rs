@@ -23,6 +23,21 @@ pub fn check_inputs(cfg: &ScModelForgeConfig, world: usize) -> anyhow::Result<()
     if let Some(why) = run::support::unsupported(cfg) {
         bail!("{why}");
     }
+    if let Some(ft) = &cfg.finetune {
+        let Some(ck) = ft.checkpoint() else {
+            bail!("finetune.checkpoint_path is empty: a fine-tuning run needs the pretrained checkpoint; run `coordinator finetune --config X.yaml --checkpoint DIR`, or name it in finetune.checkpoint_path");
+        };
+        if !Path::new(ck).exists() {
+            bail!(
+                "finetune.checkpoint_path: {} does not exist (a checkpoint directory, or a directory of checkpoints such as <run>/checkpoints; relative paths are from the current directory)",
+                ck
+            );
+        }
+        eprintln!(
+            "anvil: fine-tuning the backbone of {} for {} of obs/{}",
+            ck, ft.head.task, ft.label_key
+        );
+    }
     for p in &cfg.data.paths {
         if !Path::new(p).exists() {
             bail!("data.paths: {p} does not exist (paths are relative to the current directory)");

@@ -310,6 +310,19 @@ impl<T: Float> Device<T> for Cpu {
     ) {
         ops::adam_step(cfg, t, params, grads, m, v, decay_free)
     }
+    fn adam_step_in(
+        &self,
+        cfg: &AdamConfig,
+        t: u64,
+        range: std::ops::Range<usize>,
+        params: &mut Vec<T>,
+        grads: &Vec<T>,
+        m: &mut Vec<T>,
+        v: &mut Vec<T>,
+        decay_free: &[std::ops::Range<usize>],
+    ) {
+        ops::adam_step_in(cfg, t, range, params, grads, m, v, decay_free)
+    }
     fn global_norm(&self, x: &Vec<T>) -> f64 {
         ops::global_norm(x)
     }

@@ -293,6 +293,20 @@ pub trait Device<T: Float>: Send + Sync {
         v: &mut Self::Mem,
         decay_free: &[std::ops::Range<usize>],
     );
+    /// [`adam_step`](Device::adam_step) over `range` of the buffers only (one parameter group;
+    /// the rest is left untouched), with `decay_free` clipped to it.
+    #[allow(clippy::too_many_arguments)]
+    fn adam_step_in(
+        &self,
+        cfg: &AdamConfig,
+        t: u64,
+        range: std::ops::Range<usize>,
+        params: &mut Self::Mem,
+        grads: &Self::Mem,
+        m: &mut Self::Mem,
+        v: &mut Self::Mem,
+        decay_free: &[std::ops::Range<usize>],
+    );
     /// ‖x‖₂, accumulated in f64.
     fn global_norm(&self, x: &Self::Mem) -> f64;
     /// Scales to ‖g‖₂ ≤ max_norm (torch's clip_grad_norm_); returns the norm before.

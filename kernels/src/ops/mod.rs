@@ -13,7 +13,9 @@ use crate::rng::{keep_threshold, RngKey};
 use crate::{Float, KernelError, Result};
 
 pub use attention::{attention_backward, attention_forward, AttnShape};
-pub use optim::{adam_step, all_finite, clip_grad_norm, global_norm, scale, AdamConfig};
+pub use optim::{
+    adam_step, adam_step_in, all_finite, clip_grad_norm, global_norm, scale, AdamConfig,
+};
 
 /// Below this many elements an elementwise op runs on the calling thread.
 const PAR_MIN: usize = 1 << 15;

@@ -72,6 +72,39 @@ pub fn adam_step<T: Float>(
     adam_segment(cfg, t, at..n, params, grads, m, v);
 }
 
+/// [`adam_step`] over `range` of the buffers only; everything outside it is left as it is
+/// (a frozen parameter group). `decay_free` is as for [`adam_step`] (over the whole buffer)
+/// and is clipped to `range`.
+#[allow(clippy::too_many_arguments)]
+pub fn adam_step_in<T: Float>(
+    cfg: &AdamConfig,
+    t: u64,
+    range: Range<usize>,
+    params: &mut [T],
+    grads: &[T],
+    m: &mut [T],
+    v: &mut [T],
+    decay_free: &[Range<usize>],
+) {
+    let n = params.len();
+    assert!(grads.len() == n && m.len() == n && v.len() == n && range.end <= n);
+    let no_decay = AdamConfig {
+        weight_decay: 0.0,
+        ..*cfg
+    };
+    let mut at = range.start;
+    for r in decay_free {
+        let (lo, hi) = (r.start.max(range.start), r.end.min(range.end));
+        if lo >= hi {
+            continue;
+        }
+        adam_segment(cfg, t, at..lo, params, grads, m, v);
+        adam_segment(&no_decay, t, lo..hi, params, grads, m, v);
+        at = hi;
+    }
+    adam_segment(cfg, t, at..range.end, params, grads, m, v);
+}
+
 fn adam_segment<T: Float>(
     cfg: &AdamConfig,
     t: u64,
@@ -155,6 +188,26 @@ pub fn all_finite<T: Float>(x: &[T]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn adam_step_in_equals_the_whole_step_inside_its_range_and_leaves_the_rest() {
+        let n = 40;
+        let p0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin()).collect();
+        let g: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos()).collect();
+        let cfg = AdamConfig::adamw(0.1, 0.5);
+        let decay_free = [3..7, 18..25];
+        let (mut pa, mut ma, mut va) = (p0.clone(), vec![0.2f32; n], vec![0.3f32; n]);
+        adam_step(&cfg, 3, &mut pa, &g, &mut ma, &mut va, &decay_free);
+        let (mut pb, mut mb, mut vb) = (p0.clone(), vec![0.2f32; n], vec![0.3f32; n]);
+        adam_step_in(&cfg, 3, 5..21, &mut pb, &g, &mut mb, &mut vb, &decay_free);
+        for i in 0..n {
+            if (5..21).contains(&i) {
+                assert_eq!((pa[i], ma[i], va[i]), (pb[i], mb[i], vb[i]), "{i}");
+            } else {
+                assert_eq!((pb[i], mb[i], vb[i]), (p0[i], 0.2, 0.3), "{i}");
+            }
+        }
+    }
 
     #[test]
     fn adamw_matches_hand_computed_steps() {

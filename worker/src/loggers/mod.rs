@@ -103,7 +103,12 @@ impl Loggers {
             OptimizerName::AdamW => "lr-AdamW",
             OptimizerName::Adam => "lr-Adam",
         };
-        let columns = columns(lr_tag);
+        let mut columns = columns(lr_tag);
+        if let Some(ft) = &cfg.finetune {
+            // A fine-tuning run's validation adds its task's metrics.
+            columns.extend(crate::finetune::metric_columns(ft.head.task));
+            columns.sort_unstable();
+        }
         let csv_path = dir.join(run::versions::METRICS_CSV);
         let csv = match resumed_at {
             Some(step) => CsvLogger::resume(&csv_path, &columns, step),
@@ -196,6 +201,24 @@ impl Loggers {
             (VAL_LOSS, loss),
             (VAL_PERPLEXITY, perplexity(loss)),
         ];
+        self.write(step, &values)
+    }
+
+    /// The validation loss after an epoch with a fine-tuning task's metrics (`val/accuracy`,
+    /// …).
+    pub fn validation_metrics(
+        &mut self,
+        epoch: u64,
+        step: u64,
+        loss: f64,
+        metrics: &[(&'static str, f64)],
+    ) -> Result<(), LogError> {
+        let mut values = vec![
+            (EPOCH, epoch as f64),
+            (VAL_LOSS, loss),
+            (VAL_PERPLEXITY, perplexity(loss)),
+        ];
+        values.extend_from_slice(metrics);
         self.write(step, &values)
     }
 

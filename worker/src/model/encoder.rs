@@ -20,7 +20,8 @@ use run::telemetry::TRACE_TARGET;
 use tracing::info_span;
 
 use super::parts::{self, Padded, Trunk};
-use super::{Arch, DataSpec, LossSum, Result, Train};
+use super::{Arch, DataSpec, GradsReady, LossSum, ModelError, Result, Train};
+use kernels::rng::RngKey;
 
 pub struct TransformerEncoderModel<D: Device<f32> = Cpu> {
     dev: D,
@@ -30,6 +31,19 @@ pub struct TransformerEncoderModel<D: Device<f32> = Cpu> {
     pooling: Pooling,
     prec: Precision,
     vocab: usize,
+    /// What the last training `pooled_forward` keeps for `pooled_backward`.
+    pooled: Option<PooledActs<D::Mem>>,
+}
+
+/// A training pooled forward's activations: the padded batch, the pooled rows (grouped per
+/// cell by `offsets`), those rows of the hidden state and their norm statistics.
+pub struct PooledActs<M> {
+    p: Padded,
+    rows: Vec<usize>,
+    offsets: Vec<usize>,
+    x: M,
+    mean: M,
+    rstd: M,
 }
 
 impl TransformerEncoderModel {
@@ -64,6 +78,7 @@ impl<D: Device<f32>> TransformerEncoderModel<D> {
             pooling: cfg.pooling,
             prec,
             vocab: spec.vocab_size,
+            pooled: None,
         })
     }
 
@@ -139,5 +154,100 @@ impl<D: Device<f32>> Arch<D> for TransformerEncoderModel<D> {
 
     fn embedding_dim(&self) -> usize {
         self.trunk.dim()
+    }
+
+    /// `encoder.norm` over the pooled rows only (each sequence's [CLS] row, or its real rows for
+    /// `mean`), then the pooling: the same embedding as `cell_embeddings`, whose backward is
+    /// the norm's over those rows scattered into the hidden state's gradient.
+    fn pooled_forward(
+        &mut self,
+        params: &D::Mem,
+        batch: &Batch,
+        key: Option<RngKey>,
+    ) -> Result<Vec<f32>> {
+        let Some(key) = key else {
+            self.pooled = None;
+            return self.cell_embeddings(params, batch);
+        };
+        let dev = &self.dev;
+        let d = self.trunk.dim();
+        let p = Padded::masked(batch, self.trunk.embed.max_len);
+        let (mut rows, mut offsets) = (Vec::new(), vec![0]);
+        for r in 0..p.b {
+            match self.pooling {
+                Pooling::Cls => rows.push(r * p.t),
+                Pooling::Mean => rows.extend((0..p.t).map(|j| r * p.t + j).filter(|&i| !p.pad[i])),
+            }
+            offsets.push(rows.len());
+        }
+        let m = rows.len();
+        let hidden = self.trunk.encode(dev, params, &p, Some(key))?;
+        let mut x = dev.zeros(m * d);
+        dev.gather_rows(&mut x, hidden, &rows, d);
+        let (mut y, mut mean, mut rstd) = (dev.zeros(m * d), dev.zeros(m), dev.zeros(m));
+        if m > 0 {
+            self.head
+                .norm
+                .forward(dev, params, &x, &mut y, &mut mean, &mut rstd, m);
+        }
+        let mut out = dev.zeros(p.b * d);
+        let all: Vec<usize> = (0..m).collect();
+        dev.mean_rows(&mut out, &y, &all, &offsets, d);
+        self.pooled = Some(PooledActs {
+            p,
+            rows,
+            offsets,
+            x,
+            mean,
+            rstd,
+        });
+        Ok(dev.download(&out))
+    }
+
+    fn pooled_backward(
+        &mut self,
+        params: &D::Mem,
+        grads: &mut D::Mem,
+        dpooled: &[f32],
+        key: RngKey,
+        ready: &mut GradsReady,
+    ) -> Result<()> {
+        let Some(a) = self.pooled.take() else {
+            return Err(ModelError::Batch(
+                "pooled_backward without a training pooled_forward".into(),
+            ));
+        };
+        let dev = &self.dev;
+        let d = self.trunk.dim();
+        let m = a.rows.len();
+        if dpooled.len() != a.p.b * d {
+            return Err(ModelError::Batch(format!(
+                "pooled gradient of {} values for {} cells of width {d}",
+                dpooled.len(),
+                a.p.b
+            )));
+        }
+        // d(row k of cell g) = d(pooled g) / (rows of g): the mean's backward (1 row for CLS).
+        let mut dy_host = vec![0.0f32; m * d];
+        for g in 0..a.p.b {
+            let (lo, hi) = (a.offsets[g], a.offsets[g + 1]);
+            let inv = 1.0 / (hi - lo).max(1) as f32;
+            for k in lo..hi {
+                for c in 0..d {
+                    dy_host[k * d + c] = dpooled[g * d + c] * inv;
+                }
+            }
+        }
+        let dy = dev.upload(&dy_host);
+        let mut dx = dev.zeros(m * d);
+        if m > 0 {
+            self.head.norm.backward(
+                dev, params, grads, &a.x, &a.mean, &a.rstd, &dy, &mut dx, false, m,
+            );
+        }
+        let mut dh = dev.zeros(a.p.b * a.p.t * d);
+        dev.scatter_rows(&mut dh, &dx, &a.rows, d, false);
+        self.trunk
+            .backward(dev, params, grads, &a.p, &dh, key, ready)
     }
 }

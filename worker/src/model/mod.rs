@@ -100,6 +100,56 @@ pub trait ScModel<D: Device<f32> = Cpu>: Send {
 
     /// Width of a cell embedding.
     fn embedding_dim(&self) -> usize;
+
+    /// Pooled cell embeddings [batch, dim] for a task head (fine-tuning): with `key`, dropout
+    /// on and what [`pooled_backward`](ScModel::pooled_backward) needs kept; without, as
+    /// [`cell_embeddings`](ScModel::cell_embeddings).
+    fn pooled_forward(
+        &mut self,
+        params: &D::Mem,
+        batch: &Batch,
+        key: Option<RngKey>,
+    ) -> Result<Vec<f32>>;
+
+    /// Backward of the last training [`pooled_forward`](ScModel::pooled_forward) from the
+    /// embeddings' gradient `dpooled` [batch, dim]: accumulates the backbone's gradients.
+    fn pooled_backward(
+        &mut self,
+        params: &D::Mem,
+        grads: &mut D::Mem,
+        dpooled: &[f32],
+        key: RngKey,
+        ready: &mut GradsReady,
+    ) -> Result<()>;
+
+    /// Sums of task metrics gathered by [`eval_batch`](ScModel::eval_batch) since the last
+    /// call (fine-tuning: per-class counts, sums for Pearson's r), to be added across workers;
+    /// empty for pretraining models.
+    fn take_eval_sums(&mut self) -> Vec<f64> {
+        Vec::new()
+    }
+
+    /// Named validation metrics (`val/accuracy`, …) from [`take_eval_sums`](ScModel::take_eval_sums)
+    /// added over all workers.
+    fn eval_metrics(&self, _sums: &[f64]) -> Vec<(&'static str, f64)> {
+        Vec::new()
+    }
+
+    /// The task head's range of the parameter buffer (fine-tuning); everything before it is the
+    /// backbone. None for pretraining models.
+    fn head_range(&self) -> Option<std::ops::Range<usize>> {
+        None
+    }
+
+    /// Whether backward runs into the backbone (false: frozen, only the head trains).
+    fn set_backbone_trainable(&mut self, _trainable: bool) {}
+}
+
+/// Why a backbone cannot be fine-tuned through its pooled embedding.
+fn no_pooled_backward() -> ModelError {
+    ModelError::Config(
+        "training the backbone through its pooled cell embedding is implemented for model.architecture transformer_encoder only; set finetune.freeze_backbone: true (and freeze_backbone_epochs: 0) to train the head alone".into(),
+    )
 }
 
 /// What a training forward needs besides the batch: the gradient buffer backward adds into,
@@ -130,6 +180,31 @@ pub trait Arch<D: Device<f32>>: Send {
 
     /// Width of a cell embedding.
     fn embedding_dim(&self) -> usize;
+
+    /// See [`ScModel::pooled_forward`]. The default computes evaluation embeddings only.
+    fn pooled_forward(
+        &mut self,
+        params: &D::Mem,
+        batch: &Batch,
+        key: Option<RngKey>,
+    ) -> Result<Vec<f32>> {
+        match key {
+            None => self.cell_embeddings(params, batch),
+            Some(_) => Err(no_pooled_backward()),
+        }
+    }
+
+    /// See [`ScModel::pooled_backward`].
+    fn pooled_backward(
+        &mut self,
+        _params: &D::Mem,
+        _grads: &mut D::Mem,
+        _dpooled: &[f32],
+        _key: RngKey,
+        _ready: &mut GradsReady,
+    ) -> Result<()> {
+        Err(no_pooled_backward())
+    }
 }
 
 impl<D: Device<f32>, A: Arch<D>> ScModel<D> for A {
@@ -165,6 +240,26 @@ impl<D: Device<f32>, A: Arch<D>> ScModel<D> for A {
 
     fn embedding_dim(&self) -> usize {
         Arch::embedding_dim(self)
+    }
+
+    fn pooled_forward(
+        &mut self,
+        params: &D::Mem,
+        batch: &Batch,
+        key: Option<RngKey>,
+    ) -> Result<Vec<f32>> {
+        Arch::pooled_forward(self, params, batch, key)
+    }
+
+    fn pooled_backward(
+        &mut self,
+        params: &D::Mem,
+        grads: &mut D::Mem,
+        dpooled: &[f32],
+        key: RngKey,
+        ready: &mut GradsReady,
+    ) -> Result<()> {
+        Arch::pooled_backward(self, params, grads, dpooled, key, ready)
     }
 }
 

@@ -23,6 +23,7 @@ use run::{checkpoint_root, resolve_run_name};
 use super::events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
 use super::totals::StepTotals;
 use crate::checkpoint::{self, DataPosition, Metrics, RngState, Snapshot, TrainState};
+use crate::finetune::{self, labels::Labels, Backbone, FinetuneModel};
 use crate::loggers::{Loggers, StepMetrics};
 use crate::model::{self, DataSpec, ScModel};
 use crate::overlap::{Overlap, BUCKET_FLOATS};
@@ -31,6 +32,9 @@ use crate::sync::{DeviceReduce, GradientSync};
 use crate::telemetry::TrainTrace;
 use run::telemetry::TRACE_TARGET;
 use tracing::info_span;
+
+/// Named validation metrics of a fine-tuning task (`val/accuracy`, …); empty in pretraining.
+type TaskMetrics = Vec<(&'static str, f64)>;
 
 /// Below this loss scale a 16-mixed run gives up: every step overflows.
 const MIN_SCALE: f64 = 1.0 / (1u64 << 24) as f64;
@@ -46,8 +50,26 @@ pub fn train(
     on_event: &mut dyn FnMut(TrainEvent),
     control: &mut dyn FnMut() -> Control,
 ) -> Result<TrainSummary, TrainError> {
+    check_config(cfg, opts)?;
+    let (resolved, backbone) = match &cfg.finetune {
+        Some(_) => {
+            let (c, b, replaced) = finetune::resolve(cfg).map_err(TrainError::Config)?;
+            if !replaced.is_empty() {
+                on_event(TrainEvent::Log(format!(
+                    "finetune: {} are the pretrained checkpoint's ({}), whose weights and vocabulary were trained with them",
+                    replaced.join(", "),
+                    b.dir.display()
+                )));
+            }
+            (Some(c), Some(b))
+        }
+        None => (None, None),
+    };
+    let cfg = resolved.as_ref().unwrap_or(cfg);
     match crate::device::select(cfg, opts)? {
-        crate::device::Selected::Cpu => train_on(Cpu, None, cfg, opts, sync, on_event, control),
+        crate::device::Selected::Cpu => {
+            train_on(Cpu, None, cfg, opts, backbone, sync, on_event, control)
+        }
         #[cfg(feature = "cuda")]
         crate::device::Selected::Cuda(dev) => {
             on_event(TrainEvent::Log(format!(
@@ -70,26 +92,29 @@ pub fn train(
                 } else {
                     None
                 };
-            train_on(dev, nccl, cfg, opts, sync, on_event, control)
+            train_on(dev, nccl, cfg, opts, backbone, sync, on_event, control)
         }
     }
 }
 
 /// [`train`] on the compute device `dev`; with `device_reduce`, gradients are averaged on the
-/// device (NCCL) and only the step's totals go through `sync`.
+/// device (NCCL) and only the step's totals go through `sync`. A fine-tuning config comes with
+/// its pretrained `backbone` (see [`finetune::resolve`]).
+#[allow(clippy::too_many_arguments)]
 pub fn train_on<D: Device<f32> + Clone + 'static>(
     dev: D,
     device_reduce: Option<Box<dyn DeviceReduce<D>>>,
     cfg: &ScModelForgeConfig,
     opts: &TrainOptions,
+    backbone: Option<Backbone>,
     sync: &mut dyn GradientSync,
     on_event: &mut dyn FnMut(TrainEvent),
     control: &mut dyn FnMut() -> Control,
 ) -> Result<TrainSummary, TrainError> {
-    let mut trainer = Trainer::new(dev, cfg, opts, on_event)?;
+    let mut trainer = Trainer::new(dev, cfg, opts, backbone, on_event)?;
     trainer.device_reduce = device_reduce;
     let mut stop = None;
-    'epochs: while let Some(mut loader) = trainer.start_epoch()? {
+    'epochs: while let Some(mut loader) = trainer.start_epoch(on_event)? {
         loop {
             let batch = {
                 let _data = trainer.data_span(loader.position()).entered();
@@ -178,6 +203,8 @@ pub struct Trainer<'a, D: Device<f32> + 'static = Cpu> {
     adam: AdamConfig,
     /// Parameters without weight decay (biases, LayerNorm), as scModelForge groups them.
     decay_free: Vec<std::ops::Range<usize>>,
+    /// Fine-tuning: whether the backbone is frozen this epoch (only the head trains).
+    backbone_frozen: bool,
     /// 16-mixed's dynamic loss scale; None trains unscaled.
     scaler: Option<LossScaler>,
     micro_per_epoch: u64,
@@ -199,28 +226,38 @@ pub struct Trainer<'a, D: Device<f32> + 'static = Cpu> {
 impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
     /// Data, model and buffers for `cfg` as rank `opts.rank` of `opts.world` on `dev`, resumed
     /// from a checkpoint when asked; announces the run with [`TrainEvent::Start`].
+    ///
+    /// A fine-tuning config (`finetune` section) comes with its pretrained `backbone`, and
+    /// with the backbone's model and tokenizer sections (see [`finetune::resolve`]).
     pub fn new(
         dev: D,
         cfg: &'a ScModelForgeConfig,
         opts: &'a TrainOptions,
+        backbone: Option<Backbone>,
         on_event: &mut dyn FnMut(TrainEvent),
     ) -> Result<Self, TrainError> {
         check_config(cfg, opts)?;
         let t = &cfg.training;
         let scaler = (t.precision == CfgPrecision::Fp16Mixed).then(LossScaler::default);
         let seed = t.seed as u64;
-        let pipeline = Arc::new(Pipeline::from_config(cfg)?);
-        let plan = ShardPlan::for_dataset(&pipeline.dataset, t.val_split, seed)?;
-        let spec = DataSpec {
-            vocab_size: pipeline.vocab().len(),
-            values_are_bins: cfg.tokenizer.strategy == TokenizerStrategy::BinnedExpression,
+        let (pipeline, plan, model, backbone_params) = match backbone {
+            None => {
+                let pipeline = Pipeline::from_config(cfg)?;
+                let plan = ShardPlan::for_dataset(&pipeline.dataset, t.val_split, seed)?;
+                let spec = DataSpec {
+                    vocab_size: pipeline.vocab().len(),
+                    values_are_bins: cfg.tokenizer.strategy == TokenizerStrategy::BinnedExpression,
+                };
+                let prec = model::precision_of(t.precision);
+                let model = model::build_on(dev.clone(), &cfg.model, spec, prec)?;
+                (pipeline, plan, model, None)
+            }
+            Some(b) => {
+                let (pipeline, plan, model) = finetune_setup(cfg, &b, on_event)?;
+                (pipeline, plan, cpu_only(model)?, Some(b.params))
+            }
         };
-        let model = model::build_on(
-            dev.clone(),
-            &cfg.model,
-            spec,
-            model::precision_of(t.precision),
-        )?;
+        let pipeline = Arc::new(pipeline);
         let decay_free = super::param_groups::decay_free_ranges(model.layout());
         let layout = model.layout().clone();
         let n = layout.total();
@@ -247,7 +284,14 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             cfg,
             opts,
             model,
-            params: dev.upload(&layout.init_host(seed)),
+            params: {
+                let mut p: Vec<f32> = layout.init_host(seed);
+                // Fine-tuning: the backbone's parameters come first in the layout.
+                if let Some(b) = &backbone_params {
+                    p[..b.len()].copy_from_slice(b);
+                }
+                dev.upload(&p)
+            },
             grads: dev.zeros(n),
             exp_avg: dev.zeros(n),
             exp_avg_sq: dev.zeros(n),
@@ -284,6 +328,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                 ..AdamConfig::adamw(t.optimizer.lr, t.optimizer.weight_decay)
             },
             decay_free,
+            backbone_frozen: false,
             scaler,
             micro_per_epoch,
             accum: t.gradient_accumulation as u64,
@@ -364,7 +409,10 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
 
     /// The training loader of the next epoch, or None when `training.max_epochs` are done. A
     /// resumed run starts inside its epoch, at the batch after the checkpoint.
-    pub fn start_epoch(&mut self) -> Result<Option<Loader>, TrainError> {
+    pub fn start_epoch(
+        &mut self,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<Option<Loader>, TrainError> {
         if self.epoch >= self.cfg.training.max_epochs as u64 {
             return Ok(None);
         }
@@ -383,8 +431,29 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             batch_size: self.cfg.training.batch_size,
             num_workers: self.cfg.data.num_workers,
             split: Split::Train,
-            mask: true,
+            mask: self.cfg.finetune.is_none(),
         };
+        if let Some(ft) = &self.cfg.finetune {
+            // scModelForge: a backbone frozen for `freeze_backbone_epochs` thaws at that
+            // epoch; otherwise `freeze_backbone` holds for the whole run.
+            let frozen = if ft.freeze_backbone_epochs > 0 {
+                epoch < ft.freeze_backbone_epochs as u64
+            } else {
+                ft.freeze_backbone
+            };
+            if frozen != self.backbone_frozen || epoch == start.epoch {
+                on_event(TrainEvent::Log(format!(
+                    "epoch {epoch}: backbone {}",
+                    if frozen {
+                        "frozen (only the head trains)"
+                    } else {
+                        "trains with the head"
+                    }
+                )));
+            }
+            self.backbone_frozen = frozen;
+            self.model.set_backbone_trainable(!frozen);
+        }
         let loader = Loader::new(Arc::clone(&self.pipeline), &self.plan, lo, start)?;
         self.trace.start_epoch(epoch);
         self.totals = StepTotals::default();
@@ -507,7 +576,13 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             info_span!(target: TRACE_TARGET, parent: self.trace.current(), "optimizer");
         let in_optimizer = optimizer_span.enter();
         let finite = loss.is_finite() && self.dev.all_finite(&self.grads);
-        let lr = self.schedule.lr(self.state.global_step);
+        // Fine-tuning logs the head's rate (the group that always trains).
+        let lr = match &self.cfg.finetune {
+            Some(ft) => {
+                ft.head_lr.unwrap_or(t.optimizer.lr) * self.schedule.factor(self.state.global_step)
+            }
+            None => self.schedule.lr(self.state.global_step),
+        };
         let mut grad_norm = f64::NAN;
         if !finite {
             let Some(scaler) = self.scaler.as_mut() else {
@@ -546,16 +621,46 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                 dev.global_norm(grads)
             };
             self.state.adam_t += 1;
-            let cfg_step = AdamConfig { lr, ..self.adam };
-            dev.adam_step(
-                &cfg_step,
-                self.state.adam_t,
-                &mut self.params,
-                grads,
-                &mut self.exp_avg,
-                &mut self.exp_avg_sq,
-                &self.decay_free,
-            );
+            match (self.model.head_range(), &self.cfg.finetune) {
+                (Some(head), Some(ft)) => {
+                    // Two parameter groups, each with its own base rate under the same
+                    // schedule; a frozen backbone is not stepped at all.
+                    let factor = self.schedule.factor(self.state.global_step);
+                    let base = t.optimizer.lr;
+                    let mut groups = vec![(head.clone(), ft.head_lr.unwrap_or(base))];
+                    if !self.backbone_frozen {
+                        groups.push((0..head.start, ft.backbone_lr.unwrap_or(base)));
+                    }
+                    for (range, group_lr) in groups {
+                        let cfg_step = AdamConfig {
+                            lr: group_lr * factor,
+                            ..self.adam
+                        };
+                        dev.adam_step_in(
+                            &cfg_step,
+                            self.state.adam_t,
+                            range,
+                            &mut self.params,
+                            grads,
+                            &mut self.exp_avg,
+                            &mut self.exp_avg_sq,
+                            &self.decay_free,
+                        );
+                    }
+                }
+                _ => {
+                    let cfg_step = AdamConfig { lr, ..self.adam };
+                    dev.adam_step(
+                        &cfg_step,
+                        self.state.adam_t,
+                        &mut self.params,
+                        grads,
+                        &mut self.exp_avg,
+                        &mut self.exp_avg_sq,
+                        &self.decay_free,
+                    );
+                }
+            }
             if let Some(scaler) = self.scaler.as_mut() {
                 scaler.update(true);
             }
@@ -638,7 +743,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             epoch: epoch + 1,
             step: 0,
         };
-        if let Some(v) = val {
+        if let Some((v, metrics)) = val {
             self.state.metrics.val_loss = Some(v);
             self.summary.val_losses.push((epoch, v));
             on_event(TrainEvent::Validation {
@@ -646,8 +751,20 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                 step: gs,
                 loss: v,
             });
+            if !metrics.is_empty() {
+                let text: Vec<String> =
+                    metrics.iter().map(|(n, x)| format!("{n} {x:.4}")).collect();
+                on_event(TrainEvent::Log(format!(
+                    "epoch {epoch} validation: val/loss {v:.4}, {}",
+                    text.join(", ")
+                )));
+            }
             if let Some(l) = self.loggers.as_mut() {
-                l.validation(epoch, gs, v)?;
+                if metrics.is_empty() {
+                    l.validation(epoch, gs, v)?;
+                } else {
+                    l.validation_metrics(epoch, gs, v, &metrics)?;
+                }
             }
             self.save_if_best(v, on_event)?;
         }
@@ -777,8 +894,12 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         RngKey::new(seed ^ rank_mix, (epoch << 32) | micro_step, 0)
     }
 
-    /// Mean validation loss over the whole validation split (all ranks), None without one.
-    fn validate(&mut self, sync: &mut dyn GradientSync) -> Result<Option<f64>, TrainError> {
+    /// Mean validation loss over the whole validation split (all ranks) and the model's task
+    /// metrics (fine-tuning), None without a validation split.
+    fn validate(
+        &mut self,
+        sync: &mut dyn GradientSync,
+    ) -> Result<Option<(f64, TaskMetrics)>, TrainError> {
         if self.plan.val.is_empty() {
             return Ok(None);
         }
@@ -790,7 +911,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             batch_size: self.cfg.training.batch_size,
             num_workers: self.cfg.data.num_workers.min(2),
             split: Split::Val,
-            mask: true,
+            mask: self.cfg.finetune.is_none(),
         };
         let loader = Loader::new(
             Arc::clone(&self.pipeline),
@@ -806,8 +927,10 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             sum += s.sum;
             count += s.count;
         }
-        let mut buf = [sum as f32, count as f32];
+        let mut task_sums = self.model.take_eval_sums();
         if self.opts.world > 1 {
+            let mut buf = vec![sum as f32, count as f32];
+            buf.extend(task_sums.iter().map(|&x| x as f32));
             sync.all_reduce_mean(&mut buf)
                 .map_err(|message| TrainError::Sync {
                     step: self.state.global_step,
@@ -815,9 +938,97 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                 })?;
             sum = buf[0] as f64;
             count = buf[1] as f64;
+            // Means back to sums: counts stay whole numbers.
+            let w = self.opts.world as f64;
+            for (s, &b) in task_sums.iter_mut().zip(&buf[2..]) {
+                *s = b as f64 * w;
+            }
         }
-        Ok((count > 0.0).then(|| sum / count))
+        let metrics = if task_sums.is_empty() {
+            Vec::new()
+        } else {
+            self.model.eval_metrics(&task_sums)
+        };
+        Ok((count > 0.0).then(|| (sum / count, metrics)))
     }
+}
+
+/// The data, split and model of a fine-tuning run: the files read with the backbone's
+/// vocabulary, no masking, labels from `obs[finetune.label_key]`, a split stratified by class
+/// for classification, and the backbone with its task head.
+/// A model that exists for the CPU backend only (fine-tuning's), as the trainer's device's:
+/// Ok exactly when `D` is [`Cpu`].
+fn cpu_only<D: Device<f32> + 'static>(
+    model: Box<dyn ScModel>,
+) -> Result<Box<dyn ScModel<D>>, TrainError> {
+    let any: Box<dyn std::any::Any> = Box::new(model);
+    any.downcast::<Box<dyn ScModel<D>>>()
+        .map(|m| *m)
+        .map_err(|_| {
+            TrainError::Config(
+                "fine-tuning runs on the CPU in this build; remove training.num_gpus".into(),
+            )
+        })
+}
+
+fn finetune_setup(
+    cfg: &ScModelForgeConfig,
+    backbone: &Backbone,
+    on_event: &mut dyn FnMut(TrainEvent),
+) -> Result<(Pipeline, ShardPlan, Box<dyn ScModel>), TrainError> {
+    let t = &cfg.training;
+    let Some(ft) = &cfg.finetune else {
+        return Err(TrainError::Config("no finetune section".into()));
+    };
+    let files = data::dataset::open_all(&cfg.data.paths)?;
+    let dataset = data::dataset::Dataset::new(files, backbone.vocab.clone());
+    for (f, &unknown) in dataset.files().iter().zip(dataset.unknown_genes()) {
+        if unknown >= f.n_vars() {
+            return Err(TrainError::Config(format!(
+                "data.paths: none of the {} genes of {} is in the pretrained checkpoint's vocabulary ({} genes, {})",
+                f.n_vars(),
+                f.path().display(),
+                backbone.vocab.n_genes(),
+                backbone.dir.display()
+            )));
+        }
+    }
+    let labels = finetune::labels::read(&dataset, ft).map_err(TrainError::Config)?;
+    let mut pipeline = Pipeline::with_dataset(cfg, dataset)?;
+    pipeline.masker = None;
+    let nnz = pipeline.dataset.row_nnz()?;
+    let offsets = pipeline.dataset.file_offsets();
+    let seed = t.seed as u64;
+    let block = data::plan::DEFAULT_BLOCK_SIZE;
+    let plan = match &labels {
+        Labels::Classes { names, of_cell } => {
+            on_event(TrainEvent::Log(format!(
+                "finetune: {} classes in obs/{}: {}",
+                names.len(),
+                ft.label_key,
+                names.join(", ")
+            )));
+            ShardPlan::stratified(offsets, &nnz, of_cell, names, t.val_split, seed, block)?
+        }
+        Labels::Values(_) => ShardPlan::new(offsets, &nnz, t.val_split, seed, block)?,
+    };
+    let spec = DataSpec {
+        vocab_size: pipeline.vocab().len(),
+        values_are_bins: cfg.tokenizer.strategy == TokenizerStrategy::BinnedExpression,
+    };
+    let prec = model::precision_of(t.precision);
+    let trunk = model::build(&cfg.model, spec, prec)?;
+    if trunk.layout().total() != backbone.params.len() {
+        return Err(TrainError::Config(format!(
+            "the pretrained checkpoint {} holds {} parameter values, its model section builds {}",
+            backbone.dir.display(),
+            backbone.params.len(),
+            trunk.layout().total()
+        )));
+    }
+    let m = FinetuneModel::new(trunk, ft, std::sync::Arc::new(labels), prec)
+        .map_err(TrainError::Config)?;
+    Ok((pipeline, plan, Box::new(m)))
 }
 
 /// SHA-256 of the parameter buffer: equal on every replica of a data-parallel run.

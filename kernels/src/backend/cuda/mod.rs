@@ -1208,12 +1208,25 @@ impl Device<f32> for Cuda {
         decay_free: &[Range<usize>],
     ) {
         let n = params.len;
-        assert!(grads.len == n && m.len == n && v.len == n);
+        self.adam_step_in(cfg, t, 0..n, params, grads, m, v, decay_free)
+    }
+    fn adam_step_in(
+        &self,
+        cfg: &AdamConfig,
+        t: u64,
+        range: Range<usize>,
+        params: &mut CudaMem,
+        grads: &CudaMem,
+        m: &mut CudaMem,
+        v: &mut CudaMem,
+        decay_free: &[Range<usize>],
+    ) {
+        let n = params.len;
+        assert!(grads.len == n && m.len == n && v.len == n && range.end <= n);
         let no_decay = AdamConfig {
             weight_decay: 0.0,
             ..*cfg
         };
-        let mut at = 0;
         let segment = |c: &AdamConfig, r: Range<usize>| {
             if r.is_empty() {
                 return;
@@ -1244,16 +1257,19 @@ impl Device<f32> for Cuda {
                 ],
             );
         };
+        // As ops::adam_step_in: the decay-free ranges clipped to `range`, decayed stretches
+        // between them.
+        let mut at = range.start;
         for r in decay_free {
-            assert!(
-                at <= r.start && r.start <= r.end && r.end <= n,
-                "decay_free must be sorted"
-            );
-            segment(cfg, at..r.start);
-            segment(&no_decay, r.clone());
-            at = r.end;
+            let (lo, hi) = (r.start.max(range.start), r.end.min(range.end));
+            if lo >= hi {
+                continue;
+            }
+            segment(cfg, at..lo);
+            segment(&no_decay, lo..hi);
+            at = hi;
         }
-        segment(cfg, at..n);
+        segment(cfg, at..range.end);
     }
     fn global_norm(&self, x: &CudaMem) -> f64 {
         self.sumsq(x).0.sqrt()
