@@ -338,6 +338,17 @@ fn optimizer<D: Device<f32>>(d: &D) -> Outputs {
             &[10..20, 40_000..40_010],
         );
     }
+    // One parameter group (fine-tuning's head): only 30_000..60_000 moves.
+    d.adam_step_in(
+        &cfg,
+        4,
+        30_000..60_000,
+        &mut p,
+        &g,
+        &mut m,
+        &mut v,
+        &[10..20, 40_000..40_010],
+    );
     let finite = d.all_finite(&p) as u8 as f32;
     let mut bad = d.upload(&rand(100, 29, 1.0));
     d.scale(&mut bad, f64::INFINITY);
