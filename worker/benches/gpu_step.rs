@@ -203,17 +203,14 @@ fn main() {
         .position(|a| a == "--iters")
         .and_then(|i| args.get(i + 1)?.parse().ok())
         .unwrap_or(20);
-    let dev = match Cuda::open(0) {
-        Ok(d) if Cuda::available() => d,
-        Ok(_) => {
-            println!("gpu_step: SKIPPED (no CUDA device)");
-            return;
-        }
-        Err(e) => {
-            println!("gpu_step: SKIPPED ({e})");
-            return;
-        }
-    };
+    if !Cuda::available() {
+        println!("gpu_step: SKIPPED (no CUDA driver or device on this machine)");
+        return;
+    }
+    let dev = Cuda::open(0).unwrap_or_else(|e| {
+        eprintln!("gpu_step: a device is visible but could not be opened: {e}");
+        std::process::exit(1)
+    });
     let name = dev.describe();
     let peak = bf16_peak(&name);
     println!(
