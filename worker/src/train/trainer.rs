@@ -240,6 +240,11 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         let t = &cfg.training;
         let scaler = (t.precision == CfgPrecision::Fp16Mixed).then(LossScaler::default);
         let seed = t.seed as u64;
+        if cfg.finetune.is_some() != backbone.is_some() {
+            return Err(TrainError::Config(
+                "a fine-tuning config and a pretrained backbone go together (train() resolves them with finetune::resolve)".into(),
+            ));
+        }
         let (pipeline, plan, model, backbone_params) = match backbone {
             None => {
                 let pipeline = Pipeline::from_config(cfg)?;
