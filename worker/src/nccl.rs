@@ -1,31 +1,40 @@
 //! Gradient all-reduce between GPU workers through NCCL (feature `cuda`).
 //!
-//! Every GPU worker offers an NCCL unique id when it registers
-//! ([`offer_unique_id`]); the coordinator hands rank 0's to every rank, and each builds its
-//! communicator on the stream its [`Cuda`] backend computes on, so the all-reduce is ordered
-//! after backward with no host round trip. A collective that does not complete within the
-//! watchdog timeout (a peer died mid-step) aborts the communicator (`ncclCommAbort`) and
-//! returns an error instead of hanging, so the coordinator's restart logic works on GPUs too.
+//! Every GPU worker offers an NCCL unique id when it registers ([`offer_unique_id`]); the
+//! coordinator hands rank 0's to every rank, and each joins the communicator. Collectives run on
+//! a stream of their own: as backward finishes a layer, the compute stream records an event, the
+//! communication stream waits for it and averages that layer's range while backward goes on with
+//! the layers below (as the CPU path's buckets do); after backward the rest of the buffer
+//! follows and the compute stream waits for the communication stream. A step whose collectives
+//! do not complete within the watchdog (a peer died mid-step) aborts the communicator
+//! (`ncclCommAbort`) and returns an error instead of hanging, so the coordinator's restart logic
+//! works on GPUs too.
 
+use std::ffi::c_void;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::nccl::{Comm, Id, ReduceOp};
+use cudarc::driver::CudaStream;
+use cudarc::nccl::{result, sys};
 use kernels::backend::cuda::{Cuda, CudaMem};
+use kernels::Device;
 
-/// How long a collective may take before the peers are presumed gone.
+use crate::sync::DeviceReduce;
+
+/// How long a step's collectives may take before the peers are presumed gone.
 pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(300);
 
 /// A new NCCL unique id when this process can drive a GPU with NCCL, else empty. (Its bootstrap
 /// listener lives in this process, so only rank 0's is ever used.)
 pub fn offer_unique_id() -> Vec<u8> {
     // SAFETY: only probes whether the library can be opened.
-    let nccl = unsafe { cudarc::nccl::sys::is_culib_present() };
+    let nccl = unsafe { sys::is_culib_present() };
     if !nccl || !Cuda::available() {
         return Vec::new();
     }
-    match Id::new() {
-        Ok(id) => id.internal().iter().map(|&c| c as u8).collect(),
+    match result::get_uniqueid() {
+        Ok(id) => id.internal.iter().map(|&c| c as u8).collect(),
         Err(e) => {
             tracing::warn!("could not create an NCCL unique id: {e:?}");
             Vec::new()
@@ -33,18 +42,21 @@ pub fn offer_unique_id() -> Vec<u8> {
     }
 }
 
-/// A communicator handle that may move to another thread.
-struct SendComm(Comm);
-// SAFETY: NCCL communicators may be used from any thread, one call at a time; `Nccl` is only
-// ever used by the thread that owns it.
-unsafe impl Send for SendComm {}
-
 /// One rank's NCCL communicator over its GPU.
 pub struct Nccl {
-    comm: Option<SendComm>,
+    /// None once aborted.
+    comm: Option<sys::ncclComm_t>,
     dev: Cuda,
+    comm_stream: Arc<CudaStream>,
     watchdog: Duration,
+    /// The gradient buffer of the step in flight and the ranges already handed to NCCL.
+    base: u64,
+    reduced: Vec<Range<usize>>,
 }
+
+// SAFETY: an NCCL communicator may be used from any thread, one call at a time; `Nccl` is used
+// only by the thread that owns it.
+unsafe impl Send for Nccl {}
 
 impl Nccl {
     /// Joins the communicator of `world` ranks that rank 0's `unique_id` names (blocks until
@@ -67,57 +79,113 @@ impl Nccl {
                     unique_id.len()
                 )
             })?;
-        let comm = Comm::from_rank(dev.stream().clone(), rank, world, Id::uninit(internal))
+        let comm_stream = dev
+            .context()
+            .new_stream()
+            .map_err(|e| format!("CUDA stream for NCCL: {e}"))?;
+        let mut comm = std::mem::MaybeUninit::uninit();
+        // SAFETY: `comm` is written by ncclCommInitRank before it is read.
+        let comm = unsafe {
+            result::comm_init_rank(
+                comm.as_mut_ptr(),
+                world as i32,
+                sys::ncclUniqueId { internal },
+                rank as i32,
+            )
             .map_err(|e| format!("NCCL communicator for rank {rank} of {world}: {e:?}"))?;
+            comm.assume_init()
+        };
         Ok(Self {
-            comm: Some(SendComm(comm)),
+            comm: Some(comm),
             dev: dev.clone(),
+            comm_stream,
             watchdog,
+            base: 0,
+            reduced: Vec::new(),
         })
     }
 
-    /// Averages `buf[range]` over the ranks in place (ncclAvg, fp32) and waits for it under
-    /// the watchdog.
-    pub fn all_reduce_mean(
-        &mut self,
-        buf: &mut CudaMem,
-        range: Range<usize>,
-    ) -> Result<(), String> {
-        let comm = &self
+    /// Enqueues the average of `range` of the step's buffer on the communication stream, after
+    /// everything the compute stream has been given so far.
+    fn enqueue(&mut self, range: Range<usize>) -> Result<(), String> {
+        let comm = self
             .comm
-            .as_ref()
-            .ok_or("the NCCL communicator was aborted after an earlier failure")?
-            .0;
+            .ok_or("the NCCL communicator was aborted after an earlier failure")?;
         if range.is_empty() {
             return Ok(());
         }
-        let slice = self
-            .dev
-            .slice_mut(buf)
-            .ok_or("all-reduce of an empty buffer")?;
-        let mut view = slice.slice_mut(range);
-        comm.all_reduce_in_place(&mut view, &ReduceOp::Avg)
-            .map_err(|e| format!("NCCL all-reduce: {e:?}"))?;
-        self.wait()
-    }
-
-    /// Polls the stream until the collective is done; past the watchdog, aborts.
-    fn wait(&mut self) -> Result<(), String> {
-        let done = self
+        let done_so_far = self
             .dev
             .stream()
             .record_event(None)
             .map_err(|e| format!("CUDA event: {e}"))?;
+        self.comm_stream
+            .wait(&done_so_far)
+            .map_err(|e| format!("CUDA stream wait: {e}"))?;
+        let ptr = (self.base + 4 * range.start as u64) as *mut c_void;
+        // SAFETY: `base` is the device address of the step's gradient buffer (set by `begin`,
+        // which holds at least range.end floats) and stays allocated until `finish` returns.
+        unsafe {
+            result::all_reduce(
+                ptr,
+                ptr,
+                range.len(),
+                sys::ncclDataType_t::ncclFloat32,
+                sys::ncclRedOp_t::ncclAvg,
+                comm,
+                self.comm_stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(|e| format!("NCCL all-reduce: {e:?}"))?;
+        self.reduced.push(range);
+        Ok(())
+    }
+
+    /// Aborts the communicator: pending collectives return, later calls fail.
+    fn abort(&mut self) {
+        if let Some(c) = self.comm.take() {
+            // SAFETY: a communicator from ncclCommInitRank, aborted once.
+            let _ = unsafe { result::comm_abort(c) };
+        }
+    }
+}
+
+impl DeviceReduce<Cuda> for Nccl {
+    fn begin(&mut self, dev: &Cuda, grads: &CudaMem) {
+        self.base = dev.ptr(grads);
+        self.reduced.clear();
+    }
+
+    fn ready(&mut self, range: Range<usize>) -> Result<(), String> {
+        self.enqueue(range)
+    }
+
+    fn finish(&mut self, dev: &Cuda, grads: &mut CudaMem) -> Result<(), String> {
+        let len = dev.len(grads);
+        if self.base != dev.ptr(grads) {
+            // Not begun on this buffer: nothing of it was reduced yet.
+            self.begin(dev, grads);
+        }
+        for gap in crate::overlap::gaps(&self.reduced, len) {
+            self.enqueue(gap)?;
+        }
+        // Compute waits for communication; the host waits under the watchdog.
+        let comm_done = self
+            .comm_stream
+            .record_event(None)
+            .map_err(|e| format!("CUDA event: {e}"))?;
+        dev.stream()
+            .wait(&comm_done)
+            .map_err(|e| format!("CUDA stream wait: {e}"))?;
         let start = Instant::now();
         loop {
-            match done.try_is_complete() {
+            match comm_done.try_is_complete() {
                 Ok(true) => return Ok(()),
                 Ok(false) => {}
                 Err(e) => return Err(format!("CUDA error while waiting for NCCL: {e}")),
             }
             if start.elapsed() > self.watchdog {
-                // Dropping the communicator calls ncclCommAbort, which unblocks the stream.
-                self.comm.take();
+                self.abort();
                 return Err(format!(
                     "NCCL all-reduce did not finish within {:?}: a peer is gone or stuck; communicator aborted",
                     self.watchdog
@@ -128,9 +196,8 @@ impl Nccl {
     }
 }
 
-impl crate::sync::DeviceReduce<Cuda> for Nccl {
-    fn all_reduce_mean(&mut self, dev: &Cuda, grads: &mut CudaMem) -> Result<(), String> {
-        let len = kernels::Device::<f32>::len(dev, grads);
-        Nccl::all_reduce_mean(self, grads, 0..len)
+impl Drop for Nccl {
+    fn drop(&mut self) {
+        self.abort();
     }
 }

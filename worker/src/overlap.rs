@@ -168,7 +168,7 @@ impl Overlap {
 }
 
 /// The parts of `0..len` that no range in `covered` touches, in ascending order.
-fn gaps(covered: &[Range<usize>], len: usize) -> Vec<Range<usize>> {
+pub(crate) fn gaps(covered: &[Range<usize>], len: usize) -> Vec<Range<usize>> {
     let mut sorted: Vec<Range<usize>> = covered.to_vec();
     sorted.sort_by_key(|r| r.start);
     let mut out = Vec::new();

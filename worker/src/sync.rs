@@ -6,10 +6,14 @@ pub trait GradientSync: Send {
     fn all_reduce_mean(&mut self, grads: &mut [f32]) -> Result<(), String>;
 }
 
-/// Averages a whole gradient buffer across workers on the compute device itself (NCCL on
-/// GPUs), without a trip through host memory. Called by every rank in the same order.
+/// Averages a gradient buffer across workers on the compute device itself (NCCL on GPUs),
+/// without a trip through host memory, overlapped with backward: `begin` before the backward of
+/// a step's last micro-batch, `ready` for each range backward has finished (in the same order
+/// on every rank), `finish` after backward (averages the rest, waits for all of it).
 pub trait DeviceReduce<D: kernels::Device<f32>>: Send {
-    fn all_reduce_mean(&mut self, dev: &D, grads: &mut D::Mem) -> Result<(), String>;
+    fn begin(&mut self, dev: &D, grads: &D::Mem);
+    fn ready(&mut self, range: std::ops::Range<usize>) -> Result<(), String>;
+    fn finish(&mut self, dev: &D, grads: &mut D::Mem) -> Result<(), String>;
 }
 
 /// One worker: nothing to average.

@@ -53,6 +53,9 @@ impl<T: Float> Device<T> for Cpu {
     fn write(&self, m: &mut Vec<T>, offset: usize, host: &[T]) {
         m[offset..offset + host.len()].copy_from_slice(host)
     }
+    fn host_visible(&self) -> bool {
+        true
+    }
     fn read<'a>(&self, m: &'a Vec<T>, range: Range<usize>) -> Cow<'a, [T]> {
         Cow::Borrowed(&m[range])
     }

@@ -63,6 +63,10 @@ pub trait Device<T: Float>: Send + Sync {
     /// A host view of `m[range]`: borrowed where the buffer is host memory, a download
     /// otherwise.
     fn read<'a>(&self, m: &'a Self::Mem, range: Range<usize>) -> Cow<'a, [T]>;
+    /// Whether buffers are host memory, so [`read`](Device::read) is a free borrow; on a GPU it
+    /// is a download that waits for the device, which hooks that only sometimes want the
+    /// contents (the encoder stack's `ready`) must not pay on every call.
+    fn host_visible(&self) -> bool;
     fn len(&self, m: &Self::Mem) -> usize;
     fn fill_zero(&self, m: &mut Self::Mem);
     /// dst[..len(src)] = src.

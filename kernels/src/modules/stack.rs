@@ -129,7 +129,9 @@ impl<M> Stack<M> {
 
     /// Backward of the last training forward of shape (b, t): from dout [b, t, dim] returns
     /// dx [b, t, dim] (valid, and free to modify, until the next call). As soon as a layer's
-    /// backward is done, `ready` gets its parameters' range and their gradients.
+    /// backward is done, `ready` gets its parameters' range and their gradients (on a device
+    /// whose buffers are not host memory, an empty slice: reading them back would stall the
+    /// device after every layer).
     #[allow(clippy::too_many_arguments)]
     pub fn backward<T: Float, D: Device<T, Mem = M>>(
         &mut self,
@@ -155,7 +157,11 @@ impl<M> Stack<M> {
                 &mut arena.gb,
                 layer_key(key, i as u64 + 1),
             );
-            ready(ranges[i].clone(), &dev.read(grads, ranges[i].clone()));
+            if dev.host_visible() {
+                ready(ranges[i].clone(), &dev.read(grads, ranges[i].clone()));
+            } else {
+                ready(ranges[i].clone(), &[]);
+            }
             std::mem::swap(&mut arena.ga, &mut arena.gb);
         }
         &mut arena.ga

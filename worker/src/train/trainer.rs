@@ -499,13 +499,31 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         // Forward, backward and the all-reduce are spans inside the step's.
         let step_span = self.trace.step(step).clone();
         let _in_step = step_span.enter();
+        // The device path (NCCL): each finished layer is averaged on the device while backward
+        // goes on; the rest after backward, below.
+        let mut reduce = if boundary && on_device {
+            self.device_reduce.as_deref_mut()
+        } else {
+            None
+        };
         let (model, dev, params, grads) =
             (&mut self.model, &self.dev, &self.params, &mut self.grads);
+        if let Some(r) = reduce.as_mut() {
+            r.begin(dev, grads);
+        }
+        let mut ready_err = None;
         let totals = &mut self.totals;
         let mut out = std::thread::scope(|scope| -> Result<MicroStep, TrainError> {
             let mut comm = overlap.then(|| Overlap::start(scope, &mut *sync, BUCKET_FLOATS));
+            // Layers' gradients reach the host while backward runs only where buffers are host
+            // memory; on a GPU without NCCL, `finish` averages the whole buffer at the end.
+            let early = dev.host_visible();
             let s = model.train_batch(params, grads, &batch, key, scale, &mut |range, g| {
-                if let Some(c) = comm.as_mut() {
+                if let Some(r) = reduce.as_mut() {
+                    if let Err(e) = r.ready(range) {
+                        ready_err.get_or_insert(e);
+                    }
+                } else if let (Some(c), true) = (comm.as_mut(), early) {
                     c.ready(range, g)
                 }
             })?;
@@ -537,16 +555,15 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                 allreduce,
             }))
         })?;
-        // On the device path the gradients are averaged in place once backward is done; the
-        // totals (a few floats) still go through the host `sync`.
-        if let (MicroStep::StepReady(r), Some(reduce), true) =
-            (&mut out, self.device_reduce.as_mut(), on_device)
-        {
+        // The device path: what backward did not hand over yet is averaged now and waited for;
+        // the totals (a few floats) go through the host `sync`.
+        if let (MicroStep::StepReady(r), Some(reduce)) = (&mut out, reduce) {
             let start = Instant::now();
             let fail = |message| TrainError::Sync { step, message };
-            reduce
-                .all_reduce_mean(&self.dev, &mut self.grads)
-                .map_err(fail)?;
+            if let Some(e) = ready_err {
+                return Err(fail(e));
+            }
+            reduce.finish(&self.dev, &mut self.grads).map_err(fail)?;
             let mut wire = r.totals.to_wire();
             sync.all_reduce_mean(&mut wire).map_err(fail)?;
             r.totals = StepTotals::from_wire(&wire);

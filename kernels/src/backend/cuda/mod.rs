@@ -152,7 +152,9 @@ impl Cuda {
         // One stream, ops in call order: the per-buffer event tracking is not needed.
         // SAFETY: no other stream touches these buffers.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A non-blocking stream (not the legacy default one), so NCCL on its own stream can
+        // run alongside compute.
+        let stream = ctx.new_stream().map_err(drv)?;
         let capability = ctx.compute_capability().map_err(drv)?;
         let name = ctx.name().map_err(drv)?;
         let arch = format!("compute_{}{}", capability.0, capability.1);
@@ -464,6 +466,9 @@ impl Device<f32> for Cuda {
             self.stream
                 .memcpy_htod(host, &mut b.slice_mut(offset..offset + host.len())),
         );
+    }
+    fn host_visible(&self) -> bool {
+        false
     }
     fn read<'a>(&self, m: &'a CudaMem, range: Range<usize>) -> Cow<'a, [f32]> {
         assert!(
