@@ -1,7 +1,8 @@
 //! `coordinator finetune --config X.yaml --checkpoint C [--nodes N]`: scModelForge's
 //! `finetune` verb. A fine-tuning run is a launch whose workers train the config's `finetune`
 //! task on the backbone of checkpoint C: this command checks that the config has a `finetune`
-//! section, sets `finetune.checkpoint_path` to C (an absolute path, so every worker finds it)
+//! section, sets `finetune.checkpoint_path` to C (an absolute path, so every worker finds it;
+//! for a directory of checkpoints, its newest complete one)
 //! and hands over to `coordinator launch`, with all of its options (`--nodes`, `--run-dir`,
 //! `--resume`, `--set`, …).
 
@@ -51,6 +52,9 @@ pub fn prepare(args: FinetuneArgs) -> anyhow::Result<LaunchArgs> {
             path.display()
         );
     }
+    if let Some(why) = run::support::unsupported(&cfg) {
+        bail!("{why}");
+    }
     if let Some(ck) = args.checkpoint {
         if !ck.exists() {
             bail!("--checkpoint {}: no such checkpoint", ck.display());
@@ -58,7 +62,12 @@ pub fn prepare(args: FinetuneArgs) -> anyhow::Result<LaunchArgs> {
         let abs = ck
             .canonicalize()
             .map_err(|e| anyhow!("--checkpoint {}: {e}", ck.display()))?;
-        let text = abs.to_string_lossy().replace('\'', "''");
+        // A directory of checkpoints is pinned to its newest complete one now, so that every
+        // worker, restart and resume of this run starts from the same backbone.
+        let exact = run::checkpoint::resolve_resume(&abs)
+            .map_err(|e| anyhow!("--checkpoint {}: {e}", ck.display()))?;
+        eprintln!("anvil: backbone checkpoint {}", exact.display());
+        let text = exact.to_string_lossy().replace('\'', "''");
         launch
             .overrides
             .push(format!("finetune.checkpoint_path='{text}'"));

@@ -108,10 +108,12 @@ fn finetune_trains_a_cell_type_head_on_a_pretrained_checkpoint_with_two_workers(
     let best = acc.iter().cloned().fold(0.0, f64::max);
     assert!(best > 0.45, "accuracy {acc:?} does not beat chance");
     assert!(f1.iter().all(|x| (0.0..=1.0).contains(x)), "{f1:?}");
-    // The run's stored config names the checkpoint it fine-tuned, so --resume needs no flag.
+    // The run's stored config names the checkpoint it fine-tuned (the newest one inside the
+    // directory given), so --resume and restarts need no flag and find the same backbone.
     let stored = std::fs::read_to_string(ft.join("config.yaml")).unwrap();
     let abs = ck.canonicalize().unwrap();
-    assert!(stored.contains(&*abs.to_string_lossy()), "{stored}");
+    assert!(stored.contains(&format!("{}/", abs.display())), "{stored}");
+    assert!(all.contains("anvil: backbone checkpoint"), "{all}");
     assert!(ft.join("checkpoints/last").is_dir());
 
     // `coordinator launch` runs the same fine-tuning when the config names the checkpoint.

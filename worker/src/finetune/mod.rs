@@ -78,6 +78,10 @@ pub fn resolve(
     out.model = backbone.cfg.model.clone();
     out.tokenizer = backbone.cfg.tokenizer.clone();
     out.data.max_genes = backbone.cfg.data.max_genes;
+    // The run's checkpoints record the exact backbone (not a directory's newest).
+    if let Some(f) = out.finetune.as_mut() {
+        f.checkpoint_path = Some(backbone.dir.display().to_string());
+    }
     // The merged config is what the run's checkpoints record: it must load again.
     let name = format!(
         "the fine-tuning config with the model of {}",
