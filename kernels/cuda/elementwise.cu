@@ -55,6 +55,10 @@ extern "C" __global__ void add_inplace(float* acc, const float* g, u64 n) {
     for (size_t i = gtid(); i < n; i += gstride()) acc[i] += g[i];
 }
 
+extern "C" __global__ void fill(float* x, u64 n, float v) {
+    for (size_t i = gtid(); i < n; i += gstride()) x[i] = v;
+}
+
 extern "C" __global__ void scale(float* x, u64 n, float f) {
     for (size_t i = gtid(); i < n; i += gstride()) x[i] *= f;
 }

@@ -64,6 +64,13 @@ fn matmul<D: Device<f32>>(d: &D, prec: Precision) -> Outputs {
         d.matmul(prec, &mut c, &a, ta, &b, tb, m, n, k, true);
         out.push((name, d.download(&c)));
     }
+    // An empty sum (k = 0): written as zeros, or left alone when accumulating.
+    let (a, b) = (d.zeros(0), d.zeros(0));
+    let mut c = d.upload(&rand(m * n, 4, 1.0));
+    d.matmul(prec, &mut c, &a, false, &b, false, m, n, 0, true);
+    out.push(("k0_accumulate", d.download(&c)));
+    d.matmul(prec, &mut c, &a, false, &b, false, m, n, 0, false);
+    out.push(("k0_write", d.download(&c)));
     out
 }
 

@@ -911,3 +911,19 @@ mod determinism_tests {
         }
     }
 }
+
+#[cfg(test)]
+mod empty_sum_tests {
+    use super::*;
+
+    /// k = 0: the product is an empty sum, so C is zeroed when written and unchanged when
+    /// accumulated (the CUDA backend mirrors this; cuBLASLt itself takes no k = 0).
+    #[test]
+    fn matmul_with_k_zero_is_an_empty_sum() {
+        let mut c = vec![1.5f32; 6];
+        matmul(Precision::F32, &mut c, &[], false, &[], false, 2, 3, 0, true);
+        assert_eq!(c, vec![1.5; 6]);
+        matmul(Precision::Bf16Mixed, &mut c, &[], false, &[], true, 2, 3, 0, false);
+        assert_eq!(c, vec![0.0; 6]);
+    }
+}

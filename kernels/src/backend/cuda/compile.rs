@@ -35,6 +35,7 @@ pub fn kernel_names() -> Vec<String> {
         "dropout",
         "residual_forward",
         "add_inplace",
+        "fill",
         "scale",
         "round_to",
         "cast_to_half",

@@ -308,6 +308,17 @@ impl Cuda {
         if m == 0 || n == 0 {
             return;
         }
+        if k == 0 {
+            // An empty sum: C is unchanged, or zero when written (cuBLASLt takes no k = 0).
+            if !accumulate {
+                self.launch_1d(
+                    "fill",
+                    m * n,
+                    &[Arg::Ptr(c), Arg::U64((m * n) as u64), Arg::F32(0.0)],
+                );
+            }
+            return;
+        }
         let beta = if accumulate { 1.0 } else { 0.0 };
         let (ops, a, b) = match prec {
             Precision::F32 => (Operands::F32, a, b),
