@@ -555,7 +555,7 @@ fn bad_input_is_refused_naming_the_flag_or_file() {
                 "--gpus-per-node".into(),
                 "1".into(),
             ],
-            &["--gpus-per-node 1", "no GPU backend"],
+            &["--gpus-per-node 1", "CPU build"],
         ),
         (
             vec![

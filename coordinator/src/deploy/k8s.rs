@@ -211,9 +211,10 @@ impl Plan {
         }
         if a.gpus_per_node > 0 {
             bail!(
-                "--gpus-per-node {}: anvil has no GPU backend yet (its kernels run on the CPU \
-                 only), so a worker could not use the GPUs it reserved; leave --gpus-per-node \
-                 at 0 and size --cpu instead",
+                "--gpus-per-node {}: the image the Dockerfile builds is a CPU build (no \
+                 `--features cuda`), and anvil's GPU path has not yet run on a device, so a \
+                 worker would not use the GPUs it reserved; leave --gpus-per-node at 0 and \
+                 size --cpu instead",
                 a.gpus_per_node
             );
         }
