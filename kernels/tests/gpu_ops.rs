@@ -7,8 +7,7 @@
 //! them as skipped (set ANVIL_REQUIRE_GPU=1 to make that a failure, as scripts/gpu-check.sh
 //! does).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
-
+use kernels::backend::cuda::suite::{self, Case};
 use kernels::backend::cuda::Cuda;
 use kernels::ops::attention::AttnOpts;
 use kernels::ops::{Activation, AdamConfig, AttnShape};
@@ -388,13 +387,18 @@ fn buffers<D: Device<f32>>(d: &D) -> Outputs {
     ]
 }
 
-type Case = (String, f32, Box<dyn Fn(&Cuda) -> (Outputs, Outputs)>);
-
-fn case(name: &str, tol: f32, f: impl Fn(&Cuda) -> (Outputs, Outputs) + 'static) -> Case {
-    (name.to_string(), tol, Box::new(f))
+/// A case comparing the CPU's outputs (first) with the GPU's within `tol`.
+fn case(name: &str, tol: f32, f: impl Fn(&Cuda) -> (Outputs, Outputs) + 'static) -> Case<'static> {
+    (
+        name.to_string(),
+        Box::new(move |g| {
+            let (cpu, gpu) = f(g);
+            compare(&cpu, &gpu, tol)
+        }),
+    )
 }
 
-fn cases() -> Vec<Case> {
+fn cases() -> Vec<Case<'static>> {
     let mut v = Vec::new();
     for (prec, tol, tag) in [
         (Precision::F32, 1e-4, "f32"),
@@ -448,62 +452,5 @@ fn cases() -> Vec<Case> {
 }
 
 fn main() {
-    let cases = cases();
-    let dev = if Cuda::available() {
-        Cuda::open(0).map_err(|e| e.to_string())
-    } else {
-        Err("no CUDA driver or device on this machine".to_string())
-    };
-    let dev = match dev {
-        Ok(d) => d,
-        Err(reason) => {
-            for (name, _, _) in &cases {
-                println!("test {name} ... SKIPPED ({reason})");
-            }
-            println!(
-                "\ntest result: SKIPPED. 0 passed; 0 failed; {} skipped: {reason}",
-                cases.len()
-            );
-            if std::env::var_os("ANVIL_REQUIRE_GPU").is_some() {
-                std::process::exit(1);
-            }
-            return;
-        }
-    };
-    println!("GPU op suite on {}", dev.describe());
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let (mut passed, mut failed) = (0, 0);
-    for (name, tol, f) in &cases {
-        if !filter.is_empty() && !filter.iter().any(|p| name.contains(p.as_str())) {
-            continue;
-        }
-        let r = catch_unwind(AssertUnwindSafe(|| {
-            let (cpu, gpu) = f(&dev);
-            compare(&cpu, &gpu, *tol)
-        }));
-        match r {
-            Ok(Ok(())) => {
-                passed += 1;
-                println!("test {name} ... ok");
-            }
-            Ok(Err(e)) => {
-                failed += 1;
-                println!("test {name} ... FAILED: {e}");
-            }
-            Err(_) => {
-                failed += 1;
-                println!("test {name} ... FAILED (panicked)");
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {passed} passed; {failed} failed; 0 skipped",
-        if failed == 0 { "ok" } else { "FAILED" }
-    );
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    suite::run("GPU op suite", cases());
 }

@@ -6,11 +6,11 @@
 //! device can be opened every case prints `SKIPPED` with the reason and the summary counts
 //! them as skipped (ANVIL_REQUIRE_GPU=1 makes that a failure, as scripts/gpu-check.sh does).
 
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use configs::scmodelforge::ScModelForgeConfig;
+use kernels::backend::cuda::suite::{self, Case};
 use kernels::backend::cuda::Cuda;
 use kernels::{Cpu, Device};
 use worker::nccl::Nccl;
@@ -161,65 +161,20 @@ fn a_dead_rank_does_not_hang_the_other(_: &Cuda) -> Result<(), String> {
     Ok(())
 }
 
-type Case = (&'static str, fn(&Cuda) -> Result<(), String>);
-
 fn main() {
-    let cases: [Case; 3] = [
-        ("training_follows_the_cpu", training_follows_the_cpu),
-        ("nccl_all_reduce_averages", nccl_all_reduce_averages),
+    let cases: Vec<Case> = vec![
         (
-            "a_dead_rank_does_not_hang_the_other",
-            a_dead_rank_does_not_hang_the_other,
+            "training_follows_the_cpu".into(),
+            Box::new(training_follows_the_cpu),
+        ),
+        (
+            "nccl_all_reduce_averages".into(),
+            Box::new(nccl_all_reduce_averages),
+        ),
+        (
+            "a_dead_rank_does_not_hang_the_other".into(),
+            Box::new(a_dead_rank_does_not_hang_the_other),
         ),
     ];
-    let dev = if Cuda::available() {
-        Cuda::open(0).map_err(|e| e.to_string())
-    } else {
-        Err("no CUDA driver or device on this machine".to_string())
-    };
-    let dev = match dev {
-        Ok(d) => d,
-        Err(reason) => {
-            for (name, _) in &cases {
-                println!("test {name} ... SKIPPED ({reason})");
-            }
-            println!(
-                "\ntest result: SKIPPED. 0 passed; 0 failed; {} skipped: {reason}",
-                cases.len()
-            );
-            if std::env::var_os("ANVIL_REQUIRE_GPU").is_some() {
-                std::process::exit(1);
-            }
-            return;
-        }
-    };
-    println!("worker GPU suite on {}", dev.describe());
-    let (mut passed, mut failed, mut skipped) = (0, 0, 0);
-    for (name, f) in cases {
-        match catch_unwind(AssertUnwindSafe(|| f(&dev))) {
-            Ok(Ok(())) => {
-                passed += 1;
-                println!("test {name} ... ok");
-            }
-            Ok(Err(e)) if e.starts_with("SKIP: ") => {
-                skipped += 1;
-                println!("test {name} ... SKIPPED ({})", &e[6..]);
-            }
-            Ok(Err(e)) => {
-                failed += 1;
-                println!("test {name} ... FAILED: {e}");
-            }
-            Err(_) => {
-                failed += 1;
-                println!("test {name} ... FAILED (panicked)");
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {passed} passed; {failed} failed; {skipped} skipped",
-        if failed == 0 { "ok" } else { "FAILED" }
-    );
-    if failed > 0 {
-        std::process::exit(1);
-    }
+    suite::run("worker GPU suite", cases);
 }

@@ -921,9 +921,31 @@ mod empty_sum_tests {
     #[test]
     fn matmul_with_k_zero_is_an_empty_sum() {
         let mut c = vec![1.5f32; 6];
-        matmul(Precision::F32, &mut c, &[], false, &[], false, 2, 3, 0, true);
+        matmul(
+            Precision::F32,
+            &mut c,
+            &[],
+            false,
+            &[],
+            false,
+            2,
+            3,
+            0,
+            true,
+        );
         assert_eq!(c, vec![1.5; 6]);
-        matmul(Precision::Bf16Mixed, &mut c, &[], false, &[], true, 2, 3, 0, false);
+        matmul(
+            Precision::Bf16Mixed,
+            &mut c,
+            &[],
+            false,
+            &[],
+            true,
+            2,
+            3,
+            0,
+            false,
+        );
         assert_eq!(c, vec![0.0; 6]);
     }
 }

@@ -12,6 +12,7 @@
 
 pub mod blas;
 pub mod compile;
+pub mod suite;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
