@@ -4,7 +4,11 @@
 //! (AMX, AVX512_BF16), and PyTorch's `torch.mm` in f32 and bf16 (scripts/bench_torch_mm.py,
 //! 2 threads) when python3 with torch is present. No timed assertions.
 //!
-//!     cargo bench -p kernels --bench bf16_gemm [-- --iters N --tokens M --no-torch]
+//!     cargo bench -p kernels --bench bf16_gemm [-- --iters N --tokens M --no-torch
+//!         --only-bf16 --path amx|avx512_bf16 --dims IN,OUT]
+//!
+//! `--only-bf16` skips anvil's f32 and emulated runs (for profiling), `--path` runs one
+//! microkernel, `--dims` one layer shape.
 //!
 //! For each (in, out) the three products of a linear layer over M tokens: y = x·Wᵀ
 //! (M x out x in), dx = dy·W (M x in x out), dW = dyᵀ·x (out x in x M). Best of `--iters`
@@ -97,6 +101,15 @@ fn main() {
     let iters = value("--iters").unwrap_or(5);
     let tokens = value("--tokens").unwrap_or(8192);
     let no_torch = args.iter().any(|a| a == "--no-torch");
+    let only_bf16 = args.iter().any(|a| a == "--only-bf16");
+    let text = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .cloned()
+    };
+    let want_path = text("--path");
+    let want_dims = text("--dims");
 
     let mut paths = Vec::new();
     if bf16gemm::amx_supported() {
@@ -118,8 +131,12 @@ fn main() {
         (128, 512),
         (512, 128),
     ];
+    paths.retain(|p| want_path.as_ref().is_none_or(|w| w == p.name()));
     let mut cases = Vec::new();
     for &(i, o) in &dims {
+        if want_dims.as_ref().is_some_and(|w| *w != format!("{i},{o}")) {
+            continue;
+        }
         let m = tokens;
         cases.push(Case {
             label: "y=x·Wᵀ",
@@ -168,36 +185,44 @@ fn main() {
         let mut cbuf = vec![0f32; m * n];
         let flops = 2.0 * (m * n * k) as f64;
         let g = |s: f64| flops / s / 1e9;
-        let f32_s = best(iters, || {
-            matmul(
-                Precision::F32,
-                &mut cbuf,
-                &a,
-                c.ta,
-                &b,
-                c.tb,
-                m,
-                n,
-                k,
-                false,
-            )
-        });
-        let emu_s = best(iters, || {
-            let ar = rounded(Precision::Bf16Mixed, &a);
-            let br = rounded(Precision::Bf16Mixed, &b);
-            matmul(
-                Precision::F32,
-                &mut cbuf,
-                &ar,
-                c.ta,
-                &br,
-                c.tb,
-                m,
-                n,
-                k,
-                false,
-            )
-        });
+        let f32_s = if only_bf16 {
+            f64::NAN
+        } else {
+            best(iters, || {
+                matmul(
+                    Precision::F32,
+                    &mut cbuf,
+                    &a,
+                    c.ta,
+                    &b,
+                    c.tb,
+                    m,
+                    n,
+                    k,
+                    false,
+                )
+            })
+        };
+        let emu_s = if only_bf16 {
+            f64::NAN
+        } else {
+            best(iters, || {
+                let ar = rounded(Precision::Bf16Mixed, &a);
+                let br = rounded(Precision::Bf16Mixed, &b);
+                matmul(
+                    Precision::F32,
+                    &mut cbuf,
+                    &ar,
+                    c.ta,
+                    &br,
+                    c.tb,
+                    m,
+                    n,
+                    k,
+                    false,
+                )
+            })
+        };
         let lda = if c.ta { m } else { k };
         let ldb = if c.tb { k } else { n };
         let mut row = format!(

@@ -11,18 +11,24 @@
 //!   because the AMX intrinsics are not stable in Rust 1.95.
 //! - **AVX512_BF16**: `vdpbf16ps` (`_mm512_dpbf16_ps`), 8 rows x 32 columns per step.
 //!
-//! Both read the same packing: A as bf16 rows (k contiguous, padded with zeros to a multiple of
-//! 32 rows and 32 columns), B in panels of 32 columns where each k pair is interleaved ("VNNI":
-//! `(b[2q][j], b[2q+1][j])` side by side), k padded to a multiple of 32. Zero padding adds
-//! nothing to the sums, so edge tiles need no special microkernel; only the final store into C
-//! is clipped.
+//! Both read the same packing: A as bf16 rows (k contiguous, zero-padded to a multiple of 32
+//! rows and 32 columns), B in panels of 32 columns where each k pair is interleaved ("VNNI":
+//! `(b[2q][j], b[2q+1][j])` in one 32-bit word), k padded to a multiple of 32. Zero padding adds
+//! nothing to the sums, so edge blocks need no special microkernel; they go through a 32x32
+//! buffer and only the copy into C is clipped. Packing rounds with AVX-512 integer code that
+//! gives the same bits as [`crate::precision::round_bf16`] (tested on a sweep of patterns).
+//!
+//! Blocking: k in chunks of [`KC`]; per chunk, B is packed once (all panels, in parallel), then
+//! each task packs a group of up to [`G`] 32-row blocks of A into a thread-local buffer and
+//! runs the microkernel over its panels, each panel used by the group's row blocks in a row.
+//! Full 32x32 blocks of C are loaded into / stored from the accumulators directly.
 //!
 //! Both instructions treat bf16 subnormal inputs (|x| < 1.2e-38) as zero and flush subnormal
 //! results; training values never live there.
 //!
-//! Work is split over rayon as independent 32-row x [`NC`]-column blocks of C, each computed by
-//! exactly one task over the whole of k in a fixed order: the result does not depend on the
-//! number of threads.
+//! Every block of C is computed by exactly one task, over the k chunks in order, with the same
+//! instructions whatever the grouping: the result does not depend on the number of threads
+//! (tested: sequential and parallel give the same bits).
 
 use rayon::prelude::*;
 use std::sync::OnceLock;
@@ -33,8 +39,10 @@ const MR: usize = 32;
 const NR: usize = 32;
 /// Depth of one AMX step (32 bf16 = 64 bytes per tile row); k is padded to it.
 const KB: usize = 32;
-/// Columns of C per task: a 32-row A block is reused over this many columns of B.
-const NC: usize = 256;
+/// Depth of one chunk of k: B's chunk (n x KC bf16) is packed once and read by every task.
+const KC: usize = 1024;
+/// Row blocks of A per task (at most): each packed B panel is used by G row blocks in a row.
+const G: usize = 4;
 
 /// Which bf16 microkernel to run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,20 +66,31 @@ impl Bf16Path {
 pub fn avx512_bf16_supported() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx512bf16")
-            && std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512bw")
+        std::arch::is_x86_feature_detected!("avx512bf16") && packing_supported()
     }
     #[cfg(not(target_arch = "x86_64"))]
     false
 }
 
-/// Whether the AMX microkernel can run here: the CPU has `amx_tile` and `amx_bf16`, the OS
-/// saves the tile state (XCR0 bits 17, 18), and (Linux) the process was granted the tile data.
-/// The permission request is made once per process.
+/// The packing routines use AVX-512 F/BW/VL (every CPU with AVX512_BF16 or AMX has them).
+fn packing_supported() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+/// Whether the AMX microkernel can run here: the CPU has `amx_tile` and `amx_bf16` (and
+/// AVX-512 F/BW/VL for the packing), the OS saves the tile state (XCR0 bits 17, 18), and
+/// (Linux) the process was granted the tile data. The permission request is made once per
+/// process.
 pub fn amx_supported() -> bool {
     static OK: OnceLock<bool> = OnceLock::new();
-    *OK.get_or_init(amx_detect)
+    *OK.get_or_init(|| packing_supported() && amx_detect())
 }
 
 #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
@@ -160,116 +179,195 @@ pub fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// Packed A: rows `mp` (multiple of MR) x `kp` (multiple of KB) bf16, row-major.
-struct PackedA {
-    data: Vec<u16>,
-    kp: usize,
-}
-
-/// Packed B: `np / NR` panels, each `kp / 2` pairs x NR columns x 2.
-struct PackedB {
-    data: Vec<u16>,
-    kp: usize,
-}
-
-fn pack_a(a: &[f32], lda: usize, ta: bool, m: usize, k: usize, parallel: bool) -> PackedA {
-    let kp = k.div_ceil(KB) * KB;
-    let mp = m.div_ceil(MR) * MR;
-    let mut data = vec![0u16; mp * kp];
-    let block = |(rb, out): (usize, &mut [u16])| {
-        let r0 = rb * MR;
-        let rows = MR.min(m.saturating_sub(r0));
-        if !ta {
-            for i in 0..rows {
-                let src = &a[(r0 + i) * lda..(r0 + i) * lda + k];
-                for (d, &s) in out[i * kp..i * kp + k].iter_mut().zip(src) {
-                    *d = bf16_bits(s);
-                }
-            }
-        } else {
-            // op(a)[i][kk] = a[kk*lda + i]: read 32 contiguous values per kk.
-            for kk in 0..k {
-                let src = &a[kk * lda + r0..kk * lda + r0 + rows];
-                for (i, &s) in src.iter().enumerate() {
-                    out[i * kp + kk] = bf16_bits(s);
-                }
-            }
-        }
-    };
-    if parallel {
-        data.par_chunks_mut(MR * kp).enumerate().for_each(block);
-    } else {
-        data.chunks_mut(MR * kp).enumerate().for_each(block);
-    }
-    PackedA { data, kp }
-}
-
-fn pack_b(b: &[f32], ldb: usize, tb: bool, k: usize, n: usize, parallel: bool) -> PackedB {
-    let kp = k.div_ceil(KB) * KB;
-    let np = n.div_ceil(NR) * NR;
-    let mut data = vec![0u16; np * kp];
-    let panel = |(p, out): (usize, &mut [u16])| {
-        let c0 = p * NR;
-        let cols = NR.min(n - c0);
-        if !tb {
-            // op(b)[kk][j] = b[kk*ldb + j]: two rows at a time, interleaved.
-            for q in 0..k.div_ceil(2) {
-                let dst = &mut out[q * 2 * NR..(q + 1) * 2 * NR];
-                let r0 = &b[2 * q * ldb + c0..2 * q * ldb + c0 + cols];
-                for (j, &s) in r0.iter().enumerate() {
-                    dst[2 * j] = bf16_bits(s);
-                }
-                if 2 * q + 1 < k {
-                    let r1 = &b[(2 * q + 1) * ldb + c0..(2 * q + 1) * ldb + c0 + cols];
-                    for (j, &s) in r1.iter().enumerate() {
-                        dst[2 * j + 1] = bf16_bits(s);
-                    }
-                }
-            }
-        } else {
-            // op(b)[kk][j] = b[j*ldb + kk]: each column is a contiguous run of b.
-            for j in 0..cols {
-                let src = &b[(c0 + j) * ldb..(c0 + j) * ldb + k];
-                for (kk, &s) in src.iter().enumerate() {
-                    out[(kk / 2) * 2 * NR + 2 * j + (kk & 1)] = bf16_bits(s);
-                }
-            }
-        }
-    };
-    if parallel {
-        data.par_chunks_mut(NR * kp).enumerate().for_each(panel);
-    } else {
-        data.chunks_mut(NR * kp).enumerate().for_each(panel);
-    }
-    PackedB { data, kp }
-}
-
-/// Adds (or writes) a 32x32 f32 tile into C, clipped to `rows` x `cols`.
+/// Rounds 16 f32 lanes to bf16 as [`bf16_bits`] does, result in the high half of each lane
+/// (the low half is garbage; callers shift or mask).
+#[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn store_tile(
-    c: &mut [f32],
-    ldc: usize,
-    tile: &[f32; MR * NR],
-    rows: usize,
-    cols: usize,
-    accumulate: bool,
-) {
-    for i in 0..rows {
-        let dst = &mut c[i * ldc..i * ldc + cols];
-        let src = &tile[i * NR..i * NR + cols];
-        if accumulate {
-            for (d, s) in dst.iter_mut().zip(src) {
-                *d += *s;
-            }
+unsafe fn round16(x: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
+    use std::arch::x86_64::*;
+    let lsb = _mm512_and_si512(_mm512_srli_epi32::<16>(x), _mm512_set1_epi32(1));
+    let r = _mm512_add_epi32(_mm512_add_epi32(x, _mm512_set1_epi32(0x7FFF)), lsb);
+    let abs = _mm512_and_si512(x, _mm512_set1_epi32(0x7FFF_FFFF));
+    let nan = _mm512_cmpgt_epu32_mask(abs, _mm512_set1_epi32(0x7F80_0000));
+    let q = _mm512_or_si512(x, _mm512_set1_epi32(0x0040_0000));
+    _mm512_mask_blend_epi32(nan, r, q)
+}
+
+/// `dst[j] = bf16(src[j])` for `j < src.len()` (bits of [`bf16_bits`]).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn cvt_row(dst: &mut [u16], src: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = src.len();
+    debug_assert!(dst.len() >= n);
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut j = 0;
+    while j < n {
+        let left = n - j;
+        let mask: u16 = if left >= 16 {
+            0xFFFF
         } else {
-            dst.copy_from_slice(src);
+            (1u16 << left) - 1
+        };
+        let x = _mm512_maskz_loadu_epi32(mask, s.add(j) as *const i32);
+        let h = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(round16(x)));
+        _mm256_mask_storeu_epi16(d.add(j) as *mut i16, mask, h);
+        j += 16;
+    }
+}
+
+/// VNNI pairs: `dst[j] = bf16(r0[j]) | bf16(r1[j]) << 16` (r1 absent: 0 in the high half).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+unsafe fn pair_row(dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
+    use std::arch::x86_64::*;
+    let n = r0.len();
+    debug_assert!(dst.len() >= n && r1.is_none_or(|r| r.len() >= n));
+    let d = dst.as_mut_ptr();
+    let hi_mask = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+    let mut j = 0;
+    while j < n {
+        let left = n - j;
+        let mask: u16 = if left >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << left) - 1
+        };
+        let x0 = _mm512_maskz_loadu_epi32(mask, r0.as_ptr().add(j) as *const i32);
+        let mut w = _mm512_srli_epi32::<16>(round16(x0));
+        if let Some(r1) = r1 {
+            let x1 = _mm512_maskz_loadu_epi32(mask, r1.as_ptr().add(j) as *const i32);
+            w = _mm512_or_si512(w, _mm512_and_si512(round16(x1), hi_mask));
+        }
+        _mm512_mask_storeu_epi32(d.add(j) as *mut i32, mask, w);
+        j += 16;
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn cvt_row(_: &mut [u16], _: &[f32]) {
+    unreachable!()
+}
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn pair_row(_: &mut [u32], _: &[f32], _: Option<&[f32]>) {
+    unreachable!()
+}
+
+fn as_u32(x: &mut [u16]) -> &mut [u32] {
+    assert!((x.as_ptr() as usize).is_multiple_of(4) && x.len().is_multiple_of(2));
+    // SAFETY: aligned (checked), even length, and every bit pattern is a valid u32.
+    unsafe { std::slice::from_raw_parts_mut(x.as_mut_ptr() as *mut u32, x.len() / 2) }
+}
+
+/// Packs rows `r0..r0+rows` (of op(a)) and columns `k0..k0+kc` of op(a) as bf16 rows of
+/// `kcp` values into `out` (already zeroed: padding stays 0).
+#[allow(clippy::too_many_arguments)]
+fn pack_a_rows(
+    out: &mut [u16],
+    a: &[f32],
+    lda: usize,
+    ta: bool,
+    r0: usize,
+    rows: usize,
+    k0: usize,
+    kc: usize,
+    kcp: usize,
+) {
+    if !ta {
+        for i in 0..rows {
+            let s = (r0 + i) * lda + k0;
+            // SAFETY: the paths that reach here were checked for AVX-512 F/BW/VL.
+            unsafe { cvt_row(&mut out[i * kcp..i * kcp + kc], &a[s..s + kc]) };
+        }
+        return;
+    }
+    // op(a)[i][kk] = a[kk*lda + i]: VNNI pairs over i from two rows of a (contiguous), then a
+    // 32-bit transpose of 16 pairs at a time into the rows.
+    let out = as_u32(out);
+    let (half, pairs) = (kcp / 2, kc.div_ceil(2));
+    let mut tmp = [0u32; 16 * MR * G];
+    for q0 in (0..pairs).step_by(16) {
+        let qn = 16.min(pairs - q0);
+        for dq in 0..qn {
+            let kk = k0 + 2 * (q0 + dq);
+            let s0 = kk * lda + r0;
+            let r1 = (kk + 1 < k0 + kc).then(|| &a[s0 + lda..s0 + lda + rows]);
+            // SAFETY: as above.
+            unsafe { pair_row(&mut tmp[dq * rows..(dq + 1) * rows], &a[s0..s0 + rows], r1) };
+        }
+        for i in 0..rows {
+            let dst = &mut out[i * half + q0..i * half + q0 + qn];
+            for (dq, d) in dst.iter_mut().enumerate() {
+                *d = tmp[dq * rows + i];
+            }
         }
     }
+}
+
+/// Packs columns `k0..k0+kc` of op(b) into VNNI panels of NR columns (`kcp / 2` pair rows of
+/// NR u32 each) into `out` (already zeroed).
+#[allow(clippy::too_many_arguments)]
+fn pack_b_panel(
+    out: &mut [u16],
+    b: &[f32],
+    ldb: usize,
+    tb: bool,
+    c0: usize,
+    cols: usize,
+    k0: usize,
+    kc: usize,
+) {
+    let out = as_u32(out);
+    if !tb {
+        // op(b)[kk][j] = b[kk*ldb + j]: two rows at a time.
+        for q in 0..kc.div_ceil(2) {
+            let s0 = (k0 + 2 * q) * ldb + c0;
+            let r1 = (2 * q + 1 < kc).then(|| &b[s0 + ldb..s0 + ldb + cols]);
+            // SAFETY: as in pack_a_rows.
+            unsafe { pair_row(&mut out[q * NR..q * NR + cols], &b[s0..s0 + cols], r1) };
+        }
+    } else {
+        // op(b)[kk][j] = b[j*ldb + kk]: a row of b is one column's pairs, already adjacent.
+        let mut row = vec![0u16; kc.div_ceil(2) * 2];
+        for j in 0..cols {
+            let s = (c0 + j) * ldb + k0;
+            // SAFETY: as in pack_a_rows.
+            unsafe { cvt_row(&mut row, &b[s..s + kc]) };
+            if kc % 2 == 1 {
+                row[kc] = 0;
+            }
+            for (q, pair) in row.chunks_exact(2).enumerate() {
+                out[q * NR + j] = pair[0] as u32 | (pair[1] as u32) << 16;
+            }
+        }
+    }
+}
+
+/// Takes a reusable buffer from a thread-local slot (an empty one if the slot is in use
+/// further up this thread's stack), zero-filled to `len`.
+fn take_buf(
+    slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<u16>>>,
+    len: usize,
+) -> Vec<u16> {
+    let mut v = slot.with(|s| s.take());
+    v.clear();
+    v.resize(len, 0);
+    v
+}
+
+thread_local! {
+    static ABUF: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
+    static BBUF: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// `c[m,n] (+)= op(a)·op(b)` with bf16-rounded operands and f32 accumulation, on `path`.
 /// Row-major; `lda`, `ldb`, `ldc` are the row strides of the stored matrices (`a` is stored
 /// `[k, m]` when `ta`, `b` is stored `[n, k]` when `tb`). `parallel` splits over rayon.
+///
+/// k is processed in chunks of [`KC`]: B's chunk is packed once (all panels), then each task
+/// packs its group of row blocks of A for the chunk and runs the microkernel over every panel
+/// (B panel reused by the group's row blocks). C is loaded into the accumulators for every
+/// chunk after the first (or the first too when `accumulate`).
 ///
 /// # Panics
 /// If `path` is not supported by this CPU (check [`path`], [`amx_supported`] or
@@ -300,24 +398,6 @@ pub fn gemm(
         return;
     }
     assert!(c.len() >= (m - 1) * ldc + n, "c too short");
-    assert!(
-        k == 0
-            || if ta {
-                a.len() >= (k - 1) * lda + m
-            } else {
-                a.len() >= (m - 1) * lda + k
-            },
-        "a too short"
-    );
-    assert!(
-        k == 0
-            || if tb {
-                b.len() >= (n - 1) * ldb + k
-            } else {
-                b.len() >= (k - 1) * ldb + n
-            },
-        "b too short"
-    );
     if k == 0 {
         if !accumulate {
             for i in 0..m {
@@ -326,45 +406,131 @@ pub fn gemm(
         }
         return;
     }
-    let pa = pack_a(a, lda, ta, m, k, parallel);
-    let pb = pack_b(b, ldb, tb, k, n, parallel);
-    let kp = pa.kp;
-    debug_assert_eq!(kp, pb.kp);
-    let row_blocks = m.div_ceil(MR);
-    let col_blocks = n.div_ceil(NC);
-
-    // One task: rows [rb*MR, +MR) x columns [cb*NC, +NC) of C. Tasks are ordered column block
-    // first so that neighbouring tasks (one thread's contiguous range) share the B block.
-    let c_ptr = SendPtr(c.as_mut_ptr());
-    let c_len = c.len();
-    let task = |t: usize| {
-        let (cb, rb) = (t / row_blocks, t % row_blocks);
-        let r0 = rb * MR;
-        let rows = MR.min(m - r0);
-        let a_blk = &pa.data[r0 * kp..(r0 + MR) * kp];
-        let mut tile = [0f32; MR * NR];
-        let p_end = (cb * NC + NC).min(n).div_ceil(NR);
-        let _amx = (path == Bf16Path::Amx).then(AmxGuard::new);
-        for p in (cb * NC / NR)..p_end {
-            let c0 = p * NR;
-            let cols = NR.min(n - c0);
-            let b_pan = &pb.data[p * NR * kp..(p + 1) * NR * kp];
-            match path {
-                // SAFETY: support checked above; the blocks hold MR x kp and kp x NR values.
-                Bf16Path::Amx => unsafe { amx_kernel(a_blk, b_pan, kp, &mut tile) },
-                Bf16Path::Avx512 => unsafe { avx512_kernel(a_blk, b_pan, kp, rows, &mut tile) },
-            }
-            // SAFETY: tasks write disjoint (row block, column range) rectangles of C, and the
-            // rectangle lies inside c (checked above).
-            let c = unsafe { std::slice::from_raw_parts_mut(c_ptr.get(), c_len) };
-            store_tile(&mut c[r0 * ldc + c0..], ldc, &tile, rows, cols, accumulate);
-        }
-    };
-    let tasks = row_blocks * col_blocks;
-    if parallel && tasks > 1 {
-        (0..tasks).into_par_iter().for_each(task);
+    assert!(
+        if ta {
+            lda >= m && a.len() >= (k - 1) * lda + m
+        } else {
+            lda >= k && a.len() >= (m - 1) * lda + k
+        },
+        "a too short"
+    );
+    assert!(
+        if tb {
+            ldb >= k && b.len() >= (n - 1) * ldb + k
+        } else {
+            ldb >= n && b.len() >= (k - 1) * ldb + n
+        },
+        "b too short"
+    );
+    assert!(ldc >= n, "ldc < n");
+    let threads = if parallel {
+        rayon::current_num_threads()
     } else {
-        (0..tasks).for_each(task);
+        1
+    };
+    let row_blocks = m.div_ceil(MR);
+    let panels = n.div_ceil(NR);
+    // Row blocks per task: up to G, while leaving at least two tasks per thread.
+    let g = (row_blocks / (2 * threads)).clamp(1, G);
+    let groups = row_blocks.div_ceil(g);
+    // Few row blocks (weight gradients of narrow layers): split the panels too.
+    let col_splits = (2 * threads).div_ceil(groups).clamp(1, panels);
+    let panels_per = panels.div_ceil(col_splits);
+    let tasks = groups * col_splits;
+    let c_ptr = SendPtr(c.as_mut_ptr());
+
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let kcp = kc.div_ceil(KB) * KB;
+        let load_c = accumulate || k0 > 0;
+        let mut bbuf = take_buf(&BBUF, panels * NR * kcp);
+        let pack_panel = |(p, out): (usize, &mut [u16])| {
+            pack_b_panel(out, b, ldb, tb, p * NR, NR.min(n - p * NR), k0, kc)
+        };
+        if parallel && panels > 1 {
+            bbuf.par_chunks_mut(NR * kcp)
+                .enumerate()
+                .for_each(pack_panel);
+        } else {
+            bbuf.chunks_mut(NR * kcp).enumerate().for_each(pack_panel);
+        }
+        let pb = &bbuf[..];
+        let task = |t: usize| {
+            let (gi, cs) = (t / col_splits, t % col_splits);
+            let rb0 = gi * g;
+            let nrb = g.min(row_blocks - rb0);
+            let r0 = rb0 * MR;
+            let rows = (nrb * MR).min(m - r0);
+            let mut abuf = take_buf(&ABUF, nrb * MR * kcp);
+            pack_a_rows(&mut abuf, a, lda, ta, r0, rows, k0, kc, kcp);
+            let _amx = (path == Bf16Path::Amx).then(AmxGuard::new);
+            let mut tile = [0f32; MR * NR];
+            let p_end = ((cs + 1) * panels_per).min(panels);
+            for p in (cs * panels_per)..p_end {
+                let c0 = p * NR;
+                let cols = NR.min(n - c0);
+                let b_pan = &pb[p * NR * kcp..(p + 1) * NR * kcp];
+                for rb in 0..nrb {
+                    let ri = r0 + rb * MR;
+                    let rrows = MR.min(m - ri);
+                    let a_blk = &abuf[rb * MR * kcp..(rb + 1) * MR * kcp];
+                    // SAFETY: tasks own disjoint rectangles of C, inside c (checked above).
+                    let cp = unsafe { c_ptr.get().add(ri * ldc + c0) };
+                    if rrows == MR && cols == NR {
+                        // SAFETY: support checked above; full 32x32 block of C at cp.
+                        unsafe { kernel(path, a_blk, b_pan, kcp, cp, ldc, MR, load_c) };
+                    } else {
+                        // Edge block: through a 32x32 buffer.
+                        for i in 0..MR {
+                            for j in 0..NR {
+                                tile[i * NR + j] = if load_c && i < rrows && j < cols {
+                                    // SAFETY: inside this task's rectangle of C.
+                                    unsafe { *cp.add(i * ldc + j) }
+                                } else {
+                                    0.0
+                                };
+                            }
+                        }
+                        let tp = tile.as_mut_ptr();
+                        // SAFETY: as above, on the buffer.
+                        unsafe { kernel(path, a_blk, b_pan, kcp, tp, NR, rrows, true) };
+                        for i in 0..rrows {
+                            for j in 0..cols {
+                                // SAFETY: inside this task's rectangle of C.
+                                unsafe { *cp.add(i * ldc + j) = tile[i * NR + j] };
+                            }
+                        }
+                    }
+                }
+            }
+            ABUF.with(|s| s.set(abuf));
+        };
+        if parallel && tasks > 1 {
+            (0..tasks).into_par_iter().for_each(task);
+        } else {
+            (0..tasks).for_each(task);
+        }
+        BBUF.with(|s| s.set(bbuf));
+    }
+}
+
+/// One 32x32 block: `c (+)= a_blk · b_pan` over `kcp` (c row stride `ldc` floats; only the
+/// first `rows` rows are touched by the AVX-512 kernel, all 32 by AMX).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn kernel(
+    path: Bf16Path,
+    a: &[u16],
+    b: &[u16],
+    kcp: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    load_c: bool,
+) {
+    match path {
+        Bf16Path::Amx => amx_kernel(a, b, kcp, c, ldc, load_c),
+        Bf16Path::Avx512 => avx512_kernel(a, b, kcp, c, ldc, rows, load_c),
     }
 }
 
@@ -382,41 +548,80 @@ impl SendPtr {
 // ---------------------------------------------------------------------------------------------
 // AVX512_BF16
 
-/// 32 rows of A (`a`: 32 x kp bf16) times one B panel (kp/2 pairs x 32 columns x 2) into
-/// `tile` (32 x 32 f32, overwritten); rows past `rows` are left unwritten (zero-padded
-/// anyway).
+/// `c[0..rows][0..32] (+)= a · b`: 32 rows of A (`a`: 32 x kp bf16) times one B panel (kp/2
+/// pairs x 32 columns x 2), 8 rows x 32 columns (16 zmm accumulators) at a time.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn avx512_kernel(a: &[u16], b: &[u16], kp: usize, rows: usize, tile: &mut [f32; MR * NR]) {
+unsafe fn avx512_kernel(
+    a: &[u16],
+    b: &[u16],
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    load_c: bool,
+) {
     use std::arch::x86_64::*;
     debug_assert!(a.len() >= MR * kp && b.len() >= NR * kp);
-    const R: usize = 8;
     let pairs = kp / 2;
-    for r0 in (0..rows).step_by(R) {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let ap = a.as_ptr().add(r0 * kp) as *const u32;
-        let bp = b.as_ptr() as *const __m512i;
-        for q in 0..pairs {
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(2 * q)));
-            let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(bp.add(2 * q + 1)));
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(
-                    ap.add(r * (kp / 2) + q).read_unaligned() as i32,
-                ));
-                acc[0] = _mm512_dpbf16_ps(acc[0], av, b0);
-                acc[1] = _mm512_dpbf16_ps(acc[1], av, b1);
+    let bp = b.as_ptr() as *const __m512i;
+    macro_rules! bh {
+        ($x:expr) => {
+            std::mem::transmute::<__m512i, __m512bh>($x)
+        };
+    }
+    for r0 in (0..rows).step_by(8) {
+        let ap = a.as_ptr().add(r0 * kp) as *const i32;
+        let cr = c.add(r0 * ldc);
+        let ld = |r: usize, h: usize| {
+            if load_c {
+                _mm512_loadu_ps(cr.add(r * ldc + 16 * h))
+            } else {
+                _mm512_setzero_ps()
             }
+        };
+        let (mut c00, mut c01, mut c10, mut c11) = (ld(0, 0), ld(0, 1), ld(1, 0), ld(1, 1));
+        let (mut c20, mut c21, mut c30, mut c31) = (ld(2, 0), ld(2, 1), ld(3, 0), ld(3, 1));
+        let (mut c40, mut c41, mut c50, mut c51) = (ld(4, 0), ld(4, 1), ld(5, 0), ld(5, 1));
+        let (mut c60, mut c61, mut c70, mut c71) = (ld(6, 0), ld(6, 1), ld(7, 0), ld(7, 1));
+        for q in 0..pairs {
+            let b0 = bh!(_mm512_loadu_si512(bp.add(2 * q)));
+            let b1 = bh!(_mm512_loadu_si512(bp.add(2 * q + 1)));
+            macro_rules! row {
+                ($r:expr, $x0:ident, $x1:ident) => {
+                    let av = bh!(_mm512_set1_epi32(*ap.add($r * pairs + q)));
+                    $x0 = _mm512_dpbf16_ps($x0, av, b0);
+                    $x1 = _mm512_dpbf16_ps($x1, av, b1);
+                };
+            }
+            row!(0, c00, c01);
+            row!(1, c10, c11);
+            row!(2, c20, c21);
+            row!(3, c30, c31);
+            row!(4, c40, c41);
+            row!(5, c50, c51);
+            row!(6, c60, c61);
+            row!(7, c70, c71);
         }
-        for (r, acc) in acc.iter().enumerate() {
-            let t = tile.as_mut_ptr().add((r0 + r) * NR);
-            _mm512_storeu_ps(t, acc[0]);
-            _mm512_storeu_ps(t.add(16), acc[1]);
+        let acc = [
+            [c00, c01],
+            [c10, c11],
+            [c20, c21],
+            [c30, c31],
+            [c40, c41],
+            [c50, c51],
+            [c60, c61],
+            [c70, c71],
+        ];
+        for (r, v) in acc.iter().enumerate().take(rows - r0) {
+            _mm512_storeu_ps(cr.add(r * ldc), v[0]);
+            _mm512_storeu_ps(cr.add(r * ldc + 16), v[1]);
         }
     }
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn avx512_kernel(_: &[u16], _: &[u16], _: usize, _: usize, _: &mut [f32; MR * NR]) {
+unsafe fn avx512_kernel(_: &[u16], _: &[u16], _: usize, _: *mut f32, _: usize, _: usize, _: bool) {
     unreachable!("no AVX512_BF16 off x86-64")
 }
 
@@ -467,28 +672,42 @@ impl Drop for AmxGuard {
     }
 }
 
-/// 32 rows of A times one B panel into `tile` (overwritten), as four 16x16 C tiles.
-/// Needs the tile configuration of [`AmxGuard`] loaded on this thread.
+/// `c[0..32][0..32] (+)= a · b` (c row stride `ldc` floats) as four 16x16 C tiles: 32 rows of
+/// A (32 x kp bf16) times one B panel. Needs [`AmxGuard`]'s configuration on this thread.
 #[cfg(target_arch = "x86_64")]
-unsafe fn amx_kernel(a: &[u16], b: &[u16], kp: usize, tile: &mut [f32; MR * NR]) {
+unsafe fn amx_kernel(a: &[u16], b: &[u16], kp: usize, c: *mut f32, ldc: usize, load_c: bool) {
     use std::arch::asm;
     debug_assert!(a.len() >= MR * kp && b.len() >= NR * kp);
     let sa = kp * 2; // bytes per A row
     let sb = NR * 4; // bytes per B pair row (32 columns x 2 bf16)
+    let sc = ldc * 4; // bytes per C row
+    let (c0, c1, c2, c3) = (c, c.add(16), c.add(16 * ldc), c.add(16 * ldc + 16));
+    if load_c {
+        asm!(
+            "tileloadd tmm0, [{c0} + {sc}*1]",
+            "tileloadd tmm1, [{c1} + {sc}*1]",
+            "tileloadd tmm2, [{c2} + {sc}*1]",
+            "tileloadd tmm3, [{c3} + {sc}*1]",
+            c0 = in(reg) c0,
+            c1 = in(reg) c1,
+            c2 = in(reg) c2,
+            c3 = in(reg) c3,
+            sc = in(reg) sc,
+            options(nostack, readonly)
+        );
+    } else {
+        asm!(
+            "tilezero tmm0",
+            "tilezero tmm1",
+            "tilezero tmm2",
+            "tilezero tmm3",
+            options(nostack, nomem)
+        );
+    }
     let a0 = a.as_ptr();
     let a1 = a.as_ptr().add(16 * kp);
-    asm!(
-        "tilezero tmm0",
-        "tilezero tmm1",
-        "tilezero tmm2",
-        "tilezero tmm3",
-        options(nostack, nomem)
-    );
     for s in 0..kp / KB {
-        let pa0 = a0.add(s * KB);
-        let pa1 = a1.add(s * KB);
         let pb0 = b.as_ptr().add(s * (KB / 2) * NR * 2);
-        let pb1 = pb0.add(32);
         asm!(
             "tileloadd tmm4, [{a0} + {sa}*1]",
             "tileloadd tmm6, [{b0} + {sb}*1]",
@@ -498,32 +717,31 @@ unsafe fn amx_kernel(a: &[u16], b: &[u16], kp: usize, tile: &mut [f32; MR * NR])
             "tileloadd tmm5, [{a1} + {sa}*1]",
             "tdpbf16ps tmm2, tmm5, tmm6",
             "tdpbf16ps tmm3, tmm5, tmm7",
-            a0 = in(reg) pa0,
-            a1 = in(reg) pa1,
+            a0 = in(reg) a0.add(s * KB),
+            a1 = in(reg) a1.add(s * KB),
             b0 = in(reg) pb0,
-            b1 = in(reg) pb1,
+            b1 = in(reg) pb0.add(32),
             sa = in(reg) sa,
             sb = in(reg) sb,
             options(nostack, readonly)
         );
     }
-    let t = tile.as_mut_ptr();
     asm!(
-        "tilestored [{t0} + {sc}*1], tmm0",
-        "tilestored [{t1} + {sc}*1], tmm1",
-        "tilestored [{t2} + {sc}*1], tmm2",
-        "tilestored [{t3} + {sc}*1], tmm3",
-        t0 = in(reg) t,
-        t1 = in(reg) t.add(16),
-        t2 = in(reg) t.add(16 * NR),
-        t3 = in(reg) t.add(16 * NR + 16),
-        sc = in(reg) NR * 4,
+        "tilestored [{c0} + {sc}*1], tmm0",
+        "tilestored [{c1} + {sc}*1], tmm1",
+        "tilestored [{c2} + {sc}*1], tmm2",
+        "tilestored [{c3} + {sc}*1], tmm3",
+        c0 = in(reg) c0,
+        c1 = in(reg) c1,
+        c2 = in(reg) c2,
+        c3 = in(reg) c3,
+        sc = in(reg) sc,
         options(nostack)
     );
 }
 
 #[cfg(not(target_arch = "x86_64"))]
-unsafe fn amx_kernel(_: &[u16], _: &[u16], _: usize, _: &mut [f32; MR * NR]) {
+unsafe fn amx_kernel(_: &[u16], _: &[u16], _: usize, _: *mut f32, _: usize, _: bool) {
     unreachable!("no AMX off x86-64")
 }
 
@@ -553,8 +771,9 @@ mod tests {
     }
 
     /// Checks `gemm(path)` against an f64 product of the bf16-rounded operands, for all four
-    /// transpose combinations, accumulate on/off, sequential and parallel, with padded strides
-    /// on some shapes. Bound: recursive f32 summation error, (k + 4)·2⁻²⁴·(Σ|a·b| + |c₀|).
+    /// transpose combinations, accumulate on/off, sequential and parallel, with padded strides;
+    /// shapes with edge tiles everywhere, several row-block groups (m = 300) and k over two
+    /// chunks with an odd tail (k = 2085). Bound: recursive f32 summation error, (k + 4)·2⁻²⁴·(Σ|a·b| + |c₀|).
     fn check_path(path: Bf16Path) {
         let shapes = [
             (1, 1, 1),
@@ -565,6 +784,8 @@ mod tests {
             (64, 32, 32),
             (128, 512, 256),
             (100, 300, 1000),
+            (300, 40, 70),
+            (40, 50, 2085),
         ];
         let mut checked = 0usize;
         for &(m, n, k) in &shapes {
@@ -725,6 +946,51 @@ mod tests {
             assert_eq!(bf16_to_f32(bf16_bits(x)).to_bits(), round_bf16(x).to_bits());
         }
         assert!(bf16_to_f32(bf16_bits(f32::from_bits(0x7F80_0001))).is_nan());
+    }
+
+    /// The AVX-512 packing conversions give the bits of `bf16_bits` on a sweep of patterns
+    /// (NaN, inf, subnormal, ties) and on every tail length.
+    #[test]
+    fn vector_packing_matches_scalar_rounding() {
+        if !packing_supported() {
+            skipped("bf16 vector packing", "avx512f/avx512bw/avx512vl");
+            return;
+        }
+        let mut xs = Vec::new();
+        let mut b: u32 = 1;
+        while b < u32::MAX / 7 * 7 {
+            xs.push(f32::from_bits(b));
+            b = b.wrapping_add(7_919_993);
+        }
+        xs.extend([
+            f32::NAN,
+            f32::INFINITY,
+            f32::MAX,
+            -0.0,
+            f32::from_bits(0x7F80_0001),
+        ]);
+        xs.extend([f32::from_bits(0x3F80_8000), f32::from_bits(0x3F81_8000)]);
+        for len in [xs.len(), 1, 15, 16, 17, 33] {
+            let src = &xs[..len];
+            let mut h = vec![0u16; len + 1];
+            unsafe { cvt_row(&mut h, src) };
+            for (j, &x) in src.iter().enumerate() {
+                assert_eq!(h[j], bf16_bits(x), "{:#x}", x.to_bits());
+            }
+            assert_eq!(h[len], 0, "wrote past the end");
+            let r1: Vec<f32> = src.iter().rev().copied().collect();
+            let mut w = vec![0u32; len + 1];
+            unsafe { pair_row(&mut w, src, Some(&r1)) };
+            for j in 0..len {
+                let want = bf16_bits(src[j]) as u32 | (bf16_bits(r1[j]) as u32) << 16;
+                assert_eq!(w[j], want);
+            }
+            assert_eq!(w[len], 0, "wrote past the end");
+            unsafe { pair_row(&mut w, src, None) };
+            for j in 0..len {
+                assert_eq!(w[j], bf16_bits(src[j]) as u32);
+            }
+        }
     }
 
     /// `ops::matmul` in bf16-mixed f32 (which takes the bf16 GEMM here) agrees with the
