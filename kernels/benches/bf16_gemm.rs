@@ -12,13 +12,15 @@
 //!
 //! For each (in, out) the three products of a linear layer over M tokens: y = x·Wᵀ
 //! (M x out x in), dx = dy·W (M x in x out), dW = dyᵀ·x (out x in x M). Best of `--iters`
-//! (default 5) after a warm-up; rayon's default thread count.
+//! (default 5) after a warm-up; rayon's default thread count. First the machine's
+//! instruction-bound peaks (f32 FMA, vdpbf16ps, AMX tdpbf16ps; all threads at once) for the
+//! share of peak.
 
 use std::collections::HashMap;
 use std::process::Command;
 use std::time::Instant;
 
-use kernels::bf16gemm::{self, Bf16Path};
+use kernels::bf16gemm::{self, Bf16Path, Peak};
 use kernels::ops::matmul;
 use kernels::precision::rounded;
 use kernels::Precision;
@@ -101,6 +103,7 @@ fn main() {
     let iters = value("--iters").unwrap_or(5);
     let tokens = value("--tokens").unwrap_or(8192);
     let no_torch = args.iter().any(|a| a == "--no-torch");
+    let threads = rayon::current_num_threads();
     let only_bf16 = args.iter().any(|a| a == "--only-bf16");
     let text = |name: &str| {
         args.iter()
@@ -163,12 +166,34 @@ fn main() {
             tb: false,
         });
     }
+    // Instruction-bound peaks of the whole machine (every rayon thread at once, summed).
+    let peak = |what: Peak, rounds: usize| -> f64 {
+        (0..3)
+            .map(|_| {
+                rayon::broadcast(|_| bf16gemm::thread_peak_gflops(what, rounds))
+                    .iter()
+                    .sum::<f64>()
+            })
+            .fold(0.0, f64::max)
+    };
+    let mut peaks = vec![("f32 FMA (zmm)", peak(Peak::F32Fma, 5_000_000))];
+    if bf16gemm::avx512_bf16_supported() {
+        peaks.push(("vdpbf16ps (zmm)", peak(Peak::Avx512Bf16, 2_000_000)));
+    }
+    if bf16gemm::amx_supported() {
+        peaks.push(("AMX tdpbf16ps", peak(Peak::Amx, 200_000)));
+    }
+    for (name, g) in &peaks {
+        println!("instruction peak, {threads} threads: {name} {g:.0} GFLOP/s");
+        eprintln!(
+            "{{\"bench\":\"peak\",\"what\":\"{name}\",\"threads\":{threads},\"gflops\":{g:.1}}}"
+        );
+    }
     let tch = if no_torch {
         HashMap::new()
     } else {
         torch(iters, &cases)
     };
-    let threads = rayon::current_num_threads();
     println!(
         "| product | M | N | K | anvil f32 | anvil bf16 emulated | {} | torch f32 | torch bf16 |",
         paths

@@ -745,6 +745,101 @@ unsafe fn amx_kernel(_: &[u16], _: &[u16], _: usize, _: *mut f32, _: usize, _: b
     unreachable!("no AMX off x86-64")
 }
 
+/// What [`thread_peak_gflops`] times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peak {
+    /// f32 `vfmadd` on zmm registers (the f32 GEMM's instruction).
+    F32Fma,
+    /// `vdpbf16ps` on zmm registers.
+    Avx512Bf16,
+    /// `tdpbf16ps` on four C tiles.
+    Amx,
+}
+
+/// The calling thread's instruction-bound peak, GFLOP/s: `rounds` rounds of 16 independent zmm
+/// FMAs / `vdpbf16ps`, or of 4 `tdpbf16ps`, on registers only (no memory traffic). For the
+/// "share of peak" of a GEMM; run it on every thread at once (`rayon::broadcast`) and add up
+/// for the machine's figure. Panics if the CPU lacks the instruction.
+pub fn thread_peak_gflops(what: Peak, rounds: usize) -> f64 {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::*;
+        #[target_feature(enable = "avx512f")]
+        unsafe fn fma(n: usize) -> f32 {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            let x = _mm512_set1_ps(1e-9);
+            for _ in 0..n {
+                for v in acc.iter_mut() {
+                    *v = _mm512_fmadd_ps(*v, x, x);
+                }
+            }
+            _mm512_reduce_add_ps(
+                acc.iter()
+                    .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)),
+            )
+        }
+        #[target_feature(enable = "avx512f,avx512bf16")]
+        unsafe fn dp(n: usize) -> f32 {
+            let mut acc = [_mm512_setzero_ps(); 16];
+            let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(0x3000_3000));
+            for _ in 0..n {
+                for v in acc.iter_mut() {
+                    *v = _mm512_dpbf16_ps(*v, x, x);
+                }
+            }
+            _mm512_reduce_add_ps(
+                acc.iter()
+                    .fold(_mm512_setzero_ps(), |s, v| _mm512_add_ps(s, *v)),
+            )
+        }
+        let t = std::time::Instant::now();
+        let flops = match what {
+            Peak::F32Fma => {
+                assert!(std::arch::is_x86_feature_detected!("avx512f"));
+                // SAFETY: checked.
+                std::hint::black_box(unsafe { fma(rounds) });
+                rounds as f64 * 16.0 * 32.0
+            }
+            Peak::Avx512Bf16 => {
+                assert!(avx512_bf16_supported());
+                // SAFETY: checked.
+                std::hint::black_box(unsafe { dp(rounds) });
+                rounds as f64 * 16.0 * 64.0
+            }
+            Peak::Amx => {
+                assert!(amx_supported());
+                let _g = AmxGuard::new();
+                // SAFETY: AMX checked, tile configuration loaded by the guard.
+                unsafe {
+                    std::arch::asm!(
+                        "tilezero tmm4",
+                        "tilezero tmm5",
+                        "tilezero tmm6",
+                        "tilezero tmm7",
+                        options(nostack, nomem)
+                    );
+                    for _ in 0..rounds {
+                        std::arch::asm!(
+                            "tdpbf16ps tmm0, tmm4, tmm6",
+                            "tdpbf16ps tmm1, tmm4, tmm7",
+                            "tdpbf16ps tmm2, tmm5, tmm6",
+                            "tdpbf16ps tmm3, tmm5, tmm7",
+                            options(nostack, nomem)
+                        );
+                    }
+                }
+                rounds as f64 * 4.0 * 16.0 * 16.0 * 32.0 * 2.0
+            }
+        };
+        flops / t.elapsed().as_secs_f64() / 1e9
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (what, rounds);
+        panic!("no peak measurement off x86-64")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
