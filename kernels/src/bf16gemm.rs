@@ -295,13 +295,46 @@ fn pack_a_rows(
             // SAFETY: as above.
             unsafe { pair_row(&mut tmp[dq * rows..(dq + 1) * rows], &a[s0..s0 + rows], r1) };
         }
-        for i in 0..rows {
-            let dst = &mut out[i * half + q0..i * half + q0 + qn];
-            for (dq, d) in dst.iter_mut().enumerate() {
-                *d = tmp[dq * rows + i];
-            }
-        }
+        // SAFETY: as above; q0 + 16 <= half (half is a multiple of 16), tmp holds qn x rows.
+        unsafe { transpose_pairs(out, half, q0, qn, &tmp, rows) };
     }
+}
+
+/// `out[i*half + q0 + dq] = tmp[dq*rows + i]` for i < rows, dq < 16 (0 for dq >= qn): one
+/// 16-lane gather per row of `out`.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose_pairs(
+    out: &mut [u32],
+    half: usize,
+    q0: usize,
+    qn: usize,
+    tmp: &[u32],
+    rows: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert!(q0 + 16 <= half && out.len() >= (rows - 1) * half + q0 + 16);
+    debug_assert!(tmp.len() >= qn * rows && rows * 16 < i32::MAX as usize);
+    let mask: u16 = if qn >= 16 { 0xFFFF } else { (1u16 << qn) - 1 };
+    let step = _mm512_set1_epi32(rows as i32);
+    let lanes = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    let mut idx = _mm512_mullo_epi32(lanes, step);
+    let one = _mm512_set1_epi32(1);
+    for i in 0..rows {
+        let v = _mm512_mask_i32gather_epi32::<4>(
+            _mm512_setzero_si512(),
+            mask,
+            idx,
+            tmp.as_ptr() as *const i32,
+        );
+        _mm512_storeu_si512(out.as_mut_ptr().add(i * half + q0) as *mut __m512i, v);
+        idx = _mm512_add_epi32(idx, one);
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn transpose_pairs(_: &mut [u32], _: usize, _: usize, _: usize, _: &[u32], _: usize) {
+    unreachable!()
 }
 
 /// Packs columns `k0..k0+kc` of op(b) into VNNI panels of NR columns (`kcp / 2` pair rows of
