@@ -244,6 +244,40 @@ unsafe fn pair_row(dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
     }
 }
 
+/// Rounds `xs` to bf16 values in place (f32 storage), with AVX-512: the bits of
+/// [`crate::precision::round_bf16`]. Returns false (and leaves `xs` alone) where the CPU lacks
+/// AVX-512 F/BW/VL; the caller then rounds with the scalar code.
+pub fn round_bf16_slice(xs: &mut [f32]) -> bool {
+    if !packing_supported() {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
+        unsafe fn go(xs: &mut [f32]) {
+            use std::arch::x86_64::*;
+            let n = xs.len();
+            let p = xs.as_mut_ptr() as *mut i32;
+            let hi = _mm512_set1_epi32(0xFFFF_0000u32 as i32);
+            let mut j = 0;
+            while j < n {
+                let left = n - j;
+                let mask: u16 = if left >= 16 {
+                    0xFFFF
+                } else {
+                    (1u16 << left) - 1
+                };
+                let x = _mm512_maskz_loadu_epi32(mask, p.add(j));
+                _mm512_mask_storeu_epi32(p.add(j), mask, _mm512_and_si512(round16(x), hi));
+                j += 16;
+            }
+        }
+        // SAFETY: AVX-512 F/BW/VL checked above.
+        unsafe { go(xs) };
+    }
+    true
+}
+
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn cvt_row(_: &mut [u16], _: &[f32]) {
     unreachable!()
@@ -1076,8 +1110,9 @@ mod tests {
         assert!(bf16_to_f32(bf16_bits(f32::from_bits(0x7F80_0001))).is_nan());
     }
 
-    /// The AVX-512 packing conversions give the bits of `bf16_bits` on a sweep of patterns
-    /// (NaN, inf, subnormal, ties) and on every tail length.
+    /// The AVX-512 packing conversions (and the in-place rounding) give the bits of
+    /// `bf16_bits` / `round_bf16` on a sweep of patterns (NaN, inf, subnormal, ties) and on
+    /// tail lengths 1, 15, 16, 17, 33.
     #[test]
     fn vector_packing_matches_scalar_rounding() {
         if !packing_supported() {
@@ -1118,6 +1153,22 @@ mod tests {
             for j in 0..len {
                 assert_eq!(w[j], bf16_bits(src[j]) as u32);
             }
+            let mut r = src.to_vec();
+            r.push(7.0);
+            assert!(round_bf16_slice(&mut r[..len]));
+            for j in 0..len {
+                if src[j].is_nan() {
+                    assert!(r[j].is_nan());
+                } else {
+                    assert_eq!(
+                        r[j].to_bits(),
+                        round_bf16(src[j]).to_bits(),
+                        "{:#x}",
+                        src[j].to_bits()
+                    );
+                }
+            }
+            assert_eq!(r[len], 7.0, "wrote past the end");
         }
     }
 
