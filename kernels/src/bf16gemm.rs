@@ -395,18 +395,27 @@ fn pack_b_panel(
         }
     } else {
         // op(b)[kk][j] = b[j*ldb + kk]: a row of b is one column's pairs, already adjacent.
-        let mut row = vec![0u16; kc.div_ceil(2) * 2];
+        // Each column's run goes to a row of a scratch buffer (kcp values, zero-padded), then
+        // 16 columns at a time are transposed into the panel's pair rows by gathers.
+        let kcp = out.len() / NR * 2;
+        let half = kcp / 2;
+        let mut rows = TBUF.with(|s| s.take());
+        if rows.len() < cols * kcp {
+            rows.resize(cols * kcp, 0);
+        }
         for j in 0..cols {
             let s = (c0 + j) * ldb + k0;
+            let r = &mut rows[j * kcp..(j + 1) * kcp];
             // SAFETY: as in pack_a_rows.
-            unsafe { cvt_row(&mut row, &b[s..s + kc]) };
-            if kc % 2 == 1 {
-                row[kc] = 0;
-            }
-            for (q, pair) in row.chunks_exact(2).enumerate() {
-                out[q * NR + j] = pair[0] as u32 | (pair[1] as u32) << 16;
-            }
+            unsafe { cvt_row(&mut r[..kc], &b[s..s + kc]) };
+            r[kc..].fill(0);
         }
+        let rows32 = as_u32(&mut rows[..cols * kcp]);
+        for j0 in (0..cols).step_by(16) {
+            // SAFETY: as in pack_a_rows; j0 + 16 <= NR, rows32 holds (cols - j0) x half from j0.
+            unsafe { transpose_pairs(out, NR, j0, 16.min(cols - j0), &rows32[j0 * half..], half) };
+        }
+        TBUF.with(|s| s.set(rows));
     }
 }
 
@@ -425,6 +434,7 @@ fn take_buf(
 thread_local! {
     static ABUF: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
     static BBUF: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
+    static TBUF: std::cell::Cell<Vec<u16>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// `c[m,n] (+)= op(a)·op(b)` with bf16-rounded operands and f32 accumulation, on `path`.

@@ -171,6 +171,48 @@ pub fn matmul<T: Float>(
     }
 }
 
+/// `T::gemm` on operands that are already rounded per `prec` (attention's products): for
+/// bf16-mixed in f32 the bf16 GEMM where the CPU has one (the same bf16 values, f32
+/// accumulation in another order), otherwise `T::gemm`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rounded<T: Float>(
+    prec: Precision,
+    c: &mut [T],
+    ldc: usize,
+    a: &[T],
+    lda: usize,
+    ta: bool,
+    b: &[T],
+    ldb: usize,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    if prec == Precision::Bf16Mixed && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+    {
+        if let Some(path) = crate::bf16gemm::path() {
+            // SAFETY: T is f32 (checked just above).
+            let (c, a, b) = unsafe {
+                (
+                    &mut *(c as *mut [T] as *mut [f32]),
+                    &*(a as *const [T] as *const [f32]),
+                    &*(b as *const [T] as *const [f32]),
+                )
+            };
+            crate::bf16gemm::gemm(
+                path, c, ldc, a, lda, ta, b, ldb, tb, m, n, k, accumulate, parallel,
+            );
+            return;
+        }
+    }
+    T::gemm(
+        c, ldc, a, lda, ta, b, ldb, tb, m, n, k, accumulate, parallel,
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Linear and bias
 
