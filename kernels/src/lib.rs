@@ -18,10 +18,12 @@
 //!   TransformerEncoderLayer, the encoder layer Stack and the norm + linear heads, all computing
 //!   through [`Device`] only;
 //! - [`optim`]: Adam hyper-parameters and dynamic loss scaling for the trainer;
-//! - [`params`]: the flat parameter layout; [`precision`]: bf16/fp16 rounding;
+//! - [`params`]: the flat parameter layout; [`precision`]: bf16/fp16 rounding; [`bf16gemm`]:
+//!   the bf16 GEMM (AMX / AVX512_BF16) behind bf16-mixed matrix products on x86-64;
 //! - [`rng`]: counter-based randomness; [`fastmath`]: vectorized f32 exp/erf.
 
 pub mod backend;
+pub mod bf16gemm;
 pub mod fastmath;
 pub mod float;
 pub mod modules;

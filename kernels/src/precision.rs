@@ -52,10 +52,18 @@ pub fn round_f16(x: f32) -> f32 {
     half::f16::from_f32(x).to_f32()
 }
 
-/// Rounds a buffer in place (no-op for fp32).
+/// Rounds a buffer in place (no-op for fp32). bf16 in f32 is vectorized where the CPU has
+/// AVX-512 ([`crate::bf16gemm::round_bf16_slice`], same bits).
 pub fn round_slice<T: Float>(p: Precision, xs: &mut [T]) {
     if p == Precision::F32 {
         return;
+    }
+    if p == Precision::Bf16Mixed && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>() {
+        // SAFETY: T is f32 (checked just above).
+        let xs32 = unsafe { &mut *(xs as *mut [T] as *mut [f32]) };
+        if crate::bf16gemm::round_bf16_slice(xs32) {
+            return;
+        }
     }
     for x in xs.iter_mut() {
         *x = T::from_f32(p.round(x.to_f32()));

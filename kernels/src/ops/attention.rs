@@ -188,7 +188,8 @@ pub fn attention_forward<T: Float>(
                     continue;
                 }
                 let sc = &mut sb[..qb * kend];
-                T::gemm(
+                super::gemm_rounded(
+                    o.prec,
                     sc,
                     kend,
                     &q[r0 * dh..],
@@ -224,7 +225,8 @@ pub fn attention_forward<T: Float>(
                     }
                 }
                 round_slice(o.prec, sc);
-                T::gemm(
+                super::gemm_rounded(
+                    o.prec,
                     &mut ob[r0 * dh..],
                     dh,
                     sc,
@@ -313,7 +315,8 @@ pub fn attention_backward<T: Float>(
                 continue;
             }
             let p = &mut pb[..qb * kend];
-            T::gemm(
+            super::gemm_rounded(
+                o.prec,
                 p,
                 kend,
                 &q[r0 * dh..],
@@ -354,12 +357,12 @@ pub fn attention_backward<T: Float>(
                 p
             };
             let dob_blk = &dob[r0 * dh..];
-            T::gemm(
-                &mut dv, dh, pd, kend, true, dob_blk, dh, false, kend, dh, qb, true, false,
+            super::gemm_rounded(
+                o.prec, &mut dv, dh, pd, kend, true, dob_blk, dh, false, kend, dh, qb, true, false,
             );
             let ds = &mut dsb[..qb * kend];
-            T::gemm(
-                ds, kend, dob_blk, dh, false, &v, dh, true, qb, kend, dh, false, false,
+            super::gemm_rounded(
+                o.prec, ds, kend, dob_blk, dh, false, &v, dh, true, qb, kend, dh, false, false,
             );
             let p = &pb[..qb * kend];
             for (ii, (dsr, pr)) in ds
@@ -377,7 +380,8 @@ pub fn attention_backward<T: Float>(
                 }
             }
             round_slice(o.prec, ds);
-            T::gemm(
+            super::gemm_rounded(
+                o.prec,
                 &mut dq[r0 * dh..],
                 dh,
                 ds,
@@ -392,7 +396,8 @@ pub fn attention_backward<T: Float>(
                 false,
                 false,
             );
-            T::gemm(
+            super::gemm_rounded(
+                o.prec,
                 &mut dk,
                 dh,
                 ds,

@@ -55,6 +55,10 @@ fn for_chunks<T: Float>(out: &mut [T], f: impl Fn(&mut [T], usize) + Sync + Send
 
 /// `c[m,n] (+)= op(a) · op(b)`, row-major, with matrix-product operands rounded per `prec`
 /// (bf16/fp16) and accumulation in T. `parallel` lets faer split the product over rayon.
+///
+/// bf16-mixed in f32 runs the bf16 GEMM ([`crate::bf16gemm`], AMX or AVX512_BF16) where the
+/// CPU has one; elsewhere, and for fp16 and f64, the operands are rounded to the precision's
+/// values stored in T and multiplied by faer (emulation: same values, T arithmetic).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul<T: Float>(
     prec: Precision,
@@ -68,6 +72,39 @@ pub fn matmul<T: Float>(
     k: usize,
     accumulate: bool,
 ) {
+    if prec == Precision::Bf16Mixed && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+    {
+        if let Some(path) = crate::bf16gemm::path() {
+            // SAFETY: T is f32 (checked just above), so the slices are f32 slices.
+            let (c, a, b) = unsafe {
+                (
+                    &mut *(c as *mut [T] as *mut [f32]),
+                    &*(a as *const [T] as *const [f32]),
+                    &*(b as *const [T] as *const [f32]),
+                )
+            };
+            let lda = if ta { m } else { k };
+            let ldb = if tb { k } else { n };
+            let parallel = m * n * k >= 1 << 18 && rayon::current_num_threads() > 1;
+            crate::bf16gemm::gemm(
+                path,
+                &mut c[..m * n],
+                n,
+                a,
+                lda,
+                ta,
+                b,
+                ldb,
+                tb,
+                m,
+                n,
+                k,
+                accumulate,
+                parallel,
+            );
+            return;
+        }
+    }
     let a = rounded(prec, a);
     let b = rounded(prec, b);
     let lda = if ta { m } else { k };
@@ -134,6 +171,48 @@ pub fn matmul<T: Float>(
     } else {
         T::gemm(c, n, &a, lda, ta, &b, ldb, tb, m, n, k, accumulate, true);
     }
+}
+
+/// `T::gemm` on operands that are already rounded per `prec` (attention's products): for
+/// bf16-mixed in f32 the bf16 GEMM where the CPU has one (the same bf16 values, f32
+/// accumulation in another order), otherwise `T::gemm`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rounded<T: Float>(
+    prec: Precision,
+    c: &mut [T],
+    ldc: usize,
+    a: &[T],
+    lda: usize,
+    ta: bool,
+    b: &[T],
+    ldb: usize,
+    tb: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    if prec == Precision::Bf16Mixed && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
+    {
+        if let Some(path) = crate::bf16gemm::path() {
+            // SAFETY: T is f32 (checked just above).
+            let (c, a, b) = unsafe {
+                (
+                    &mut *(c as *mut [T] as *mut [f32]),
+                    &*(a as *const [T] as *const [f32]),
+                    &*(b as *const [T] as *const [f32]),
+                )
+            };
+            crate::bf16gemm::gemm(
+                path, c, ldc, a, lda, ta, b, ldb, tb, m, n, k, accumulate, parallel,
+            );
+            return;
+        }
+    }
+    T::gemm(
+        c, ldc, a, lda, ta, b, ldb, tb, m, n, k, accumulate, parallel,
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
