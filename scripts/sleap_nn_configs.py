@@ -227,6 +227,13 @@ def main():
                 },
             }
         },
+        "loaders_auto_workers": {
+            "trainer_config": {
+                "train_data_loader": {"batch_size": 8, "num_workers": "auto"},
+                "val_data_loader": {"num_workers": "auto"},
+                "trainer_accelerator": "cuda",
+            }
+        },
         "tiling": {
             "data_config": {"preprocessing": {"tiling": {"enabled": True, "tile_size": 256}}}
         },

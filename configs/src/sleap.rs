@@ -1,10 +1,14 @@
 //! The sleap-nn configuration family (animal pose estimation). Sections, fields, types and
-//! defaults follow the sleap-nn configuration guide; where the guide is silent about whether a
-//! section may be null, sleap-nn's own config classes decide.
+//! defaults follow sleap-nn 0.3.5's config classes (PyPI `sleap-nn`), which extend the early
+//! configuration guide and win where the two differ; `configs/tests/fixtures/sleap_nn_0.3.5/`
+//! holds configs written by sleap-nn's own code (`scripts/sleap_nn_configs.py`), all of which
+//! load here.
 //!
-//! A config names exactly one backbone (`unet`, `convnext`, `swint`) and exactly one head type;
-//! the others are null. [`SleapNnConfig::validate`] checks that, the strides between backbone
-//! and heads, and the ranges the guide states.
+//! A config names exactly one backbone (`unet`, `convnext`, `swint`, `pretrained`) and exactly
+//! one head type; the others are null. [`SleapNnConfig::validate`] checks that, the strides
+//! and the ranges sleap-nn enforces; [`SleapNnConfig::resolved`] applies the stride changes
+//! sleap-nn makes before building a model. anvil trains no sleap-nn model yet, so every field
+//! is accepted at load and `coordinator launch` refuses the whole config.
 
 use crate::schema::{join, map_entries, Ctx, FromNode, ToValue, Value};
 use crate::tree::{Node, NodeKind};
@@ -46,7 +50,7 @@ choice! {
     pub enum SwinTWeights { T = "Swin_T_Weights", S = "Swin_S_Weights", B = "Swin_B_Weights" }
 }
 choice! {
-    pub enum Accelerator { Cpu = "cpu", Gpu = "gpu", Mps = "mps", Auto = "auto" }
+    pub enum Accelerator { Cpu = "cpu", Gpu = "gpu", Cuda = "cuda", Mps = "mps", Auto = "auto" }
 }
 choice! {
     pub enum Profiler {
@@ -1409,8 +1413,8 @@ section! {
     pub struct TrainDataLoaderConfig {
         batch_size: usize = 4,
         shuffle: bool = true,
-        /// 0: load in the main process.
-        num_workers: usize = 0,
+        /// 0: load in the main process; "auto": sized from the usable CPUs.
+        num_workers: NumWorkers = NumWorkers::Count(0),
     }
 }
 
@@ -1419,7 +1423,7 @@ section! {
     pub struct ValDataLoaderConfig {
         batch_size: usize = 4,
         shuffle: bool = false,
-        num_workers: usize = 0,
+        num_workers: NumWorkers = NumWorkers::Count(0),
     }
 }
 
@@ -1431,6 +1435,40 @@ section! {
         /// The logged metric checkpoints are ranked by.
         monitor: String = "val/loss".into(),
         mode: CkptMode = CkptMode::Min,
+    }
+}
+
+/// A data loader's `num_workers`: a count, or "auto" (any case), sized from the usable CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumWorkers {
+    Count(usize),
+    Auto,
+}
+
+impl FromNode for NumWorkers {
+    fn expected() -> String {
+        "a non-negative integer or \"auto\"".into()
+    }
+    fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
+        if let NodeKind::Scalar { text, .. } = &node.kind {
+            if text.eq_ignore_ascii_case("auto") {
+                return Some(NumWorkers::Auto);
+            }
+            if let Ok(n) = text.trim().parse::<usize>() {
+                return Some(NumWorkers::Count(n));
+            }
+        }
+        cx.type_error(node, path, &Self::expected());
+        None
+    }
+}
+
+impl ToValue for NumWorkers {
+    fn to_value(&self) -> Value {
+        match self {
+            NumWorkers::Count(n) => n.to_value(),
+            NumWorkers::Auto => Value::Str("auto".into()),
+        }
     }
 }
 
@@ -1962,7 +2000,7 @@ impl SleapNnConfig {
         match backbones.len() {
             0 => cx.error(
                 bp,
-                "no backbone is set; configure exactly one of unet, convnext or swint",
+                "no backbone is set; configure exactly one of unet, convnext, swint or pretrained",
             ),
             1 => {}
             _ => cx.error(
@@ -2037,8 +2075,10 @@ impl SleapNnConfig {
         match kinds.len() {
             0 => cx.error(
                 hp,
-                "no head is set; configure exactly one of single_instance, centroid, \
-                 centered_instance, bottomup, multi_class_bottomup or multi_class_topdown",
+                format!(
+                    "no head is set; configure exactly one of {}",
+                    list_names(&HeadKind::ALL.map(|k| k.as_str())).replace(" and ", " or ")
+                ),
             ),
             1 => {}
             _ => {

@@ -758,7 +758,7 @@ fn bad_enum_values_list_what_is_allowed() {
             "\"torch_dataset\", \"torch_dataset_cache_img_memory\" or \"torch_dataset_cache_img_disk\"",
         ),
         ("model_config:\n  init_weights: kaiming\n", "model_config.init_weights", "\"default\" or \"xavier\""),
-        ("trainer_config:\n  trainer_accelerator: tpu\n", "trainer_accelerator", "\"cpu\", \"gpu\", \"mps\" or \"auto\""),
+        ("trainer_config:\n  trainer_accelerator: tpu\n", "trainer_accelerator", "\"cpu\", \"gpu\", \"cuda\", \"mps\" or \"auto\""),
         ("trainer_config:\n  profiler: fancy\n", "trainer_config.profiler", "\"advanced\", \"passthrough\", \"pytorch\" or \"simple\""),
         ("trainer_config:\n  optimizer_name: SGD\n", "optimizer_name", "\"Adam\" or \"AdamW\""),
         (
@@ -817,7 +817,7 @@ fn exactly_one_backbone_and_one_head() {
             &[
                 "model_config.backbone_config",
                 "no backbone is set",
-                "unet, convnext or swint"
+                "unet, convnext, swint or pretrained"
             ]
         ),
         "{e:?}"

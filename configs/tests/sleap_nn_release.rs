@@ -283,3 +283,33 @@ fn bad_values_in_newer_fields_are_reported_with_their_line() {
         "{e:?}"
     );
 }
+
+/// Configs from elsewhere (sleap-nn's `docs/sample_configs`, its test assets, a lab's saved
+/// `training_config.yaml` files): with `SLEAP_NN_CONFIG_DIR=/some/dir`, every `*.yaml` there
+/// must load. Without it the test says so and passes.
+#[test]
+fn configs_in_sleap_nn_config_dir_load() {
+    let Some(dir) = std::env::var_os("SLEAP_NN_CONFIG_DIR") else {
+        eprintln!("SLEAP_NN_CONFIG_DIR not set; no external sleap-nn configs checked");
+        return;
+    };
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .expect("SLEAP_NN_CONFIG_DIR")
+        .map(|e| e.unwrap().path())
+        .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+        .collect();
+    paths.sort();
+    let mut failed = Vec::new();
+    for p in &paths {
+        if let Err(e) = load_path(p) {
+            failed.push(format!("{}:\n{e}", p.display()));
+        }
+    }
+    eprintln!(
+        "{} of {} configs in {} load",
+        paths.len() - failed.len(),
+        paths.len(),
+        Path::new(&dir).display()
+    );
+    assert!(failed.is_empty(), "{}", failed.join("\n"));
+}
