@@ -1,10 +1,14 @@
 //! The sleap-nn configuration family (animal pose estimation). Sections, fields, types and
-//! defaults follow the sleap-nn configuration guide; where the guide is silent about whether a
-//! section may be null, sleap-nn's own config classes decide.
+//! defaults follow sleap-nn 0.3.5's config classes (PyPI `sleap-nn`), which extend the early
+//! configuration guide and win where the two differ; `configs/tests/fixtures/sleap_nn_0.3.5/`
+//! holds configs written by sleap-nn's own code (`scripts/sleap_nn_configs.py`), all of which
+//! load here.
 //!
-//! A config names exactly one backbone (`unet`, `convnext`, `swint`) and exactly one head type;
-//! the others are null. [`SleapNnConfig::validate`] checks that, the strides between backbone
-//! and heads, and the ranges the guide states.
+//! A config names exactly one backbone (`unet`, `convnext`, `swint`, `pretrained`) and exactly
+//! one head type; the others are null. [`SleapNnConfig::validate`] checks that, the strides
+//! and the ranges sleap-nn enforces; [`SleapNnConfig::resolved`] applies the stride changes
+//! sleap-nn makes before building a model. anvil trains no sleap-nn model yet, so every field
+//! is accepted at load and `coordinator launch` refuses the whole config.
 
 use crate::schema::{join, map_entries, Ctx, FromNode, ToValue, Value};
 use crate::tree::{Node, NodeKind};
@@ -46,7 +50,7 @@ choice! {
     pub enum SwinTWeights { T = "Swin_T_Weights", S = "Swin_S_Weights", B = "Swin_B_Weights" }
 }
 choice! {
-    pub enum Accelerator { Cpu = "cpu", Gpu = "gpu", Mps = "mps", Auto = "auto" }
+    pub enum Accelerator { Cpu = "cpu", Gpu = "gpu", Cuda = "cuda", Mps = "mps", Auto = "auto" }
 }
 choice! {
     pub enum Profiler {
@@ -58,6 +62,41 @@ choice! {
 }
 choice! {
     pub enum OptimizerName { Adam = "Adam", AdamW = "AdamW" }
+}
+choice! {
+    /// Centered-instance crops: a fixed square (`crop_size`) or each instance's bounding box.
+    pub enum CropMode { Fixed = "fixed", Bbox = "bbox" }
+}
+choice! {
+    /// How a bounding-box crop is fitted to the model's square input.
+    pub enum CropBboxAspect { Square = "square", Letterbox = "letterbox", Stretch = "stretch" }
+}
+choice! {
+    /// Where instance bounding boxes come from.
+    pub enum BboxSource { Auto = "auto", Bboxes = "bboxes", Instances = "instances", Masks = "masks" }
+}
+choice! {
+    /// How overlapping tiles are blended back together.
+    pub enum TileBlend { Gaussian = "gaussian", Pyramid = "pyramid", Constant = "constant" }
+}
+choice! {
+    pub enum AccumulatorDevice { Auto = "auto", Cpu = "cpu", Cuda = "cuda" }
+}
+choice! {
+    /// Which tiles training samples: around instances, or a regular grid.
+    pub enum TileSampling { Foreground = "foreground", Grid = "grid" }
+}
+choice! {
+    /// What identity classes are: track names or identity labels.
+    pub enum ClassOutput { Track = "track", Identity = "identity" }
+}
+choice! {
+    /// Whether checkpoints keep the lowest or the highest monitored value.
+    pub enum CkptMode { Min = "min", Max = "max" }
+}
+choice! {
+    /// What an embedding model's crops are cut around.
+    pub enum DetectionMode { Pose = "pose", Mask = "mask" }
 }
 choice! {
     /// How ReduceLROnPlateau compares against the best value: relative or absolute margin.
@@ -83,8 +122,8 @@ section! {
 section! {
     pub struct DataConfig {
         provider: Provider = Provider::LabelsReader,
-        /// `.slp` / `.pkg.slp` files to train on.
-        train_labels_path: Vec<String> = Vec::new(),
+        /// `.slp` / `.pkg.slp` files to train on; null when they are given on the command line.
+        train_labels_path: Option<Vec<String>> = None,
         /// None: split `validation_fraction` of the training frames off instead.
         val_labels_path: Option<Vec<String>> = None,
         validation_fraction: f64 = 0.1,
@@ -98,10 +137,49 @@ section! {
         cache_img_path: Option<String> = None,
         use_existing_imgs: bool = false,
         delete_cache_imgs_after_training: bool = true,
+        /// Cache images with several threads.
+        parallel_caching: bool = true,
+        /// Threads for caching; 0: chosen automatically.
+        cache_workers: usize = 0,
         preprocessing: PreprocessingConfig = PreprocessingConfig::default(),
         use_augmentations_train: bool = true,
-        /// Only used when `use_augmentations_train` is true.
-        augmentation_config: Option<AugmentationConfig> = None,
+        /// Only used when `use_augmentations_train` is true. Geometric augmentation (rotation
+        /// and scale) is on by default.
+        augmentation_config: Option<AugmentationConfig> = Some(AugmentationConfig::default()),
+        /// Also train on labeled frames without instances (all-zero targets).
+        use_negative_frames: bool = false,
+        /// Loss weight of those negative frames.
+        negative_loss_weight: f64 = 1.0,
+        /// The skeletons of the training labels, as sleap-nn saves them in
+        /// `training_config.yaml` (nodes, edges, symmetries, name); None: read from the labels.
+        skeletons: Option<Vec<Value>> = None,
+        /// What the identity (track) labels can be trusted for.
+        identity: Option<IdentityConfig> = None,
+        /// Grouped or k-fold train/val splits; None: a random `validation_fraction` of frames.
+        split: Option<SplitConfig> = None,
+        /// Derive instance centroids from segmentation masks (a method name); None: from points.
+        centroids_from_masks: Option<String> = None,
+        bbox_source: BboxSource = BboxSource::Auto,
+        /// Pixels added around boxes made from keypoints.
+        bbox_padding: f64 = 0.0,
+    }
+}
+
+section! {
+    pub struct IdentityConfig {
+        tracks_are_proofread: bool = false,
+        track_names_are_global: bool = false,
+        detections_deduplicated: bool = true,
+    }
+}
+
+section! {
+    pub struct SplitConfig {
+        /// "frame", "video" or a grouping key.
+        split_by: String = "frame".into(),
+        n_folds: usize = 5,
+        fold: usize = 0,
+        seed: i64 = 0,
     }
 }
 
@@ -160,29 +238,66 @@ section! {
         min_crop_size: Option<usize> = Some(100),
         /// None: derived from the rotation and scale augmentation ranges.
         crop_padding: Option<usize> = None,
+        crop_mode: CropMode = CropMode::Fixed,
+        crop_bbox_aspect: CropBboxAspect = CropBboxAspect::Square,
+        /// Fraction of the box size added around a bounding-box crop.
+        crop_bbox_padding: f64 = 0.1,
+        crop_bbox_min_size: Option<f64> = None,
+        /// Train and predict on tiles of large frames.
+        tiling: TilingConfig = TilingConfig::default(),
+        /// Draw the labels into the image (debugging).
+        burn_in: bool = false,
+        /// Fill of pixels outside the frame in crops.
+        background_fill: String = "black".into(),
+        crop_centering: String = "auto".into(),
     }
 }
 
 section! {
+    /// Tiling of large frames; off unless `enabled`.
+    pub struct TilingConfig {
+        enabled: bool = false,
+        tile_size: Option<usize> = None,
+        overlap: Option<usize> = None,
+        min_overlap_fraction: f64 = 0.25,
+        blend: TileBlend = TileBlend::Gaussian,
+        sigma_scale: f64 = 0.125,
+        tile_batch_size: Option<usize> = None,
+        accumulator_device: AccumulatorDevice = AccumulatorDevice::Auto,
+        cpu_thresh: f64 = 0.4,
+        sampling: TileSampling = TileSampling::Foreground,
+        tile_fg_fraction: f64 = 0.5,
+        samples_per_frame: Option<usize> = None,
+        center_jitter: f64 = 0.5,
+        min_visible_keypoints: usize = 1,
+        steps_per_epoch: Option<usize> = None,
+        full_frame_pass: bool = false,
+    }
+}
+
+section! {
+    /// Written without `geometric`, the default geometric set stays on (as in sleap-nn, whose
+    /// loader merges a file over its defaults); `geometric: null` turns it off.
     pub struct AugmentationConfig {
         intensity: Option<IntensityConfig> = None,
-        geometric: Option<GeometricConfig> = None,
+        geometric: Option<GeometricConfig> = Some(GeometricConfig::default()),
     }
 }
 
 section! {
     pub struct IntensityConfig {
+        /// Noise is on the 0-1 intensity scale.
         uniform_noise_min: f64 = 0.0,
-        uniform_noise_max: f64 = 1.0,
+        uniform_noise_max: f64 = 0.04,
         uniform_noise_p: f64 = 0.0,
         gaussian_noise_mean: f64 = 0.0,
-        gaussian_noise_std: f64 = 1.0,
+        gaussian_noise_std: f64 = 0.02,
         gaussian_noise_p: f64 = 0.0,
         contrast_min: f64 = 0.9,
         contrast_max: f64 = 1.1,
         contrast_p: f64 = 0.0,
-        brightness_min: f64 = 1.0,
-        brightness_max: f64 = 1.0,
+        brightness_min: f64 = 0.9,
+        brightness_max: f64 = 1.1,
         brightness_p: f64 = 0.0,
     }
 }
@@ -200,8 +315,9 @@ section! {
         /// Rotation, scale and translation bundled together.
         affine_p: f64 = 0.0,
         /// Independent probabilities; each set one replaces `affine_p` for its transform.
-        rotation_p: Option<f64> = None,
-        scale_p: Option<f64> = None,
+        /// Rotation and scale are applied to every sample by default.
+        rotation_p: Option<f64> = Some(1.0),
+        scale_p: Option<f64> = Some(1.0),
         translate_p: Option<f64> = None,
         erase_scale_min: f64 = 0.0001,
         erase_scale_max: f64 = 0.01,
@@ -211,6 +327,8 @@ section! {
         mixup_lambda_min: f64 = 0.01,
         mixup_lambda_max: f64 = 0.05,
         mixup_p: f64 = 0.0,
+        /// Probability of a horizontal flip (symmetric nodes swap).
+        flip_p: f64 = 0.0,
     }
 }
 
@@ -225,6 +343,8 @@ section! {
         pretrained_head_weights: Option<String> = None,
         backbone_config: BackboneConfig = BackboneConfig::default(),
         head_configs: HeadConfigs = HeadConfigs::default(),
+        /// The model's parameter count, written by sleap-nn into `training_config.yaml`.
+        total_params: Option<usize> = None,
     }
 }
 
@@ -234,6 +354,42 @@ section! {
         unet: Option<UNetConfig> = None,
         convnext: Option<ConvNextConfig> = None,
         swint: Option<SwinTConfig> = None,
+        /// A pretrained encoder from a model hub (timm / Hugging Face) with a UNet-style decoder.
+        pretrained: Option<PretrainedConfig> = None,
+    }
+}
+
+section! {
+    pub struct PretrainedConfig {
+        /// "hf" (Hugging Face) or "timm".
+        source: String = "hf".into(),
+        model_name: String = "facebook/convnextv2-nano-22k-224".into(),
+        /// Load the pretrained weights (false: the architecture only).
+        weights: bool = true,
+        /// "auto", "encoder" or "decoder".
+        mode: String = "auto".into(),
+        freeze: bool = false,
+        revision: Option<String> = None,
+        normalize: bool = true,
+        image_mean: Option<Vec<f64>> = None,
+        image_std: Option<Vec<f64>> = None,
+        out_indices: Option<Vec<usize>> = None,
+        in_channels: usize = 3,
+        filters_rate: f64 = 2.0,
+        convs_per_block: usize = 2,
+        kernel_size: usize = 3,
+        up_interpolate: bool = true,
+        output_stride: usize = 2,
+        max_stride: usize = 32,
+        layers: Option<Vec<i64>> = None,
+        vit_neck: String = "dpt".into(),
+        neck_channels: Option<Vec<usize>> = None,
+        token_stride: Option<usize> = None,
+        gradient_checkpointing: bool = false,
+        encoder_lr_scale: f64 = 1.0,
+        layer_decay: Option<f64> = None,
+        detail_stem: bool = false,
+        detail_channels: Option<Vec<usize>> = None,
     }
 }
 
@@ -431,6 +587,7 @@ pub enum Backbone<'a> {
     Unet(&'a UNetConfig),
     ConvNext(&'a ConvNextConfig),
     SwinT(&'a SwinTConfig),
+    Pretrained(&'a PretrainedConfig),
 }
 
 impl Backbone<'_> {
@@ -440,6 +597,7 @@ impl Backbone<'_> {
             Backbone::Unet(_) => "unet",
             Backbone::ConvNext(_) => "convnext",
             Backbone::SwinT(_) => "swint",
+            Backbone::Pretrained(_) => "pretrained",
         }
     }
 
@@ -448,6 +606,7 @@ impl Backbone<'_> {
             Backbone::Unet(b) => b.output_stride,
             Backbone::ConvNext(b) => b.output_stride,
             Backbone::SwinT(b) => b.output_stride,
+            Backbone::Pretrained(b) => b.output_stride,
         }
     }
 
@@ -456,6 +615,7 @@ impl Backbone<'_> {
             Backbone::Unet(b) => b.max_stride,
             Backbone::ConvNext(b) => b.max_stride,
             Backbone::SwinT(b) => b.max_stride,
+            Backbone::Pretrained(b) => b.max_stride,
         }
     }
 
@@ -464,6 +624,7 @@ impl Backbone<'_> {
             Backbone::Unet(b) => b.in_channels,
             Backbone::ConvNext(b) => b.in_channels,
             Backbone::SwinT(b) => b.in_channels,
+            Backbone::Pretrained(b) => b.in_channels,
         }
     }
 }
@@ -481,6 +642,9 @@ impl BackboneConfig {
         if let Some(b) = &self.swint {
             out.push(Backbone::SwinT(b));
         }
+        if let Some(b) = &self.pretrained {
+            out.push(Backbone::Pretrained(b));
+        }
         out
     }
 }
@@ -497,6 +661,15 @@ section! {
         bottomup: Option<BottomUpHead> = None,
         multi_class_bottomup: Option<MultiClassBottomUpHead> = None,
         multi_class_topdown: Option<MultiClassTopDownHead> = None,
+        bottomup_segmentation: Option<BottomUpSegmentationHead> = None,
+        centered_instance_segmentation: Option<CenteredInstanceSegmentationHead> = None,
+        semantic_segmentation: Option<SemanticSegmentationHead> = None,
+        /// Crop -> vector re-identification.
+        embedding: Option<EmbeddingHead> = None,
+        /// Bounding boxes, CenterNet style (center heatmap, size, offset).
+        bbox_centernet: Option<BBoxCenterNetHead> = None,
+        /// Bounding boxes, SSD style (anchors over a feature pyramid).
+        bbox_ssd: Option<BBoxSsdHead> = None,
     }
 }
 
@@ -526,8 +699,17 @@ section! {
     pub struct CentroidConfMaps {
         /// None: the midpoint of the instance's bounding box.
         anchor_part: Option<String> = None,
+        /// How the centroid is computed (a sleap-nn method name); None: from `anchor_part`.
+        centroid_method: Option<String> = None,
+        centroid_fallback: Option<String> = None,
+        centroid_source: Option<String> = None,
         sigma: f64 = 5.0,
         output_stride: usize = 1,
+        /// Sigmoid output trained with a focal loss instead of MSE.
+        use_sigmoid_activation: bool = false,
+        focal_loss_alpha: f64 = 0.0,
+        focal_loss_beta: f64 = 4.0,
+        focal_loss_pos_threshold: f64 = 0.5,
     }
 }
 
@@ -541,8 +723,11 @@ section! {
     pub struct CenteredInstanceConfMaps {
         part_names: Option<Vec<String>> = None,
         anchor_part: Option<String> = None,
+        centroid_method: Option<String> = None,
+        centroid_fallback: Option<String> = None,
         sigma: f64 = 5.0,
         output_stride: usize = 1,
+        loss_weight: f64 = 1.0,
     }
 }
 
@@ -690,6 +875,7 @@ section! {
     pub struct ClassMapsConfig {
         /// Class (track) names; None: the track names of the labels file.
         classes: Option<Vec<String>> = None,
+        class_output: ClassOutput = ClassOutput::Track,
         sigma: f64 = 5.0,
         output_stride: usize = 1,
         loss_weight: Option<f64> = None,
@@ -707,21 +893,211 @@ section! {
     pub struct MultiClassTopDownConfMaps {
         part_names: Option<Vec<String>> = None,
         anchor_part: Option<String> = None,
+        centroid_method: Option<String> = None,
+        centroid_fallback: Option<String> = None,
         sigma: f64 = 5.0,
         output_stride: usize = 1,
-        loss_weight: Option<f64> = None,
+        loss_weight: Option<f64> = Some(1.0),
     }
 }
 
 section! {
     pub struct ClassVectorsConfig {
         classes: Option<Vec<String>> = None,
+        class_output: ClassOutput = ClassOutput::Track,
         num_fc_layers: usize = 1,
         num_fc_units: usize = 64,
         global_pool: bool = true,
-        /// Taken from the encoder's last layer, so equal to the backbone's max_stride.
-        output_stride: usize = 16,
-        loss_weight: Option<f64> = None,
+        /// Ignored: class vectors are read from the encoder's last layer, so sleap-nn sets this
+        /// to the backbone's max_stride (see [`SleapNnConfig::resolved`]).
+        output_stride: usize = 1,
+        loss_weight: Option<f64> = Some(1.0),
+    }
+}
+
+// Heads beyond pose estimation (sleap-nn 0.3.x).
+
+section! {
+    pub struct BottomUpSegmentationHead {
+        segmentation: Option<SegmentationMaps> = None,
+        center: Option<InstanceCenterMaps> = None,
+        offsets: Option<CenterOffsetMaps> = None,
+    }
+}
+
+section! {
+    /// Foreground masks, trained with a BCE + Dice loss.
+    pub struct SegmentationMaps {
+        output_stride: usize = 2,
+        loss_weight: f64 = 1.0,
+        bce_weight: f64 = 0.5,
+        dice_weight: f64 = 0.5,
+        bce_pos_weight: Option<f64> = None,
+        target_maxpool: bool = false,
+    }
+}
+
+section! {
+    pub struct InstanceCenterMaps {
+        sigma: f64 = 4.0,
+        output_stride: usize = 2,
+        loss_weight: f64 = 1.0,
+    }
+}
+
+section! {
+    pub struct CenterOffsetMaps {
+        output_stride: usize = 2,
+        loss_weight: f64 = 0.1,
+    }
+}
+
+section! {
+    pub struct CenteredInstanceSegmentationHead {
+        segmentation: Option<CenteredInstanceSegmentationMaps> = None,
+    }
+}
+
+section! {
+    pub struct CenteredInstanceSegmentationMaps {
+        output_stride: usize = 2,
+        loss_weight: f64 = 1.0,
+        anchor_part: Option<String> = None,
+        centroid_method: Option<String> = None,
+        centroid_fallback: Option<String> = None,
+    }
+}
+
+section! {
+    pub struct SemanticSegmentationHead {
+        segmentation: Option<SegmentationMaps> = None,
+    }
+}
+
+section! {
+    pub struct EmbeddingHead {
+        embedding: Option<EmbeddingOutput> = None,
+    }
+}
+
+section! {
+    pub struct EmbeddingOutput {
+        embedding_dim: usize = 128,
+        num_fc_layers: usize = 1,
+        num_fc_units: usize = 256,
+        /// Pooling of the encoder's features; None: chosen from the backbone.
+        pool: Option<String> = None,
+        normalize: bool = true,
+        /// sleap-nn sets this to the backbone's max_stride.
+        output_stride: usize = 32,
+        freeze_backbone: bool = false,
+        anchor_part: Option<String> = None,
+        centroid_method: Option<String> = None,
+        centroid_fallback: Option<String> = None,
+        detection_mode: Option<DetectionMode> = None,
+        objective: Option<EmbeddingObjective> = None,
+    }
+}
+
+section! {
+    pub struct EmbeddingObjective {
+        positives: Option<EmbeddingPositives> = None,
+        negatives: Option<EmbeddingNegatives> = None,
+        loss: Option<EmbeddingLoss> = None,
+        sampler: Option<EmbeddingSampler> = None,
+        use_projection: bool = true,
+        projection_dim: usize = 128,
+    }
+}
+
+section! {
+    pub struct EmbeddingPositives {
+        scope: String = "global_id".into(),
+        aug_views: usize = 2,
+    }
+}
+
+section! {
+    pub struct EmbeddingNegatives {
+        sources: Vec<String> = vec!["same_frame".into(), "in_batch".into()],
+        exclude_same_track: bool = true,
+        restrict_same_video: bool = false,
+    }
+}
+
+section! {
+    pub struct EmbeddingLoss {
+        name: String = "supcon".into(),
+        temperature: f64 = 0.1,
+        margin: f64 = 0.2,
+    }
+}
+
+section! {
+    pub struct EmbeddingSampler {
+        kind: String = "pk".into(),
+        groups_per_batch: usize = 8,
+        samples_per_group: usize = 16,
+    }
+}
+
+section! {
+    pub struct BBoxCenterNetHead {
+        center: Option<BBoxCenterMaps> = None,
+        size: Option<BBoxRegression> = None,
+        offset: Option<BBoxOffsetRegression> = None,
+    }
+}
+
+section! {
+    pub struct BBoxCenterMaps {
+        categories: Option<Vec<String>> = None,
+        /// None: from each box's size (`min_overlap`).
+        sigma: Option<f64> = None,
+        min_overlap: f64 = 0.7,
+        output_stride: usize = 4,
+        loss_weight: f64 = 1.0,
+        focal_alpha: f64 = 2.0,
+        focal_beta: f64 = 4.0,
+    }
+}
+
+section! {
+    pub struct BBoxRegression {
+        output_stride: usize = 4,
+        loss_weight: f64 = 0.1,
+    }
+}
+
+section! {
+    pub struct BBoxOffsetRegression {
+        output_stride: usize = 4,
+        loss_weight: f64 = 1.0,
+    }
+}
+
+section! {
+    pub struct BBoxSsdHead {
+        ssd: Option<SsdMaps> = None,
+    }
+}
+
+section! {
+    pub struct SsdMaps {
+        categories: Option<Vec<String>> = None,
+        /// Stride of the finest pyramid level; each further level doubles it.
+        output_stride: usize = 8,
+        num_levels: usize = 3,
+        anchor_sizes: Option<Vec<f64>> = None,
+        anchor_scales: Vec<f64> = vec![1.0, 1.26, 1.587],
+        aspect_ratios: Vec<f64> = vec![0.5, 1.0, 2.0],
+        pos_iou_threshold: f64 = 0.5,
+        neg_iou_threshold: f64 = 0.4,
+        neg_pos_ratio: f64 = 3.0,
+        box_variances: Vec<f64> = vec![0.1, 0.1, 0.2, 0.2],
+        head_channels: usize = 128,
+        head_convs: usize = 1,
+        loss_weight: f64 = 1.0,
     }
 }
 
@@ -734,16 +1110,28 @@ pub enum HeadKind {
     BottomUp,
     MultiClassBottomUp,
     MultiClassTopDown,
+    BottomUpSegmentation,
+    CenteredInstanceSegmentation,
+    SemanticSegmentation,
+    Embedding,
+    BBoxCenterNet,
+    BBoxSsd,
 }
 
 impl HeadKind {
-    pub const ALL: [HeadKind; 6] = [
+    pub const ALL: [HeadKind; 12] = [
         HeadKind::SingleInstance,
         HeadKind::Centroid,
         HeadKind::CenteredInstance,
         HeadKind::BottomUp,
         HeadKind::MultiClassBottomUp,
         HeadKind::MultiClassTopDown,
+        HeadKind::BottomUpSegmentation,
+        HeadKind::CenteredInstanceSegmentation,
+        HeadKind::SemanticSegmentation,
+        HeadKind::Embedding,
+        HeadKind::BBoxCenterNet,
+        HeadKind::BBoxSsd,
     ];
 
     /// The key under `head_configs`.
@@ -755,6 +1143,12 @@ impl HeadKind {
             HeadKind::BottomUp => "bottomup",
             HeadKind::MultiClassBottomUp => "multi_class_bottomup",
             HeadKind::MultiClassTopDown => "multi_class_topdown",
+            HeadKind::BottomUpSegmentation => "bottomup_segmentation",
+            HeadKind::CenteredInstanceSegmentation => "centered_instance_segmentation",
+            HeadKind::SemanticSegmentation => "semantic_segmentation",
+            HeadKind::Embedding => "embedding",
+            HeadKind::BBoxCenterNet => "bbox_centernet",
+            HeadKind::BBoxSsd => "bbox_ssd",
         }
     }
 }
@@ -790,6 +1184,12 @@ impl HeadConfigs {
             HeadKind::BottomUp => self.bottomup.is_some(),
             HeadKind::MultiClassBottomUp => self.multi_class_bottomup.is_some(),
             HeadKind::MultiClassTopDown => self.multi_class_topdown.is_some(),
+            HeadKind::BottomUpSegmentation => self.bottomup_segmentation.is_some(),
+            HeadKind::CenteredInstanceSegmentation => self.centered_instance_segmentation.is_some(),
+            HeadKind::SemanticSegmentation => self.semantic_segmentation.is_some(),
+            HeadKind::Embedding => self.embedding.is_some(),
+            HeadKind::BBoxCenterNet => self.bbox_centernet.is_some(),
+            HeadKind::BBoxSsd => self.bbox_ssd.is_some(),
         }
     }
 
@@ -853,6 +1253,64 @@ impl HeadConfigs {
                 None,
             ));
         }
+        if let Some(h) = &self.bottomup_segmentation {
+            if let Some(m) = &h.segmentation {
+                v.push(out(
+                    "bottomup_segmentation.segmentation",
+                    m.output_stride,
+                    None,
+                ));
+            }
+            if let Some(m) = &h.center {
+                v.push(out(
+                    "bottomup_segmentation.center",
+                    m.output_stride,
+                    Some(m.sigma),
+                ));
+            }
+            if let Some(m) = &h.offsets {
+                v.push(out("bottomup_segmentation.offsets", m.output_stride, None));
+            }
+        }
+        if let Some(m) = self
+            .centered_instance_segmentation
+            .as_ref()
+            .and_then(|h| h.segmentation.as_ref())
+        {
+            v.push(out(
+                "centered_instance_segmentation.segmentation",
+                m.output_stride,
+                None,
+            ));
+        }
+        if let Some(m) = self
+            .semantic_segmentation
+            .as_ref()
+            .and_then(|h| h.segmentation.as_ref())
+        {
+            v.push(out(
+                "semantic_segmentation.segmentation",
+                m.output_stride,
+                None,
+            ));
+        }
+        if let Some(m) = self.embedding.as_ref().and_then(|h| h.embedding.as_ref()) {
+            v.push(out("embedding.embedding", m.output_stride, None));
+        }
+        if let Some(h) = &self.bbox_centernet {
+            if let Some(m) = &h.center {
+                v.push(out("bbox_centernet.center", m.output_stride, m.sigma));
+            }
+            if let Some(m) = &h.size {
+                v.push(out("bbox_centernet.size", m.output_stride, None));
+            }
+            if let Some(m) = &h.offset {
+                v.push(out("bbox_centernet.offset", m.output_stride, None));
+            }
+        }
+        if let Some(m) = self.bbox_ssd.as_ref().and_then(|h| h.ssd.as_ref()) {
+            v.push(out("bbox_ssd.ssd", m.output_stride, None));
+        }
         v
     }
 
@@ -865,6 +1323,9 @@ impl HeadConfigs {
                 v.push((format!("{base}.{path}.loss_weight"), w));
             }
         };
+        if let Some(h) = &self.centered_instance {
+            push("centered_instance.confmaps", Some(h.confmaps.loss_weight));
+        }
         if let Some(h) = &self.bottomup {
             push("bottomup.confmaps", h.confmaps.loss_weight);
             push("bottomup.pafs", h.pafs.loss_weight);
@@ -906,47 +1367,63 @@ section! {
         train_steps_per_epoch: Option<usize> = None,
         visualize_preds_during_training: bool = false,
         keep_viz: bool = false,
-        max_epochs: usize = 10,
+        /// Image format of those visualizations ("png", "jpg").
+        viz_img_format: String = "png".into(),
+        max_epochs: usize = 100,
         /// None: no seeding.
-        seed: Option<i64> = None,
+        seed: Option<i64> = Some(42),
         use_wandb: bool = false,
         save_ckpt: bool = false,
         /// Checkpoints go to `<ckpt_dir>/<run_name>`; None: the working directory.
-        ckpt_dir: Option<String> = None,
+        ckpt_dir: Option<String> = Some(".".into()),
         /// None: `<timestamp>_<head_name>`.
         run_name: Option<String> = None,
         resume_ckpt_path: Option<String> = None,
         optimizer_name: OptimizerName = OptimizerName::Adam,
         optimizer: OptimizerConfig = OptimizerConfig::default(),
         /// Reduce-on-plateau unless configured otherwise; null: constant learning rate.
-        lr_scheduler: Option<LrSchedulerConfig> = Some(LrSchedulerConfig {
-            step_lr: None,
-            reduce_lr_on_plateau: Some(ReduceLrOnPlateauConfig::default()),
-        }),
+        lr_scheduler: Option<LrSchedulerConfig> = Some(LrSchedulerConfig::default()),
         early_stopping: Option<EarlyStoppingConfig> = Some(EarlyStoppingConfig::default()),
         online_hard_keypoint_mining: Option<OhkmConfig> = Some(OhkmConfig::default()),
         /// Only used when `use_wandb` is true.
         wandb: Option<WandbConfig> = Some(WandbConfig::default()),
         /// Log publishing and remote control (the SLEAP GUI).
         zmq: Option<ZmqConfig> = Some(ZmqConfig::default()),
+        /// Evaluation (OKS, matching) on the validation data during training.
+        eval: EvalConfig = EvalConfig::default(),
+    }
+}
+
+section! {
+    pub struct EvalConfig {
+        enabled: bool = false,
+        /// Every this many epochs.
+        frequency: usize = 1,
+        oks_stddev: f64 = 0.025,
+        /// None: from each instance's bounding box area.
+        oks_scale: Option<f64> = None,
+        /// Pixels.
+        match_threshold: f64 = 50.0,
+        /// Metric an embedding model's checkpoints are selected by.
+        select_metric: String = "rank1".into(),
     }
 }
 
 section! {
     pub struct TrainDataLoaderConfig {
-        batch_size: usize = 1,
+        batch_size: usize = 4,
         shuffle: bool = true,
-        /// 0: load in the main process.
-        num_workers: usize = 0,
+        /// 0: load in the main process; "auto": sized from the usable CPUs.
+        num_workers: NumWorkers = NumWorkers::Count(0),
     }
 }
 
 section! {
     /// Like the training loader, but not shuffled by default.
     pub struct ValDataLoaderConfig {
-        batch_size: usize = 1,
+        batch_size: usize = 4,
         shuffle: bool = false,
-        num_workers: usize = 0,
+        num_workers: NumWorkers = NumWorkers::Count(0),
     }
 }
 
@@ -955,6 +1432,43 @@ section! {
         /// Best k by validation loss; 0: none; -1: all.
         save_top_k: i64 = 1,
         save_last: Option<bool> = None,
+        /// The logged metric checkpoints are ranked by.
+        monitor: String = "val/loss".into(),
+        mode: CkptMode = CkptMode::Min,
+    }
+}
+
+/// A data loader's `num_workers`: a count, or "auto" (any case), sized from the usable CPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NumWorkers {
+    Count(usize),
+    Auto,
+}
+
+impl FromNode for NumWorkers {
+    fn expected() -> String {
+        "a non-negative integer or \"auto\"".into()
+    }
+    fn from_node(node: &Node, path: &str, cx: &mut Ctx) -> Option<Self> {
+        if let NodeKind::Scalar { text, .. } = &node.kind {
+            if text.eq_ignore_ascii_case("auto") {
+                return Some(NumWorkers::Auto);
+            }
+            if let Ok(n) = text.trim().parse::<usize>() {
+                return Some(NumWorkers::Count(n));
+            }
+        }
+        cx.type_error(node, path, &Self::expected());
+        None
+    }
+}
+
+impl ToValue for NumWorkers {
+    fn to_value(&self) -> Value {
+        match self {
+            NumWorkers::Count(n) => n.to_value(),
+            NumWorkers::Auto => Value::Str("auto".into()),
+        }
     }
 }
 
@@ -1000,11 +1514,63 @@ section! {
 }
 
 section! {
-    /// At most one scheduler is set. Written without one of the two keys, that scheduler is
-    /// off: `lr_scheduler: {step_lr: ...}` means step decay alone.
+    /// Several may be set (reduce-on-plateau is, unless written null); the one that runs is
+    /// the first set of cosine_annealing_warmup, linear_warmup_linear_decay, step_lr,
+    /// reduce_lr_on_plateau (sleap-nn's order; see [`LrSchedulerConfig::active`]).
     pub struct LrSchedulerConfig {
         step_lr: Option<StepLrConfig> = None,
-        reduce_lr_on_plateau: Option<ReduceLrOnPlateauConfig> = None,
+        reduce_lr_on_plateau: Option<ReduceLrOnPlateauConfig> = Some(ReduceLrOnPlateauConfig::default()),
+        cosine_annealing_warmup: Option<CosineAnnealingWarmupConfig> = None,
+        linear_warmup_linear_decay: Option<LinearWarmupLinearDecayConfig> = None,
+    }
+}
+
+section! {
+    /// Linear warmup from `warmup_start_lr`, then cosine decay to `eta_min`.
+    pub struct CosineAnnealingWarmupConfig {
+        warmup_epochs: usize = 5,
+        /// None: trainer_config.max_epochs.
+        max_epochs: Option<usize> = None,
+        warmup_start_lr: f64 = 0.0,
+        eta_min: f64 = 0.0,
+    }
+}
+
+section! {
+    /// Linear warmup from `warmup_start_lr`, then linear decay to `end_lr`.
+    pub struct LinearWarmupLinearDecayConfig {
+        warmup_epochs: usize = 5,
+        /// None: trainer_config.max_epochs.
+        max_epochs: Option<usize> = None,
+        warmup_start_lr: f64 = 0.0,
+        end_lr: f64 = 0.0,
+    }
+}
+
+/// The scheduler that runs, of those set.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ActiveScheduler<'a> {
+    CosineAnnealingWarmup(&'a CosineAnnealingWarmupConfig),
+    LinearWarmupLinearDecay(&'a LinearWarmupLinearDecayConfig),
+    StepLr(&'a StepLrConfig),
+    ReduceLrOnPlateau(&'a ReduceLrOnPlateauConfig),
+}
+
+impl LrSchedulerConfig {
+    /// sleap-nn's precedence: cosine_annealing_warmup > linear_warmup_linear_decay > step_lr >
+    /// reduce_lr_on_plateau; None: a constant learning rate.
+    pub fn active(&self) -> Option<ActiveScheduler<'_>> {
+        if let Some(c) = &self.cosine_annealing_warmup {
+            Some(ActiveScheduler::CosineAnnealingWarmup(c))
+        } else if let Some(c) = &self.linear_warmup_linear_decay {
+            Some(ActiveScheduler::LinearWarmupLinearDecay(c))
+        } else if let Some(c) = &self.step_lr {
+            Some(ActiveScheduler::StepLr(c))
+        } else {
+            self.reduce_lr_on_plateau
+                .as_ref()
+                .map(ActiveScheduler::ReduceLrOnPlateau)
+        }
     }
 }
 
@@ -1101,6 +1667,14 @@ section! {
         group: Option<String> = None,
         /// None: delete when logging online, keep when offline.
         delete_local_logs: Option<bool> = None,
+        /// The W&B run of this training, written by sleap-nn into `training_config.yaml`.
+        current_run_id: Option<String> = None,
+        viz_enabled: bool = true,
+        viz_boxes: bool = false,
+        viz_masks: bool = false,
+        viz_box_size: f64 = 5.0,
+        viz_confmap_threshold: f64 = 0.1,
+        log_viz_table: bool = false,
     }
 }
 
@@ -1230,12 +1804,8 @@ impl SleapNnConfig {
 
     fn validate_data(&self, cx: &mut Ctx) {
         let d = &self.data_config;
-        cx.check(
-            !d.train_labels_path.is_empty(),
-            "data_config.train_labels_path",
-            || "no training labels; list at least one .slp or .pkg.slp file".to_string(),
-        );
-        for (i, p) in d.train_labels_path.iter().enumerate() {
+        // Null (or empty) training labels are given on the command line, as with sleap-nn.
+        for (i, p) in d.train_labels_path.iter().flatten().enumerate() {
             cx.check(
                 !p.trim().is_empty(),
                 &format!("data_config.train_labels_path[{i}]"),
@@ -1265,6 +1835,54 @@ impl SleapNnConfig {
                 .to_string()
         });
         positive_f(cx, &format!("{pp}.scale"), p.scale);
+        positive_f(
+            cx,
+            "data_config.negative_loss_weight",
+            d.negative_loss_weight,
+        );
+        non_negative_f(cx, "data_config.bbox_padding", d.bbox_padding);
+        non_negative_f(cx, &format!("{pp}.crop_bbox_padding"), p.crop_bbox_padding);
+        if let Some(v) = p.crop_bbox_min_size {
+            positive_f(cx, &format!("{pp}.crop_bbox_min_size"), v);
+        }
+        let t = &p.tiling;
+        let tp = format!("{pp}.tiling");
+        for (key, v) in [
+            ("min_overlap_fraction", t.min_overlap_fraction),
+            ("cpu_thresh", t.cpu_thresh),
+            ("center_jitter", t.center_jitter),
+        ] {
+            probability(cx, &format!("{tp}.{key}"), v);
+        }
+        cx.check(
+            (0.0..1.0).contains(&t.tile_fg_fraction),
+            &format!("{tp}.tile_fg_fraction"),
+            || format!("must be at least 0 and below 1, got {}", t.tile_fg_fraction),
+        );
+        cx.check(
+            t.sigma_scale > 0.0 && t.sigma_scale <= 1.0,
+            &format!("{tp}.sigma_scale"),
+            || format!("must be above 0 and at most 1, got {}", t.sigma_scale),
+        );
+        for (key, v) in [
+            ("tile_size", t.tile_size),
+            ("tile_batch_size", t.tile_batch_size),
+            ("samples_per_frame", t.samples_per_frame),
+            ("steps_per_epoch", t.steps_per_epoch),
+        ] {
+            if let Some(v) = v {
+                positive(cx, &format!("{tp}.{key}"), v);
+            }
+        }
+        if let Some(sp) = &d.split {
+            positive(cx, "data_config.split.n_folds", sp.n_folds);
+            cx.check(sp.fold < sp.n_folds, "data_config.split.fold", || {
+                format!(
+                    "fold {} does not exist among n_folds {}",
+                    sp.fold, sp.n_folds
+                )
+            });
+        }
         for (key, v) in [
             ("max_height", p.max_height),
             ("max_width", p.max_width),
@@ -1322,6 +1940,7 @@ impl SleapNnConfig {
                     ("translate_p", g.translate_p),
                     ("erase_p", Some(g.erase_p)),
                     ("mixup_p", Some(g.mixup_p)),
+                    ("flip_p", Some(g.flip_p)),
                 ] {
                     if let Some(v) = v {
                         probability(cx, &format!("{gp}.{key}"), v);
@@ -1381,7 +2000,7 @@ impl SleapNnConfig {
         match backbones.len() {
             0 => cx.error(
                 bp,
-                "no backbone is set; configure exactly one of unet, convnext or swint",
+                "no backbone is set; configure exactly one of unet, convnext, swint or pretrained",
             ),
             1 => {}
             _ => cx.error(
@@ -1456,8 +2075,10 @@ impl SleapNnConfig {
         match kinds.len() {
             0 => cx.error(
                 hp,
-                "no head is set; configure exactly one of single_instance, centroid, \
-                 centered_instance, bottomup, multi_class_bottomup or multi_class_topdown",
+                format!(
+                    "no head is set; configure exactly one of {}",
+                    list_names(&HeadKind::ALL.map(|k| k.as_str())).replace(" and ", " or ")
+                ),
             ),
             1 => {}
             _ => {
@@ -1474,45 +2095,19 @@ impl SleapNnConfig {
             }
         }
 
-        let backbone = self.backbone();
+        // A head stride finer than the backbone's output_stride, or coarser than its
+        // max_stride, is not an error: sleap-nn moves the backbone's strides to fit the heads
+        // (`SleapNnConfig::resolved`). Strides pinned to the encoder (class vectors,
+        // embeddings) are overwritten there, so only their sigma is checked.
         for out in heads.outputs() {
             let sp = format!("{}.output_stride", out.path);
             if let Some(sigma) = out.sigma {
                 positive_f(cx, &format!("{}.sigma", out.path), sigma);
             }
-            if !out.output_stride.is_power_of_two() {
-                power_of_two(cx, &sp, out.output_stride);
+            if out.path.ends_with("class_vectors") || out.path.ends_with("embedding.embedding") {
                 continue;
             }
-            let Some(b) = backbone else { continue };
-            let (bos, bms) = (b.output_stride(), b.max_stride());
-            if out.path.ends_with("class_vectors") {
-                cx.check(out.output_stride == bms, &sp, || {
-                    format!(
-                        "class vectors are read from the encoder's last layer, so output_stride \
-                         must equal the {} backbone's max_stride {bms}, got {}",
-                        b.name(),
-                        out.output_stride
-                    )
-                });
-                continue;
-            }
-            cx.check(out.output_stride >= bos, &sp, || {
-                format!(
-                    "{} is finer than the {} backbone's output_stride {bos}; the head can only \
-                     use a stride >= the backbone's (or lower backbone_config.{}.output_stride)",
-                    out.output_stride,
-                    b.name(),
-                    b.name()
-                )
-            });
-            cx.check(out.output_stride <= bms, &sp, || {
-                format!(
-                    "{} is coarser than the {} backbone's max_stride {bms}",
-                    out.output_stride,
-                    b.name()
-                )
-            });
+            power_of_two(cx, &sp, out.output_stride);
         }
         if let Some(h) = &heads.multi_class_topdown {
             let p = format!("{hp}.multi_class_topdown.class_vectors");
@@ -1606,15 +2201,22 @@ impl SleapNnConfig {
 
         if let Some(s) = &t.lr_scheduler {
             let sp = format!("{tp}.lr_scheduler");
-            cx.check(
-                !(s.step_lr.is_some() && s.reduce_lr_on_plateau.is_some()),
-                &sp,
-                || {
-                    "step_lr and reduce_lr_on_plateau are both set; configure one scheduler \
-                     and set the other to null"
-                        .to_string()
-                },
-            );
+            if let Some(c) = &s.cosine_annealing_warmup {
+                let cp = format!("{sp}.cosine_annealing_warmup");
+                non_negative_f(cx, &format!("{cp}.warmup_start_lr"), c.warmup_start_lr);
+                non_negative_f(cx, &format!("{cp}.eta_min"), c.eta_min);
+                if let Some(n) = c.max_epochs {
+                    positive(cx, &format!("{cp}.max_epochs"), n);
+                }
+            }
+            if let Some(c) = &s.linear_warmup_linear_decay {
+                let cp = format!("{sp}.linear_warmup_linear_decay");
+                non_negative_f(cx, &format!("{cp}.warmup_start_lr"), c.warmup_start_lr);
+                non_negative_f(cx, &format!("{cp}.end_lr"), c.end_lr);
+                if let Some(n) = c.max_epochs {
+                    positive(cx, &format!("{cp}.max_epochs"), n);
+                }
+            }
             if let Some(st) = &s.step_lr {
                 positive(cx, &format!("{sp}.step_lr.step_size"), st.step_size);
                 positive_f(cx, &format!("{sp}.step_lr.gamma"), st.gamma);
@@ -1687,6 +2289,55 @@ impl SleapNnConfig {
         }
     }
 
+    /// The config as sleap-nn trains it, after its `check_output_strides`: the backbone's
+    /// output_stride becomes the finest head stride, its max_stride grows to the coarsest (and
+    /// to an SSD head's deepest pyramid level), class vectors and embeddings sit at the
+    /// resulting max_stride (an embedding's backbone outputs there too).
+    pub fn resolved(&self) -> SleapNnConfig {
+        let mut c = self.clone();
+        let strides: Vec<usize> = c
+            .model_config
+            .head_configs
+            .outputs()
+            .iter()
+            .map(|o| o.output_stride)
+            .collect();
+        let heads = c.model_config.head_configs.clone();
+        let b = &mut c.model_config.backbone_config;
+        let native = b.unet.is_some() || b.convnext.is_some() || b.swint.is_some();
+        let (os, ms): (&mut usize, &mut usize) = if let Some(x) = b.unet.as_mut() {
+            (&mut x.output_stride, &mut x.max_stride)
+        } else if let Some(x) = b.convnext.as_mut() {
+            (&mut x.output_stride, &mut x.max_stride)
+        } else if let Some(x) = b.swint.as_mut() {
+            (&mut x.output_stride, &mut x.max_stride)
+        } else if let Some(x) = b.pretrained.as_mut() {
+            (&mut x.output_stride, &mut x.max_stride)
+        } else {
+            return c;
+        };
+        if let (Some(&min), Some(&max)) = (strides.iter().min(), strides.iter().max()) {
+            *os = min;
+            *ms = (*ms).max(max);
+        }
+        if let Some(ssd) = heads.bbox_ssd.as_ref().and_then(|h| h.ssd.as_ref()) {
+            let deepest = ssd.output_stride << ssd.num_levels.saturating_sub(1);
+            *ms = (*ms).max(deepest);
+        }
+        let max_stride = *ms;
+        if heads.embedding.is_some() && native {
+            *os = max_stride;
+        }
+        let h = &mut c.model_config.head_configs;
+        if let Some(t) = h.multi_class_topdown.as_mut() {
+            t.class_vectors.output_stride = max_stride;
+        }
+        if let Some(e) = h.embedding.as_mut().and_then(|e| e.embedding.as_mut()) {
+            e.output_stride = max_stride;
+        }
+        c
+    }
+
     /// One line for humans, e.g. "single_instance head on unet backbone (filters 16, max stride
     /// 16), 1 training file, batch 4 x 200 epochs".
     pub fn summary(&self) -> String {
@@ -1715,6 +2366,7 @@ impl SleapNnConfig {
                         Some(_) => "custom arch".to_string(),
                         None => s.model_type.to_string(),
                     },
+                    Backbone::Pretrained(p) => p.model_name.clone(),
                 };
                 format!(
                     "{} backbone ({detail}, max stride {})",
@@ -1727,13 +2379,15 @@ impl SleapNnConfig {
                 format!("{} backbones", list_names(&names))
             }
         };
-        let n = self.data_config.train_labels_path.len();
+        let files = match self.data_config.train_labels_path.as_deref() {
+            None | Some([]) => "training labels from the command line".to_string(),
+            Some([_]) => "1 training file".to_string(),
+            Some(many) => format!("{} training files", many.len()),
+        };
         let t = &self.trainer_config;
         format!(
-            "{head} on {backbone}, {n} training file{}, batch {} x {} epochs",
-            if n == 1 { "" } else { "s" },
-            t.train_data_loader.batch_size,
-            t.max_epochs
+            "{head} on {backbone}, {files}, batch {} x {} epochs",
+            t.train_data_loader.batch_size, t.max_epochs
         )
     }
 }
