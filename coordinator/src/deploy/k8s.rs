@@ -82,8 +82,8 @@ pub struct K8sArgs {
     #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
     pub overrides: Vec<String>,
 
-    /// GPUs per worker pod (an nvidia.com/gpu limit). anvil has no GPU backend yet, so only 0
-    /// is accepted
+    /// GPUs per worker pod (an nvidia.com/gpu limit). The image is a CPU build and the GPU path
+    /// has not run on a device yet, so only 0 is accepted
     #[arg(long, default_value_t = 0, value_name = "G")]
     pub gpus_per_node: u32,
 
@@ -970,14 +970,14 @@ mod tests {
 
     #[test]
     fn gpus_become_a_limit_when_a_backend_can_use_them() {
-        // The command refuses --gpus-per-node > 0 today (no GPU backend); the rendering is
-        // ready for the day it does not.
+        // The command refuses --gpus-per-node > 0 today (the image is a CPU build); the
+        // rendering is ready for the day it does not.
         let mut a = args();
         a.gpus_per_node = 2;
         assert!(Plan::from_args(&a)
             .unwrap_err()
             .to_string()
-            .contains("no GPU backend"));
+            .contains("CPU build"));
         a.gpus_per_node = 0;
         let mut plan = Plan::from_args(&a).unwrap();
         let docs = plan.documents();
