@@ -180,7 +180,7 @@ fn benchmarks_not_implemented_are_refused_by_name() {
     let dir = scratch("refused");
     let cfg = config(
         &dir,
-        "  benchmarks:\n    - linear_probe\n    - name: embedding_quality\n      batch_key: donor\n",
+        "  benchmarks:\n    - linear_probe\n    - name: perturbation\n      n_top_genes: 100\n",
     );
     let out_dir = dir.join("out");
     let out = benchmark(&cfg, &out_dir, &["--embedding", "pca"]);
@@ -188,7 +188,7 @@ fn benchmarks_not_implemented_are_refused_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("eval.benchmarks[1]")
-            && err.contains("the embedding_quality benchmark is not implemented"),
+            && err.contains("the perturbation benchmark is not implemented"),
         "{err}"
     );
     assert!(!out_dir.exists(), "nothing is written for a refused config");
@@ -228,5 +228,56 @@ fn bad_inputs_are_named() {
         String::from_utf8_lossy(&out.stderr).contains("--checkpoint is required"),
         "{}",
         text(&out)
+    );
+}
+
+#[test]
+fn embedding_quality_scores_clusters_and_batches() {
+    let dir = scratch("quality");
+    // The bundled file has no batches; its cell-cycle phase stands in for one.
+    let cfg = config(
+        &dir,
+        "  benchmarks:\n    - name: embedding_quality\n      batch_key: phase\n    - name: embedding_quality\n      batch_key: null\n      n_neighbors: 10\n",
+    );
+    let out_dir = dir.join("out");
+    let out = benchmark(&cfg, &out_dir, &["--embedding", "pca"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let r = results(&out_dir);
+    let m = |i: usize, k: &str| metric(&r, i, k);
+    for k in [
+        "nmi",
+        "ari",
+        "asw_cell_type",
+        "asw_batch",
+        "graph_connectivity",
+        "overall",
+    ] {
+        assert!((0.0..=1.0).contains(&m(0, k)), "{k}: {r}");
+    }
+    let bio = (m(0, "nmi") + m(0, "ari") + m(0, "asw_cell_type")) / 3.0;
+    let batch = (m(0, "asw_batch") + m(0, "graph_connectivity")) / 2.0;
+    assert!(
+        (m(0, "overall") - (0.6 * bio + 0.4 * batch)).abs() < 1e-12,
+        "{r}"
+    );
+    // Expression PCs cluster PBMC cell types well above chance.
+    assert!(m(0, "nmi") > 0.5, "{r}");
+    let md = &r["results"][0]["metadata"];
+    assert!(md["leiden_resolution"].as_f64().unwrap() > 0.0);
+    assert!(md["n_clusters"].as_u64().unwrap() >= 2);
+    // Without a batch key: bio metrics only, overall is their mean.
+    let second = &r["results"][1]["metrics"];
+    assert!(second.get("asw_batch").is_none(), "{r}");
+    let bio1 = (m(1, "nmi") + m(1, "ari") + m(1, "asw_cell_type")) / 3.0;
+    assert!((m(1, "overall") - bio1).abs() < 1e-12, "{r}");
+    // Seeded: the same clusters again.
+    let again = dir.join("again");
+    let out = benchmark(&cfg, &again, &["--embedding", "pca"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(results(&again)["results"], r["results"]);
+    let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(
+        report.contains("## embedding_quality on pbmc68k_counts"),
+        "{report}"
     );
 }

@@ -19,10 +19,16 @@ pub fn unsupported(cfg: &ScModelForgeConfig) -> Option<String> {
 }
 
 /// Benchmarks `coordinator benchmark` runs, with the parameters each accepts.
-pub const BENCHMARKS: &[(&str, &[&str])] = &[(
-    "linear_probe",
-    &["cell_type_key", "test_size", "max_iter", "seed"],
-)];
+pub const BENCHMARKS: &[(&str, &[&str])] = &[
+    (
+        "linear_probe",
+        &["cell_type_key", "test_size", "max_iter", "seed"],
+    ),
+    (
+        "embedding_quality",
+        &["cell_type_key", "batch_key", "n_neighbors"],
+    ),
+];
 
 /// The first benchmark of `eval.benchmarks` that this build cannot run, or a parameter it
 /// does not know, as a message naming `eval.benchmarks[i]` and the benchmark.
@@ -88,6 +94,8 @@ mod tests {
             why.starts_with("eval.benchmarks[1]: the perturbation benchmark"),
             "{why}"
         );
+        let quality = spec("embedding_quality", &[("batch_key", Value::Null)]);
+        assert_eq!(unsupported_benchmark(&with(vec![quality])), None);
         let why = unsupported_benchmark(&with(vec![spec("linear_probe", &[("k", Value::Int(1))])]))
             .unwrap();
         assert!(why.contains("no parameter \"k\""), "{why}");

@@ -102,7 +102,7 @@ fn clustering_metrics_match_sklearn() {
 fn silhouette_matches_sklearn() {
     let f = fixture();
     let dim = f["dim"].as_u64().unwrap() as usize;
-    let x: Vec<f32> = f64s(&f["x"]).iter().map(|&v| v as f32).collect();
+    let x = f64s(&f["x"]);
     let y = u32s(&f["y"]);
     let s = metrics::silhouette(&x, dim, &y).unwrap();
     // Inputs are rounded to 6 decimals and read as f32 here: 1e-6 covers that.

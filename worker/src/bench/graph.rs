@@ -112,20 +112,19 @@ pub fn umap_connectivities(knn: &[Vec<(usize, f64)>]) -> Graph {
             dir[i].insert(j, w);
         }
     }
-    let mut adj = vec![Vec::new(); n];
+    let mut sym: Vec<std::collections::BTreeMap<usize, f64>> = vec![Default::default(); n];
     for i in 0..n {
-        let mut merged: std::collections::BTreeMap<usize, f64> = Default::default();
         for (&j, &w) in &dir[i] {
             let wt = dir[j].get(&i).copied().unwrap_or(0.0);
-            merged.insert(j, w + wt - w * wt);
+            let v = w + wt - w * wt;
+            sym[i].insert(j, v);
+            sym[j].insert(i, v);
         }
-        for (j, &wt) in dir.iter().enumerate().filter(|(_, m)| m.contains_key(&i)) {
-            if !dir[i].contains_key(&j) {
-                merged.insert(j, wt[&i]);
-            }
-        }
-        adj[i] = merged.into_iter().filter(|&(_, w)| w > 0.0).collect();
     }
+    let adj = sym
+        .into_iter()
+        .map(|m| m.into_iter().filter(|&(_, w)| w > 0.0).collect())
+        .collect();
     Graph { adj }
 }
 
@@ -194,9 +193,10 @@ struct Level {
 /// (Leiden's fast local moving) until none moves; returns whether any did.
 fn move_nodes(l: &Level, part: &mut [usize], gamma: f64, m2: f64, rng: &mut CounterRng) -> bool {
     let n = l.adj.len();
-    let mut tot = vec![0.0; n];
+    let (mut tot, mut count) = (vec![0.0; n], vec![0usize; n]);
     for v in 0..n {
         tot[part[v]] += l.deg[v];
+        count[part[v]] += 1;
     }
     let mut order: Vec<usize> = (0..n).collect();
     rng.shuffle(&mut order);
@@ -218,26 +218,25 @@ fn move_nodes(l: &Level, part: &mut [usize], gamma: f64, m2: f64, rng: &mut Coun
             w_to[part[u]] += w;
         }
         tot[cur] -= l.deg[v];
-        // Gain of joining c (relative to being alone): w_to[c] - gamma * deg * tot[c] / m2.
-        let gain = |c: usize, w: f64| w - gamma * l.deg[v] * tot[c] / m2;
+        count[cur] -= 1;
+        // Gain of joining c relative to being alone: w_to[c] - gamma * deg * tot[c] / m2
+        // (an empty community: 0). Staying wins ties.
+        let gain = |c: usize| w_to[c] - gamma * l.deg[v] * tot[c] / m2;
         let mut best = cur;
-        let mut best_gain = gain(cur, w_to[cur]);
+        let mut best_gain = gain(cur);
         for &c in &touched {
-            let g = gain(c, w_to[c]);
-            if g > best_gain + 1e-12 || (g > best_gain - 1e-12 && c < best && c != cur && best != cur) {
+            if c != cur && gain(c) > best_gain + 1e-12 {
                 best = c;
-                best_gain = g;
+                best_gain = gain(c);
             }
         }
-        // Alone is always possible (gain 0): prefer it if everything else is worse.
-        if best_gain < 0.0 {
-            // Take an empty community: v's own index is free if nobody else uses it? Use a
-            // fresh id from the empty ones.
-            if let Some(empty) = (0..n).find(|&c| tot[c] == 0.0 && c != cur) {
-                best = empty;
+        if best_gain < -1e-12 {
+            if let Some(e) = (0..n).find(|&c| count[c] == 0) {
+                best = e;
             }
         }
         tot[best] += l.deg[v];
+        count[best] += 1;
         for &c in &touched {
             w_to[c] = 0.0;
         }
@@ -259,7 +258,8 @@ fn move_nodes(l: &Level, part: &mut [usize], gamma: f64, m2: f64, rng: &mut Coun
 
 /// Leiden's refinement: inside each community of `part`, nodes start alone and merge (in
 /// random order, each singleton into the well-connected sub-community that increases
-/// modularity most) so that every refined community is connected.
+/// modularity most: the greedy limit of the paper's randomized choice, theta -> 0) so that
+/// every refined community is connected.
 fn refine(l: &Level, part: &[usize], gamma: f64, m2: f64, rng: &mut CounterRng) -> Vec<usize> {
     let n = l.adj.len();
     let mut refined: Vec<usize> = (0..n).collect();
@@ -433,7 +433,11 @@ mod tests {
             let p = leiden(&g, 1.0, seed);
             let truth: Vec<u32> = (0..32).map(|v| (v / 8) as u32).collect();
             let got: Vec<u32> = p.iter().map(|&c| c as u32).collect();
-            assert_eq!(crate::bench::metrics::ari(&truth, &got), 1.0, "seed {seed}: {p:?}");
+            assert_eq!(
+                crate::bench::metrics::ari(&truth, &got),
+                1.0,
+                "seed {seed}: {p:?}"
+            );
         }
         let p = leiden(&g, 1.0, 0);
         let q = modularity(&g, &p, 1.0);

@@ -139,11 +139,12 @@ pub fn ari(a: &[u32], b: &[u32]) -> f64 {
     (sum_ij - expected) / (max - expected)
 }
 
-/// Mean silhouette coefficient with Euclidean distances (`silhouette_score`): for each cell,
+/// Silhouette coefficient of every cell with Euclidean distances (`silhouette_samples`):
 /// (b - a) / max(a, b) with a the mean distance to the other cells of its label and b the
 /// smallest mean distance to another label's cells; 0 for cells alone in their label.
 /// `x` is row-major [labels.len(), dim]. Needs at least 2 and at most n - 1 labels.
-pub fn silhouette(x: &[f32], dim: usize, labels: &[u32]) -> Result<f64, String> {
+pub fn silhouette_samples(x: &[f64], dim: usize, labels: &[u32]) -> Result<Vec<f64>, String> {
+    use rayon::prelude::*;
     let n = labels.len();
     assert_eq!(x.len(), n * dim);
     let k = labels.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
@@ -158,48 +159,42 @@ pub fn silhouette(x: &[f32], dim: usize, labels: &[u32]) -> Result<f64, String> 
             n.saturating_sub(1)
         ));
     }
-    let sum: f64 = {
-        use rayon::prelude::*;
-        let per: Vec<f64> = (0..n)
-            .into_par_iter()
-            .map(|i| {
-                let xi = &x[i * dim..(i + 1) * dim];
-                let mut dsum = vec![0.0f64; k];
-                for j in 0..n {
-                    if j == i {
-                        continue;
-                    }
-                    let xj = &x[j * dim..(j + 1) * dim];
-                    let d2: f64 = xi
-                        .iter()
-                        .zip(xj)
-                        .map(|(&p, &q)| {
-                            let d = p as f64 - q as f64;
-                            d * d
-                        })
-                        .sum();
-                    dsum[labels[j] as usize] += d2.sqrt();
+    Ok((0..n)
+        .into_par_iter()
+        .map(|i| {
+            let xi = &x[i * dim..(i + 1) * dim];
+            let mut dsum = vec![0.0f64; k];
+            for j in 0..n {
+                if j == i {
+                    continue;
                 }
-                let own = labels[i] as usize;
-                if size[own] <= 1 {
-                    return 0.0;
-                }
-                let a = dsum[own] / (size[own] - 1) as f64;
-                let b = (0..k)
-                    .filter(|&c| c != own && size[c] > 0)
-                    .map(|c| dsum[c] / size[c] as f64)
-                    .fold(f64::INFINITY, f64::min);
-                let m = a.max(b);
-                if m > 0.0 {
-                    (b - a) / m
-                } else {
-                    0.0
-                }
-            })
-            .collect();
-        per.iter().sum()
-    };
-    Ok(sum / n as f64)
+                let xj = &x[j * dim..(j + 1) * dim];
+                let d2: f64 = xi.iter().zip(xj).map(|(&p, &q)| (p - q) * (p - q)).sum();
+                dsum[labels[j] as usize] += d2.sqrt();
+            }
+            let own = labels[i] as usize;
+            if size[own] <= 1 {
+                return 0.0;
+            }
+            let a = dsum[own] / (size[own] - 1) as f64;
+            let b = (0..k)
+                .filter(|&c| c != own && size[c] > 0)
+                .map(|c| dsum[c] / size[c] as f64)
+                .fold(f64::INFINITY, f64::min);
+            let m = a.max(b);
+            if m > 0.0 {
+                (b - a) / m
+            } else {
+                0.0
+            }
+        })
+        .collect())
+}
+
+/// Mean silhouette coefficient (`silhouette_score`), see [`silhouette_samples`].
+pub fn silhouette(x: &[f64], dim: usize, labels: &[u32]) -> Result<f64, String> {
+    let s = silhouette_samples(x, dim, labels)?;
+    Ok(s.iter().sum::<f64>() / s.len() as f64)
 }
 
 #[cfg(test)]
@@ -235,7 +230,7 @@ mod tests {
     fn silhouette_by_hand() {
         // Points 0, 1 (label 0) and 4 (label 1) on a line. Cell 0: a 1, b 4 -> 0.75;
         // cell 1: a 1, b 3 -> 2/3; cell 2 alone in its label -> 0.
-        let x = [0.0f32, 1.0, 4.0];
+        let x = [0.0f64, 1.0, 4.0];
         let s = silhouette(&x, 1, &[0, 0, 1]).unwrap();
         assert!((s - (0.75 + 2.0 / 3.0) / 3.0).abs() < 1e-12);
         assert!(silhouette(&x, 1, &[0, 0, 0]).is_err());

@@ -7,9 +7,10 @@
 //! comparison: `--embedding untrained` (the checkpoint's architecture with its weights at
 //! initialization, `training.seed`) and `--embedding pca` (principal components of
 //! log-normalized expression, no model). Benchmarks follow scModelForge's definitions
-//! (`scmodelforge/eval/`); the ones this build has are listed in `run::support::BENCHMARKS`,
+//! (`scmodelforge/eval/`): linear_probe and embedding_quality; the ones this build has are listed in `run::support::BENCHMARKS`,
 //! and a config naming another is refused before anything is computed.
 
+pub mod graph;
 pub mod logreg;
 pub mod metrics;
 pub mod pca;
@@ -125,9 +126,19 @@ pub fn run(opts: &BenchmarkOptions) -> anyhow::Result<Vec<BenchResult>> {
     }
     // Labels first: a missing column fails before minutes of embedding.
     for (i, s) in specs.iter().enumerate() {
-        let p = ProbeParams::from_spec(s).with_context(|| format!("eval.benchmarks[{i}]"))?;
-        read_classes(&data, &p.cell_type_key)
-            .with_context(|| format!("eval.benchmarks[{i}] ({})", s.name))?;
+        let key = match s.name.as_str() {
+            "embedding_quality" => {
+                QualityParams::from_spec(s)
+                    .with_context(|| format!("eval.benchmarks[{i}]"))?
+                    .cell_type_key
+            }
+            _ => {
+                ProbeParams::from_spec(s)
+                    .with_context(|| format!("eval.benchmarks[{i}]"))?
+                    .cell_type_key
+            }
+        };
+        read_classes(&data, &key).with_context(|| format!("eval.benchmarks[{i}] ({})", s.name))?;
     }
     let t0 = Instant::now();
     let (x, dim, source) = embeddings(opts, &data)?;
@@ -145,6 +156,7 @@ pub fn run(opts: &BenchmarkOptions) -> anyhow::Result<Vec<BenchResult>> {
         let t = Instant::now();
         let r = match s.name.as_str() {
             "linear_probe" => linear_probe(&x, dim, &data, &dataset_name, s),
+            "embedding_quality" => embedding_quality(&x, dim, &data, &dataset_name, s),
             other => Err(anyhow!("the {other} benchmark is not implemented")),
         }
         .with_context(|| format!("eval.benchmarks[{i}] ({})", s.name))?;
@@ -374,6 +386,178 @@ fn linear_probe(
     })
 }
 
+/// embedding_quality's parameters, with scModelForge's defaults (`batch_key: null` skips the
+/// batch metrics; a batch column the file does not have skips them too, as scModelForge does).
+#[derive(Debug, Clone)]
+pub struct QualityParams {
+    pub cell_type_key: String,
+    pub batch_key: Option<String>,
+    pub n_neighbors: usize,
+}
+
+impl QualityParams {
+    pub fn from_spec(spec: &BenchmarkSpec) -> anyhow::Result<Self> {
+        let mut p = QualityParams {
+            cell_type_key: "cell_type".into(),
+            batch_key: Some("batch".into()),
+            n_neighbors: 15,
+        };
+        for (k, v) in &spec.params.0 {
+            match (k.as_str(), v) {
+                ("cell_type_key", Value::Str(s)) => p.cell_type_key = s.clone(),
+                ("batch_key", Value::Str(s)) => p.batch_key = Some(s.clone()),
+                ("batch_key", Value::Null) => p.batch_key = None,
+                ("n_neighbors", Value::Int(i)) if *i >= 2 => p.n_neighbors = *i as usize,
+                (k, v) => bail!(
+                    "{}: {k}: {v:?} is not allowed (cell_type_key: a string, batch_key: a string or null, n_neighbors: an integer of at least 2)",
+                    spec.name
+                ),
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// scib's resolutions for `cluster_optimal_resolution`: 0.1, 0.2, ..., 2.0.
+pub const RESOLUTIONS: [f64; 20] = [
+    0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.1, 1.2, 1.3, 1.4, 1.5, 1.6, 1.7, 1.8, 1.9,
+    2.0,
+];
+
+/// scib's batch ASW (`silhouette_batch`, scaled): within each cell type with more than one
+/// batch (and fewer batches than cells), 1 - |silhouette of each cell by batch|, averaged per
+/// cell type, then over cell types. None when no cell type has two batches.
+pub fn batch_asw(x: &[f64], dim: usize, labels: &[u32], batches: &[u32]) -> Option<f64> {
+    let k = labels.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
+    let mut means = Vec::new();
+    for c in 0..k as u32 {
+        let cells: Vec<usize> = (0..labels.len()).filter(|&i| labels[i] == c).collect();
+        let mut b: Vec<u32> = cells.iter().map(|&i| batches[i]).collect();
+        let mut distinct = b.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        if distinct.len() < 2 || distinct.len() == cells.len() {
+            continue;
+        }
+        b.iter_mut()
+            .for_each(|v| *v = distinct.binary_search(v).unwrap() as u32);
+        let sub: Vec<f64> = cells
+            .iter()
+            .flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied())
+            .collect();
+        let s = metrics::silhouette_samples(&sub, dim, &b).ok()?;
+        means.push(s.iter().map(|v| 1.0 - v.abs()).sum::<f64>() / s.len() as f64);
+    }
+    if means.is_empty() {
+        return None;
+    }
+    Some(means.iter().sum::<f64>() / means.len() as f64)
+}
+
+/// scib's graph connectivity: per cell type, the fraction of its cells in the largest
+/// connected component of the kNN graph restricted to them; the mean over cell types.
+pub fn graph_connectivity(g: &graph::Graph, labels: &[u32]) -> f64 {
+    let k = labels.iter().map(|&c| c as usize + 1).max().unwrap_or(0);
+    let fr: Vec<f64> = (0..k as u32)
+        .map(|c| {
+            (0..labels.len())
+                .filter(|&i| labels[i] == c)
+                .collect::<Vec<_>>()
+        })
+        .filter(|cells| !cells.is_empty())
+        .map(|cells| graph::largest_component_fraction(g, &cells))
+        .collect();
+    fr.iter().sum::<f64>() / fr.len().max(1) as f64
+}
+
+fn embedding_quality(
+    x: &[f64],
+    dim: usize,
+    data: &Path,
+    dataset_name: &str,
+    spec: &BenchmarkSpec,
+) -> anyhow::Result<BenchResult> {
+    let p = QualityParams::from_spec(spec)?;
+    let (_, y) = read_classes(data, &p.cell_type_key)?;
+    if y.len() * dim != x.len() {
+        bail!(
+            "{} labels for {} embedded cells",
+            y.len(),
+            x.len() / dim.max(1)
+        );
+    }
+    let g = graph::umap_connectivities(&graph::knn(x, dim, p.n_neighbors));
+    // cluster_optimal_resolution: the Leiden clustering with the best NMI over the sweep.
+    let mut best: Option<(f64, f64, Vec<u32>)> = None;
+    for &r in &RESOLUTIONS {
+        let c: Vec<u32> = graph::leiden(&g, r, 0).iter().map(|&v| v as u32).collect();
+        let nmi = metrics::nmi(&y, &c);
+        if best.as_ref().is_none_or(|b| nmi > b.1) {
+            best = Some((r, nmi, c));
+        }
+    }
+    let (resolution, nmi, clusters) = best.expect("resolutions are not empty");
+    let ari = metrics::ari(&y, &clusters);
+    let asw =
+        (metrics::silhouette(x, dim, &y).map_err(|e| anyhow!("asw_cell_type: {e}"))? + 1.0) / 2.0;
+    let mut m = vec![
+        ("nmi".to_string(), nmi),
+        ("ari".to_string(), ari),
+        ("asw_cell_type".to_string(), asw),
+    ];
+    let bio = (nmi + ari + asw) / 3.0;
+    let mut batch_note = serde_json::Value::Null;
+    let mut overall = bio;
+    if let Some(bk) = &p.batch_key {
+        let f = data::anndata::open(data)?;
+        if f.obs_columns()?.iter().any(|(n, _)| n == bk) {
+            let col = f.obs_column(bk)?;
+            let text: Vec<String> = (0..col.len()).map(|i| col.value_string(i)).collect();
+            let mut names = text.clone();
+            names.sort();
+            names.dedup();
+            if names.len() > 1 {
+                let b: Vec<u32> = text
+                    .iter()
+                    .map(|t| names.binary_search(t).unwrap() as u32)
+                    .collect();
+                let asw_b = batch_asw(x, dim, &y, &b).ok_or_else(|| {
+                    anyhow!("batch_key {bk:?}: no cell type has cells of two batches")
+                })?;
+                let gc = graph_connectivity(&g, &y);
+                m.push(("asw_batch".into(), asw_b));
+                m.push(("graph_connectivity".into(), gc));
+                overall = 0.6 * bio + 0.4 * (asw_b + gc) / 2.0;
+            } else {
+                batch_note = json!(format!("obs/{bk} has one batch: batch metrics skipped"));
+            }
+        } else {
+            eprintln!(
+                "note: embedding_quality: {} has no obs column {bk:?} (batch_key): batch metrics skipped, as scModelForge skips them",
+                data.display()
+            );
+            batch_note = json!(format!("no obs column {bk:?}: batch metrics skipped"));
+        }
+    }
+    m.push(("overall".into(), overall));
+    let n_clusters = clusters.iter().max().map_or(0, |&c| c + 1);
+    Ok(BenchResult {
+        benchmark_name: "embedding_quality".into(),
+        dataset_name: dataset_name.into(),
+        metrics: m,
+        metadata: json!({
+            "n_cells": y.len(),
+            "cell_type_key": p.cell_type_key,
+            "batch_key": p.batch_key,
+            "batch_metrics": batch_note,
+            "n_neighbors": p.n_neighbors,
+            "leiden_resolution": resolution,
+            "n_clusters": n_clusters,
+            "leiden": "modularity, local moving + greedy refinement + aggregation until stable, seed 0; best NMI over resolutions 0.1..2.0",
+        }),
+    })
+}
+
 fn write_outputs(
     opts: &BenchmarkOptions,
     data: &Path,
@@ -445,4 +629,36 @@ fn write_outputs(
         path.display()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_asw_and_graph_connectivity_by_hand() {
+        // One cell type, two batches at 0, 1 (batch 0) and 4, 5 (batch 1) on a line. Silhouettes
+        // by batch: cell 0: a 1, b 4.5 -> 3.5/4.5; cell 1: a 1, b 3.5 -> 2.5/3.5; symmetric.
+        let x = [0.0, 1.0, 4.0, 5.0];
+        let s = [3.5 / 4.5, 2.5 / 3.5, 2.5 / 3.5, 3.5 / 4.5];
+        let want = s.iter().map(|v: &f64| 1.0 - v.abs()).sum::<f64>() / 4.0;
+        let got = batch_asw(&x, 1, &[0, 0, 0, 0], &[0, 0, 1, 1]).unwrap();
+        assert!((got - want).abs() < 1e-12, "{got} {want}");
+        // A cell type with one batch only is left out; none with two -> None.
+        assert_eq!(batch_asw(&x, 1, &[0, 0, 1, 1], &[0, 0, 1, 1]), None);
+
+        // Path 0-1-2 and an isolated 3. Labels 0,0,0,1: {0, 1, 2} connected (1), {3} (1).
+        // Labels 0,1,0,0: {0, 2, 3} has no edge without 1 (largest component 1 of 3), {1} (1).
+        let g = graph::Graph {
+            adj: vec![
+                vec![(1, 1.0)],
+                vec![(0, 1.0), (2, 1.0)],
+                vec![(1, 1.0)],
+                vec![],
+            ],
+        };
+        assert_eq!(graph_connectivity(&g, &[0, 0, 0, 1]), 1.0);
+        let gc = graph_connectivity(&g, &[0, 1, 0, 0]);
+        assert!((gc - (1.0 / 3.0 + 1.0) / 2.0).abs() < 1e-12, "{gc}");
+    }
 }
