@@ -3,7 +3,7 @@
 
 Writes worker/tests/fixtures/benchmark_metrics.json: a fixed embedding (the inputs are stored
 in the file, so the Rust test does not depend on numpy's generator) and what scikit-learn
-computes on it -- accuracy and F1 (macro, weighted), NMI, ARI, the silhouette (and scib's
+computes on it -- Leiden partitions of a weighted graph (leidenalg), accuracy and F1 (macro, weighted), NMI, ARI, the silhouette (and scib's
 ASW = (silhouette + 1) / 2), PCA scores, and LogisticRegression(C=1.0) fitted to its optimum
 (newton-cholesky, tol 1e-14: the default lbfgs's objective, without its early stop). worker/tests/bench_parity.rs
 compares anvil's implementation to these values.
@@ -68,6 +68,46 @@ def main():
     clusters = rng.integers(0, 7, size=200)
 
     sil = silhouette_score(x, y, metric="euclidean")
+
+    # Leiden: a weighted planted-partition graph and leidenalg's partitions of it (modularity
+    # with a resolution, as scanpy's leiden runs it); anvil's Leiden must reach a modularity
+    # within a stated tolerance of these.
+    n_nodes, groups = 300, 6
+    g_of = rng.integers(0, groups, size=n_nodes)
+    edges = []
+    for i in range(n_nodes):
+        for j in range(i + 1, n_nodes):
+            p = 0.12 if g_of[i] == g_of[j] else 0.015
+            if rng.random() < p:
+                edges.append((i, j, round(float(rng.uniform(0.5, 1.5)), 6)))
+    leiden = {"n": n_nodes, "groups": g_of.tolist(), "edges": edges, "runs": []}
+    try:
+        import igraph
+        import leidenalg
+
+        graph = igraph.Graph(n=n_nodes, edges=[(a, b) for a, b, _ in edges])
+        weights = [w for _, _, w in edges]
+        for res in (0.5, 1.0, 1.5):
+            part = leidenalg.find_partition(
+                graph,
+                leidenalg.RBConfigurationVertexPartition,
+                weights=weights,
+                resolution_parameter=res,
+                seed=0,
+                n_iterations=-1,
+            )
+            leiden["runs"].append(
+                {
+                    "resolution": res,
+                    "membership": list(part.membership),
+                    "modularity": graph.modularity(part.membership, weights=weights, resolution=res),
+                }
+            )
+        from importlib.metadata import version
+
+        leiden["generator"] = f"leidenalg {version('leidenalg')}, igraph {version('igraph')}"
+    except ImportError:
+        raise SystemExit("leidenalg and igraph are needed (scripts/requirements-test.txt)")
     pca = PCA(n_components=3, svd_solver="full").fit_transform(x)
 
     doc = {
@@ -93,6 +133,7 @@ def main():
             "nmi_pred": normalized_mutual_info_score(truth, pred),
             "ari_pred": adjusted_rand_score(truth, pred),
         },
+        "leiden": leiden,
         "silhouette": sil,
         "asw_scib": (sil + 1) / 2,
         "pca3_abs": np.abs(pca).tolist(),

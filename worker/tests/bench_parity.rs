@@ -205,3 +205,54 @@ fn multinomial_logistic_regression_matches_sklearn() {
 fn binary_logistic_regression_matches_sklearn() {
     check_logreg(&fixture(), "logreg_binary", true);
 }
+
+/// Leiden is compared by quality, not by labels (two correct Leiden runs may split a graph
+/// differently): on the fixture's weighted planted-partition graph, anvil's partition must reach
+/// a modularity (at the same resolution) within 0.01 of leidenalg's.
+#[test]
+fn leiden_modularity_is_within_tolerance_of_leidenalg() {
+    use worker::bench::graph::{leiden, modularity, Graph};
+    let f = fixture();
+    let l = &f["leiden"];
+    let n = l["n"].as_u64().unwrap() as usize;
+    let mut adj = vec![Vec::new(); n];
+    for e in l["edges"].as_array().unwrap() {
+        let (a, b, w) = (
+            e[0].as_u64().unwrap() as usize,
+            e[1].as_u64().unwrap() as usize,
+            e[2].as_f64().unwrap(),
+        );
+        adj[a].push((b, w));
+        adj[b].push((a, w));
+    }
+    let g = Graph { adj };
+    for run in l["runs"].as_array().unwrap() {
+        let res = run["resolution"].as_f64().unwrap();
+        let reference: Vec<usize> = u32s(&run["membership"])
+            .iter()
+            .map(|&c| c as usize)
+            .collect();
+        let q_ref = run["modularity"].as_f64().unwrap();
+        // The fixture's modularity is igraph's; ours on leidenalg's partition must equal it.
+        close(
+            "modularity of leidenalg's partition",
+            modularity(&g, &reference, res),
+            q_ref,
+            1e-9,
+        );
+        for seed in 0..3 {
+            let ours = leiden(&g, res, seed);
+            let q = modularity(&g, &ours, res);
+            let a: Vec<u32> = ours.iter().map(|&c| c as u32).collect();
+            let b: Vec<u32> = reference.iter().map(|&c| c as u32).collect();
+            eprintln!(
+                "resolution {res} seed {seed}: modularity {q:.6} (leidenalg {q_ref:.6}), NMI to leidenalg's {:.4}",
+                worker::bench::metrics::nmi(&a, &b)
+            );
+            assert!(
+                q >= q_ref - 0.01,
+                "resolution {res}, seed {seed}: modularity {q} < leidenalg's {q_ref} - 0.01"
+            );
+        }
+    }
+}

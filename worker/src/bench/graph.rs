@@ -345,7 +345,25 @@ fn renumber(p: &mut [usize]) -> usize {
 }
 
 /// Leiden clustering of `g` at `resolution`, seeded; cluster ids 0.. in order of first cell.
+/// Whole passes (local moving, refinement, aggregation) repeat from the previous partition
+/// until modularity stops increasing, as leidenalg's `n_iterations=-1`.
 pub fn leiden(g: &Graph, resolution: f64, seed: u64) -> Vec<usize> {
+    let mut part: Vec<usize> = (0..g.n()).collect();
+    let mut q = f64::NEG_INFINITY;
+    for pass in 0..32u64 {
+        let next = leiden_pass(g, part.clone(), resolution, seed ^ (pass << 32));
+        let q_next = modularity(g, &next, resolution);
+        if q_next <= q + 1e-12 {
+            break;
+        }
+        part = next;
+        q = q_next;
+    }
+    part
+}
+
+/// One Leiden pass from the partition `init` of `g`'s vertices.
+fn leiden_pass(g: &Graph, init: Vec<usize>, resolution: f64, seed: u64) -> Vec<usize> {
     let n = g.n();
     let deg: Vec<f64> = g.adj.iter().map(|r| r.iter().map(|e| e.1).sum()).collect();
     let m2: f64 = deg.iter().sum();
@@ -359,7 +377,7 @@ pub fn leiden(g: &Graph, resolution: f64, seed: u64) -> Vec<usize> {
     };
     // node_of[cell] = the node of the current level holding it.
     let mut node_of: Vec<usize> = (0..n).collect();
-    let mut part: Vec<usize> = (0..n).collect();
+    let mut part = init;
     for round in 0..64u64 {
         let mut rng = CounterRng::new(seed, Stream::Split, &[0x1e1d_e700, round]);
         let moved = move_nodes(&level, &mut part, resolution, m2, &mut rng);
