@@ -30,7 +30,7 @@ pub struct BenchmarkArgs {
     /// one file]
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
-    /// Directory for results.json and report.md (created; those two files are replaced)
+    /// Directory for results.json, report.md and embedding.png (created; those files are replaced)
     #[arg(long, short = 'o', value_name = "DIR")]
     output: PathBuf,
     /// What to score: the checkpoint's embeddings (model), the same architecture at

@@ -125,6 +125,15 @@ fn linear_probe_on_a_checkpoint_writes_results_and_report() {
     );
     assert!(report.contains("| accuracy | "), "{report}");
     assert!(report.contains("(width 32)"), "{report}");
+    // The 2-D picture: a PNG (signature, IHDR of 860 x 800), named in the report with the
+    // colour of every cell type.
+    let png = std::fs::read(out_dir.join("embedding.png")).unwrap();
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
+    assert_eq!(&png[12..16], b"IHDR");
+    assert_eq!(&png[16..24], &[0, 0, 3, 92, 0, 0, 3, 32]);
+    assert!(report.contains("](embedding.png)"), "{report}");
+    assert!(report.contains("| #1f77b4 | CD14+ Monocyte |"), "{report}");
+    assert_eq!(r["plot"]["file"], "embedding.png");
 
     // Seeded and deterministic: a second run writes the same results.
     let again = dir.join("again");

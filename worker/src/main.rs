@@ -50,7 +50,7 @@ struct BenchmarkArgs {
     /// The AnnData file to benchmark on [default: the config's data.paths, if it names one file]
     #[arg(long, value_name = "FILE")]
     data: Option<PathBuf>,
-    /// Directory for results.json and report.md (created; those files are replaced)
+    /// Directory for results.json, report.md and embedding.png (created; those files are replaced)
     #[arg(long, short = 'o', value_name = "DIR")]
     output: PathBuf,
     /// What to score: the checkpoint's embeddings (model), its architecture at

@@ -1,6 +1,6 @@
 //! `worker benchmark` (run by `coordinator benchmark`): the config's `eval.benchmarks` on the
-//! cell embeddings of a checkpoint, written to `results.json` and `report.md` in an output
-//! directory.
+//! cell embeddings of a checkpoint, written to `results.json`, `report.md` and `embedding.png`
+//! (a 2-D picture) in an output directory.
 //!
 //! The embeddings are those `worker embed` computes (the checkpoint's model, tokenizer and
 //! vocabulary, `model.pooling`, dropout off). Two references are computed by the same code for
@@ -14,6 +14,7 @@ pub mod graph;
 pub mod logreg;
 pub mod metrics;
 pub mod pca;
+pub mod plot;
 pub mod split;
 
 use std::path::{Path, PathBuf};
@@ -172,7 +173,12 @@ pub fn run(opts: &BenchmarkOptions) -> anyhow::Result<Vec<BenchResult>> {
         );
         results.push(r);
     }
-    write_outputs(opts, &data, &source, dim, n, &results)?;
+    let key = match specs[0].name.as_str() {
+        "embedding_quality" => QualityParams::from_spec(&specs[0])?.cell_type_key,
+        _ => ProbeParams::from_spec(&specs[0])?.cell_type_key,
+    };
+    let legend = plot_embedding(&x, dim, &data, &key, &opts.output)?;
+    write_outputs(opts, &data, &source, dim, n, &results, &legend)?;
     Ok(results)
 }
 
@@ -558,6 +564,46 @@ fn embedding_quality(
     })
 }
 
+/// What the plot shows: the file, the obs column and each class with its colour.
+pub struct PlotLegend {
+    pub file: String,
+    pub key: String,
+    pub classes: Vec<(String, [u8; 3])>,
+}
+
+/// Writes `DIR/embedding.png`: the first two principal components of the embedding, coloured
+/// by `obs[key]`.
+fn plot_embedding(
+    x: &[f64],
+    dim: usize,
+    data: &Path,
+    key: &str,
+    dir: &Path,
+) -> anyhow::Result<PlotLegend> {
+    let n = x.len() / dim.max(1);
+    let (names, y) = read_classes(data, key)?;
+    let xy: Vec<(f64, f64)> = if dim >= 2 && n >= 2 {
+        let s = pca::scores(x, n, dim, 2)?;
+        s.chunks(2).map(|p| (p[0], p[1])).collect()
+    } else {
+        (0..n).map(|i| (x[i * dim], 0.0)).collect()
+    };
+    let (w, h, rgb) = plot::scatter(&xy, &y, names.len());
+    std::fs::create_dir_all(dir).with_context(|| format!("--output {}", dir.display()))?;
+    let path = dir.join("embedding.png");
+    std::fs::write(&path, plot::encode_png(w, h, &rgb)?)
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(PlotLegend {
+        file: "embedding.png".into(),
+        key: key.into(),
+        classes: names
+            .into_iter()
+            .enumerate()
+            .map(|(i, n)| (n, plot::colour(i)))
+            .collect(),
+    })
+}
+
 fn write_outputs(
     opts: &BenchmarkOptions,
     data: &Path,
@@ -565,6 +611,7 @@ fn write_outputs(
     dim: usize,
     n: usize,
     results: &[BenchResult],
+    legend: &PlotLegend,
 ) -> anyhow::Result<()> {
     let dir = &opts.output;
     std::fs::create_dir_all(dir).with_context(|| format!("--output {}", dir.display()))?;
@@ -593,6 +640,11 @@ fn write_outputs(
         "embedding_dim": dim,
         "n_cells": n,
         "results": json_results,
+        "plot": {
+            "file": legend.file,
+            "shows": "first two principal components of the embedding",
+            "colour_by": legend.key,
+        },
     });
     let path = dir.join("results.json");
     std::fs::write(&path, serde_json::to_string_pretty(&doc)? + "\n")
@@ -621,12 +673,24 @@ fn write_outputs(
             md.push_str(&format!("{}\n\n", items.join(", ")));
         }
     }
+    md.push_str(&format!(
+        "## Embedding\n\n![the embedding's first two principal components, coloured by {key}]({file})\n\nThe embedding's first two principal components, one dot per cell, coloured by `obs[\"{key}\"]` (the swatches at the right, top to bottom):\n\n| colour | {key} |\n| --- | --- |\n",
+        key = legend.key,
+        file = legend.file
+    ));
+    for (name, c) in &legend.classes {
+        md.push_str(&format!(
+            "| #{:02x}{:02x}{:02x} | {name} |\n",
+            c[0], c[1], c[2]
+        ));
+    }
     let path = dir.join("report.md");
     std::fs::write(&path, md).with_context(|| format!("writing {}", path.display()))?;
     eprintln!(
-        "wrote {} and {}",
+        "wrote {}, {} and {}",
         dir.join("results.json").display(),
-        path.display()
+        path.display(),
+        dir.join(&legend.file).display()
     );
     Ok(())
 }
