@@ -42,6 +42,12 @@ pub fn unsupported_benchmark(cfg: &ScModelForgeConfig) -> Option<String> {
                 names.join(", ")
             ));
         };
+        if let Some(d) = &b.dataset {
+            return Some(format!(
+                "eval.benchmarks[{i}]: {} names dataset {d:?}, but routing benchmarks to named datasets is not implemented yet; remove `dataset` and name the file with --data",
+                b.name
+            ));
+        }
         if let Some((key, _)) = b
             .params
             .0
@@ -92,6 +98,13 @@ mod tests {
             unsupported_benchmark(&with(vec![probe.clone(), spec("perturbation", &[])])).unwrap();
         assert!(
             why.starts_with("eval.benchmarks[1]: the perturbation benchmark"),
+            "{why}"
+        );
+        let mut routed = spec("linear_probe", &[]);
+        routed.dataset = Some("pbmc".into());
+        let why = unsupported_benchmark(&with(vec![routed])).unwrap();
+        assert!(
+            why.contains("eval.benchmarks[0]") && why.contains("dataset"),
             "{why}"
         );
         let quality = spec("embedding_quality", &[("batch_key", Value::Null)]);
