@@ -1,6 +1,7 @@
 //! `coordinator`: anvil's command line. Validates and shows configs today; plans and launches
 //! distributed training runs as the rest of the system lands.
 
+mod benchmark_cmd;
 mod config_cmd;
 mod data_cmd;
 mod deploy;
@@ -49,6 +50,12 @@ enum Command {
     ///
     /// Example: `coordinator embed --checkpoint RUN/checkpoints --data F.h5ad --output G.h5ad`
     Embed(embed_cmd::EmbedArgs),
+    /// Run the config's eval.benchmarks (linear_probe, embedding_quality) on a checkpoint's cell embeddings:
+    /// results.json, report.md and embedding.png in --output
+    ///
+    /// Example: `coordinator benchmark --config configs/quickstart.yaml --checkpoint
+    /// runs/quickstart/checkpoints --output bench/`
+    Benchmark(Box<benchmark_cmd::BenchmarkArgs>),
     /// Render what a cluster needs to run anvil (Kubernetes manifests)
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
@@ -63,6 +70,7 @@ fn main() -> ExitCode {
         Command::Launch(args) => launch::run(*args),
         Command::Embed(args) => embed_cmd::run(args),
         Command::Finetune(args) => finetune_cmd::run(*args),
+        Command::Benchmark(args) => benchmark_cmd::run(*args),
         Command::Deploy(cmd) => deploy::run(cmd),
     }
 }

@@ -12,8 +12,109 @@ pub fn unsupported(cfg: &ScModelForgeConfig) -> Option<String> {
     }
     cfg.eval.benchmarks.first().map(|b| {
         format!(
-            "eval.benchmarks: evaluation benchmarks ({}) are not implemented yet; remove them (the validation loss is computed every epoch)",
+            "eval.benchmarks: running benchmarks during training (every eval.every_n_epochs) is not implemented yet ({} is listed); benchmark a checkpoint after training with `coordinator benchmark --config X.yaml --checkpoint RUN/checkpoints`, and train with eval.benchmarks removed (or `--set eval.benchmarks=[]`)",
             b.name
         )
     })
+}
+
+/// Benchmarks `coordinator benchmark` runs, with the parameters each accepts.
+pub const BENCHMARKS: &[(&str, &[&str])] = &[
+    (
+        "linear_probe",
+        &["cell_type_key", "test_size", "max_iter", "seed"],
+    ),
+    (
+        "embedding_quality",
+        &["cell_type_key", "batch_key", "n_neighbors"],
+    ),
+];
+
+/// The first benchmark of `eval.benchmarks` that this build cannot run, or a parameter it
+/// does not know, as a message naming `eval.benchmarks[i]` and the benchmark.
+pub fn unsupported_benchmark(cfg: &ScModelForgeConfig) -> Option<String> {
+    let names: Vec<&str> = BENCHMARKS.iter().map(|b| b.0).collect();
+    for (i, b) in cfg.eval.benchmarks.iter().enumerate() {
+        let Some((_, known)) = BENCHMARKS.iter().find(|k| k.0 == b.name) else {
+            return Some(format!(
+                "eval.benchmarks[{i}]: the {} benchmark is not implemented yet (this build runs: {}); remove it from eval.benchmarks",
+                b.name,
+                names.join(", ")
+            ));
+        };
+        if let Some(d) = &b.dataset {
+            return Some(format!(
+                "eval.benchmarks[{i}]: {} names dataset {d:?}, but routing benchmarks to named datasets is not implemented yet; remove `dataset` and name the file with --data",
+                b.name
+            ));
+        }
+        if let Some((key, _)) = b
+            .params
+            .0
+            .iter()
+            .find(|(k, _)| !known.contains(&k.as_str()))
+        {
+            return Some(format!(
+                "eval.benchmarks[{i}]: {} has no parameter {key:?} in this build (it takes: {})",
+                b.name,
+                known.join(", ")
+            ));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use configs::schema::{Params, Value};
+    use configs::scmodelforge::BenchmarkSpec;
+
+    fn with(specs: Vec<BenchmarkSpec>) -> ScModelForgeConfig {
+        let mut cfg = ScModelForgeConfig::default();
+        cfg.eval.benchmarks = specs;
+        cfg
+    }
+
+    fn spec(name: &str, params: &[(&str, Value)]) -> BenchmarkSpec {
+        BenchmarkSpec {
+            name: name.into(),
+            dataset: None,
+            params: Params(
+                params
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.clone()))
+                    .collect(),
+            ),
+        }
+    }
+
+    #[test]
+    fn benchmarks_are_refused_by_name_and_parameter() {
+        assert_eq!(unsupported_benchmark(&with(vec![])), None);
+        let probe = spec("linear_probe", &[("seed", Value::Int(1))]);
+        assert_eq!(unsupported_benchmark(&with(vec![probe.clone()])), None);
+        let why =
+            unsupported_benchmark(&with(vec![probe.clone(), spec("perturbation", &[])])).unwrap();
+        assert!(
+            why.starts_with("eval.benchmarks[1]: the perturbation benchmark"),
+            "{why}"
+        );
+        let mut routed = spec("linear_probe", &[]);
+        routed.dataset = Some("pbmc".into());
+        let why = unsupported_benchmark(&with(vec![routed])).unwrap();
+        assert!(
+            why.contains("eval.benchmarks[0]") && why.contains("dataset"),
+            "{why}"
+        );
+        let quality = spec("embedding_quality", &[("batch_key", Value::Null)]);
+        assert_eq!(unsupported_benchmark(&with(vec![quality])), None);
+        let why = unsupported_benchmark(&with(vec![spec("linear_probe", &[("k", Value::Int(1))])]))
+            .unwrap();
+        assert!(why.contains("no parameter \"k\""), "{why}");
+        // Training still refuses any benchmark (none runs during training yet).
+        assert!(unsupported(&with(vec![probe]))
+            .unwrap()
+            .contains("eval.every_n_epochs"));
+    }
 }

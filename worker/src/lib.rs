@@ -1,6 +1,7 @@
 //! The worker: data loading, models, the training step, gradient all-reduce and checkpoints.
 
 pub mod alloc;
+pub mod bench;
 pub mod checkpoint;
 pub mod device;
 pub mod embed;

@@ -32,6 +32,37 @@ enum WorkerCommand {
     Train(TrainArgs),
     /// Write a trained model's cell embeddings into obsm["X_anvil"] of a copy of an .h5ad file
     Embed(EmbedArgs),
+    /// Run the config's eval.benchmarks on a checkpoint's cell embeddings (results.json, report.md)
+    Benchmark(BenchmarkArgs),
+}
+
+#[derive(Args)]
+struct BenchmarkArgs {
+    /// scModelForge YAML config whose eval.benchmarks to run
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+    /// Override one field, e.g. `--set eval.batch_size=64` (repeatable)
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    overrides: Vec<String>,
+    /// A checkpoint directory, or a directory of checkpoints (the newest complete one is used)
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// The AnnData file to benchmark on [default: the config's data.paths, if it names one file]
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Directory for results.json, report.md and embedding.png (created; those files are replaced)
+    #[arg(long, short = 'o', value_name = "DIR")]
+    output: PathBuf,
+    /// What to score: the checkpoint's embeddings (model), its architecture at
+    /// initialization (untrained), or principal components of log-normalized expression (pca)
+    #[arg(long, default_value = "model", value_parser = ["model", "untrained", "pca"])]
+    embedding: String,
+    /// Principal components for --embedding pca
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    n_pcs: usize,
+    /// Cells per forward pass [default: eval.batch_size]
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
 }
 
 #[derive(Args)]
@@ -114,6 +145,23 @@ fn main() -> ExitCode {
             overwrite: a.overwrite,
         })
         .map(|_| ExitCode::SUCCESS),
+        Some(WorkerCommand::Benchmark(a)) => {
+            let embedding = match a.embedding.as_str() {
+                "untrained" => worker::bench::Embedding::Untrained,
+                "pca" => worker::bench::Embedding::Pca(a.n_pcs),
+                _ => worker::bench::Embedding::Model,
+            };
+            worker::bench::run(&worker::bench::BenchmarkOptions {
+                config: a.config,
+                overrides: a.overrides,
+                checkpoint: a.checkpoint,
+                data: a.data,
+                output: a.output,
+                embedding,
+                batch_size: a.batch_size,
+            })
+            .map(|_| ExitCode::SUCCESS)
+        }
         None => match cli.join.coordinator.clone() {
             Some(addr) => join_run(&cli.join, addr).map(|interrupted| {
                 if interrupted {

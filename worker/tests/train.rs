@@ -416,8 +416,9 @@ fn sections_this_build_cannot_train_are_refused_by_name() {
         &mut |_| {},
         &mut || Control::Continue,
     )
-    .expect_err("benchmarks are not implemented: refused");
+    .expect_err("benchmarks during training are not implemented: refused");
     assert!(err.to_string().contains("eval.benchmarks"), "{err}");
+    assert!(err.to_string().contains("coordinator benchmark"), "{err}");
 }
 
 /// Averages nothing (one replica's values are their own mean) but takes `delay` per call, like

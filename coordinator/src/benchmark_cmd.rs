@@ -1,0 +1,107 @@
+//! `coordinator benchmark`: the config's `eval.benchmarks` on a checkpoint's cell embeddings,
+//! written to `results.json` and `report.md` in an output directory (scModelForge's
+//! `benchmark` verb). The config is checked here first, so a benchmark this build does not
+//! have is refused by name before anything runs; the computing is done by the sibling `worker`
+//! binary's `worker benchmark` (the coordinator never links compute, see ARCHITECTURE.md),
+//! whose output and exit status are passed through.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+
+use anyhow::Context;
+use clap::Args;
+use configs::ScModelForgeConfig;
+
+use crate::launch::procs::sibling_executable;
+
+#[derive(Args)]
+pub struct BenchmarkArgs {
+    /// scModelForge YAML config whose eval.benchmarks to run (linear_probe when the list is empty)
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: PathBuf,
+    /// Override one field, e.g. `--set eval.batch_size=64` (repeatable)
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    overrides: Vec<String>,
+    /// A checkpoint directory, or a directory of checkpoints such as <run>/checkpoints (the
+    /// newest complete one is used); not needed with --embedding pca
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
+    /// The AnnData file (.h5ad) to benchmark on [default: the config's data.paths, if it names
+    /// one file]
+    #[arg(long, value_name = "FILE")]
+    data: Option<PathBuf>,
+    /// Directory for results.json, report.md and embedding.png (created; those files are replaced)
+    #[arg(long, short = 'o', value_name = "DIR")]
+    output: PathBuf,
+    /// What to score: the checkpoint's embeddings (model), the same architecture at
+    /// initialization (untrained), or principal components of log-normalized expression (pca)
+    /// [default: model]
+    #[arg(long, value_parser = ["model", "untrained", "pca"])]
+    embedding: Option<String>,
+    /// Principal components for --embedding pca
+    #[arg(long, default_value_t = 50, value_name = "N")]
+    n_pcs: usize,
+    /// Cells per forward pass [default: eval.batch_size]
+    #[arg(long, value_name = "N")]
+    batch_size: Option<usize>,
+    /// The worker executable that computes [default: `worker` beside this one]
+    #[arg(long, value_name = "FILE")]
+    worker_bin: Option<PathBuf>,
+}
+
+pub fn run(args: BenchmarkArgs) -> ExitCode {
+    match benchmark(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn benchmark(args: BenchmarkArgs) -> anyhow::Result<ExitCode> {
+    let cfg: ScModelForgeConfig =
+        configs::load_file_as(&args.config, &args.overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if let Some(why) = run::support::unsupported_benchmark(&cfg) {
+        anyhow::bail!("{}: {why}", args.config.display());
+    }
+    let embedding = args.embedding.as_deref().unwrap_or("model");
+    if embedding != "pca" && args.checkpoint.is_none() {
+        anyhow::bail!("--checkpoint is required (except with --embedding pca)");
+    }
+    let bin = match args.worker_bin {
+        Some(b) => b,
+        None => sibling_executable("worker")?,
+    };
+    let mut cmd = Command::new(&bin);
+    cmd.arg("benchmark").arg("--config").arg(&args.config);
+    for o in &args.overrides {
+        cmd.arg("--set").arg(o);
+    }
+    if let Some(c) = &args.checkpoint {
+        cmd.arg("--checkpoint").arg(c);
+    }
+    if let Some(d) = &args.data {
+        cmd.arg("--data").arg(d);
+    }
+    cmd.arg("--output")
+        .arg(&args.output)
+        .arg("--embedding")
+        .arg(embedding)
+        .arg("--n-pcs")
+        .arg(args.n_pcs.to_string());
+    if let Some(n) = args.batch_size {
+        cmd.arg("--batch-size").arg(n.to_string());
+    }
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => {
+            eprintln!("error: {} benchmark was killed ({status})", bin.display());
+            ExitCode::FAILURE
+        }
+    })
+}
