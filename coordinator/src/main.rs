@@ -64,6 +64,12 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     run::logging::init();
+    if matches!(
+        cli.command,
+        Command::Config(_) | Command::Data(_) | Command::Deploy(_)
+    ) {
+        end_quietly_on_a_closed_pipe();
+    }
     match cli.command {
         Command::Config(cmd) => config_cmd::run(cmd),
         Command::Data(cmd) => data_cmd::run(cmd),
@@ -72,5 +78,15 @@ fn main() -> ExitCode {
         Command::Finetune(args) => finetune_cmd::run(*args),
         Command::Benchmark(args) => benchmark_cmd::run(*args),
         Command::Deploy(cmd) => deploy::run(cmd),
+    }
+}
+
+/// For the commands that only print (and hold no sockets): a reader that goes away (`| head`)
+/// ends the process quietly, as it ends `cat`, instead of a panic in `println!`. Rust ignores
+/// SIGPIPE by default; the long-running commands keep that.
+fn end_quietly_on_a_closed_pipe() {
+    // SAFETY: restores one signal's default disposition before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
 }

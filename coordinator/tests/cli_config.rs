@@ -130,3 +130,32 @@ fn help_describes_commands() {
     assert!(help.contains("--set <KEY.PATH=VALUE>"), "{help}");
     assert!(help.contains("--config <FILE>"), "{help}");
 }
+
+/// `coordinator data inspect F | head -1`: the reader leaves early, and the command ends
+/// quietly (SIGPIPE, as `cat` does) instead of panicking about a broken pipe.
+#[test]
+fn a_reader_that_leaves_early_ends_a_print_command_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    // 200 reports of ~740 bytes: well past a pipe's 64 KiB buffer, so the writer is still
+    // writing when the reader leaves.
+    let files = vec!["data/pbmc68k_counts.h5ad"; 200];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["data", "inspect"])
+        .args(&files)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run coordinator");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut first)
+        .expect("first line");
+    // The pipe's read end is closed here, with most of the output unread.
+    let out = child.wait_with_output().expect("wait");
+    assert!(first.contains("pbmc68k_counts.h5ad"), "{first}");
+    let stderr = text(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_ne!(out.status.code(), Some(101), "{stderr}");
+}
