@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{repo, worker_bin};
+use common::{describe, repo};
 
 fn pbmc() -> PathBuf {
     repo().join("data/pbmc68k_counts.h5ad")
@@ -32,25 +32,9 @@ fn trained_run() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = scratch("run");
-        let mut cmd = Command::new(worker_bin());
-        cmd.current_dir(repo())
-            .args(["train", "--config", "configs/quickstart.yaml", "--run-dir"])
-            .arg(&dir)
-            .args(["--max-steps", "3"]);
-        common::set_tiny(&mut cmd, TRAINING);
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "worker train failed:\n{}", text(&out));
+        common::train_tiny_run(&dir, TRAINING);
         dir
     })
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// A config in `dir` whose data is the bundled file and whose eval section is `eval`.
@@ -94,7 +78,7 @@ fn linear_probe_on_a_checkpoint_writes_results_and_report() {
     let ckpt_arg = ckpt.to_str().unwrap();
     let out_dir = dir.join("out");
     let out = benchmark(&cfg, &out_dir, &["--checkpoint", ckpt_arg]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
 
     let r = results(&out_dir);
     assert_eq!(r["embedding"], "model");
@@ -142,7 +126,7 @@ fn linear_probe_on_a_checkpoint_writes_results_and_report() {
         &again,
         &["--checkpoint", ckpt_arg, "--batch-size", "64"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(results(&again)["results"], r["results"]);
 }
 
@@ -162,7 +146,7 @@ fn untrained_and_pca_references_run_through_the_same_code() {
             "untrained",
         ],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let u = results(&untrained);
     assert_eq!(u["embedding"], "untrained");
     assert!(
@@ -176,7 +160,7 @@ fn untrained_and_pca_references_run_through_the_same_code() {
     // PCA needs no checkpoint.
     let pca = dir.join("pca");
     let out = benchmark(&cfg, &pca, &["--embedding", "pca", "--n-pcs", "50"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let p = results(&pca);
     assert_eq!(p["embedding"], "pca50");
     assert_eq!(p["embedding_dim"], 50);
@@ -236,7 +220,7 @@ fn bad_inputs_are_named() {
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("--checkpoint is required"),
         "{}",
-        text(&out)
+        describe(&out)
     );
 }
 
@@ -250,7 +234,7 @@ fn embedding_quality_scores_clusters_and_batches() {
     );
     let out_dir = dir.join("out");
     let out = benchmark(&cfg, &out_dir, &["--embedding", "pca"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let r = results(&out_dir);
     let m = |i: usize, k: &str| metric(&r, i, k);
     for k in [
@@ -282,7 +266,7 @@ fn embedding_quality_scores_clusters_and_batches() {
     // Seeded: the same clusters again.
     let again = dir.join("again");
     let out = benchmark(&cfg, &again, &["--embedding", "pca"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(results(&again)["results"], r["results"]);
     let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
     assert!(

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-use common::{repo, worker_bin};
+use common::{describe, repo};
 
 fn pbmc() -> PathBuf {
     repo().join("data/pbmc68k_counts.h5ad")
@@ -37,25 +37,9 @@ fn trained_run() -> &'static Path {
     static RUN: OnceLock<PathBuf> = OnceLock::new();
     RUN.get_or_init(|| {
         let dir = scratch("run");
-        let mut cmd = Command::new(worker_bin());
-        cmd.current_dir(repo())
-            .args(["train", "--config", "configs/quickstart.yaml", "--run-dir"])
-            .arg(&dir)
-            .args(["--max-steps", "3"]);
-        common::set_tiny(&mut cmd, TRAINING);
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "worker train failed:\n{}", text(&out));
+        common::train_tiny_run(&dir, TRAINING);
         dir
     })
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn embed(checkpoint: &Path, data: &Path, output: &Path, extra: &[&str]) -> Output {
@@ -102,7 +86,7 @@ fn embed_writes_a_copy_anndata_reads() {
         &out_path,
         &["--batch-size", "50"],
     );
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(
         std::fs::read(pbmc()).unwrap(),
         before,
@@ -163,7 +147,11 @@ print("ok", e.shape)
         dim = DIM
     );
     let py = Command::new(python).arg("-c").arg(script).output().unwrap();
-    assert!(py.status.success(), "anndata check failed:\n{}", text(&py));
+    assert!(
+        py.status.success(),
+        "anndata check failed:\n{}",
+        describe(&py)
+    );
 }
 
 #[test]
@@ -173,7 +161,7 @@ fn embeddings_are_deterministic_and_independent_of_batch_size() {
     let (a, b, c) = (dir.join("a.h5ad"), dir.join("b.h5ad"), dir.join("c.h5ad"));
     for (p, bs) in [(&a, "64"), (&b, "64"), (&c, "7")] {
         let out = embed(&ckpt, &pbmc(), p, &["--batch-size", bs]);
-        assert!(out.status.success(), "{}", text(&out));
+        assert!(out.status.success(), "{}", describe(&out));
     }
     let (sa, va) = read_obsm(&a);
     let (sb, vb) = read_obsm(&b);
@@ -199,13 +187,13 @@ fn replaces_an_existing_x_anvil_and_respects_overwrite() {
     let ckpt = trained_run().join("checkpoints");
     let first = dir.join("first.h5ad");
     let out = embed(&ckpt, &pbmc(), &first, &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let (_, v1) = read_obsm(&first);
 
     // Embedding a file that already has obsm/X_anvil replaces it.
     let second = dir.join("second.h5ad");
     let out = embed(&ckpt, &first, &second, &[]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     let (s2, v2) = read_obsm(&second);
     assert_eq!(s2, vec![n_obs(&pbmc()), DIM]);
     assert_eq!(v1, v2);
@@ -221,7 +209,7 @@ fn replaces_an_existing_x_anvil_and_respects_overwrite() {
     );
     assert_eq!(std::fs::read(&second).unwrap(), before);
     let out = embed(&ckpt, &pbmc(), &second, &["--overwrite"]);
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
 
     // The output may never be the input, even with --overwrite.
     let before = std::fs::read(&first).unwrap();
@@ -238,7 +226,11 @@ fn clear_errors() {
     let ckpt = trained_run().join("checkpoints/last");
     let out_path = dir.join("out.h5ad");
     let fails_with = |out: Output, needles: &[&str]| {
-        assert!(!out.status.success(), "expected failure:\n{}", text(&out));
+        assert!(
+            !out.status.success(),
+            "expected failure:\n{}",
+            describe(&out)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
         for n in needles {
             assert!(stderr.contains(n), "stderr lacks {n:?}:\n{stderr}");
@@ -290,7 +282,7 @@ fn clear_errors() {
         .arg(&synth)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     fails_with(
         embed(&ckpt, &synth, &out_path, &[]),
         &["synth.h5ad", "vocabulary"],

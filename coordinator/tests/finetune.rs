@@ -8,21 +8,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
-use common::{repo, worker_bin};
+use common::{describe, repo, worker_bin};
 
 fn scratch(name: &str) -> PathBuf {
     common::scratch("finetune", name)
-}
-
-fn text(out: &Output) -> String {
-    format!(
-        "status {}\nstdout:\n{}\nstderr:\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 fn coordinator(args: &[&str]) -> Command {
@@ -40,7 +31,11 @@ fn pretrain(dir: &Path) -> PathBuf {
         &["training.max_epochs=2", "training.scheduler=null"],
     );
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "pretraining failed:\n{}", text(&out));
+    assert!(
+        out.status.success(),
+        "pretraining failed:\n{}",
+        describe(&out)
+    );
     dir.join("checkpoints")
 }
 
@@ -88,7 +83,7 @@ fn finetune_trains_a_cell_type_head_on_a_pretrained_checkpoint_with_two_workers(
         cmd.args(["--set", s]);
     }
     let out = cmd.output().unwrap();
-    let all = text(&out);
+    let all = describe(&out);
     assert!(out.status.success(), "{all}");
     assert!(all.contains("fine-tuning the backbone of"), "{all}");
     assert!(all.contains("epoch 0: backbone frozen"), "{all}");
@@ -136,7 +131,7 @@ fn finetune_trains_a_cell_type_head_on_a_pretrained_checkpoint_with_two_workers(
         .arg("--set")
         .arg(format!("finetune.checkpoint_path={}", ck.display()));
     let out = cmd.output().unwrap();
-    assert!(out.status.success(), "{}", text(&out));
+    assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(column(&launched, "val/accuracy").len(), 1);
 }
 
@@ -189,7 +184,7 @@ fn finetune_refuses_what_it_cannot_fine_tune() {
         cmd.arg(dir.join(format!("run{i}"))).args(&args);
         cmd.arg("--worker-bin").arg(worker_bin());
         let out = cmd.output().unwrap();
-        let all = text(&out);
+        let all = describe(&out);
         assert_eq!(out.status.code(), Some(1), "{args:?}: {all}");
         assert!(
             all.contains(expected),

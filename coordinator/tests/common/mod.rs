@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 pub fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -52,4 +52,31 @@ pub fn set_tiny(cmd: &mut Command, more: &[&str]) {
     for s in TINY_MODEL.iter().chain(more) {
         cmd.args(["--set", s]);
     }
+}
+
+/// A finished command's status and both streams, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Trains the tiny quickstart model for 3 steps with `worker train` into `dir` (its checkpoints
+/// in `dir/checkpoints`), with `training` overrides on top of the tiny model's.
+pub fn train_tiny_run(dir: &Path, training: &[&str]) {
+    let mut cmd = Command::new(worker_bin());
+    cmd.current_dir(repo())
+        .args(["train", "--config", "configs/quickstart.yaml", "--run-dir"])
+        .arg(dir)
+        .args(["--max-steps", "3"]);
+    set_tiny(&mut cmd, training);
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "worker train failed:\n{}",
+        describe(&out)
+    );
 }
