@@ -854,7 +854,8 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             .best
             .first()
             .map(|(_, n)| self.ckpt_root.join(n));
-        summary.params_hash = params_hash(&self.dev.download(&self.params));
+        summary.params_hash =
+            params_hash(&self.dev.read(&self.params, 0..self.dev.len(&self.params)));
         summary.train_seconds = run.seconds;
         summary.cells_per_s = run.cells / run.seconds.max(1e-9);
         summary.tokens_per_s = run.tokens / run.seconds.max(1e-9);
@@ -880,12 +881,11 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             good_steps: self.scaler.as_ref().map_or(0, |s| s.good_steps),
             ..self.state.clone()
         };
-        // Host copies (free on the CPU backend's `read`, a download on a GPU).
-        let whole = |m: &'_ D::Mem| self.dev.read(m, 0..self.dev.len(m)).into_owned();
+        // Host views: borrowed on the CPU backend, a download on a GPU.
         let (params, exp_avg, exp_avg_sq) = (
-            whole(&self.params),
-            whole(&self.exp_avg),
-            whole(&self.exp_avg_sq),
+            self.host(&self.params),
+            self.host(&self.exp_avg),
+            self.host(&self.exp_avg_sq),
         );
         let snap = Snapshot {
             layout: self.model.layout(),
@@ -902,6 +902,11 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             path: path.clone(),
         });
         Ok(Some(path))
+    }
+
+    /// A whole buffer on the host: borrowed on the CPU backend, downloaded from a GPU.
+    fn host<'m>(&self, m: &'m D::Mem) -> std::borrow::Cow<'m, [f32]> {
+        self.dev.read(m, 0..self.dev.len(m))
     }
 
     /// The factor on the loss before backward: 16-mixed's dynamic scale, else 1.
