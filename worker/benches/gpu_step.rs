@@ -9,13 +9,13 @@
 //! 15% masked, dropout 0. Prints tokens/s, MFU (model FLOPs, as in the model_step bench, over
 //! the GPU's dense bf16 peak) and peak memory for each. Without a GPU it says so and exits 0.
 
+#[path = "common/synthetic.rs"]
+mod synthetic;
+
 use std::process::Command;
 use std::time::Instant;
 
 use configs::scmodelforge::{Activation, Architecture, ModelConfig};
-use data::masking::IGNORE_INDEX;
-use data::vocab::{MASK, N_SPECIAL};
-use data::Batch;
 use kernels::backend::cuda::Cuda;
 use kernels::optim::AdamConfig;
 use kernels::rng::RngKey;
@@ -92,36 +92,6 @@ fn bf16_peak(name: &str) -> Option<f64> {
     }
 }
 
-fn batch(s: &Shape) -> Batch {
-    let (b, t) = (s.batch, s.seq);
-    let key = RngKey::new(0x5eed, 0, 0);
-    let genes = (s.vocab - N_SPECIAL as usize) as u64;
-    let mut gene_ids: Vec<u32> = (0..b * t)
-        .map(|i| N_SPECIAL + (u64::from(key.bits(i as u64)) % genes) as u32)
-        .collect();
-    let mut labels = vec![IGNORE_INDEX; b * t];
-    for r in 0..b {
-        for j in 0..s.masked_per_cell() {
-            // Every ~6.7th position, shifted per cell.
-            let p = r * t + (j * t / s.masked_per_cell() + r) % t;
-            labels[p] = gene_ids[p] as i32;
-            gene_ids[p] = MASK;
-        }
-    }
-    Batch {
-        epoch: 0,
-        step: 0,
-        batch_size: b,
-        seq_len: t,
-        cells: (0..b as u64).collect(),
-        gene_ids,
-        values: vec![0.0; b * t],
-        target_values: vec![0.0; b * t],
-        labels,
-        attention_mask: vec![1; b * t],
-    }
-}
-
 /// (median seconds per step, last loss, peak device memory MiB in use).
 fn anvil(dev: &Cuda, s: &Shape, warmup: usize, iters: usize) -> (f64, f64, f64) {
     let cfg = ModelConfig {
@@ -151,7 +121,7 @@ fn anvil(dev: &Cuda, s: &Shape, warmup: usize, iters: usize) -> (f64, f64, f64) 
     let mut grads = dev.zeros(n);
     let (mut m, mut v) = (dev.zeros(n), dev.zeros(n));
     let adam = AdamConfig::adamw(1e-4, 0.01);
-    let b = batch(s);
+    let b = synthetic::masked_gene_batch(s.batch, s.seq, s.vocab, s.masked_per_cell());
     let mut times = Vec::new();
     let mut loss = f64::NAN;
     let mut min_free = free0;

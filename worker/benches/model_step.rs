@@ -26,13 +26,13 @@
 //! in anvil's attention backward (model FLOPs, not hardware FLOPs), so both sides are credited
 //! with the same work per step.
 
+#[path = "common/synthetic.rs"]
+mod synthetic;
+
 use std::process::Command;
 use std::time::Instant;
 
 use configs::scmodelforge::{Activation, Architecture, ModelConfig};
-use data::masking::IGNORE_INDEX;
-use data::vocab::{MASK, N_SPECIAL};
-use data::Batch;
 use kernels::optim::AdamConfig;
 use kernels::rng::RngKey;
 use kernels::{Cpu, Device, Precision};
@@ -166,43 +166,6 @@ fn min(xs: &[f64]) -> f64 {
 /// A full-length batch: genes uniform over the non-special ids, `masked_per_cell` distinct
 /// positions per cell masked and hidden (input [MASK], label = the gene), as the trainer's
 /// `hide_masked` leaves a batch.
-fn synthetic_batch(s: &Shape) -> Batch {
-    let (b, t) = (s.batch, s.seq);
-    let key = RngKey::new(0x5eed, 0, 0);
-    let genes = s.vocab as u64 - N_SPECIAL as u64;
-    let mut gene_ids: Vec<u32> = (0..b * t)
-        .map(|i| N_SPECIAL + (u64::from(key.bits(i as u64)) % genes) as u32)
-        .collect();
-    let mut labels = vec![IGNORE_INDEX; b * t];
-    let k = s.masked_per_cell();
-    let pick = RngKey::new(0x5eed, 1, 0);
-    for r in 0..b {
-        // Partial Fisher-Yates: the first k entries of a random permutation of 0..t.
-        let mut idx: Vec<usize> = (0..t).collect();
-        for j in 0..k {
-            let u = pick.bits((r * t + j) as u64) as usize;
-            idx.swap(j, j + u % (t - j));
-        }
-        for &j in &idx[..k] {
-            let p = r * t + j;
-            labels[p] = gene_ids[p] as i32;
-            gene_ids[p] = MASK;
-        }
-    }
-    Batch {
-        epoch: 0,
-        step: 0,
-        batch_size: b,
-        seq_len: t,
-        cells: (0..b as u64).collect(),
-        gene_ids,
-        values: vec![0.0; b * t],
-        target_values: vec![0.0; b * t],
-        labels,
-        attention_mask: vec![1; b * t],
-    }
-}
-
 /// Child process: times `warmup + iters` optimizer steps of one configuration and prints one
 /// JSON line.
 fn child(s: &Shape, prec_name: &str, dropout: f64, warmup: usize, iters: usize) {
@@ -239,7 +202,7 @@ fn child(s: &Shape, prec_name: &str, dropout: f64, warmup: usize, iters: usize) 
     let mut grads: Vec<f32> = dev.zeros(n);
     let (mut m, mut v): (Vec<f32>, Vec<f32>) = (dev.zeros(n), dev.zeros(n));
     let adam = AdamConfig::adamw(1e-4, 0.01);
-    let batch = synthetic_batch(s);
+    let batch = synthetic::masked_gene_batch(s.batch, s.seq, s.vocab, s.masked_per_cell());
 
     // The trainer's step: gradient of the loss sum, divided by the target count, clipped at
     // 1.0, AdamW, gradients zeroed.
