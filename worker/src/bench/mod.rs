@@ -353,6 +353,24 @@ pub fn probe(
     Ok((m, model, train.len(), test.len()))
 }
 
+/// [`read_classes`] for the cells of the embedding `x` ([cells, dim]): one label per row.
+fn classes_of_embedded(
+    data: &Path,
+    key: &str,
+    x: &[f64],
+    dim: usize,
+) -> anyhow::Result<(Vec<String>, Vec<u32>)> {
+    let (names, y) = read_classes(data, key)?;
+    if y.len() * dim != x.len() {
+        bail!(
+            "{} labels for {} embedded cells",
+            y.len(),
+            x.len() / dim.max(1)
+        );
+    }
+    Ok((names, y))
+}
+
 fn linear_probe(
     x: &[f64],
     dim: usize,
@@ -361,14 +379,7 @@ fn linear_probe(
     spec: &BenchmarkSpec,
 ) -> anyhow::Result<BenchResult> {
     let p = ProbeParams::from_spec(spec)?;
-    let (names, y) = read_classes(data, &p.cell_type_key)?;
-    if y.len() * dim != x.len() {
-        bail!(
-            "{} labels for {} embedded cells",
-            y.len(),
-            x.len() / dim.max(1)
-        );
-    }
+    let (names, y) = classes_of_embedded(data, &p.cell_type_key, x, dim)?;
     let (metrics, model, n_train, n_test) = probe(x, dim, &y, names.len(), &p)?;
     Ok(BenchResult {
         benchmark_name: "linear_probe".into(),
@@ -484,14 +495,7 @@ fn embedding_quality(
     spec: &BenchmarkSpec,
 ) -> anyhow::Result<BenchResult> {
     let p = QualityParams::from_spec(spec)?;
-    let (_, y) = read_classes(data, &p.cell_type_key)?;
-    if y.len() * dim != x.len() {
-        bail!(
-            "{} labels for {} embedded cells",
-            y.len(),
-            x.len() / dim.max(1)
-        );
-    }
+    let (_, y) = classes_of_embedded(data, &p.cell_type_key, x, dim)?;
     let g = graph::umap_connectivities(&graph::knn(x, dim, p.n_neighbors));
     // cluster_optimal_resolution: the Leiden clustering with the best NMI over the sweep.
     let mut best: Option<(f64, f64, Vec<u32>)> = None;
