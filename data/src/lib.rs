@@ -22,6 +22,7 @@ pub mod loader;
 pub mod masking;
 pub mod pipeline;
 pub mod plan;
+pub mod pose;
 pub mod preprocess;
 pub mod tokenize;
 pub mod vocab;

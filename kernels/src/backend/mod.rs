@@ -26,6 +26,7 @@
 //! rounded to T, and in what order sums run where the op says so) for results to match the CPU
 //! reference. The CPU backend is deterministic for a given rayon thread count.
 
+pub mod conv;
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
@@ -39,6 +40,7 @@ use crate::params::ParamView;
 use crate::rng::RngKey;
 use crate::{Float, Precision, Result};
 
+pub use conv::{Conv2dShape, ConvDevice, ConvTranspose2dShape, Pool2dShape};
 pub use cpu::Cpu;
 
 /// A value projection's parameters and the per-token values it projects:
