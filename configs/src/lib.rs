@@ -8,6 +8,7 @@
 
 pub mod emit;
 pub mod error;
+pub mod pose_net;
 pub mod reference;
 pub mod schema;
 pub mod scmodelforge;
