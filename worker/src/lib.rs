@@ -12,6 +12,7 @@ pub mod model;
 #[cfg(feature = "cuda")]
 pub mod nccl;
 pub mod overlap;
+pub mod pose;
 pub mod preempt;
 pub mod ring;
 pub mod schedule;
