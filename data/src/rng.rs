@@ -21,6 +21,7 @@ pub enum Stream {
     CellOrder = 3,
     Masking = 4,
     Synth = 5,
+    Augment = 6,
 }
 
 /// Hash a sequence of words into one key.

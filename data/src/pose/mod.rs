@@ -5,6 +5,11 @@
 //! - [`slp`]: reading `.slp` (HDF5) files, decoding their embedded images, writing predictions.
 //! - [`eval`]: OKS matching, mAP/mAR, distances, PCK and visibility, as sleap-nn evaluates.
 
+pub mod augment;
+pub mod frame;
 pub mod labels;
+pub mod targets;
 
-pub use labels::{Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource};
+pub use labels::{
+    Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
+};
