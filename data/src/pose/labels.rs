@@ -67,7 +67,9 @@ impl Instance {
     }
     /// Whether node `n` has a position.
     pub fn visible(&self, n: usize) -> bool {
-        self.points.get(n).is_some_and(|p| p[0].is_finite() && p[1].is_finite())
+        self.points
+            .get(n)
+            .is_some_and(|p| p[0].is_finite() && p[1].is_finite())
     }
     pub fn n_visible(&self) -> usize {
         (0..self.points.len()).filter(|&n| self.visible(n)).count()

@@ -5,6 +5,10 @@
 //! - [`slp`]: reading `.slp` (HDF5) files, decoding their embedded images, writing predictions.
 //! - [`eval`]: OKS matching, mAP/mAR, distances, PCK and visibility, as sleap-nn evaluates.
 
+pub mod eval;
 pub mod labels;
 
-pub use labels::{Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource};
+pub use eval::{evaluate, EvalError, EvalOptions, Metrics};
+pub use labels::{
+    Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
+};
