@@ -83,6 +83,10 @@ def mixed_case(rng):
             if video == 1 and frame_idx == 0:
                 # An all-NaN user instance.
                 gt_insts.append({"points": np.full((n, 2), NAN), "kind": "user"})
+            if video == 1 and frame_idx == 7:
+                # A node missing on both sides (a visibility true negative).
+                gt_insts[0]["points"][2] = NAN
+                preds[0]["points"][2] = NAN
             if video == 1 and frame_idx == 3:
                 # No predicted points on node 0 for either instance.
                 for p in preds:
@@ -179,6 +183,26 @@ def no_match_case(rng):
     return gt, pr
 
 
+def empty_frame_case(rng):
+    """A ground-truth frame with no instances at all next to a normal one: dropped by the
+    user-instance filter; without it sleap-nn fails on the empty frame."""
+    n = 2
+    p = base_pose(rng, n, np.array([50.0, 50.0]))
+    gt_frames = [
+        {"video": 0, "frame_idx": 0, "instances": [{"points": p, "kind": "user"}]},
+        {"video": 0, "frame_idx": 1, "instances": []},
+    ]
+    pr_frames = [
+        {"video": 0, "frame_idx": f, "instances": [
+            {"points": jitter(rng, p, 0.5), "kind": "predicted", "score": 0.5}]}
+        for f in (0, 1)
+    ]
+    skeleton = {"name": "fly", "nodes": ["head", "tail"], "edges": [[0, 1]]}
+    gt = {"skeleton": skeleton, "videos": ["clip.mp4"], "frames": gt_frames}
+    pr = {"skeleton": skeleton, "videos": ["clip.mp4"], "frames": pr_frames}
+    return gt, pr
+
+
 def to_sio(desc):
     skel = sio.Skeleton(
         nodes=list(desc["skeleton"]["nodes"]),
@@ -227,7 +251,8 @@ def to_json_labels(desc):
 
 def main():
     rng = np.random.default_rng(20261130)
-    builders = [("mixed", mixed_case), ("two_node", two_node_case), ("no_match", no_match_case)]
+    builders = [("mixed", mixed_case), ("two_node", two_node_case), ("no_match", no_match_case),
+                ("empty_frame", empty_frame_case)]
     option_sets = [
         ("defaults", {}),
         ("stddev_scale_threshold", {"oks_stddev": 0.05, "oks_scale": 900.0,
