@@ -203,6 +203,23 @@ def empty_frame_case(rng):
     return gt, pr
 
 
+def user_in_predictions_case(rng):
+    """A prediction frame that lists a user instance before a predicted one. sleap-nn ranks
+    the predicted scores but indexes the whole instance list with those ranks, so the user
+    instance gets matched, and scoring it then fails (it has no score)."""
+    n = 2
+    p = base_pose(rng, n, np.array([50.0, 50.0]))
+    gt_frames = [{"video": 0, "frame_idx": 0, "instances": [{"points": p, "kind": "user"}]}]
+    pr_frames = [{"video": 0, "frame_idx": 0, "instances": [
+        {"points": jitter(rng, p, 0.5), "kind": "user"},
+        {"points": base_pose(rng, n, np.array([300.0, 300.0])), "kind": "predicted",
+         "score": 0.5}]}]
+    skeleton = {"name": "fly", "nodes": ["head", "tail"], "edges": [[0, 1]]}
+    gt = {"skeleton": skeleton, "videos": ["clip.mp4"], "frames": gt_frames}
+    pr = {"skeleton": skeleton, "videos": ["clip.mp4"], "frames": pr_frames}
+    return gt, pr
+
+
 def to_sio(desc):
     skel = sio.Skeleton(
         nodes=list(desc["skeleton"]["nodes"]),
@@ -252,7 +269,8 @@ def to_json_labels(desc):
 def main():
     rng = np.random.default_rng(20261130)
     builders = [("mixed", mixed_case), ("two_node", two_node_case), ("no_match", no_match_case),
-                ("empty_frame", empty_frame_case)]
+                ("empty_frame", empty_frame_case),
+                ("user_in_predictions", user_in_predictions_case)]
     option_sets = [
         ("defaults", {}),
         ("stddev_scale_threshold", {"oks_stddev": 0.05, "oks_scale": 900.0,
