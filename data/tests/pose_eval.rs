@@ -170,11 +170,15 @@ fn every_metric_matches_sleap_nn() {
         let pred = labels_from_fixture(&case["predictions"]);
         let opts = options_from_fixture(&case["options"]);
         let result = evaluate(&gt, &pred, &opts);
-        if let Some(error) = case.get("error") {
-            assert!(
-                result.is_err(),
-                "{name}: sleap-nn failed ({error}) but anvil scored it"
-            );
+        if let Some(error) = case.get("error").and_then(Value::as_str) {
+            // sleap-nn's failure, and the error anvil gives for the same input instead.
+            match (error, result) {
+                (e, Err(EvalError::EmptyGroundTruthFrame { .. }))
+                    if e.contains("need at least one array to stack") => {}
+                (e, Err(EvalError::UserInstanceInPredictions { .. }))
+                    if e.contains("has no attribute 'score'") => {}
+                (e, other) => panic!("{name}: sleap-nn failed with {e}; anvil gave {other:?}"),
+            }
             continue;
         }
         let metrics = result.unwrap_or_else(|e| panic!("{name}: {e}"));
