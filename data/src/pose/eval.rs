@@ -388,8 +388,8 @@ fn path_parts(path: &str) -> Vec<String> {
 }
 
 /// sleap-nn's `find_frame_pairs`: prediction videos in order, and for each the frames of its
-/// ground-truth video in ground-truth order, paired with the first prediction frame of the
-/// same index. With `user_labels_only`, ground-truth frames without user instances are dropped
+/// ground-truth video in ground-truth order, paired with the prediction frame of the same
+/// index (the last one if the predictions repeat it). With `user_labels_only`, ground-truth frames without user instances are dropped
 /// and only user instances are compared.
 pub fn find_frame_pairs(
     ground_truth: &Labels,
@@ -398,9 +398,8 @@ pub fn find_frame_pairs(
 ) -> Vec<FramePair> {
     let mut pred_by_key: BTreeMap<(usize, u64), usize> = BTreeMap::new();
     for (i, frame) in predictions.frames.iter().enumerate() {
-        pred_by_key
-            .entry((frame.video, frame.frame_idx))
-            .or_insert(i);
+        // A duplicated frame resolves to its last occurrence, as sleap-io's frame index does.
+        pred_by_key.insert((frame.video, frame.frame_idx), i);
     }
     let mut pairs = Vec::new();
     for (pred_video, gt_video) in match_videos(ground_truth, predictions)
@@ -1178,5 +1177,71 @@ mod tests {
         assert_eq!(j["mOKS"]["mOKS"], Value::Null);
         assert_eq!(j["distance_metrics"]["dists"], json!([]));
         assert!(m.to_markdown().contains("| mOKS | n/a |"));
+    }
+
+    fn with_videos(paths: &[(&str, Option<[usize; 4]>)]) -> Labels {
+        let mut l = labels("unused.mp4", Vec::new());
+        l.videos = paths
+            .iter()
+            .map(|(p, shape)| Video {
+                filename: p.to_string(),
+                source: VideoSource::External {
+                    filename: p.to_string(),
+                    backend: "MediaVideo".into(),
+                },
+                shape: *shape,
+            })
+            .collect();
+        l
+    }
+
+    #[test]
+    fn videos_match_by_path_then_by_the_shortest_unique_tail() {
+        let gt = with_videos(&[
+            ("/data/a/cam.mp4", None),
+            ("/data/b/cam.mp4", None),
+            ("C:\\videos\\side.mp4", None),
+        ]);
+        let pred = with_videos(&[
+            ("/data/b/cam.mp4", None),
+            ("/elsewhere/a/cam.mp4", None),
+            ("/x/side.mp4", None),
+            ("/x/cam.mp4", None),
+            ("/x/top.mp4", None),
+        ]);
+        // "cam.mp4" alone is ambiguous and "x/cam.mp4" matches nothing: no match.
+        assert_eq!(
+            match_videos(&gt, &pred),
+            vec![Some(1), Some(0), Some(2), None, None]
+        );
+    }
+
+    #[test]
+    fn videos_of_different_frame_size_never_match() {
+        let gt = with_videos(&[("/d/cam.mp4", Some([10, 384, 384, 1]))]);
+        let pred = with_videos(&[
+            ("/d/cam.mp4", Some([10, 384, 512, 1])),
+            ("/d/cam.mp4", Some([10, 384, 384, 3])),
+        ]);
+        assert_eq!(match_videos(&gt, &pred), vec![None, Some(0)]);
+    }
+
+    #[test]
+    fn a_repeated_prediction_frame_resolves_to_its_last_occurrence() {
+        let a = [[0.0, 0.0], [10.0, 10.0]];
+        let gt = labels("v.mp4", vec![(3, vec![user(&a)])]);
+        let pred = labels(
+            "v.mp4",
+            vec![(3, vec![predicted(&a, 0.5)]), (3, Vec::new())],
+        );
+        let pairs = find_frame_pairs(&gt, &pred, true);
+        assert_eq!(
+            pairs,
+            vec![FramePair {
+                gt_frame: 0,
+                pred_frame: 1,
+                gt_instances: vec![0],
+            }]
+        );
     }
 }
