@@ -389,8 +389,8 @@ fn path_parts(path: &str) -> Vec<String> {
 
 /// sleap-nn's `find_frame_pairs`: prediction videos in order, and for each the frames of its
 /// ground-truth video in ground-truth order, paired with the prediction frame of the same
-/// index (the last one if the predictions repeat it). With `user_labels_only`, ground-truth frames without user instances are dropped
-/// and only user instances are compared.
+/// index (the last one if the predictions repeat it). With `user_labels_only`, ground-truth
+/// frames without user instances are dropped and only user instances are compared.
 pub fn find_frame_pairs(
     ground_truth: &Labels,
     predictions: &Labels,
