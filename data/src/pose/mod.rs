@@ -2,14 +2,18 @@
 //! images with confidence-map targets, plus the evaluation of predictions against ground truth.
 //!
 //! - [`labels`]: the in-memory labels (skeletons, videos, frames, instances, tracks).
-//! - [`slp`]: reading `.slp` (HDF5) files, decoding their embedded images, writing predictions.
+//! - [`frame`]: a decoded frame to the network's input (scale, channels, padding).
+//! - [`augment`]: intensity and geometric augmentation of a frame and its keypoints together.
+//! - [`targets`]: confidence maps and centroids.
 //! - [`eval`]: OKS matching, mAP/mAR, distances, PCK and visibility, as sleap-nn evaluates.
 
 pub mod augment;
+pub mod eval;
 pub mod frame;
 pub mod labels;
 pub mod targets;
 
+pub use eval::{evaluate, EvalError, EvalOptions, Metrics};
 pub use labels::{
     Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
 };
