@@ -6,5 +6,8 @@
 //! - [`eval`]: OKS matching, mAP/mAR, distances, PCK and visibility, as sleap-nn evaluates.
 
 pub mod labels;
+pub mod slp;
 
-pub use labels::{Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource};
+pub use labels::{
+    Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
+};
