@@ -374,3 +374,86 @@ fn missing_external_video_error_names_it_and_says_how_to_embed() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+const RGB: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/rgb.pkg.slp");
+
+fn channel_sums(img: &data::pose::Image) -> Vec<u64> {
+    (0..img.channels)
+        .map(|c| {
+            img.data
+                .iter()
+                .skip(c)
+                .step_by(img.channels)
+                .map(|&p| p as u64)
+                .sum()
+        })
+        .collect()
+}
+
+fn pixel(img: &data::pose::Image, y: usize, x: usize) -> &[u8] {
+    let at = (y * img.width + x) * img.channels;
+    &img.data[at..at + img.channels]
+}
+
+#[test]
+fn embedded_rgb_png_and_jpeg_decode_as_sleap_io_reads_them() {
+    // scripts/slp_fixtures.py wrote the fixture and printed what sleap-io reads.
+    let labels = read_labels(Path::new(RGB)).unwrap();
+    assert_eq!(labels.videos.len(), 2);
+    assert_eq!(labels.frames.len(), 2);
+    assert_eq!(labels.frames[1].video, 1);
+    assert_eq!(
+        labels.frames[1].instances[0].points,
+        [[2.0, 3.0], [10.0, 8.0]]
+    );
+    let images = SlpImages::open(Path::new(RGB), &labels).unwrap();
+
+    let png = images.frame(0, 0).unwrap();
+    assert_eq!((png.height, png.width, png.channels), (12, 16, 3));
+    assert_eq!(channel_sums(&png), [21855, 21120, 34305]);
+    assert_eq!(pixel(&png, 0, 0), [255, 0, 0]);
+    assert_eq!(pixel(&png, 5, 7), [105, 100, 185]);
+
+    // JPEG decoders may differ from OpenCV's by rounding: within 1 per pixel on average.
+    let jpg = images.frame(1, 0).unwrap();
+    assert_eq!((jpg.height, jpg.width, jpg.channels), (12, 16, 3));
+    for (got, want) in channel_sums(&jpg).iter().zip([21834u64, 21143, 34321]) {
+        assert!(
+            got.abs_diff(want) <= 12 * 16,
+            "channel sum {got} vs sleap-io {want}"
+        );
+    }
+    for (got, want) in pixel(&jpg, 5, 7).iter().zip([104u8, 99, 181]) {
+        assert!(got.abs_diff(want) <= 3, "pixel {got} vs sleap-io {want}");
+    }
+}
+
+#[test]
+fn embedded_colour_frames_before_format_1_4_are_bgr() {
+    let dir = scratch("bgr");
+    let legacy = dir.join("legacy.pkg.slp");
+    std::fs::copy(RGB, &legacy).unwrap();
+    {
+        let f = hdf5::File::open_rw(&legacy).unwrap();
+        f.dataset("video0/video")
+            .unwrap()
+            .delete_attr("channel_order")
+            .unwrap();
+        let md = f.group("metadata").unwrap();
+        md.delete_attr("format_id").unwrap();
+        md.new_attr::<f64>()
+            .create("format_id")
+            .unwrap()
+            .write_scalar(&1.2)
+            .unwrap();
+    }
+    let labels = read_labels(&legacy).unwrap();
+    let img = SlpImages::open(&legacy, &labels)
+        .unwrap()
+        .frame(0, 0)
+        .unwrap();
+    // sleap-io reads [0, 0, 255] and [185, 100, 105] from this file.
+    assert_eq!(pixel(&img, 0, 0), [0, 0, 255]);
+    assert_eq!(pixel(&img, 5, 7), [185, 100, 105]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use hdf5::types::VarLenArray;
+use hdf5::types::{TypeDescriptor, VarLenArray};
 
 use super::h5::{f64_attr, h5, open_hdf5, str_attr};
 use super::video::resolve;
@@ -239,26 +239,46 @@ fn open_video(
     })
 }
 
-/// The encoded bytes of one embedded frame: a variable-length byte row (sleap-io), or a
-/// zero-padded row of a fixed-width 2-D byte dataset.
+/// The encoded bytes of one embedded frame: a variable-length byte row, or a row of a
+/// fixed-width 2-D byte dataset (the padding after the image's end marker is left to the
+/// decoder, as OpenCV does: a PNG or JPEG may itself end in zero bytes).
 fn read_row(path: &Path, ds: &hdf5::Dataset, name: &str, row: usize) -> Result<Vec<u8>> {
     let object = || format!("{name}[{row}]");
-    if ds.ndim() == 2 {
-        let a = ds
-            .read_slice_2d::<u8, _>((row..row + 1, ..))
-            .map_err(h5(path, &object()))?;
-        let mut v: Vec<u8> = a.iter().copied().collect();
-        let end = v.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-        v.truncate(end);
-        return Ok(v);
-    }
-    // h5py stores the bytes as int8; reading them as uint8 would clamp every byte >= 0x80.
-    let a = ds
-        .read_slice_1d::<VarLenArray<i8>, _>(row..row + 1)
+    let desc = ds
+        .dtype()
+        .and_then(|t| t.to_descriptor())
         .map_err(h5(path, &object()))?;
-    Ok(a.first()
-        .map(|r| r.as_slice().iter().map(|&b| b as u8).collect())
-        .unwrap_or_default())
+    // h5py stores the bytes as int8; reading them as the other signedness would make HDF5
+    // clamp every byte >= 0x80, so read them as stored.
+    let unsigned = match &desc {
+        TypeDescriptor::VarLenArray(base) => matches!(**base, TypeDescriptor::Unsigned(_)),
+        d => matches!(d, TypeDescriptor::Unsigned(_)),
+    };
+    if ds.ndim() == 2 {
+        let sel = (row..row + 1, ..);
+        return if unsigned {
+            ds.read_slice_2d::<u8, _>(sel)
+                .map(|a| a.iter().copied().collect())
+        } else {
+            ds.read_slice_2d::<i8, _>(sel)
+                .map(|a| a.iter().map(|&b| b as u8).collect())
+        }
+        .map_err(h5(path, &object()));
+    }
+    let sel = row..row + 1;
+    if unsigned {
+        let a = ds
+            .read_slice_1d::<VarLenArray<u8>, _>(sel)
+            .map_err(h5(path, &object()))?;
+        Ok(a.first().map(|r| r.as_slice().to_vec()).unwrap_or_default())
+    } else {
+        let a = ds
+            .read_slice_1d::<VarLenArray<i8>, _>(sel)
+            .map_err(h5(path, &object()))?;
+        Ok(a.first()
+            .map(|r| r.as_slice().iter().map(|&b| b as u8).collect())
+            .unwrap_or_default())
+    }
 }
 
 /// Decode PNG or JPEG bytes (by `format`, else by signature) to 8-bit, 1 or 3 channels.
