@@ -33,6 +33,18 @@ pub enum DataError {
         existing: Vec<String>,
     },
 
+    /// A file that should be SLEAP labels (.slp) but is not one.
+    #[error("{}: not a SLEAP labels file: {detail}", path.display())]
+    NotLabels { path: PathBuf, detail: String },
+
+    /// A video a labels file refers to whose frames cannot be read.
+    #[error("{}: video '{video}': {problem}", labels.display())]
+    VideoUnavailable {
+        labels: PathBuf,
+        video: String,
+        problem: String,
+    },
+
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,

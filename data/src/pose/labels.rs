@@ -19,6 +19,9 @@ pub enum VideoSource {
     /// Frames embedded in the labels file (`.pkg.slp`): an HDF5 dataset of encoded images
     /// (`dataset`, e.g. `video0/video`), with the frame numbers each entry holds.
     Embedded {
+        /// The HDF5 file holding the frames: the labels file itself, or another `.pkg.slp`
+        /// that a predictions file refers to.
+        file: std::path::PathBuf,
         dataset: String,
         /// `format` attribute: "png" or "jpg".
         format: String,
@@ -27,7 +30,13 @@ pub enum VideoSource {
     /// A list of image files, one per frame.
     ImageSequence { files: Vec<String> },
     /// A media file (mp4, avi, ...) or an HDF5 video outside the labels file.
-    External { filename: String, backend: String },
+    External {
+        filename: String,
+        /// sleap-io's backend type: "MediaVideo", "HDF5Video", "TiffVideo", ...
+        backend: String,
+        /// The dataset inside an HDF5 video.
+        dataset: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -2,6 +2,7 @@
 //! images with confidence-map targets, plus the evaluation of predictions against ground truth.
 //!
 //! - [`labels`]: the in-memory labels (skeletons, videos, frames, instances, tracks).
+//! - [`slp`]: reading `.slp` (HDF5) files, decoding their frames, writing labels.
 //! - [`frame`]: a decoded frame to the network's input (scale, channels, padding).
 //! - [`augment`]: intensity and geometric augmentation of a frame and its keypoints together.
 //! - [`targets`]: confidence maps and centroids.
@@ -11,6 +12,7 @@ pub mod augment;
 pub mod eval;
 pub mod frame;
 pub mod labels;
+pub mod slp;
 pub mod targets;
 
 pub use eval::{evaluate, EvalError, EvalOptions, Metrics};

@@ -1,0 +1,17 @@
+//! SLEAP labels files (`.slp`, `.pkg.slp`): reading them as sleap-io 0.9.5 does, decoding the
+//! frames they embed or refer to, and writing labels (predictions) that sleap-io opens.
+//!
+//! - [`read_labels`]: skeletons, videos, tracks, frames and instances of a labels file.
+//! - [`SlpImages`]: a labels file's frames as [`crate::pose::Image`]s.
+//! - [`write_labels`]: a labels file, written to a temporary name and renamed.
+
+mod h5;
+mod images;
+mod read;
+mod skeleton;
+mod video;
+mod write;
+
+pub use images::SlpImages;
+pub use read::read_labels;
+pub use write::write_labels;
