@@ -3,12 +3,14 @@
 //!
 //! - [`labels`]: the in-memory labels (skeletons, videos, frames, instances, tracks).
 //! - [`slp`]: reading `.slp` (HDF5) files, decoding their frames, writing labels.
+//! - [`dataset`]: labeled frames as samples: split, input images and target maps in batches.
 //! - [`frame`]: a decoded frame to the network's input (scale, channels, padding).
 //! - [`augment`]: intensity and geometric augmentation of a frame and its keypoints together.
 //! - [`targets`]: confidence maps and centroids.
 //! - [`eval`]: OKS matching, mAP/mAR, distances, PCK and visibility, as sleap-nn evaluates.
 
 pub mod augment;
+pub mod dataset;
 pub mod eval;
 pub mod frame;
 pub mod labels;
