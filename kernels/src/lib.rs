@@ -52,4 +52,6 @@ pub enum KernelError {
 pub type Result<T> = std::result::Result<T, KernelError>;
 
 #[cfg(test)]
+mod conv_gradcheck_tests;
+#[cfg(test)]
 mod gradcheck_tests;
