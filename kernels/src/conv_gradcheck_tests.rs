@@ -168,6 +168,16 @@ fn conv2d_k1_stride2_and_asymmetric_pads_match_fd() {
     conv_case(s, true, 70);
 }
 
+/// From 32 input channels, stride 1 computes dx as a correlation with the flipped weight.
+#[test]
+fn conv2d_wide_input_dx_through_the_flipped_weight_matches_fd() {
+    conv_case(conv(1, 32, 4, 5, 2, 3), true, 80);
+    conv_case(conv(2, 32, 3, 4, 3, 2), false, 85);
+    let mut s = conv(1, 33, 4, 3, 2, 3);
+    s.pad = [2, 0, 0, 1];
+    conv_case(s, true, 90);
+}
+
 fn conv_t_case(s: ConvTranspose2dShape, bias: bool, seed: u64) {
     let (ho, wo) = (s.h_out(), s.w_out());
     let x = rand(s.n * s.c_in * s.h * s.w, seed);
@@ -235,11 +245,15 @@ fn conv_transpose2d_matches_direct_loop_and_fd() {
 /// adjoint identities: ⟨dx, v⟩ = ⟨r, conv(v)⟩ and ⟨dW, V⟩ = ⟨r, conv_V(x)⟩ (no bias).
 #[test]
 fn conv2d_large_blocks_satisfy_the_adjoint_identity() {
-    for (n, seed) in [(1, 200), (3, 210)] {
-        let s = conv(n, 8, 70, 66, 5, 3);
+    for (n, c_in, h, w, seed) in [
+        (1, 8, 70, 66, 200),
+        (3, 8, 70, 66, 210),
+        (2, 32, 40, 37, 220),
+    ] {
+        let s = conv(n, c_in, h, w, 5, 3);
         let (ho, wo) = (s.h_out(), s.w_out());
-        let x = rand(n * 8 * 70 * 66, seed);
-        let w = rand(5 * 8 * 9, seed + 1);
+        let x = rand(n * c_in * h * w, seed);
+        let w = rand(5 * c_in * 9, seed + 1);
         let r = rand(n * 5 * ho * wo, seed + 2);
         let (v, wv) = (rand(x.len(), seed + 3), rand(w.len(), seed + 4));
         let fwd = |x: &[f64], w: &[f64]| {

@@ -2,8 +2,10 @@
 //! transpose, max-pooling, bilinear resizing and channel concatenation, all on NCHW tensors
 //! with PyTorch's weight layouts, so parameters load and save under the same shapes as there.
 //!
-//! A separate trait from [`Device`] because only the CPU backend has these ops so far; a pose
-//! model on a GPU is refused at start until the CUDA backend implements this trait too.
+//! The CPU backend implements it (`backend/cpu_conv.rs`) over the slice ops of
+//! [`crate::ops::conv`] (im2col + GEMM). A separate trait from [`Device`] because only the CPU
+//! backend has these ops so far; a pose model on a GPU is refused at start until the CUDA
+//! backend implements this trait too.
 //!
 //! Same conventions as [`Device`]: parameter gradients accumulate (`+=`), activation gradients
 //! are overwritten unless an `accumulate` flag says otherwise.
@@ -138,6 +140,8 @@ pub trait ConvDevice<T: Float>: Device<T> {
         b: Option<ParamView>,
         s: Conv2dShape,
     );
+    /// y[n,o,iy·s+ky−p, ix·s+kx−p] += W[i,o,ky,kx]·x[n,i,iy,ix] (where inside y), plus b[o]:
+    /// the input gradient of a conv2d with the same weight.
     #[allow(clippy::too_many_arguments)]
     fn conv_transpose2d_forward(
         &self,
@@ -149,6 +153,8 @@ pub trait ConvDevice<T: Float>: Device<T> {
         b: Option<ParamView>,
         s: ConvTranspose2dShape,
     );
+    /// dx (written, when given), dW += , db += for
+    /// [`conv_transpose2d_forward`](ConvDevice::conv_transpose2d_forward).
     #[allow(clippy::too_many_arguments)]
     fn conv_transpose2d_backward(
         &self,

@@ -18,7 +18,7 @@ use crate::Float;
 
 /// Target size of one im2col block (elements): large enough for an efficient GEMM, small
 /// enough to stay in cache next to the weight.
-const COL_BLOCK: usize = 1 << 18;
+const COL_BLOCK: usize = 1 << 20;
 
 /// Where the pixels of a `[c, h, w]` image land in the `[c·k·k, ho·wo]` column matrix:
 /// `col[(c·k + ky)·k + kx, oy·wo + ox] = img[c, oy·s + ky − pt, ox·s + kx − pl]` (0 outside).
@@ -164,6 +164,17 @@ fn image_chunks<T>(buf: Option<&mut [T]>, n: usize, len: usize) -> Vec<Option<&m
     }
 }
 
+/// The precision to hand [`gemm_rounded`] for operands already rounded per `prec`: the bf16
+/// kernel packs its operands on every call, which costs more than it saves when a dimension is
+/// small (the first layer's c_in·k·k = 9); the f32 GEMM multiplies the same bf16 values.
+fn gemm_prec(prec: Precision, m: usize, n: usize, k: usize) -> Precision {
+    if m.min(n).min(k) < 32 {
+        Precision::F32
+    } else {
+        prec
+    }
+}
+
 /// Whether to run images in parallel (sequential GEMMs) rather than GEMMs in parallel.
 fn images_in_parallel(n: usize) -> bool {
     let t = rayon::current_num_threads();
@@ -215,7 +226,7 @@ fn unfold_gemm<T: Float>(
             im2col(&g, img, p0, np, col);
             round_slice(prec, col);
             gemm_rounded(
-                prec,
+                gemm_prec(prec, m, np, rows),
                 &mut o[p0..],
                 px,
                 &wm,
@@ -270,7 +281,7 @@ fn gemm_fold<T: Float>(
             let np = blk.min(px - p0);
             let col = &mut col[..rows * np];
             gemm_rounded(
-                prec,
+                gemm_prec(prec, rows, np, m),
                 col,
                 np,
                 &wm,
@@ -319,7 +330,7 @@ fn weight_grad<T: Float>(
             im2col(&g, img, p0, np, col);
             round_slice(prec, col);
             gemm_rounded(
-                prec,
+                gemm_prec(prec, m, rows, np),
                 &mut part,
                 rows,
                 &a_img[p0..],
@@ -396,7 +407,8 @@ pub fn conv2d_forward<T: Float>(
     unfold_gemm(prec, y, x, w, b, s.c_out, s.n, conv_geom(&s));
 }
 
-/// Conv2d backward: dx[n] = col2im(Wᵀ · dy[n]) (written, when given);
+/// Conv2d backward: dx[n] = col2im(Wᵀ · dy[n]) (written, when given; for stride 1 computed as
+/// the equivalent correlation with the flipped weight);
 /// dW += Σ_n dy[n] · im2col(x[n])ᵀ; db[o] += Σ_{n,y,x} dy[n,o,y,x].
 #[allow(clippy::too_many_arguments)]
 pub fn conv2d_backward<T: Float>(
@@ -411,7 +423,37 @@ pub fn conv2d_backward<T: Float>(
 ) {
     let g = conv_geom(&s);
     if let Some(dx) = dx {
-        gemm_fold(prec, dx, dy, w, s.c_out, s.n, g, None);
+        let (k, [pt, _, pl, _]) = (s.k, s.pad);
+        if s.stride == 1 && pt < k && pl < k && s.c_in >= 32 {
+            // Stride 1: dx is the correlation of dy with the flipped, transposed weight,
+            // dx[n,i,y,x] = Σ_{o,ky,kx} W[o,i,k−1−ky,k−1−kx]·dy[n,o,y+ky−(k−1−pt), x+kx−(k−1−pl)],
+            // one GEMM with a long inner dimension (c_out·k·k) instead of a short one (c_out)
+            // followed by a scatter: ~20% faster on the UNet's 32/64-channel layers, but
+            // slower when c_in (that GEMM's row count) is small, as in the first layer.
+            let mut wt = vec![T::ZERO; w.len().min(s.c_out * s.c_in * k * k)];
+            for o in 0..s.c_out {
+                for i in 0..s.c_in {
+                    for t in 0..k * k {
+                        wt[(i * s.c_out + o) * k * k + (k * k - 1 - t)] =
+                            w[(o * s.c_in + i) * k * k + t];
+                    }
+                }
+            }
+            let gt = Geom {
+                c: s.c_out,
+                h: g.ho,
+                w: g.wo,
+                ho: s.h,
+                wo: s.w,
+                k,
+                s: 1,
+                pt: k - 1 - pt,
+                pl: k - 1 - pl,
+            };
+            unfold_gemm(prec, dx, dy, &wt, None, s.c_in, s.n, gt);
+        } else {
+            gemm_fold(prec, dx, dy, w, s.c_out, s.n, g, None);
+        }
     }
     weight_grad(prec, dw, dy, x, s.c_out, s.n, g);
     if let Some(db) = db {
