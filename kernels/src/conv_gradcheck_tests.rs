@@ -546,3 +546,34 @@ fn cpu_backend_conv_uses_the_parameter_views() {
     assert_eq!((&grads[1..3], &grads[5..], &dx), (&db[..], &dw[..], &dx2));
     assert_eq!((grads[0], grads[3], grads[4]), (0.0, 0.0, 0.0));
 }
+
+/// bf16-mixed in f32 at a width where the bf16 GEMM kernel runs (every GEMM dimension ≥ 32,
+/// where the CPU has one): the same as f64 arithmetic on bf16-rounded operands, up to f32
+/// accumulation; forward, dx (both the flipped-weight and the scatter paths) and dW.
+#[test]
+fn conv2d_bf16_mixed_in_f32_matches_rounded_f64() {
+    let bf = |v: &[f64]| -> Vec<f64> {
+        v.iter()
+            .map(|&a| crate::precision::round_bf16(a as f32) as f64)
+            .collect()
+    };
+    let f32s = |v: &[f64]| -> Vec<f32> { v.iter().map(|&a| a as f32).collect() };
+    let widen = |v: &[f32]| -> Vec<f64> { v.iter().map(|&a| a as f64).collect() };
+    for (c_in, seed) in [(32, 900), (8, 910)] {
+        let s = conv(2, c_in, 9, 11, 32, 3);
+        let x = bf(&rand(2 * c_in * 99, seed));
+        let w = bf(&rand(32 * c_in * 9, seed + 1));
+        let r = bf(&rand(2 * 32 * 99, seed + 2));
+        let mut y = vec![0f32; r.len()];
+        let bf16 = Precision::Bf16Mixed;
+        conv2d_forward(bf16, &mut y, &f32s(&x), &f32s(&w), None, s);
+        assert_close("bf16 y", &widen(&y), &naive_conv(&x, &w, None, s), 1e-5);
+        let (mut dx, mut dw) = (vec![0f32; x.len()], vec![0f32; w.len()]);
+        let (xf, wf, rf) = (f32s(&x), f32s(&w), f32s(&r));
+        conv2d_backward(bf16, Some(&mut dx), &mut dw, None, &rf, &xf, &wf, s);
+        let (mut dx64, mut dw64) = (vec![0.0; x.len()], vec![0.0; w.len()]);
+        conv2d_backward(F32, Some(&mut dx64), &mut dw64, None, &r, &x, &w, s);
+        assert_close("bf16 dx", &widen(&dx), &dx64, 1e-5);
+        assert_close("bf16 dw", &widen(&dw), &dw64, 1e-5);
+    }
+}

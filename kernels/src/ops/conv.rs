@@ -18,7 +18,7 @@ use crate::Float;
 
 /// Target size of one im2col block (elements): large enough for an efficient GEMM, small
 /// enough to stay in cache next to the weight.
-const COL_BLOCK: usize = 1 << 20;
+const COL_BLOCK: usize = 1 << 18;
 
 /// Where the pixels of a `[c, h, w]` image land in the `[c·k·k, ho·wo]` column matrix:
 /// `col[(c·k + ky)·k + kx, oy·wo + ox] = img[c, oy·s + ky − pt, ox·s + kx − pl]` (0 outside).
