@@ -13,7 +13,9 @@
 //! - [`backend`]: the [`Device`] trait over device buffers; [`backend::cpu`] implements it;
 //! - [`ops`]: the CPU ops on slices that [`Cpu`] forwards to (linear/GEMM, bias, layernorm,
 //!   embeddings, row gather/scatter/mean, attention, GELU/ReLU, dropout, residual,
-//!   cross-entropy, squared error, Adam/AdamW, clipping, scaling);
+//!   cross-entropy, squared error, Adam/AdamW, clipping, scaling) and, in [`ops::conv`], the
+//!   image ops behind [`backend::ConvDevice`] (conv2d and its transpose, max-pooling,
+//!   bilinear resizing, channel concat/split);
 //! - [`modules`]: Linear, LayerNorm, Embedding, TokenEmbedding, MultiheadAttention,
 //!   TransformerEncoderLayer, the encoder layer Stack and the norm + linear heads, all computing
 //!   through [`Device`] only;
@@ -51,5 +53,7 @@ pub enum KernelError {
 
 pub type Result<T> = std::result::Result<T, KernelError>;
 
+#[cfg(test)]
+mod conv_gradcheck_tests;
 #[cfg(test)]
 mod gradcheck_tests;

@@ -2,8 +2,10 @@
 //! transpose, max-pooling, bilinear resizing and channel concatenation, all on NCHW tensors
 //! with PyTorch's weight layouts, so parameters load and save under the same shapes as there.
 //!
-//! A separate trait from [`Device`] because only the CPU backend has these ops so far; a pose
-//! model on a GPU is refused at start until the CUDA backend implements this trait too.
+//! The CPU backend implements it (`backend/cpu_conv.rs`) over the slice ops of
+//! [`crate::ops::conv`] (im2col + GEMM). A separate trait from [`Device`] because only the CPU
+//! backend has these ops so far; a pose model on a GPU is refused at start until the CUDA
+//! backend implements this trait too.
 //!
 //! Same conventions as [`Device`]: parameter gradients accumulate (`+=`), activation gradients
 //! are overwritten unless an `accumulate` flag says otherwise.
@@ -65,8 +67,11 @@ impl ConvTranspose2dShape {
     }
 }
 
-/// Max-pooling over NCHW input with a square window; padded positions never win (they hold
-/// −∞, as PyTorch's max_pool2d padding). `pad = [top, bottom, left, right]`.
+/// Max-pooling over NCHW input with a square window, `pad = [top, bottom, left, right]`.
+///
+/// Padded positions hold 0 when `zero_pad` (sleap-nn's `MaxPool2dWithSamePadding` pads with
+/// `F.pad`'s zeros and then max-pools unpadded, so a padded 0 beats negative inputs and then
+/// passes no gradient), else −∞ (PyTorch's own max_pool2d padding: they never win).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pool2dShape {
     pub n: usize,
@@ -76,9 +81,30 @@ pub struct Pool2dShape {
     pub k: usize,
     pub stride: usize,
     pub pad: [usize; 4],
+    pub zero_pad: bool,
 }
 
 impl Pool2dShape {
+    /// sleap-nn's `MaxPool2dWithSamePadding(k, stride, padding="same")` on its first call: per
+    /// axis, total pad max((⌈i/s⌉ − 1)·s + k − i, 0), the floor half before, zeros.
+    ///
+    /// (That module sets its padding to 0 after the first call, so later calls on an odd size
+    /// floor instead; sleap-nn sizes inputs to a multiple of the total stride, where the pad
+    /// is 0 either way.)
+    pub fn same(n: usize, c: usize, h: usize, w: usize, k: usize, stride: usize) -> Pool2dShape {
+        let total = |i: usize| ((i.div_ceil(stride).max(1) - 1) * stride + k).saturating_sub(i);
+        let (th, tw) = (total(h), total(w));
+        Pool2dShape {
+            n,
+            c,
+            h,
+            w,
+            k,
+            stride,
+            pad: [th / 2, th - th / 2, tw / 2, tw - tw / 2],
+            zero_pad: true,
+        }
+    }
     pub fn h_out(&self) -> usize {
         (self.h + self.pad[0] + self.pad[1] - self.k) / self.stride + 1
     }
@@ -114,6 +140,8 @@ pub trait ConvDevice<T: Float>: Device<T> {
         b: Option<ParamView>,
         s: Conv2dShape,
     );
+    /// y[n,o,iy·s+ky−p, ix·s+kx−p] += W[i,o,ky,kx]·x[n,i,iy,ix] (where inside y), plus b[o]:
+    /// the input gradient of a conv2d with the same weight.
     #[allow(clippy::too_many_arguments)]
     fn conv_transpose2d_forward(
         &self,
@@ -125,6 +153,8 @@ pub trait ConvDevice<T: Float>: Device<T> {
         b: Option<ParamView>,
         s: ConvTranspose2dShape,
     );
+    /// dx (written, when given), dW += , db += for
+    /// [`conv_transpose2d_forward`](ConvDevice::conv_transpose2d_forward).
     #[allow(clippy::too_many_arguments)]
     fn conv_transpose2d_backward(
         &self,
@@ -138,8 +168,10 @@ pub trait ConvDevice<T: Float>: Device<T> {
         b: Option<ParamView>,
         s: ConvTranspose2dShape,
     );
+    /// y = the maximum of each window; padded positions per [`Pool2dShape::zero_pad`].
     fn maxpool2d_forward(&self, y: &mut Self::Mem, x: &Self::Mem, s: Pool2dShape);
-    /// dx (written): each dy goes to the first maximum of its window (PyTorch's choice).
+    /// dx (written): each dy goes to the first maximum of its window in row-major order
+    /// (PyTorch's choice); none when a padded zero is that maximum.
     fn maxpool2d_backward(&self, dx: &mut Self::Mem, dy: &Self::Mem, x: &Self::Mem, s: Pool2dShape);
     /// Bilinear resize of [n·c, h, w] to [n·c, h_out, w_out], `align_corners=False`, source
     /// coordinate (dst + 0.5)·(in/out) − 0.5 clamped at 0 (PyTorch's `nn.Upsample`/`interpolate`).

@@ -15,7 +15,7 @@ use crate::{Float, Precision, Result};
 pub struct Cpu;
 
 /// Disjoint mutable views of one flat buffer, in the order of `views` (panics if two overlap).
-fn views_mut<'a, T, const N: usize>(
+pub(super) fn views_mut<'a, T, const N: usize>(
     mut buf: &'a mut [T],
     views: [ParamView; N],
 ) -> [&'a mut [T]; N] {

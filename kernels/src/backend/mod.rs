@@ -28,6 +28,7 @@
 
 pub mod conv;
 pub mod cpu;
+mod cpu_conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 

@@ -4,6 +4,7 @@
 //! overwritten unless the name says `accumulate`.
 
 pub mod attention;
+pub mod conv;
 pub mod optim;
 
 use rayon::prelude::*;

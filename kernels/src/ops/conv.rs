@@ -1,0 +1,723 @@
+//! Image ops on NCHW slices: 2-D convolution and its transpose (im2col + GEMM), max-pooling,
+//! bilinear resizing and channel concatenation, with PyTorch's weight layouts and semantics.
+//!
+//! Convolutions run per image, over blocks of output pixels: the block's receptive fields are
+//! unfolded into a per-task scratch `col[c·k·k, P]` (im2col) and multiplied by the weight as
+//! one GEMM through [`gemm_rounded`], so bf16-mixed rounds both operands exactly as
+//! [`crate::ops::matmul`] does. Images run in parallel when there are at least as many as
+//! rayon threads (sequential GEMMs inside), otherwise one at a time with parallel GEMMs.
+//! Weight gradients are summed per image and the partial sums added in image order, so results
+//! do not depend on scheduling.
+
+use rayon::prelude::*;
+
+use super::{gemm_rounded, in_order};
+use crate::backend::conv::{Conv2dShape, ConvTranspose2dShape, Pool2dShape};
+use crate::precision::{round_slice, rounded, Precision};
+use crate::Float;
+
+/// Target size of one im2col block (elements): large enough for an efficient GEMM, small
+/// enough to stay in cache next to the weight.
+const COL_BLOCK: usize = 1 << 18;
+
+/// Where the pixels of a `[c, h, w]` image land in the `[c·k·k, ho·wo]` column matrix:
+/// `col[(c·k + ky)·k + kx, oy·wo + ox] = img[c, oy·s + ky − pt, ox·s + kx − pl]` (0 outside).
+#[derive(Clone, Copy, Debug)]
+struct Geom {
+    c: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+    k: usize,
+    s: usize,
+    pt: usize,
+    pl: usize,
+}
+
+impl Geom {
+    fn rows(&self) -> usize {
+        self.c * self.k * self.k
+    }
+    fn pixels(&self) -> usize {
+        self.ho * self.wo
+    }
+    /// Output pixels per im2col block (at least one output row, so rows are never split
+    /// unevenly into tiny GEMMs).
+    fn block(&self) -> usize {
+        let p = (COL_BLOCK / self.rows().max(1)).max(self.wo).max(1);
+        p.min(self.pixels().max(1))
+    }
+    /// For output row `oy` and kernel row `ky`, the input row (None when in padding).
+    #[inline(always)]
+    fn iy(&self, oy: usize, ky: usize) -> Option<usize> {
+        (oy * self.s + ky)
+            .checked_sub(self.pt)
+            .filter(|&i| i < self.h)
+    }
+    /// The range of ox whose input column `ox·s + kx − pl` lies inside [0, w).
+    fn ox_valid(&self, kx: usize) -> (usize, usize) {
+        // ox·s + kx ≥ pl  ⇔  ox ≥ ceil((pl − kx)/s)
+        let lo = self.pl.saturating_sub(kx).div_ceil(self.s);
+        // ox·s + kx − pl ≤ w − 1  ⇔  ox ≤ (w − 1 + pl − kx)/s
+        let hi = match (self.w + self.pl).checked_sub(kx + 1) {
+            Some(v) => (v / self.s + 1).min(self.wo),
+            None => 0,
+        };
+        (lo.min(hi), hi)
+    }
+}
+
+/// Unfolds output pixels `p0..p0+np` of `img` into `col[rows, np]` (row stride `np`).
+fn im2col<T: Float>(g: &Geom, img: &[T], p0: usize, np: usize, col: &mut [T]) {
+    let k = g.k;
+    for c in 0..g.c {
+        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let r = (c * k + ky) * k + kx;
+                let dst = &mut col[r * np..(r + 1) * np];
+                let (lo, hi) = g.ox_valid(kx);
+                let mut j = 0;
+                while j < np {
+                    let p = p0 + j;
+                    let (oy, ox0) = (p / g.wo, p % g.wo);
+                    let run = (g.wo - ox0).min(np - j);
+                    let seg = &mut dst[j..j + run];
+                    match g.iy(oy, ky) {
+                        None => seg.fill(T::ZERO),
+                        Some(iy) => {
+                            let row = &plane[iy * g.w..(iy + 1) * g.w];
+                            let end = ox0 + run;
+                            let a = lo.clamp(ox0, end);
+                            let b = hi.clamp(a, end);
+                            seg[..a - ox0].fill(T::ZERO);
+                            seg[b - ox0..].fill(T::ZERO);
+                            if g.s == 1 {
+                                let i0 = a + kx - g.pl;
+                                seg[a - ox0..b - ox0].copy_from_slice(&row[i0..i0 + (b - a)]);
+                            } else {
+                                for ox in a..b {
+                                    seg[ox - ox0] = row[ox * g.s + kx - g.pl];
+                                }
+                            }
+                        }
+                    }
+                    j += run;
+                }
+            }
+        }
+    }
+}
+
+/// The adjoint of [`im2col`]: img[c, iy, ix] += every col entry that was read from it.
+fn col2im_add<T: Float>(g: &Geom, col: &[T], p0: usize, np: usize, img: &mut [T]) {
+    let k = g.k;
+    for c in 0..g.c {
+        let plane = &mut img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for ky in 0..k {
+            for kx in 0..k {
+                let r = (c * k + ky) * k + kx;
+                let src = &col[r * np..(r + 1) * np];
+                let (lo, hi) = g.ox_valid(kx);
+                let mut j = 0;
+                while j < np {
+                    let p = p0 + j;
+                    let (oy, ox0) = (p / g.wo, p % g.wo);
+                    let run = (g.wo - ox0).min(np - j);
+                    if let Some(iy) = g.iy(oy, ky) {
+                        let row = &mut plane[iy * g.w..(iy + 1) * g.w];
+                        let (a, b) = (lo.max(ox0), hi.min(ox0 + run));
+                        for ox in a..b {
+                            row[ox * g.s + kx - g.pl] += src[j + ox - ox0];
+                        }
+                    }
+                    j += run;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f(image index, that image's chunk of `out` if any)` over `n` images and returns the
+/// results in image order: in parallel when `parallel`, else one after another.
+fn per_image<'a, T: Float, R: Send>(
+    parallel: bool,
+    chunks: Vec<Option<&'a mut [T]>>,
+    f: impl Fn(usize, Option<&'a mut [T]>) -> R + Sync + Send,
+) -> Vec<R> {
+    if parallel {
+        in_order(chunks.into_par_iter().enumerate().map(|(i, c)| f(i, c))).collect()
+    } else {
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| f(i, c))
+            .collect()
+    }
+}
+
+fn image_chunks<T>(buf: Option<&mut [T]>, n: usize, len: usize) -> Vec<Option<&mut [T]>> {
+    match buf {
+        Some(b) => b[..n * len].chunks_mut(len.max(1)).map(Some).collect(),
+        None => (0..n).map(|_| None).collect(),
+    }
+}
+
+/// The precision to hand [`gemm_rounded`] for operands already rounded per `prec`: the bf16
+/// kernel packs its operands on every call, which costs more than it saves when a dimension is
+/// small (the first layer's c_in·k·k = 9); the f32 GEMM multiplies the same bf16 values.
+fn gemm_prec(prec: Precision, m: usize, n: usize, k: usize) -> Precision {
+    if m.min(n).min(k) < 32 {
+        Precision::F32
+    } else {
+        prec
+    }
+}
+
+/// Whether to run images in parallel (sequential GEMMs) rather than GEMMs in parallel.
+fn images_in_parallel(n: usize) -> bool {
+    let t = rayon::current_num_threads();
+    t > 1 && n >= t
+}
+
+fn add_into<T: Float>(acc: &mut [T], parts: Vec<Vec<T>>) {
+    for part in parts {
+        for (a, p) in acc.iter_mut().zip(&part) {
+            *a += *p;
+        }
+    }
+}
+
+/// out[n, m, p] = (b[m] +) Σ_r wm[m, r] · col(src[n])[r, p]: the shared forward of conv2d (src =
+/// x) and the input gradient of conv_transpose2d (src = dy).
+#[allow(clippy::too_many_arguments)]
+fn unfold_gemm<T: Float>(
+    prec: Precision,
+    out: &mut [T],
+    src: &[T],
+    wm: &[T],
+    bias: Option<&[T]>,
+    m: usize,
+    n: usize,
+    g: Geom,
+) {
+    let (rows, px) = (g.rows(), g.pixels());
+    let src_len = g.c * g.h * g.w;
+    let wm = rounded(prec, &wm[..m * rows]);
+    let par_img = images_in_parallel(n);
+    let blk = g.block();
+    per_image(par_img, image_chunks(Some(out), n, m * px), |i, o| {
+        let o = o.expect("output chunk");
+        let img = &src[i * src_len..(i + 1) * src_len];
+        let mut col = vec![T::ZERO; rows * blk];
+        match bias {
+            Some(b) => {
+                for (row, &bv) in o.chunks_exact_mut(px).zip(b) {
+                    row.fill(bv);
+                }
+            }
+            None => o.fill(T::ZERO),
+        }
+        let mut p0 = 0;
+        while p0 < px {
+            let np = blk.min(px - p0);
+            let col = &mut col[..rows * np];
+            im2col(&g, img, p0, np, col);
+            round_slice(prec, col);
+            gemm_rounded(
+                gemm_prec(prec, m, np, rows),
+                &mut o[p0..],
+                px,
+                &wm,
+                rows,
+                false,
+                col,
+                np,
+                false,
+                m,
+                np,
+                rows,
+                true,
+                !par_img,
+            );
+            p0 += np;
+        }
+    });
+}
+
+/// dst[n] = col2im(wmᵀ · a[n]) with wm `[m, rows]` and a[n] `[m, pixels]`: the input gradient
+/// of conv2d (a = dy) and the forward of conv_transpose2d (a = x). `dst` is overwritten.
+#[allow(clippy::too_many_arguments)]
+fn gemm_fold<T: Float>(
+    prec: Precision,
+    dst: &mut [T],
+    a: &[T],
+    wm: &[T],
+    m: usize,
+    n: usize,
+    g: Geom,
+    bias: Option<&[T]>,
+) {
+    let (rows, px) = (g.rows(), g.pixels());
+    let dst_len = g.c * g.h * g.w;
+    let wm = rounded(prec, &wm[..m * rows]);
+    let par_img = images_in_parallel(n);
+    let blk = g.block();
+    per_image(par_img, image_chunks(Some(dst), n, dst_len), |i, d| {
+        let d = d.expect("destination chunk");
+        match bias {
+            Some(b) => {
+                for (plane, &bv) in d.chunks_exact_mut(g.h * g.w).zip(b) {
+                    plane.fill(bv);
+                }
+            }
+            None => d.fill(T::ZERO),
+        }
+        let a_img = rounded(prec, &a[i * m * px..(i + 1) * m * px]);
+        let mut col = vec![T::ZERO; rows * blk];
+        let mut p0 = 0;
+        while p0 < px {
+            let np = blk.min(px - p0);
+            let col = &mut col[..rows * np];
+            gemm_rounded(
+                gemm_prec(prec, rows, np, m),
+                col,
+                np,
+                &wm,
+                rows,
+                true,
+                &a_img[p0..],
+                px,
+                false,
+                rows,
+                np,
+                m,
+                false,
+                !par_img,
+            );
+            col2im_add(&g, col, p0, np, d);
+            p0 += np;
+        }
+    });
+}
+
+/// dwm[m, rows] += Σ_n a[n] · col(src[n])ᵀ, with a[n] `[m, pixels]`: the weight gradient of
+/// conv2d (a = dy, src = x) and of conv_transpose2d (a = x, src = dy).
+#[allow(clippy::too_many_arguments)]
+fn weight_grad<T: Float>(
+    prec: Precision,
+    dwm: &mut [T],
+    a: &[T],
+    src: &[T],
+    m: usize,
+    n: usize,
+    g: Geom,
+) {
+    let (rows, px) = (g.rows(), g.pixels());
+    let src_len = g.c * g.h * g.w;
+    let par_img = images_in_parallel(n);
+    let blk = g.block();
+    let parts = per_image(par_img, image_chunks::<T>(None, n, 0), |i, _| {
+        let img = &src[i * src_len..(i + 1) * src_len];
+        let a_img = rounded(prec, &a[i * m * px..(i + 1) * m * px]);
+        let mut part = vec![T::ZERO; m * rows];
+        let mut col = vec![T::ZERO; rows * blk];
+        let mut p0 = 0;
+        while p0 < px {
+            let np = blk.min(px - p0);
+            let col = &mut col[..rows * np];
+            im2col(&g, img, p0, np, col);
+            round_slice(prec, col);
+            gemm_rounded(
+                gemm_prec(prec, m, rows, np),
+                &mut part,
+                rows,
+                &a_img[p0..],
+                px,
+                false,
+                col,
+                np,
+                true,
+                m,
+                rows,
+                np,
+                true,
+                !par_img,
+            );
+            p0 += np;
+        }
+        part
+    });
+    add_into(&mut dwm[..m * rows], parts);
+}
+
+/// db[o] += Σ_{n,p} dy[n, o, p].
+fn bias_grad<T: Float>(db: &mut [T], dy: &[T], n: usize, c: usize, px: usize) {
+    let parts: Vec<Vec<T>> = in_order(dy[..n * c * px].par_chunks(c * px).map(|img| {
+        img.chunks_exact(px)
+            .map(|plane| plane.iter().copied().sum::<T>())
+            .collect::<Vec<T>>()
+    }))
+    .collect();
+    add_into(&mut db[..c], parts);
+}
+
+fn conv_geom(s: &Conv2dShape) -> Geom {
+    Geom {
+        c: s.c_in,
+        h: s.h,
+        w: s.w,
+        ho: s.h_out(),
+        wo: s.w_out(),
+        k: s.k,
+        s: s.stride,
+        pt: s.pad[0],
+        pl: s.pad[2],
+    }
+}
+
+/// The conv2d whose input gradient is this transposed convolution: it maps y `[c_out, h_out,
+/// w_out]` to x's grid `[c_in, h, w]` with weight `[c_in, c_out·k·k]`, stride s and pad p.
+fn transpose_geom(s: &ConvTranspose2dShape) -> Geom {
+    Geom {
+        c: s.c_out,
+        h: s.h_out(),
+        w: s.w_out(),
+        ho: s.h,
+        wo: s.w,
+        k: s.k,
+        s: s.stride,
+        pt: s.pad,
+        pl: s.pad,
+    }
+}
+
+/// Conv2d forward (`nn.Conv2d`, weight `[c_out, c_in, k, k]`):
+/// y[n,o,y,x] = b[o] + Σ_{i,ky,kx} W[o,i,ky,kx]·x[n,i,y·s+ky−pt, x·s+kx−pl]  (0 outside),
+/// computed as y[n] = W[c_out, c_in·k·k] · im2col(x[n]).
+pub fn conv2d_forward<T: Float>(
+    prec: Precision,
+    y: &mut [T],
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    s: Conv2dShape,
+) {
+    unfold_gemm(prec, y, x, w, b, s.c_out, s.n, conv_geom(&s));
+}
+
+/// Conv2d backward: dx[n] = col2im(Wᵀ · dy[n]) (written, when given; for stride 1 computed as
+/// the equivalent correlation with the flipped weight);
+/// dW += Σ_n dy[n] · im2col(x[n])ᵀ; db[o] += Σ_{n,y,x} dy[n,o,y,x].
+#[allow(clippy::too_many_arguments)]
+pub fn conv2d_backward<T: Float>(
+    prec: Precision,
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+    dy: &[T],
+    x: &[T],
+    w: &[T],
+    s: Conv2dShape,
+) {
+    let g = conv_geom(&s);
+    if let Some(dx) = dx {
+        let (k, [pt, _, pl, _]) = (s.k, s.pad);
+        if s.stride == 1 && pt < k && pl < k && s.c_in >= 32 {
+            // Stride 1: dx is the correlation of dy with the flipped, transposed weight,
+            // dx[n,i,y,x] = Σ_{o,ky,kx} W[o,i,k−1−ky,k−1−kx]·dy[n,o,y+ky−(k−1−pt), x+kx−(k−1−pl)],
+            // one GEMM with a long inner dimension (c_out·k·k) instead of a short one (c_out)
+            // followed by a scatter: ~20% faster on the UNet's 32/64-channel layers, but
+            // slower when c_in (that GEMM's row count) is small, as in the first layer.
+            let mut wt = vec![T::ZERO; w.len().min(s.c_out * s.c_in * k * k)];
+            for o in 0..s.c_out {
+                for i in 0..s.c_in {
+                    for t in 0..k * k {
+                        wt[(i * s.c_out + o) * k * k + (k * k - 1 - t)] =
+                            w[(o * s.c_in + i) * k * k + t];
+                    }
+                }
+            }
+            let gt = Geom {
+                c: s.c_out,
+                h: g.ho,
+                w: g.wo,
+                ho: s.h,
+                wo: s.w,
+                k,
+                s: 1,
+                pt: k - 1 - pt,
+                pl: k - 1 - pl,
+            };
+            unfold_gemm(prec, dx, dy, &wt, None, s.c_in, s.n, gt);
+        } else {
+            gemm_fold(prec, dx, dy, w, s.c_out, s.n, g, None);
+        }
+    }
+    weight_grad(prec, dw, dy, x, s.c_out, s.n, g);
+    if let Some(db) = db {
+        bias_grad(db, dy, s.n, s.c_out, g.pixels());
+    }
+}
+
+/// ConvTranspose2d forward (`nn.ConvTranspose2d`, weight `[c_in, c_out, k, k]`):
+/// y[n,o,iy·s+ky−p, ix·s+kx−p] += W[i,o,ky,kx]·x[n,i,iy,ix] over all i, iy, ix, ky, kx that land
+/// inside the output, plus b[o]; i.e. the input gradient of the conv2d with the same weight,
+/// y[n] = col2im(W[c_in, c_out·k·k]ᵀ · x[n]).
+pub fn conv_transpose2d_forward<T: Float>(
+    prec: Precision,
+    y: &mut [T],
+    x: &[T],
+    w: &[T],
+    b: Option<&[T]>,
+    s: ConvTranspose2dShape,
+) {
+    gemm_fold(prec, y, x, w, s.c_in, s.n, transpose_geom(&s), b);
+}
+
+/// ConvTranspose2d backward: dx[n] = W · im2col(dy[n]) (written, when given);
+/// dW += Σ_n x[n] · im2col(dy[n])ᵀ; db[o] += Σ dy[n,o,·,·].
+#[allow(clippy::too_many_arguments)]
+pub fn conv_transpose2d_backward<T: Float>(
+    prec: Precision,
+    dx: Option<&mut [T]>,
+    dw: &mut [T],
+    db: Option<&mut [T]>,
+    dy: &[T],
+    x: &[T],
+    w: &[T],
+    s: ConvTranspose2dShape,
+) {
+    let g = transpose_geom(&s);
+    if let Some(dx) = dx {
+        unfold_gemm(prec, dx, dy, w, None, s.c_in, s.n, g);
+    }
+    weight_grad(prec, dw, x, dy, s.c_in, s.n, g);
+    if let Some(db) = db {
+        bias_grad(db, dy, s.n, s.c_out, g.h * g.w);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Max-pooling
+
+/// For output (oy, ox) of one plane: the flat index of the first maximum of its window in
+/// row-major scan order, None when a padded position wins (padding holds 0 with
+/// `s.zero_pad`, else −∞ and never wins). NaN wins, as in PyTorch.
+#[inline]
+fn pool_argmax<T: Float>(plane: &[T], s: &Pool2dShape, oy: usize, ox: usize) -> Option<usize> {
+    let mut best: Option<(T, Option<usize>)> = None;
+    for ky in 0..s.k {
+        let iy = (oy * s.stride + ky)
+            .checked_sub(s.pad[0])
+            .filter(|&v| v < s.h);
+        for kx in 0..s.k {
+            let ix = (ox * s.stride + kx)
+                .checked_sub(s.pad[2])
+                .filter(|&v| v < s.w);
+            let (v, at) = match (iy, ix) {
+                (Some(iy), Some(ix)) => (plane[iy * s.w + ix], Some(iy * s.w + ix)),
+                _ if s.zero_pad => (T::ZERO, None),
+                _ => continue,
+            };
+            #[allow(clippy::eq_op)]
+            let is_nan = v != v;
+            match best {
+                Some((b, _)) if !(v > b || is_nan) => {}
+                _ => best = Some((v, at)),
+            }
+        }
+    }
+    best.and_then(|(_, at)| at)
+}
+
+/// Max-pool forward: y[n,c,oy,ox] = max over the window at (oy·s − pt, ox·s − pl) of x, where
+/// padded positions hold 0 (`zero_pad`, sleap-nn's `MaxPool2dWithSamePadding`, which pads with
+/// `F.pad` zeros before an unpadded max-pool) or are skipped (PyTorch's own padding).
+pub fn maxpool2d_forward<T: Float>(y: &mut [T], x: &[T], s: Pool2dShape) {
+    let (ho, wo) = (s.h_out(), s.w_out());
+    let planes = s.n * s.c;
+    y[..planes * ho * wo]
+        .par_chunks_mut((ho * wo).max(1))
+        .zip(x[..planes * s.h * s.w].par_chunks((s.h * s.w).max(1)))
+        .for_each(|(yp, xp)| {
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    yp[oy * wo + ox] = match pool_argmax(xp, &s, oy, ox) {
+                        Some(i) => xp[i],
+                        None if s.zero_pad => T::ZERO,
+                        None => T::NEG_INFINITY,
+                    };
+                }
+            }
+        });
+}
+
+/// Max-pool backward: dx (written) = 0, then dx[argmax of each window] += dy; a window won by
+/// a padded zero passes no gradient.
+pub fn maxpool2d_backward<T: Float>(dx: &mut [T], dy: &[T], x: &[T], s: Pool2dShape) {
+    let (ho, wo) = (s.h_out(), s.w_out());
+    let planes = s.n * s.c;
+    let hw = (s.h * s.w).max(1);
+    dx[..planes * s.h * s.w]
+        .par_chunks_mut(hw)
+        .zip(x[..planes * s.h * s.w].par_chunks(hw))
+        .zip(dy[..planes * ho * wo].par_chunks((ho * wo).max(1)))
+        .for_each(|((dxp, xp), dyp)| {
+            dxp.fill(T::ZERO);
+            for oy in 0..ho {
+                for ox in 0..wo {
+                    if let Some(i) = pool_argmax(xp, &s, oy, ox) {
+                        dxp[i] += dyp[oy * wo + ox];
+                    }
+                }
+            }
+        });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bilinear resize
+
+/// PyTorch's linear source index for `align_corners=False`: src = (dst + 0.5)·(in/out) − 0.5,
+/// clamped at 0; returns (i0, i1, λ0, λ1) with i1 = min(i0 + 1, in − 1) and λ1 = src − i0.
+fn linear_taps<T: Float>(n_in: usize, n_out: usize) -> Vec<(usize, usize, T, T)> {
+    let scale = T::from_f64(n_in as f64) / T::from_f64(n_out as f64);
+    let half = T::from_f64(0.5);
+    (0..n_out)
+        .map(|d| {
+            let mut src = (T::from_f64(d as f64) + half) * scale - half;
+            if src < T::ZERO {
+                src = T::ZERO;
+            }
+            let i0 = (src.to_f64() as usize).min(n_in - 1);
+            let i1 = if i0 + 1 < n_in { i0 + 1 } else { i0 };
+            let l1 = src - T::from_f64(i0 as f64);
+            (i0, i1, T::ONE - l1, l1)
+        })
+        .collect()
+}
+
+/// Bilinear resize forward (`align_corners=False`), per plane of `nc`:
+/// y[oy, ox] = λ0y·(λ0x·x[y0,x0] + λ1x·x[y0,x1]) + λ1y·(λ0x·x[y1,x0] + λ1x·x[y1,x1]), taps from
+/// [`linear_taps`]. Same as `nn.Upsample(scale_factor=2, mode="bilinear")` when out = 2·in.
+pub fn upsample_bilinear2d_forward<T: Float>(
+    y: &mut [T],
+    x: &[T],
+    nc: usize,
+    h: usize,
+    w: usize,
+    h_out: usize,
+    w_out: usize,
+) {
+    let (ty, tx) = (linear_taps::<T>(h, h_out), linear_taps::<T>(w, w_out));
+    y[..nc * h_out * w_out]
+        .par_chunks_mut((h_out * w_out).max(1))
+        .zip(x[..nc * h * w].par_chunks((h * w).max(1)))
+        .for_each(|(yp, xp)| {
+            for (oy, &(y0, y1, a0, a1)) in ty.iter().enumerate() {
+                let (r0, r1) = (&xp[y0 * w..(y0 + 1) * w], &xp[y1 * w..(y1 + 1) * w]);
+                let out = &mut yp[oy * w_out..(oy + 1) * w_out];
+                for (o, &(x0, x1, b0, b1)) in out.iter_mut().zip(&tx) {
+                    *o = a0 * (b0 * r0[x0] + b1 * r0[x1]) + a1 * (b0 * r1[x0] + b1 * r1[x1]);
+                }
+            }
+        });
+}
+
+/// Bilinear resize backward: dx (written) = 0, then each dy[oy, ox] is added to its four taps
+/// with the forward's weights.
+pub fn upsample_bilinear2d_backward<T: Float>(
+    dx: &mut [T],
+    dy: &[T],
+    nc: usize,
+    h: usize,
+    w: usize,
+    h_out: usize,
+    w_out: usize,
+) {
+    let (ty, tx) = (linear_taps::<T>(h, h_out), linear_taps::<T>(w, w_out));
+    dx[..nc * h * w]
+        .par_chunks_mut((h * w).max(1))
+        .zip(dy[..nc * h_out * w_out].par_chunks((h_out * w_out).max(1)))
+        .for_each(|(dxp, dyp)| {
+            dxp.fill(T::ZERO);
+            for (oy, &(y0, y1, a0, a1)) in ty.iter().enumerate() {
+                let g = &dyp[oy * w_out..(oy + 1) * w_out];
+                for (&d, &(x0, x1, b0, b1)) in g.iter().zip(&tx) {
+                    dxp[y0 * w + x0] += a0 * b0 * d;
+                    dxp[y0 * w + x1] += a0 * b1 * d;
+                    dxp[y1 * w + x0] += a1 * b0 * d;
+                    dxp[y1 * w + x1] += a1 * b1 * d;
+                }
+            }
+        });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Channel concatenation
+
+/// out[n] = [a[n] (ca·hw values); b[n] (cb·hw values)]  (`torch.cat((a, b), dim=1)`).
+#[allow(clippy::too_many_arguments)]
+pub fn concat_channels<T: Float>(
+    out: &mut [T],
+    a: &[T],
+    ca: usize,
+    b: &[T],
+    cb: usize,
+    n: usize,
+    hw: usize,
+) {
+    let (la, lb) = (ca * hw, cb * hw);
+    out[..n * (la + lb)]
+        .par_chunks_mut((la + lb).max(1))
+        .enumerate()
+        .for_each(|(i, o)| {
+            o[..la].copy_from_slice(&a[i * la..(i + 1) * la]);
+            o[la..].copy_from_slice(&b[i * lb..(i + 1) * lb]);
+        });
+}
+
+/// The backward of [`concat_channels`]: da[n] (=|+=) dout[n][..ca·hw], db[n] (=|+=) the rest.
+#[allow(clippy::too_many_arguments)]
+pub fn split_channels<T: Float>(
+    da: &mut [T],
+    accumulate_a: bool,
+    db: &mut [T],
+    accumulate_b: bool,
+    dout: &[T],
+    ca: usize,
+    cb: usize,
+    n: usize,
+    hw: usize,
+) {
+    let (la, lb) = (ca * hw, cb * hw);
+    let put = |dst: &mut [T], src: &[T], acc: bool| {
+        if acc {
+            for (d, s) in dst.iter_mut().zip(src) {
+                *d += *s;
+            }
+        } else {
+            dst.copy_from_slice(src);
+        }
+    };
+    let src = &dout[..n * (la + lb)];
+    if la > 0 {
+        da[..n * la]
+            .par_chunks_mut(la)
+            .enumerate()
+            .for_each(|(i, d)| put(d, &src[i * (la + lb)..i * (la + lb) + la], accumulate_a));
+    }
+    if lb > 0 {
+        db[..n * lb]
+            .par_chunks_mut(lb)
+            .enumerate()
+            .for_each(|(i, d)| {
+                put(
+                    d,
+                    &src[i * (la + lb) + la..(i + 1) * (la + lb)],
+                    accumulate_b,
+                )
+            });
+    }
+}
