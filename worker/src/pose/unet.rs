@@ -304,17 +304,9 @@ fn conv_forward<D: ConvDevice<f32>>(
 }
 
 fn pool_shape<M>(n: usize, x: &Act<M>) -> Pool2dShape {
-    // sleap-nn's MaxPool2dWithSamePadding(2, 2): frames are padded to the max stride, so every
-    // pooled size is even and "same" padding adds nothing.
-    Pool2dShape {
-        n,
-        c: x.c,
-        h: x.h,
-        w: x.w,
-        k: 2,
-        stride: 2,
-        pad: [0, 0, 0, 0],
-    }
+    // sleap-nn's MaxPool2dWithSamePadding(2, 2); frames are padded to the max stride, so the
+    // padding is zero.
+    Pool2dShape::same(n, x.c, x.h, x.w, 2, 2)
 }
 
 fn pool_forward<D: ConvDevice<f32>>(
@@ -724,5 +716,99 @@ impl<'m, D: ConvDevice<f32>> UNetRun<'m, D> {
         used.push(d_cur);
         self.grads.give(dev, used);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use configs::SleapNnConfig;
+    use kernels::Cpu;
+
+    /// A tiny UNet: filters 2, rate 1.5, max stride 4, `up_interpolate` as given, 2 nodes.
+    fn tiny(up_interpolate: bool, head_stride: usize) -> UNetModel {
+        let yaml = format!(
+            "data_config: {{train_labels_path: [x.slp]}}\n\
+             model_config:\n  backbone_config:\n    unet: {{filters: 2, filters_rate: 1.5, max_stride: 4, \
+             up_interpolate: {up_interpolate}}}\n  head_configs:\n    single_instance:\n      \
+             confmaps: {{part_names: [a, b], sigma: 1.0, output_stride: {head_stride}}}\n"
+        );
+        let cfg: SleapNnConfig = configs::Sources::from_str(&yaml, "tiny.yaml")
+            .and_then(|s| s.load_as())
+            .unwrap();
+        UNetModel::new(UNetPlan::from_config(&cfg, 2).unwrap(), Precision::F32)
+    }
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let k = kernels::rng::RngKey::new(seed, 3, 1);
+        (0..n)
+            .map(|i| k.bits(i as u64) as f32 / 2_147_483_648.0 - 1.0)
+            .collect()
+    }
+
+    /// loss = Σ r·f(x; θ) for a fixed random r; its gradient against central differences in
+    /// the parameters (f32 model, so a loose tolerance on a well-scaled loss).
+    fn check_gradients(model: &UNetModel) {
+        let dev = Cpu;
+        let (n, h, w) = (2, 8, 8);
+        let input = rand(n * h * w, 1);
+        let mut params = model.layout().init_host::<f32>(5);
+        let mut run = UNetRun::new(model, &dev);
+        let out_len = run.forward(&params, &input, n, h, w).unwrap().len();
+        let r = rand(out_len, 2);
+        let loss = |run: &mut UNetRun<Cpu>, p: &Vec<f32>| -> f64 {
+            let y = run.forward(p, &input, n, h, w).unwrap();
+            y.iter().zip(&r).map(|(&a, &b)| a as f64 * b as f64).sum()
+        };
+        let mut grads = vec![0.0f32; params.len()];
+        loss(&mut run, &params);
+        run.backward(&params, &mut grads, &r).unwrap();
+        // Every parameter tensor: its first and a middle element.
+        let mut checked = 0;
+        for e in model.layout().entries() {
+            for i in [e.offset, e.offset + e.len() / 2] {
+                let h = 1e-2f32;
+                let o = params[i];
+                params[i] = o + h;
+                let lp = loss(&mut run, &params);
+                params[i] = o - h;
+                let lm = loss(&mut run, &params);
+                params[i] = o;
+                let num = (lp - lm) / (2.0 * h as f64);
+                let ana = grads[i] as f64;
+                assert!(
+                    (num - ana).abs() <= 2e-2 * num.abs().max(ana.abs()).max(0.05),
+                    "{}[{}]: analytic {ana} vs numeric {num}",
+                    e.name,
+                    i - e.offset
+                );
+                checked += 1;
+            }
+        }
+        assert!(checked >= 20);
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_with_bilinear_upsampling() {
+        check_gradients(&tiny(true, 1));
+    }
+
+    #[test]
+    fn gradients_match_finite_differences_with_transposed_convs() {
+        check_gradients(&tiny(false, 1));
+    }
+
+    #[test]
+    fn a_coarser_head_stride_has_fewer_decoder_blocks_and_a_smaller_output() {
+        let m = tiny(true, 2);
+        let dev = Cpu;
+        let params = m.layout().init_host::<f32>(1);
+        let mut run = UNetRun::new(&m, &dev);
+        run.forward(&params, &vec![0.5; 8 * 8], 1, 8, 8).unwrap();
+        assert_eq!(run.output_shape(), Some((2, 4, 4)));
+        assert!(matches!(
+            run.forward(&params, &vec![0.5; 6 * 8], 1, 6, 8),
+            Err(UNetError::InputSize { .. })
+        ));
     }
 }
