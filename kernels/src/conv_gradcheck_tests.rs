@@ -577,3 +577,11 @@ fn conv2d_bf16_mixed_in_f32_matches_rounded_f64() {
         assert_close("bf16 dw", &widen(&dw), &dw64, 1e-5);
     }
 }
+
+#[test]
+#[should_panic(expected = "conv2d_forward: weight has 53 values, the shape needs 54")]
+fn conv2d_names_a_short_buffer() {
+    let s = conv(1, 3, 4, 4, 2, 3);
+    let mut y = vec![0.0; 2 * 16];
+    conv2d_forward(F32, &mut y, &[0.0; 48], &[0.0; 53], None, s);
+}

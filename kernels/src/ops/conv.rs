@@ -139,20 +139,24 @@ fn col2im_add<T: Float>(g: &Geom, col: &[T], p0: usize, np: usize, img: &mut [T]
     }
 }
 
-/// Runs `f(image index, that image's chunk of `out` if any)` over `n` images and returns the
-/// results in image order: in parallel when `parallel`, else one after another.
-fn per_image<'a, T: Float, R: Send>(
+/// Runs `f(scratch, image index, that image's chunk of the output if any)` over the images and
+/// returns the results in image order: in parallel when `parallel`, else one after another.
+/// `scratch` (the im2col buffer) is made by `init` once per rayon job, not once per image.
+fn per_image<'a, T: Float, S, R: Send>(
     parallel: bool,
     chunks: Vec<Option<&'a mut [T]>>,
-    f: impl Fn(usize, Option<&'a mut [T]>) -> R + Sync + Send,
+    init: impl Fn() -> S + Sync + Send,
+    f: impl Fn(&mut S, usize, Option<&'a mut [T]>) -> R + Sync + Send,
 ) -> Vec<R> {
     if parallel {
-        in_order(chunks.into_par_iter().enumerate().map(|(i, c)| f(i, c))).collect()
+        let it = chunks.into_par_iter().enumerate();
+        in_order(it.map_init(&init, |s, (i, c)| f(s, i, c))).collect()
     } else {
+        let mut s = init();
         chunks
             .into_iter()
             .enumerate()
-            .map(|(i, c)| f(i, c))
+            .map(|(i, c)| f(&mut s, i, c))
             .collect()
     }
 }
@@ -207,43 +211,48 @@ fn unfold_gemm<T: Float>(
     let wm = rounded(prec, &wm[..m * rows]);
     let par_img = images_in_parallel(n);
     let blk = g.block();
-    per_image(par_img, image_chunks(Some(out), n, m * px), |i, o| {
-        let o = o.expect("output chunk");
-        let img = &src[i * src_len..(i + 1) * src_len];
-        let mut col = vec![T::ZERO; rows * blk];
-        match bias {
-            Some(b) => {
-                for (row, &bv) in o.chunks_exact_mut(px).zip(b) {
-                    row.fill(bv);
+    let scratch = || vec![T::ZERO; rows * blk];
+    per_image(
+        par_img,
+        image_chunks(Some(out), n, m * px),
+        scratch,
+        |col, i, o| {
+            let o = o.expect("output chunk");
+            let img = &src[i * src_len..(i + 1) * src_len];
+            match bias {
+                Some(b) => {
+                    for (row, &bv) in o.chunks_exact_mut(px).zip(b) {
+                        row.fill(bv);
+                    }
                 }
+                None => o.fill(T::ZERO),
             }
-            None => o.fill(T::ZERO),
-        }
-        let mut p0 = 0;
-        while p0 < px {
-            let np = blk.min(px - p0);
-            let col = &mut col[..rows * np];
-            im2col(&g, img, p0, np, col);
-            round_slice(prec, col);
-            gemm_rounded(
-                gemm_prec(prec, m, np, rows),
-                &mut o[p0..],
-                px,
-                &wm,
-                rows,
-                false,
-                col,
-                np,
-                false,
-                m,
-                np,
-                rows,
-                true,
-                !par_img,
-            );
-            p0 += np;
-        }
-    });
+            let mut p0 = 0;
+            while p0 < px {
+                let np = blk.min(px - p0);
+                let col = &mut col[..rows * np];
+                im2col(&g, img, p0, np, col);
+                round_slice(prec, col);
+                gemm_rounded(
+                    gemm_prec(prec, m, np, rows),
+                    &mut o[p0..],
+                    px,
+                    &wm,
+                    rows,
+                    false,
+                    col,
+                    np,
+                    false,
+                    m,
+                    np,
+                    rows,
+                    true,
+                    !par_img,
+                );
+                p0 += np;
+            }
+        },
+    );
 }
 
 /// dst[n] = col2im(wmᵀ · a[n]) with wm `[m, rows]` and a[n] `[m, pixels]`: the input gradient
@@ -264,42 +273,47 @@ fn gemm_fold<T: Float>(
     let wm = rounded(prec, &wm[..m * rows]);
     let par_img = images_in_parallel(n);
     let blk = g.block();
-    per_image(par_img, image_chunks(Some(dst), n, dst_len), |i, d| {
-        let d = d.expect("destination chunk");
-        match bias {
-            Some(b) => {
-                for (plane, &bv) in d.chunks_exact_mut(g.h * g.w).zip(b) {
-                    plane.fill(bv);
+    let scratch = || vec![T::ZERO; rows * blk];
+    per_image(
+        par_img,
+        image_chunks(Some(dst), n, dst_len),
+        scratch,
+        |col, i, d| {
+            let d = d.expect("destination chunk");
+            match bias {
+                Some(b) => {
+                    for (plane, &bv) in d.chunks_exact_mut(g.h * g.w).zip(b) {
+                        plane.fill(bv);
+                    }
                 }
+                None => d.fill(T::ZERO),
             }
-            None => d.fill(T::ZERO),
-        }
-        let a_img = rounded(prec, &a[i * m * px..(i + 1) * m * px]);
-        let mut col = vec![T::ZERO; rows * blk];
-        let mut p0 = 0;
-        while p0 < px {
-            let np = blk.min(px - p0);
-            let col = &mut col[..rows * np];
-            gemm_rounded(
-                gemm_prec(prec, rows, np, m),
-                col,
-                np,
-                &wm,
-                rows,
-                true,
-                &a_img[p0..],
-                px,
-                false,
-                rows,
-                np,
-                m,
-                false,
-                !par_img,
-            );
-            col2im_add(&g, col, p0, np, d);
-            p0 += np;
-        }
-    });
+            let a_img = rounded(prec, &a[i * m * px..(i + 1) * m * px]);
+            let mut p0 = 0;
+            while p0 < px {
+                let np = blk.min(px - p0);
+                let col = &mut col[..rows * np];
+                gemm_rounded(
+                    gemm_prec(prec, rows, np, m),
+                    col,
+                    np,
+                    &wm,
+                    rows,
+                    true,
+                    &a_img[p0..],
+                    px,
+                    false,
+                    rows,
+                    np,
+                    m,
+                    false,
+                    !par_img,
+                );
+                col2im_add(&g, col, p0, np, d);
+                p0 += np;
+            }
+        },
+    );
 }
 
 /// dwm[m, rows] += Σ_n a[n] · col(src[n])ᵀ, with a[n] `[m, pixels]`: the weight gradient of
@@ -318,37 +332,42 @@ fn weight_grad<T: Float>(
     let src_len = g.c * g.h * g.w;
     let par_img = images_in_parallel(n);
     let blk = g.block();
-    let parts = per_image(par_img, image_chunks::<T>(None, n, 0), |i, _| {
-        let img = &src[i * src_len..(i + 1) * src_len];
-        let a_img = rounded(prec, &a[i * m * px..(i + 1) * m * px]);
-        let mut part = vec![T::ZERO; m * rows];
-        let mut col = vec![T::ZERO; rows * blk];
-        let mut p0 = 0;
-        while p0 < px {
-            let np = blk.min(px - p0);
-            let col = &mut col[..rows * np];
-            im2col(&g, img, p0, np, col);
-            round_slice(prec, col);
-            gemm_rounded(
-                gemm_prec(prec, m, rows, np),
-                &mut part,
-                rows,
-                &a_img[p0..],
-                px,
-                false,
-                col,
-                np,
-                true,
-                m,
-                rows,
-                np,
-                true,
-                !par_img,
-            );
-            p0 += np;
-        }
-        part
-    });
+    let scratch = || vec![T::ZERO; rows * blk];
+    let parts = per_image(
+        par_img,
+        image_chunks::<T>(None, n, 0),
+        scratch,
+        |col, i, _| {
+            let img = &src[i * src_len..(i + 1) * src_len];
+            let a_img = rounded(prec, &a[i * m * px..(i + 1) * m * px]);
+            let mut part = vec![T::ZERO; m * rows];
+            let mut p0 = 0;
+            while p0 < px {
+                let np = blk.min(px - p0);
+                let col = &mut col[..rows * np];
+                im2col(&g, img, p0, np, col);
+                round_slice(prec, col);
+                gemm_rounded(
+                    gemm_prec(prec, m, rows, np),
+                    &mut part,
+                    rows,
+                    &a_img[p0..],
+                    px,
+                    false,
+                    col,
+                    np,
+                    true,
+                    m,
+                    rows,
+                    np,
+                    true,
+                    !par_img,
+                );
+                p0 += np;
+            }
+            part
+        },
+    );
     add_into(&mut dwm[..m * rows], parts);
 }
 
@@ -361,6 +380,16 @@ fn bias_grad<T: Float>(db: &mut [T], dy: &[T], n: usize, c: usize, px: usize) {
     }))
     .collect();
     add_into(&mut db[..c], parts);
+}
+
+/// Panics naming the op and buffer when a buffer is shorter than its shape says (a caller bug;
+/// without this the failure would be an index deep inside im2col).
+#[track_caller]
+fn need(op: &str, what: &str, len: usize, want: usize) {
+    assert!(
+        len >= want,
+        "{op}: {what} has {len} values, the shape needs {want}"
+    );
 }
 
 fn conv_geom(s: &Conv2dShape) -> Geom {
@@ -404,6 +433,11 @@ pub fn conv2d_forward<T: Float>(
     b: Option<&[T]>,
     s: Conv2dShape,
 ) {
+    let op = "conv2d_forward";
+    need(op, "x", x.len(), s.n * s.c_in * s.h * s.w);
+    need(op, "y", y.len(), s.n * s.c_out * s.h_out() * s.w_out());
+    need(op, "weight", w.len(), s.c_out * s.c_in * s.k * s.k);
+    need(op, "bias", b.map_or(s.c_out, |b| b.len()), s.c_out);
     unfold_gemm(prec, y, x, w, b, s.c_out, s.n, conv_geom(&s));
 }
 
@@ -421,6 +455,19 @@ pub fn conv2d_backward<T: Float>(
     w: &[T],
     s: Conv2dShape,
 ) {
+    let op = "conv2d_backward";
+    let xl = s.n * s.c_in * s.h * s.w;
+    need(op, "x", x.len(), xl);
+    need(op, "dx", dx.as_ref().map_or(xl, |d| d.len()), xl);
+    need(op, "dy", dy.len(), s.n * s.c_out * s.h_out() * s.w_out());
+    need(op, "weight", w.len(), s.c_out * s.c_in * s.k * s.k);
+    need(op, "dweight", dw.len(), s.c_out * s.c_in * s.k * s.k);
+    need(
+        op,
+        "dbias",
+        db.as_ref().map_or(s.c_out, |d| d.len()),
+        s.c_out,
+    );
     let g = conv_geom(&s);
     if let Some(dx) = dx {
         let (k, [pt, _, pl, _]) = (s.k, s.pad);
@@ -473,6 +520,11 @@ pub fn conv_transpose2d_forward<T: Float>(
     b: Option<&[T]>,
     s: ConvTranspose2dShape,
 ) {
+    let op = "conv_transpose2d_forward";
+    need(op, "x", x.len(), s.n * s.c_in * s.h * s.w);
+    need(op, "y", y.len(), s.n * s.c_out * s.h_out() * s.w_out());
+    need(op, "weight", w.len(), s.c_in * s.c_out * s.k * s.k);
+    need(op, "bias", b.map_or(s.c_out, |b| b.len()), s.c_out);
     gemm_fold(prec, y, x, w, s.c_in, s.n, transpose_geom(&s), b);
 }
 
@@ -489,6 +541,19 @@ pub fn conv_transpose2d_backward<T: Float>(
     w: &[T],
     s: ConvTranspose2dShape,
 ) {
+    let op = "conv_transpose2d_backward";
+    let xl = s.n * s.c_in * s.h * s.w;
+    need(op, "x", x.len(), xl);
+    need(op, "dx", dx.as_ref().map_or(xl, |d| d.len()), xl);
+    need(op, "dy", dy.len(), s.n * s.c_out * s.h_out() * s.w_out());
+    need(op, "weight", w.len(), s.c_in * s.c_out * s.k * s.k);
+    need(op, "dweight", dw.len(), s.c_in * s.c_out * s.k * s.k);
+    need(
+        op,
+        "dbias",
+        db.as_ref().map_or(s.c_out, |d| d.len()),
+        s.c_out,
+    );
     let g = transpose_geom(&s);
     if let Some(dx) = dx {
         unfold_gemm(prec, dx, dy, w, None, s.c_in, s.n, g);
