@@ -1,4 +1,5 @@
-//! `coordinator data inspect|synth|wait`: look inside AnnData files, generate synthetic ones,
+//! `coordinator data inspect|synth|wait`: look inside AnnData files (and SLEAP labels), generate
+//! synthetic ones,
 //! and wait for a config's data to arrive (the init container of `coordinator deploy k8s`).
 
 use std::path::{Path, PathBuf};
@@ -13,9 +14,10 @@ use data::write::Compression;
 
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
-    /// Summarize AnnData files: cells, genes, stored values, X encoding, obs columns
+    /// Summarize AnnData files (cells, genes, stored values, X encoding, obs columns) or SLEAP
+    /// labels (skeletons, videos, tracks, labeled frames, instances)
     Inspect {
-        /// .h5ad files (or .zarr stores)
+        /// .h5ad files, .zarr stores or .slp labels
         #[arg(required = true, value_name = "FILE")]
         files: Vec<PathBuf>,
     },
@@ -113,6 +115,12 @@ fn inspect(files: &[PathBuf]) -> anyhow::Result<()> {
 }
 
 fn inspect_one(path: &PathBuf) -> data::Result<()> {
+    if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("slp"))
+    {
+        return inspect_slp(path);
+    }
     let r = anndata::open(path)?;
     let x = r.x_info();
     println!("{}", path.display());
@@ -168,6 +176,68 @@ fn inspect_one(path: &PathBuf) -> data::Result<()> {
             _ => println!("    {name}: {kind}"),
         }
     }
+    Ok(())
+}
+
+fn inspect_slp(path: &Path) -> data::Result<()> {
+    use data::pose::VideoSource;
+    let labels = data::pose::slp::read_labels(path)?;
+    println!("{}", path.display());
+    println!("  SLEAP labels");
+    println!("  skeletons: {}", labels.skeletons.len());
+    for s in &labels.skeletons {
+        let pair =
+            |&(a, b): &(usize, usize), sep: &str| format!("{}{sep}{}", s.nodes[a], s.nodes[b]);
+        let edges: Vec<String> = s.edges.iter().map(|e| pair(e, "->")).collect();
+        let symmetries: Vec<String> = s.symmetries.iter().map(|e| pair(e, "<->")).collect();
+        println!(
+            "    {}: {} nodes [{}]",
+            s.name,
+            s.nodes.len(),
+            s.nodes.join(", ")
+        );
+        println!("      edges: [{}]", edges.join(", "));
+        if !symmetries.is_empty() {
+            println!("      symmetries: [{}]", symmetries.join(", "));
+        }
+    }
+    println!("  videos: {}", labels.videos.len());
+    for (i, v) in labels.videos.iter().enumerate() {
+        let source = match &v.source {
+            VideoSource::Embedded {
+                file,
+                dataset,
+                format,
+                frame_numbers,
+            } => format!(
+                "{} embedded {format} frames in {}:{dataset}",
+                frame_numbers.len(),
+                file.display()
+            ),
+            VideoSource::ImageSequence { files } => {
+                format!("image sequence of {} files", files.len())
+            }
+            VideoSource::External { backend, .. } => format!("external {backend}"),
+        };
+        let shape = v
+            .shape
+            .map(|[n, h, w, c]| format!(", {n} frames of {h}x{w}x{c}"))
+            .unwrap_or_default();
+        let frames = labels.frames.iter().filter(|f| f.video == i).count();
+        println!(
+            "    [{i}] {}: {source}{shape}; {frames} labeled frames",
+            v.filename
+        );
+    }
+    println!("  tracks: {}", labels.tracks.len());
+    let (user, predicted) = labels.frames.iter().fold((0, 0), |(u, p), f| {
+        (
+            u + f.user_instances().count(),
+            p + f.predicted_instances().count(),
+        )
+    });
+    println!("  labeled frames: {}", labels.frames.len());
+    println!("  instances: {user} user, {predicted} predicted");
     Ok(())
 }
 

@@ -159,3 +159,27 @@ fn a_reader_that_leaves_early_ends_a_print_command_quietly() {
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_ne!(out.status.code(), Some(101), "{stderr}");
 }
+
+/// `coordinator data inspect labels.slp` summarizes SLEAP labels instead of reading AnnData.
+#[test]
+fn data_inspect_summarizes_sleap_labels() {
+    let slp = repo().join("../shared/data/minimal_instance.pkg.slp");
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["data", "inspect"])
+        .arg(&slp)
+        .output()
+        .expect("run coordinator");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("Skeleton-0: 2 nodes [A, B]"), "{stdout}");
+    assert!(stdout.contains("edges: [A->B]"), "{stdout}");
+    assert!(stdout.contains("1 embedded png frames"), "{stdout}");
+    assert!(
+        stdout.contains("1 frames of 384x384x1; 1 labeled frames"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("instances: 2 user, 0 predicted"),
+        "{stdout}"
+    );
+}

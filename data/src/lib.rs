@@ -10,6 +10,7 @@
 //! - [`plan`]: train/val split and the world-size-invariant shard plan.
 //! - [`loader`]: batches with background prefetch and a resumable position.
 //! - [`synth`]: deterministic synthetic AnnData files.
+//! - [`pose`]: SLEAP labels in memory and in `.slp` files (`pose::slp`), their frames as images.
 
 pub mod anndata;
 pub mod error;

@@ -457,3 +457,34 @@ fn embedded_colour_frames_before_format_1_4_are_bgr() {
     assert_eq!(pixel(&img, 5, 7), [185, 100, 105]);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn a_video_referred_to_by_its_embedded_group_number_maps_back_to_its_list_index() {
+    // Only video1 of the fixture: frames.video holds 1 (the N of video1/video, as sleap-io
+    // writes it) while the file lists a single video.
+    let dir = scratch("sparse");
+    let mut labels = read_labels(Path::new(RGB)).unwrap();
+    labels.videos.remove(0);
+    labels.frames.retain(|f| f.video == 1);
+    labels.frames[0].video = 0;
+    let out = dir.join("only_jpg.slp");
+    write_labels(&out, &labels).unwrap();
+    #[derive(hdf5::H5Type, Clone, Copy)]
+    #[repr(C)]
+    struct FrameVideo {
+        video: u32,
+    }
+    let stored = hdf5::File::open(&out)
+        .unwrap()
+        .dataset("frames")
+        .unwrap()
+        .read_raw::<FrameVideo>()
+        .unwrap();
+    assert_eq!(stored.iter().map(|f| f.video).collect::<Vec<_>>(), [1]);
+    let back = read_labels(&out).unwrap();
+    assert_eq!(back.frames.len(), 1);
+    assert_eq!(back.frames[0].video, 0);
+    let img = SlpImages::open(&out, &back).unwrap().frame(0, 0).unwrap();
+    assert_eq!((img.height, img.width, img.channels), (12, 16, 3));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -348,3 +348,13 @@ fn decode_jpeg(bytes: &[u8]) -> std::result::Result<Image, String> {
         data,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    /// Loaders read frames from several threads through one `SlpImages`.
+    #[test]
+    fn slp_images_can_be_shared_between_threads() {
+        fn shareable<T: Send + Sync>() {}
+        shareable::<super::SlpImages>();
+    }
+}
