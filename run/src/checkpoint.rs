@@ -19,13 +19,13 @@ use crate::naming::checkpoint_root;
 
 pub const MANIFEST: &str = "manifest.json";
 pub const FORMAT_VERSION: u32 = 1;
-/// The files every checkpoint holds besides its manifest.
-pub const FILES: [&str; 5] = [
+/// The files every checkpoint holds besides its manifest (and the model family's own data
+/// file: `vocab.json` for the single-cell models, `skeleton.json` for pose models).
+pub const FILES: [&str; 4] = [
     "model.safetensors",
     "optimizer.safetensors",
     "state.json",
     "config.yaml",
-    "vocab.json",
 ];
 
 #[derive(Debug, thiserror::Error)]

@@ -36,6 +36,16 @@ pub struct Summary<'a> {
     pub best_val_loss: f64,
 }
 
+/// A loss with four decimals, or three significant digits when it is small (confidence-map
+/// losses are around 1e-4).
+fn loss_text(v: f64) -> String {
+    if v != 0.0 && v.abs() < 0.01 {
+        format!("{v:.3e}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
 /// Whether a status line stands unfinished on this process's stderr; log lines written by
 /// [`crate::logging`] erase it first (the next draw restores it).
 static STDERR_LINE_DRAWN: AtomicBool = AtomicBool::new(false);
@@ -54,6 +64,8 @@ pub struct Progress {
     is_stderr: bool,
     /// Put before every line ("anvil: " for the coordinator).
     prefix: &'static str,
+    /// What the throughput counts: "cells" (with tokens/s too) or e.g. "frames" (alone).
+    unit: &'static str,
     started: Instant,
     last: Option<Step>,
     val_loss: Option<f64>,
@@ -80,6 +92,7 @@ impl Progress {
             redraw,
             is_stderr: false,
             prefix,
+            unit: "cells",
             started: Instant::now(),
             last: None,
             val_loss: None,
@@ -132,6 +145,11 @@ impl Progress {
         }
     }
 
+    /// Counts throughput in `unit`s per second ("frames" for pose models), without tokens/s.
+    pub fn set_unit(&mut self, unit: &'static str) {
+        self.unit = unit;
+    }
+
     /// The last logged step.
     pub fn last(&self) -> Option<Step> {
         self.last
@@ -149,15 +167,18 @@ impl Progress {
             String::new()
         };
         let mut line = format!(
-            "epoch {} step {}{total} | loss {:.4}",
-            s.epoch, s.step, s.loss
+            "epoch {} step {}{total} | loss {}",
+            s.epoch,
+            s.step,
+            loss_text(s.loss)
         );
         if let Some(v) = self.val_loss {
-            line.push_str(&format!(" | val {v:.4}"));
+            line.push_str(&format!(" | val {}", loss_text(v)));
         }
         line.push_str(&format!(
-            " | lr {:.2e} | {:.0} cells/s | {:.0} tokens/s",
-            s.lr, s.cells_per_s, s.tokens_per_s
+            " | lr {:.2e} | {}",
+            s.lr,
+            self.rates(s.cells_per_s, s.tokens_per_s)
         ));
         if let Some((alive, world)) = self.workers {
             line.push_str(&format!(" | workers {alive}/{world}"));
@@ -170,14 +191,26 @@ impl Progress {
     /// Ends the status line and prints how the run ended.
     pub fn summary(&mut self, s: &Summary) {
         let best = if s.best_val_loss.is_finite() {
-            format!("{:.4}", s.best_val_loss)
+            loss_text(s.best_val_loss)
         } else {
             "n/a".into()
         };
+        let rates = self
+            .rates(s.cells_per_s, s.tokens_per_s)
+            .replace(" | ", ", ");
         self.log(&format!(
-            "{} after {} steps in {:.1}s ({:.0} cells/s, {:.0} tokens/s); best validation loss {best}",
-            s.outcome, s.steps, s.seconds, s.cells_per_s, s.tokens_per_s
+            "{} after {} steps in {:.1}s ({rates}); best validation loss {best}",
+            s.outcome, s.steps, s.seconds
         ));
+    }
+
+    /// "85 cells/s | 21760 tokens/s", or "3 frames/s" for a unit without tokens.
+    fn rates(&self, per_s: f64, tokens_per_s: f64) -> String {
+        if self.unit == "cells" {
+            format!("{per_s:.0} cells/s | {tokens_per_s:.0} tokens/s")
+        } else {
+            format!("{per_s:.1} {}/s", self.unit)
+        }
     }
 
     fn draw(&mut self) {

@@ -80,8 +80,9 @@ pub struct Snapshot<'a> {
     pub exp_avg_sq: &'a [f32],
     pub state: &'a TrainState,
     pub config_yaml: &'a str,
-    /// vocab.json contents.
-    pub vocab_json: &'a [u8],
+    /// The model family's data file, (name, contents): ("vocab.json", the gene vocabulary) or
+    /// ("skeleton.json", the pose skeleton).
+    pub data_file: (&'a str, &'a [u8]),
 }
 
 fn tensors_bytes(layout: &ParamLayout, buffers: &[(&str, &[f32])], path: &Path) -> Result<Vec<u8>> {
@@ -143,7 +144,7 @@ pub fn save(root: &Path, name: &str, snap: &Snapshot) -> Result<PathBuf> {
         ),
         ("state.json", state_json),
         ("config.yaml", snap.config_yaml.as_bytes().to_vec()),
-        ("vocab.json", snap.vocab_json.to_vec()),
+        (snap.data_file.0, snap.data_file.1.to_vec()),
     ];
     let mut manifest = Manifest::default();
     for (fname, bytes) in &files {

@@ -185,8 +185,12 @@ fn main() -> ExitCode {
 }
 
 fn train_alone(args: TrainArgs) -> anyhow::Result<()> {
-    let cfg: ScModelForgeConfig =
-        configs::load_file_as(&args.config, &args.overrides).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = match configs::load_file(&args.config, &args.overrides)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        configs::AnyConfig::ScModelForge(c) => c,
+        configs::AnyConfig::SleapNn(c) => return train_pose_alone(&c, args),
+    };
     let run_dir = args.run_dir.unwrap_or_else(|| run::default_run_dir(&cfg));
     let opts = TrainOptions {
         rank: 0,
@@ -238,6 +242,46 @@ fn train_alone(args: TrainArgs) -> anyhow::Result<()> {
         seconds: summary.train_seconds,
         cells_per_s: summary.cells_per_s,
         tokens_per_s: summary.tokens_per_s,
+        best_val_loss: best_val_loss(&summary),
+    });
+    progress.log(&format!("run dir {}", run_dir.display()));
+    Ok(())
+}
+
+/// `worker train` on a sleap-nn config: one process, checkpoints in `<run dir>/checkpoints`
+/// (default run dir: `<trainer_config.ckpt_dir>/<run_name>`, as sleap-nn saves its models).
+fn train_pose_alone(cfg: &configs::SleapNnConfig, args: TrainArgs) -> anyhow::Result<()> {
+    let t = &cfg.trainer_config;
+    let run_dir = args.run_dir.unwrap_or_else(|| {
+        PathBuf::from(t.ckpt_dir.as_deref().unwrap_or("."))
+            .join(t.run_name.as_deref().unwrap_or("anvil_pose"))
+    });
+    let opts = TrainOptions {
+        max_steps: args.max_steps,
+        ..TrainOptions::single(run_dir.clone())
+    };
+    let mut progress = Progress::stderr("");
+    progress.set_unit("frames");
+    let mut total_steps = 0;
+    let summary = worker::pose::train_pose(
+        cfg,
+        &opts,
+        &mut train::NoSync,
+        &mut |e| show(&mut progress, &mut total_steps, e),
+        &mut || {
+            if worker::preempt::requested() {
+                Control::CheckpointAndStop
+            } else {
+                Control::Continue
+            }
+        },
+    )?;
+    progress.summary(&Summary {
+        outcome: &format!("finished {}", summary.run_name),
+        steps: summary.global_step,
+        seconds: summary.train_seconds,
+        cells_per_s: 0.0,
+        tokens_per_s: 0.0,
         best_val_loss: best_val_loss(&summary),
     });
     progress.log(&format!("run dir {}", run_dir.display()));

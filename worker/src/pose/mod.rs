@@ -1,3 +1,12 @@
-//! Pose estimation: sleap-nn's UNet models ([`unet`]) trained on SLEAP labels.
+//! Pose estimation: sleap-nn's UNet models trained on SLEAP labels.
+//!
+//! - [`spec`]: from a sleap-nn config to the network plan and sample spec, refusing by name
+//!   what anvil cannot honour yet.
+//! - [`unet`]: the UNet + confidence-map head on a [`kernels::backend::ConvDevice`].
+//! - [`train`]: one worker's training loop.
 
+pub mod spec;
+pub mod train;
 pub mod unet;
+
+pub use train::train_pose;

@@ -894,7 +894,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             exp_avg_sq: &exp_avg_sq,
             state: &state,
             config_yaml: &self.config_yaml,
-            vocab_json: &self.vocab_json,
+            data_file: ("vocab.json", &self.vocab_json),
         };
         let path = checkpoint::save(&self.ckpt_root, name, &snap)?;
         on_event(TrainEvent::Checkpoint {

@@ -1,0 +1,612 @@
+//! Training a pose model (sleap-nn's UNet with a confidence-map head) as one worker of a run,
+//! with the same contract as the single-cell trainer: a [`GradientSync`] averages gradients
+//! across workers every step, [`TrainEvent`]s report progress, `control` can stop the run, and
+//! rank 0 writes checkpoints that a restarted run resumes from.
+//!
+//! What sleap-nn's trainer does, done here: an epoch is `train_steps_per_epoch` steps (default:
+//! the batches in the training data, at least `min_train_steps_per_epoch`), cycling through a
+//! seeded shuffle of the training samples; the loss is the mean squared error over every
+//! confidence-map value; Adam or AdamW at `optimizer.lr`; validation loss once per epoch drives
+//! the learning-rate scheduler, early stopping and the best checkpoint.
+//!
+//! **World-size invariance.** Each step's global batch is `world × batch_size` consecutive
+//! samples of the epoch's order; rank r takes its slice. The gradient of each rank's mean loss,
+//! averaged by the all-reduce, is the gradient of the global batch's mean loss.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use configs::sleap::{ActiveScheduler, OptimizerName, SleapNnConfig, ThresholdMode};
+use configs::ConfigRoot;
+use data::pose::dataset::{split, Item, PoseDataset};
+use data::pose::Skeleton;
+use data::rng::{CounterRng, Stream};
+use kernels::optim::AdamConfig;
+use kernels::{Cpu, Device, Precision};
+
+use super::spec;
+use super::unet::{UNetModel, UNetRun};
+use crate::checkpoint::{
+    self, DataPosition, Metrics, RngState, Snapshot, TrainState, FORMAT_VERSION,
+};
+use crate::sync::GradientSync;
+use crate::train::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
+
+/// The training labels files: `data_config.train_labels_path`, required here.
+pub fn train_paths(cfg: &SleapNnConfig) -> Result<Vec<PathBuf>, TrainError> {
+    match &cfg.data_config.train_labels_path {
+        Some(p) if !p.is_empty() => Ok(p.iter().map(PathBuf::from).collect()),
+        _ => Err(TrainError::Config(
+            "data_config.train_labels_path is null: name the labels, e.g. --set \
+             data_config.train_labels_path=[labels.pkg.slp]"
+                .into(),
+        )),
+    }
+}
+
+/// sleap-nn's automatic crop size for centered-instance models: the largest instance's
+/// bounding-box side plus padding, at least `min_crop_size`, rounded up to the max stride.
+pub fn auto_crop_size(
+    ds: &PoseDataset,
+    max_stride: usize,
+    min_crop: usize,
+    padding: usize,
+) -> usize {
+    let mut side = 0.0f64;
+    for it in ds.items() {
+        let lf = &ds.labels(it.source).frames[it.frame];
+        for inst in &lf.instances {
+            let vis: Vec<&[f64; 2]> = inst
+                .points
+                .iter()
+                .filter(|p| p[0].is_finite() && p[1].is_finite())
+                .collect();
+            if vis.is_empty() {
+                continue;
+            }
+            let (xs, ys): (Vec<f64>, Vec<f64>) = vis.iter().map(|p| (p[0], p[1])).unzip();
+            let w = xs.iter().cloned().fold(f64::MIN, f64::max)
+                - xs.iter().cloned().fold(f64::MAX, f64::min);
+            let h = ys.iter().cloned().fold(f64::MIN, f64::max)
+                - ys.iter().cloned().fold(f64::MAX, f64::min);
+            side = side.max(w).max(h);
+        }
+    }
+    let crop = (side.ceil() as usize + 2 * padding).max(min_crop);
+    crop.div_ceil(max_stride) * max_stride
+}
+
+/// Learning rate per epoch from `trainer_config.lr_scheduler`, as sleap-nn's schedulers step
+/// once per epoch.
+struct LrSchedule {
+    base: f64,
+    lr: f64,
+    // ReduceLROnPlateau state.
+    best: f64,
+    bad_epochs: usize,
+    cooldown: usize,
+}
+
+impl LrSchedule {
+    fn new(base: f64) -> Self {
+        LrSchedule {
+            base,
+            lr: base,
+            best: f64::INFINITY,
+            bad_epochs: 0,
+            cooldown: 0,
+        }
+    }
+
+    /// The rate for `epoch` (0-based) of `max_epochs`, after the previous epoch's `val_loss`.
+    fn at_epoch(&mut self, cfg: &SleapNnConfig, epoch: usize, prev_val: Option<f64>) -> f64 {
+        let t = &cfg.trainer_config;
+        let Some(active) = t.lr_scheduler.as_ref().and_then(|s| s.active()) else {
+            return self.base;
+        };
+        let max_epochs = t.max_epochs as f64;
+        let e = epoch as f64;
+        self.lr = match active {
+            ActiveScheduler::StepLr(c) => {
+                self.base * c.gamma.powi((epoch / c.step_size.max(1)) as i32)
+            }
+            ActiveScheduler::CosineAnnealingWarmup(c) => {
+                let (w, total) = (
+                    c.warmup_epochs as f64,
+                    c.max_epochs.map_or(max_epochs, |m| m as f64),
+                );
+                if e < w {
+                    c.warmup_start_lr + (self.base - c.warmup_start_lr) * e / w.max(1.0)
+                } else {
+                    let prog = ((e - w) / (total - w).max(1.0)).clamp(0.0, 1.0);
+                    c.eta_min
+                        + 0.5
+                            * (self.base - c.eta_min)
+                            * (1.0 + (std::f64::consts::PI * prog).cos())
+                }
+            }
+            ActiveScheduler::LinearWarmupLinearDecay(c) => {
+                let (w, total) = (
+                    c.warmup_epochs as f64,
+                    c.max_epochs.map_or(max_epochs, |m| m as f64),
+                );
+                if e < w {
+                    c.warmup_start_lr + (self.base - c.warmup_start_lr) * e / w.max(1.0)
+                } else {
+                    let prog = ((e - w) / (total - w).max(1.0)).clamp(0.0, 1.0);
+                    self.base + (c.end_lr - self.base) * prog
+                }
+            }
+            ActiveScheduler::ReduceLrOnPlateau(c) => {
+                if let Some(v) = prev_val {
+                    let better = match c.threshold_mode {
+                        ThresholdMode::Abs => v < self.best - c.threshold,
+                        ThresholdMode::Rel => v < self.best * (1.0 - c.threshold),
+                    };
+                    if better {
+                        self.best = v;
+                        self.bad_epochs = 0;
+                    } else {
+                        self.bad_epochs += 1;
+                    }
+                    if self.cooldown > 0 {
+                        self.cooldown -= 1;
+                        self.bad_epochs = 0;
+                    }
+                    if self.bad_epochs > c.patience {
+                        let floor = c.min_lr.values().first().copied().unwrap_or(0.0);
+                        self.lr = (self.lr * c.factor).max(floor);
+                        self.cooldown = c.cooldown;
+                        self.bad_epochs = 0;
+                    }
+                }
+                self.lr
+            }
+        };
+        self.lr
+    }
+}
+
+/// Early stopping on the validation loss (`trainer_config.early_stopping`).
+struct EarlyStop {
+    best: f64,
+    bad: usize,
+}
+
+/// The skeleton as `skeleton.json` (a checkpoint's data file): nodes, edges, symmetries.
+fn skeleton_json(s: &Skeleton) -> Vec<u8> {
+    serde_json::to_vec_pretty(&serde_json::json!({
+        "name": s.name,
+        "nodes": s.nodes,
+        "edges": s.edges,
+        "symmetries": s.symmetries,
+    }))
+    .unwrap_or_default()
+}
+
+struct Data {
+    train: PoseDataset,
+    train_items: Vec<Item>,
+    /// The validation samples and the dataset they index.
+    val: Option<PoseDataset>,
+    val_items: Vec<Item>,
+}
+
+fn open_data(cfg: &SleapNnConfig) -> Result<(Data, spec::Built), TrainError> {
+    let paths = train_paths(cfg)?;
+    // A first open with a provisional spec finds the skeleton and the crop size; the spec
+    // itself depends on both.
+    let probe = spec::probe_spec(cfg);
+    let ds = PoseDataset::open(&paths, probe)?;
+    let skeleton = ds.skeleton().clone();
+    let p = &cfg.data_config.preprocessing;
+    let max_stride = cfg
+        .resolved()
+        .model_config
+        .backbone_config
+        .unet
+        .as_ref()
+        .map_or(16, |u| u.max_stride);
+    let crop = auto_crop_size(
+        &ds,
+        max_stride,
+        p.min_crop_size.unwrap_or(0),
+        p.crop_padding.unwrap_or(0),
+    );
+    let built = spec::build(cfg, &skeleton, crop).map_err(TrainError::Config)?;
+    let mut train = PoseDataset::open(&paths, built.spec.clone())?;
+    let all = train.items().to_vec();
+    let d = &cfg.data_config;
+    let seed = cfg.trainer_config.seed.unwrap_or(0) as u64;
+    let (train_items, val, val_items) = if d.use_same_data_for_val {
+        (all.clone(), None, all.clone())
+    } else if let Some(v) = d.val_labels_path.as_ref().filter(|v| !v.is_empty()) {
+        let mut vs = built.spec.clone();
+        vs.augment = None;
+        let val = PoseDataset::open(&v.iter().map(PathBuf::from).collect::<Vec<_>>(), vs)?;
+        let items = val.items().to_vec();
+        (all.clone(), Some(val), items)
+    } else {
+        let (t, v) = split(&all, d.validation_fraction, seed);
+        (t, None, v)
+    };
+    if train_items.is_empty() {
+        return Err(TrainError::Config(format!(
+            "data_config.validation_fraction {} leaves no training frame of {}",
+            d.validation_fraction,
+            all.len()
+        )));
+    }
+    train.spec = built.spec.clone();
+    Ok((
+        Data {
+            train,
+            train_items,
+            val,
+            val_items,
+        },
+        built,
+    ))
+}
+
+/// Trains the pose model `cfg` describes as rank `opts.rank` of `opts.world`.
+pub fn train_pose(
+    cfg: &SleapNnConfig,
+    opts: &TrainOptions,
+    sync: &mut dyn GradientSync,
+    on_event: &mut dyn FnMut(TrainEvent),
+    control: &mut dyn FnMut() -> Control,
+) -> Result<TrainSummary, TrainError> {
+    let (data, built) = open_data(cfg)?;
+    let _ = &built.spec;
+    let t = &cfg.trainer_config;
+    let dev = Cpu;
+    let model = UNetModel::new(built.plan.clone(), Precision::F32);
+    let layout = model.layout().clone();
+    let seed = t.seed.unwrap_or(0) as u64;
+    let mut params = layout.init_host::<f32>(seed);
+    let (mut exp_avg, mut exp_avg_sq) =
+        (vec![0.0f32; layout.total()], vec![0.0f32; layout.total()]);
+    let run_name = t.run_name.clone().unwrap_or_else(|| {
+        opts.run_dir
+            .file_name()
+            .map_or("pose".into(), |n| n.to_string_lossy().into_owned())
+    });
+    let ckpt_root = opts.run_dir.join("checkpoints");
+    let batch = t.train_data_loader.batch_size.max(1);
+    let global_batch = batch * opts.world;
+    let n_train = data.train_items.len();
+    let steps_per_epoch = t
+        .train_steps_per_epoch
+        .unwrap_or_else(|| {
+            n_train
+                .div_ceil(global_batch)
+                .max(t.min_train_steps_per_epoch)
+        })
+        .max(1) as u64;
+    let max_epochs = t.max_epochs as u64;
+    let mut state = TrainState {
+        format_version: FORMAT_VERSION,
+        run_name: run_name.clone(),
+        architecture: "unet".into(),
+        global_step: 0,
+        epoch: 0,
+        position: DataPosition::default(),
+        adam_t: 0,
+        loss_scale: 1.0,
+        good_steps: 0,
+        rng: RngState {
+            kind: "counter-splitmix64".into(),
+            seed: seed as i64,
+        },
+        world_size: opts.world,
+        global_batch,
+        metrics: Metrics::default(),
+    };
+    if let Some(dir) = &opts.resume_from {
+        let l = checkpoint::load(&checkpoint::resolve_resume(dir)?, &layout)?;
+        params = l.params;
+        exp_avg = l.exp_avg;
+        exp_avg_sq = l.exp_avg_sq;
+        state = l.state;
+        on_event(TrainEvent::Log(format!(
+            "resumed from {} at step {}",
+            l.dir.display(),
+            state.global_step
+        )));
+    }
+    let config_yaml = cfg.to_yaml();
+    let skeleton = skeleton_json(data.train.skeleton());
+    on_event(TrainEvent::Start {
+        run_name: run_name.clone(),
+        parameters: layout.entries().iter().map(|e| e.len()).sum(),
+        steps_per_epoch,
+        total_steps: steps_per_epoch * max_epochs,
+        start_step: state.global_step,
+    });
+    on_event(TrainEvent::Log(format!(
+        "{} samples for training, {} for validation; {} x {} batch, {} steps per epoch",
+        n_train,
+        data.val_items.len(),
+        opts.world,
+        batch,
+        steps_per_epoch
+    )));
+    let adam = |lr: f64| AdamConfig {
+        lr,
+        beta1: 0.9,
+        beta2: 0.999,
+        eps: 1e-8,
+        weight_decay: if matches!(t.optimizer_name, OptimizerName::AdamW) {
+            0.01
+        } else {
+            0.0
+        },
+        decoupled: matches!(t.optimizer_name, OptimizerName::AdamW),
+    };
+    let mut sched = LrSchedule::new(t.optimizer.lr);
+    let mut early = EarlyStop {
+        best: f64::INFINITY,
+        bad: 0,
+    };
+    let mut run = UNetRun::new(&model, &dev);
+    let n_params = layout.total();
+    let mut grads = vec![0.0f32; n_params];
+    let mut dout: Vec<f32> = Vec::new();
+    let mut summary = TrainSummary {
+        run_name: run_name.clone(),
+        parameters: layout.entries().iter().map(|e| e.len()).sum(),
+        ..TrainSummary::default()
+    };
+    let started = Instant::now();
+    let mut prev_val = state.metrics.val_loss;
+    let first_epoch = state.position.epoch;
+    let mut lr = t.optimizer.lr;
+    'epochs: for epoch in first_epoch..max_epochs {
+        lr = sched.at_epoch(
+            cfg,
+            epoch as usize,
+            if epoch > first_epoch { prev_val } else { None },
+        );
+        let order = epoch_order(&data.train_items, seed, epoch, t.train_data_loader.shuffle);
+        let first_step = if epoch == state.position.epoch {
+            state.position.step
+        } else {
+            0
+        };
+        for step in first_step..steps_per_epoch {
+            let t0 = Instant::now();
+            let start = (step as usize * global_batch + opts.rank * batch) % order.len();
+            let items: Vec<Item> = (0..batch)
+                .map(|k| order[(start + k) % order.len()])
+                .collect();
+            let positions: Vec<u64> = (0..batch)
+                .map(|k| (step as usize * global_batch + opts.rank * batch + k) as u64)
+                .collect();
+            let b = data.train.batch(
+                &items,
+                &positions,
+                data.train.spec.augment.as_ref().map(|_| epoch),
+            )?;
+            let y = run
+                .forward(&params, &b.images, b.n, b.height, b.width)
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+            let count = y.len() as f64;
+            dout.resize(y.len(), 0.0);
+            let sum = dev
+                .squared_error_sum(Some(&mut dout), y, &b.targets, 1.0 / count)
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+            dev.fill_zero(&mut grads);
+            run.backward(&params, &mut grads, &dout)
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+            let t_reduce = Instant::now();
+            let mut loss = [(sum / count) as f32];
+            for buf in [&mut grads[..], &mut loss[..]] {
+                sync.all_reduce_mean(buf)
+                    .map_err(|message| TrainError::Sync {
+                        step: state.global_step,
+                        message,
+                    })?;
+            }
+            let reduce_s = t_reduce.elapsed().as_secs_f64();
+            let loss = loss[0] as f64;
+            if !loss.is_finite() {
+                return Err(TrainError::NonFinite {
+                    step: state.global_step,
+                    epoch,
+                    loss,
+                    checkpoint: summary.last_checkpoint.clone(),
+                });
+            }
+            let grad_norm = dev.global_norm(&grads);
+            state.adam_t += 1;
+            dev.adam_step(
+                &adam(lr),
+                state.adam_t,
+                &mut params,
+                &grads,
+                &mut exp_avg,
+                &mut exp_avg_sq,
+                &[],
+            );
+            state.global_step += 1;
+            state.epoch = epoch;
+            state.position = DataPosition {
+                epoch,
+                step: step + 1,
+            };
+            summary.losses.push(loss);
+            let secs = t0.elapsed().as_secs_f64();
+            on_event(TrainEvent::Step {
+                epoch,
+                step: state.global_step,
+                loss,
+                lr,
+                grad_norm,
+                cells_per_s: global_batch as f64 / secs.max(1e-9),
+                tokens_per_s: 0.0,
+                step_seconds: secs,
+                allreduce_seconds: reduce_s,
+            });
+            if opts.max_steps.is_some_and(|m| state.global_step >= m) {
+                break 'epochs;
+            }
+            match control() {
+                Control::Continue => {}
+                Control::Stop => {
+                    summary.interrupted = true;
+                    break 'epochs;
+                }
+                Control::CheckpointAndStop => {
+                    summary.interrupted = true;
+                    summary.stopped_early = true;
+                    if opts.rank == 0 {
+                        let snap = Snapshot {
+                            layout: &layout,
+                            params: &params,
+                            exp_avg: &exp_avg,
+                            exp_avg_sq: &exp_avg_sq,
+                            state: &state,
+                            config_yaml: &config_yaml,
+                            data_file: ("skeleton.json", &skeleton),
+                        };
+                        let p = checkpoint::save(&ckpt_root, "last", &snap)?;
+                        on_event(TrainEvent::Checkpoint {
+                            step: state.global_step,
+                            path: p.clone(),
+                        });
+                        summary.last_checkpoint = Some(p);
+                    }
+                    break 'epochs;
+                }
+            }
+        }
+        // End of epoch: validation, schedule, checkpoints, early stopping.
+        let val = validation_loss(
+            &data,
+            &mut run,
+            &params,
+            opts,
+            sync,
+            &mut dout,
+            state.global_step,
+        )?;
+        state.position = DataPosition {
+            epoch: epoch + 1,
+            step: 0,
+        };
+        state.metrics.train_loss = summary.losses.last().copied();
+        if let Some(v) = val {
+            on_event(TrainEvent::Validation {
+                epoch,
+                step: state.global_step,
+                loss: v,
+            });
+            summary.val_losses.push((state.global_step, v));
+            state.metrics.val_loss = Some(v);
+            prev_val = Some(v);
+        }
+        if opts.rank == 0 {
+            let improved = val.is_some_and(|v| state.metrics.best.first().is_none_or(|b| v < b.0));
+            if improved {
+                state.metrics.best = vec![(val.unwrap_or(f64::NAN), "best".into())];
+            }
+            let snap = Snapshot {
+                layout: &layout,
+                params: &params,
+                exp_avg: &exp_avg,
+                exp_avg_sq: &exp_avg_sq,
+                state: &state,
+                config_yaml: &config_yaml,
+                data_file: ("skeleton.json", &skeleton),
+            };
+            if improved && t.model_ckpt.save_top_k != 0 {
+                let p = checkpoint::save(&ckpt_root, "best", &snap)?;
+                summary.best_checkpoint = Some(p);
+            }
+            let p = checkpoint::save(&ckpt_root, "last", &snap)?;
+            on_event(TrainEvent::Checkpoint {
+                step: state.global_step,
+                path: p.clone(),
+            });
+            summary.last_checkpoint = Some(p);
+        }
+        if let (Some(es), Some(v)) = (
+            t.early_stopping
+                .as_ref()
+                .filter(|e| e.stop_training_on_plateau),
+            val,
+        ) {
+            if v < early.best - es.min_delta {
+                early.best = v;
+                early.bad = 0;
+            } else {
+                early.bad += 1;
+                if early.bad >= es.patience {
+                    on_event(TrainEvent::Log(format!(
+                        "early stopping after epoch {epoch}: validation loss has not improved by {} for {} epochs",
+                        es.min_delta, es.patience
+                    )));
+                    summary.stopped_early = true;
+                    break;
+                }
+            }
+        }
+    }
+    let _ = lr;
+    summary.global_step = state.global_step;
+    summary.train_seconds = started.elapsed().as_secs_f64();
+    summary.params_hash = crate::train::params_hash(&params);
+    Ok(summary)
+}
+
+/// The epoch's sample order: a seeded shuffle (or file order), the same on every rank.
+fn epoch_order(items: &[Item], seed: u64, epoch: u64, shuffle: bool) -> Vec<Item> {
+    let mut v = items.to_vec();
+    if shuffle {
+        CounterRng::new(seed, Stream::CellOrder, &[epoch]).shuffle(&mut v);
+    }
+    v
+}
+
+/// Mean squared error over the validation samples (each rank takes every world-th one), or None
+/// without validation samples.
+fn validation_loss(
+    data: &Data,
+    run: &mut UNetRun<Cpu>,
+    params: &Vec<f32>,
+    opts: &TrainOptions,
+    sync: &mut dyn GradientSync,
+    scratch: &mut Vec<f32>,
+    step: u64,
+) -> Result<Option<f64>, TrainError> {
+    if data.val_items.is_empty() {
+        return Ok(None);
+    }
+    let ds = data.val.as_ref().unwrap_or(&data.train);
+    let mine: Vec<Item> = data
+        .val_items
+        .iter()
+        .skip(opts.rank)
+        .step_by(opts.world)
+        .copied()
+        .collect();
+    let (mut sum, mut count) = (0.0f64, 0.0f64);
+    for chunk in mine.chunks(4) {
+        let positions = vec![0; chunk.len()];
+        let b = ds.batch(chunk, &positions, None)?;
+        let y = run
+            .forward(params, &b.images, b.n, b.height, b.width)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        scratch.resize(y.len(), 0.0);
+        sum += Cpu
+            .squared_error_sum(None, y, &b.targets, 1.0)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        count += y.len() as f64;
+    }
+    // Means over ranks of (sum, count) keep their ratio.
+    let mut totals = [sum as f32, count as f32];
+    sync.all_reduce_mean(&mut totals)
+        .map_err(|message| TrainError::Sync { step, message })?;
+    Ok((totals[1] > 0.0).then(|| totals[0] as f64 / totals[1] as f64))
+}
