@@ -7,6 +7,7 @@
 //! - [`frame`]: a decoded frame to the network's input (scale, channels, padding).
 //! - [`augment`]: intensity and geometric augmentation of a frame and its keypoints together.
 //! - [`targets`]: confidence maps and centroids.
+//! - [`peaks`]: peak finding on confidence maps, instance crops and the automatic crop size.
 //! - [`eval`]: OKS matching, mAP/mAR, distances, PCK and visibility, as sleap-nn evaluates.
 
 pub mod augment;
@@ -14,6 +15,7 @@ pub mod dataset;
 pub mod eval;
 pub mod frame;
 pub mod labels;
+pub mod peaks;
 pub mod slp;
 pub mod targets;
 
