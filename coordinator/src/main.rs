@@ -8,6 +8,7 @@ mod deploy;
 mod embed_cmd;
 mod finetune_cmd;
 mod launch;
+mod pose_cmd;
 mod server;
 mod tls;
 
@@ -56,6 +57,18 @@ enum Command {
     /// Example: `coordinator benchmark --config configs/quickstart.yaml --checkpoint
     /// runs/quickstart/checkpoints --output bench/`
     Benchmark(Box<benchmark_cmd::BenchmarkArgs>),
+    /// Predict poses with trained models (one single_instance model, or centroid +
+    /// centered_instance for top-down) on the labeled frames of a .slp file
+    ///
+    /// Example: `coordinator track --model runs/minimal_single_instance --data labels.pkg.slp
+    /// --output predictions.slp`
+    Track(pose_cmd::TrackArgs),
+    /// Score predictions against ground truth as sleap-nn does (OKS mAP/mAR, distances, PCK,
+    /// visibility): a summary on stdout, metrics.json and metrics.md in --output
+    Eval(pose_cmd::EvalArgs),
+    /// Inspect the network a sleap-nn config describes
+    #[command(subcommand)]
+    Model(pose_cmd::ModelCommand),
     /// Render what a cluster needs to run anvil (Kubernetes manifests)
     #[command(subcommand)]
     Deploy(deploy::DeployCommand),
@@ -66,7 +79,7 @@ fn main() -> ExitCode {
     run::logging::init();
     if matches!(
         cli.command,
-        Command::Config(_) | Command::Data(_) | Command::Deploy(_)
+        Command::Config(_) | Command::Data(_) | Command::Deploy(_) | Command::Model(_)
     ) {
         end_quietly_on_a_closed_pipe();
     }
@@ -78,6 +91,9 @@ fn main() -> ExitCode {
         Command::Finetune(args) => finetune_cmd::run(*args),
         Command::Benchmark(args) => benchmark_cmd::run(*args),
         Command::Deploy(cmd) => deploy::run(cmd),
+        Command::Track(args) => pose_cmd::run_track(args),
+        Command::Eval(args) => pose_cmd::run_eval(args),
+        Command::Model(cmd) => pose_cmd::run_model(cmd),
     }
 }
 

@@ -34,6 +34,28 @@ enum WorkerCommand {
     Embed(EmbedArgs),
     /// Run the config's eval.benchmarks on a checkpoint's cell embeddings (results.json, report.md)
     Benchmark(BenchmarkArgs),
+    /// Predict poses on the labeled frames of a .slp file with trained pose models
+    Track(TrackArgs),
+}
+
+#[derive(Args)]
+struct TrackArgs {
+    /// A trained pose model: its run directory, checkpoints directory or checkpoint. One
+    /// single_instance model, or a centroid and a centered_instance model (top-down)
+    #[arg(long = "model", value_name = "DIR", required = true)]
+    models: Vec<PathBuf>,
+    /// The labels (.slp / .pkg.slp) whose labeled frames to predict; never modified
+    #[arg(long, value_name = "FILE")]
+    data: PathBuf,
+    /// Where to write the predictions (.slp)
+    #[arg(long, short = 'o', value_name = "FILE")]
+    output: PathBuf,
+    /// Peaks below this confidence are left out
+    #[arg(long, default_value_t = 0.2)]
+    peak_threshold: f32,
+    /// Window of the sub-pixel (integral) refinement
+    #[arg(long, default_value_t = 5)]
+    integral_patch: usize,
 }
 
 #[derive(Args)]
@@ -162,6 +184,7 @@ fn main() -> ExitCode {
             })
             .map(|_| ExitCode::SUCCESS)
         }
+        Some(WorkerCommand::Track(a)) => track(a).map(|()| ExitCode::SUCCESS),
         None => match cli.join.coordinator.clone() {
             Some(addr) => join_run(&cli.join, addr).map(|interrupted| {
                 if interrupted {
@@ -285,6 +308,42 @@ fn train_pose_alone(cfg: &configs::SleapNnConfig, args: TrainArgs) -> anyhow::Re
         best_val_loss: best_val_loss(&summary),
     });
     progress.log(&format!("run dir {}", run_dir.display()));
+    Ok(())
+}
+
+fn track(args: TrackArgs) -> anyhow::Result<()> {
+    use worker::pose::predict::{predict, Pipeline, PredictOptions, TrainedPose};
+    if args.output.exists() && args.data.canonicalize().ok() == args.output.canonicalize().ok() {
+        anyhow::bail!(
+            "--output {} is the --data file; predictions never overwrite the labels",
+            args.output.display()
+        );
+    }
+    let models = args
+        .models
+        .iter()
+        .map(|m| TrainedPose::load(m))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let pipe = Pipeline::from_models(models)?;
+    let opts = PredictOptions {
+        peak_threshold: args.peak_threshold,
+        integral_patch: args.integral_patch.max(1),
+    };
+    let started = std::time::Instant::now();
+    let mut progress = Progress::stderr("");
+    let labels = predict(&pipe, &args.data, &opts, |done, total| {
+        if done == total || done % 50 == 0 {
+            progress.log(&format!("predicted {done}/{total} frames"));
+        }
+    })?;
+    data::pose::slp::write_labels(&args.output, &labels)?;
+    let n: usize = labels.frames.iter().map(|f| f.instances.len()).sum();
+    progress.log(&format!(
+        "wrote {n} predicted instances on {} frames to {} in {:.1}s",
+        labels.frames.len(),
+        args.output.display(),
+        started.elapsed().as_secs_f64()
+    ));
     Ok(())
 }
 

@@ -310,41 +310,54 @@ impl PoseDataset {
     }
 }
 
-/// Cuts the `crop × crop` window centred on instance `i`'s centroid (pixels outside the frame
-/// are black) and moves every instance's points into it.
+/// Cuts the `crop × crop` window centred on instance `i`'s centroid and moves every instance's
+/// points into it.
 fn crop_to_instance(s: &mut Sample, i: usize, rule: CentroidRule, crop: usize) {
     let c = s
         .instances
         .get(i)
         .and_then(|p| centroid(p, rule))
         .unwrap_or([0.0, 0.0]);
-    let (x0, y0) = (
-        (c[0] - crop as f64 / 2.0).round() as isize,
-        (c[1] - crop as f64 / 2.0).round() as isize,
-    );
-    let mut out = vec![0.0f32; s.channels * crop * crop];
-    for ch in 0..s.channels {
+    let (image, origin) = crop_at(&s.image, s.channels, s.height, s.width, c, crop);
+    s.image = image;
+    s.height = crop;
+    s.width = crop;
+    for p in s.instances.iter_mut().flatten() {
+        p[0] -= origin[0] as f64;
+        p[1] -= origin[1] as f64;
+    }
+}
+
+/// The `crop × crop` window of a [channels, h, w] image whose top-left pixel is
+/// round(centre − crop/2) (pixels outside the frame are black), and that top-left pixel: a
+/// point p of the frame is p − origin in the crop. Training and prediction crop alike.
+pub fn crop_at(
+    image: &[f32],
+    channels: usize,
+    h: usize,
+    w: usize,
+    centre: [f64; 2],
+    crop: usize,
+) -> (Vec<f32>, [isize; 2]) {
+    let x0 = (centre[0] - crop as f64 / 2.0).round() as isize;
+    let y0 = (centre[1] - crop as f64 / 2.0).round() as isize;
+    let mut out = vec![0.0f32; channels * crop * crop];
+    for ch in 0..channels {
         for y in 0..crop {
             let sy = y0 + y as isize;
-            if sy < 0 || sy >= s.height as isize {
+            if sy < 0 || sy >= h as isize {
                 continue;
             }
             for x in 0..crop {
                 let sx = x0 + x as isize;
-                if sx >= 0 && sx < s.width as isize {
+                if sx >= 0 && sx < w as isize {
                     out[(ch * crop + y) * crop + x] =
-                        s.image[(ch * s.height + sy as usize) * s.width + sx as usize];
+                        image[(ch * h + sy as usize) * w + sx as usize];
                 }
             }
         }
     }
-    s.image = out;
-    s.height = crop;
-    s.width = crop;
-    for p in s.instances.iter_mut().flatten() {
-        p[0] -= x0 as f64;
-        p[1] -= y0 as f64;
-    }
+    (out, [x0, y0])
 }
 
 /// Splits sample indices into (train, validation): a seeded random `fraction` of the frames

@@ -316,6 +316,28 @@ fn video_of(labels: &Labels, frame: &LabeledFrame) -> String {
 /// width) are both known and differ never match; then an exact (normalized) path match wins;
 /// then the shortest trailing run of path components that exactly one candidate shares.
 /// sleap-io's file-identity and pose-content rungs are not reproduced.
+fn same_embedded_frames(a: &Video, b: &Video) -> bool {
+    match (&a.source, &b.source) {
+        (
+            VideoSource::Embedded {
+                file: fa,
+                dataset: da,
+                ..
+            },
+            VideoSource::Embedded {
+                file: fb,
+                dataset: db,
+                ..
+            },
+        ) => {
+            da == db
+                && (fa == fb
+                    || matches!((fa.canonicalize(), fb.canonicalize()), (Ok(x), Ok(y)) if x == y))
+        }
+        _ => false,
+    }
+}
+
 pub fn match_videos(ground_truth: &Labels, predictions: &Labels) -> Vec<Option<usize>> {
     predictions
         .videos
@@ -324,6 +346,14 @@ pub fn match_videos(ground_truth: &Labels, predictions: &Labels) -> Vec<Option<u
             let viable: Vec<usize> = (0..ground_truth.videos.len())
                 .filter(|&g| shapes_compatible(&ground_truth.videos[g], pred))
                 .collect();
+            // The same frames: both read the same dataset of the same HDF5 file (predictions that
+            // refer to the embedded frames of the labels they were made from).
+            if let Some(&g) = viable
+                .iter()
+                .find(|&&g| same_embedded_frames(&ground_truth.videos[g], pred))
+            {
+                return Some(g);
+            }
             let pred_parts = path_parts(&video_key(pred));
             if let Some(&g) = viable
                 .iter()

@@ -5,6 +5,7 @@
 //! - [`unet`]: the UNet + confidence-map head on a [`kernels::backend::ConvDevice`].
 //! - [`train`]: one worker's training loop.
 
+pub mod predict;
 pub mod spec;
 pub mod train;
 pub mod unet;

@@ -19,6 +19,8 @@ use std::time::Instant;
 use configs::sleap::{ActiveScheduler, OptimizerName, SleapNnConfig, ThresholdMode};
 use configs::ConfigRoot;
 use data::pose::dataset::{split, Item, PoseDataset};
+use data::pose::peaks::find_instance_crop_size;
+use data::pose::targets::CentroidRule;
 use data::pose::Skeleton;
 use data::rng::{CounterRng, Stream};
 use kernels::optim::AdamConfig;
@@ -44,36 +46,35 @@ pub fn train_paths(cfg: &SleapNnConfig) -> Result<Vec<PathBuf>, TrainError> {
     }
 }
 
-/// sleap-nn's automatic crop size for centered-instance models: the largest instance's
-/// bounding-box side plus padding, at least `min_crop_size`, rounded up to the max stride.
-pub fn auto_crop_size(
-    ds: &PoseDataset,
-    max_stride: usize,
-    min_crop: usize,
-    padding: usize,
-) -> usize {
-    let mut side = 0.0f64;
-    for it in ds.items() {
-        let lf = &ds.labels(it.source).frames[it.frame];
-        for inst in &lf.instances {
-            let vis: Vec<&[f64; 2]> = inst
-                .points
-                .iter()
-                .filter(|p| p[0].is_finite() && p[1].is_finite())
-                .collect();
-            if vis.is_empty() {
-                continue;
-            }
-            let (xs, ys): (Vec<f64>, Vec<f64>) = vis.iter().map(|p| (p[0], p[1])).unzip();
-            let w = xs.iter().cloned().fold(f64::MIN, f64::max)
-                - xs.iter().cloned().fold(f64::MAX, f64::min);
-            let h = ys.iter().cloned().fold(f64::MIN, f64::max)
-                - ys.iter().cloned().fold(f64::MAX, f64::min);
-            side = side.max(w).max(h);
-        }
-    }
-    let crop = (side.ceil() as usize + 2 * padding).max(min_crop);
-    crop.div_ceil(max_stride) * max_stride
+/// sleap-nn's automatic crop size for centered-instance models over the training samples'
+/// instances ([`data::pose::peaks::find_instance_crop_size`]).
+fn auto_crop_size(cfg: &SleapNnConfig, ds: &PoseDataset, max_stride: usize) -> usize {
+    let p = &cfg.data_config.preprocessing;
+    let rule = match cfg.model_config.head_configs.centered_instance.as_ref() {
+        Some(h) => h
+            .confmaps
+            .anchor_part
+            .as_ref()
+            .and_then(|a| ds.skeleton().nodes.iter().position(|n| n == a))
+            .map_or(CentroidRule::CenterOfMass, CentroidRule::Anchor),
+        None => CentroidRule::CenterOfMass,
+    };
+    let instances: Vec<Vec<[f64; 2]>> = ds
+        .items()
+        .iter()
+        .flat_map(|it| {
+            ds.labels(it.source).frames[it.frame]
+                .user_instances()
+                .map(|i| i.points.clone())
+        })
+        .collect();
+    find_instance_crop_size(
+        &instances,
+        rule,
+        p.crop_padding.unwrap_or(0),
+        max_stride,
+        p.min_crop_size,
+    )
 }
 
 /// Learning rate per epoch from `trainer_config.lr_scheduler`, as sleap-nn's schedulers step
@@ -199,7 +200,6 @@ fn open_data(cfg: &SleapNnConfig) -> Result<(Data, spec::Built), TrainError> {
     let probe = spec::probe_spec(cfg);
     let ds = PoseDataset::open(&paths, probe)?;
     let skeleton = ds.skeleton().clone();
-    let p = &cfg.data_config.preprocessing;
     let max_stride = cfg
         .resolved()
         .model_config
@@ -207,12 +207,7 @@ fn open_data(cfg: &SleapNnConfig) -> Result<(Data, spec::Built), TrainError> {
         .unet
         .as_ref()
         .map_or(16, |u| u.max_stride);
-    let crop = auto_crop_size(
-        &ds,
-        max_stride,
-        p.min_crop_size.unwrap_or(0),
-        p.crop_padding.unwrap_or(0),
-    );
+    let crop = auto_crop_size(cfg, &ds, max_stride);
     let built = spec::build(cfg, &skeleton, crop).map_err(TrainError::Config)?;
     let mut train = PoseDataset::open(&paths, built.spec.clone())?;
     let all = train.items().to_vec();
@@ -258,7 +253,6 @@ pub fn train_pose(
     control: &mut dyn FnMut() -> Control,
 ) -> Result<TrainSummary, TrainError> {
     let (data, built) = open_data(cfg)?;
-    let _ = &built.spec;
     let t = &cfg.trainer_config;
     let dev = Cpu;
     let model = UNetModel::new(built.plan.clone(), Precision::F32);
@@ -315,7 +309,14 @@ pub fn train_pose(
             state.global_step
         )));
     }
-    let config_yaml = cfg.to_yaml();
+    // The config as trained: an automatic crop size is written in, so prediction crops alike.
+    let config_yaml = {
+        let mut c = cfg.clone();
+        if let data::pose::dataset::HeadTargets::CenteredInstance { crop, .. } = &built.spec.head {
+            c.data_config.preprocessing.crop_size = Some(*crop);
+        }
+        c.to_yaml()
+    };
     let skeleton = skeleton_json(data.train.skeleton());
     on_event(TrainEvent::Start {
         run_name: run_name.clone(),

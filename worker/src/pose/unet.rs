@@ -491,6 +491,13 @@ impl<'m, D: ConvDevice<f32>> UNetRun<'m, D> {
         Ok(&self.saved.insert(saved).head.mem)
     }
 
+    /// The confidence maps of the last forward with their (channels, height, width).
+    pub fn maps(&self) -> Option<(&D::Mem, (usize, usize, usize))> {
+        self.saved
+            .as_ref()
+            .map(|s| (&s.head.mem, (s.head.c, s.head.h, s.head.w)))
+    }
+
     /// Output shape (channels, height, width) of the last forward.
     pub fn output_shape(&self) -> Option<(usize, usize, usize)> {
         self.saved.as_ref().map(|s| (s.head.c, s.head.h, s.head.w))

@@ -1,0 +1,335 @@
+//! Prediction with trained pose models (sleap-nn's `track` without tracking): a single-instance
+//! model finds each node's global peak per frame; a centroid model and a centered-instance model
+//! together run top-down — centroids as local peaks of the centroid map, then each instance's
+//! nodes in a crop around its centroid. Peaks are refined to sub-pixel positions by integral
+//! regression, as sleap-nn does by default, and mapped back to the frame's pixels.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context};
+use configs::SleapNnConfig;
+use data::pose::dataset::{crop_at, HeadTargets, PoseSpec};
+use data::pose::peaks::{global_peaks, local_peaks, Refinement};
+use data::pose::slp::{read_labels, SlpImages};
+use data::pose::{Instance, InstanceKind, LabeledFrame, Labels, Skeleton};
+use kernels::{Cpu, Precision};
+
+use super::spec;
+use super::unet::{UNetModel, UNetRun};
+use crate::checkpoint;
+
+/// A trained model loaded from a checkpoint.
+pub struct TrainedPose {
+    pub dir: PathBuf,
+    pub cfg: SleapNnConfig,
+    pub skeleton: Skeleton,
+    pub spec: PoseSpec,
+    pub model: UNetModel,
+    pub params: Vec<f32>,
+}
+
+/// The checkpoint a `--model` path names: a checkpoint, a run's `checkpoints/` directory or the
+/// run directory itself; in a directory of checkpoints `best` wins, then the newest.
+pub fn resolve_model_dir(path: &Path) -> anyhow::Result<PathBuf> {
+    if path.join(checkpoint::MANIFEST).exists() {
+        return Ok(path.to_path_buf());
+    }
+    let dir = if path.join("checkpoints").is_dir() {
+        path.join("checkpoints")
+    } else {
+        path.to_path_buf()
+    };
+    if dir.join("best").join(checkpoint::MANIFEST).exists() {
+        return Ok(dir.join("best"));
+    }
+    checkpoint::resolve_resume(&dir).with_context(|| format!("--model {}", path.display()))
+}
+
+impl TrainedPose {
+    pub fn load(path: &Path) -> anyhow::Result<TrainedPose> {
+        let dir = resolve_model_dir(path)?;
+        let files = checkpoint::verify(&dir)?;
+        let text = |name: &str| -> anyhow::Result<String> {
+            let bytes = files.get(name).ok_or_else(|| {
+                anyhow!(
+                    "checkpoint {}: no {name} (not a pose model?)",
+                    dir.display()
+                )
+            })?;
+            Ok(String::from_utf8_lossy(bytes).into_owned())
+        };
+        let cfg: SleapNnConfig = configs::Sources::from_str(&text("config.yaml")?, "config.yaml")
+            .and_then(|s| s.load_as())
+            .map_err(|e| anyhow!("checkpoint {}: config.yaml: {e}", dir.display()))?;
+        let sk: serde_json::Value = serde_json::from_str(&text("skeleton.json")?)
+            .with_context(|| format!("checkpoint {}: skeleton.json", dir.display()))?;
+        let pairs = |v: &serde_json::Value| -> Vec<(usize, usize)> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|p| Some((p[0].as_u64()? as usize, p[1].as_u64()? as usize)))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let skeleton = Skeleton {
+            name: sk["name"].as_str().unwrap_or("skeleton").to_string(),
+            nodes: sk["nodes"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|n| n.as_str().map(String::from))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            edges: pairs(&sk["edges"]),
+            symmetries: pairs(&sk["symmetries"]),
+        };
+        let crop = cfg.data_config.preprocessing.crop_size.unwrap_or(0);
+        let built = spec::build(&cfg, &skeleton, crop)
+            .map_err(|e| anyhow!("checkpoint {}: {e}", dir.display()))?;
+        let model = UNetModel::new(built.plan, Precision::F32);
+        let loaded = checkpoint::load(&dir, model.layout())?;
+        Ok(TrainedPose {
+            dir,
+            cfg,
+            skeleton,
+            spec: built.spec,
+            model,
+            params: loaded.params,
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct PredictOptions {
+    /// Peaks below this confidence are not reported (sleap-nn's default 0.2).
+    pub peak_threshold: f32,
+    /// Integral refinement window (sleap-nn's default 5).
+    pub integral_patch: usize,
+}
+
+impl Default for PredictOptions {
+    fn default() -> Self {
+        PredictOptions {
+            peak_threshold: 0.2,
+            integral_patch: 5,
+        }
+    }
+}
+
+/// The models of one prediction: a single-instance model, or centroid + centered instance.
+pub enum Pipeline {
+    SingleInstance(TrainedPose),
+    TopDown {
+        centroid: TrainedPose,
+        instance: TrainedPose,
+    },
+}
+
+impl Pipeline {
+    pub fn from_models(mut models: Vec<TrainedPose>) -> anyhow::Result<Pipeline> {
+        let kind = |m: &TrainedPose| match m.spec.head {
+            HeadTargets::SingleInstance { .. } => 0,
+            HeadTargets::Centroid { .. } => 1,
+            HeadTargets::CenteredInstance { .. } => 2,
+        };
+        models.sort_by_key(kind);
+        match models.len() {
+            1 if kind(&models[0]) == 0 => Ok(Pipeline::SingleInstance(models.remove(0))),
+            2 if kind(&models[0]) == 1 && kind(&models[1]) == 2 => {
+                let instance = models.remove(1);
+                let centroid = models.remove(0);
+                Ok(Pipeline::TopDown { centroid, instance })
+            }
+            _ => bail!(
+                "--model: give one single_instance model, or a centroid model and a centered_instance \
+                 model (top-down); got {}",
+                models.iter().map(|m| format!("{} ({})", m.dir.display(), head_name(m))).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+
+    fn skeleton(&self) -> &Skeleton {
+        match self {
+            Pipeline::SingleInstance(m) => &m.skeleton,
+            Pipeline::TopDown { instance, .. } => &instance.skeleton,
+        }
+    }
+}
+
+fn head_name(m: &TrainedPose) -> &'static str {
+    match m.spec.head {
+        HeadTargets::SingleInstance { .. } => "single_instance",
+        HeadTargets::Centroid { .. } => "centroid",
+        HeadTargets::CenteredInstance { .. } => "centered_instance",
+    }
+}
+
+/// The instance a model's node maps give: one point per skeleton node (NaN where the model has
+/// no map or no peak above threshold), with per-node scores.
+fn instance_from(
+    maps: &[f32],
+    nodes: &[usize],
+    n_nodes: usize,
+    gh: usize,
+    gw: usize,
+    stride: usize,
+    to_frame: impl Fn([f64; 2]) -> [f64; 2],
+    score: Option<f32>,
+    o: &PredictOptions,
+) -> anyhow::Result<Instance> {
+    let peaks = global_peaks(
+        maps,
+        nodes.len(),
+        gh,
+        gw,
+        o.peak_threshold,
+        Refinement::Integral,
+        o.integral_patch,
+    )?;
+    let mut points = vec![[f64::NAN; 2]; n_nodes];
+    let mut scores = vec![0.0; n_nodes];
+    for (p, &n) in peaks.iter().zip(nodes) {
+        if p.x.is_finite() && p.y.is_finite() {
+            points[n] = to_frame([p.x as f64 * stride as f64, p.y as f64 * stride as f64]);
+        }
+        scores[n] = p.score as f64;
+    }
+    let mean = scores.iter().sum::<f64>() / n_nodes.max(1) as f64;
+    Ok(Instance {
+        skeleton: 0,
+        points,
+        point_scores: scores,
+        kind: InstanceKind::Predicted {
+            score: score.unwrap_or(mean as f32),
+        },
+        track: None,
+        tracking_score: 0.0,
+    })
+}
+
+/// Predicts every labeled frame of `labels_path`; the result has the input's videos and the
+/// model's skeleton, with predicted instances only.
+pub fn predict(
+    pipe: &Pipeline,
+    labels_path: &Path,
+    o: &PredictOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Labels> {
+    let input = read_labels(labels_path)?;
+    let images = SlpImages::open(labels_path, &input)?;
+    let skeleton = pipe.skeleton().clone();
+    if let Some(s) = input.skeletons.first() {
+        if s.nodes != skeleton.nodes {
+            bail!(
+                "{}: its skeleton's nodes {:?} differ from the model's {:?}",
+                labels_path.display(),
+                s.nodes,
+                skeleton.nodes
+            );
+        }
+    }
+    let n_nodes = skeleton.nodes.len();
+    let dev = Cpu;
+    let mut out = Labels {
+        skeletons: vec![skeleton],
+        videos: input.videos.clone(),
+        frames: Vec::new(),
+        tracks: Vec::new(),
+    };
+    let total = input.frames.len();
+    match pipe {
+        Pipeline::SingleInstance(m) => {
+            let mut run = UNetRun::new(&m.model, &dev);
+            let HeadTargets::SingleInstance { nodes } = &m.spec.head else {
+                unreachable!()
+            };
+            for (i, lf) in input.frames.iter().enumerate() {
+                let img = images.frame(lf.video, lf.frame_idx)?;
+                let s = m.spec.preprocess.apply(&img, &[]);
+                run.forward(&m.params, &s.image, 1, s.height, s.width)?;
+                let (maps, (_, gh, gw)) = run.maps().expect("after forward");
+                let scale = s.scale;
+                let inst = instance_from(
+                    maps,
+                    nodes,
+                    n_nodes,
+                    gh,
+                    gw,
+                    m.spec.output_stride,
+                    |p| [p[0] / scale, p[1] / scale],
+                    None,
+                    o,
+                )?;
+                out.frames.push(LabeledFrame {
+                    video: lf.video,
+                    frame_idx: lf.frame_idx,
+                    instances: vec![inst],
+                });
+                progress(i + 1, total);
+            }
+        }
+        Pipeline::TopDown { centroid, instance } => {
+            let mut crun = UNetRun::new(&centroid.model, &dev);
+            let mut irun = UNetRun::new(&instance.model, &dev);
+            let HeadTargets::CenteredInstance { nodes, crop, .. } = &instance.spec.head else {
+                unreachable!()
+            };
+            for (i, lf) in input.frames.iter().enumerate() {
+                let img = images.frame(lf.video, lf.frame_idx)?;
+                let sc = centroid.spec.preprocess.apply(&img, &[]);
+                crun.forward(&centroid.params, &sc.image, 1, sc.height, sc.width)?;
+                let (cmap, (_, gh, gw)) = crun.maps().expect("after forward");
+                let peaks = local_peaks(
+                    cmap,
+                    gh,
+                    gw,
+                    o.peak_threshold,
+                    Refinement::Integral,
+                    o.integral_patch,
+                )?;
+                let si = instance.spec.preprocess.apply(&img, &[]);
+                let mut instances = Vec::new();
+                for p in peaks {
+                    let stride = centroid.spec.output_stride as f64;
+                    // Centroid in frame pixels, then in the instance model's input.
+                    let c = [
+                        p.x as f64 * stride / sc.scale,
+                        p.y as f64 * stride / sc.scale,
+                    ];
+                    let ci = [c[0] * si.scale, c[1] * si.scale];
+                    let (window, origin) =
+                        crop_at(&si.image, si.channels, si.height, si.width, ci, *crop);
+                    irun.forward(&instance.params, &window, 1, *crop, *crop)?;
+                    let (maps, (_, mh, mw)) = irun.maps().expect("after forward");
+                    let scale = si.scale;
+                    let to_frame = |q: [f64; 2]| {
+                        [
+                            (q[0] + origin[0] as f64) / scale,
+                            (q[1] + origin[1] as f64) / scale,
+                        ]
+                    };
+                    instances.push(instance_from(
+                        maps,
+                        nodes,
+                        n_nodes,
+                        mh,
+                        mw,
+                        instance.spec.output_stride,
+                        to_frame,
+                        Some(p.score),
+                        o,
+                    )?);
+                }
+                out.frames.push(LabeledFrame {
+                    video: lf.video,
+                    frame_idx: lf.frame_idx,
+                    instances,
+                });
+                progress(i + 1, total);
+            }
+        }
+    }
+    Ok(out)
+}
