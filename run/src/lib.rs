@@ -1,6 +1,7 @@
 //! The run-directory contract: what the coordinator and the workers both know about a run
 //! without either linking the other's code.
 //!
+//! - [`family`]: a run's config of either family (single-cell or pose) as the coordinator sees it;
 //! - [`naming`]: a run's name and where its directory and checkpoints go;
 //! - [`checkpoint`]: a checkpoint's manifest, its verification and which one a run resumes from;
 //! - [`dir`]: the coordinator's state files in the run directory (config, token, run record,
@@ -16,6 +17,7 @@
 
 pub mod checkpoint;
 pub mod dir;
+pub mod family;
 pub mod logging;
 pub mod naming;
 pub mod progress;
@@ -24,4 +26,5 @@ pub mod telemetry;
 pub mod versions;
 
 pub use dir::{RunDir, RunRecord};
+pub use family::RunConfig;
 pub use naming::{checkpoint_root, default_run_dir, resolve_run_name, run_name};

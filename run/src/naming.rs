@@ -9,6 +9,11 @@ pub fn run_name(cfg: &ScModelForgeConfig) -> String {
     if let Some(n) = &cfg.training.run_name {
         return n.clone();
     }
+    timestamped(cfg.model.architecture.as_str())
+}
+
+/// `{what}-YYYYMMDD-HHMMSS` (UTC, now).
+pub fn timestamped(what: &str) -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -16,8 +21,7 @@ pub fn run_name(cfg: &ScModelForgeConfig) -> String {
     let (days, rem) = (secs / 86_400, secs % 86_400);
     let (y, m, d) = civil_from_days(days as i64);
     format!(
-        "{}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
-        cfg.model.architecture.as_str(),
+        "{what}-{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
         rem / 3600,
         rem / 60 % 60,
         rem % 60

@@ -120,7 +120,10 @@ impl Progress {
     /// A validation loss: a message, and part of the status line from now on.
     pub fn validation(&mut self, epoch: u64, loss: f64) {
         self.val_loss = Some(loss);
-        self.log(&format!("epoch {epoch} validation loss {loss:.4}"));
+        self.log(&format!(
+            "epoch {epoch} validation loss {}",
+            loss_text(loss)
+        ));
     }
 
     /// A message on a line of its own (the status line is redrawn at the next step or tick).

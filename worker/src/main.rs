@@ -6,7 +6,6 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
-use configs::ScModelForgeConfig;
 use proto::v1::{worker_message::Body, CheckpointSaved, Finished, LogLine, StepMetrics};
 use run::progress::{Progress, Step, Summary};
 use worker::join::{Command, JoinOptions, Session, TlsOptions};
@@ -447,10 +446,9 @@ fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<bool> {
 
 fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow::Result<Finished> {
     let a = session.assignment.clone();
-    let cfg: ScModelForgeConfig =
-        configs::Sources::from_str(&a.config_yaml, "config from coordinator")
-            .and_then(|s| s.load_as())
-            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let cfg = configs::Sources::from_str(&a.config_yaml, "config from coordinator")
+        .and_then(|s| s.load())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let opts = TrainOptions {
         rank: a.rank as usize,
         world: a.world_size as usize,
@@ -462,20 +460,28 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
     };
     let rest = session;
     let (mut steps_per_epoch, mut total_steps) = (0, 0);
-    let summary = train::train(
-        &cfg,
-        &opts,
-        ring,
-        &mut |e| match e {
-            TrainEvent::Start {
-                steps_per_epoch: spe,
-                total_steps: total,
-                ..
-            } => {
-                steps_per_epoch = spe;
-                total_steps = total;
-            }
-            TrainEvent::Step {
+    let mut on_event = |e| match e {
+        TrainEvent::Start {
+            steps_per_epoch: spe,
+            total_steps: total,
+            ..
+        } => {
+            steps_per_epoch = spe;
+            total_steps = total;
+        }
+        TrainEvent::Step {
+            epoch,
+            step,
+            loss,
+            lr,
+            grad_norm,
+            cells_per_s,
+            tokens_per_s,
+            step_seconds,
+            allreduce_seconds,
+        } => {
+            rest.set_step(step);
+            rest.send(Body::Step(StepMetrics {
                 epoch,
                 step,
                 loss,
@@ -483,47 +489,42 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
                 grad_norm,
                 cells_per_s,
                 tokens_per_s,
-                step_seconds,
-                allreduce_seconds,
-            } => {
-                rest.set_step(step);
-                rest.send(Body::Step(StepMetrics {
-                    epoch,
-                    step,
-                    loss,
-                    lr,
-                    grad_norm,
-                    cells_per_s,
-                    tokens_per_s,
-                    steps_per_epoch,
-                    total_steps,
-                    step_time_s: step_seconds,
-                    allreduce_time_s: allreduce_seconds,
-                }));
-            }
-            TrainEvent::Validation { epoch, step, loss } => {
-                rest.send(Body::Validation(proto::v1::ValidationMetrics {
-                    epoch,
-                    step,
-                    loss,
-                }))
-            }
-            TrainEvent::Checkpoint { step, path } => rest.send(Body::Checkpoint(CheckpointSaved {
+                steps_per_epoch,
+                total_steps,
+                step_time_s: step_seconds,
+                allreduce_time_s: allreduce_seconds,
+            }));
+        }
+        TrainEvent::Validation { epoch, step, loss } => {
+            rest.send(Body::Validation(proto::v1::ValidationMetrics {
+                epoch,
                 step,
-                path: path.display().to_string(),
-            })),
-            TrainEvent::Log(message) => rest.send(Body::Log(LogLine {
-                level: "info".into(),
-                message,
-            })),
-        },
-        &mut || match rest.command() {
-            Command::Continue if worker::preempt::requested() => Control::CheckpointAndStop,
-            Command::Continue => Control::Continue,
-            Command::CheckpointAndStop => Control::CheckpointAndStop,
-            Command::Stop => Control::Stop,
-        },
-    )?;
+                loss,
+            }))
+        }
+        TrainEvent::Checkpoint { step, path } => rest.send(Body::Checkpoint(CheckpointSaved {
+            step,
+            path: path.display().to_string(),
+        })),
+        TrainEvent::Log(message) => rest.send(Body::Log(LogLine {
+            level: "info".into(),
+            message,
+        })),
+    };
+    let mut control = || match rest.command() {
+        Command::Continue if worker::preempt::requested() => Control::CheckpointAndStop,
+        Command::Continue => Control::Continue,
+        Command::CheckpointAndStop => Control::CheckpointAndStop,
+        Command::Stop => Control::Stop,
+    };
+    let summary = match cfg {
+        configs::AnyConfig::ScModelForge(cfg) => {
+            train::train(&cfg, &opts, ring, &mut on_event, &mut control)?
+        }
+        configs::AnyConfig::SleapNn(cfg) => {
+            worker::pose::train_pose(&cfg, &opts, ring, &mut on_event, &mut control)?
+        }
+    };
     Ok(Finished {
         steps: summary.global_step,
         final_loss: summary.losses.last().copied().unwrap_or(f64::NAN),

@@ -103,7 +103,7 @@ impl Supervisor {
                 .filter(|l| l.is_finite())
                 .fold(f64::NAN, f64::min),
         });
-        let checkpoints = run::checkpoint_root(&run.cfg, &run::dir::absolute(&run.dir.path));
+        let checkpoints = run.cfg.checkpoint_root(&run::dir::absolute(&run.dir.path));
         self.progress.log(&format!(
             "checkpoints in {}, metrics in {}",
             checkpoints.display(),

@@ -74,7 +74,7 @@ impl ControlPlane {
             world: run.record.world,
             generation: run.record.generation,
             run_dir: run::dir::absolute(&run.dir.path).display().to_string(),
-            config_yaml: configs::ConfigRoot::to_yaml(&run.cfg),
+            config_yaml: run.cfg.to_yaml(),
             resume_from: run.resume_from(),
             max_steps: args.max_steps.unwrap_or(0),
             trace_parent: String::new(),

@@ -15,11 +15,53 @@
 use std::path::Path;
 
 use anyhow::bail;
-use configs::ScModelForgeConfig;
+use configs::{ScModelForgeConfig, SleapNnConfig};
+use run::RunConfig;
 
 /// Fails on a config section this build cannot train or a data path that does not exist;
 /// prints the run's inputs and global batch.
-pub fn check_inputs(cfg: &ScModelForgeConfig, world: usize) -> anyhow::Result<()> {
+pub fn check_inputs(cfg: &RunConfig, world: usize) -> anyhow::Result<()> {
+    match cfg {
+        RunConfig::Cells(c) => check_cells(c, world),
+        RunConfig::Pose(c) => check_pose(c, world),
+    }
+}
+
+/// A pose run: the labels files exist (the workers check every field they cannot honour, by
+/// name, before training; the first to fail stops the run with that message).
+fn check_pose(cfg: &SleapNnConfig, world: usize) -> anyhow::Result<()> {
+    let d = &cfg.data_config;
+    let Some(train) = d.train_labels_path.as_ref().filter(|p| !p.is_empty()) else {
+        bail!("data_config.train_labels_path is null: name the labels, e.g. --set data_config.train_labels_path=[labels.pkg.slp]");
+    };
+    for (field, paths) in [
+        ("train_labels_path", Some(train)),
+        ("val_labels_path", d.val_labels_path.as_ref()),
+    ] {
+        for p in paths.into_iter().flatten() {
+            if !Path::new(p).exists() {
+                bail!("data_config.{field}: {p} does not exist (paths are relative to the current directory)");
+            }
+        }
+    }
+    let b = cfg.trainer_config.train_data_loader.batch_size;
+    let heads: Vec<&str> = cfg
+        .model_config
+        .head_configs
+        .kinds()
+        .iter()
+        .map(|k| k.as_str())
+        .collect();
+    eprintln!(
+        "anvil: {} head, {} labels file(s), global batch {} ({b} per worker x {world})",
+        heads.join(" + "),
+        train.len(),
+        b * world
+    );
+    Ok(())
+}
+
+fn check_cells(cfg: &ScModelForgeConfig, world: usize) -> anyhow::Result<()> {
     if let Some(why) = run::support::unsupported(cfg) {
         bail!("{why}");
     }

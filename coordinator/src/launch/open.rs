@@ -6,14 +6,13 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context};
-use configs::{ConfigRoot, ScModelForgeConfig};
-use run::{RunDir, RunRecord};
+use run::{RunConfig, RunDir, RunRecord};
 
 use super::args::LaunchArgs;
 
 /// A run ready to be served: its config, directory, record and token.
 pub struct OpenRun {
-    pub cfg: ScModelForgeConfig,
+    pub cfg: RunConfig,
     pub dir: RunDir,
     pub record: RunRecord,
     pub token: String,
@@ -75,8 +74,8 @@ impl OpenRun {
         let Some(path) = &args.config else {
             return Ok(());
         };
-        let given: ScModelForgeConfig =
-            configs::load_file_as(path, &args.overrides).map_err(|e| anyhow!("{e}"))?;
+        let given =
+            RunConfig::from(configs::load_file(path, &args.overrides).map_err(|e| anyhow!("{e}"))?);
         let (given, stored) = (given.to_yaml(), self.cfg.to_yaml());
         if given == stored {
             return Ok(());
@@ -105,7 +104,7 @@ impl OpenRun {
     /// metrics logged after it when they open (`worker::loggers`); without a checkpoint the
     /// run starts over in a new `version_N` of its logs.
     pub fn rewind(&self) -> anyhow::Result<Option<PathBuf>> {
-        Ok(run::checkpoint::latest(&self.cfg, &self.dir.path))
+        Ok(self.cfg.latest_checkpoint(&self.dir.path))
     }
 
     /// The checkpoint the workers of the first generation start from ("" for none).
@@ -119,8 +118,9 @@ impl OpenRun {
     fn resume(dir: &Path, args: &LaunchArgs, world: usize) -> anyhow::Result<Self> {
         let run = RunDir::open(dir)?;
         let record = run.read_record()?;
-        let cfg: ScModelForgeConfig =
-            configs::load_file_as(&run.config_path(), &[]).map_err(|e| anyhow!("{e}"))?;
+        let cfg = RunConfig::from(
+            configs::load_file(&run.config_path(), &[]).map_err(|e| anyhow!("{e}"))?,
+        );
         if record.world != world && (args.nodes, args.workers_per_node) != (1, 1) {
             bail!(
                 "{} was started with {} workers; resume it with the same number (got {world})",
@@ -144,15 +144,8 @@ impl OpenRun {
             .as_ref()
             .ok_or_else(|| anyhow!("--config is required"))?;
         let loaded = configs::load_file(path, &args.overrides).map_err(|e| anyhow!("{e}"))?;
-        let cfg = match loaded {
-            configs::AnyConfig::ScModelForge(c) => c,
-            configs::AnyConfig::SleapNn(_) => bail!(
-                "{} is a sleap-nn config; anvil validates it (coordinator config validate) \
-                 but training pose models is not available yet",
-                path.display()
-            ),
-        };
-        let run_name = run::run_name(&cfg);
+        let cfg = RunConfig::from(loaded);
+        let run_name = cfg.run_name();
         let dir = match &args.run_dir {
             Some(d) if RunDir::holds_run(d) => bail!(
                 "{} already holds a run; continue it with --resume {0}, or choose another --run-dir",

@@ -100,7 +100,13 @@ impl Supervisor {
             placement,
             watch: RunWatch::new(&run.record.run_id, run.record.world),
             signals: Signals::new()?,
-            progress: Progress::stderr("anvil: "),
+            progress: {
+                let mut p = Progress::stderr("anvil: ");
+                if matches!(run.cfg, run::RunConfig::Pose(_)) {
+                    p.set_unit("frames");
+                }
+                p
+            },
             started: Instant::now(),
             worker_bin: match &args.worker_bin {
                 Some(p) => p.clone(),

@@ -22,7 +22,7 @@
 //! which TensorBoard forgets what earlier files logged from that step on. So one run's curve
 //! stays in one version, whatever restarts, preemptions and `--resume`s it went through.
 
-mod csv;
+pub mod csv;
 pub mod tensorboard;
 
 use std::path::{Path, PathBuf};

@@ -31,6 +31,7 @@ use super::unet::{UNetModel, UNetRun};
 use crate::checkpoint::{
     self, DataPosition, Metrics, RngState, Snapshot, TrainState, FORMAT_VERSION,
 };
+use crate::loggers::csv::CsvLogger;
 use crate::sync::GradientSync;
 use crate::train::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
 
@@ -76,6 +77,18 @@ fn auto_crop_size(cfg: &SleapNnConfig, ds: &PoseDataset, max_stride: usize) -> u
         p.min_crop_size,
     )
 }
+
+/// metrics.csv columns, sorted as Lightning's CSV logger writes them.
+const CSV_COLUMNS: [&str; 8] = [
+    "epoch",
+    "learning_rate",
+    "step",
+    "train/frames_per_sec",
+    "train/grad_norm",
+    "train/loss",
+    "train/step_time_ms",
+    "val/loss",
+];
 
 /// Learning rate per epoch from `trainer_config.lr_scheduler`, as sleap-nn's schedulers step
 /// once per epoch.
@@ -360,6 +373,28 @@ pub fn train_pose(
         ..TrainSummary::default()
     };
     let started = Instant::now();
+    let summary_start_step = state.global_step;
+    // Rank 0 writes metrics.csv into the run's version_N/ (Lightning's CSVLogger layout, the
+    // columns sleap-nn logs).
+    let mut csv = if opts.rank == 0 {
+        let resumed = opts.resume_from.is_some().then_some(state.global_step);
+        let version = run::versions::for_start(&opts.run_dir, resumed.is_some());
+        let dir = run::versions::version_dir(&opts.run_dir, version);
+        let path = dir.join(run::versions::METRICS_CSV);
+        let io = |source| TrainError::Io {
+            path: path.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let logger = match resumed {
+            Some(step) => CsvLogger::resume(&path, &CSV_COLUMNS, step),
+            None => CsvLogger::create(&path, &CSV_COLUMNS),
+        }
+        .map_err(io)?;
+        Some(logger)
+    } else {
+        None
+    };
     let mut prev_val = state.metrics.val_loss;
     let first_epoch = state.position.epoch;
     let mut lr = t.optimizer.lr;
@@ -438,6 +473,21 @@ pub fn train_pose(
             };
             summary.losses.push(loss);
             let secs = t0.elapsed().as_secs_f64();
+            if let Some(c) = csv.as_mut() {
+                let row = [
+                    ("epoch", epoch as f64),
+                    ("learning_rate", lr),
+                    ("train/grad_norm", grad_norm),
+                    ("train/loss", loss),
+                    ("train/step_time_ms", secs * 1e3),
+                    ("train/frames_per_sec", global_batch as f64 / secs.max(1e-9)),
+                ];
+                c.row(state.global_step, &row)
+                    .map_err(|source| TrainError::Io {
+                        path: c.path().to_path_buf(),
+                        source,
+                    })?;
+            }
             on_event(TrainEvent::Step {
                 epoch,
                 step: state.global_step,
@@ -504,6 +554,16 @@ pub fn train_pose(
                 loss: v,
             });
             summary.val_losses.push((state.global_step, v));
+            if let Some(c) = csv.as_mut() {
+                c.row(
+                    state.global_step,
+                    &[("epoch", epoch as f64), ("val/loss", v)],
+                )
+                .map_err(|source| TrainError::Io {
+                    path: c.path().to_path_buf(),
+                    source,
+                })?;
+            }
             state.metrics.val_loss = Some(v);
             prev_val = Some(v);
         }
@@ -557,6 +617,8 @@ pub fn train_pose(
     let _ = lr;
     summary.global_step = state.global_step;
     summary.train_seconds = started.elapsed().as_secs_f64();
+    let trained = (state.global_step - summary_start_step) as f64 * global_batch as f64;
+    summary.cells_per_s = trained / summary.train_seconds.max(1e-9);
     summary.params_hash = crate::train::params_hash(&params);
     Ok(summary)
 }
