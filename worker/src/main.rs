@@ -302,7 +302,7 @@ fn train_pose_alone(cfg: &configs::SleapNnConfig, args: TrainArgs) -> anyhow::Re
         outcome: &format!("finished {}", summary.run_name),
         steps: summary.global_step,
         seconds: summary.train_seconds,
-        cells_per_s: 0.0,
+        cells_per_s: summary.cells_per_s,
         tokens_per_s: 0.0,
         best_val_loss: best_val_loss(&summary),
     });

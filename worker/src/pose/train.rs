@@ -499,17 +499,21 @@ pub fn train_pose(
                 step_seconds: secs,
                 allreduce_seconds: reduce_s,
             });
-            if opts.max_steps.is_some_and(|m| state.global_step >= m) {
-                break 'epochs;
-            }
-            match control() {
+            let reached_max = opts.max_steps.is_some_and(|m| state.global_step >= m);
+            let answer = if reached_max {
+                Control::CheckpointAndStop
+            } else {
+                control()
+            };
+            match answer {
                 Control::Continue => {}
                 Control::Stop => {
                     summary.interrupted = true;
                     break 'epochs;
                 }
                 Control::CheckpointAndStop => {
-                    summary.interrupted = true;
+                    // `max_steps` ends the run here too, with a checkpoint to continue from.
+                    summary.interrupted = !reached_max;
                     summary.stopped_early = true;
                     if opts.rank == 0 {
                         let snap = Snapshot {

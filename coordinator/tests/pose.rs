@@ -1,0 +1,190 @@
+//! Pose models end to end with the real binaries on the bundled minimal_instance.pkg.slp:
+//! `coordinator launch` trains a single-instance UNet on two workers, `coordinator track`
+//! predicts, `coordinator eval` scores the predictions within 2 px of the labels; the loss
+//! curve does not depend on the number of workers; a run stopped part-way and resumed ends with
+//! the parameters of the uninterrupted run.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{describe, repo, scratch, worker_bin};
+
+fn labels() -> PathBuf {
+    repo().join("data/minimal_instance.pkg.slp")
+}
+
+/// A small, fast single-instance run: 8 filters, half-size frames, no augmentation unless
+/// `augment`, `steps` = epochs x 25.
+fn small(epochs: usize, augment: bool) -> Vec<String> {
+    let mut v: Vec<String> = [
+        "model_config.backbone_config.unet.filters=8",
+        "data_config.preprocessing.scale=0.5",
+        "trainer_config.optimizer.lr=0.002",
+        "trainer_config.min_train_steps_per_epoch=25",
+        "trainer_config.early_stopping=null",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    v.push(format!("trainer_config.max_epochs={epochs}"));
+    v.push(format!(
+        "data_config.train_labels_path=[{}]",
+        labels().display()
+    ));
+    v.push(format!("data_config.use_augmentations_train={augment}"));
+    v
+}
+
+fn launch(dir: &Path, nodes: usize, sets: &[String], extra: &[&str]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
+    cmd.arg("launch")
+        .args(["--nodes", &nodes.to_string()])
+        .arg("--config")
+        .arg(repo().join("configs/sleap_single_instance.yaml"))
+        .arg("--run-dir")
+        .arg(dir)
+        .arg("--worker-bin")
+        .arg(worker_bin())
+        .args(extra);
+    for s in sets {
+        cmd.args(["--set", s]);
+    }
+    cmd.output().unwrap()
+}
+
+/// train/loss per step from the run's metrics.csv.
+fn losses(dir: &Path) -> Vec<f64> {
+    let text = std::fs::read_to_string(dir.join("version_0/metrics.csv")).unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let col = header.iter().position(|c| *c == "train/loss").unwrap();
+    lines
+        .filter_map(|l| l.split(',').nth(col).and_then(|v| v.parse().ok()))
+        .collect()
+}
+
+/// The parameter hash the coordinator reports at the end of a run.
+fn params_hash(out: &Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.lines()
+        .find_map(|l| {
+            l.split("(sha256 ")
+                .nth(1)
+                .map(|h| h.trim_end_matches(')').to_string())
+        })
+        .unwrap_or_else(|| panic!("no parameter hash in:\n{err}"))
+}
+
+#[test]
+fn single_instance_trains_on_two_workers_and_finds_the_keypoints() {
+    let dir = scratch("pose", "e2e");
+    let run = dir.join("run");
+    let out = launch(&run, 2, &small(6, false), &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("frames/s"), "{err}");
+    assert!(run.join("checkpoints/best/model.safetensors").exists());
+    let l = losses(&run);
+    assert_eq!(l.len(), 150);
+    assert!(l[149] < l[0] / 5.0, "loss {} -> {}", l[0], l[149]);
+
+    let pred = dir.join("predictions.slp");
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["track", "--model"])
+        .arg(&run)
+        .arg("--data")
+        .arg(labels())
+        .arg("--output")
+        .arg(&pred)
+        .arg("--worker-bin")
+        .arg(worker_bin())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let evals = dir.join("eval");
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["eval", "--ground-truth"])
+        .arg(labels())
+        .arg("--predictions")
+        .arg(&pred)
+        .arg("--output")
+        .arg(&evals)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(evals.join("metrics.json")).unwrap())
+            .unwrap();
+    // A single-instance model predicts one of the frame's two animals: the first one, which
+    // it was trained on.
+    let avg = m["distance_metrics"]["avg"].as_f64().unwrap_or(f64::NAN);
+    assert!(avg < 2.0, "mean keypoint error {avg} px; metrics: {m}");
+    assert!(evals.join("metrics.md").exists());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mOKS"));
+}
+
+#[test]
+fn the_loss_curve_does_not_depend_on_the_number_of_workers() {
+    let dir = scratch("pose", "world");
+    // With augmentation on: each sample's draw is keyed by its global position, so one worker
+    // with batch 2 and two with batch 1 see the same augmented samples.
+    let mut one = small(1, true);
+    one.push("trainer_config.train_data_loader.batch_size=2".into());
+    let out = launch(&dir.join("one"), 1, &one, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let mut two = small(1, true);
+    two.push("trainer_config.train_data_loader.batch_size=1".into());
+    let out = launch(&dir.join("two"), 2, &two, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let (a, b) = (losses(&dir.join("one")), losses(&dir.join("two")));
+    assert_eq!(a.len(), 25);
+    assert_eq!(a.len(), b.len());
+    for (i, (x, y)) in a.iter().zip(&b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-3 * x.abs().max(1e-6),
+            "step {}: {x} vs {y}",
+            i + 1
+        );
+    }
+}
+
+#[test]
+fn a_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one() {
+    let dir = scratch("pose", "resume");
+    let sets = small(2, true);
+    let whole = launch(&dir.join("whole"), 1, &sets, &[]);
+    assert!(whole.status.success(), "{}", describe(&whole));
+    // Stopped after the first epoch's checkpoint, then resumed to the end.
+    let part = dir.join("part");
+    let first = launch(&part, 1, &sets, &["--max-steps", "25"]);
+    assert!(first.status.success(), "{}", describe(&first));
+    let resumed = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .arg("launch")
+        .arg("--resume")
+        .arg(&part)
+        .arg("--worker-bin")
+        .arg(worker_bin())
+        .output()
+        .unwrap();
+    assert!(resumed.status.success(), "{}", describe(&resumed));
+    let said = String::from_utf8_lossy(&resumed.stderr);
+    assert!(said.contains("resumed from"), "{said}");
+    assert_eq!(params_hash(&whole), params_hash(&resumed));
+}
+
+#[test]
+fn a_field_anvil_cannot_train_with_is_refused_by_name() {
+    let dir = scratch("pose", "refuse");
+    let mut sets = small(1, false);
+    sets.push("trainer_config.online_hard_keypoint_mining.online_mining=true".into());
+    let out = launch(&dir.join("run"), 1, &sets, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("trainer_config.online_hard_keypoint_mining.online_mining"),
+        "{err}"
+    );
+}
