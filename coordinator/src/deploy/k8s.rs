@@ -708,8 +708,8 @@ fn load_config(path: &Path, overrides: &[String]) -> anyhow::Result<(String, ScM
     let cfg = match configs::load_file(path, overrides) {
         Ok(AnyConfig::ScModelForge(c)) => c,
         Ok(AnyConfig::SleapNn(_)) => bail!(
-            "--config {}: a sleap-nn config; anvil validates those but cannot train pose models \
-             yet, so there is nothing to deploy",
+            "--config {}: a sleap-nn (pose) config; Kubernetes manifests for pose runs are not \
+             available yet: train them with `coordinator launch` (one machine or a Slurm job)",
             path.display()
         ),
         Err(errors) => {
