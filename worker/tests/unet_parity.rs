@@ -101,7 +101,12 @@ fn run_anvil(case: &Case, model: &UNetModel) -> Anvil {
         .unwrap_or_else(|e| panic!("{}: forward: {e}", case.name))
         .clone();
     let shape = run.output_shape().expect("a forward ran");
-    assert_eq!(output.len(), case.target.len(), "{}: output size", case.name);
+    assert_eq!(
+        output.len(),
+        case.target.len(),
+        "{}: output size",
+        case.name
+    );
     // nn.MSELoss (mean): loss = Σ(y − t)² / N, d loss / dy = 2(y − t) / N.
     let count = output.len() as f64;
     let loss = output
