@@ -350,7 +350,7 @@ impl<'m, D: ConvDevice<f32>> UNetRun<'m, D> {
     ) -> Result<&D::Mem, UNetError> {
         let (m, dev, prec) = (self.model, self.dev, self.model.prec);
         let stride = m.plan.stride_multiple();
-        if h % stride != 0 || w % stride != 0 {
+        if !h.is_multiple_of(stride) || !w.is_multiple_of(stride) {
             return Err(UNetError::InputSize { h, w, stride });
         }
         let c_in = m.plan.in_channels;
@@ -811,10 +811,10 @@ mod tests {
         let dev = Cpu;
         let params = m.layout().init_host::<f32>(1);
         let mut run = UNetRun::new(&m, &dev);
-        run.forward(&params, &vec![0.5; 8 * 8], 1, 8, 8).unwrap();
+        run.forward(&params, &[0.5; 8 * 8], 1, 8, 8).unwrap();
         assert_eq!(run.output_shape(), Some((2, 4, 4)));
         assert!(matches!(
-            run.forward(&params, &vec![0.5; 6 * 8], 1, 6, 8),
+            run.forward(&params, &[0.5; 6 * 8], 1, 6, 8),
             Err(UNetError::InputSize { .. })
         ));
     }
