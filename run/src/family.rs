@@ -9,6 +9,7 @@ use configs::{AnyConfig, ConfigRoot, ScModelForgeConfig, SleapNnConfig};
 use crate::naming;
 
 #[derive(Debug, Clone)]
+#[allow(clippy::large_enum_variant)] // one per run; boxing would only add indirection
 pub enum RunConfig {
     Cells(ScModelForgeConfig),
     Pose(SleapNnConfig),

@@ -119,6 +119,7 @@ impl Default for PredictOptions {
 }
 
 /// The models of one prediction: a single-instance model, or centroid + centered instance.
+#[allow(clippy::large_enum_variant)] // one per prediction run
 pub enum Pipeline {
     SingleInstance(TrainedPose),
     TopDown {
@@ -168,6 +169,7 @@ fn head_name(m: &TrainedPose) -> &'static str {
 
 /// The instance a model's node maps give: one point per skeleton node (NaN where the model has
 /// no map or no peak above threshold), with per-node scores.
+#[allow(clippy::too_many_arguments)]
 fn instance_from(
     maps: &[f32],
     nodes: &[usize],

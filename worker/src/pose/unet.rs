@@ -262,6 +262,9 @@ impl<M: Default> Arena<M> {
     }
 }
 
+/// (channels, height, width) of confidence maps.
+pub type MapShape = (usize, usize, usize);
+
 /// A model bound to a device, with its activation and gradient buffers.
 pub struct UNetRun<'m, D: ConvDevice<f32>> {
     pub model: &'m UNetModel,
@@ -492,7 +495,7 @@ impl<'m, D: ConvDevice<f32>> UNetRun<'m, D> {
     }
 
     /// The confidence maps of the last forward with their (channels, height, width).
-    pub fn maps(&self) -> Option<(&D::Mem, (usize, usize, usize))> {
+    pub fn maps(&self) -> Option<(&D::Mem, MapShape)> {
         self.saved
             .as_ref()
             .map(|s| (&s.head.mem, (s.head.c, s.head.h, s.head.w)))
