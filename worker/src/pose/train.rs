@@ -16,7 +16,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use configs::sleap::{ActiveScheduler, OptimizerName, SleapNnConfig, ThresholdMode};
+use configs::sleap::{ActiveScheduler, OhkmConfig, OptimizerName, SleapNnConfig, ThresholdMode};
 use configs::ConfigRoot;
 use data::pose::dataset::{split, Item, PoseDataset};
 use data::pose::peaks::find_instance_crop_size;
@@ -26,6 +26,7 @@ use data::rng::{CounterRng, Stream};
 use kernels::optim::AdamConfig;
 use kernels::{Cpu, Device, Precision};
 
+use super::loss::pose_loss;
 use super::spec;
 use super::unet::{UNetModel, UNetRun};
 use crate::checkpoint::{
@@ -358,6 +359,10 @@ pub fn train_pose(
         },
         decoupled: matches!(t.optimizer_name, OptimizerName::AdamW),
     };
+    let ohkm = t
+        .online_hard_keypoint_mining
+        .as_ref()
+        .filter(|o| o.online_mining);
     let mut sched = LrSchedule::new(t.optimizer.lr);
     let mut early = EarlyStop {
         best: f64::INFINITY,
@@ -427,16 +432,14 @@ pub fn train_pose(
             let y = run
                 .forward(&params, &b.images, b.n, b.height, b.width)
                 .map_err(|e| TrainError::Config(e.to_string()))?;
-            let count = y.len() as f64;
             dout.resize(y.len(), 0.0);
-            let sum = dev
-                .squared_error_sum(Some(&mut dout), y, &b.targets, 1.0 / count)
-                .map_err(|e| TrainError::Config(e.to_string()))?;
+            let hw = b.map_height * b.map_width;
+            let local_loss = pose_loss(y, &b.targets, b.n, b.maps, hw, ohkm, Some(&mut dout));
             dev.fill_zero(&mut grads);
             run.backward(&params, &mut grads, &dout)
                 .map_err(|e| TrainError::Config(e.to_string()))?;
             let t_reduce = Instant::now();
-            let mut loss = [(sum / count) as f32];
+            let mut loss = [local_loss as f32];
             for buf in [&mut grads[..], &mut loss[..]] {
                 sync.all_reduce_mean(buf)
                     .map_err(|message| TrainError::Sync {
@@ -543,7 +546,7 @@ pub fn train_pose(
             &params,
             opts,
             sync,
-            &mut dout,
+            ohkm,
             state.global_step,
         )?;
         state.position = DataPosition {
@@ -644,7 +647,7 @@ fn validation_loss(
     params: &Vec<f32>,
     opts: &TrainOptions,
     sync: &mut dyn GradientSync,
-    scratch: &mut Vec<f32>,
+    ohkm: Option<&OhkmConfig>,
     step: u64,
 ) -> Result<Option<f64>, TrainError> {
     if data.val_items.is_empty() {
@@ -658,6 +661,8 @@ fn validation_loss(
         .step_by(opts.world)
         .copied()
         .collect();
+    // Each batch's mean loss weighted by its values (exactly the mean squared error over all of
+    // them without mining).
     let (mut sum, mut count) = (0.0f64, 0.0f64);
     for chunk in mine.chunks(4) {
         let positions = vec![0; chunk.len()];
@@ -665,10 +670,8 @@ fn validation_loss(
         let y = run
             .forward(params, &b.images, b.n, b.height, b.width)
             .map_err(|e| TrainError::Config(e.to_string()))?;
-        scratch.resize(y.len(), 0.0);
-        sum += Cpu
-            .squared_error_sum(None, y, &b.targets, 1.0)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let hw = b.map_height * b.map_width;
+        sum += pose_loss(y, &b.targets, b.n, b.maps, hw, ohkm, None) * y.len() as f64;
         count += y.len() as f64;
     }
     // Means over ranks of (sum, count) keep their ratio.
