@@ -8,6 +8,7 @@
 //! - [`augment`]: intensity and geometric augmentation of a frame and its keypoints together.
 //! - [`targets`]: confidence maps and centroids.
 //! - [`peaks`]: peak finding on confidence maps, instance crops and the automatic crop size.
+//! - [`viz`]: pictures of predictions during training (PNG).
 //! - [`eval`]: OKS matching, mAP/mAR, distances, PCK and visibility, as sleap-nn evaluates.
 
 pub mod augment;
@@ -18,6 +19,7 @@ pub mod labels;
 pub mod peaks;
 pub mod slp;
 pub mod targets;
+pub mod viz;
 
 pub use eval::{evaluate, EvalError, EvalOptions, Metrics};
 pub use labels::{

@@ -72,19 +72,10 @@ pub fn unsupported(cfg: &SleapNnConfig) -> Vec<String> {
             "AMSGrad is not available yet; set false",
         );
     }
-    if t.online_hard_keypoint_mining
-        .as_ref()
-        .is_some_and(|o| o.online_mining)
-    {
+    if t.visualize_preds_during_training && !t.viz_img_format.eq_ignore_ascii_case("png") {
         refuse(
-            "trainer_config.online_hard_keypoint_mining.online_mining",
-            "not available yet; set false",
-        );
-    }
-    if t.visualize_preds_during_training {
-        refuse(
-            "trainer_config.visualize_preds_during_training",
-            "prediction images during training are not available yet; set false",
+            "trainer_config.viz_img_format",
+            "anvil writes its prediction pictures as \"png\" only so far",
         );
     }
     if t.eval.enabled {

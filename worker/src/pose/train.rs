@@ -18,9 +18,11 @@ use std::time::Instant;
 
 use configs::sleap::{ActiveScheduler, OhkmConfig, OptimizerName, SleapNnConfig, ThresholdMode};
 use configs::ConfigRoot;
-use data::pose::dataset::{split, Item, PoseDataset};
+use data::pose::dataset::{split, HeadTargets, Item, PoseDataset};
 use data::pose::peaks::find_instance_crop_size;
+use data::pose::peaks::{global_peaks, local_peaks, Refinement};
 use data::pose::targets::CentroidRule;
+use data::pose::viz::{render_prediction, write_png};
 use data::pose::Skeleton;
 use data::rng::{CounterRng, Stream};
 use kernels::optim::AdamConfig;
@@ -599,6 +601,30 @@ pub fn train_pose(
             });
             summary.last_checkpoint = Some(p);
         }
+        if opts.rank == 0 && t.visualize_preds_during_training {
+            let viz = opts.run_dir.join("viz");
+            std::fs::create_dir_all(&viz).map_err(|source| TrainError::Io {
+                path: viz.clone(),
+                source,
+            })?;
+            let first_val = data
+                .val_items
+                .first()
+                .map(|it| (data.val.as_ref().unwrap_or(&data.train), it));
+            let pictures = [
+                (
+                    "train",
+                    data.train_items.first().map(|it| (&data.train, it)),
+                ),
+                ("validation", first_val),
+            ];
+            for (prefix, which) in pictures {
+                if let Some((ds, item)) = which {
+                    let path = viz.join(format!("{prefix}.{epoch:04}.png"));
+                    save_picture(&mut run, &params, ds, item, &path)?;
+                }
+            }
+        }
         if let (Some(es), Some(v)) = (
             t.early_stopping
                 .as_ref()
@@ -622,12 +648,48 @@ pub fn train_pose(
         }
     }
     let _ = lr;
+    if opts.rank == 0 && t.visualize_preds_during_training && !t.keep_viz {
+        // sleap-nn deletes the pictures once training ends unless asked to keep them.
+        let _ = std::fs::remove_dir_all(opts.run_dir.join("viz"));
+    }
     summary.global_step = state.global_step;
     summary.train_seconds = started.elapsed().as_secs_f64();
     let trained = (state.global_step - summary_start_step) as f64 * global_batch as f64;
     summary.cells_per_s = trained / summary.train_seconds.max(1e-9);
     summary.params_hash = crate::train::params_hash(&params);
     Ok(summary)
+}
+
+/// The model's prediction on one (unaugmented) sample as a PNG: input, maps, labels, peaks.
+fn save_picture(
+    run: &mut UNetRun<Cpu>,
+    params: &Vec<f32>,
+    ds: &PoseDataset,
+    item: &Item,
+    path: &std::path::Path,
+) -> Result<(), TrainError> {
+    let (s, _) = ds.sample(item, None)?;
+    let maps = run
+        .forward(params, &s.image, 1, s.height, s.width)
+        .map_err(|e| TrainError::Config(e.to_string()))?
+        .clone();
+    let (k, gh, gw) = run.output_shape().unwrap_or((0, 0, 0));
+    let stride = ds.spec.output_stride;
+    let peaks = match ds.spec.head {
+        HeadTargets::Centroid { .. } => local_peaks(&maps, gh, gw, 0.2, Refinement::Integral, 5),
+        _ => global_peaks(&maps, k, gh, gw, 0.2, Refinement::Integral, 5),
+    }
+    .map_err(|e| TrainError::Config(e.to_string()))?;
+    let predicted: Vec<[f64; 2]> = peaks
+        .iter()
+        .map(|p| [p.x as f64 * stride as f64, p.y as f64 * stride as f64])
+        .collect();
+    let labeled: Vec<[f64; 2]> = s.instances.iter().flatten().copied().collect();
+    let img = render_prediction(
+        &s.image, s.channels, s.height, s.width, &maps, stride, &labeled, &predicted,
+    );
+    write_png(path, &img)?;
+    Ok(())
 }
 
 /// The epoch's sample order: a seeded shuffle (or file order), the same on every rank.
