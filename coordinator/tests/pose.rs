@@ -185,3 +185,87 @@ fn a_field_anvil_cannot_train_with_is_refused_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("trainer_config.optimizer.amsgrad"), "{err}");
 }
+
+/// `worker train` on the single-instance config with `small(epochs)` and `more` overrides.
+fn train_alone(run: &Path, epochs: usize, more: &[&str]) -> Output {
+    let mut cmd = Command::new(worker_bin());
+    cmd.arg("train")
+        .arg("--config")
+        .arg(repo().join("configs/sleap_single_instance.yaml"))
+        .arg("--run-dir")
+        .arg(run);
+    for s in small(epochs, false)
+        .iter()
+        .map(String::as_str)
+        .chain(more.iter().copied())
+    {
+        cmd.args(["--set", s]);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn evaluation_and_pictures_during_training() {
+    let run = scratch("pose", "extras").join("run");
+    let out = train_alone(
+        &run,
+        3,
+        &[
+            "trainer_config.eval.enabled=true",
+            "trainer_config.model_ckpt.monitor=eval/val/mOKS",
+            "trainer_config.model_ckpt.mode=max",
+            "trainer_config.visualize_preds_during_training=true",
+            "trainer_config.keep_viz=true",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("evaluation: eval/val/PCK_10"), "{err}");
+    let csv = std::fs::read_to_string(run.join("version_0/metrics.csv")).unwrap();
+    assert!(
+        csv.lines().next().unwrap().contains("eval/val/mOKS"),
+        "{csv}"
+    );
+    for name in ["train.0000.png", "validation.0002.png"] {
+        let bytes = std::fs::read(run.join("viz").join(name)).unwrap();
+        assert_eq!(&bytes[1..4], b"PNG", "{name}");
+    }
+    // The best checkpoint is ranked by the monitored evaluation metric (an OKS in [0, 1]).
+    let state = std::fs::read_to_string(run.join("checkpoints/best/state.json"))
+        .unwrap_or_else(|e| panic!("no best checkpoint ({e}):\n{err}"));
+    let s: serde_json::Value = serde_json::from_str(&state).unwrap();
+    let best = s["metrics"]["best"][0][0].as_f64();
+    assert!(best.is_some_and(|v| (0.0..=1.0).contains(&v)), "{state}");
+}
+
+#[test]
+fn hard_keypoint_mining_trains_and_adds_to_the_loss() {
+    let dir = scratch("pose", "ohkm");
+    let plain = train_alone(&dir.join("plain"), 1, &[]);
+    assert!(plain.status.success(), "{}", describe(&plain));
+    let mined = train_alone(
+        &dir.join("mined"),
+        1,
+        &["trainer_config.online_hard_keypoint_mining.online_mining=true"],
+    );
+    assert!(mined.status.success(), "{}", describe(&mined));
+    // Same start, same first batch: the first loss differs by the mining term alone (> 0).
+    let (a, b) = (losses(&dir.join("plain")), losses(&dir.join("mined")));
+    assert!(
+        b[0] > a[0] * 1.5,
+        "first loss {} without mining, {} with",
+        a[0],
+        b[0]
+    );
+}
+
+#[test]
+fn a_checkpoint_monitor_the_run_does_not_log_is_refused() {
+    let dir = scratch("pose", "monitor");
+    let mut sets = small(1, false);
+    sets.push("trainer_config.model_ckpt.monitor=eval/val/mOKS".into());
+    let out = launch(&dir.join("run"), 1, &sets, &[]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("trainer_config.model_ckpt.monitor"), "{err}");
+}

@@ -78,8 +78,21 @@ pub fn unsupported(cfg: &SleapNnConfig) -> Vec<String> {
             "anvil writes its prediction pictures as \"png\" only so far",
         );
     }
-    if t.eval.enabled {
-        refuse("trainer_config.eval.enabled", "evaluation during training is not available yet; evaluate afterwards with `coordinator eval`");
+    let centroid = m.head_configs.centroid.is_some();
+    if t.eval.enabled && centroid {
+        refuse(
+            "trainer_config.eval.enabled",
+            "evaluating a centroid model during training is not available yet (single_instance and centered_instance are); evaluate the top-down pair afterwards with `coordinator eval`",
+        );
+    }
+    let monitor = t.model_ckpt.monitor.as_str();
+    let known =
+        monitor == "val/loss" || (t.eval.enabled && super::train::EVAL_COLUMNS.contains(&monitor));
+    if !known {
+        refuse(
+            "trainer_config.model_ckpt.monitor",
+            &format!("\"{monitor}\" is not a metric this run logs: use val/loss, or with trainer_config.eval.enabled one of {}", super::train::EVAL_COLUMNS.join(", ")),
+        );
     }
     if t.use_wandb {
         refuse("trainer_config.use_wandb", "anvil does not report to Weights & Biases; set false (metrics go to the run directory)");

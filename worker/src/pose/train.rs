@@ -393,9 +393,14 @@ pub fn train_pose(
             source,
         };
         std::fs::create_dir_all(&dir).map_err(io)?;
+        let mut columns: Vec<&str> = CSV_COLUMNS.to_vec();
+        if t.eval.enabled {
+            columns.extend(EVAL_COLUMNS);
+            columns.sort_unstable();
+        }
         let logger = match resumed {
-            Some(step) => CsvLogger::resume(&path, &CSV_COLUMNS, step),
-            None => CsvLogger::create(&path, &CSV_COLUMNS),
+            Some(step) => CsvLogger::resume(&path, &columns, step),
+            None => CsvLogger::create(&path, &columns),
         }
         .map_err(io)?;
         Some(logger)
@@ -576,10 +581,48 @@ pub fn train_pose(
             state.metrics.val_loss = Some(v);
             prev_val = Some(v);
         }
+        // Evaluation on the validation samples (rank 0), every `eval.frequency` epochs.
+        let mut epoch_metrics: Vec<(&'static str, f64)> = Vec::new();
+        if let Some(v) = val {
+            epoch_metrics.push(("val/loss", v));
+        }
+        if opts.rank == 0 && t.eval.enabled && (epoch + 1) % t.eval.frequency.max(1) as u64 == 0 {
+            let m = evaluate_validation(&data, &mut run, &params, cfg)?;
+            let line = m
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            on_event(TrainEvent::Log(format!("epoch {epoch} evaluation: {line}")));
+            if let Some(c) = csv.as_mut() {
+                let mut row = m.clone();
+                row.push(("epoch", epoch as f64));
+                c.row(state.global_step, &row)
+                    .map_err(|source| TrainError::Io {
+                        path: c.path().to_path_buf(),
+                        source,
+                    })?;
+            }
+            epoch_metrics.extend(m);
+        }
         if opts.rank == 0 {
-            let improved = val.is_some_and(|v| state.metrics.best.first().is_none_or(|b| v < b.0));
+            // The best checkpoint by `model_ckpt.monitor` (val/loss or an eval/val/* metric) in
+            // `model_ckpt.mode`.
+            let monitor = t.model_ckpt.monitor.as_str();
+            let value = epoch_metrics
+                .iter()
+                .find(|(k, _)| *k == monitor)
+                .map(|m| m.1);
+            let maximize = matches!(t.model_ckpt.mode, configs::sleap::CkptMode::Max);
+            let improved = value.filter(|v| v.is_finite()).is_some_and(|v| {
+                state
+                    .metrics
+                    .best
+                    .first()
+                    .is_none_or(|b| if maximize { v > b.0 } else { v < b.0 })
+            });
             if improved {
-                state.metrics.best = vec![(val.unwrap_or(f64::NAN), "best".into())];
+                state.metrics.best = vec![(value.unwrap_or(f64::NAN), "best".into())];
             }
             let snap = Snapshot {
                 layout: &layout,
@@ -658,6 +701,140 @@ pub fn train_pose(
     summary.cells_per_s = trained / summary.train_seconds.max(1e-9);
     summary.params_hash = crate::train::params_hash(&params);
     Ok(summary)
+}
+
+/// The metrics sleap-nn's epoch-end evaluation logs, under its names.
+pub const EVAL_COLUMNS: [&str; 12] = [
+    "eval/val/PCK_10",
+    "eval/val/PCK_5",
+    "eval/val/distance/avg",
+    "eval/val/distance/p50",
+    "eval/val/distance/p95",
+    "eval/val/distance/p99",
+    "eval/val/mOKS",
+    "eval/val/mPCK",
+    "eval/val/oks_voc_mAP",
+    "eval/val/oks_voc_mAR",
+    "eval/val/visibility_precision",
+    "eval/val/visibility_recall",
+];
+
+/// Predicts every validation sample (unaugmented; a crop for centered_instance) and scores the
+/// predictions against its labeled instance as sleap-nn's evaluator does
+/// (`trainer_config.eval`: oks_stddev, oks_scale).
+fn evaluate_validation(
+    data: &Data,
+    run: &mut UNetRun<Cpu>,
+    params: &Vec<f32>,
+    cfg: &SleapNnConfig,
+) -> Result<Vec<(&'static str, f64)>, TrainError> {
+    use data::pose::{Instance, InstanceKind, LabeledFrame, Labels, Video, VideoSource};
+    let ds = data.val.as_ref().unwrap_or(&data.train);
+    let nodes: Vec<usize> = match &ds.spec.head {
+        HeadTargets::SingleInstance { nodes } | HeadTargets::CenteredInstance { nodes, .. } => {
+            nodes.clone()
+        }
+        HeadTargets::Centroid { .. } => return Ok(Vec::new()),
+    };
+    let video = Video {
+        filename: "validation".into(),
+        source: VideoSource::ImageSequence { files: vec![] },
+        shape: None,
+    };
+    let skeleton = ds.skeleton().clone();
+    let mut gt = Labels {
+        skeletons: vec![skeleton.clone()],
+        videos: vec![video.clone()],
+        ..Labels::default()
+    };
+    let mut pred = gt.clone();
+    let instance = |points: Vec<[f64; 2]>, kind| Instance {
+        skeleton: 0,
+        point_scores: vec![],
+        points,
+        kind,
+        track: None,
+        tracking_score: 0.0,
+    };
+    for (i, item) in data.val_items.iter().enumerate() {
+        let (s, _) = ds.sample(item, None)?;
+        run.forward(params, &s.image, 1, s.height, s.width)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        let (maps, (k, gh, gw)) = run.maps().expect("after forward");
+        let peaks = global_peaks(maps, k, gh, gw, 0.2, Refinement::Integral, 5)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
+        // Distances in the frame's own pixels, as sleap-nn scores (undoing `scale`).
+        let stride = ds.spec.output_stride as f64 / s.scale;
+        let pick = |inst: &Vec<[f64; 2]>| -> Vec<[f64; 2]> {
+            nodes
+                .iter()
+                .map(|&n| {
+                    inst.get(n)
+                        .map_or([f64::NAN; 2], |p| [p[0] / s.scale, p[1] / s.scale])
+                })
+                .collect()
+        };
+        let target = if matches!(ds.spec.head, HeadTargets::CenteredInstance { .. }) {
+            item.instance
+        } else {
+            0
+        };
+        let Some(truth) = s.instances.get(target) else {
+            continue;
+        };
+        let predicted: Vec<[f64; 2]> = peaks
+            .iter()
+            .map(|p| [p.x as f64 * stride, p.y as f64 * stride])
+            .collect();
+        let frame = |instances| LabeledFrame {
+            video: 0,
+            frame_idx: i as u64,
+            instances,
+        };
+        gt.frames
+            .push(frame(vec![instance(pick(truth), InstanceKind::User)]));
+        let score = peaks.iter().map(|p| p.score).sum::<f32>() / peaks.len().max(1) as f32;
+        pred.frames.push(frame(vec![instance(
+            predicted,
+            InstanceKind::Predicted { score },
+        )]));
+    }
+    let e = &cfg.trainer_config.eval;
+    let opts = data::pose::EvalOptions {
+        oks_stddev: e.oks_stddev,
+        oks_scale: e.oks_scale,
+        ..data::pose::EvalOptions::default()
+    };
+    let m = match data::pose::evaluate(&gt, &pred, &opts) {
+        Ok(m) => m.to_json(),
+        Err(err) => return Err(TrainError::Config(format!("evaluation: {err}"))),
+    };
+    let get = |path: &[&str]| -> f64 {
+        path.iter()
+            .try_fold(&m, |v, k| v.get(*k))
+            .and_then(|v| v.as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    Ok(vec![
+        ("eval/val/PCK_10", get(&["pck_metrics", "PCK@10"])),
+        ("eval/val/PCK_5", get(&["pck_metrics", "PCK@5"])),
+        ("eval/val/distance/avg", get(&["distance_metrics", "avg"])),
+        ("eval/val/distance/p50", get(&["distance_metrics", "p50"])),
+        ("eval/val/distance/p95", get(&["distance_metrics", "p95"])),
+        ("eval/val/distance/p99", get(&["distance_metrics", "p99"])),
+        ("eval/val/mOKS", get(&["mOKS", "mOKS"])),
+        ("eval/val/mPCK", get(&["pck_metrics", "mPCK"])),
+        ("eval/val/oks_voc_mAP", get(&["voc_metrics", "oks_voc.mAP"])),
+        ("eval/val/oks_voc_mAR", get(&["voc_metrics", "oks_voc.mAR"])),
+        (
+            "eval/val/visibility_precision",
+            get(&["visibility_metrics", "precision"]),
+        ),
+        (
+            "eval/val/visibility_recall",
+            get(&["visibility_metrics", "recall"]),
+        ),
+    ])
 }
 
 /// The model's prediction on one (unaugmented) sample as a PNG: input, maps, labels, peaks.
