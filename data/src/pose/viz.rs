@@ -11,6 +11,7 @@ use super::Image;
 
 /// An RGB picture of one sample. `image`: [channels, h, w] on 0–1; `maps`: [k, h/stride,
 /// w/stride]; points in input pixels (NaN: not drawn).
+#[allow(clippy::too_many_arguments)]
 pub fn render_prediction(
     image: &[f32],
     channels: usize,
@@ -22,11 +23,7 @@ pub fn render_prediction(
     predicted: &[[f64; 2]],
 ) -> Image {
     let (gh, gw) = (h.div_ceil(stride), w.div_ceil(stride));
-    let k = if gh * gw == 0 {
-        0
-    } else {
-        maps.len() / (gh * gw)
-    };
+    let k = maps.len().checked_div(gh * gw).unwrap_or(0);
     let mut data = vec![0u8; h * w * 3];
     for y in 0..h {
         for x in 0..w {
