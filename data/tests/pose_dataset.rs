@@ -32,6 +32,7 @@ fn spec(head: HeadTargets, stride: usize) -> PoseSpec {
         augment: None,
         user_instances_only: true,
         seed: 42,
+        cache_frames: false,
     }
 }
 
@@ -151,4 +152,22 @@ fn split_keeps_a_fraction_of_frames_for_validation() {
     assert_eq!((train, val.clone()), (t2, v2));
     let (_, v3) = split(&items, 0.1, 7);
     assert_ne!(val, v3);
+}
+
+#[test]
+fn caching_frames_in_memory_gives_the_same_samples() {
+    let mut sp = spec(HeadTargets::SingleInstance { nodes: vec![0, 1] }, 2);
+    sp.augment = Some(Augmenter {
+        intensity: None,
+        geometric: Some(Default::default()),
+        symmetries: vec![],
+    });
+    let plain = PoseDataset::open(&[minimal()], sp.clone()).unwrap();
+    sp.cache_frames = true;
+    let cached = PoseDataset::open(&[minimal()], sp).unwrap();
+    for epoch in 0..3 {
+        let a = plain.batch(plain.items(), &[0], Some(epoch)).unwrap();
+        let b = cached.batch(cached.items(), &[0], Some(epoch)).unwrap();
+        assert_eq!(a, b, "epoch {epoch}");
+    }
 }

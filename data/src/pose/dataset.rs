@@ -57,6 +57,10 @@ pub struct PoseSpec {
     pub augment: Option<Augmenter>,
     pub user_instances_only: bool,
     pub seed: u64,
+    /// Keep decoded frames in memory after their first use (`data_pipeline_fw:
+    /// torch_dataset_cache_img_memory`); otherwise every use decodes the frame again. The
+    /// samples are the same either way.
+    pub cache_frames: bool,
 }
 
 /// One sample: a labeled frame of a file, and for centered-instance models one of its
@@ -72,6 +76,8 @@ struct Source {
     path: PathBuf,
     labels: Labels,
     images: SlpImages,
+    /// Decoded frames by labeled-frame index, when caching.
+    cache: std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<super::Image>>>,
 }
 
 /// Network inputs and targets of several samples.
@@ -107,6 +113,7 @@ impl PoseDataset {
                 path: path.clone(),
                 labels,
                 images,
+                cache: Default::default(),
             });
         }
         let Some(first) = sources.first() else {
@@ -210,15 +217,37 @@ impl PoseDataset {
         items
     }
 
+    /// The decoded frame of a sample (from the cache when caching).
+    fn frame_image(&self, item: &Item) -> Result<std::sync::Arc<super::Image>> {
+        let src = &self.sources[item.source];
+        let lf = &src.labels.frames[item.frame];
+        if !self.spec.cache_frames {
+            return Ok(std::sync::Arc::new(
+                src.images.frame(lf.video, lf.frame_idx)?,
+            ));
+        }
+        if let Some(img) = src
+            .cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&item.frame).cloned())
+        {
+            return Ok(img);
+        }
+        let img = std::sync::Arc::new(src.images.frame(lf.video, lf.frame_idx)?);
+        if let Ok(mut c) = src.cache.lock() {
+            c.insert(item.frame, img.clone());
+        }
+        Ok(img)
+    }
+
     /// One sample's input and target maps; `augment_key` (epoch, position) augments it.
     pub fn sample(
         &self,
         item: &Item,
         augment_key: Option<(u64, u64)>,
     ) -> Result<(Sample, Vec<f32>)> {
-        let src = &self.sources[item.source];
-        let lf = &src.labels.frames[item.frame];
-        let img = src.images.frame(lf.video, lf.frame_idx)?;
+        let img = self.frame_image(item)?;
         let instances: Vec<Vec<[f64; 2]>> = self
             .instances(item.source, item.frame)
             .iter()

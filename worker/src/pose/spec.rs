@@ -189,6 +189,7 @@ pub fn probe_spec(cfg: &SleapNnConfig) -> PoseSpec {
         augment: None,
         user_instances_only: cfg.data_config.user_instances_only,
         seed: 0,
+        cache_frames: false,
     }
 }
 
@@ -266,6 +267,12 @@ pub fn build(cfg: &SleapNnConfig, skeleton: &Skeleton, auto_crop: usize) -> Resu
         augment,
         user_instances_only: d.user_instances_only,
         seed: cfg.trainer_config.seed.unwrap_or(0) as u64,
+        // On disk or not at all, frames are decoded from the labels each time (the embedded
+        // PNG/JPEG is the disk cache); in memory they are kept once decoded.
+        cache_frames: matches!(
+            d.data_pipeline_fw,
+            configs::sleap::DataPipelineFw::TorchDatasetCacheImgMemory
+        ),
     };
     Ok(Built { plan, spec })
 }
