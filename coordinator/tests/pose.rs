@@ -269,3 +269,28 @@ fn a_checkpoint_monitor_the_run_does_not_log_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("trainer_config.model_ckpt.monitor"), "{err}");
 }
+
+#[test]
+fn save_top_k_keeps_the_k_best_checkpoints_and_last() {
+    let run = scratch("pose", "topk").join("run");
+    let out = train_alone(
+        &run,
+        4,
+        &[
+            "trainer_config.min_train_steps_per_epoch=5",
+            "trainer_config.model_ckpt.save_top_k=2",
+        ],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let mut names: Vec<String> = std::fs::read_dir(run.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    let epochs: Vec<&String> = names.iter().filter(|n| n.starts_with("epoch=")).collect();
+    assert_eq!(epochs.len(), 2, "{names:?}");
+    assert!(
+        names.contains(&"best".to_string()) && names.contains(&"last".to_string()),
+        "{names:?}"
+    );
+}

@@ -614,15 +614,51 @@ pub fn train_pose(
                 .find(|(k, _)| *k == monitor)
                 .map(|m| m.1);
             let maximize = matches!(t.model_ckpt.mode, configs::sleap::CkptMode::Max);
-            let improved = value.filter(|v| v.is_finite()).is_some_and(|v| {
-                state
+            // `save_top_k` best checkpoints (-1: all, 0: none): with 1 it is `best`; with more,
+            // `epoch=NNNN` for each kept one and `best` for the top one.
+            let top_k = t.model_ckpt.save_top_k;
+            let mut save_as: Vec<String> = Vec::new();
+            let mut evicted: Vec<String> = Vec::new();
+            if let Some(v) = value.filter(|v| v.is_finite() && top_k != 0) {
+                let better = |a: f64, b: f64| if maximize { a > b } else { a < b };
+                let is_top = state.metrics.best.first().is_none_or(|b| better(v, b.0));
+                let name = if top_k == 1 {
+                    "best".to_string()
+                } else {
+                    format!("epoch={epoch:04}")
+                };
+                let mut ranked: Vec<(f64, String, bool)> = state
                     .metrics
                     .best
-                    .first()
-                    .is_none_or(|b| if maximize { v > b.0 } else { v < b.0 })
-            });
-            if improved {
-                state.metrics.best = vec![(value.unwrap_or(f64::NAN), "best".into())];
+                    .iter()
+                    .map(|(x, n)| (*x, n.clone(), false))
+                    .collect();
+                ranked.push((v, name.clone(), true));
+                // Best first; a tie keeps the earlier checkpoint ahead.
+                ranked.sort_by(|x, y| {
+                    if better(x.0, y.0) {
+                        std::cmp::Ordering::Less
+                    } else if better(y.0, x.0) {
+                        std::cmp::Ordering::Greater
+                    } else {
+                        x.2.cmp(&y.2)
+                    }
+                });
+                if top_k > 0 && ranked.len() > top_k as usize {
+                    evicted = ranked
+                        .split_off(top_k as usize)
+                        .into_iter()
+                        .filter(|e| !e.2 && e.1 != name)
+                        .map(|e| e.1)
+                        .collect();
+                }
+                if ranked.iter().any(|e| e.2) {
+                    save_as.push(name.clone());
+                }
+                if is_top && top_k != 1 {
+                    save_as.push("best".into());
+                }
+                state.metrics.best = ranked.into_iter().map(|(x, n, _)| (x, n)).collect();
             }
             let snap = Snapshot {
                 layout: &layout,
@@ -633,9 +669,14 @@ pub fn train_pose(
                 config_yaml: &config_yaml,
                 data_file: ("skeleton.json", &skeleton),
             };
-            if improved && t.model_ckpt.save_top_k != 0 {
-                let p = checkpoint::save(&ckpt_root, "best", &snap)?;
-                summary.best_checkpoint = Some(p);
+            for name in &save_as {
+                let p = checkpoint::save(&ckpt_root, name, &snap)?;
+                if name == "best" {
+                    summary.best_checkpoint = Some(p);
+                }
+            }
+            for name in evicted {
+                let _ = std::fs::remove_dir_all(ckpt_root.join(name));
             }
             let p = checkpoint::save(&ckpt_root, "last", &snap)?;
             on_event(TrainEvent::Checkpoint {
