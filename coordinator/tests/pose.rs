@@ -154,12 +154,22 @@ fn the_loss_curve_does_not_depend_on_the_number_of_workers() {
 #[test]
 fn a_resumed_run_ends_with_the_parameters_of_an_uninterrupted_one() {
     let dir = scratch("pose", "resume");
-    let sets = small(2, true);
+    // A plateau scheduler that halves the rate after every epoch (no improvement can beat a
+    // threshold of 1): its state must survive the restart for the parameters to agree.
+    let mut sets = small(3, true);
+    sets.extend(
+        [
+            "trainer_config.lr_scheduler.reduce_lr_on_plateau.threshold=1.0",
+            "trainer_config.lr_scheduler.reduce_lr_on_plateau.patience=0",
+            "trainer_config.lr_scheduler.reduce_lr_on_plateau.cooldown=0",
+        ]
+        .map(String::from),
+    );
     let whole = launch(&dir.join("whole"), 1, &sets, &[]);
     assert!(whole.status.success(), "{}", describe(&whole));
-    // Stopped after the first epoch's checkpoint, then resumed to the end.
+    // Stopped inside the second epoch, then resumed to the end.
     let part = dir.join("part");
-    let first = launch(&part, 1, &sets, &["--max-steps", "25"]);
+    let first = launch(&part, 1, &sets, &["--max-steps", "35"]);
     assert!(first.status.success(), "{}", describe(&first));
     let resumed = Command::new(env!("CARGO_BIN_EXE_coordinator"))
         .arg("launch")

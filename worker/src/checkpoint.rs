@@ -55,6 +55,21 @@ pub struct TrainState {
     pub world_size: usize,
     pub global_batch: usize,
     pub metrics: Metrics,
+    /// A pose run's per-epoch schedule state, so a resumed run continues it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_schedule: Option<EpochSchedule>,
+}
+
+/// The learning-rate scheduler's and early stopping's state between epochs (pose runs, whose
+/// schedules step once per epoch on the validation loss).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, Default)]
+pub struct EpochSchedule {
+    pub lr: f64,
+    pub plateau_best: f64,
+    pub plateau_bad_epochs: usize,
+    pub plateau_cooldown: usize,
+    pub early_best: f64,
+    pub early_bad_epochs: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

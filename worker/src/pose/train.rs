@@ -32,7 +32,7 @@ use super::loss::pose_loss;
 use super::spec;
 use super::unet::{UNetModel, UNetRun};
 use crate::checkpoint::{
-    self, DataPosition, Metrics, RngState, Snapshot, TrainState, FORMAT_VERSION,
+    self, DataPosition, EpochSchedule, Metrics, RngState, Snapshot, TrainState, FORMAT_VERSION,
 };
 use crate::loggers::csv::CsvLogger;
 use crate::sync::GradientSync;
@@ -109,7 +109,7 @@ impl LrSchedule {
         LrSchedule {
             base,
             lr: base,
-            best: f64::INFINITY,
+            best: f64::MAX, // finite: the state is saved as JSON
             bad_epochs: 0,
             cooldown: 0,
         }
@@ -181,6 +181,17 @@ impl LrSchedule {
             }
         };
         self.lr
+    }
+}
+
+fn schedule_state(s: &LrSchedule, e: &EarlyStop) -> EpochSchedule {
+    EpochSchedule {
+        lr: s.lr,
+        plateau_best: s.best,
+        plateau_bad_epochs: s.bad_epochs,
+        plateau_cooldown: s.cooldown,
+        early_best: e.best,
+        early_bad_epochs: e.bad,
     }
 }
 
@@ -312,6 +323,7 @@ pub fn train_pose(
         world_size: opts.world,
         global_batch,
         metrics: Metrics::default(),
+        epoch_schedule: None,
     };
     if let Some(dir) = &opts.resume_from {
         let l = checkpoint::load(&checkpoint::resolve_resume(dir)?, &layout)?;
@@ -367,9 +379,17 @@ pub fn train_pose(
         .filter(|o| o.online_mining);
     let mut sched = LrSchedule::new(t.optimizer.lr);
     let mut early = EarlyStop {
-        best: f64::INFINITY,
+        best: f64::MAX, // finite: the state is saved as JSON
         bad: 0,
     };
+    if let Some(e) = state.epoch_schedule {
+        sched.lr = e.lr;
+        sched.best = e.plateau_best;
+        sched.bad_epochs = e.plateau_bad_epochs;
+        sched.cooldown = e.plateau_cooldown;
+        early.best = e.early_best;
+        early.bad = e.early_bad_epochs;
+    }
     let mut run = UNetRun::new(&model, &dev);
     let n_params = layout.total();
     let mut grads = vec![0.0f32; n_params];
@@ -409,13 +429,19 @@ pub fn train_pose(
     };
     let mut prev_val = state.metrics.val_loss;
     let first_epoch = state.position.epoch;
+    let resumed_mid_epoch = opts.resume_from.is_some() && state.position.step > 0;
     let mut lr = t.optimizer.lr;
     'epochs: for epoch in first_epoch..max_epochs {
-        lr = sched.at_epoch(
-            cfg,
-            epoch as usize,
-            if epoch > first_epoch { prev_val } else { None },
-        );
+        // A run resumed inside an epoch continues with that epoch's rate; one resumed at an
+        // epoch boundary applies the last validation loss as the uninterrupted run does.
+        lr = if epoch == first_epoch && resumed_mid_epoch {
+            sched.lr
+        } else {
+            let val = (epoch > first_epoch || opts.resume_from.is_some())
+                .then_some(prev_val)
+                .flatten();
+            sched.at_epoch(cfg, epoch as usize, val)
+        };
         let order = epoch_order(&data.train_items, seed, epoch, t.train_data_loader.shuffle);
         let first_step = if epoch == state.position.epoch {
             state.position.step
@@ -525,6 +551,7 @@ pub fn train_pose(
                     // `max_steps` ends the run here too, with a checkpoint to continue from.
                     summary.interrupted = !reached_max;
                     summary.stopped_early = true;
+                    state.epoch_schedule = Some(schedule_state(&sched, &early));
                     if opts.rank == 0 {
                         let snap = Snapshot {
                             layout: &layout,
@@ -581,6 +608,28 @@ pub fn train_pose(
             state.metrics.val_loss = Some(v);
             prev_val = Some(v);
         }
+        let mut stop_early = false;
+        if let (Some(es), Some(v)) = (
+            t.early_stopping
+                .as_ref()
+                .filter(|e| e.stop_training_on_plateau),
+            val,
+        ) {
+            if v < early.best - es.min_delta {
+                early.best = v;
+                early.bad = 0;
+            } else {
+                early.bad += 1;
+                if early.bad >= es.patience {
+                    on_event(TrainEvent::Log(format!(
+                        "early stopping after epoch {epoch}: validation loss has not improved by {} for {} epochs",
+                        es.min_delta, es.patience
+                    )));
+                    stop_early = true;
+                }
+            }
+        }
+        state.epoch_schedule = Some(schedule_state(&sched, &early));
         // Evaluation on the validation samples (rank 0), every `eval.frequency` epochs.
         let mut epoch_metrics: Vec<(&'static str, f64)> = Vec::new();
         if let Some(v) = val {
@@ -709,26 +758,9 @@ pub fn train_pose(
                 }
             }
         }
-        if let (Some(es), Some(v)) = (
-            t.early_stopping
-                .as_ref()
-                .filter(|e| e.stop_training_on_plateau),
-            val,
-        ) {
-            if v < early.best - es.min_delta {
-                early.best = v;
-                early.bad = 0;
-            } else {
-                early.bad += 1;
-                if early.bad >= es.patience {
-                    on_event(TrainEvent::Log(format!(
-                        "early stopping after epoch {epoch}: validation loss has not improved by {} for {} epochs",
-                        es.min_delta, es.patience
-                    )));
-                    summary.stopped_early = true;
-                    break;
-                }
-            }
+        if stop_early {
+            summary.stopped_early = true;
+            break;
         }
     }
     let _ = lr;

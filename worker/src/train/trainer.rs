@@ -320,6 +320,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                 world_size: opts.world,
                 global_batch,
                 metrics: Metrics::default(),
+                epoch_schedule: None,
             },
             ckpt_root: checkpoint_root(cfg, &opts.run_dir),
             config_yaml: run_cfg.to_yaml(),
