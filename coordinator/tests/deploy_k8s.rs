@@ -619,7 +619,10 @@ fn bad_input_is_refused_naming_the_flag_or_file() {
             outside.to_str().unwrap(),
             "data.paths: /scratch/pbmc.h5ad is outside the volume",
         ),
-        ("configs/sleap_single_instance.yaml", "sleap-nn config"),
+        (
+            "configs/sleap_single_instance.yaml",
+            "Kubernetes manifests for pose runs are not available yet",
+        ),
         ("configs/census_brain.yaml", "data.source cellxgene_census"),
     ] {
         let mut args = base(config);
