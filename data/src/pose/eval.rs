@@ -1067,6 +1067,7 @@ mod tests {
                 source: VideoSource::External {
                     filename: video.into(),
                     backend: "MediaVideo".into(),
+                    dataset: None,
                 },
                 shape: None,
             }],
@@ -1218,6 +1219,7 @@ mod tests {
                 source: VideoSource::External {
                     filename: p.to_string(),
                     backend: "MediaVideo".into(),
+                    dataset: None,
                 },
                 shape: *shape,
             })

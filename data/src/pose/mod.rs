@@ -8,6 +8,7 @@
 //! - [`augment`]: intensity and geometric augmentation of a frame and its keypoints together.
 //! - [`targets`]: confidence maps and centroids.
 //! - [`peaks`]: peak finding on confidence maps, instance crops and the automatic crop size.
+//! - [`synth`]: synthetic labels with known keypoints (moving shapes), written as `.pkg.slp`.
 //! - [`eval`]: OKS matching, mAP/mAR, distances, PCK and visibility, as sleap-nn evaluates.
 
 pub mod augment;
@@ -17,6 +18,7 @@ pub mod frame;
 pub mod labels;
 pub mod peaks;
 pub mod slp;
+pub mod synth;
 pub mod targets;
 
 pub use eval::{evaluate, EvalError, EvalOptions, Metrics};
