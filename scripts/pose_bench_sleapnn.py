@@ -79,7 +79,15 @@ def evaluate(gt_path, pr_path, out_path):
     import sleap_io as sio
     from sleap_nn.evaluation import Evaluator
 
-    m = Evaluator(sio.load_slp(gt_path), sio.load_slp(pr_path)).evaluate()
+    pred = sio.load_slp(pr_path)
+    if not any(len(f.predicted_instances) for f in pred):
+        # The Evaluator raises on predictions without instances; nothing matched scores 0.
+        out = {"oks_voc.mAP": 0.0, "oks_voc.mAR": 0.0, "dist.p50": float("nan"),
+               "dist.p90": float("nan"), "dist.avg": float("nan")}
+        with open(out_path, "w") as f:
+            json.dump(out, f, indent=1)
+        return
+    m = Evaluator(sio.load_slp(gt_path), pred).evaluate()
     out = {
         "oks_voc.mAP": float(m["voc_metrics"]["oks_voc.mAP"]),
         "oks_voc.mAR": float(m["voc_metrics"]["oks_voc.mAR"]),
