@@ -1,7 +1,9 @@
 //! Deterministic synthetic pose labels: one animal per grayscale frame, a bright elongated body
 //! (an ellipse) with a larger, brighter head disc in front and a smaller, dimmer tail disc
 //! behind, gliding along a smooth Lissajous path and turning slowly over a textured, noisy
-//! background. The skeleton is head -> body -> tail, and each keypoint is the exact centre of
+//! background. Head and tail sit off the body's axis, to the same side (a curled animal whose
+//! curl varies over time): sleap-nn's OKS scales by the keypoints' bounding-box area, which
+//! three points on one line would make vanish whenever the animal is axis-aligned. The skeleton is head -> body -> tail, and each keypoint is the exact centre of
 //! its shape, so a model's error against these labels is its own.
 //!
 //! Every number derives from (seed, purpose, frame) through the counter-based generator, so
@@ -51,6 +53,10 @@ const TAIL_RADIUS: f64 = 0.022;
 const HEAD_OFFSET: f64 = BODY_HALF_LENGTH + 0.6 * HEAD_RADIUS;
 const TAIL_OFFSET: f64 = BODY_HALF_LENGTH + 0.8 * TAIL_RADIUS;
 
+/// Curl: head and tail are turned this far (radians) off the body's axis, towards one side.
+const CURL_MEAN: f64 = 0.45;
+const CURL_SWING: f64 = 0.15;
+
 /// Pixel intensities (before noise).
 const BODY_LEVEL: f64 = 190.0;
 const HEAD_LEVEL: f64 = 235.0;
@@ -65,6 +71,8 @@ struct Scene {
     path: [(f64, f64); 2],
     /// Turning: base angle, frames per turn, wobble period, wobble phase.
     heading: (f64, f64, f64, f64),
+    /// Curl: period in frames, phase.
+    curl: (f64, f64),
     /// Background texture: sinusoid gratings (kx, ky, phase, weight).
     gratings: Vec<(f64, f64, f64, f64)>,
 }
@@ -84,6 +92,7 @@ impl Scene {
             uniform(20.0, 40.0),
             uniform(0.0, TAU),
         );
+        let curl = (uniform(40.0, 90.0), uniform(0.0, TAU));
         let gratings = (0..6)
             .map(|_| {
                 let angle = uniform(0.0, TAU);
@@ -100,12 +109,13 @@ impl Scene {
         Scene {
             path,
             heading,
+            curl,
             gratings,
         }
     }
 
-    /// Body centre and heading (radians, pointing from tail to head) at frame `t`.
-    fn pose(&self, t: f64, height: usize, width: usize) -> ([f64; 2], f64) {
+    /// Body centre, heading (radians, pointing from tail to head) and curl at frame `t`.
+    fn pose(&self, t: f64, height: usize, width: usize) -> ([f64; 2], f64, f64) {
         let side = height.min(width) as f64;
         let margin = (HEAD_OFFSET + HEAD_RADIUS) * side + 2.0;
         let coord = |extent: usize, (period, phase): (f64, f64)| {
@@ -118,7 +128,8 @@ impl Scene {
         let (base, per_turn, wobble_period, wobble_phase) = self.heading;
         let angle =
             base + TAU * t / per_turn + 0.6 * (TAU * t / wobble_period + wobble_phase).sin();
-        (centre, angle)
+        let curl = CURL_MEAN + CURL_SWING * (TAU * t / self.curl.0 + self.curl.1).sin();
+        (centre, angle, curl)
     }
 
     fn texture(&self, x: f64, y: f64) -> f64 {
@@ -138,14 +149,14 @@ fn coverage(d: f64) -> f64 {
     (0.5 - d).clamp(0.0, 1.0)
 }
 
-/// The keypoints (head, body, tail) of a body at `centre` heading along `angle`.
-fn keypoints(centre: [f64; 2], angle: f64, side: f64) -> [[f64; 2]; 3] {
-    let (s, c) = angle.sin_cos();
-    let along = |d: f64| [centre[0] + d * c, centre[1] + d * s];
+/// The keypoints (head, body, tail) of a body at `centre` heading along `angle`, head and
+/// tail turned by `curl` towards the same side.
+fn keypoints(centre: [f64; 2], angle: f64, curl: f64, side: f64) -> [[f64; 2]; 3] {
+    let at = |d: f64, a: f64| [centre[0] + d * a.cos(), centre[1] + d * a.sin()];
     [
-        along(HEAD_OFFSET * side),
+        at(HEAD_OFFSET * side, angle + curl),
         centre,
-        along(-TAIL_OFFSET * side),
+        at(TAIL_OFFSET * side, angle + std::f64::consts::PI - curl),
     ]
 }
 
@@ -157,8 +168,8 @@ fn render(
 ) -> (Image, [[f64; 2]; 3]) {
     let (h, w) = (opts.height, opts.width);
     let side = h.min(w) as f64;
-    let (centre, angle) = scene.pose(frame as f64, h, w);
-    let points = keypoints(centre, angle, side);
+    let (centre, angle, curl) = scene.pose(frame as f64, h, w);
+    let points = keypoints(centre, angle, curl, side);
     let (s, c) = angle.sin_cos();
     let (a, b) = (BODY_HALF_LENGTH * side, BODY_HALF_WIDTH * side);
     let (rh, rt) = (HEAD_RADIUS * side, TAIL_RADIUS * side);
@@ -334,7 +345,56 @@ mod tests {
             let side = opts.height.min(opts.width) as f64;
             assert!((len(pts[0], pts[1]) - HEAD_OFFSET * side).abs() < 1e-9);
             assert!((len(pts[2], pts[1]) - TAIL_OFFSET * side).abs() < 1e-9);
+            // Never one line: the triangle's area keeps the OKS scale away from zero.
+            let cross = (pts[0][0] - pts[1][0]) * (pts[2][1] - pts[1][1])
+                - (pts[0][1] - pts[1][1]) * (pts[2][0] - pts[1][0]);
+            let min_area = 0.5
+                * HEAD_OFFSET
+                * TAIL_OFFSET
+                * side
+                * side
+                * (2.0 * (CURL_MEAN - CURL_SWING)).sin();
+            assert!(0.5 * cross.abs() >= min_area - 1e-6, "{pts:?}");
         }
+    }
+
+    #[test]
+    fn embedding_refuses_unknown_videos_repeats_and_mixed_sizes() {
+        let dir = std::env::temp_dir().join(format!("anvil-synthpose-bad-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.pkg.slp");
+        let (labels, images) = synth_pose(&path, &small()).unwrap();
+        let other = synth_pose(
+            &path,
+            &SynthPoseOptions {
+                height: 64,
+                ..small()
+            },
+        )
+        .unwrap()
+        .1;
+        let cases = [
+            (vec![(1, 0, images[0].clone())], "video 1 of 1"),
+            (
+                vec![(0, 0, images[0].clone()), (0, 0, images[1].clone())],
+                "more than once",
+            ),
+            (
+                vec![(0, 0, images[0].clone()), (0, 1, other[1].clone())],
+                "differs from the video's first frame",
+            ),
+        ];
+        for (frames, expected) in cases {
+            let msg = write_labels_with_frames(&path, &labels, &frames)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("bad.pkg.slp") && msg.contains(expected),
+                "{msg}"
+            );
+            assert!(!path.exists());
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
