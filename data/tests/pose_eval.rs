@@ -42,6 +42,7 @@ fn labels_from_fixture(v: &Value) -> Labels {
                 source: VideoSource::External {
                     filename,
                     backend: "MediaVideo".to_string(),
+                    dataset: None,
                 },
                 shape: None,
             }
