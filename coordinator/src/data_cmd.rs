@@ -1,5 +1,5 @@
-//! `coordinator data inspect|synth|wait`: look inside AnnData files (and SLEAP labels), generate
-//! synthetic ones,
+//! `coordinator data inspect|synth|synth-pose|wait`: look inside AnnData files (and SLEAP
+//! labels), generate synthetic ones (AnnData, or pose labels),
 //! and wait for a config's data to arrive (the init container of `coordinator deploy k8s`).
 
 use std::path::{Path, PathBuf};
@@ -23,6 +23,10 @@ pub enum DataCommand {
     },
     /// Write a deterministic synthetic AnnData .h5ad (negative-binomial counts, cell types, CSR)
     Synth(SynthArgs),
+    /// Write deterministic synthetic SLEAP labels (.pkg.slp, frames embedded as PNG): one
+    /// animal per grayscale frame (body ellipse, head and tail discs) moving and turning over
+    /// a textured background, skeleton head -> body -> tail, keypoints at the shapes' centres
+    SynthPose(SynthPoseArgs),
     /// Wait until every data file of a config is present, no longer growing, and opens as
     /// AnnData (relative paths against the current directory). The coordinator pod of
     /// `coordinator deploy k8s` runs this in an init container while the user copies the data
@@ -55,6 +59,25 @@ pub enum CompressionArg {
 }
 
 #[derive(Args, Debug)]
+pub struct SynthPoseArgs {
+    /// Output labels path (.pkg.slp)
+    #[arg(long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Number of frames (one labeled animal each)
+    #[arg(long, default_value_t = 300)]
+    pub frames: usize,
+    /// Frame height in pixels
+    #[arg(long, default_value_t = 256)]
+    pub height: usize,
+    /// Frame width in pixels
+    #[arg(long, default_value_t = 256)]
+    pub width: usize,
+    /// Seed: the same seed and sizes give the same file; another seed gives held-out frames
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+#[derive(Args, Debug)]
 pub struct SynthArgs {
     /// Number of cells (rows)
     #[arg(long)]
@@ -83,6 +106,7 @@ pub fn run(cmd: DataCommand) -> ExitCode {
     let result = match cmd {
         DataCommand::Inspect { files } => inspect(&files),
         DataCommand::Synth(a) => synth(&a),
+        DataCommand::SynthPose(a) => synth_pose(&a),
         DataCommand::Wait(a) => wait(&a),
     };
     match result {
@@ -261,6 +285,27 @@ fn synth(a: &SynthArgs) -> anyhow::Result<()> {
         a.out.display(),
         a.cells,
         a.genes,
+        t.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn synth_pose(a: &SynthPoseArgs) -> anyhow::Result<()> {
+    let o = data::pose::synth::SynthPoseOptions {
+        frames: a.frames,
+        height: a.height,
+        width: a.width,
+        seed: a.seed,
+    };
+    let t = std::time::Instant::now();
+    data::pose::synth::write_synth_pose(&a.output, &o)?;
+    eprintln!(
+        "wrote {} ({} frames of {}x{}, skeleton {}) in {:.1}s",
+        a.output.display(),
+        a.frames,
+        a.height,
+        a.width,
+        data::pose::synth::NODES.join("->"),
         t.elapsed().as_secs_f64()
     );
     Ok(())

@@ -9,6 +9,7 @@
 //! - [`targets`]: confidence maps and centroids.
 //! - [`peaks`]: peak finding on confidence maps, instance crops and the automatic crop size.
 //! - [`viz`]: pictures of predictions during training (PNG).
+//! - [`synth`]: synthetic labels with known keypoints (moving shapes), written as `.pkg.slp`.
 //! - [`eval`]: OKS matching, mAP/mAR, distances, PCK and visibility, as sleap-nn evaluates.
 
 pub mod augment;
@@ -18,6 +19,7 @@ pub mod frame;
 pub mod labels;
 pub mod peaks;
 pub mod slp;
+pub mod synth;
 pub mod targets;
 pub mod viz;
 

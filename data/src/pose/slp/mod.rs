@@ -4,6 +4,7 @@
 //! - [`read_labels`]: skeletons, videos, tracks, frames and instances of a labels file.
 //! - [`SlpImages`]: a labels file's frames as [`crate::pose::Image`]s.
 //! - [`write_labels`]: a labels file, written to a temporary name and renamed.
+//! - [`write_labels_with_frames`]: the same with frames embedded as PNG (a `.pkg.slp`).
 
 mod h5;
 mod images;
@@ -14,4 +15,4 @@ mod write;
 
 pub use images::SlpImages;
 pub use read::read_labels;
-pub use write::write_labels;
+pub use write::{write_labels, write_labels_with_frames};

@@ -316,6 +316,25 @@ pub(crate) fn encode(video: &Video) -> Value {
     }
 }
 
+/// The `videos_json` row of frames embedded in the labels file being written: sleap-io's
+/// self-reference (`"."`) to the `video{index}/video` dataset.
+pub(crate) fn encode_self_embedded(index: usize, shape: [usize; 4]) -> Value {
+    json!({
+        "filename": ".",
+        "backend": {
+            "type": "HDF5Video",
+            "shape": shape,
+            "filename": ".",
+            "dataset": format!("video{index}/video"),
+            "input_format": "channels_last",
+            "convert_range": false,
+            "has_embedded_images": true,
+            "grayscale": shape[3] == 1,
+            "fps": null,
+        },
+    })
+}
+
 fn media_row(filename: &str, shape: &Value, grayscale: &Value) -> Value {
     json!({
         "filename": filename,

@@ -1,15 +1,16 @@
 //! Writing labels as sleap-io 0.9.5's `write_labels` does for skeletons, videos, tracks,
 //! frames and instances (format 1.4), so that `sio.load_slp` opens the result.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use hdf5::types::VarLenUnicode;
+use hdf5::types::{VarLenArray, VarLenUnicode};
 use serde_json::json;
 
 use super::h5::h5;
 use super::{skeleton, video};
 use crate::error::{DataError, Result};
-use crate::pose::{InstanceKind, Labels, VideoSource};
+use crate::pose::{Image, InstanceKind, Labels, Video, VideoSource};
 
 /// The layout written here: format 1.4 is what sleap-io writes for labels without ROIs,
 /// masks or identities (it added `channel_order` to embedded frames, which are referred
@@ -65,9 +66,26 @@ struct PredPointOut {
 /// (e.g. the `.pkg.slp` that predictions were made on). Embedded videos are written as
 /// references to the HDF5 file holding their frames, not copied.
 pub fn write_labels(path: &Path, labels: &Labels) -> Result<()> {
+    write_labels_with_frames(path, labels, &[])
+}
+
+/// Write `labels` to `path` as [`write_labels`] does, embedding `frames` in it as sleap-io's
+/// `embed_frames` does (a `.pkg.slp`): each `(video, frame_idx, image)` is PNG-encoded into
+/// the `video{video}/video` dataset, and every video that receives frames is recorded as
+/// embedded in this file, whatever its source was. All frames of one video must share a size
+/// and channel count (1 or 3).
+pub fn write_labels_with_frames(
+    path: &Path,
+    labels: &Labels,
+    frames: &[(usize, u64, Image)],
+) -> Result<()> {
     check_labels(path, labels)?;
+    let embed = group_frames(path, labels, frames)?;
     if let Ok(out) = std::fs::canonicalize(path) {
-        for v in &labels.videos {
+        for (i, v) in labels.videos.iter().enumerate() {
+            if embed.contains_key(&i) {
+                continue;
+            }
             let source = match &v.source {
                 VideoSource::Embedded { file, .. } => Some(file.clone()),
                 VideoSource::External { filename, .. } => Some(PathBuf::from(filename)),
@@ -89,12 +107,154 @@ pub fn write_labels(path: &Path, labels: &Labels) -> Result<()> {
     tmp_name.push(name);
     tmp_name.push(format!(".tmp-{}", std::process::id()));
     let tmp = path.with_file_name(tmp_name);
-    let result = write_file(&tmp, labels)
+    let result = write_file(&tmp, labels, &embed)
         .and_then(|()| std::fs::rename(&tmp, path).map_err(|e| DataError::io(path, e)));
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// The frames to embed, per video index, in the order given.
+type EmbedPlan<'a> = BTreeMap<usize, Vec<(u64, &'a Image)>>;
+
+/// Group `frames` by video, refusing what sleap-io could not read back: unknown videos,
+/// repeated frames, and frames of one video that differ in size or channels.
+fn group_frames<'a>(
+    path: &Path,
+    labels: &Labels,
+    frames: &'a [(usize, u64, Image)],
+) -> Result<EmbedPlan<'a>> {
+    let mut plan: EmbedPlan = BTreeMap::new();
+    for (k, (video, frame_idx, image)) in frames.iter().enumerate() {
+        let object = || format!("embedded frame {k} (video {video}, frame {frame_idx})");
+        if *video >= labels.videos.len() {
+            return Err(DataError::invalid(
+                path,
+                object(),
+                format!("video {video} of {}", labels.videos.len()),
+            ));
+        }
+        if !matches!(image.channels, 1 | 3)
+            || image.data.len() != image.height * image.width * image.channels
+            || image.height == 0
+            || image.width == 0
+        {
+            return Err(DataError::invalid(
+                path,
+                object(),
+                format!(
+                    "{} bytes for {}x{}x{} (1 or 3 channels, non-empty)",
+                    image.data.len(),
+                    image.height,
+                    image.width,
+                    image.channels
+                ),
+            ));
+        }
+        let entry = plan.entry(*video).or_default();
+        if let Some((_, first)) = entry.first() {
+            if (first.height, first.width, first.channels)
+                != (image.height, image.width, image.channels)
+            {
+                return Err(DataError::invalid(
+                    path,
+                    object(),
+                    format!(
+                        "{}x{}x{} differs from the video's first frame, {}x{}x{}",
+                        image.height,
+                        image.width,
+                        image.channels,
+                        first.height,
+                        first.width,
+                        first.channels
+                    ),
+                ));
+            }
+        }
+        if entry.iter().any(|(f, _)| f == frame_idx) {
+            return Err(DataError::invalid(path, object(), "given more than once"));
+        }
+        entry.push((*frame_idx, image));
+    }
+    Ok(plan)
+}
+
+fn png_bytes(path: &Path, object: &str, image: &Image) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    let mut enc = png::Encoder::new(&mut out, image.width as u32, image.height as u32);
+    enc.set_color(if image.channels == 1 {
+        png::ColorType::Grayscale
+    } else {
+        png::ColorType::Rgb
+    });
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()
+        .and_then(|mut w| w.write_image_data(&image.data))
+        .map_err(|e| DataError::invalid(path, object, format!("PNG encoding failed: {e}")))?;
+    Ok(out)
+}
+
+/// `video{index}/video` (PNG bytes as variable-length int8 rows, as h5py stores them),
+/// `video{index}/frame_numbers` and the attributes sleap-io's `embed_frames` writes.
+fn write_embedded(
+    file: &hdf5::File,
+    path: &Path,
+    index: usize,
+    video: &Video,
+    frames: &[(u64, &Image)],
+) -> Result<()> {
+    let group = format!("video{index}");
+    let name = format!("{group}/video");
+    file.create_group(&group).map_err(h5(path, &group))?;
+    let mut rows = Vec::with_capacity(frames.len());
+    for (frame_idx, image) in frames {
+        let bytes = png_bytes(path, &format!("{name} (frame {frame_idx})"), image)?;
+        let signed: Vec<i8> = bytes.into_iter().map(|b| b as i8).collect();
+        rows.push(VarLenArray::from_slice(&signed));
+    }
+    let ds = file
+        .new_dataset::<VarLenArray<i8>>()
+        .shape(rows.len())
+        .create(name.as_str())
+        .map_err(h5(path, &name))?;
+    ds.write_raw(&rows).map_err(h5(path, &name))?;
+    let str_attr = |attr: &str, value: &str| -> Result<()> {
+        let object = format!("{name}.{attr}");
+        let v = value
+            .parse::<VarLenUnicode>()
+            .map_err(|e| DataError::invalid(path, &object, e.to_string()))?;
+        ds.new_attr::<VarLenUnicode>()
+            .create(attr)
+            .and_then(|a| a.write_scalar(&v))
+            .map_err(h5(path, &object))
+    };
+    str_attr("format", "png")?;
+    // The png crate writes the channels in the order given, which is RGB here.
+    str_attr("channel_order", "RGB")?;
+    let [n, h, w, c] = embedded_shape(video, frames);
+    for (attr, value) in [("frames", n), ("height", h), ("width", w), ("channels", c)] {
+        ds.new_attr::<i64>()
+            .create(attr)
+            .and_then(|a| a.write_scalar(&(value as i64)))
+            .map_err(h5(path, &format!("{name}.{attr}")))?;
+    }
+    let numbers: Vec<i64> = frames.iter().map(|(f, _)| *f as i64).collect();
+    let numbers_name = format!("{group}/frame_numbers");
+    file.new_dataset::<i64>()
+        .shape(numbers.len())
+        .create(numbers_name.as_str())
+        .and_then(|d| d.write_raw(&numbers))
+        .map_err(h5(path, &numbers_name))?;
+    Ok(())
+}
+
+/// (frames, height, width, channels): the video's recorded frame count when it has one, the
+/// embedded frames' size otherwise.
+fn embedded_shape(video: &Video, frames: &[(u64, &Image)]) -> [usize; 4] {
+    let first = frames[0].1;
+    let n = video.shape.map_or(frames.len(), |s| s[0]);
+    [n, first.height, first.width, first.channels]
 }
 
 /// Indices in range and point counts matching the skeletons, so the file is consistent.
@@ -182,7 +342,7 @@ fn table<T: hdf5::H5Type>(file: &hdf5::File, path: &Path, name: &str, rows: &[T]
     Ok(())
 }
 
-fn write_file(path: &Path, labels: &Labels) -> Result<()> {
+fn write_file(path: &Path, labels: &Labels, embed: &EmbedPlan) -> Result<()> {
     let file = hdf5::File::create(path).map_err(h5(path, "file"))?;
 
     let (skeletons, nodes) = skeleton::encode(&labels.skeletons);
@@ -217,7 +377,11 @@ fn write_file(path: &Path, labels: &Labels) -> Result<()> {
     let videos: Vec<String> = labels
         .videos
         .iter()
-        .map(|v| video::encode(v).to_string())
+        .enumerate()
+        .map(|(i, v)| match embed.get(&i) {
+            Some(frames) => video::encode_self_embedded(i, embedded_shape(v, frames)).to_string(),
+            None => video::encode(v).to_string(),
+        })
         .collect();
     json_rows(&file, path, "videos_json", &videos)?;
     let tracks: Vec<String> = labels
@@ -232,8 +396,27 @@ fn write_file(path: &Path, labels: &Labels) -> Result<()> {
         .videos
         .iter()
         .enumerate()
-        .map(|(i, v)| video::frame_video_id(v, i))
+        .map(|(i, v)| {
+            if embed.contains_key(&i) {
+                i as u32
+            } else {
+                video::frame_video_id(v, i)
+            }
+        })
         .collect();
+    // frames.video names a videoN group; two videos with one N would read as one.
+    for (i, id) in video_ids.iter().enumerate() {
+        if let Some(j) = video_ids[..i].iter().position(|other| other == id) {
+            return Err(DataError::invalid(
+                path,
+                format!("videos[{i}]"),
+                format!("has the frame video id {id} of videos[{j}]"),
+            ));
+        }
+    }
+    for (&i, frames) in embed {
+        write_embedded(&file, path, i, &labels.videos[i], frames)?;
+    }
     let (mut frames, mut instances, mut points, mut pred_points) = (vec![], vec![], vec![], vec![]);
     for f in &labels.frames {
         let frame_id = frames.len() as u64;
