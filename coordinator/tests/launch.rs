@@ -469,12 +469,32 @@ fn a_second_sigterm_stops_at_once_and_the_run_stays_resumable() {
         8,
         &["--set", "training.max_epochs=3"],
     ));
+    // Two signals sent back to back can merge into one pending signal; the second is sent once
+    // the coordinator has said it handled the first, as a user's second Ctrl-C would be.
+    let mut child = child;
+    let (seen, saw_first) = std::sync::mpsc::channel();
+    let log = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(log).lines().map_while(Result::ok) {
+            if line.contains("SIGTERM") {
+                let _ = seen.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
     wait_for_step(&run_dir, 45, Duration::from_secs(120));
     kill(child.id(), "-TERM");
+    saw_first
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the coordinator reports the first SIGTERM");
     kill(child.id(), "-TERM");
-    let out = child.wait_with_output().unwrap();
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{stderr}");
+    let status = child.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.code(), Some(130), "{stderr}");
     assert!(stderr.contains("coordinator launch --resume"), "{stderr}");
     let out = run(resume_cmd(&run_dir));
     assert!(out.status.success(), "{}", text(&out.stderr));
