@@ -14,6 +14,7 @@
 
 pub mod anndata;
 pub mod error;
+mod h5util;
 pub mod rng;
 
 pub use error::{DataError, Result};

@@ -2,7 +2,6 @@
 //! group (data, indices, indptr) or a dense 2-D dataset; var/obs as `dataframe` groups with an
 //! `_index` attribute naming the index dataset and a `column-order` attribute.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use hdf5::types::{TypeDescriptor, VarLenAscii, VarLenUnicode};
@@ -10,8 +9,7 @@ use hdf5::{Dataset, File, Location, LocationType};
 
 use super::{validate_rows, AnnDataReader, CsrRows, ObsColumn, ObsKind, XEncoding, XInfo};
 use crate::error::{DataError, Result};
-
-const HDF5_SIGNATURE: [u8; 8] = [0x89, b'H', b'D', b'F', b'\r', b'\n', 0x1a, b'\n'];
+use crate::h5util::{h5, has_hdf5_signature};
 
 enum XStore {
     /// Sparse rows read on demand; indptr is kept in memory (n_obs + 1 offsets).
@@ -37,34 +35,6 @@ pub struct H5adReader {
     var_names: Vec<String>,
     x: XStore,
     info: XInfo,
-}
-
-fn h5(path: &Path, object: &str) -> impl FnOnce(hdf5::Error) -> DataError {
-    let path = path.to_path_buf();
-    let object = object.to_string();
-    move |source| DataError::Hdf5 {
-        path,
-        object,
-        source,
-    }
-}
-
-fn has_hdf5_signature(path: &Path) -> Result<bool> {
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut buf = Vec::new();
-    f.by_ref()
-        .take(8192 + 8)
-        .read_to_end(&mut buf)
-        .map_err(|e| DataError::io(path, e))?;
-    // The superblock sits at 0 or, after a user block, at 512, 1024, 2048, ...
-    let mut off = 0usize;
-    while off + 8 <= buf.len() {
-        if buf[off..off + 8] == HDF5_SIGNATURE {
-            return Ok(true);
-        }
-        off = if off == 0 { 512 } else { off * 2 };
-    }
-    Ok(false)
 }
 
 /// A string attribute, if present and a string.

@@ -2,43 +2,14 @@
 //! that should be SLEAP labels, JSON strings stored either fixed-length (old SLEAP, `|S`) or
 //! variable-length (sleap-io), and the compound rows of `frames`, `instances` and `points`.
 
-use std::io::Read;
 use std::path::Path;
 
 use hdf5::types::{TypeDescriptor, VarLenAscii, VarLenUnicode};
 use hdf5::{Dataset, File, Location};
 
 use crate::error::{DataError, Result};
-
-const HDF5_SIGNATURE: [u8; 8] = [0x89, b'H', b'D', b'F', b'\r', b'\n', 0x1a, b'\n'];
-
-pub(crate) fn h5(path: &Path, object: &str) -> impl FnOnce(hdf5::Error) -> DataError {
-    let path = path.to_path_buf();
-    let object = object.to_string();
-    move |source| DataError::Hdf5 {
-        path,
-        object,
-        source,
-    }
-}
-
-fn has_hdf5_signature(path: &Path) -> Result<bool> {
-    let mut f = std::fs::File::open(path).map_err(|e| DataError::io(path, e))?;
-    let mut buf = Vec::new();
-    f.by_ref()
-        .take(8192 + 8)
-        .read_to_end(&mut buf)
-        .map_err(|e| DataError::io(path, e))?;
-    // The superblock sits at 0 or, after a user block, at 512, 1024, 2048, ...
-    let mut off = 0usize;
-    while off + 8 <= buf.len() {
-        if buf[off..off + 8] == HDF5_SIGNATURE {
-            return Ok(true);
-        }
-        off = if off == 0 { 512 } else { off * 2 };
-    }
-    Ok(false)
-}
+pub(crate) use crate::h5util::h5;
+use crate::h5util::has_hdf5_signature;
 
 /// Open `path` for reading, with errors that say whether it is missing or not HDF5 at all.
 pub(crate) fn open_hdf5(path: &Path) -> Result<File> {
