@@ -8,11 +8,10 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-use anyhow::Context;
 use clap::Args;
 use configs::ScModelForgeConfig;
 
-use crate::launch::procs::sibling_executable;
+use crate::launch::procs::{run_worker_verb, sibling_executable};
 
 #[derive(Args)]
 pub struct BenchmarkArgs {
@@ -93,15 +92,5 @@ fn benchmark(args: BenchmarkArgs) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.batch_size {
         cmd.arg("--batch-size").arg(n.to_string());
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
-        None => {
-            eprintln!("error: {} benchmark was killed ({status})", bin.display());
-            ExitCode::FAILURE
-        }
-    })
+    run_worker_verb(&bin, "benchmark", &mut cmd)
 }

@@ -6,10 +6,9 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
-use anyhow::Context;
 use clap::Args;
 
-use crate::launch::procs::sibling_executable;
+use crate::launch::procs::{run_worker_verb, sibling_executable};
 
 #[derive(Args)]
 pub struct EmbedArgs {
@@ -63,15 +62,5 @@ fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     if args.overwrite {
         cmd.arg("--overwrite");
     }
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
-        None => {
-            eprintln!("error: {} embed was killed ({status})", bin.display());
-            ExitCode::FAILURE
-        }
-    })
+    run_worker_verb(&bin, "embed", &mut cmd)
 }

@@ -15,7 +15,7 @@ use data::pose::eval::{evaluate, EvalOptions};
 use data::pose::slp::read_labels;
 
 use crate::config_cmd::ConfigArgs;
-use crate::launch::procs::sibling_executable;
+use crate::launch::procs::{run_worker_verb, sibling_executable};
 
 #[derive(Args)]
 pub struct TrackArgs {
@@ -112,17 +112,7 @@ fn track(args: TrackArgs) -> anyhow::Result<ExitCode> {
         .arg(&args.output)
         .arg("--peak-threshold")
         .arg(args.peak_threshold.to_string());
-    let status = cmd
-        .status()
-        .with_context(|| format!("cannot run {}", bin.display()))?;
-    Ok(match status.code() {
-        Some(0) => ExitCode::SUCCESS,
-        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
-        None => {
-            eprintln!("error: {} track was killed ({status})", bin.display());
-            ExitCode::FAILURE
-        }
-    })
+    run_worker_verb(&bin, "track", &mut cmd)
 }
 
 fn eval(args: EvalArgs) -> anyhow::Result<()> {

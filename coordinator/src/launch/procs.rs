@@ -21,6 +21,28 @@ pub type LastWords = Arc<Mutex<VecDeque<String>>>;
 /// How many of a worker's last lines are kept.
 const LAST_WORDS: usize = 20;
 
+/// Runs a `worker` subcommand for a coordinator command that does no compute itself
+/// (`embed`, `benchmark`, `track`): its output goes straight to the user, its exit status
+/// becomes ours.
+pub fn run_worker_verb(
+    bin: &std::path::Path,
+    verb: &str,
+    cmd: &mut std::process::Command,
+) -> anyhow::Result<std::process::ExitCode> {
+    use std::process::ExitCode;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {}", bin.display()))?;
+    Ok(match status.code() {
+        Some(0) => ExitCode::SUCCESS,
+        Some(c) => ExitCode::from(u8::try_from(c).unwrap_or(1)),
+        None => {
+            eprintln!("error: {} {verb} was killed ({status})", bin.display());
+            ExitCode::FAILURE
+        }
+    })
+}
+
 /// The executable `name` beside this one.
 pub fn sibling_executable(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the coordinator executable")?;
