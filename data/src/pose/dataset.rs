@@ -167,6 +167,14 @@ impl PoseDataset {
         Ok(ds)
     }
 
+    /// The same labels under another spec, its samples enumerated anew; nothing is read again
+    /// (the spec can depend on the labels: their skeleton, the crop size their instances need).
+    pub fn with_spec(mut self, spec: PoseSpec) -> PoseDataset {
+        self.spec = spec;
+        self.items = self.enumerate_items();
+        self
+    }
+
     pub fn skeleton(&self) -> &Skeleton {
         &self.sources[0].labels.skeletons[0]
     }

@@ -86,12 +86,15 @@ pub fn unsupported(cfg: &SleapNnConfig) -> Vec<String> {
         );
     }
     let monitor = t.model_ckpt.monitor.as_str();
-    let known =
-        monitor == "val/loss" || (t.eval.enabled && super::train::EVAL_COLUMNS.contains(&monitor));
+    let known = monitor == "val/loss"
+        || (t.eval.enabled
+            && super::train::EVAL_METRICS
+                .iter()
+                .any(|(name, _)| *name == monitor));
     if !known {
         refuse(
             "trainer_config.model_ckpt.monitor",
-            &format!("\"{monitor}\" is not a metric this run logs: use val/loss, or with trainer_config.eval.enabled one of {}", super::train::EVAL_COLUMNS.join(", ")),
+            &format!("\"{monitor}\" is not a metric this run logs: use val/loss, or with trainer_config.eval.enabled one of {}", super::train::EVAL_METRICS.map(|(name, _)| name).join(", ")),
         );
     }
     if t.use_wandb {

@@ -222,8 +222,8 @@ struct Data {
 
 fn open_data(cfg: &SleapNnConfig) -> Result<(Data, spec::Built), TrainError> {
     let paths = train_paths(cfg)?;
-    // A first open with a provisional spec finds the skeleton and the crop size; the spec
-    // itself depends on both.
+    // Opened with a provisional spec to learn the skeleton and the crop size, which the real
+    // spec depends on.
     let probe = spec::probe_spec(cfg);
     let ds = PoseDataset::open(&paths, probe)?;
     let skeleton = ds.skeleton().clone();
@@ -236,7 +236,7 @@ fn open_data(cfg: &SleapNnConfig) -> Result<(Data, spec::Built), TrainError> {
         .map_or(16, |u| u.max_stride);
     let crop = auto_crop_size(cfg, &ds, max_stride);
     let built = spec::build(cfg, &skeleton, crop).map_err(TrainError::Config)?;
-    let mut train = PoseDataset::open(&paths, built.spec.clone())?;
+    let train = ds.with_spec(built.spec.clone());
     let all = train.items().to_vec();
     let d = &cfg.data_config;
     let seed = cfg.trainer_config.seed.unwrap_or(0) as u64;
@@ -259,7 +259,6 @@ fn open_data(cfg: &SleapNnConfig) -> Result<(Data, spec::Built), TrainError> {
             all.len()
         )));
     }
-    train.spec = built.spec.clone();
     Ok((
         Data {
             train,
@@ -415,7 +414,7 @@ pub fn train_pose(
         std::fs::create_dir_all(&dir).map_err(io)?;
         let mut columns: Vec<&str> = CSV_COLUMNS.to_vec();
         if t.eval.enabled {
-            columns.extend(EVAL_COLUMNS);
+            columns.extend(EVAL_METRICS.map(|(name, _)| name));
             columns.sort_unstable();
         }
         let logger = match resumed {
@@ -430,11 +429,10 @@ pub fn train_pose(
     let mut prev_val = state.metrics.val_loss;
     let first_epoch = state.position.epoch;
     let resumed_mid_epoch = opts.resume_from.is_some() && state.position.step > 0;
-    let mut lr = t.optimizer.lr;
     'epochs: for epoch in first_epoch..max_epochs {
         // A run resumed inside an epoch continues with that epoch's rate; one resumed at an
         // epoch boundary applies the last validation loss as the uninterrupted run does.
-        lr = if epoch == first_epoch && resumed_mid_epoch {
+        let lr = if epoch == first_epoch && resumed_mid_epoch {
             sched.lr
         } else {
             let val = (epoch > first_epoch || opts.resume_from.is_some())
@@ -763,7 +761,6 @@ pub fn train_pose(
             break;
         }
     }
-    let _ = lr;
     if opts.rank == 0 && t.visualize_preds_during_training && !t.keep_viz {
         // sleap-nn deletes the pictures once training ends unless asked to keep them.
         let _ = std::fs::remove_dir_all(opts.run_dir.join("viz"));
@@ -776,20 +773,27 @@ pub fn train_pose(
     Ok(summary)
 }
 
-/// The metrics sleap-nn's epoch-end evaluation logs, under its names.
-pub const EVAL_COLUMNS: [&str; 12] = [
-    "eval/val/PCK_10",
-    "eval/val/PCK_5",
-    "eval/val/distance/avg",
-    "eval/val/distance/p50",
-    "eval/val/distance/p95",
-    "eval/val/distance/p99",
-    "eval/val/mOKS",
-    "eval/val/mPCK",
-    "eval/val/oks_voc_mAP",
-    "eval/val/oks_voc_mAR",
-    "eval/val/visibility_precision",
-    "eval/val/visibility_recall",
+/// The metrics sleap-nn's epoch-end evaluation logs, under its names, each with where it is in
+/// the evaluator's JSON (sorted by name, as the CSV columns are).
+pub const EVAL_METRICS: [(&str, [&str; 2]); 12] = [
+    ("eval/val/PCK_10", ["pck_metrics", "PCK@10"]),
+    ("eval/val/PCK_5", ["pck_metrics", "PCK@5"]),
+    ("eval/val/distance/avg", ["distance_metrics", "avg"]),
+    ("eval/val/distance/p50", ["distance_metrics", "p50"]),
+    ("eval/val/distance/p95", ["distance_metrics", "p95"]),
+    ("eval/val/distance/p99", ["distance_metrics", "p99"]),
+    ("eval/val/mOKS", ["mOKS", "mOKS"]),
+    ("eval/val/mPCK", ["pck_metrics", "mPCK"]),
+    ("eval/val/oks_voc_mAP", ["voc_metrics", "oks_voc.mAP"]),
+    ("eval/val/oks_voc_mAR", ["voc_metrics", "oks_voc.mAR"]),
+    (
+        "eval/val/visibility_precision",
+        ["visibility_metrics", "precision"],
+    ),
+    (
+        "eval/val/visibility_recall",
+        ["visibility_metrics", "recall"],
+    ),
 ];
 
 /// Predicts every validation sample (unaugmented; a crop for centered_instance) and scores the
@@ -882,32 +886,16 @@ fn evaluate_validation(
         Ok(m) => m.to_json(),
         Err(err) => return Err(TrainError::Config(format!("evaluation: {err}"))),
     };
-    let get = |path: &[&str]| -> f64 {
-        path.iter()
-            .try_fold(&m, |v, k| v.get(*k))
-            .and_then(|v| v.as_f64())
-            .unwrap_or(f64::NAN)
-    };
-    Ok(vec![
-        ("eval/val/PCK_10", get(&["pck_metrics", "PCK@10"])),
-        ("eval/val/PCK_5", get(&["pck_metrics", "PCK@5"])),
-        ("eval/val/distance/avg", get(&["distance_metrics", "avg"])),
-        ("eval/val/distance/p50", get(&["distance_metrics", "p50"])),
-        ("eval/val/distance/p95", get(&["distance_metrics", "p95"])),
-        ("eval/val/distance/p99", get(&["distance_metrics", "p99"])),
-        ("eval/val/mOKS", get(&["mOKS", "mOKS"])),
-        ("eval/val/mPCK", get(&["pck_metrics", "mPCK"])),
-        ("eval/val/oks_voc_mAP", get(&["voc_metrics", "oks_voc.mAP"])),
-        ("eval/val/oks_voc_mAR", get(&["voc_metrics", "oks_voc.mAR"])),
-        (
-            "eval/val/visibility_precision",
-            get(&["visibility_metrics", "precision"]),
-        ),
-        (
-            "eval/val/visibility_recall",
-            get(&["visibility_metrics", "recall"]),
-        ),
-    ])
+    Ok(EVAL_METRICS
+        .iter()
+        .map(|(name, [group, key])| {
+            let v = m
+                .get(*group)
+                .and_then(|g| g.get(*key))
+                .and_then(|v| v.as_f64());
+            (*name, v.unwrap_or(f64::NAN))
+        })
+        .collect())
 }
 
 /// The model's prediction on one (unaugmented) sample as a PNG: input, maps, labels, peaks.
