@@ -3,6 +3,7 @@
 use super::attention::MultiheadAttention;
 use super::join;
 use super::linear::Linear;
+use super::lora::LoraAdapter;
 use super::norm::LayerNorm;
 use crate::backend::Device;
 use crate::ops::attention::AttnOpts;
@@ -37,6 +38,27 @@ pub struct TransformerEncoderLayer {
     pub norm2: LayerNorm,
     pub linear1: Linear,
     pub linear2: Linear,
+    /// LoRA adapters on the layer's linear layers (none unless a fine-tuning run attaches them).
+    pub lora: LayerLora,
+}
+
+/// The LoRA adapters of one encoder layer, by the module they adapt.
+#[derive(Clone, Debug, Default)]
+pub struct LayerLora {
+    pub out_proj: Option<LoraAdapter>,
+    pub linear1: Option<LoraAdapter>,
+    pub linear2: Option<LoraAdapter>,
+}
+
+impl LayerLora {
+    /// The adapters without dropout (evaluation).
+    pub fn eval(&self) -> Self {
+        LayerLora {
+            out_proj: self.out_proj.as_ref().map(LoraAdapter::eval),
+            linear1: self.linear1.as_ref().map(LoraAdapter::eval),
+            linear2: self.linear2.as_ref().map(LoraAdapter::eval),
+        }
+    }
 }
 
 /// Saved activations and backward scratch of one encoder layer for one (batch, seq) shape.
@@ -78,6 +100,9 @@ const SITE_ATTN: u64 = 0;
 const SITE_DROPOUT1: u64 = 1;
 const SITE_FF: u64 = 2;
 const SITE_DROPOUT2: u64 = 3;
+const SITE_LORA_OUT_PROJ: u64 = 4;
+const SITE_LORA_LINEAR1: u64 = 5;
+const SITE_LORA_LINEAR2: u64 = 6;
 
 impl TransformerEncoderLayer {
     /// Registers the layer's parameters under `prefix` (e.g. "encoder.layers.0").
@@ -108,6 +133,7 @@ impl TransformerEncoderLayer {
             norm2,
             linear1,
             linear2,
+            lora: LayerLora::default(),
         })
     }
 
@@ -208,15 +234,27 @@ impl TransformerEncoderLayer {
         dev.attention_forward(&mut a.attn, &mut a.lse, &a.qkv, s, &opts);
         sa.out_proj
             .forward(dev, prec, params, &a.attn, &mut a.s_e1, n);
+        if let Some(l) = &self.lora.out_proj {
+            let k = key.site(SITE_LORA_OUT_PROJ);
+            l.forward(dev, prec, params, &a.attn, &mut a.s_e1, n, k);
+        }
         dev.dropout_forward(&mut a.s_e1, p, key.site(SITE_DROPOUT1));
         dev.residual_forward(&mut a.x1, &a.x, &a.s_e1);
         n2.forward(dev, params, &a.x1, &mut a.h2, &mut a.mean2, &mut a.rstd2, n);
         self.linear1
             .forward(dev, prec, params, &a.h2, &mut a.ff1, n);
+        if let Some(l) = &self.lora.linear1 {
+            let k = key.site(SITE_LORA_LINEAR1);
+            l.forward(dev, prec, params, &a.h2, &mut a.ff1, n, k);
+        }
         dev.activation_forward(self.cfg.activation, &mut a.ffa, &a.ff1);
         dev.dropout_forward(&mut a.ffa, p, key.site(SITE_FF));
         self.linear2
             .forward(dev, prec, params, &a.ffa, &mut a.s_e1, n);
+        if let Some(l) = &self.lora.linear2 {
+            let k = key.site(SITE_LORA_LINEAR2);
+            l.forward(dev, prec, params, &a.ffa, &mut a.s_e1, n, k);
+        }
         dev.dropout_forward(&mut a.s_e1, p, key.site(SITE_DROPOUT2));
         dev.residual_forward(&mut a.out, &a.x1, &a.s_e1);
         Ok(())
@@ -254,6 +292,10 @@ impl TransformerEncoderLayer {
             false,
             n,
         );
+        if let Some(l) = &self.lora.linear2 {
+            let k = key.site(SITE_LORA_LINEAR2);
+            l.backward(dev, prec, params, grads, &a.ffa, &a.s_e1, &mut a.s_f1, n, k);
+        }
         dev.dropout_backward(&mut a.s_f1, p, key.site(SITE_FF));
         dev.activation_backward(self.cfg.activation, &mut a.s_f2, &a.s_f1, &a.ff1);
         self.linear1.backward(
@@ -267,6 +309,10 @@ impl TransformerEncoderLayer {
             false,
             n,
         );
+        if let Some(l) = &self.lora.linear1 {
+            let k = key.site(SITE_LORA_LINEAR1);
+            l.backward(dev, prec, params, grads, &a.h2, &a.s_f2, &mut a.s_e2, n, k);
+        }
         dev.copy(&mut a.dx1, dout);
         let (x1, mean2, rstd2) = (&a.x1, &a.mean2, &a.rstd2);
         n2.backward(
@@ -286,6 +332,10 @@ impl TransformerEncoderLayer {
             false,
             n,
         );
+        if let Some(l) = &self.lora.out_proj {
+            let k = key.site(SITE_LORA_OUT_PROJ);
+            l.backward(dev, prec, params, grads, &a.attn, &a.s_e1, &mut a.s_e2, n, k);
+        }
         let opts = self.attn_opts(a.key_pad.as_deref(), key);
         let s = self.attn_shape(b, t);
         dev.attention_backward(&mut a.s_qkv, &a.s_e2, &a.attn, &a.lse, &a.qkv, s, &opts);

@@ -7,6 +7,7 @@
 //! module, resized per call.
 //!
 //! - [`linear`]: [`Linear`] (nn.Linear) and [`SavedLinear`] (one that keeps its input);
+//! - [`lora`]: [`LoraAdapter`], a LoRA adapter on a frozen linear layer (peft's);
 //! - [`norm`]: [`LayerNorm`] and [`RowNorm`] (one that keeps what backward needs);
 //! - [`head`]: [`NormHead`], LayerNorm + Linear over selected rows;
 //! - [`embedding`]: [`Embedding`] (nn.Embedding) and [`TokenEmbedding`] (gene + position +
@@ -20,17 +21,19 @@ pub mod embedding;
 pub mod encoder;
 pub mod head;
 pub mod linear;
+pub mod lora;
 pub mod norm;
 pub mod stack;
 
 pub use crate::ops::Activation;
 pub use attention::MultiheadAttention;
 pub use embedding::{Embedding, TokenEmbedding, EMB_STD};
-pub use encoder::{EncoderActs, EncoderLayerConfig, TransformerEncoderLayer};
+pub use encoder::{EncoderActs, EncoderLayerConfig, LayerLora, TransformerEncoderLayer};
 pub use head::NormHead;
 pub use linear::{Linear, SavedLinear};
+pub use lora::LoraAdapter;
 pub use norm::{LayerNorm, RowNorm, LN_EPS};
-pub use stack::{layer_key, Stack};
+pub use stack::{layer_key, LoraSpec, Stack, LORA_MODULES};
 
 /// PyTorch's dotted parameter name `prefix.name` (just `name` at the top level).
 fn join(prefix: &str, name: &str) -> String {

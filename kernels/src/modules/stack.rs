@@ -4,6 +4,7 @@
 use std::ops::Range;
 
 use super::encoder::{EncoderActs, EncoderLayerConfig, TransformerEncoderLayer};
+use super::lora::LoraAdapter;
 use crate::backend::Device;
 use crate::params::ParamLayout;
 use crate::rng::RngKey;
@@ -20,8 +21,24 @@ pub struct Stack<M> {
     /// The same layers with dropout 0, for evaluation.
     eval_layers: Vec<TransformerEncoderLayer>,
     pub dim: usize,
+    /// The layers' name prefix (`{prefix}.{i}.…`).
+    prefix: String,
     arenas: Vec<Arena<M>>,
 }
+
+/// What LoRA adapters to attach ([`Stack::attach_lora`]): peft's `LoraConfig`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraSpec {
+    pub rank: usize,
+    pub alpha: f64,
+    pub dropout: f64,
+    /// Module names or suffixes (peft's `target_modules`): a module is adapted when its name
+    /// equals a target or ends with `.` + target.
+    pub targets: Vec<String>,
+}
+
+/// The linear layers of an encoder layer that LoRA can adapt, by their PyTorch module name.
+pub const LORA_MODULES: [&str; 3] = ["self_attn.out_proj", "linear1", "linear2"];
 
 struct Arena<M> {
     b: usize,
@@ -82,8 +99,70 @@ impl<M> Stack<M> {
             ranges,
             eval_layers,
             dim,
+            prefix: prefix.to_string(),
             arenas: Vec::new(),
         })
+    }
+
+    /// Attaches LoRA adapters to every linear layer whose module name matches one of
+    /// `spec.targets`, registering their parameters at the end of `l` (after everything the
+    /// model registered so far). Returns the adapted modules' names; a target that matches no
+    /// module is an error naming it.
+    pub fn attach_lora(
+        &mut self,
+        l: &mut ParamLayout,
+        spec: &LoraSpec,
+    ) -> std::result::Result<Vec<String>, String> {
+        let matches = |module: &str, target: &str| {
+            module == target || module.ends_with(&format!(".{target}"))
+        };
+        let mut adapted = Vec::new();
+        let mut used = vec![false; spec.targets.len()];
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let e = layer.cfg.d_model;
+            let f = layer.cfg.dim_feedforward;
+            for (m, (in_f, out_f)) in LORA_MODULES.iter().zip([(e, e), (e, f), (f, e)]) {
+                let module = format!("{}.{i}.{m}", self.prefix);
+                let mut hit = false;
+                for (t, u) in spec.targets.iter().zip(used.iter_mut()) {
+                    if matches(&module, t) {
+                        *u = true;
+                        hit = true;
+                    }
+                }
+                if !hit {
+                    continue;
+                }
+                let adapter =
+                    LoraAdapter::new(l, &module, in_f, out_f, spec.rank, spec.alpha, spec.dropout);
+                let slot = match *m {
+                    "self_attn.out_proj" => &mut layer.lora.out_proj,
+                    "linear1" => &mut layer.lora.linear1,
+                    _ => &mut layer.lora.linear2,
+                };
+                *slot = Some(adapter);
+                adapted.push(module);
+            }
+            self.eval_layers[i].lora = layer.lora.eval();
+        }
+        let unmatched: Vec<&str> = spec
+            .targets
+            .iter()
+            .zip(&used)
+            .filter(|(_, u)| !**u)
+            .map(|(t, _)| t.as_str())
+            .collect();
+        if !unmatched.is_empty() {
+            return Err(format!(
+                "{} match(es) no linear layer of the encoder; LoRA adapts each layer's {} (e.g. {}.0.linear1)",
+                unmatched.join(", "),
+                LORA_MODULES.join(", "),
+                self.prefix
+            ));
+        }
+        // Activation arenas do not depend on adapters, but drop them so nothing stale stays.
+        self.arenas.clear();
+        Ok(adapted)
     }
 
     /// Runs the layers over x [b, t, dim] with key padding mask `pad` [b, t] (true = padding);

@@ -214,3 +214,136 @@ fn empty_stack_passes_through() {
     );
     assert_eq!(dx, &x);
 }
+
+fn lora(targets: &[&str], dropout: f64) -> LoraSpec {
+    LoraSpec {
+        rank: 3,
+        alpha: 6.0,
+        dropout,
+        targets: targets.iter().map(|t| t.to_string()).collect(),
+    }
+}
+
+#[test]
+fn lora_adapted_stack_matches_fd_with_dropout_in_layer_and_adapter() {
+    let (b, t, e) = (2, 3, 8);
+    let mut l = ParamLayout::new();
+    let mut stack: Stack<Vec<f64>> = Stack::new(&mut l, "enc", 2, stack_config(0.2)).expect("ok");
+    let base = l.total();
+    let adapted = stack
+        .attach_lora(&mut l, &lora(&["out_proj", "linear1", "linear2"], 0.3))
+        .expect("targets exist");
+    assert_eq!(adapted.len(), 6);
+    assert_eq!(adapted[0], "enc.0.self_attn.out_proj");
+    // The adapters' parameters come after the base model's, named as peft saves them.
+    let names: Vec<String> = l
+        .entries()
+        .iter()
+        .filter(|x| x.offset >= base)
+        .map(|x| x.name.clone())
+        .collect();
+    assert_eq!(names.len(), 12);
+    assert_eq!(names[0], "enc.0.self_attn.out_proj.lora_A.weight");
+    assert_eq!(names[1], "enc.0.self_attn.out_proj.lora_B.weight");
+    // Random (non-zero) B, so every adapter path carries gradient.
+    let p = params(&l, 41);
+    let x = rand(b * t * e, 42);
+    let r = rand(b * t * e, 43);
+    let mut pad = vec![false; b * t];
+    pad[4] = true;
+    let key = RngKey::new(5, 6, 7);
+    let mut loss = |p: &Vec<f64>, x: &Vec<f64>| {
+        let y = stack
+            .forward(&Cpu, p, x, b, t, &pad, Some(key))
+            .expect("shapes");
+        dot(y, &r)
+    };
+    let num_x = fd(&x, |xx| loss(&p, &xx.to_vec()));
+    let num_p = fd(&p, |pp| loss(&pp.to_vec(), &x));
+    let with_adapters = loss(&p, &x);
+    // B = 0 (peft's initialisation) makes the adapted stack the base stack.
+    let mut p0 = p.clone();
+    for x in l.entries().iter().filter(|x| x.name.contains("lora_B")) {
+        p0[x.offset..x.offset + x.len()].fill(0.0);
+    }
+    let got = loss(&p0, &x);
+    loss(&p, &x);
+    let mut grads = vec![0.0; l.total()];
+    let dx = stack
+        .backward(&Cpu, &p, &mut grads, b, t, &r, key, &mut |_, _: &[f64]| {})
+        .clone();
+    assert_close("dx", &dx, &num_x, 1e-6);
+    assert_close("dparams", &grads, &num_p, 1e-6);
+    for x in l.entries().iter().filter(|x| x.offset >= base) {
+        let g = &grads[x.offset..x.offset + x.len()];
+        assert!(g.iter().all(|v| *v != 0.0), "{}: {g:?}", x.name);
+    }
+    let mut l0 = ParamLayout::new();
+    let mut plain: Stack<Vec<f64>> = Stack::new(&mut l0, "enc", 2, stack_config(0.2)).expect("ok");
+    let want = dot(
+        plain
+            .forward(&Cpu, &p[..base].to_vec(), &x, b, t, &pad, Some(key))
+            .expect("ok"),
+        &r,
+    );
+    assert!((got - want).abs() < 1e-12, "{got} vs {want}");
+    assert!((with_adapters - want).abs() > 1e-3);
+}
+
+#[test]
+fn lora_merged_weights_give_the_adapted_models_evaluation_output() {
+    let (b, t, e) = (2, 4, 8);
+    let mut l = ParamLayout::new();
+    let mut stack: Stack<Vec<f64>> = Stack::new(&mut l, "enc", 2, stack_config(0.1)).expect("ok");
+    let base = l.total();
+    stack
+        .attach_lora(&mut l, &lora(&["linear2", "enc.1.linear1"], 0.2))
+        .expect("targets exist");
+    assert!(stack.layers[0].lora.linear1.is_none());
+    assert!(stack.layers[1].lora.linear1.is_some());
+    assert!(stack.layers[0].lora.out_proj.is_none());
+    let p = params(&l, 51);
+    let x = rand(b * t * e, 52);
+    let pad = vec![false; b * t];
+    let adapted = stack
+        .forward(&Cpu, &p, &x, b, t, &pad, None)
+        .expect("ok")
+        .clone();
+    // Fold each adapter into its base weight and run the plain stack.
+    let mut merged = p[..base].to_vec();
+    for layer in &stack.layers {
+        for (lin, ad) in [
+            (&layer.linear1, &layer.lora.linear1),
+            (&layer.linear2, &layer.lora.linear2),
+        ] {
+            if let Some(ad) = ad {
+                let w = lin.weight.range();
+                let (ar, br) = (ad.a.weight.range(), ad.b.weight.range());
+                let m = ad.merged(&p[w.clone()], &p[ar], &p[br]);
+                merged[w].copy_from_slice(&m);
+            }
+        }
+    }
+    let mut l0 = ParamLayout::new();
+    let mut plain: Stack<Vec<f64>> = Stack::new(&mut l0, "enc", 2, stack_config(0.1)).expect("ok");
+    let want = plain
+        .forward(&Cpu, &merged, &x, b, t, &pad, None)
+        .expect("ok");
+    assert_close("merged", &adapted, want, 1e-10);
+    let unmerged = plain
+        .forward(&Cpu, &p[..base].to_vec(), &x, b, t, &pad, None)
+        .expect("ok")
+        .clone();
+    assert!(adapted.iter().zip(&unmerged).any(|(a, b)| (a - b).abs() > 1e-3));
+}
+
+#[test]
+fn lora_target_matching_no_module_is_an_error_naming_it() {
+    let mut l = ParamLayout::new();
+    let mut stack: Stack<Vec<f64>> = Stack::new(&mut l, "enc", 1, stack_config(0.0)).expect("ok");
+    let err = stack
+        .attach_lora(&mut l, &lora(&["linear1", "in_proj", "q_proj"], 0.0))
+        .unwrap_err();
+    assert!(err.contains("in_proj, q_proj"), "{err}");
+    assert!(err.contains("self_attn.out_proj, linear1, linear2"), "{err}");
+}
