@@ -6,6 +6,7 @@ mod config_cmd;
 mod data_cmd;
 mod deploy;
 mod embed_cmd;
+mod export_cmd;
 mod finetune_cmd;
 mod launch;
 mod pose_cmd;
@@ -51,6 +52,11 @@ enum Command {
     ///
     /// Example: `coordinator embed --checkpoint RUN/checkpoints --data F.h5ad --output G.h5ad`
     Embed(embed_cmd::EmbedArgs),
+    /// Write a checkpoint as a weights-only model directory; a LoRA fine-tuning checkpoint gets
+    /// its adapters merged into the backbone's weights
+    ///
+    /// Example: `coordinator export --checkpoint runs/finetune_lora/checkpoints --output model/`
+    Export(export_cmd::ExportArgs),
     /// Run the config's eval.benchmarks (linear_probe, embedding_quality) on a checkpoint's cell embeddings:
     /// results.json, report.md and embedding.png in --output
     ///
@@ -88,6 +94,7 @@ fn main() -> ExitCode {
         Command::Data(cmd) => data_cmd::run(cmd),
         Command::Launch(args) => launch::run(*args),
         Command::Embed(args) => embed_cmd::run(args),
+        Command::Export(args) => export_cmd::run(args),
         Command::Finetune(args) => finetune_cmd::run(*args),
         Command::Benchmark(args) => benchmark_cmd::run(*args),
         Command::Deploy(cmd) => deploy::run(cmd),

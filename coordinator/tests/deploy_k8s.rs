@@ -640,10 +640,9 @@ fn bad_input_is_refused_naming_the_flag_or_file() {
             "{config}: expected {expected:?} in\n{stderr}"
         );
     }
-    // Fine-tuning deploys like training, but LoRA is refused by name (not implemented) and the
-    // pretrained checkpoint must be on the volume like the data.
+    // Fine-tuning deploys like training; the pretrained checkpoint must be on the volume like
+    // the data.
     for (set, expected) in [
-        ("finetune.lora.enabled=true", "finetune.lora: LoRA"),
         (
             "finetune.checkpoint_path=/elsewhere/ck",
             "finetune.checkpoint_path: /elsewhere/ck is outside the volume",

@@ -167,17 +167,6 @@ fn finetune_refuses_what_it_cannot_fine_tune() {
             ],
             "coordinator finetune --config X.yaml --checkpoint DIR",
         ),
-        (
-            vec![
-                "--config".into(),
-                "configs/finetune_cell_type.yaml".into(),
-                "--checkpoint".into(),
-                dir.display().to_string(),
-                "--set".into(),
-                "finetune.lora.enabled=true".into(),
-            ],
-            "finetune.lora: LoRA adapters are not implemented",
-        ),
     ];
     for (i, (args, expected)) in cases.into_iter().enumerate() {
         let mut cmd = coordinator(&["finetune", "--run-dir"]);

@@ -318,23 +318,6 @@ fn a_section_this_build_cannot_train_is_refused_before_any_worker_starts() {
     );
     assert!(!dir.join("run/logs/worker-0.log").exists());
 
-    // LoRA is not implemented: refused by name, never ignored.
-    let out = run(launch_cmd(
-        &dir.join("run-lora"),
-        2,
-        8,
-        &[
-            "--set",
-            "finetune.lora.enabled=true",
-            "--set",
-            "finetune.checkpoint_path=checkpoints/last",
-        ],
-    ));
-    let stderr = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("finetune.lora: LoRA"), "{stderr}");
-    assert!(!stderr.contains("registered"), "{stderr}");
-
     // A finetune section without a checkpoint points to `coordinator finetune`.
     let out = run(launch_cmd(
         &dir.join("run-empty"),

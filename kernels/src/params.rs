@@ -93,6 +93,15 @@ impl ParamLayout {
         &self.entries
     }
 
+    /// The entries `keep` selects, at their offsets in this layout (same total): a view of
+    /// part of the same buffers, e.g. what a checkpoint of a partly frozen model saves.
+    pub fn subset(&self, keep: impl Fn(&ParamEntry) -> bool) -> ParamLayout {
+        ParamLayout {
+            entries: self.entries.iter().filter(|e| keep(e)).cloned().collect(),
+            total: self.total,
+        }
+    }
+
     pub fn get(&self, name: &str) -> Result<&ParamEntry> {
         self.entries
             .iter()

@@ -5,11 +5,6 @@ use configs::ScModelForgeConfig;
 
 /// The first section of `cfg` this build cannot train, as a message naming its key.
 pub fn unsupported(cfg: &ScModelForgeConfig) -> Option<String> {
-    if let Some(ft) = &cfg.finetune {
-        if ft.lora.enabled {
-            return Some("finetune.lora: LoRA adapters are not implemented yet; set finetune.lora.enabled: false to fine-tune the backbone itself (or freeze it with finetune.freeze_backbone: true)".into());
-        }
-    }
     cfg.eval.benchmarks.first().map(|b| {
         format!(
             "eval.benchmarks: running benchmarks during training (every eval.every_n_epochs) is not implemented yet ({} is listed); benchmark a checkpoint after training with `coordinator benchmark --config X.yaml --checkpoint RUN/checkpoints`, and train with eval.benchmarks removed (or `--set eval.benchmarks=[]`)",

@@ -128,13 +128,7 @@ fn sync_dir(path: &Path) -> Result<()> {
 
 /// Writes checkpoint `root/name` atomically (replacing an existing one of that name).
 pub fn save(root: &Path, name: &str, snap: &Snapshot) -> Result<PathBuf> {
-    fs::create_dir_all(root).map_err(io(root))?;
     let final_dir = root.join(name);
-    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
-    if tmp.exists() {
-        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-    }
-    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let n = snap.layout.total();
     if snap.params.len() < n || snap.exp_avg.len() < n || snap.exp_avg_sq.len() < n {
         return Err(invalid(
@@ -161,8 +155,21 @@ pub fn save(root: &Path, name: &str, snap: &Snapshot) -> Result<PathBuf> {
         ("config.yaml", snap.config_yaml.as_bytes().to_vec()),
         (snap.data_file.0, snap.data_file.1.to_vec()),
     ];
+    write_dir(root, name, &files)
+}
+
+/// Writes `files` as the directory `root/name` with their manifest, atomically: under a
+/// temporary name, fsynced, then renamed over any directory of that name.
+pub fn write_dir(root: &Path, name: &str, files: &[(&str, Vec<u8>)]) -> Result<PathBuf> {
+    fs::create_dir_all(root).map_err(io(root))?;
+    let final_dir = root.join(name);
+    let tmp = root.join(format!(".{name}.tmp-{}", std::process::id()));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+    }
+    fs::create_dir_all(&tmp).map_err(io(&tmp))?;
     let mut manifest = Manifest::default();
-    for (fname, bytes) in &files {
+    for (fname, bytes) in files {
         write_synced(&tmp.join(fname), bytes)?;
         manifest.add(fname, bytes);
     }
@@ -227,6 +234,23 @@ fn fill_from(
         }
     }
     Ok(())
+}
+
+/// The parameters of `layout` from a checkpoint's (or an export's) model.safetensors into
+/// `out` (entries the layout does not list are left alone), after verifying the manifest.
+pub fn load_params(dir: &Path, layout: &ParamLayout, out: &mut [f32]) -> Result<()> {
+    let files = verify(dir)?;
+    let bytes = files
+        .get("model.safetensors")
+        .ok_or_else(|| invalid(dir, "model.safetensors missing"))?;
+    let model = SafeTensors::deserialize(bytes)
+        .map_err(|e| invalid(dir, format!("model.safetensors: {e}")))?;
+    fill_from(&model, layout, "", out, dir)
+}
+
+/// The tensors of `layout` in `buf` as safetensors bytes (what model.safetensors holds).
+pub fn tensors(layout: &ParamLayout, buf: &[f32], path: &Path) -> Result<Vec<u8>> {
+    tensors_bytes(layout, &[("", buf)], path)
 }
 
 /// Loads a checkpoint for a model of `layout`, after verifying its manifest.

@@ -25,6 +25,53 @@ use crate::model::{self, DataSpec, ScModel};
 /// The key under `obsm` that embeddings are written to.
 pub const OBSM_KEY: &str = "X_anvil";
 
+/// The backbone of a LoRA fine-tuning checkpoint `dir` with its adapters merged into the base
+/// weights: the frozen backbone from `finetune.checkpoint_path`, the adapters (and trained
+/// biases) from `dir`.
+fn lora_merged_params(
+    dir: &Path,
+    cfg: &ScModelForgeConfig,
+    ft: &configs::scmodelforge::FinetuneConfig,
+    spec: DataSpec,
+    prec: kernels::Precision,
+) -> anyhow::Result<Vec<f32>> {
+    use crate::finetune::lora;
+    let Some(base_path) = ft.checkpoint() else {
+        bail!(
+            "checkpoint {} holds LoRA adapters but its config names no backbone (finetune.checkpoint_path)",
+            dir.display()
+        );
+    };
+    let base = Embedder::load(Path::new(base_path)).with_context(|| {
+        format!(
+            "the backbone of the LoRA checkpoint {} (its finetune.checkpoint_path)",
+            dir.display()
+        )
+    })?;
+    let mut adapted = model::build(&cfg.model, spec, prec)?;
+    let modules = adapted.attach_lora(&lora::spec(&ft.lora))?;
+    let layout = adapted.layout().clone();
+    if base.params.len() > layout.total() {
+        bail!(
+            "the backbone {} holds {} parameter values, more than the model of {} ({})",
+            base.dir.display(),
+            base.params.len(),
+            dir.display(),
+            layout.total()
+        );
+    }
+    let mut params = vec![0.0f32; layout.total()];
+    params[..base.params.len()].copy_from_slice(&base.params);
+    let trained = lora::trainable(&layout, &modules, ft.lora.bias);
+    let saved = layout.subset(|e| trained.contains(&e.view().range()));
+    checkpoint::load_params(dir, &saved, &mut params)
+        .with_context(|| format!("--checkpoint {}", dir.display()))?;
+    let mut merged = lora::merge(&layout, &params, ft.lora.alpha as f64)
+        .map_err(|e| anyhow!("checkpoint {}: {e}", dir.display()))?;
+    merged.truncate(base.params.len());
+    Ok(merged)
+}
+
 /// A trained model ready to embed cells: rebuilt from a checkpoint's config and vocabulary.
 pub struct Embedder {
     /// The checkpoint directory it was loaded from.
@@ -63,19 +110,23 @@ impl Embedder {
             vocab_size: vocab.len(),
             values_are_bins: cfg.tokenizer.strategy == TokenizerStrategy::BinnedExpression,
         };
-        let model = model::build(
-            &cfg.model,
-            spec,
-            model::precision_of(cfg.training.precision),
-        )?;
-        let loaded = checkpoint::load(&dir, model.layout())
-            .with_context(|| format!("--checkpoint {}", dir.display()))?;
+        let prec = model::precision_of(cfg.training.precision);
+        let model = model::build(&cfg.model, spec, prec)?;
+        let params = match cfg.finetune.as_ref().filter(|f| f.lora.enabled) {
+            Some(ft) => lora_merged_params(&dir, &cfg, ft, spec, prec)?,
+            None => {
+                let mut params = vec![0.0f32; model.layout().total()];
+                checkpoint::load_params(&dir, model.layout(), &mut params)
+                    .with_context(|| format!("--checkpoint {}", dir.display()))?;
+                params
+            }
+        };
         Ok(Embedder {
             dir,
             cfg,
             vocab,
             model,
-            params: loaded.params,
+            params,
         })
     }
 

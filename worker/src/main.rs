@@ -31,6 +31,8 @@ enum WorkerCommand {
     Train(TrainArgs),
     /// Write a trained model's cell embeddings into obsm["X_anvil"] of a copy of an .h5ad file
     Embed(EmbedArgs),
+    /// Write a checkpoint as a weights-only model directory (LoRA adapters merged in)
+    Export(ExportArgs),
     /// Run the config's eval.benchmarks on a checkpoint's cell embeddings (results.json, report.md)
     Benchmark(BenchmarkArgs),
     /// Predict poses on the labeled frames of a .slp file with trained pose models
@@ -84,6 +86,16 @@ struct BenchmarkArgs {
     /// Cells per forward pass [default: eval.batch_size]
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
+}
+
+#[derive(Args)]
+struct ExportArgs {
+    /// A checkpoint directory, or a directory of checkpoints (the newest complete one is used)
+    #[arg(long, value_name = "DIR")]
+    checkpoint: PathBuf,
+    /// The new directory to write (it must not exist, or be empty)
+    #[arg(long, short = 'o', value_name = "DIR")]
+    output: PathBuf,
 }
 
 #[derive(Args)]
@@ -166,6 +178,22 @@ fn main() -> ExitCode {
             overwrite: a.overwrite,
         })
         .map(|_| ExitCode::SUCCESS),
+        Some(WorkerCommand::Export(a)) => match worker::export::export(&a.checkpoint, &a.output) {
+            Ok(e) => {
+                println!(
+                    "exported {} tensors to {}{}",
+                    e.tensors,
+                    e.dir.display(),
+                    if e.merged > 0 {
+                        format!(" ({} LoRA adapters merged into their base weights)", e.merged)
+                    } else {
+                        String::new()
+                    }
+                );
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(e) => Err(e),
+        },
         Some(WorkerCommand::Benchmark(a)) => {
             let embedding = match a.embedding.as_str() {
                 "untrained" => worker::bench::Embedding::Untrained,

@@ -381,28 +381,6 @@ fn backward_reports_each_finished_layer_for_every_architecture() {
 
 #[test]
 fn sections_this_build_cannot_train_are_refused_by_name() {
-    let path = repo().join("configs/finetune_cell_type.yaml");
-    let data = repo().join("data/pbmc68k_counts.h5ad");
-    let cfg = configs::load_file_as::<ScModelForgeConfig>(
-        &path,
-        &[
-            format!("data.paths=[{}]", data.display()),
-            "finetune.lora.enabled=true".into(),
-        ],
-    )
-    .expect("config loads");
-    let dir = tmp("finetune-refused");
-    let err = train(
-        &cfg,
-        &TrainOptions::single(&dir),
-        &mut NoSync,
-        &mut |_| {},
-        &mut || Control::Continue,
-    )
-    .expect_err("LoRA is not implemented: refused, not fine-tuned without adapters instead");
-    assert!(err.to_string().contains("finetune.lora"), "{err}");
-    assert!(!dir.join("version_0").exists(), "nothing was trained");
-
     let mut cfg = small_config();
     cfg.eval.benchmarks = vec![configs::scmodelforge::BenchmarkSpec {
         name: "linear_probe".into(),

@@ -334,7 +334,17 @@ impl TransformerEncoderLayer {
         );
         if let Some(l) = &self.lora.out_proj {
             let k = key.site(SITE_LORA_OUT_PROJ);
-            l.backward(dev, prec, params, grads, &a.attn, &a.s_e1, &mut a.s_e2, n, k);
+            l.backward(
+                dev,
+                prec,
+                params,
+                grads,
+                &a.attn,
+                &a.s_e1,
+                &mut a.s_e2,
+                n,
+                k,
+            );
         }
         let opts = self.attn_opts(a.key_pad.as_deref(), key);
         let s = self.attn_shape(b, t);

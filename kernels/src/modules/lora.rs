@@ -160,23 +160,36 @@ impl LoraAdapter {
     }
 
     /// The adapter folded into its base weight: W + scale · B·A, as a host matrix [out, in]
-    /// (what `peft`'s `merge_and_unload` computes).
+    /// (what peft's `merge_and_unload` computes).
     pub fn merged<T: Float>(&self, weight: &[T], a: &[T], b: &[T]) -> Vec<T> {
-        let (i, o, r) = (self.a.in_features, self.b.out_features, self.a.out_features);
-        let mut w = weight.to_vec();
-        let mut acc = vec![0.0f64; i];
-        for row in 0..o {
-            acc.fill(0.0);
-            for k in 0..r {
-                let bk = b[row * r + k].to_f64();
-                for (s, &av) in acc.iter_mut().zip(&a[k * i..(k + 1) * i]) {
-                    *s += bk * av.to_f64();
-                }
-            }
-            for (wv, s) in w[row * i..(row + 1) * i].iter_mut().zip(&acc) {
-                *wv = T::from_f64(wv.to_f64() + self.scale * s);
+        let (i, r) = (self.a.in_features, self.a.out_features);
+        merge_weight(weight, a, b, i, r, self.scale)
+    }
+}
+
+/// W + scale · B·A for W [out, in], A [rank, in], B [out, rank] (row-major), each element
+/// summed in f64.
+pub fn merge_weight<T: Float>(
+    weight: &[T],
+    a: &[T],
+    b: &[T],
+    in_f: usize,
+    rank: usize,
+    scale: f64,
+) -> Vec<T> {
+    let mut w = weight.to_vec();
+    let mut acc = vec![0.0f64; in_f];
+    for (row, wr) in w.chunks_exact_mut(in_f).enumerate() {
+        acc.fill(0.0);
+        for k in 0..rank {
+            let bk = b[row * rank + k].to_f64();
+            for (s, &av) in acc.iter_mut().zip(&a[k * in_f..(k + 1) * in_f]) {
+                *s += bk * av.to_f64();
             }
         }
-        w
+        for (wv, s) in wr.iter_mut().zip(&acc) {
+            *wv = T::from_f64(wv.to_f64() + scale * s);
+        }
     }
+    w
 }

@@ -334,7 +334,10 @@ fn lora_merged_weights_give_the_adapted_models_evaluation_output() {
         .forward(&Cpu, &p[..base].to_vec(), &x, b, t, &pad, None)
         .expect("ok")
         .clone();
-    assert!(adapted.iter().zip(&unmerged).any(|(a, b)| (a - b).abs() > 1e-3));
+    assert!(adapted
+        .iter()
+        .zip(&unmerged)
+        .any(|(a, b)| (a - b).abs() > 1e-3));
 }
 
 #[test]
@@ -345,5 +348,8 @@ fn lora_target_matching_no_module_is_an_error_naming_it() {
         .attach_lora(&mut l, &lora(&["linear1", "in_proj", "q_proj"], 0.0))
         .unwrap_err();
     assert!(err.contains("in_proj, q_proj"), "{err}");
-    assert!(err.contains("self_attn.out_proj, linear1, linear2"), "{err}");
+    assert!(
+        err.contains("self_attn.out_proj, linear1, linear2"),
+        "{err}"
+    );
 }

@@ -16,6 +16,7 @@
 
 pub mod head;
 pub mod labels;
+pub mod lora;
 pub mod metrics;
 
 use std::ops::Range;
@@ -142,15 +143,17 @@ pub struct FinetuneModel {
     /// Added to regression targets' and predictions' moment sums (the targets' mean).
     shift: f64,
     trainable: bool,
+    /// LoRA: the adapted modules and the backbone's ranges that train (adapters, biases).
+    lora: Option<(Vec<String>, Vec<Range<usize>>)>,
     counts: ClassCounts,
     pairs: PairSums,
 }
 
 impl FinetuneModel {
-    /// `backbone` (as built from the checkpoint's model section) with a head registered after
-    /// its parameters.
+    /// `backbone` (as built from the checkpoint's model section) with, when `finetune.lora` is
+    /// enabled, LoRA adapters registered after its parameters, and a head after those.
     pub fn new(
-        backbone: Box<dyn ScModel>,
+        mut backbone: Box<dyn ScModel>,
         ft: &FinetuneConfig,
         labels: Arc<Labels>,
         prec: Precision,
@@ -165,6 +168,15 @@ impl FinetuneModel {
         if ft.head.hidden_dim == Some(0) {
             return Err("finetune.head.hidden_dim must be positive (or null for none)".into());
         }
+        let lora = if ft.lora.enabled {
+            let adapted = backbone
+                .attach_lora(&lora::spec(&ft.lora))
+                .map_err(|e| e.to_string())?;
+            let ranges = lora::trainable(backbone.layout(), &adapted, ft.lora.bias);
+            Some((adapted, ranges))
+        } else {
+            None
+        };
         let mut layout = backbone.layout().clone();
         let start = layout.total();
         let head = TaskHead::new(
@@ -192,8 +204,14 @@ impl FinetuneModel {
             labels,
             shift,
             trainable: true,
+            lora,
             pairs: PairSums::default(),
         })
+    }
+
+    /// The modules LoRA adapted (empty without LoRA).
+    pub fn lora_modules(&self) -> &[String] {
+        self.lora.as_ref().map_or(&[], |(m, _)| m.as_slice())
     }
 
     /// The head's forward and loss of `batch` from the pooled embeddings: (loss sum, count,
@@ -380,7 +398,13 @@ impl ScModel for FinetuneModel {
     }
 
     fn set_backbone_trainable(&mut self, trainable: bool) {
-        self.trainable = trainable;
+        // Under LoRA backward always runs into the adapters (scModelForge: freezing is a
+        // no-op); the base weights stay frozen whatever this says.
+        self.trainable = trainable || self.lora.is_some();
+    }
+
+    fn lora_trainable(&self) -> Option<Vec<Range<usize>>> {
+        self.lora.as_ref().map(|(_, r)| r.clone())
     }
 }
 
@@ -417,6 +441,15 @@ mod tests {
     }
 
     fn model(pooling: Pooling, labels: Labels, hidden: Option<usize>) -> FinetuneModel {
+        model_with(pooling, labels, hidden, None)
+    }
+
+    fn model_with(
+        pooling: Pooling,
+        labels: Labels,
+        hidden: Option<usize>,
+        lora: Option<configs::scmodelforge::LoRAConfig>,
+    ) -> FinetuneModel {
         let cfg = ModelConfig {
             hidden_dim: 8,
             num_layers: 1,
@@ -443,6 +476,7 @@ mod tests {
                 dropout: 0.0,
                 ..TaskHeadConfig::default()
             },
+            lora: lora.unwrap_or_default(),
             ..FinetuneConfig::default()
         };
         FinetuneModel::new(trunk, &ft, Arc::new(labels), Precision::F32).unwrap()
@@ -457,6 +491,16 @@ mod tests {
         // Larger head weights make the head's share of the gradient visible.
         for p in &mut params[m.head_range().unwrap()] {
             *p *= 3.0;
+        }
+        // LoRA's B starts at zero; non-zero values put gradient into A too.
+        for e in layout
+            .entries()
+            .iter()
+            .filter(|e| e.name.contains("lora_B"))
+        {
+            for (i, p) in params[e.view().range()].iter_mut().enumerate() {
+                *p = 0.3 * ((i * 7 + e.offset) as f32).sin();
+            }
         }
         let mut grads = vec![0.0f32; layout.total()];
         let key = RngKey::new(1, 2, 3);
@@ -523,6 +567,107 @@ mod tests {
             Labels::Values(vec![0.7, -1.2]),
             Some(4),
         ));
+    }
+
+    fn lora(
+        dropout: f64,
+        bias: configs::scmodelforge::LoraBias,
+    ) -> configs::scmodelforge::LoRAConfig {
+        configs::scmodelforge::LoRAConfig {
+            enabled: true,
+            rank: 2,
+            alpha: 4,
+            dropout,
+            target_modules: None,
+            bias,
+        }
+    }
+
+    #[test]
+    fn lora_gradients_match_finite_differences() {
+        // Adapter dropout 0 here: the eval forward the differences use has no dropout, and
+        // the kernels' tests check the adapter with dropout on against its own forward.
+        let m = model_with(
+            Pooling::Mean,
+            classes(),
+            Some(6),
+            Some(lora(0.0, configs::scmodelforge::LoraBias::None)),
+        );
+        assert_eq!(m.lora_modules().len(), 3);
+        check(m);
+    }
+
+    #[test]
+    fn lora_trains_the_adapters_and_the_biases_its_bias_setting_names() {
+        use configs::scmodelforge::LoraBias;
+        let names = |bias| {
+            let m = model_with(Pooling::Cls, classes(), None, Some(lora(0.05, bias)));
+            let ranges = m.lora_trainable().unwrap();
+            let mut names: Vec<String> = m
+                .layout()
+                .entries()
+                .iter()
+                .filter(|e| ranges.contains(&e.view().range()))
+                .map(|e| e.name.clone())
+                .collect();
+            names.sort();
+            names
+        };
+        let adapters: Vec<String> = ["self_attn.out_proj", "linear1", "linear2"]
+            .iter()
+            .flat_map(|m| ["lora_A", "lora_B"].map(|w| format!("encoder.layers.0.{m}.{w}.weight")))
+            .collect();
+        let mut want = adapters.clone();
+        want.sort();
+        assert_eq!(names(LoraBias::None), want);
+        let only = names(LoraBias::LoraOnly);
+        for b in ["self_attn.out_proj", "linear1", "linear2"] {
+            assert!(
+                only.contains(&format!("encoder.layers.0.{b}.bias")),
+                "{only:?}"
+            );
+        }
+        assert_eq!(only.len(), want.len() + 3);
+        let all = names(LoraBias::All);
+        assert!(
+            all.contains(&"encoder.layers.0.norm1.bias".to_string()),
+            "{all:?}"
+        );
+        assert!(
+            all.contains(&"encoder.layers.0.self_attn.in_proj_bias".to_string()),
+            "{all:?}"
+        );
+        assert!(all.len() > only.len());
+        // Freezing does nothing under LoRA (backward must reach the adapters).
+        let mut m = model_with(
+            Pooling::Cls,
+            classes(),
+            None,
+            Some(lora(0.0, LoraBias::None)),
+        );
+        m.set_backbone_trainable(false);
+        let params: Vec<f32> = m.layout().init_host(5);
+        let mut grads = vec![0.0f32; m.layout().total()];
+        m.train_batch(
+            &params,
+            &mut grads,
+            &batch(),
+            RngKey::new(0, 0, 0),
+            1.0,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        let a = m
+            .layout()
+            .get("encoder.layers.0.linear1.lora_A.weight")
+            .unwrap();
+        // B = 0 at initialisation, so dA = 0 but dB is not.
+        let b = m
+            .layout()
+            .get("encoder.layers.0.linear1.lora_B.weight")
+            .unwrap();
+        assert!(grads[a.view().range()].iter().all(|&g| g == 0.0));
+        assert!(grads[b.view().range()].iter().any(|&g| g != 0.0));
     }
 
     #[test]

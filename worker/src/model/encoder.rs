@@ -14,7 +14,7 @@
 use configs::scmodelforge::{ModelConfig, Pooling};
 use data::masking::IGNORE_INDEX;
 use data::Batch;
-use kernels::modules::NormHead;
+use kernels::modules::{LoraSpec, NormHead};
 use kernels::{Cpu, Device, ParamLayout, Precision};
 use run::telemetry::TRACE_TARGET;
 use tracing::info_span;
@@ -101,6 +101,13 @@ impl<D: Device<f32>> TransformerEncoderModel<D> {
 impl<D: Device<f32>> Arch<D> for TransformerEncoderModel<D> {
     fn layout(&self) -> &ParamLayout {
         &self.layout
+    }
+
+    fn attach_lora(&mut self, spec: &LoraSpec) -> Result<Vec<String>> {
+        self.trunk
+            .stack
+            .attach_lora(&mut self.layout, spec)
+            .map_err(|e| ModelError::Config(format!("finetune.lora.target_modules: {e}")))
     }
 
     fn run(

@@ -25,6 +25,7 @@ mod parts;
 
 use configs::scmodelforge::{Architecture, ModelConfig};
 use data::Batch;
+use kernels::modules::LoraSpec;
 use kernels::rng::RngKey;
 use kernels::{Cpu, Device, ParamLayout, Precision};
 
@@ -143,6 +144,26 @@ pub trait ScModel<D: Device<f32> = Cpu>: Send {
 
     /// Whether backward runs into the backbone (false: frozen, only the head trains).
     fn set_backbone_trainable(&mut self, _trainable: bool) {}
+
+    /// Attaches LoRA adapters to the encoder layers' linear layers `spec` names, registering
+    /// their parameters after the model's own; returns the adapted modules' names.
+    fn attach_lora(&mut self, _spec: &LoraSpec) -> Result<Vec<String>> {
+        Err(no_lora())
+    }
+
+    /// With LoRA adapters (fine-tuning): the ranges of the parameter buffer that train besides
+    /// the head (the adapters, and biases as `finetune.lora.bias` says); everything else
+    /// before the head is frozen. None without adapters.
+    fn lora_trainable(&self) -> Option<Vec<std::ops::Range<usize>>> {
+        None
+    }
+}
+
+/// Why a backbone cannot take LoRA adapters.
+fn no_lora() -> ModelError {
+    ModelError::Config(
+        "finetune.lora: LoRA adapters are implemented for model.architecture transformer_encoder only".into(),
+    )
 }
 
 /// Why a backbone cannot be fine-tuned through its pooled embedding.
@@ -205,6 +226,11 @@ pub trait Arch<D: Device<f32>>: Send {
     ) -> Result<()> {
         Err(no_pooled_backward())
     }
+
+    /// See [`ScModel::attach_lora`].
+    fn attach_lora(&mut self, _spec: &LoraSpec) -> Result<Vec<String>> {
+        Err(no_lora())
+    }
 }
 
 impl<D: Device<f32>, A: Arch<D>> ScModel<D> for A {
@@ -260,6 +286,10 @@ impl<D: Device<f32>, A: Arch<D>> ScModel<D> for A {
         ready: &mut GradsReady,
     ) -> Result<()> {
         Arch::pooled_backward(self, params, grads, dpooled, key, ready)
+    }
+
+    fn attach_lora(&mut self, spec: &LoraSpec) -> Result<Vec<String>> {
+        Arch::attach_lora(self, spec)
     }
 }
 

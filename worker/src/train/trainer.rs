@@ -205,6 +205,10 @@ pub struct Trainer<'a, D: Device<f32> + 'static = Cpu> {
     decay_free: Vec<std::ops::Range<usize>>,
     /// Fine-tuning: whether the backbone is frozen this epoch (only the head trains).
     backbone_frozen: bool,
+    /// What checkpoints save: every parameter, or under LoRA only what trains.
+    saved_layout: kernels::ParamLayout,
+    /// Under LoRA: the frozen ranges, whose gradients are dropped before the step.
+    frozen: Vec<std::ops::Range<usize>>,
     /// 16-mixed's dynamic loss scale; None trains unscaled.
     scaler: Option<LossScaler>,
     micro_per_epoch: u64,
@@ -266,6 +270,18 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         let decay_free = super::param_groups::decay_free_ranges(model.layout());
         let layout = model.layout().clone();
         let n = layout.total();
+        // LoRA: the adapters, trained biases and head train; checkpoints hold only those.
+        let (saved_layout, frozen) = match (model.lora_trainable(), model.head_range()) {
+            (Some(mut train), Some(head)) => {
+                train.push(head);
+                let saved = layout.subset(|e| {
+                    let r = e.view().range();
+                    train.iter().any(|t| t.start <= r.start && r.end <= t.end)
+                });
+                (saved, crate::finetune::lora::complement(&train, n))
+            }
+            _ => (layout.clone(), Vec::new()),
+        };
         let name = resolve_run_name(cfg, &opts.run_dir);
         let mut run_cfg = cfg.clone();
         run_cfg.training.run_name = Some(name.clone());
@@ -335,6 +351,8 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             },
             decay_free,
             backbone_frozen: false,
+            saved_layout,
+            frozen,
             scaler,
             micro_per_epoch,
             accum: t.gradient_accumulation as u64,
@@ -382,7 +400,14 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             return Ok(false);
         };
         let dir = checkpoint::resolve_resume(&path)?;
-        let loaded = checkpoint::load(&dir, self.model.layout())?;
+        let mut loaded = checkpoint::load(&dir, &self.saved_layout)?;
+        // Under LoRA the checkpoint holds what trains; the frozen rest is the backbone's.
+        if !self.frozen.is_empty() {
+            let now = self.host(&self.params).into_owned();
+            for r in &self.frozen {
+                loaded.params[r.clone()].copy_from_slice(&now[r.clone()]);
+            }
+        }
         let global_batch = self.state.global_batch;
         if loaded.state.global_batch != global_batch {
             on_event(TrainEvent::Log(format!(
@@ -439,7 +464,20 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             split: Split::Train,
             mask: self.cfg.finetune.is_none(),
         };
-        if let Some(ft) = &self.cfg.finetune {
+        if let (Some(ft), Some(_)) = (&self.cfg.finetune, self.model.lora_trainable()) {
+            if epoch == start.epoch {
+                on_event(TrainEvent::Log(format!(
+                    "finetune.lora: rank {} adapters on {}; they train with the head, the backbone's weights stay frozen{}",
+                    ft.lora.rank,
+                    ft.lora.target_modules().join(", "),
+                    if ft.freeze_backbone || ft.freeze_backbone_epochs > 0 {
+                        " (freeze_backbone and freeze_backbone_epochs do nothing under LoRA)"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        } else if let Some(ft) = &self.cfg.finetune {
             // scModelForge: a backbone frozen for `freeze_backbone_epochs` thaws at that
             // epoch; otherwise `freeze_backbone` holds for the whole run.
             let frozen = if ft.freeze_backbone_epochs > 0 {
@@ -598,6 +636,12 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         let optimizer_span =
             info_span!(target: TRACE_TARGET, parent: self.trace.current(), "optimizer");
         let in_optimizer = optimizer_span.enter();
+        // LoRA: the frozen weights' gradients (computed on the way to the adapters) are
+        // dropped, so the norm, clipping and the step see only what trains.
+        for r in &self.frozen {
+            let zeros = vec![0.0f32; r.len()];
+            self.dev.write(&mut self.grads, r.start, &zeros);
+        }
         let finite = loss.is_finite() && self.dev.all_finite(&self.grads);
         // Fine-tuning logs the head's rate (the group that always trains).
         let lr = match &self.cfg.finetune {
@@ -651,8 +695,11 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                     let factor = self.schedule.factor(self.state.global_step);
                     let base = t.optimizer.lr;
                     let mut groups = vec![(head.clone(), ft.head_lr.unwrap_or(base))];
-                    if !self.backbone_frozen {
-                        groups.push((0..head.start, ft.backbone_lr.unwrap_or(base)));
+                    let backbone_lr = ft.backbone_lr.unwrap_or(base);
+                    if let Some(lora) = self.model.lora_trainable() {
+                        groups.extend(lora.into_iter().map(|r| (r, backbone_lr)));
+                    } else if !self.backbone_frozen {
+                        groups.push((0..head.start, backbone_lr));
                     }
                     for (range, group_lr) in groups {
                         let cfg_step = AdamConfig {
@@ -889,7 +936,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             self.host(&self.exp_avg_sq),
         );
         let snap = Snapshot {
-            layout: self.model.layout(),
+            layout: &self.saved_layout,
             params: &params,
             exp_avg: &exp_avg,
             exp_avg_sq: &exp_avg_sq,
