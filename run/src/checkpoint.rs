@@ -20,13 +20,10 @@ use crate::naming::checkpoint_root;
 pub const MANIFEST: &str = "manifest.json";
 pub const FORMAT_VERSION: u32 = 1;
 /// The files every checkpoint holds besides its manifest (and the model family's own data
-/// file: `vocab.json` for the single-cell models, `skeleton.json` for pose models).
-pub const FILES: [&str; 4] = [
-    "model.safetensors",
-    "optimizer.safetensors",
-    "state.json",
-    "config.yaml",
-];
+/// file: `vocab.json` for the single-cell models, `skeleton.json` for pose models). A training
+/// checkpoint also holds `optimizer.safetensors`, which resuming needs; an export
+/// (`coordinator export`) holds weights only.
+pub const FILES: [&str; 3] = ["model.safetensors", "state.json", "config.yaml"];
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {

@@ -268,7 +268,13 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<Loaded> {
     let model = SafeTensors::deserialize(get("model.safetensors")?)
         .map_err(|e| invalid(dir, format!("model.safetensors: {e}")))?;
     fill_from(&model, layout, "", &mut params, dir)?;
-    let opt = SafeTensors::deserialize(get("optimizer.safetensors")?)
+    let opt_bytes = files.get("optimizer.safetensors").ok_or_else(|| {
+        invalid(
+            dir,
+            "optimizer.safetensors missing: this is a weights-only export, not a training checkpoint to resume from",
+        )
+    })?;
+    let opt = SafeTensors::deserialize(opt_bytes)
         .map_err(|e| invalid(dir, format!("optimizer.safetensors: {e}")))?;
     fill_from(&opt, layout, "exp_avg.", &mut exp_avg, dir)?;
     fill_from(&opt, layout, "exp_avg_sq.", &mut exp_avg_sq, dir)?;

@@ -341,3 +341,161 @@ fn a_resumed_fine_tuning_run_repeats_the_uninterrupted_one() {
         column(&dir.join("whole"), "val/accuracy")
     );
 }
+
+/// Tensor names of a safetensors file, sorted.
+fn tensor_names(path: &Path) -> Vec<String> {
+    let bytes = std::fs::read(path).expect("safetensors file");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let mut names: Vec<String> = st.names().into_iter().map(String::from).collect();
+    names.sort();
+    names
+}
+
+fn tensor(path: &Path, name: &str) -> Vec<f32> {
+    let bytes = std::fs::read(path).expect("safetensors file");
+    let st = safetensors::SafeTensors::deserialize(&bytes).expect("safetensors");
+    let t = st.tensor(name).expect("tensor");
+    t.data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn lora_trains_only_adapters_and_head_resumes_exactly_and_exports_a_merged_model() {
+    let dir = tmp("lora");
+    let ck = pretrain(&dir.join("pre"));
+    let pretrained = Embedder::load(&ck).expect("pretrained checkpoint");
+    let cfg = finetune_config(
+        &ck,
+        &pbmc(),
+        &[
+            "training.max_epochs=2",
+            "finetune.lora.enabled=true",
+            "finetune.lora.rank=4",
+            "finetune.lora.alpha=8",
+            "finetune.backbone_lr=3e-3",
+        ],
+    );
+    let mut logs = Vec::new();
+    let whole = run(&cfg, &dir.join("whole"), &mut logs).expect("LoRA fine-tuning");
+    assert!(
+        logs.iter().any(|l| l
+            .contains("finetune.lora: rank 4 adapters on out_proj, linear1, linear2")),
+        "{logs:?}"
+    );
+    // The shipped config freezes the backbone for an epoch: a no-op under LoRA, said so.
+    assert!(
+        logs.iter().any(|l| l.contains("do nothing under LoRA")),
+        "{logs:?}"
+    );
+    assert_eq!(column(&dir.join("whole"), "val/accuracy").len(), 2);
+
+    // The checkpoint holds the adapters and the head, and Adam moments of exactly those.
+    let last = whole.last_checkpoint.clone().expect("a checkpoint");
+    let names = tensor_names(&last.join("model.safetensors"));
+    let adapters: Vec<&String> = names.iter().filter(|n| n.contains(".lora_")).collect();
+    assert_eq!(adapters.len(), 6, "{names:?}");
+    assert!(
+        names
+            .iter()
+            .all(|n| n.contains(".lora_") || n.starts_with("head.")),
+        "{names:?}"
+    );
+    assert!(names.iter().any(|n| n.starts_with("head.")), "{names:?}");
+    let moments = tensor_names(&last.join("optimizer.safetensors"));
+    let mut want: Vec<String> = names
+        .iter()
+        .flat_map(|n| [format!("exp_avg.{n}"), format!("exp_avg_sq.{n}")])
+        .collect();
+    want.sort();
+    assert_eq!(moments, want);
+
+    // Loaded for embedding, the backbone is the pretrained one with the adapters merged into
+    // the adapted weights (W + alpha/rank · B·A), every other tensor bit for bit.
+    let tuned = Embedder::load(&last).expect("LoRA checkpoint loads");
+    let layout = pretrained.model.layout();
+    let mut adapted = 0;
+    for e in layout.entries() {
+        let r = e.view().range();
+        let module = e.name.strip_suffix(".weight").unwrap_or("");
+        let is_adapted = ["self_attn.out_proj", "linear1", "linear2"]
+            .iter()
+            .any(|m| module.ends_with(m));
+        if !is_adapted {
+            assert_eq!(tuned.params[r.clone()], pretrained.params[r], "{}", e.name);
+            continue;
+        }
+        adapted += 1;
+        let ckf = last.join("model.safetensors");
+        let a = tensor(&ckf, &format!("{module}.lora_A.weight"));
+        let b = tensor(&ckf, &format!("{module}.lora_B.weight"));
+        let (out_f, in_f) = (e.shape[0], e.shape[1]);
+        let mut moved = 0.0f64;
+        for o in 0..out_f {
+            for i in 0..in_f {
+                let ba: f64 = (0..4)
+                    .map(|k| b[o * 4 + k] as f64 * a[k * in_f + i] as f64)
+                    .sum();
+                let want = pretrained.params[r.start + o * in_f + i] as f64 + 2.0 * ba;
+                let got = tuned.params[r.start + o * in_f + i] as f64;
+                assert!((got - want).abs() < 1e-6, "{}[{o},{i}]: {got} vs {want}", e.name);
+                moved += ba.abs();
+            }
+        }
+        assert!(moved > 0.0, "{}: the adapter did not train", e.name);
+    }
+    assert_eq!(adapted, 3);
+
+    // A run stopped after 7 steps and resumed repeats the uninterrupted one.
+    let part = dir.join("part");
+    let mut opts = TrainOptions::single(&part);
+    opts.max_steps = Some(7);
+    let first = train(&cfg, &opts, &mut NoSync, &mut |_| {}, &mut || {
+        Control::Continue
+    })
+    .expect("first part");
+    let mut opts = TrainOptions::single(&part);
+    opts.resume_from = first.last_checkpoint.clone();
+    let rest = train(&cfg, &opts, &mut NoSync, &mut |_| {}, &mut || {
+        Control::Continue
+    })
+    .expect("resumed");
+    let mut losses = first.losses.clone();
+    losses.extend(&rest.losses);
+    assert_eq!(losses, whole.losses);
+    assert_eq!(rest.params_hash, whole.params_hash);
+
+    // Export: a weights-only model with the adapters merged; it embeds exactly as the LoRA
+    // checkpoint does and says it has no adapters.
+    let out = dir.join("exported");
+    let e = worker::export::export(&last, &out).expect("export");
+    assert_eq!(e.merged, 3);
+    let exp_names = tensor_names(&out.join("model.safetensors"));
+    assert!(exp_names.iter().all(|n| !n.contains("lora")), "{exp_names:?}");
+    assert!(exp_names.iter().any(|n| n.starts_with("head.")), "{exp_names:?}");
+    assert!(!out.join("optimizer.safetensors").exists());
+    let exported = Embedder::load(&out).expect("export loads");
+    assert_eq!(exported.params, tuned.params);
+    assert!(!exported.cfg.finetune.as_ref().unwrap().lora.enabled);
+    let err = worker::export::export(&last, &out).expect_err("output exists");
+    assert!(err.to_string().contains("exists and is not empty"), "{err}");
+}
+
+#[test]
+fn lora_target_modules_that_match_nothing_are_refused_by_name() {
+    let dir = tmp("lora-bad");
+    let ck = pretrain(&dir.join("pre"));
+    let cfg = finetune_config(
+        &ck,
+        &pbmc(),
+        &[
+            "finetune.lora.enabled=true",
+            "finetune.lora.target_modules=[linear1, in_proj]",
+        ],
+    );
+    let err = run(&cfg, &dir.join("run"), &mut Vec::new()).expect_err("in_proj is no module");
+    let msg = err.to_string();
+    assert!(msg.contains("finetune.lora.target_modules"), "{msg}");
+    assert!(msg.contains("in_proj"), "{msg}");
+}
