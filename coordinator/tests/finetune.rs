@@ -182,3 +182,79 @@ fn finetune_refuses_what_it_cannot_fine_tune() {
         assert!(!all.contains("registered"), "no worker started: {all}");
     }
 }
+
+#[test]
+fn lora_finetunes_with_two_workers_and_exports_a_model_that_embeds() {
+    let dir = scratch("lora");
+    let ck = pretrain(&dir.join("pre"));
+
+    let ft = dir.join("ft");
+    let mut cmd = coordinator(&[
+        "finetune",
+        "--config",
+        "configs/finetune_cell_type.yaml",
+        "--nodes",
+        "2",
+        "--checkpoint",
+    ]);
+    cmd.arg(&ck)
+        .arg("--run-dir")
+        .arg(&ft)
+        .arg("--worker-bin")
+        .arg(worker_bin());
+    for s in [
+        "data.num_workers=1",
+        "training.max_epochs=2",
+        "finetune.lora.enabled=true",
+        "finetune.lora.rank=4",
+        "finetune.backbone_lr=3e-3",
+    ] {
+        cmd.args(["--set", s]);
+    }
+    let out = cmd.output().unwrap();
+    let all = describe(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("finetune.lora: rank 4 adapters"), "{all}");
+    assert!(
+        all.contains("all 2 replicas hold identical parameters"),
+        "{all}"
+    );
+    assert_eq!(column(&ft, "val/accuracy").len(), 2);
+
+    // Export merges the adapters; the export is a model `coordinator embed` reads.
+    let exported = dir.join("exported");
+    let mut cmd = coordinator(&["export", "--checkpoint"]);
+    cmd.arg(ft.join("checkpoints"))
+        .arg("--output")
+        .arg(&exported)
+        .arg("--worker-bin")
+        .arg(worker_bin());
+    let out = cmd.output().unwrap();
+    let all = describe(&out);
+    assert!(out.status.success(), "{all}");
+    assert!(all.contains("3 LoRA adapters merged"), "{all}");
+    assert!(exported.join("manifest.json").is_file());
+    let mut cmd = coordinator(&["embed", "--checkpoint"]);
+    cmd.arg(&exported)
+        .arg("--data")
+        .arg(repo().join("data/pbmc68k_counts.h5ad"))
+        .arg("--output")
+        .arg(dir.join("emb.h5ad"))
+        .arg("--worker-bin")
+        .arg(worker_bin());
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(dir.join("emb.h5ad").is_file());
+
+    // Exporting over what exists is refused, and nothing is lost.
+    let mut cmd = coordinator(&["export", "--checkpoint"]);
+    cmd.arg(ft.join("checkpoints"))
+        .arg("--output")
+        .arg(&exported)
+        .arg("--worker-bin")
+        .arg(worker_bin());
+    let out = cmd.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(describe(&out).contains("exists and is not empty"));
+    assert!(exported.join("model.safetensors").is_file());
+}

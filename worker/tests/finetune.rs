@@ -380,8 +380,8 @@ fn lora_trains_only_adapters_and_head_resumes_exactly_and_exports_a_merged_model
     let mut logs = Vec::new();
     let whole = run(&cfg, &dir.join("whole"), &mut logs).expect("LoRA fine-tuning");
     assert!(
-        logs.iter().any(|l| l
-            .contains("finetune.lora: rank 4 adapters on out_proj, linear1, linear2")),
+        logs.iter()
+            .any(|l| l.contains("finetune.lora: rank 4 adapters on out_proj, linear1, linear2")),
         "{logs:?}"
     );
     // The shipped config freezes the backbone for an epoch: a no-op under LoRA, said so.
@@ -439,7 +439,11 @@ fn lora_trains_only_adapters_and_head_resumes_exactly_and_exports_a_merged_model
                     .sum();
                 let want = pretrained.params[r.start + o * in_f + i] as f64 + 2.0 * ba;
                 let got = tuned.params[r.start + o * in_f + i] as f64;
-                assert!((got - want).abs() < 1e-6, "{}[{o},{i}]: {got} vs {want}", e.name);
+                assert!(
+                    (got - want).abs() < 1e-6,
+                    "{}[{o},{i}]: {got} vs {want}",
+                    e.name
+                );
                 moved += ba.abs();
             }
         }
@@ -472,8 +476,14 @@ fn lora_trains_only_adapters_and_head_resumes_exactly_and_exports_a_merged_model
     let e = worker::export::export(&last, &out).expect("export");
     assert_eq!(e.merged, 3);
     let exp_names = tensor_names(&out.join("model.safetensors"));
-    assert!(exp_names.iter().all(|n| !n.contains("lora")), "{exp_names:?}");
-    assert!(exp_names.iter().any(|n| n.starts_with("head.")), "{exp_names:?}");
+    assert!(
+        exp_names.iter().all(|n| !n.contains("lora")),
+        "{exp_names:?}"
+    );
+    assert!(
+        exp_names.iter().any(|n| n.starts_with("head.")),
+        "{exp_names:?}"
+    );
     assert!(!out.join("optimizer.safetensors").exists());
     let exported = Embedder::load(&out).expect("export loads");
     assert_eq!(exported.params, tuned.params);
