@@ -466,10 +466,15 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         };
         if let (Some(ft), Some(_)) = (&self.cfg.finetune, self.model.lora_trainable()) {
             if epoch == start.epoch {
+                let count = |l: &kernels::ParamLayout| -> usize {
+                    l.entries().iter().map(|e| e.len()).sum()
+                };
                 on_event(TrainEvent::Log(format!(
-                    "finetune.lora: rank {} adapters on {}; they train with the head, the backbone's weights stay frozen{}",
+                    "finetune.lora: rank {} adapters on {}; they train with the head ({} of {} parameters), the backbone's weights stay frozen{}",
                     ft.lora.rank,
                     ft.lora.target_modules().join(", "),
+                    count(&self.saved_layout),
+                    count(self.model.layout()),
                     if ft.freeze_backbone || ft.freeze_backbone_epochs > 0 {
                         " (freeze_backbone and freeze_backbone_epochs do nothing under LoRA)"
                     } else {
