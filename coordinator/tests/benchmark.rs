@@ -1,8 +1,9 @@
 //! `coordinator benchmark` end to end: real processes and files. A tiny model is trained for a
 //! few steps with `worker train` on the bundled PBMC data; `coordinator benchmark` (which runs
 //! the sibling `worker benchmark`) scores its embeddings, the untrained architecture's and 50
-//! principal components of expression with the linear probe, writing results.json and
-//! report.md. Benchmarks this build does not have are refused by name before anything runs.
+//! principal components of expression with the linear probe, embedding_quality and
+//! perturbation, writing results.json and report.md. Benchmarks this build does not have are
+//! refused by name before anything runs.
 
 mod common;
 
@@ -58,6 +59,10 @@ fn benchmark(cfg: &Path, output: &Path, extra: &[&str]) -> Output {
         .arg("--output")
         .arg(output)
         .args(extra)
+        // Files this test process writes (h5ad, under an exclusive HDF5 lock while open) can be
+        // inherited, lock and all, by a child that another test thread forks meanwhile; the
+        // benchmark only reads, so HDF5's locking is turned off for it.
+        .env("HDF5_USE_FILE_LOCKING", "FALSE")
         .output()
         .unwrap()
 }
@@ -173,7 +178,7 @@ fn benchmarks_not_implemented_are_refused_by_name() {
     let dir = scratch("refused");
     let cfg = config(
         &dir,
-        "  benchmarks:\n    - linear_probe\n    - name: perturbation\n      n_top_genes: 100\n",
+        "  benchmarks:\n    - linear_probe\n    - name: knn_probe\n      k: 5\n",
     );
     let out_dir = dir.join("out");
     let out = benchmark(&cfg, &out_dir, &["--embedding", "pca"]);
@@ -181,7 +186,8 @@ fn benchmarks_not_implemented_are_refused_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("eval.benchmarks[1]")
-            && err.contains("the perturbation benchmark is not implemented"),
+            && err.contains("the knn_probe benchmark is not implemented")
+            && err.contains("linear_probe, embedding_quality, perturbation"),
         "{err}"
     );
     assert!(!out_dir.exists(), "nothing is written for a refused config");
@@ -272,5 +278,243 @@ fn embedding_quality_scores_clusters_and_batches() {
     assert!(
         report.contains("## embedding_quality on pbmc68k_counts"),
         "{report}"
+    );
+}
+
+/// A copy of the bundled PBMC file (same X and genes, so the checkpoint's vocabulary applies)
+/// whose obs also has a `perturbation` column: each cell's type as `label_of` maps it (for
+/// the benchmark, a "perturbation" is then a shift from the control cells' expression).
+fn perturbation_file(path: &Path, label_of: impl Fn(&str, &str) -> String) -> Vec<String> {
+    use data::anndata::ObsColumn;
+    use data::write::{write_h5ad, Compression};
+    let src = data::anndata::open(pbmc()).unwrap();
+    let n = src.n_obs();
+    let rows = src.read_rows(0, n).unwrap();
+    let block: Vec<(Vec<u32>, Vec<f32>)> = (0..n)
+        .map(|i| {
+            let (idx, val) = rows.row(i);
+            (idx.to_vec(), val.to_vec())
+        })
+        .collect();
+    let types = src.obs_column("cell_type").unwrap();
+    let text: Vec<String> = (0..n).map(|i| types.value_string(i)).collect();
+    // The most frequent cell type is the one `label_of` may call control.
+    let mut counts: Vec<(String, usize)> = Vec::new();
+    for t in &text {
+        match counts.iter_mut().find(|(c, _)| c == t) {
+            Some(e) => e.1 += 1,
+            None => counts.push((t.clone(), 1)),
+        }
+    }
+    let largest = counts.iter().max_by_key(|e| e.1).unwrap().0.clone();
+    let labels: Vec<String> = text.iter().map(|t| label_of(t, &largest)).collect();
+    let obs = vec![
+        ("cell_type".to_string(), types),
+        (
+            "perturbation".to_string(),
+            ObsColumn::String(labels.clone()),
+        ),
+    ];
+    let obs_names: Vec<String> = (0..n).map(|i| format!("cell{i}")).collect();
+    write_h5ad(
+        path,
+        src.var_names(),
+        &obs_names,
+        &obs,
+        vec![Ok(block)],
+        Compression::None,
+    )
+    .unwrap();
+    let mut distinct = labels;
+    distinct.sort();
+    distinct.dedup();
+    distinct
+}
+
+/// The largest cell type is the control; every other type is a perturbation.
+fn types_as_perturbations(dir: &Path) -> (PathBuf, Vec<String>) {
+    let path = dir.join("perturb.h5ad");
+    let labels = perturbation_file(&path, |t, largest| {
+        if t == largest {
+            "control".into()
+        } else {
+            t.into()
+        }
+    });
+    (path, labels)
+}
+
+const PERTURBATION_METRICS: [&str; 7] = [
+    "pearson_mean",
+    "mse_mean",
+    "direction_accuracy",
+    "baseline_pearson_mean",
+    "baseline_mse_mean",
+    "baseline_direction_accuracy",
+    "fraction_above_baseline",
+];
+
+fn check_perturbation(r: &serde_json::Value, i: usize, n_test: usize, n_top: usize) {
+    let res = &r["results"][i];
+    assert_eq!(res["benchmark_name"], "perturbation", "{r}");
+    assert_eq!(res["dataset_name"], "perturb");
+    let md = &res["metadata"];
+    assert_eq!(md["n_cells"], 700);
+    assert_eq!(
+        md["n_perturbations"], 9,
+        "ten cell types, one of them control"
+    );
+    assert_eq!(md["n_test"], n_test);
+    assert_eq!(md["n_train"], 9 - n_test);
+    assert_eq!(md["n_top_genes"], n_top);
+    assert_eq!(md["control_label"], "control");
+    assert_eq!(
+        md["test_perturbations"].as_array().unwrap().len(),
+        n_test,
+        "{md}"
+    );
+    let metrics = res["metrics"].as_object().unwrap();
+    assert_eq!(metrics.len(), PERTURBATION_METRICS.len(), "{res}");
+    for k in PERTURBATION_METRICS {
+        let v = metric(r, i, k);
+        match k {
+            "pearson_mean" | "baseline_pearson_mean" => assert!((-1.0..=1.0).contains(&v), "{k}"),
+            "mse_mean" | "baseline_mse_mean" => assert!(v > 0.0 && v.is_finite(), "{k} = {v}"),
+            _ => assert!((0.0..=1.0).contains(&v), "{k} = {v}"),
+        }
+    }
+}
+
+#[test]
+fn perturbation_predicts_expression_shifts_from_embeddings() {
+    let dir = scratch("perturbation");
+    let (data, labels) = types_as_perturbations(&dir);
+    assert_eq!(labels.len(), 10);
+    let data_arg = data.to_str().unwrap();
+
+    // 50 PCs of expression, no checkpoint: the cell types' mean PCs predict their mean
+    // expression shifts, so the model's Pearson r on the top genes is high.
+    let cfg = config(
+        &dir,
+        "  benchmarks:\n    - name: perturbation\n      test_fraction: 0.4\n      n_top_genes: 20\n      seed: 3\n",
+    );
+    let pca = dir.join("pca");
+    let out = benchmark(
+        &cfg,
+        &pca,
+        &["--data", data_arg, "--embedding", "pca", "--n-pcs", "50"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let r = results(&pca);
+    assert_eq!(r["results"].as_array().unwrap().len(), 1);
+    check_perturbation(&r, 0, 3, 20);
+    assert!(metric(&r, 0, "pearson_mean") > 0.5, "{r}");
+    let report = std::fs::read_to_string(pca.join("report.md")).unwrap();
+    assert!(report.contains("## perturbation on perturb"), "{report}");
+    for k in PERTURBATION_METRICS {
+        assert!(report.contains(&format!("| {k} | ")), "{k}: {report}");
+    }
+    // The picture is coloured by the first benchmark's label column.
+    assert!(report.contains("| control |"), "{report}");
+    assert_eq!(r["plot"]["colour_by"], "perturbation");
+    // Seeded: the same split and numbers again.
+    let again = dir.join("again");
+    let out = benchmark(
+        &cfg,
+        &again,
+        &["--data", data_arg, "--embedding", "pca", "--n-pcs", "50"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(results(&again)["results"], r["results"]);
+
+    // A checkpoint's embeddings, next to the linear probe on the same file and defaults
+    // (test_fraction 0.2 of 9: one test perturbation; 50 top genes).
+    let cfg = config(
+        &dir,
+        "  benchmarks:\n    - linear_probe\n    - perturbation\n",
+    );
+    let model = dir.join("model");
+    let ckpt = trained_run().join("checkpoints");
+    let out = benchmark(
+        &cfg,
+        &model,
+        &["--data", data_arg, "--checkpoint", ckpt.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let r = results(&model);
+    assert_eq!(r["results"][0]["benchmark_name"], "linear_probe");
+    check_perturbation(&r, 1, 1, 50);
+    let report = std::fs::read_to_string(model.join("report.md")).unwrap();
+    assert!(report.contains("| baseline_pearson_mean | "), "{report}");
+}
+
+#[test]
+fn perturbation_inputs_are_checked_and_named() {
+    let dir = scratch("perturbation_bad");
+    let (data, labels) = types_as_perturbations(&dir);
+    let run = |eval: &str, data: &Path| {
+        let cfg = config(&dir, eval);
+        let out = benchmark(
+            &cfg,
+            &dir.join("out"),
+            &["--data", data.to_str().unwrap(), "--embedding", "pca"],
+        );
+        assert!(!out.status.success(), "{}", describe(&out));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    // A missing column lists the columns there are.
+    let err = run(
+        "  benchmarks:\n    - name: perturbation\n      perturbation_key: guide\n",
+        &data,
+    );
+    assert!(
+        err.contains("eval.benchmarks[0] (perturbation)")
+            && err.contains("no obs column \"guide\"")
+            && err.contains("cell_type (categorical")
+            && err.contains("perturbation (string)"),
+        "{err}"
+    );
+    // An absent control label lists the labels found.
+    let err = run(
+        "  benchmarks:\n    - name: perturbation\n      control_label: ctrl\n",
+        &data,
+    );
+    assert!(
+        err.contains("control_label: \"ctrl\" is not a label of obs/perturbation")
+            && err.contains(&labels.join(", ")),
+        "{err}"
+    );
+    // One perturbation besides the control is not enough.
+    let one = dir.join("one.h5ad");
+    perturbation_file(&one, |t, largest| {
+        if t == largest {
+            "control".into()
+        } else {
+            "KO_1".into()
+        }
+    });
+    let err = run("  benchmarks: [perturbation]\n", &one);
+    assert!(
+        err.contains("1 non-control perturbation(s) (KO_1)") && err.contains("at least 2"),
+        "{err}"
+    );
+    // Parameters: an unknown one is refused by name before anything runs, a bad value with
+    // what is allowed.
+    let err = run(
+        "  benchmarks:\n    - name: perturbation\n      n_top: 20\n",
+        &data,
+    );
+    assert!(
+        err.contains("eval.benchmarks[0]: perturbation has no parameter \"n_top\"")
+            && err.contains("n_top_genes"),
+        "{err}"
+    );
+    let err = run(
+        "  benchmarks:\n    - name: perturbation\n      test_fraction: 1.5\n",
+        &data,
+    );
+    assert!(
+        err.contains("test_fraction") && err.contains("between 0 and 1"),
+        "{err}"
     );
 }

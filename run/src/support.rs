@@ -23,6 +23,16 @@ pub const BENCHMARKS: &[(&str, &[&str])] = &[
         "embedding_quality",
         &["cell_type_key", "batch_key", "n_neighbors"],
     ),
+    (
+        "perturbation",
+        &[
+            "perturbation_key",
+            "control_label",
+            "n_top_genes",
+            "test_fraction",
+            "seed",
+        ],
+    ),
 ];
 
 /// The first benchmark of `eval.benchmarks` that this build cannot run, or a parameter it
@@ -89,12 +99,23 @@ mod tests {
         assert_eq!(unsupported_benchmark(&with(vec![])), None);
         let probe = spec("linear_probe", &[("seed", Value::Int(1))]);
         assert_eq!(unsupported_benchmark(&with(vec![probe.clone()])), None);
+        let perturb = spec("perturbation", &[("n_top_genes", Value::Int(20))]);
+        assert_eq!(
+            unsupported_benchmark(&with(vec![probe.clone(), perturb])),
+            None
+        );
         let why =
-            unsupported_benchmark(&with(vec![probe.clone(), spec("perturbation", &[])])).unwrap();
+            unsupported_benchmark(&with(vec![probe.clone(), spec("knn_probe", &[])])).unwrap();
         assert!(
-            why.starts_with("eval.benchmarks[1]: the perturbation benchmark"),
+            why.starts_with("eval.benchmarks[1]: the knn_probe benchmark is not implemented"),
             "{why}"
         );
+        let why = unsupported_benchmark(&with(vec![spec(
+            "perturbation",
+            &[("n_genes", Value::Int(20))],
+        )]))
+        .unwrap();
+        assert!(why.contains("no parameter \"n_genes\""), "{why}");
         let mut routed = spec("linear_probe", &[]);
         routed.dataset = Some("pbmc".into());
         let why = unsupported_benchmark(&with(vec![routed])).unwrap();

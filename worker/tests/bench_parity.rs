@@ -256,3 +256,148 @@ fn leiden_modularity_is_within_tolerance_of_leidenalg() {
         }
     }
 }
+
+/// The perturbation fixture (`scripts/perturbation_fixture.py`): labels, X and embeddings, a
+/// fixed split, and what scModelForge's PerturbationBenchmark computes from them.
+fn perturbation_fixture() -> Value {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/perturbation.json"
+    );
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Writes the fixture's X (CSR, zeros left out) and labels (categorical) as an .h5ad, so the
+/// benchmark reads them through the same reader as a user's file.
+fn write_perturbation_h5ad(f: &Value, path: &std::path::Path) {
+    use data::anndata::ObsColumn;
+    use data::write::{write_h5ad, Compression};
+    let g = f["n_genes"].as_u64().unwrap() as usize;
+    let x = f64s(&f["x"]);
+    let labels: Vec<String> = f["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
+    let n = labels.len();
+    let rows: Vec<(Vec<u32>, Vec<f32>)> = (0..n)
+        .map(|i| {
+            let nz: Vec<usize> = (0..g).filter(|&j| x[i * g + j] != 0.0).collect();
+            (
+                nz.iter().map(|&j| j as u32).collect(),
+                nz.iter().map(|&j| x[i * g + j] as f32).collect(),
+            )
+        })
+        .collect();
+    // Categories in first-seen order, as pandas would not sort them: the reader must not
+    // depend on their order.
+    let mut categories: Vec<String> = Vec::new();
+    for l in &labels {
+        if !categories.contains(l) {
+            categories.push(l.clone());
+        }
+    }
+    let codes = labels
+        .iter()
+        .map(|l| categories.iter().position(|c| c == l).unwrap() as i32)
+        .collect();
+    let obs = vec![(
+        f["perturbation_key"].as_str().unwrap().to_string(),
+        ObsColumn::Categorical { codes, categories },
+    )];
+    write_h5ad(
+        path,
+        &(0..g).map(|j| format!("g{j}")).collect::<Vec<_>>(),
+        &(0..n).map(|i| format!("c{i}")).collect::<Vec<_>>(),
+        &obs,
+        vec![Ok(rows)],
+        Compression::None,
+    )
+    .unwrap();
+}
+
+#[test]
+fn perturbation_matches_scmodelforge_with_sklearn_ridge() {
+    use worker::bench::perturb;
+    let f = perturbation_fixture();
+    let dir = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("bench_parity");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("perturbation.h5ad");
+    write_perturbation_h5ad(&f, &path);
+    let names = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s.as_str().unwrap().to_string())
+            .collect()
+    };
+    for case in f["cases"].as_array().unwrap() {
+        let dim = case["dim"].as_u64().unwrap() as usize;
+        let n_top = case["n_top_genes"].as_u64().unwrap() as usize;
+        let what = format!("dim {dim}, n_top_genes {n_top}");
+        let p = perturb::PerturbParams {
+            perturbation_key: f["perturbation_key"].as_str().unwrap().into(),
+            control_label: f["control_label"].as_str().unwrap().into(),
+            n_top_genes: n_top,
+            test_fraction: 0.2,
+            seed: 42,
+        };
+        let prep = perturb::prepare(&path, &f64s(&case["embeddings"]), dim, &p).unwrap();
+        let perts: Vec<String> = prep
+            .perturbations
+            .iter()
+            .map(|&k| prep.groups.names[k].clone())
+            .collect();
+        assert_eq!(perts, names(&case["perturbations"]), "{what}");
+        for (i, (d, want)) in prep
+            .deltas
+            .iter()
+            .zip(case["deltas"].as_array().unwrap())
+            .enumerate()
+        {
+            for (j, (g, w)) in d.iter().zip(f64s(want)).enumerate() {
+                close(&format!("{what}: delta[{i}][{j}]"), *g, w, 1e-9);
+            }
+        }
+        for (i, (e, want)) in prep
+            .embeddings
+            .iter()
+            .zip(case["mean_embeddings"].as_array().unwrap())
+            .enumerate()
+        {
+            for (j, (g, w)) in e.iter().zip(f64s(want)).enumerate() {
+                close(&format!("{what}: mean embedding[{i}][{j}]"), *g, w, 1e-9);
+            }
+        }
+        // The fixture's fixed split, as positions in the sorted perturbations.
+        let pos = |v: &Value| -> Vec<usize> {
+            names(v)
+                .iter()
+                .map(|l| perts.iter().position(|p| p == l).unwrap())
+                .collect()
+        };
+        let (train, test) = (pos(&f["train"]), pos(&f["test"]));
+        let n_top = n_top.min(prep.n_genes);
+        let s = perturb::evaluate(&prep.embeddings, &prep.deltas, &train, &test, n_top);
+        assert_eq!(s.undefined_r, 0, "{what}");
+        for (t, (pred, want)) in s
+            .predictions
+            .iter()
+            .zip(case["predictions"].as_array().unwrap())
+            .enumerate()
+        {
+            for (j, (g, w)) in pred.iter().zip(f64s(want)).enumerate() {
+                close(&format!("{what}: ridge prediction[{t}][{j}]"), *g, w, 1e-9);
+            }
+        }
+        let want = case["metrics"].as_object().unwrap();
+        assert_eq!(s.metrics.len(), want.len(), "{what}: {:?}", s.metrics);
+        for (k, v) in &s.metrics {
+            let w = want
+                .get(k)
+                .unwrap_or_else(|| panic!("{what}: {k} is not a reference metric"));
+            close(&format!("{what}: {k}"), *v, w.as_f64().unwrap(), 1e-6);
+        }
+    }
+}

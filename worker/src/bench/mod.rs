@@ -7,13 +7,15 @@
 //! comparison: `--embedding untrained` (the checkpoint's architecture with its weights at
 //! initialization, `training.seed`) and `--embedding pca` (principal components of
 //! log-normalized expression, no model). Benchmarks follow scModelForge's definitions
-//! (`scmodelforge/eval/`): linear_probe and embedding_quality; the ones this build has are listed in `run::support::BENCHMARKS`,
-//! and a config naming another is refused before anything is computed.
+//! (`scmodelforge/eval/`): linear_probe, embedding_quality and perturbation; the ones this
+//! build has are listed in `run::support::BENCHMARKS`, and a config naming another is refused
+//! before anything is computed.
 
 pub mod graph;
 pub mod logreg;
 pub mod metrics;
 pub mod pca;
+pub mod perturb;
 pub mod plot;
 pub mod split;
 
@@ -127,19 +129,18 @@ pub fn run(opts: &BenchmarkOptions) -> anyhow::Result<Vec<BenchResult>> {
     }
     // Labels first: a missing column fails before minutes of embedding.
     for (i, s) in specs.iter().enumerate() {
-        let key = match s.name.as_str() {
-            "embedding_quality" => {
-                QualityParams::from_spec(s)
-                    .with_context(|| format!("eval.benchmarks[{i}]"))?
-                    .cell_type_key
-            }
-            _ => {
-                ProbeParams::from_spec(s)
-                    .with_context(|| format!("eval.benchmarks[{i}]"))?
-                    .cell_type_key
-            }
-        };
-        read_classes(&data, &key).with_context(|| format!("eval.benchmarks[{i}] ({})", s.name))?;
+        let at = || format!("eval.benchmarks[{i}] ({})", s.name);
+        if s.name == "perturbation" {
+            let p = perturb::PerturbParams::from_spec(s)
+                .with_context(|| format!("eval.benchmarks[{i}]"))?;
+            let f =
+                data::anndata::open(&data).with_context(|| format!("--data {}", data.display()))?;
+            perturb::read_groups(f.as_ref(), &p.perturbation_key, &p.control_label)
+                .with_context(at)?;
+            continue;
+        }
+        let key = label_key(s).with_context(|| format!("eval.benchmarks[{i}]"))?;
+        read_classes(&data, &key).with_context(at)?;
     }
     let t0 = Instant::now();
     let (x, dim, source) = embeddings(opts, &data)?;
@@ -158,6 +159,7 @@ pub fn run(opts: &BenchmarkOptions) -> anyhow::Result<Vec<BenchResult>> {
         let r = match s.name.as_str() {
             "linear_probe" => linear_probe(&x, dim, &data, &dataset_name, s),
             "embedding_quality" => embedding_quality(&x, dim, &data, &dataset_name, s),
+            "perturbation" => perturbation(&x, dim, &data, &dataset_name, s),
             other => Err(anyhow!("the {other} benchmark is not implemented")),
         }
         .with_context(|| format!("eval.benchmarks[{i}] ({})", s.name))?;
@@ -173,13 +175,20 @@ pub fn run(opts: &BenchmarkOptions) -> anyhow::Result<Vec<BenchResult>> {
         );
         results.push(r);
     }
-    let key = match specs[0].name.as_str() {
-        "embedding_quality" => QualityParams::from_spec(&specs[0])?.cell_type_key,
-        _ => ProbeParams::from_spec(&specs[0])?.cell_type_key,
-    };
+    let key = label_key(&specs[0])?;
     let legend = plot_embedding(&x, dim, &data, &key, &opts.output)?;
     write_outputs(opts, &data, &source, dim, n, &results, &legend)?;
     Ok(results)
+}
+
+/// The obs column of cell labels a benchmark reads (and the picture is coloured by, for the
+/// first benchmark): `cell_type_key`, or perturbation's `perturbation_key`.
+fn label_key(spec: &BenchmarkSpec) -> anyhow::Result<String> {
+    Ok(match spec.name.as_str() {
+        "embedding_quality" => QualityParams::from_spec(spec)?.cell_type_key,
+        "perturbation" => perturb::PerturbParams::from_spec(spec)?.perturbation_key,
+        _ => ProbeParams::from_spec(spec)?.cell_type_key,
+    })
 }
 
 /// The cell representation `opts.embedding` names, row-major [cells, dim] in f64, its width
@@ -564,6 +573,48 @@ fn embedding_quality(
             "leiden_resolution": resolution,
             "n_clusters": n_clusters,
             "leiden": "modularity, local moving + greedy refinement + aggregation until stable, seed 0; best NMI over resolutions 0.1..2.0",
+        }),
+    })
+}
+
+fn perturbation(
+    x: &[f64],
+    dim: usize,
+    data: &Path,
+    dataset_name: &str,
+    spec: &BenchmarkSpec,
+) -> anyhow::Result<BenchResult> {
+    let p = perturb::PerturbParams::from_spec(spec)?;
+    let prep = perturb::prepare(data, x, dim, &p)?;
+    let n = prep.perturbations.len();
+    let (train, test) = perturb::split(n, p.test_fraction, p.seed);
+    let n_top = p.n_top_genes.min(prep.n_genes);
+    let s = perturb::evaluate(&prep.embeddings, &prep.deltas, &train, &test, n_top);
+    if s.undefined_r > 0 {
+        eprintln!(
+            "warning: perturbation: Pearson's r is undefined (a constant input over the top genes) for {} of {} test perturbations; the Pearson means are NaN (null in results.json), as scipy's pearsonr gives",
+            s.undefined_r,
+            test.len()
+        );
+    }
+    let name = |i: &usize| prep.groups.names[prep.perturbations[*i]].clone();
+    Ok(BenchResult {
+        benchmark_name: "perturbation".into(),
+        dataset_name: dataset_name.into(),
+        metrics: s.metrics,
+        metadata: json!({
+            "n_cells": prep.groups.of_cell.len(),
+            "n_perturbations": n,
+            "n_train": train.len(),
+            "n_test": test.len(),
+            "n_top_genes": n_top,
+            "perturbation_key": p.perturbation_key,
+            "control_label": p.control_label,
+            "test_fraction": p.test_fraction,
+            "seed": p.seed,
+            "test_perturbations": test.iter().map(name).collect::<Vec<_>>(),
+            "ridge": "alpha 1.0, intercept unpenalized, closed form on centred data in f64",
+            "split": "anvil's seeded permutation of the sorted labels (not numpy's)",
         }),
     })
 }
