@@ -5,10 +5,16 @@ use configs::ScModelForgeConfig;
 
 /// The first section of `cfg` this build cannot train, as a message naming its key.
 pub fn unsupported(cfg: &ScModelForgeConfig) -> Option<String> {
-    cfg.eval.benchmarks.first().map(|b| {
+    if cfg.eval.benchmarks.is_empty() {
+        return None;
+    }
+    if let Some(why) = unsupported_benchmark(cfg) {
+        return Some(why);
+    }
+    let files = cfg.data.paths.len();
+    (files != 1).then(|| {
         format!(
-            "eval.benchmarks: running benchmarks during training (every eval.every_n_epochs) is not implemented yet ({} is listed); benchmark a checkpoint after training with `coordinator benchmark --config X.yaml --checkpoint RUN/checkpoints`, and train with eval.benchmarks removed (or `--set eval.benchmarks=[]`)",
-            b.name
+            "eval.benchmarks: the in-training assessment (every eval.every_n_epochs epochs) embeds the cells of the one training file, but data.paths has {files} files; set eval.benchmarks: [] and benchmark a checkpoint on a file with `coordinator benchmark --data F`"
         )
     })
 }
@@ -47,12 +53,6 @@ pub fn unsupported_benchmark(cfg: &ScModelForgeConfig) -> Option<String> {
                 names.join(", ")
             ));
         };
-        if let Some(d) = &b.dataset {
-            return Some(format!(
-                "eval.benchmarks[{i}]: {} names dataset {d:?}, but routing benchmarks to named datasets is not implemented yet; remove `dataset` and name the file with --data",
-                b.name
-            ));
-        }
         if let Some((key, _)) = b
             .params
             .0
@@ -116,21 +116,24 @@ mod tests {
         )]))
         .unwrap();
         assert!(why.contains("no parameter \"n_genes\""), "{why}");
+        // `dataset` is routing metadata in scModelForge's harness (popped, never used).
         let mut routed = spec("linear_probe", &[]);
         routed.dataset = Some("pbmc".into());
-        let why = unsupported_benchmark(&with(vec![routed])).unwrap();
-        assert!(
-            why.contains("eval.benchmarks[0]") && why.contains("dataset"),
-            "{why}"
-        );
+        assert_eq!(unsupported_benchmark(&with(vec![routed])), None);
         let quality = spec("embedding_quality", &[("batch_key", Value::Null)]);
         assert_eq!(unsupported_benchmark(&with(vec![quality])), None);
         let why = unsupported_benchmark(&with(vec![spec("linear_probe", &[("k", Value::Int(1))])]))
             .unwrap();
         assert!(why.contains("no parameter \"k\""), "{why}");
-        // Training still refuses any benchmark (none runs during training yet).
-        assert!(unsupported(&with(vec![probe]))
+        // Training assesses on its one data file: none or several are refused.
+        let mut cfg = with(vec![probe.clone()]);
+        cfg.data.paths = vec!["a.h5ad".into(), "b.h5ad".into()];
+        assert!(unsupported(&cfg)
             .unwrap()
-            .contains("eval.every_n_epochs"));
+            .contains("data.paths has 2 files"));
+        cfg.data.paths = vec!["a.h5ad".into()];
+        assert_eq!(unsupported(&cfg), None);
+        cfg.eval.benchmarks.push(spec("knn_probe", &[]));
+        assert!(unsupported(&cfg).unwrap().contains("knn_probe"));
     }
 }

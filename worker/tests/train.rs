@@ -380,23 +380,92 @@ fn backward_reports_each_finished_layer_for_every_architecture() {
 }
 
 #[test]
-fn sections_this_build_cannot_train_are_refused_by_name() {
+fn benchmarks_run_during_training_every_n_epochs_and_reach_metrics_csv() {
     let mut cfg = small_config();
-    cfg.eval.benchmarks = vec![configs::scmodelforge::BenchmarkSpec {
-        name: "linear_probe".into(),
+    cfg.training.max_epochs = 3;
+    cfg.eval.every_n_epochs = 2;
+    let spec = |name: &str| configs::scmodelforge::BenchmarkSpec {
+        name: name.into(),
         dataset: None,
         params: Default::default(),
-    }];
-    let err = train(
+    };
+    cfg.eval.benchmarks = vec![spec("linear_probe"), spec("embedding_quality")];
+    let dir = tmp("assess");
+    let mut logs = Vec::new();
+    train(
         &cfg,
-        &TrainOptions::single(tmp("eval-refused")),
+        &TrainOptions::single(&dir),
+        &mut NoSync,
+        &mut |e| {
+            if let TrainEvent::Log(m) = e {
+                logs.push(m)
+            }
+        },
+        &mut || Control::Continue,
+    )
+    .expect("training with an in-training assessment");
+    // scModelForge's callback runs at epochs 0, n, 2n, … (0 and 2 of 0..3).
+    let assessed: Vec<&String> = logs.iter().filter(|l| l.contains("assessment (")).collect();
+    assert_eq!(assessed.len(), 2, "{logs:?}");
+    assert!(
+        assessed[0].starts_with("epoch 0 assessment (700 cells"),
+        "{assessed:?}"
+    );
+    assert!(
+        assessed[1].starts_with("epoch 2 assessment"),
+        "{assessed:?}"
+    );
+    assert!(
+        assessed[0].contains("linear_probe/val/accuracy"),
+        "{assessed:?}"
+    );
+    let csv = std::fs::read_to_string(dir.join("version_0/metrics.csv")).unwrap();
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert!(rows.iter().all(|r| r.len() == header.len()), "{csv}");
+    for name in [
+        "assessment/linear_probe/val/accuracy",
+        "assessment/linear_probe/val/f1_macro",
+        "assessment/embedding_quality/val/nmi",
+    ] {
+        let i = header
+            .iter()
+            .position(|h| *h == name)
+            .unwrap_or_else(|| panic!("no {name} in {header:?}"));
+        let values: Vec<f64> = rows.iter().filter_map(|r| r[i].parse().ok()).collect();
+        assert_eq!(values.len(), 2, "{name}: {csv}");
+        assert!(
+            values.iter().all(|v| (0.0..=1.0).contains(v)),
+            "{name}: {values:?}"
+        );
+    }
+    // The training rows logged before the columns appeared are still there.
+    let loss = header.iter().position(|h| *h == "train/loss").unwrap();
+    assert!(
+        rows.iter().filter(|r| !r[loss].is_empty()).count() > 10,
+        "{csv}"
+    );
+
+    // A benchmark's label column that the file lacks stops the run before training.
+    let mut bad = small_config();
+    let mut probe = spec("linear_probe");
+    probe.params.0.push((
+        "cell_type_key".into(),
+        configs::schema::Value::Str("tissue".into()),
+    ));
+    bad.eval.benchmarks = vec![probe];
+    let dir = tmp("assess-bad");
+    let err = train(
+        &bad,
+        &TrainOptions::single(&dir),
         &mut NoSync,
         &mut |_| {},
         &mut || Control::Continue,
     )
-    .expect_err("benchmarks during training are not implemented: refused");
-    assert!(err.to_string().contains("eval.benchmarks"), "{err}");
-    assert!(err.to_string().contains("coordinator benchmark"), "{err}");
+    .expect_err("no obs/tissue");
+    assert!(err.to_string().contains("tissue"), "{err}");
+    assert!(!dir.join("checkpoints").exists(), "nothing was trained");
 }
 
 /// Averages nothing (one replica's values are their own mean) but takes `delay` per call, like

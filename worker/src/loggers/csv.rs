@@ -85,6 +85,44 @@ impl CsvLogger {
         &self.path
     }
 
+    /// Adds the `names` that are not columns yet, as Lightning's CSVLogger does when a metric
+    /// first appears mid-run: the file is rewritten with the wider header (sorted, like the
+    /// first one), earlier rows keeping their values and leaving the new columns empty.
+    pub fn add_columns(&mut self, names: &[&str]) -> std::io::Result<()> {
+        let new: Vec<&str> = names
+            .iter()
+            .copied()
+            .filter(|n| !self.columns.iter().any(|c| c == n))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        self.file.flush()?;
+        let text = std::fs::read_to_string(&self.path)?;
+        let mut header = self.columns.clone();
+        header.extend(new.iter().map(|n| n.to_string()));
+        header.sort_unstable();
+        let mut out = format!("{}\n", header.join(","));
+        for line in text.lines().skip(1) {
+            let cells: Vec<&str> = line.split(',').collect();
+            let row: Vec<&str> = header
+                .iter()
+                .map(|h| {
+                    self.columns
+                        .iter()
+                        .position(|c| c == h)
+                        .and_then(|i| cells.get(i).copied())
+                        .unwrap_or("")
+                })
+                .collect();
+            out.push_str(&row.join(","));
+            out.push('\n');
+        }
+        write_atomic(&self.path, &out)?;
+        *self = Self::append_to(&self.path.clone(), header)?;
+        Ok(())
+    }
+
     /// One row: `step`, and each `(column, value)`; columns not named stay empty. A name that
     /// is not a column is a bug in the caller.
     pub fn row(&mut self, step: u64, values: &[(&str, f64)]) -> std::io::Result<()> {

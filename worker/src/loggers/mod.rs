@@ -222,6 +222,25 @@ impl Loggers {
         self.write(step, &values)
     }
 
+    /// Benchmark metrics of an in-training assessment (`eval.every_n_epochs`), under
+    /// scModelForge's keys `assessment/{benchmark}/{dataset}/{metric}`; their columns are
+    /// added to metrics.csv when they first appear.
+    pub fn assessment(
+        &mut self,
+        epoch: u64,
+        step: u64,
+        metrics: &[(String, f64)],
+    ) -> Result<(), LogError> {
+        let names: Vec<&str> = metrics.iter().map(|(n, _)| n.as_str()).collect();
+        self.csv.add_columns(&names).map_err(|source| LogError {
+            path: self.csv.path().to_path_buf(),
+            source,
+        })?;
+        let mut values: Vec<(&str, f64)> = vec![(EPOCH, epoch as f64)];
+        values.extend(metrics.iter().map(|(n, v)| (n.as_str(), *v)));
+        self.write(step, &values)
+    }
+
     fn write(&mut self, step: u64, values: &[(&str, f64)]) -> Result<(), LogError> {
         self.csv.row(step, values).map_err(|source| LogError {
             path: self.csv.path().to_path_buf(),

@@ -4,7 +4,7 @@
 //! optimizer step also the gradient all-reduce), [`Trainer::optimizer_step`] (unscale, clip,
 //! AdamW), [`Trainer::end_epoch`] (validation, checkpoints), and [`Trainer::finish`].
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -267,6 +267,11 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             }
         };
         let pipeline = Arc::new(pipeline);
+        // The in-training assessment's labels are checked now, not after an epoch.
+        if let (false, [path]) = (cfg.eval.benchmarks.is_empty(), cfg.data.paths.as_slice()) {
+            crate::bench::check_labels(&crate::bench::benchmarks(cfg), Path::new(path))
+                .map_err(|e| TrainError::Config(format!("{e:#}")))?;
+        }
         let decay_free = super::param_groups::decay_free_ranges(model.layout());
         let layout = model.layout().clone();
         let n = layout.total();
@@ -844,8 +849,78 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             self.save_if_best(v, on_event)?;
         }
         self.summary.last_checkpoint = self.save("last", self.state.position, on_event)?;
+        self.assess(epoch, on_event)?;
         self.epoch += 1;
         self.trace.end_epoch();
+        Ok(())
+    }
+
+    /// scModelForge's in-training assessment: `eval.benchmarks` every `eval.every_n_epochs`
+    /// epochs (epoch 0 first, as its callback counts), after the epoch's checkpoint. Rank 0
+    /// embeds every cell of the training file with the current weights (`eval.batch_size`
+    /// cells per pass, dropout off) and runs the benchmarks as `coordinator benchmark` does;
+    /// the metrics are logged as `assessment/{benchmark}/val/{metric}` (the package names the
+    /// dataset it assesses on "val"). The other ranks go on and wait at the next all-reduce.
+    fn assess(
+        &mut self,
+        epoch: u64,
+        on_event: &mut dyn FnMut(TrainEvent),
+    ) -> Result<(), TrainError> {
+        let e = &self.cfg.eval;
+        let due = !e.benchmarks.is_empty()
+            && e.every_n_epochs > 0
+            && epoch.is_multiple_of(e.every_n_epochs as u64);
+        if !due || self.opts.rank != 0 {
+            return Ok(());
+        }
+        let span = info_span!(target: TRACE_TARGET, parent: self.trace.current(), "assessment");
+        let _in_assessment = span.enter();
+        let t0 = Instant::now();
+        let n = self.pipeline.dataset.n_cells();
+        let per_pass = e.batch_size.max(1) as u64;
+        let mut ws = data::pipeline::Workspace::default();
+        let dim = self.model.embedding_dim();
+        let mut x: Vec<f64> = Vec::with_capacity(n as usize * dim);
+        let mut start = 0;
+        while start < n {
+            let cells: Vec<u64> = (start..(start + per_pass).min(n)).collect();
+            let batch = self.pipeline.batch(&cells, None, &mut ws)?;
+            let emb = self.model.cell_embeddings(&self.params, &batch)?;
+            x.extend(emb.iter().map(|&v| v as f64));
+            start += per_pass;
+        }
+        let Some(path) = self.cfg.data.paths.first() else {
+            return Ok(());
+        };
+        let specs = crate::bench::benchmarks(self.cfg);
+        let results =
+            crate::bench::run_specs(&x, dim, Path::new(path), "val", &specs).map_err(|err| {
+                TrainError::Config(format!("eval.benchmarks at epoch {epoch}: {err:#}"))
+            })?;
+        let metrics: Vec<(String, f64)> = results
+            .iter()
+            .flat_map(|r| {
+                r.metrics.iter().map(move |(k, v)| {
+                    (
+                        format!("assessment/{}/{}/{k}", r.benchmark_name, r.dataset_name),
+                        *v,
+                    )
+                })
+            })
+            .collect();
+        let text: Vec<String> = metrics
+            .iter()
+            .map(|(k, v)| format!("{} {v:.4}", k.trim_start_matches("assessment/")))
+            .collect();
+        on_event(TrainEvent::Log(format!(
+            "epoch {epoch} assessment ({n} cells, {:.1}s): {}",
+            t0.elapsed().as_secs_f64(),
+            text.join(", ")
+        )));
+        let gs = self.state.global_step;
+        if let Some(l) = self.loggers.as_mut() {
+            l.assessment(epoch, gs, &metrics)?;
+        }
         Ok(())
     }
 
