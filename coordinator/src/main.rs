@@ -51,8 +51,8 @@ enum Command {
     ///
     /// Example: `coordinator embed --checkpoint RUN/checkpoints --data F.h5ad --output G.h5ad`
     Embed(embed_cmd::EmbedArgs),
-    /// Run the config's eval.benchmarks (linear_probe, embedding_quality) on a checkpoint's cell embeddings:
-    /// results.json, report.md and embedding.png in --output
+    /// Run the config's eval.benchmarks (linear_probe, embedding_quality, perturbation) on a
+    /// checkpoint's cell embeddings: results.json, report.md and embedding.png in --output
     ///
     /// Example: `coordinator benchmark --config configs/quickstart.yaml --checkpoint
     /// runs/quickstart/checkpoints --output bench/`
