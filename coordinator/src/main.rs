@@ -57,8 +57,8 @@ enum Command {
     ///
     /// Example: `coordinator export --checkpoint runs/finetune_lora/checkpoints --output model/`
     Export(export_cmd::ExportArgs),
-    /// Run the config's eval.benchmarks (linear_probe, embedding_quality) on a checkpoint's cell embeddings:
-    /// results.json, report.md and embedding.png in --output
+    /// Run the config's eval.benchmarks (linear_probe, embedding_quality, perturbation) on a
+    /// checkpoint's cell embeddings: results.json, report.md and embedding.png in --output
     ///
     /// Example: `coordinator benchmark --config configs/quickstart.yaml --checkpoint
     /// runs/quickstart/checkpoints --output bench/`
