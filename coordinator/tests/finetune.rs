@@ -208,6 +208,9 @@ fn lora_finetunes_with_two_workers_and_exports_a_model_that_embeds() {
         "finetune.lora.enabled=true",
         "finetune.lora.rank=4",
         "finetune.backbone_lr=3e-3",
+        // The in-training assessment on both ranks, every epoch.
+        "eval.benchmarks=[linear_probe]",
+        "eval.every_n_epochs=1",
     ] {
         cmd.args(["--set", s]);
     }
@@ -215,6 +218,12 @@ fn lora_finetunes_with_two_workers_and_exports_a_model_that_embeds() {
     let all = describe(&out);
     assert!(out.status.success(), "{all}");
     assert!(all.contains("finetune.lora: rank 4 adapters"), "{all}");
+    assert!(all.contains("epoch 1 assessment (700 cells"), "{all}");
+    assert_eq!(
+        column(&ft, "assessment/linear_probe/val/accuracy").len(),
+        2,
+        "{all}"
+    );
     assert!(
         all.contains("all 2 replicas hold identical parameters"),
         "{all}"

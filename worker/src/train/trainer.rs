@@ -856,11 +856,13 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
     }
 
     /// scModelForge's in-training assessment: `eval.benchmarks` every `eval.every_n_epochs`
-    /// epochs (epoch 0 first, as its callback counts), after the epoch's checkpoint. Rank 0
-    /// embeds every cell of the training file with the current weights (`eval.batch_size`
-    /// cells per pass, dropout off) and runs the benchmarks as `coordinator benchmark` does;
-    /// the metrics are logged as `assessment/{benchmark}/val/{metric}` (the package names the
-    /// dataset it assesses on "val"). The other ranks go on and wait at the next all-reduce.
+    /// epochs (epoch 0 first, as its callback counts), after the epoch's checkpoint. Every
+    /// rank embeds every cell of the training file with the current weights (`eval.batch_size`
+    /// cells per pass, dropout off) and runs the benchmarks as `coordinator benchmark` does,
+    /// as Lightning runs the package's callback on every rank: the ranks stay in step, so none
+    /// waits out an all-reduce timeout meanwhile. The weights are the same everywhere, so are
+    /// the results; rank 0 logs them as `assessment/{benchmark}/val/{metric}` (the package
+    /// names the dataset it assesses on "val").
     fn assess(
         &mut self,
         epoch: u64,
@@ -870,7 +872,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         let due = !e.benchmarks.is_empty()
             && e.every_n_epochs > 0
             && epoch.is_multiple_of(e.every_n_epochs as u64);
-        if !due || self.opts.rank != 0 {
+        if !due {
             return Ok(());
         }
         let span = info_span!(target: TRACE_TARGET, parent: self.trace.current(), "assessment");
@@ -908,6 +910,9 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                 })
             })
             .collect();
+        if self.opts.rank != 0 {
+            return Ok(());
+        }
         let text: Vec<String> = metrics
             .iter()
             .map(|(k, v)| format!("{} {v:.4}", k.trim_start_matches("assessment/")))
