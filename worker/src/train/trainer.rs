@@ -209,6 +209,8 @@ pub struct Trainer<'a, D: Device<f32> + 'static = Cpu> {
     saved_layout: kernels::ParamLayout,
     /// Under LoRA: the frozen ranges, whose gradients are dropped before the step.
     frozen: Vec<std::ops::Range<usize>>,
+    /// Whether the LoRA line was logged (once per process).
+    lora_announced: bool,
     /// 16-mixed's dynamic loss scale; None trains unscaled.
     scaler: Option<LossScaler>,
     micro_per_epoch: u64,
@@ -358,6 +360,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             backbone_frozen: false,
             saved_layout,
             frozen,
+            lora_announced: false,
             scaler,
             micro_per_epoch,
             accum: t.gradient_accumulation as u64,
@@ -470,7 +473,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             mask: self.cfg.finetune.is_none(),
         };
         if let (Some(ft), Some(_)) = (&self.cfg.finetune, self.model.lora_trainable()) {
-            if epoch == start.epoch {
+            if !std::mem::replace(&mut self.lora_announced, true) {
                 let count = |l: &kernels::ParamLayout| -> usize {
                     l.entries().iter().map(|e| e.len()).sum()
                 };
