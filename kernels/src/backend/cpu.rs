@@ -65,6 +65,9 @@ impl<T: Float> Device<T> for Cpu {
     fn fill_zero(&self, m: &mut Vec<T>) {
         m.fill(T::ZERO)
     }
+    fn fill_zero_range(&self, m: &mut Vec<T>, range: Range<usize>) {
+        m[range].fill(T::ZERO)
+    }
     fn copy(&self, dst: &mut Vec<T>, src: &Vec<T>) {
         dst[..src.len()].copy_from_slice(src)
     }

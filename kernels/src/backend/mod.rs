@@ -72,6 +72,11 @@ pub trait Device<T: Float>: Send + Sync {
     fn host_visible(&self) -> bool;
     fn len(&self, m: &Self::Mem) -> usize;
     fn fill_zero(&self, m: &mut Self::Mem);
+    /// m[range] = 0 (by default through a host buffer of zeros).
+    fn fill_zero_range(&self, m: &mut Self::Mem, range: Range<usize>) {
+        let zeros = vec![T::ZERO; range.len()];
+        self.write(m, range.start, &zeros);
+    }
     /// dst[..len(src)] = src.
     fn copy(&self, dst: &mut Self::Mem, src: &Self::Mem);
 

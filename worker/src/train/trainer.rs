@@ -652,8 +652,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         // LoRA: the frozen weights' gradients (computed on the way to the adapters) are
         // dropped, so the norm, clipping and the step see only what trains.
         for r in &self.frozen {
-            let zeros = vec![0.0f32; r.len()];
-            self.dev.write(&mut self.grads, r.start, &zeros);
+            self.dev.fill_zero_range(&mut self.grads, r.clone());
         }
         let finite = loss.is_finite() && self.dev.all_finite(&self.grads);
         // Fine-tuning logs the head's rate (the group that always trains).
