@@ -249,6 +249,8 @@ fn conv2d_large_blocks_satisfy_the_adjoint_identity() {
         (1, 8, 70, 66, 200),
         (3, 8, 70, 66, 210),
         (2, 32, 40, 37, 220),
+        // Row-shift path with four row blocks per image (64·3 rows of 66 pixels).
+        (2, 64, 70, 66, 230),
     ] {
         let s = conv(n, c_in, h, w, 5, 3);
         let (ho, wo) = (s.h_out(), s.w_out());

@@ -139,6 +139,77 @@ fn col2im_add<T: Float>(g: &Geom, col: &[T], p0: usize, np: usize, img: &mut [T]
     }
 }
 
+/// Stride-1 convolutions unfold only along the kernel's columns: `rowcol[(c·k + kx), r·wo +
+/// ox] = img[c, oy0 + r − pt, ox + kx − pl]` for the padded rows r of an output row block
+/// (0 outside the image), and the k kernel rows become k GEMMs over the same buffer, each
+/// reading it from row offset ky (row stride (rows_out + k − 1)·wo). A third of the unfolding
+/// work and memory of [`im2col`] for k = 3, which dominates on the UNet's small layers.
+fn use_rows(g: &Geom) -> bool {
+    g.s == 1 && g.k > 1 && g.c * g.k >= ROWS_MIN_INNER
+}
+
+/// The shortest GEMM inner dimension (c·k) for which [`use_rows`] pays: below it (the UNet's
+/// first layer, c = 1) the k thin GEMMs cost more than the full unfolding saves.
+const ROWS_MIN_INNER: usize = 24;
+
+impl Geom {
+    /// Output rows per row block of the row-shift path: its buffer (c·k rows of
+    /// (rows + k − 1)·wo) near [`COL_BLOCK`], at least one row.
+    fn row_block(&self) -> usize {
+        let per_row = (self.c * self.k * self.wo).max(1);
+        (COL_BLOCK / per_row)
+            .saturating_sub(self.k - 1)
+            .clamp(1, self.ho.max(1))
+    }
+    /// Length of the row-shift buffer for `rows` output rows.
+    fn rows_len(&self, rows: usize) -> usize {
+        self.c * self.k * (rows + self.k - 1) * self.wo
+    }
+}
+
+/// Fills `buf` with the row-shift unfolding of output rows `oy0..oy0 + rows` (see
+/// [`use_rows`]); stride 1 only.
+fn im2row<T: Float>(g: &Geom, img: &[T], oy0: usize, rows: usize, buf: &mut [T]) {
+    let (k, wo) = (g.k, g.wo);
+    let ld = (rows + k - 1) * wo;
+    for c in 0..g.c {
+        let plane = &img[c * g.h * g.w..(c + 1) * g.h * g.w];
+        for kx in 0..k {
+            let dst = &mut buf[(c * k + kx) * ld..(c * k + kx + 1) * ld];
+            let (lo, hi) = g.ox_valid(kx);
+            for (r, seg) in dst.chunks_exact_mut(wo).enumerate() {
+                match (oy0 + r).checked_sub(g.pt).filter(|&iy| iy < g.h) {
+                    None => seg.fill(T::ZERO),
+                    Some(iy) => {
+                        let row = &plane[iy * g.w..(iy + 1) * g.w];
+                        seg[..lo].fill(T::ZERO);
+                        seg[hi..].fill(T::ZERO);
+                        let i0 = lo + kx - g.pl;
+                        seg[lo..hi].copy_from_slice(&row[i0..i0 + (hi - lo)]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// wm `[m, c, k, k]` regrouped per kernel row: `[k][m, c·k]`, the A operands of the row-shift
+/// GEMMs.
+fn weight_by_row<T: Float>(wm: &[T], m: usize, g: &Geom) -> Vec<T> {
+    let (c, k) = (g.c, g.k);
+    let mut out = vec![T::ZERO; k * m * c * k];
+    for o in 0..m {
+        for ci in 0..c {
+            for ky in 0..k {
+                for kx in 0..k {
+                    out[(ky * m + o) * c * k + ci * k + kx] = wm[((o * c + ci) * k + ky) * k + kx];
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Runs `f(scratch, image index, that image's chunk of the output if any)` over the images and
 /// returns the results in image order: in parallel when `parallel`, else one after another.
 /// `scratch` (the im2col buffer) is made by `init` once per rayon job, not once per image.
@@ -210,8 +281,21 @@ fn unfold_gemm<T: Float>(
     let src_len = g.c * g.h * g.w;
     let wm = rounded(prec, &wm[..m * rows]);
     let par_img = images_in_parallel(n);
-    let blk = g.block();
-    let scratch = || vec![T::ZERO; rows * blk];
+    let by_rows = use_rows(&g);
+    let (blk, rblk) = (g.block(), g.row_block());
+    let wk = if by_rows {
+        weight_by_row(&wm, m, &g)
+    } else {
+        Vec::new()
+    };
+    let scratch = || {
+        let len = if by_rows {
+            g.rows_len(rblk)
+        } else {
+            rows * blk
+        };
+        vec![T::ZERO; len]
+    };
     per_image(
         par_img,
         image_chunks(Some(out), n, m * px),
@@ -226,6 +310,37 @@ fn unfold_gemm<T: Float>(
                     }
                 }
                 None => o.fill(T::ZERO),
+            }
+            if by_rows {
+                let ck = g.c * g.k;
+                let mut oy0 = 0;
+                while oy0 < g.ho {
+                    let nr = rblk.min(g.ho - oy0);
+                    let buf = &mut col[..g.rows_len(nr)];
+                    im2row(&g, img, oy0, nr, buf);
+                    round_slice(prec, buf);
+                    let ld = (nr + g.k - 1) * g.wo;
+                    for ky in 0..g.k {
+                        gemm_rounded(
+                            gemm_prec(prec, m, nr * g.wo, ck),
+                            &mut o[oy0 * g.wo..],
+                            px,
+                            &wk[ky * m * ck..(ky + 1) * m * ck],
+                            ck,
+                            false,
+                            &buf[ky * g.wo..],
+                            ld,
+                            false,
+                            m,
+                            nr * g.wo,
+                            ck,
+                            true,
+                            !par_img,
+                        );
+                    }
+                    oy0 += nr;
+                }
+                return;
             }
             let mut p0 = 0;
             while p0 < px {
@@ -331,8 +446,16 @@ fn weight_grad<T: Float>(
     let (rows, px) = (g.rows(), g.pixels());
     let src_len = g.c * g.h * g.w;
     let par_img = images_in_parallel(n);
-    let blk = g.block();
-    let scratch = || vec![T::ZERO; rows * blk];
+    let by_rows = use_rows(&g);
+    let (blk, rblk) = (g.block(), g.row_block());
+    let scratch = || {
+        let len = if by_rows {
+            g.rows_len(rblk)
+        } else {
+            rows * blk
+        };
+        vec![T::ZERO; len]
+    };
     let parts = per_image(
         par_img,
         image_chunks::<T>(None, n, 0),
@@ -341,6 +464,51 @@ fn weight_grad<T: Float>(
             let img = &src[i * src_len..(i + 1) * src_len];
             let a_img = rounded(prec, &a[i * m * px..(i + 1) * m * px]);
             let mut part = vec![T::ZERO; m * rows];
+            if by_rows {
+                // Per kernel row ky: dW_ky[m, c·k] += a[m, block] · rowcol(ky)ᵀ, then
+                // regrouped into [m, c, k, k].
+                let ck = g.c * g.k;
+                let mut by_ky = vec![T::ZERO; g.k * m * ck];
+                let mut oy0 = 0;
+                while oy0 < g.ho {
+                    let nr = rblk.min(g.ho - oy0);
+                    let buf = &mut col[..g.rows_len(nr)];
+                    im2row(&g, img, oy0, nr, buf);
+                    round_slice(prec, buf);
+                    let ld = (nr + g.k - 1) * g.wo;
+                    for ky in 0..g.k {
+                        gemm_rounded(
+                            gemm_prec(prec, m, ck, nr * g.wo),
+                            &mut by_ky[ky * m * ck..(ky + 1) * m * ck],
+                            ck,
+                            &a_img[oy0 * g.wo..],
+                            px,
+                            false,
+                            &buf[ky * g.wo..],
+                            ld,
+                            true,
+                            m,
+                            ck,
+                            nr * g.wo,
+                            true,
+                            !par_img,
+                        );
+                    }
+                    oy0 += nr;
+                }
+                let k = g.k;
+                for o in 0..m {
+                    for ci in 0..g.c {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                part[((o * g.c + ci) * k + ky) * k + kx] =
+                                    by_ky[(ky * m + o) * ck + ci * k + kx];
+                            }
+                        }
+                    }
+                }
+                return part;
+            }
             let mut p0 = 0;
             while p0 < px {
                 let np = blk.min(px - p0);
