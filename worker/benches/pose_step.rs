@@ -111,6 +111,18 @@ fn layers(plan: &UNetPlan) -> Vec<Layer> {
     v
 }
 
+/// CPU seconds used by the whole process so far (all threads): under load from other jobs
+/// this moves much less than wall time, so A/B comparisons on a shared machine read it too.
+fn process_cpu_s() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid clock id and a pointer to a live timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
@@ -170,8 +182,9 @@ fn anvil_layer(l: &Layer, iters: usize) -> (f64, f64) {
 }
 
 /// Median milliseconds of the whole step and of its phases: forward, loss, backward, optimizer
-/// (the gradient zeroing, global norm and Adam, as `worker train` runs them).
-fn anvil_step(model: &UNetModel, iters: usize) -> [f64; 5] {
+/// (the gradient zeroing, global norm and Adam, as `worker train` runs them), and the median
+/// process CPU milliseconds of a step.
+fn anvil_step(model: &UNetModel, iters: usize) -> [f64; 6] {
     let dev = Cpu;
     let mut params = model.layout().init_host::<f32>(0);
     let mut grads = vec![0f32; params.len()];
@@ -191,8 +204,9 @@ fn anvil_step(model: &UNetModel, iters: usize) -> [f64; 5] {
     };
     let mut dout = Vec::new();
     let mut target = Vec::new();
-    let mut phases: [Vec<f64>; 5] = Default::default();
+    let mut phases: [Vec<f64>; 6] = Default::default();
     for it in 0..iters + 3 {
+        let cpu0 = process_cpu_s();
         let t0 = Instant::now();
         let y = run.forward(&params, &input, BATCH, SIDE, SIDE).unwrap();
         let t1 = Instant::now();
@@ -217,13 +231,17 @@ fn anvil_step(model: &UNetModel, iters: usize) -> [f64; 5] {
             &[],
         );
         let t4 = Instant::now();
+        let cpu = (process_cpu_s() - cpu0) * 1e3;
         if it >= 3 {
             let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-            for (p, val) in
-                phases
-                    .iter_mut()
-                    .zip([ms(t0, t4), ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4)])
-            {
+            for (p, val) in phases.iter_mut().zip([
+                ms(t0, t4),
+                ms(t0, t1),
+                ms(t1, t2),
+                ms(t2, t3),
+                ms(t3, t4),
+                cpu,
+            ]) {
                 p.push(val);
             }
         }
@@ -283,9 +301,9 @@ fn main() {
         rayon::current_num_threads()
     );
     let model = UNetModel::new(plan.clone(), Precision::F32);
-    let [step, fwd, loss, bwd, opt] = anvil_step(&model, iters);
+    let [step, fwd, loss, bwd, opt, cpu] = anvil_step(&model, iters);
     println!(
-        "{{\"bench\":\"step\",\"impl\":\"anvil\",\"step_ms\":{step:.2},\"forward_ms\":{fwd:.2},\"loss_ms\":{loss:.2},\"backward_ms\":{bwd:.2},\"optimizer_ms\":{opt:.2}}}"
+        "{{\"bench\":\"step\",\"impl\":\"anvil\",\"step_ms\":{step:.2},\"forward_ms\":{fwd:.2},\"loss_ms\":{loss:.2},\"backward_ms\":{bwd:.2},\"optimizer_ms\":{opt:.2},\"cpu_ms\":{cpu:.2}}}"
     );
     if !only_step {
         let mut sum = (0.0, 0.0);

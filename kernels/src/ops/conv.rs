@@ -9,6 +9,9 @@
 //! Weight gradients are summed per image and the partial sums added in image order, so results
 //! do not depend on scheduling.
 
+use std::any::Any;
+use std::cell::RefCell;
+
 use rayon::prelude::*;
 
 use super::{gemm_rounded, in_order};
@@ -210,6 +213,57 @@ fn weight_by_row<T: Float>(wm: &[T], m: usize, g: &Geom) -> Vec<T> {
     out
 }
 
+thread_local! {
+    /// Unfolding buffers kept by each thread between calls (one per element type in use), so a
+    /// training step neither allocates nor zeroes them again.
+    static SCRATCH: RefCell<Vec<Box<dyn Any>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A thread's reusable buffer of at least the requested length, with unspecified contents
+/// (every user writes before it reads); returned to that thread's pool when dropped.
+struct Scratch<T: Float> {
+    buf: Vec<T>,
+}
+
+impl<T: Float> Scratch<T> {
+    fn take(len: usize) -> Scratch<T> {
+        let mut buf = SCRATCH
+            .try_with(|pool| {
+                let mut pool = pool.borrow_mut();
+                let at = pool.iter().position(|b| b.is::<Vec<T>>())?;
+                pool.swap_remove(at).downcast::<Vec<T>>().ok().map(|b| *b)
+            })
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        if buf.len() < len {
+            buf.resize(len, T::ZERO);
+        }
+        Scratch { buf }
+    }
+}
+
+impl<T: Float> Drop for Scratch<T> {
+    fn drop(&mut self) {
+        let buf = std::mem::take(&mut self.buf);
+        // During thread teardown the pool may be gone; the buffer is then just freed.
+        let _ = SCRATCH.try_with(|pool| pool.borrow_mut().push(Box::new(buf)));
+    }
+}
+
+impl<T: Float> std::ops::Deref for Scratch<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        &self.buf
+    }
+}
+
+impl<T: Float> std::ops::DerefMut for Scratch<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        &mut self.buf
+    }
+}
+
 /// Runs `f(scratch, image index, that image's chunk of the output if any)` over the images and
 /// returns the results in image order: in parallel when `parallel`, else one after another.
 /// `scratch` (the im2col buffer) is made by `init` once per rayon job, not once per image.
@@ -294,7 +348,7 @@ fn unfold_gemm<T: Float>(
         } else {
             rows * blk
         };
-        vec![T::ZERO; len]
+        Scratch::<T>::take(len)
     };
     per_image(
         par_img,
@@ -388,7 +442,7 @@ fn gemm_fold<T: Float>(
     let wm = rounded(prec, &wm[..m * rows]);
     let par_img = images_in_parallel(n);
     let blk = g.block();
-    let scratch = || vec![T::ZERO; rows * blk];
+    let scratch = || Scratch::<T>::take(rows * blk);
     per_image(
         par_img,
         image_chunks(Some(dst), n, dst_len),
@@ -446,69 +500,51 @@ fn weight_grad<T: Float>(
     let (rows, px) = (g.rows(), g.pixels());
     let src_len = g.c * g.h * g.w;
     let par_img = images_in_parallel(n);
-    let by_rows = use_rows(&g);
-    let (blk, rblk) = (g.block(), g.row_block());
-    let scratch = || {
-        let len = if by_rows {
-            g.rows_len(rblk)
+    if use_rows(&g) {
+        let rblk = g.row_block();
+        let by_ky_len = g.k * m * g.c * g.k;
+        if !par_img || px <= ROWS_SHARED_GRAD_PIXELS {
+            // One accumulator for all images, parallel GEMMs: on small images the per-image
+            // gradient buffers (as large as the weight) cost as much as the GEMMs themselves.
+            let mut by_ky = vec![T::ZERO; by_ky_len];
+            let mut col = Scratch::<T>::take(g.rows_len(rblk));
+            let parallel = rayon::current_num_threads() > 1;
+            for i in 0..n {
+                let img = &src[i * src_len..(i + 1) * src_len];
+                let a_img = rounded(prec, &a[i * m * px..(i + 1) * m * px]);
+                rows_weight_grad(
+                    prec, &mut by_ky, &a_img, img, &g, m, rblk, &mut col, parallel,
+                );
+            }
+            add_by_row(dwm, &by_ky, m, &g);
         } else {
-            rows * blk
-        };
-        vec![T::ZERO; len]
-    };
+            let parts = per_image(
+                true,
+                image_chunks::<T>(None, n, 0),
+                || Scratch::<T>::take(g.rows_len(rblk)),
+                |col, i, _| {
+                    let img = &src[i * src_len..(i + 1) * src_len];
+                    let a_img = rounded(prec, &a[i * m * px..(i + 1) * m * px]);
+                    let mut by_ky = vec![T::ZERO; by_ky_len];
+                    rows_weight_grad(prec, &mut by_ky, &a_img, img, &g, m, rblk, col, false);
+                    by_ky
+                },
+            );
+            for by_ky in parts {
+                add_by_row(dwm, &by_ky, m, &g);
+            }
+        }
+        return;
+    }
+    let blk = g.block();
     let parts = per_image(
         par_img,
         image_chunks::<T>(None, n, 0),
-        scratch,
+        || Scratch::<T>::take(rows * blk),
         |col, i, _| {
             let img = &src[i * src_len..(i + 1) * src_len];
             let a_img = rounded(prec, &a[i * m * px..(i + 1) * m * px]);
             let mut part = vec![T::ZERO; m * rows];
-            if by_rows {
-                // Per kernel row ky: dW_ky[m, c·k] += a[m, block] · rowcol(ky)ᵀ, then
-                // regrouped into [m, c, k, k].
-                let ck = g.c * g.k;
-                let mut by_ky = vec![T::ZERO; g.k * m * ck];
-                let mut oy0 = 0;
-                while oy0 < g.ho {
-                    let nr = rblk.min(g.ho - oy0);
-                    let buf = &mut col[..g.rows_len(nr)];
-                    im2row(&g, img, oy0, nr, buf);
-                    round_slice(prec, buf);
-                    let ld = (nr + g.k - 1) * g.wo;
-                    for ky in 0..g.k {
-                        gemm_rounded(
-                            gemm_prec(prec, m, ck, nr * g.wo),
-                            &mut by_ky[ky * m * ck..(ky + 1) * m * ck],
-                            ck,
-                            &a_img[oy0 * g.wo..],
-                            px,
-                            false,
-                            &buf[ky * g.wo..],
-                            ld,
-                            true,
-                            m,
-                            ck,
-                            nr * g.wo,
-                            true,
-                            !par_img,
-                        );
-                    }
-                    oy0 += nr;
-                }
-                let k = g.k;
-                for o in 0..m {
-                    for ci in 0..g.c {
-                        for ky in 0..k {
-                            for kx in 0..k {
-                                part[((o * g.c + ci) * k + ky) * k + kx] =
-                                    by_ky[(ky * m + o) * ck + ci * k + kx];
-                            }
-                        }
-                    }
-                }
-                return part;
-            }
             let mut p0 = 0;
             while p0 < px {
                 let np = blk.min(px - p0);
@@ -537,6 +573,70 @@ fn weight_grad<T: Float>(
         },
     );
     add_into(&mut dwm[..m * rows], parts);
+}
+
+/// Output pixels per image up to which the row-shift weight gradient accumulates all images
+/// into one buffer with parallel GEMMs instead of one buffer per image (32x32 and below).
+const ROWS_SHARED_GRAD_PIXELS: usize = 1024;
+
+/// by_ky[ky][m, c·k] += a_img[m, pixels] · rowcol(img, ky)ᵀ over all row blocks of one image:
+/// the row-shift path's weight gradient, per kernel row.
+#[allow(clippy::too_many_arguments)]
+fn rows_weight_grad<T: Float>(
+    prec: Precision,
+    by_ky: &mut [T],
+    a_img: &[T],
+    img: &[T],
+    g: &Geom,
+    m: usize,
+    rblk: usize,
+    col: &mut [T],
+    parallel: bool,
+) {
+    let (ck, px) = (g.c * g.k, g.pixels());
+    let mut oy0 = 0;
+    while oy0 < g.ho {
+        let nr = rblk.min(g.ho - oy0);
+        let buf = &mut col[..g.rows_len(nr)];
+        im2row(g, img, oy0, nr, buf);
+        round_slice(prec, buf);
+        let ld = (nr + g.k - 1) * g.wo;
+        for ky in 0..g.k {
+            gemm_rounded(
+                gemm_prec(prec, m, ck, nr * g.wo),
+                &mut by_ky[ky * m * ck..(ky + 1) * m * ck],
+                ck,
+                &a_img[oy0 * g.wo..],
+                px,
+                false,
+                &buf[ky * g.wo..],
+                ld,
+                true,
+                m,
+                ck,
+                nr * g.wo,
+                true,
+                parallel,
+            );
+        }
+        oy0 += nr;
+    }
+}
+
+/// dwm[m, c, k, k] += by_ky[k][m, c·k] (the row-shift layout back to PyTorch's).
+fn add_by_row<T: Float>(dwm: &mut [T], by_ky: &[T], m: usize, g: &Geom) {
+    let (c, k) = (g.c, g.k);
+    for o in 0..m {
+        for ci in 0..c {
+            for ky in 0..k {
+                let src = &by_ky[(ky * m + o) * c * k + ci * k..][..k];
+                let dst = &mut dwm[((o * c + ci) * k + ky) * k..][..k];
+                for (d, &v) in dst.iter_mut().zip(src) {
+                    *d += v;
+                }
+            }
+        }
+    }
 }
 
 /// db[o] += Σ_{n,p} dy[n, o, p].
