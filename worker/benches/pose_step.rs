@@ -11,7 +11,9 @@
 //!   layers as an `nn.Module`, `F.mse_loss`, `torch.optim.Adam`), split into phases.
 //!
 //! Times are the median of `--iters` (default 30) after warm-up: the machines this runs on are
-//! shared, so the median is steadier than the mean. No timed assertions.
+//! shared, so the median is steadier than the mean. anvil's step also reports `cpu_ms`, the
+//! process CPU time per step, which other jobs' load moves less than wall time (for A/B runs of
+//! two builds). No timed assertions.
 //!
 //!     cargo bench -p worker --bench pose_step [-- --iters N --no-torch --only-step]
 //!
