@@ -168,10 +168,13 @@ fn conv2d_k1_stride2_and_asymmetric_pads_match_fd() {
     conv_case(s, true, 70);
 }
 
-/// From 32 input channels, stride 1 computes dx as a correlation with the flipped weight.
+/// From 32 input channels (8 with c_out·k ≥ 24), stride 1 computes dx as a correlation with the
+/// flipped weight.
 #[test]
 fn conv2d_wide_input_dx_through_the_flipped_weight_matches_fd() {
     conv_case(conv(1, 32, 4, 5, 2, 3), true, 80);
+    // From 8 input channels when c_out·k is wide enough for the row-shift unfolding.
+    conv_case(conv(2, 8, 5, 6, 9, 3), true, 95);
     conv_case(conv(2, 32, 3, 4, 3, 2), false, 85);
     let mut s = conv(1, 33, 4, 3, 2, 3);
     s.pad = [2, 0, 0, 1];
@@ -249,6 +252,8 @@ fn conv2d_large_blocks_satisfy_the_adjoint_identity() {
         (1, 8, 70, 66, 200),
         (3, 8, 70, 66, 210),
         (2, 32, 40, 37, 220),
+        // Row-shift path with four row blocks per image (64·3 rows of 66 pixels).
+        (2, 64, 70, 66, 230),
     ] {
         let s = conv(n, c_in, h, w, 5, 3);
         let (ho, wo) = (s.h_out(), s.w_out());
