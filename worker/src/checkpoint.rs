@@ -14,6 +14,7 @@
 //! directory's contract with the coordinator: they live in [`run::checkpoint`] and are
 //! re-exported here; this module writes and reads the tensors.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -236,10 +237,15 @@ fn fill_from(
     Ok(())
 }
 
-/// The parameters of `layout` from a checkpoint's (or an export's) model.safetensors into
-/// `out` (entries the layout does not list are left alone), after verifying the manifest.
-pub fn load_params(dir: &Path, layout: &ParamLayout, out: &mut [f32]) -> Result<()> {
-    let files = verify(dir)?;
+/// The parameters of `layout` from the model.safetensors of a checkpoint's (or an export's)
+/// verified `files` (see [`verify`]) into `out`; entries the layout does not list are left
+/// alone.
+pub fn load_params(
+    files: &HashMap<String, Vec<u8>>,
+    dir: &Path,
+    layout: &ParamLayout,
+    out: &mut [f32],
+) -> Result<()> {
     let bytes = files
         .get("model.safetensors")
         .ok_or_else(|| invalid(dir, "model.safetensors missing"))?;

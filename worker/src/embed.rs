@@ -8,6 +8,7 @@
 //! size when `target_sum` is null, highly variable genes) are computed from the file being
 //! embedded, as a training run on that file would.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,8 @@ use data::pipeline::Workspace;
 use data::vocab::GeneVocab;
 use data::Pipeline;
 
+use kernels::Device;
+
 use crate::checkpoint;
 use crate::model::{self, DataSpec, ScModel};
 
@@ -29,6 +32,7 @@ pub const OBSM_KEY: &str = "X_anvil";
 /// weights: the frozen backbone from `finetune.checkpoint_path`, the adapters (and trained
 /// biases) from `dir`.
 fn lora_merged_params(
+    files: &HashMap<String, Vec<u8>>,
     dir: &Path,
     cfg: &ScModelForgeConfig,
     ft: &configs::scmodelforge::FinetuneConfig,
@@ -64,7 +68,7 @@ fn lora_merged_params(
     params[..base.params.len()].copy_from_slice(&base.params);
     let trained = lora::trainable(&layout, &modules, ft.lora.bias);
     let saved = layout.subset(|e| trained.contains(&e.view().range()));
-    checkpoint::load_params(dir, &saved, &mut params)
+    checkpoint::load_params(files, dir, &saved, &mut params)
         .with_context(|| format!("--checkpoint {}", dir.display()))?;
     let mut merged = lora::merge(&layout, &params, ft.lora.alpha as f64)
         .map_err(|e| anyhow!("checkpoint {}: {e}", dir.display()))?;
@@ -91,9 +95,14 @@ impl Embedder {
         }
         let dir = checkpoint::resolve_resume(path)
             .with_context(|| format!("--checkpoint {}", path.display()))?;
-        // Verifies the manifest; the config and vocabulary are read from the verified files.
         let files =
             checkpoint::verify(&dir).with_context(|| format!("--checkpoint {}", dir.display()))?;
+        Self::from_verified(dir, &files)
+    }
+
+    /// The model of the checkpoint `dir` from its files as [`checkpoint::verify`] returned
+    /// them (the config, vocabulary and weights are read from those, not the disk again).
+    pub fn from_verified(dir: PathBuf, files: &HashMap<String, Vec<u8>>) -> anyhow::Result<Self> {
         let get = |n: &str| {
             files
                 .get(n)
@@ -113,10 +122,10 @@ impl Embedder {
         let prec = model::precision_of(cfg.training.precision);
         let model = model::build(&cfg.model, spec, prec)?;
         let params = match cfg.finetune.as_ref().filter(|f| f.lora.enabled) {
-            Some(ft) => lora_merged_params(&dir, &cfg, ft, spec, prec)?,
+            Some(ft) => lora_merged_params(files, &dir, &cfg, ft, spec, prec)?,
             None => {
                 let mut params = vec![0.0f32; model.layout().total()];
-                checkpoint::load_params(&dir, model.layout(), &mut params)
+                checkpoint::load_params(files, &dir, model.layout(), &mut params)
                     .with_context(|| format!("--checkpoint {}", dir.display()))?;
                 params
             }
@@ -173,28 +182,48 @@ impl Embedder {
         if batch_size == 0 {
             bail!("--batch-size must be positive");
         }
-        let n = pipeline.dataset.n_cells();
-        let dim = self.model.embedding_dim();
-        let mut out = Vec::with_capacity(n as usize * dim);
-        let mut ws = Workspace::default();
-        let mut start = 0u64;
-        while start < n {
-            let end = (start + batch_size as u64).min(n);
-            let cells: Vec<u64> = (start..end).collect();
-            let e = self.embed_cells(pipeline, &cells, &mut ws)?;
-            if e.len() != cells.len() * dim {
-                bail!(
-                    "the model returned {} values for {} cells of width {dim}",
-                    e.len(),
-                    cells.len()
-                );
-            }
-            out.extend_from_slice(&e);
-            start = end;
-            progress(start, n);
-        }
-        Ok(out)
+        embed_dataset(
+            self.model.as_mut(),
+            &self.params,
+            pipeline,
+            batch_size,
+            progress,
+        )
     }
+}
+
+/// Embeddings [cells, dim] of every cell of `pipeline` by `model` with `params` (dropout off,
+/// unmasked), in file order, `batch_size` (> 0) cells at a time; `progress(done, total)`
+/// hears after each batch. What `worker embed` writes and the in-training assessment scores.
+pub fn embed_dataset<D: Device<f32>>(
+    model: &mut dyn ScModel<D>,
+    params: &D::Mem,
+    pipeline: &Pipeline,
+    batch_size: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Vec<f32>> {
+    let n = pipeline.dataset.n_cells();
+    let dim = model.embedding_dim();
+    let mut out = Vec::with_capacity(n as usize * dim);
+    let mut ws = Workspace::default();
+    let mut start = 0u64;
+    while start < n {
+        let end = (start + batch_size as u64).min(n);
+        let cells: Vec<u64> = (start..end).collect();
+        let batch = pipeline.batch(&cells, None, &mut ws)?;
+        let e = model.cell_embeddings(params, &batch)?;
+        if e.len() != cells.len() * dim {
+            bail!(
+                "the model returned {} values for {} cells of width {dim}",
+                e.len(),
+                cells.len()
+            );
+        }
+        out.extend_from_slice(&e);
+        start = end;
+        progress(start, n);
+    }
+    Ok(out)
 }
 
 fn vocab_from_json(bytes: &[u8]) -> anyhow::Result<GeneVocab> {

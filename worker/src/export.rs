@@ -40,10 +40,15 @@ pub fn export(checkpoint: &Path, output: &Path) -> anyhow::Result<Exported> {
             output.display()
         );
     }
-    let emb = Embedder::load(checkpoint)?;
-    let dir = emb.dir.clone();
+    if !checkpoint.exists() {
+        bail!("checkpoint {} does not exist", checkpoint.display());
+    }
+    let dir = checkpoint::resolve_resume(checkpoint)
+        .with_context(|| format!("--checkpoint {}", checkpoint.display()))?;
+    // Verified once: the model, config and vocabulary below all come from these bytes.
     let files =
         checkpoint::verify(&dir).with_context(|| format!("--checkpoint {}", dir.display()))?;
+    let emb = Embedder::from_verified(dir.clone(), &files)?;
     let get = |n: &str| {
         files
             .get(n)

@@ -42,19 +42,11 @@ impl LoraAdapter {
         alpha: f64,
         dropout: f64,
     ) -> Self {
-        let a_w = l.add(
-            join(module, "lora_A.weight"),
-            &[rank, in_f],
-            Init::Uniform(1.0 / (in_f as f64).sqrt()),
-        );
+        // nn.Linear's own init, U(±1/√in), is peft's kaiming-uniform(a = √5) for A.
+        let a = Linear::new(l, &join(module, "lora_A"), in_f, rank, false);
         let b_w = l.add(join(module, "lora_B.weight"), &[out_f, rank], Init::Zeros);
         LoraAdapter {
-            a: Linear {
-                weight: a_w,
-                bias: None,
-                in_features: in_f,
-                out_features: rank,
-            },
+            a,
             b: Linear {
                 weight: b_w,
                 bias: None,
@@ -157,13 +149,6 @@ impl LoraAdapter {
             self.a
                 .backward(dev, prec, params, grads, &u, &dt, Some(dx), true, n);
         }
-    }
-
-    /// The adapter folded into its base weight: W + scale · B·A, as a host matrix [out, in]
-    /// (what peft's `merge_and_unload` computes).
-    pub fn merged<T: Float>(&self, weight: &[T], a: &[T], b: &[T]) -> Vec<T> {
-        let (i, r) = (self.a.in_features, self.a.out_features);
-        merge_weight(weight, a, b, i, r, self.scale)
     }
 }
 

@@ -319,7 +319,8 @@ fn lora_merged_weights_give_the_adapted_models_evaluation_output() {
             if let Some(ad) = ad {
                 let w = lin.weight.range();
                 let (ar, br) = (ad.a.weight.range(), ad.b.weight.range());
-                let m = ad.merged(&p[w.clone()], &p[ar], &p[br]);
+                let (i, r) = (ad.a.in_features, ad.a.out_features);
+                let m = lora::merge_weight(&p[w.clone()], &p[ar], &p[br], i, r, ad.scale);
                 merged[w].copy_from_slice(&m);
             }
         }

@@ -179,7 +179,7 @@ pub fn run_specs(
     let mut results = Vec::new();
     for (i, s) in specs.iter().enumerate() {
         let t = Instant::now();
-        let r = match s.name.as_str() {
+        let mut r = match s.name.as_str() {
             "linear_probe" => linear_probe(x, dim, data, dataset_name, s),
             "embedding_quality" => embedding_quality(x, dim, data, dataset_name, s),
             "perturbation" => perturbation(x, dim, data, dataset_name, s),
@@ -188,7 +188,6 @@ pub fn run_specs(
         .with_context(|| format!("eval.benchmarks[{i}] ({})", s.name))?;
         // scModelForge's harness treats `dataset` as routing metadata and runs every
         // benchmark on the dataset at hand; it is kept in the result for the record.
-        let mut r = r;
         if let (Some(d), Some(m)) = (&s.dataset, r.metadata.as_object_mut()) {
             m.insert("dataset_spec".into(), json!(d));
         }

@@ -46,28 +46,12 @@ impl CsvLogger {
                 header.push(c.to_string());
             }
         }
-        let mut out = format!("{}\n", header.join(","));
-        for line in lines {
-            let cells: Vec<&str> = line.split(',').collect();
-            let keep = cells
+        let out = rewrite(lines, &old, &header, |cells| {
+            cells
                 .get(step_at)
                 .and_then(|s| s.parse::<u64>().ok())
-                .is_some_and(|s| s <= keep_through);
-            if !keep {
-                continue;
-            }
-            let row: Vec<&str> = header
-                .iter()
-                .map(|h| {
-                    old.iter()
-                        .position(|c| c == h)
-                        .and_then(|i| cells.get(i).copied())
-                        .unwrap_or("")
-                })
-                .collect();
-            out.push_str(&row.join(","));
-            out.push('\n');
-        }
+                .is_some_and(|s| s <= keep_through)
+        });
         write_atomic(path, &out)?;
         Self::append_to(path, header)
     }
@@ -102,22 +86,8 @@ impl CsvLogger {
         let mut header = self.columns.clone();
         header.extend(new.iter().map(|n| n.to_string()));
         header.sort_unstable();
-        let mut out = format!("{}\n", header.join(","));
-        for line in text.lines().skip(1) {
-            let cells: Vec<&str> = line.split(',').collect();
-            let row: Vec<&str> = header
-                .iter()
-                .map(|h| {
-                    self.columns
-                        .iter()
-                        .position(|c| c == h)
-                        .and_then(|i| cells.get(i).copied())
-                        .unwrap_or("")
-                })
-                .collect();
-            out.push_str(&row.join(","));
-            out.push('\n');
-        }
+        let old: Vec<&str> = self.columns.iter().map(String::as_str).collect();
+        let out = rewrite(text.lines().skip(1), &old, &header, |_| true);
         write_atomic(&self.path, &out)?;
         *self = Self::append_to(&self.path.clone(), header)?;
         Ok(())
@@ -145,6 +115,35 @@ impl CsvLogger {
         line.push('\n');
         self.file.write_all(line.as_bytes())
     }
+}
+
+/// The CSV text of the `rows` (under the header `old`) that `keep` selects, under `header`:
+/// each cell moved to its column's new place, new columns empty.
+fn rewrite<'a>(
+    rows: impl Iterator<Item = &'a str>,
+    old: &[&str],
+    header: &[String],
+    keep: impl Fn(&[&str]) -> bool,
+) -> String {
+    let mut out = format!("{}\n", header.join(","));
+    for line in rows {
+        let cells: Vec<&str> = line.split(',').collect();
+        if !keep(&cells) {
+            continue;
+        }
+        let row: Vec<&str> = header
+            .iter()
+            .map(|h| {
+                old.iter()
+                    .position(|c| c == h)
+                    .and_then(|i| cells.get(i).copied())
+                    .unwrap_or("")
+            })
+            .collect();
+        out.push_str(&row.join(","));
+        out.push('\n');
+    }
+    out
 }
 
 /// A number as Python's `repr` writes it: the shortest text that reads back to the same

@@ -207,10 +207,10 @@ pub struct Trainer<'a, D: Device<f32> + 'static = Cpu> {
     backbone_frozen: bool,
     /// What checkpoints save: every parameter, or under LoRA only what trains.
     saved_layout: kernels::ParamLayout,
+    /// Under LoRA: the ranges that train besides the head (adapters, biases).
+    lora: Option<Vec<std::ops::Range<usize>>>,
     /// Under LoRA: the frozen ranges, whose gradients are dropped before the step.
     frozen: Vec<std::ops::Range<usize>>,
-    /// Whether the LoRA line was logged (once per process).
-    lora_announced: bool,
     /// 16-mixed's dynamic loss scale; None trains unscaled.
     scaler: Option<LossScaler>,
     micro_per_epoch: u64,
@@ -278,7 +278,8 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         let layout = model.layout().clone();
         let n = layout.total();
         // LoRA: the adapters, trained biases and head train; checkpoints hold only those.
-        let (saved_layout, frozen) = match (model.lora_trainable(), model.head_range()) {
+        let lora = model.lora_trainable();
+        let (saved_layout, frozen) = match (lora.clone(), model.head_range()) {
             (Some(mut train), Some(head)) => {
                 train.push(head);
                 let saved = layout.subset(|e| {
@@ -359,8 +360,8 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             decay_free,
             backbone_frozen: false,
             saved_layout,
+            lora,
             frozen,
-            lora_announced: false,
             scaler,
             micro_per_epoch,
             accum: t.gradient_accumulation as u64,
@@ -384,6 +385,22 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             let loggers = Loggers::open(cfg, &opts.run_dir, resumed_at)?;
             on_event(TrainEvent::Log(loggers.announcement()));
             trainer.loggers = Some(loggers);
+        }
+        if let (Some(ft), Some(_)) = (&cfg.finetune, &trainer.lora) {
+            let count =
+                |l: &kernels::ParamLayout| -> usize { l.entries().iter().map(|e| e.len()).sum() };
+            on_event(TrainEvent::Log(format!(
+                "finetune.lora: rank {} adapters on {}; they train with the head ({} of {} parameters), the backbone's weights stay frozen{}",
+                ft.lora.rank,
+                ft.lora.target_modules().join(", "),
+                count(&trainer.saved_layout),
+                count(&layout),
+                if ft.freeze_backbone || ft.freeze_backbone_epochs > 0 {
+                    " (freeze_backbone and freeze_backbone_epochs do nothing under LoRA)"
+                } else {
+                    ""
+                }
+            )));
         }
         let steps_per_epoch = micro_per_epoch.div_ceil(trainer.accum);
         on_event(TrainEvent::Start {
@@ -472,25 +489,8 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             split: Split::Train,
             mask: self.cfg.finetune.is_none(),
         };
-        if let (Some(ft), Some(_)) = (&self.cfg.finetune, self.model.lora_trainable()) {
-            if !std::mem::replace(&mut self.lora_announced, true) {
-                let count = |l: &kernels::ParamLayout| -> usize {
-                    l.entries().iter().map(|e| e.len()).sum()
-                };
-                on_event(TrainEvent::Log(format!(
-                    "finetune.lora: rank {} adapters on {}; they train with the head ({} of {} parameters), the backbone's weights stay frozen{}",
-                    ft.lora.rank,
-                    ft.lora.target_modules().join(", "),
-                    count(&self.saved_layout),
-                    count(self.model.layout()),
-                    if ft.freeze_backbone || ft.freeze_backbone_epochs > 0 {
-                        " (freeze_backbone and freeze_backbone_epochs do nothing under LoRA)"
-                    } else {
-                        ""
-                    }
-                )));
-            }
-        } else if let Some(ft) = &self.cfg.finetune {
+        // Under LoRA the freezing settings do nothing (announced at the start).
+        if let (Some(ft), None) = (&self.cfg.finetune, &self.lora) {
             // scModelForge: a backbone frozen for `freeze_backbone_epochs` thaws at that
             // epoch; otherwise `freeze_backbone` holds for the whole run.
             let frozen = if ft.freeze_backbone_epochs > 0 {
@@ -708,8 +708,8 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                     let base = t.optimizer.lr;
                     let mut groups = vec![(head.clone(), ft.head_lr.unwrap_or(base))];
                     let backbone_lr = ft.backbone_lr.unwrap_or(base);
-                    if let Some(lora) = self.model.lora_trainable() {
-                        groups.extend(lora.into_iter().map(|r| (r, backbone_lr)));
+                    if let Some(lora) = &self.lora {
+                        groups.extend(lora.iter().map(|r| (r.clone(), backbone_lr)));
                     } else if !self.backbone_frozen {
                         groups.push((0..head.start, backbone_lr));
                     }
@@ -881,18 +881,16 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         let _in_assessment = span.enter();
         let t0 = Instant::now();
         let n = self.pipeline.dataset.n_cells();
-        let per_pass = e.batch_size.max(1) as u64;
-        let mut ws = data::pipeline::Workspace::default();
         let dim = self.model.embedding_dim();
-        let mut x: Vec<f64> = Vec::with_capacity(n as usize * dim);
-        let mut start = 0;
-        while start < n {
-            let cells: Vec<u64> = (start..(start + per_pass).min(n)).collect();
-            let batch = self.pipeline.batch(&cells, None, &mut ws)?;
-            let emb = self.model.cell_embeddings(&self.params, &batch)?;
-            x.extend(emb.iter().map(|&v| v as f64));
-            start += per_pass;
-        }
+        let emb = crate::embed::embed_dataset(
+            self.model.as_mut(),
+            &self.params,
+            &self.pipeline,
+            e.batch_size.max(1),
+            &mut |_, _| {},
+        )
+        .map_err(|err| TrainError::Config(format!("eval.benchmarks at epoch {epoch}: {err:#}")))?;
+        let x: Vec<f64> = emb.iter().map(|&v| v as f64).collect();
         let Some(path) = self.cfg.data.paths.first() else {
             return Ok(());
         };
