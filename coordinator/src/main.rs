@@ -10,6 +10,7 @@ mod export_cmd;
 mod finetune_cmd;
 mod launch;
 mod pose_cmd;
+mod preprocess_cmd;
 mod server;
 mod tls;
 
@@ -63,6 +64,11 @@ enum Command {
     /// Example: `coordinator benchmark --config configs/quickstart.yaml --checkpoint
     /// runs/quickstart/checkpoints --output bench/`
     Benchmark(Box<benchmark_cmd::BenchmarkArgs>),
+    /// Normalize, log-transform and select highly variable genes of an .h5ad file once,
+    /// writing a new .h5ad (the config's data.preprocessing, or library size 1e4 + log1p)
+    ///
+    /// Example: `coordinator preprocess --input raw.h5ad --output processed.h5ad --hvg 2000`
+    Preprocess(preprocess_cmd::PreprocessArgs),
     /// Predict poses with trained models (one single_instance model, or centroid +
     /// centered_instance for top-down) on the labeled frames of a .slp file
     ///
@@ -98,6 +104,7 @@ fn main() -> ExitCode {
         Command::Finetune(args) => finetune_cmd::run(*args),
         Command::Benchmark(args) => benchmark_cmd::run(*args),
         Command::Deploy(cmd) => deploy::run(cmd),
+        Command::Preprocess(args) => preprocess_cmd::run(args),
         Command::Track(args) => pose_cmd::run_track(args),
         Command::Eval(args) => pose_cmd::run_eval(args),
         Command::Model(cmd) => pose_cmd::run_model(cmd),

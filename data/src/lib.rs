@@ -5,6 +5,7 @@
 //! - [`vocab`]: gene vocabulary with special tokens pad=0, unk=1, mask=2, cls=3.
 //! - [`dataset`]: several files as one dataset, genes mapped to the vocabulary.
 //! - [`preprocess`]: library-size normalization, log1p, highly-variable-gene selection.
+//! - [`preprocess_h5ad`]: that preprocessing applied to a whole .h5ad file, written to a new one.
 //! - [`tokenize`]: rank_value, binned_expression, continuous_projection, gene_embedding.
 //! - [`masking`]: BERT-style masking, keyed by (seed, epoch, cell).
 //! - [`plan`]: train/val split and the world-size-invariant shard plan.
@@ -26,6 +27,7 @@ pub mod pipeline;
 pub mod plan;
 pub mod pose;
 pub mod preprocess;
+pub mod preprocess_h5ad;
 pub mod tokenize;
 pub mod vocab;
 

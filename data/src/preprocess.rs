@@ -92,6 +92,15 @@ impl Preprocessor {
     /// normalizing with `target_sum: null` (then the median library size is the target, as in
     /// scanpy's `normalize_total`).
     pub fn build(cfg: &PreprocessingConfig, dataset: &Dataset) -> Result<Self> {
+        Ok(Self::build_with_hvg(cfg, dataset)?.0)
+    }
+
+    /// As [`Preprocessor::build`], also returning the highly-variable-gene table when
+    /// `hvg_selection` is set (`coordinator preprocess` writes it into `var` as scanpy does).
+    pub fn build_with_hvg(
+        cfg: &PreprocessingConfig,
+        dataset: &Dataset,
+    ) -> Result<(Self, Option<HvgTable>)> {
         let normalize = cfg.normalize.is_some();
         let needs_median = normalize && cfg.target_sum.is_none();
         if let Some(t) = cfg.target_sum {
@@ -110,6 +119,7 @@ impl Preprocessor {
             log1p: cfg.log1p,
             keep: None,
         };
+        let mut hvg = None;
         if needs_median || cfg.hvg_selection.is_some() {
             // The pass normalizes with the target if known; for the median case, run it raw.
             let stats = gene_stats(dataset, pre.target_sum)?;
@@ -137,9 +147,10 @@ impl Preprocessor {
                     table.highly_variable.len()
                 );
                 pre.keep = Some(keep);
+                hvg = Some(table);
             }
         }
-        Ok(pre)
+        Ok((pre, hvg))
     }
 }
 

@@ -28,11 +28,11 @@ fn vlu(path: &Path, s: &str) -> Result<VarLenUnicode> {
 }
 
 pub(crate) struct H5Out {
-    path: PathBuf,
+    pub(crate) path: PathBuf,
 }
 
 impl H5Out {
-    fn err(&self, object: &str) -> impl FnOnce(hdf5::Error) -> DataError {
+    pub(crate) fn err(&self, object: &str) -> impl FnOnce(hdf5::Error) -> DataError {
         let path = self.path.clone();
         let object = object.to_string();
         move |source| DataError::Hdf5 {
@@ -42,7 +42,7 @@ impl H5Out {
         }
     }
 
-    fn str_attr(&self, loc: &Location, name: &str, value: &str) -> Result<()> {
+    pub(crate) fn str_attr(&self, loc: &Location, name: &str, value: &str) -> Result<()> {
         let v = vlu(&self.path, value)?;
         loc.new_attr::<VarLenUnicode>()
             .create(name)
@@ -50,12 +50,12 @@ impl H5Out {
             .map_err(self.err(name))
     }
 
-    fn encoding(&self, loc: &Location, kind: &str, version: &str) -> Result<()> {
+    pub(crate) fn encoding(&self, loc: &Location, kind: &str, version: &str) -> Result<()> {
         self.str_attr(loc, "encoding-type", kind)?;
         self.str_attr(loc, "encoding-version", version)
     }
 
-    fn strings(&self, g: &Group, name: &str, values: &[String]) -> Result<Dataset> {
+    pub(crate) fn strings(&self, g: &Group, name: &str, values: &[String]) -> Result<Dataset> {
         let v: Vec<VarLenUnicode> = values
             .iter()
             .map(|s| vlu(&self.path, s))
@@ -69,7 +69,12 @@ impl H5Out {
         Ok(ds)
     }
 
-    fn array<T: hdf5::H5Type>(&self, g: &Group, name: &str, values: &[T]) -> Result<Dataset> {
+    pub(crate) fn array<T: hdf5::H5Type>(
+        &self,
+        g: &Group,
+        name: &str,
+        values: &[T],
+    ) -> Result<Dataset> {
         let ds = g
             .new_dataset_builder()
             .with_data(values)
@@ -79,7 +84,14 @@ impl H5Out {
         Ok(ds)
     }
 
-    fn dataframe(
+    /// A new, empty AnnData dict group `name` in `parent`.
+    pub(crate) fn dict(&self, parent: &Group, name: &str) -> Result<Group> {
+        let g = parent.create_group(name).map_err(self.err(name))?;
+        self.encoding(&g, "dict", "0.1.0")?;
+        Ok(g)
+    }
+
+    pub(crate) fn dataframe(
         &self,
         g: &Group,
         index: &[String],
@@ -156,7 +168,38 @@ where
     };
     let file = File::create(path).map_err(out.err("file"))?;
     out.encoding(&file, "anndata", "0.1.0")?;
+    let n_obs = write_csr_x(&out, &file, var_names.len(), rows, compression)?;
+    if n_obs != obs_names.len() {
+        return Err(DataError::invalid(
+            path,
+            "X",
+            format!("wrote {n_obs} rows but {} cell names", obs_names.len()),
+        ));
+    }
 
+    let obs_g = file.create_group("obs").map_err(out.err("obs"))?;
+    out.dataframe(&obs_g, obs_names, obs)?;
+    let var_g = file.create_group("var").map_err(out.err("var"))?;
+    out.dataframe(&var_g, var_names, &[])?;
+    for name in ["layers", "obsm", "obsp", "varm", "varp", "uns"] {
+        out.dict(&file, name)?;
+    }
+    file.flush().map_err(out.err("file"))?;
+    Ok(())
+}
+
+/// Stream `rows` into a new CSR group `X` of `file` with `n_vars` columns; returns the number
+/// of rows written.
+pub(crate) fn write_csr_x<I>(
+    out: &H5Out,
+    file: &File,
+    n_vars: usize,
+    rows: I,
+    compression: Compression,
+) -> Result<usize>
+where
+    I: IntoIterator<Item = Result<Vec<Row>>>,
+{
     let x = file.create_group("X").map_err(out.err("X"))?;
     out.encoding(&x, "csr_matrix", "0.1.0")?;
     let make = |name: &str, is_float: bool| -> Result<Dataset> {
@@ -200,32 +243,15 @@ where
         }
     }
     let n_obs = indptr.len() - 1;
-    if n_obs != obs_names.len() {
-        return Err(DataError::invalid(
-            path,
-            "X",
-            format!("wrote {n_obs} rows but {} cell names", obs_names.len()),
-        ));
-    }
     x.new_dataset_builder()
         .with_data(&indptr[..])
         .create("indptr")
         .map_err(out.err("X/indptr"))?;
     x.new_attr_builder()
-        .with_data(&[n_obs as i64, var_names.len() as i64][..])
+        .with_data(&[n_obs as i64, n_vars as i64][..])
         .create("shape")
         .map_err(out.err("X/shape"))?;
-
-    let obs_g = file.create_group("obs").map_err(out.err("obs"))?;
-    out.dataframe(&obs_g, obs_names, obs)?;
-    let var_g = file.create_group("var").map_err(out.err("var"))?;
-    out.dataframe(&var_g, var_names, &[])?;
-    for name in ["layers", "obsm", "obsp", "varm", "varp", "uns"] {
-        let g = file.create_group(name).map_err(out.err(name))?;
-        out.encoding(&g, "dict", "0.1.0")?;
-    }
-    file.flush().map_err(out.err("file"))?;
-    Ok(())
+    Ok(n_obs)
 }
 
 /// Store `values` (row-major [n_obs, dim]) as `obsm/<key>` of the AnnData file at `path`,

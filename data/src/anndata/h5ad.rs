@@ -303,6 +303,22 @@ impl H5adReader {
         })
     }
 
+    /// Every column of `var` (in its column order), each decoded or the reason it cannot be.
+    pub fn var_columns(&self) -> Result<Vec<(String, Result<ObsColumn>)>> {
+        let var = self
+            .file
+            .group("var")
+            .map_err(|_| DataError::invalid(&self.path, "var", "no var dataframe in this file"))?;
+        Ok(obs_column_names(&var)
+            .into_iter()
+            .map(|name| {
+                let object = format!("var/{name}");
+                let col = read_obs_column(&self.path, &var, &name, &object);
+                (name, col)
+            })
+            .collect())
+    }
+
     fn obs_group(&self) -> Result<hdf5::Group> {
         self.file
             .group("obs")
