@@ -88,6 +88,20 @@ section! {
         max_genes: usize = 2048,
         num_workers: usize = 4,
         census: CensusConfig = CensusConfig::default(),
+        /// Memory-mapped shards written by `coordinator shard` (or scModelForge's `shard`).
+        shards: ShardConfig = ShardConfig::default(),
+    }
+}
+
+section! {
+    /// Read cells from a shard directory instead of `data.paths`.
+    pub struct ShardConfig {
+        /// Train on the shards of `shard_dir` (then `data.paths` must be empty).
+        enabled: bool = false,
+        /// The directory with manifest.json and shard_000/, shard_001/, ...
+        shard_dir: String = String::new(),
+        /// Most cells per shard that `coordinator shard` writes (unless `--shard-size` is given).
+        shard_size: usize = 500_000,
     }
 }
 
@@ -387,6 +401,22 @@ impl ScModelForgeConfig {
 
         // data
         match d.source {
+            DataSource::Local if d.shards.enabled => {
+                cx.check(
+                    !d.shards.shard_dir.is_empty(),
+                    "data.shards.shard_dir",
+                    || {
+                        "data.shards.enabled is true but no shard_dir is given (the directory \
+                     `coordinator shard --output-dir` wrote)"
+                            .to_string()
+                    },
+                );
+                cx.check(d.paths.is_empty(), "data.paths", || {
+                    "data.shards.enabled is true: the cells come from data.shards.shard_dir, so \
+                     data.paths must be empty (or set data.shards.enabled: false)"
+                        .to_string()
+                });
+            }
             DataSource::Local => cx.check(!d.paths.is_empty(), "data.paths", || {
                 "data.source is \"local\" but no files are listed; add .h5ad or .zarr paths"
                     .to_string()
@@ -400,6 +430,7 @@ impl ScModelForgeConfig {
             }
         }
         positive(cx, "data.max_genes", d.max_genes);
+        positive(cx, "data.shards.shard_size", d.shards.shard_size);
         if let Some(ts) = d.preprocessing.target_sum {
             positive_f(cx, "data.preprocessing.target_sum", ts);
         }

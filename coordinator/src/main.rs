@@ -12,6 +12,7 @@ mod launch;
 mod pose_cmd;
 mod preprocess_cmd;
 mod server;
+mod shard_cmd;
 mod tls;
 
 use std::process::ExitCode;
@@ -69,6 +70,11 @@ enum Command {
     ///
     /// Example: `coordinator preprocess --input raw.h5ad --output processed.h5ad --hvg 2000`
     Preprocess(preprocess_cmd::PreprocessArgs),
+    /// Convert a config's data files into memory-mapped shards (genes aligned to one
+    /// vocabulary once) that `data.shards` trains from
+    ///
+    /// Example: `coordinator shard --config configs/quickstart.yaml --output-dir shards/`
+    Shard(shard_cmd::ShardArgs),
     /// Predict poses with trained models (one single_instance model, or centroid +
     /// centered_instance for top-down) on the labeled frames of a .slp file
     ///
@@ -105,6 +111,7 @@ fn main() -> ExitCode {
         Command::Benchmark(args) => benchmark_cmd::run(*args),
         Command::Deploy(cmd) => deploy::run(cmd),
         Command::Preprocess(args) => preprocess_cmd::run(args),
+        Command::Shard(args) => shard_cmd::run(args),
         Command::Track(args) => pose_cmd::run_track(args),
         Command::Eval(args) => pose_cmd::run_eval(args),
         Command::Model(cmd) => pose_cmd::run_model(cmd),

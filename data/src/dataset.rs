@@ -68,6 +68,21 @@ pub fn open_all<P: AsRef<Path>>(paths: &[P]) -> Result<Vec<Box<dyn AnnDataReader
     paths.iter().map(anndata::open).collect()
 }
 
+/// The readers of a config's data: the shards of `data.shards.shard_dir` when
+/// `data.shards.enabled`, else the files of `data.paths`. `vocab_file` is the vocabulary file the
+/// config names, for a shard directory that does not carry its own.
+pub fn open_data(
+    d: &configs::scmodelforge::DataConfig,
+    vocab_file: Option<&Path>,
+) -> Result<Vec<Box<dyn AnnDataReader>>> {
+    if d.shards.enabled {
+        crate::shards::open_shard_dir(Path::new(&d.shards.shard_dir), vocab_file)
+            .map_err(|e| DataError::Config(format!("data.shards.shard_dir: {e}")))
+    } else {
+        open_all(&d.paths)
+    }
+}
+
 impl Dataset {
     /// Map the files' genes onto `vocab`. Genes missing from it become [`UNK`] and are counted
     /// (see [`Dataset::unknown_genes`]).
@@ -100,7 +115,11 @@ impl Dataset {
 
     /// Open the paths and resolve `gene_vocab` (a file, or a name meaning "union of genes").
     pub fn open<P: AsRef<Path>>(paths: &[P], gene_vocab: &str) -> Result<Self> {
-        let files = open_all(paths)?;
+        Self::from_readers(open_all(paths)?, gene_vocab)
+    }
+
+    /// As [`Dataset::open`], over readers already open.
+    pub fn from_readers(files: Vec<Box<dyn AnnDataReader>>, gene_vocab: &str) -> Result<Self> {
         let names: Vec<&[String]> = files.iter().map(|f| f.var_names()).collect();
         let vocab = GeneVocab::resolve(gene_vocab, &names)?;
         Ok(Self::new(files, vocab))

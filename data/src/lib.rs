@@ -6,6 +6,7 @@
 //! - [`dataset`]: several files as one dataset, genes mapped to the vocabulary.
 //! - [`preprocess`]: library-size normalization, log1p, highly-variable-gene selection.
 //! - [`preprocess_h5ad`]: that preprocessing applied to a whole .h5ad file, written to a new one.
+//! - [`shards`]: scModelForge's memory-mapped shard directories, written and read.
 //! - [`tokenize`]: rank_value, binned_expression, continuous_projection, gene_embedding.
 //! - [`masking`]: BERT-style masking, keyed by (seed, epoch, cell).
 //! - [`plan`]: train/val split and the world-size-invariant shard plan.
@@ -28,6 +29,7 @@ pub mod plan;
 pub mod pose;
 pub mod preprocess;
 pub mod preprocess_h5ad;
+pub mod shards;
 pub mod tokenize;
 pub mod vocab;
 

@@ -90,7 +90,10 @@ impl Pipeline {
             .into_iter()
             .find(|v| Path::new(v.as_str()).is_file())
             .unwrap_or(&cfg.data.gene_vocab);
-        let dataset = Dataset::open(&cfg.data.paths, vocab)?;
+        let vocab_file = Path::new(vocab.as_str());
+        let files =
+            crate::dataset::open_data(&cfg.data, vocab_file.is_file().then_some(vocab_file))?;
+        let dataset = Dataset::from_readers(files, vocab)?;
         Self::with_dataset(cfg, dataset)
     }
 

@@ -5,11 +5,22 @@ use configs::ScModelForgeConfig;
 
 /// The first section of `cfg` this build cannot train, as a message naming its key.
 pub fn unsupported(cfg: &ScModelForgeConfig) -> Option<String> {
+    if cfg.finetune.is_some() && cfg.data.shards.enabled {
+        return Some(format!(
+            "data.shards.enabled: fine-tuning reads its labels from obs/{}, which shard directories do not carry; fine-tune on the .h5ad files (data.paths) and set data.shards.enabled: false",
+            cfg.finetune.as_ref().map(|f| f.label_key.as_str()).unwrap_or("?")
+        ));
+    }
     if cfg.eval.benchmarks.is_empty() {
         return None;
     }
     if let Some(why) = unsupported_benchmark(cfg) {
         return Some(why);
+    }
+    if cfg.data.shards.enabled {
+        return Some(
+            "eval.benchmarks: the in-training assessment needs the cells' labels, which shard directories do not carry; set eval.benchmarks: [] and benchmark a checkpoint on an .h5ad with `coordinator benchmark --data F`".into(),
+        );
     }
     let files = cfg.data.paths.len();
     (files != 1).then(|| {

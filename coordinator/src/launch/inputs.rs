@@ -85,10 +85,21 @@ fn check_cells(cfg: &ScModelForgeConfig, world: usize) -> anyhow::Result<()> {
             bail!("data.paths: {p} does not exist (paths are relative to the current directory)");
         }
     }
+    let sources = if cfg.data.shards.enabled {
+        let dir = Path::new(&cfg.data.shards.shard_dir);
+        if !dir.join("manifest.json").is_file() {
+            bail!(
+                "data.shards.shard_dir: {} has no manifest.json (write shards with `coordinator shard --config X.yaml --output-dir DIR`; relative paths are from the current directory)",
+                dir.display()
+            );
+        }
+        format!("shards of {}", dir.display())
+    } else {
+        format!("{} file(s)", cfg.data.paths.len())
+    };
     let global = cfg.training.batch_size * world;
     eprintln!(
-        "anvil: {} file(s), {} tokenizer, global batch {} ({} per worker x {world}){}",
-        cfg.data.paths.len(),
+        "anvil: {sources}, {} tokenizer, global batch {} ({} per worker x {world}){}",
         cfg.tokenizer.strategy,
         global,
         cfg.training.batch_size,

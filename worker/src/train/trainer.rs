@@ -1140,7 +1140,7 @@ fn finetune_setup(
     let Some(ft) = &cfg.finetune else {
         return Err(TrainError::Config("no finetune section".into()));
     };
-    let files = data::dataset::open_all(&cfg.data.paths)?;
+    let files = data::dataset::open_data(&cfg.data, None)?;
     let dataset = data::dataset::Dataset::new(files, backbone.vocab.clone());
     for (f, &unknown) in dataset.files().iter().zip(dataset.unknown_genes()) {
         if unknown >= f.n_vars() {
