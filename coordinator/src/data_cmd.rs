@@ -138,12 +138,51 @@ fn inspect(files: &[PathBuf]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A shard directory (`coordinator shard`): its shards, cells, genes and stored values.
+fn inspect_shards(dir: &Path) -> data::Result<()> {
+    let shards = match data::shards::open_shard_dir(dir, None) {
+        Ok(s) => s,
+        Err(e) => {
+            // A directory scModelForge wrote has no vocabulary: the manifest still says a lot.
+            let manifest: data::shards::Manifest =
+                match std::fs::read_to_string(dir.join("manifest.json"))
+                    .ok()
+                    .and_then(|t| serde_json::from_str(&t).ok())
+                {
+                    Some(m) => m,
+                    None => return Err(e),
+                };
+            println!("{} (shard directory)", dir.display());
+            println!("  shards: {}", manifest.n_shards);
+            println!("  cells: {}", manifest.total_cells);
+            println!("  cells per shard: {:?}", manifest.shard_sizes);
+            println!("  genes: unknown without its vocabulary ({e})");
+            return Ok(());
+        }
+    };
+    let cells: usize = shards.iter().map(|r| r.n_obs()).sum();
+    let stored: u64 = shards.iter().map(|r| r.x_info().nnz).sum();
+    let genes = shards.first().map_or(0, |r| r.n_vars());
+    println!("{} (shard directory)", dir.display());
+    println!("  shards: {}", shards.len());
+    println!("  cells: {cells}");
+    println!("  vocabulary genes: {genes}");
+    println!("  stored values: {stored}");
+    for r in &shards {
+        println!("    {}: {} cells", r.path().display(), r.n_obs());
+    }
+    Ok(())
+}
+
 fn inspect_one(path: &PathBuf) -> data::Result<()> {
     if path
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("slp"))
     {
         return inspect_slp(path);
+    }
+    if path.join("manifest.json").is_file() {
+        return inspect_shards(path);
     }
     let r = anndata::open(path)?;
     let x = r.x_info();

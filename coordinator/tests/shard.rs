@@ -94,6 +94,16 @@ fn conversion_is_byte_identical_to_scmodelforges() {
         std::fs::read(fixture().join("vocab.json")).unwrap()
     );
     assert!(!out.join("shard_003").exists());
+
+    let o = coordinator(&["data", "inspect", s(&out)]);
+    assert!(o.status.success(), "{}", describe(&o));
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains("shards: 3")
+            && text.contains("cells: 40")
+            && text.contains("vocabulary genes: 200"),
+        "{text}"
+    );
 }
 
 #[test]
