@@ -327,3 +327,75 @@ fn bad_requests_are_refused_and_nothing_is_overwritten() {
         .collect();
     assert_eq!(left, vec!["existing.h5ad".to_string()]);
 }
+
+#[test]
+fn raw_obsm_and_uns_are_carried_and_gene_indexed_parts_only_without_hvg() {
+    let python = match std::env::var_os("ANVIL_PYTHON") {
+        Some(p) => p,
+        None if std::env::var_os("CI").is_some() => {
+            panic!("ANVIL_PYTHON is not set in CI: run the tests through scripts/test.sh")
+        }
+        None => {
+            eprintln!(
+                "\n*** SKIPPED: making an AnnData file with raw, layers and obsm needs \
+                 ANVIL_PYTHON (a Python with anndata) ***\n"
+            );
+            return;
+        }
+    };
+    let dir = scratch("carried");
+    let input = dir.join("rich.h5ad");
+    let make = format!(
+        r#"
+import anndata, numpy as np
+anndata.settings.allow_write_nullable_strings = True
+a = anndata.read_h5ad({src:?})
+a.raw = a.copy()
+a.layers["counts"] = a.X.copy()
+a.obsm["X_pca"] = np.arange(a.n_obs * 3, dtype=np.float32).reshape(a.n_obs, 3)
+a.uns["note"] = "kept"
+a.write_h5ad({out:?})
+"#,
+        src = s(&pbmc()),
+        out = s(&input),
+    );
+    let py = Command::new(&python).arg("-c").arg(make).output().unwrap();
+    assert!(py.status.success(), "{}", describe(&py));
+
+    let all = dir.join("all.h5ad");
+    let o = preprocess(&["--input", s(&input), "--output", s(&all)]);
+    assert!(o.status.success(), "{}", describe(&o));
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("not carried"));
+    let hvg = dir.join("hvg.h5ad");
+    let o = preprocess(&["--input", s(&input), "--output", s(&hvg), "--hvg", "100"]);
+    assert!(o.status.success(), "{}", describe(&o));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("not carried: layers (counts)"), "{stdout}");
+
+    let check = format!(
+        r#"
+import anndata, numpy as np
+src = anndata.read_h5ad({src:?})
+for path, genes, layers in (({all:?}, src.n_vars, ["counts"]), ({hvg:?}, 100, [])):
+    a = anndata.read_h5ad(path)
+    assert a.n_vars == genes, (path, a.n_vars)
+    assert a.raw is not None and a.raw.shape == src.raw.shape, path
+    assert (a.raw.X != src.raw.X).nnz == 0, path
+    assert np.array_equal(a.obsm["X_pca"], src.obsm["X_pca"]), path
+    assert a.uns["note"] == "kept", path
+    assert "log1p" in a.uns, path
+    assert list(a.layers.keys()) == layers, (path, list(a.layers.keys()))
+    assert a.obs.equals(src.obs), path
+print("ok")
+"#,
+        src = s(&input),
+        all = s(&all),
+        hvg = s(&hvg),
+    );
+    let py = Command::new(&python).arg("-c").arg(check).output().unwrap();
+    assert!(
+        py.status.success(),
+        "anndata check failed:\n{}",
+        describe(&py)
+    );
+}

@@ -3,8 +3,8 @@
 //! selection applied to X with the same arithmetic as training's on-the-fly preprocessing
 //! ([`crate::preprocess`]), the genes restricted to the highly variable ones.
 //!
-//! What scanpy keeps, this keeps: `obs`, `obsm`, `obsp` and `uns` are copied as they are; `var`,
-//! `varm`, `varp` and `layers` too when every gene stays. With highly variable genes `var` is
+//! What scanpy keeps, this keeps: `obs`, `obsm`, `obsp`, `uns`, `raw` and any other member are
+//! copied as they are; `var`, `varm`, `varp` and `layers` too when every gene stays. With highly variable genes `var` is
 //! rewritten for the kept genes, with scanpy's `highly_variable`, `means`, `dispersions` and
 //! `dispersions_norm` columns; `varm`, `varp` and `layers` are then not carried, and the
 //! summary says so. `uns["log1p"]` and `uns["hvg"]` are recorded as scanpy records them.
@@ -200,17 +200,22 @@ fn write_output(
     let mut not_carried = Vec::new();
     let mut warnings = Vec::new();
     let every_gene = n_kept == var_names.len();
-    let copied: &[&str] = if every_gene {
-        &[
-            "obs", "obsm", "obsp", "uns", "var", "varm", "varp", "layers",
-        ]
-    } else {
-        &["obs", "obsm", "obsp", "uns"]
-    };
-    for &name in copied {
-        if src.link_exists(name) {
-            copy_member(&src, &file, name, input, &out)?;
-        } else if name != "var" {
+    // Indexed by the input's genes: rewritten (var) or left out when genes are dropped.
+    let by_gene = ["var", "varm", "varp", "layers"];
+    let members = src.member_names().map_err(|source| DataError::Hdf5 {
+        path: input.to_path_buf(),
+        object: "/".into(),
+        source,
+    })?;
+    // Everything else (obs, obsm, obsp, uns, raw, ...) is carried as it is.
+    for name in &members {
+        if name == "X" || (!every_gene && by_gene.contains(&name.as_str())) {
+            continue;
+        }
+        copy_member(&src, &file, name, input, &out)?;
+    }
+    for name in ["obsm", "obsp", "uns", "layers", "varm", "varp"] {
+        if !file.link_exists(name) {
             out.dict(&file, name)?;
         }
     }
@@ -226,7 +231,6 @@ fn write_output(
                     members.join(", ")
                 ));
             }
-            out.dict(&file, name)?;
         }
         let (index, columns) = subset_var(var_names, keep, var_columns, hvg, &mut not_carried);
         let var = file.create_group("var").map_err(out.err("var"))?;

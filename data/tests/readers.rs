@@ -131,6 +131,24 @@ fn var_index_named_by_attribute() {
     check_file("csr_named_index.h5ad", XEncoding::Csr, "float32", "none");
 }
 
+/// pandas' string dtype (the default since pandas 3): anndata writes the indices, string
+/// columns and categories as nullable-string-array groups.
+#[test]
+fn nullable_strings_as_pandas_3_writes_them() {
+    check_file(
+        "csr_f32_nullable_strings.h5ad",
+        XEncoding::Csr,
+        "float32",
+        "none",
+    );
+    check_file(
+        "csr_f32_nullable_strings.zarr",
+        XEncoding::Csr,
+        "float32",
+        "blosc",
+    );
+}
+
 #[test]
 fn pbmc68k_reads() {
     let path =

@@ -326,6 +326,24 @@ impl H5adReader {
     }
 }
 
+/// A string array stored as a dataset, or as anndata's `nullable-string-array` group (`values`
+/// plus a `mask`; pandas' string dtype, the default since pandas 3), missing entries empty.
+fn read_string_elem(parent: &hdf5::Group, name: &str) -> hdf5::Result<Vec<String>> {
+    if let Ok(ds) = parent.dataset(name) {
+        return read_strings(&ds);
+    }
+    let g = parent.group(name)?;
+    let mut values = read_strings(&g.dataset("values")?)?;
+    if let Ok(mask) = g.dataset("mask").and_then(|d| read_bools(&d)) {
+        for (v, missing) in values.iter_mut().zip(mask) {
+            if missing {
+                v.clear();
+            }
+        }
+    }
+    Ok(values)
+}
+
 fn read_var_names(path: &Path, file: &File) -> Result<Vec<String>> {
     let var = file.group("var").map_err(|_| {
         DataError::invalid(path, "var", "no var dataframe (gene names) in this file")
@@ -338,10 +356,7 @@ fn read_var_names(path: &Path, file: &File) -> Result<Vec<String>> {
             "gene-name index named by var's '_index' attribute is missing",
         ));
     }
-    let ds = var
-        .dataset(&index_name)
-        .map_err(h5(path, &format!("var/{index_name}")))?;
-    read_strings(&ds).map_err(|e| {
+    read_string_elem(&var, &index_name).map_err(|e| {
         DataError::invalid(
             path,
             format!("var/{index_name}"),
@@ -735,7 +750,11 @@ fn obs_kind(obs: &hdf5::Group, name: &str) -> ObsKind {
             };
             match str_attr(&g, "encoding-type").as_deref() {
                 Some("categorical") => {
-                    let n = g.dataset("categories").map(|d| d.size()).unwrap_or(0);
+                    let n = g
+                        .dataset("categories")
+                        .or_else(|_| g.dataset("categories/values"))
+                        .map(|d| d.size())
+                        .unwrap_or(0);
                     ObsKind::Categorical { n_categories: n }
                 }
                 Some("nullable-integer") => ObsKind::Numeric {
@@ -790,24 +809,26 @@ fn read_obs_column(path: &Path, obs: &hdf5::Group, name: &str, object: &str) -> 
                 .dataset("codes")
                 .and_then(|d| d.read_raw::<i32>())
                 .map_err(h5(path, &format!("{object}/codes")))?;
-            let cats_ds = g
-                .dataset("categories")
-                .map_err(h5(path, &format!("{object}/categories")))?;
-            let categories = match dtype_name(&cats_ds).as_str() {
-                "string" => {
-                    read_strings(&cats_ds).map_err(h5(path, &format!("{object}/categories")))?
-                }
-                "bool" => read_bools(&cats_ds)
-                    .map_err(h5(path, &format!("{object}/categories")))?
-                    .into_iter()
-                    .map(|b| b.to_string())
-                    .collect(),
-                _ => cats_ds
-                    .read_raw::<f64>()
-                    .map_err(h5(path, &format!("{object}/categories")))?
-                    .into_iter()
-                    .map(|x| x.to_string())
-                    .collect(),
+            let cats_object = format!("{object}/categories");
+            let categories = match g.dataset("categories") {
+                // pandas' string dtype: a nullable-string-array group.
+                Err(_) => read_string_elem(&g, "categories").map_err(h5(path, &cats_object))?,
+                Ok(cats_ds) => match dtype_name(&cats_ds).as_str() {
+                    "string" => {
+                        read_strings(&cats_ds).map_err(h5(path, &format!("{object}/categories")))?
+                    }
+                    "bool" => read_bools(&cats_ds)
+                        .map_err(h5(path, &format!("{object}/categories")))?
+                        .into_iter()
+                        .map(|b| b.to_string())
+                        .collect(),
+                    _ => cats_ds
+                        .read_raw::<f64>()
+                        .map_err(h5(path, &format!("{object}/categories")))?
+                        .into_iter()
+                        .map(|x| x.to_string())
+                        .collect(),
+                },
             };
             if let Some(&c) = codes.iter().find(|&&c| c >= categories.len() as i32) {
                 return Err(bad(format!(

@@ -164,7 +164,9 @@ impl ZarrReader {
             let var = Group::open(store.clone(), "/var")
                 .map_err(|e| bad(path, "var", format!("no var dataframe: {e}")))?;
             let idx = attr_str(var.attributes(), "_index").unwrap_or_else(|| "_index".into());
-            let arr = open_array(path, &store, &format!("/var/{idx}"))?;
+            // A plain string array, or a nullable-string-array group (pandas' string dtype).
+            let arr = open_array(path, &store, &format!("/var/{idx}"))
+                .or_else(|_| open_array(path, &store, &format!("/var/{idx}/values")))?;
             read_strings(path, &arr)?
         };
         let (x, info, n_obs, n_vars) = if path.join("X").join(".zarray").exists()
@@ -367,6 +369,9 @@ impl ZarrReader {
             Ok(g) => match attr_str(g.attributes(), "encoding-type").as_deref() {
                 Some("categorical") => {
                     let n = Array::open(self.store.clone(), &format!("{node}/categories"))
+                        .or_else(|_| {
+                            Array::open(self.store.clone(), &format!("{node}/categories/values"))
+                        })
                         .map(|a| len1(&a) as usize)
                         .unwrap_or(0);
                     ObsKind::Categorical { n_categories: n }
@@ -541,7 +546,10 @@ impl AnnDataReader for ZarrReader {
             ObsKind::Categorical { .. } => {
                 let codes_arr = open_array(p, &self.store, &format!("{node}/codes"))?;
                 let codes: Vec<i32> = read_num(p, &codes_arr, 0..len1(&codes_arr), |x| x as i32)?;
-                let cats_arr = open_array(p, &self.store, &format!("{node}/categories"))?;
+                let cats_arr =
+                    open_array(p, &self.store, &format!("{node}/categories")).or_else(|_| {
+                        open_array(p, &self.store, &format!("{node}/categories/values"))
+                    })?;
                 let categories = match read_all::<String>(&cats_arr) {
                     Ok(v) => v,
                     Err(_) => read_num(p, &cats_arr, 0..len1(&cats_arr), |x| x)?
