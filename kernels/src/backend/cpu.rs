@@ -129,6 +129,33 @@ impl<T: Float> Device<T> for Cpu {
             }
         }
     }
+    fn linear_backward_frozen_weight(
+        &self,
+        prec: Precision,
+        dx: &mut Vec<T>,
+        accumulate_dx: bool,
+        grads: &mut Vec<T>,
+        dy: &Vec<T>,
+        _x: &Vec<T>,
+        params: &Vec<T>,
+        w: ParamView,
+        b: Option<ParamView>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) {
+        ops::linear_backward_input(
+            prec,
+            dx,
+            accumulate_dx,
+            b.map(|b| &mut grads[b.range()]),
+            dy,
+            &params[w.range()],
+            n,
+            i,
+            o,
+        )
+    }
     fn layernorm_forward(
         &self,
         y: &mut Vec<T>,

@@ -129,6 +129,41 @@ pub trait Device<T: Float>: Send + Sync {
         o: usize,
     );
 
+    /// [`linear_backward`](Device::linear_backward) for a frozen weight (LoRA's base layers):
+    /// dx and db as there, dW not needed. A backend may skip dW's product (the CPU does); this
+    /// default computes the full backward, and the caller drops the frozen gradients anyway.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward_frozen_weight(
+        &self,
+        prec: Precision,
+        dx: &mut Self::Mem,
+        accumulate_dx: bool,
+        grads: &mut Self::Mem,
+        dy: &Self::Mem,
+        x: &Self::Mem,
+        params: &Self::Mem,
+        w: ParamView,
+        b: Option<ParamView>,
+        n: usize,
+        i: usize,
+        o: usize,
+    ) {
+        self.linear_backward(
+            prec,
+            Some(dx),
+            accumulate_dx,
+            grads,
+            dy,
+            x,
+            params,
+            w,
+            b,
+            n,
+            i,
+            o,
+        )
+    }
+
     // ---- normalization ----------------------------------------------------------------------
 
     #[allow(clippy::too_many_arguments)]

@@ -40,6 +40,8 @@ pub struct TransformerEncoderLayer {
     pub linear2: Linear,
     /// LoRA adapters on the layer's linear layers (none unless a fine-tuning run attaches them).
     pub lora: LayerLora,
+    /// The linear layers' weights do not train (LoRA): backward skips their dW products.
+    pub frozen_weights: bool,
 }
 
 /// The LoRA adapters of one encoder layer, by the module they adapt.
@@ -134,7 +136,29 @@ impl TransformerEncoderLayer {
             linear1,
             linear2,
             lora: LayerLora::default(),
+            frozen_weights: false,
         })
+    }
+
+    /// One linear layer's backward: dx always; dW unless the weights are frozen.
+    #[allow(clippy::too_many_arguments)]
+    fn linear_backward<T: Float, D: Device<T>>(
+        &self,
+        lin: &Linear,
+        dev: &D,
+        params: &D::Mem,
+        grads: &mut D::Mem,
+        x: &D::Mem,
+        dy: &D::Mem,
+        dx: &mut D::Mem,
+        n: usize,
+    ) {
+        let prec = self.cfg.precision;
+        if self.frozen_weights {
+            lin.backward_frozen_weight(dev, prec, params, grads, x, dy, dx, n);
+        } else {
+            lin.backward(dev, prec, params, grads, x, dy, Some(dx), false, n);
+        }
     }
 
     fn attn_shape(&self, batch: usize, seq: usize) -> AttnShape {
@@ -281,15 +305,14 @@ impl TransformerEncoderLayer {
         // Feed-forward branch: y = x₁ + drop2(linear2(drop(act(linear1(norm2(x₁)))))).
         dev.copy(&mut a.s_e1, dout);
         dev.dropout_backward(&mut a.s_e1, p, key.site(SITE_DROPOUT2));
-        self.linear2.backward(
+        self.linear_backward(
+            &self.linear2,
             dev,
-            prec,
             params,
             grads,
             &a.ffa,
             &a.s_e1,
-            Some(&mut a.s_f1),
-            false,
+            &mut a.s_f1,
             n,
         );
         if let Some(l) = &self.lora.linear2 {
@@ -298,15 +321,14 @@ impl TransformerEncoderLayer {
         }
         dev.dropout_backward(&mut a.s_f1, p, key.site(SITE_FF));
         dev.activation_backward(self.cfg.activation, &mut a.s_f2, &a.s_f1, &a.ff1);
-        self.linear1.backward(
+        self.linear_backward(
+            &self.linear1,
             dev,
-            prec,
             params,
             grads,
             &a.h2,
             &a.s_f2,
-            Some(&mut a.s_e2),
-            false,
+            &mut a.s_e2,
             n,
         );
         if let Some(l) = &self.lora.linear1 {
@@ -321,15 +343,14 @@ impl TransformerEncoderLayer {
         // Attention branch: x₁ = x + drop1(out_proj(attn(in_proj(norm1(x))))).
         dev.copy(&mut a.s_e1, &a.dx1);
         dev.dropout_backward(&mut a.s_e1, p, key.site(SITE_DROPOUT1));
-        sa.out_proj.backward(
+        self.linear_backward(
+            &sa.out_proj,
             dev,
-            prec,
             params,
             grads,
             &a.attn,
             &a.s_e1,
-            Some(&mut a.s_e2),
-            false,
+            &mut a.s_e2,
             n,
         );
         if let Some(l) = &self.lora.out_proj {
@@ -349,15 +370,14 @@ impl TransformerEncoderLayer {
         let opts = self.attn_opts(a.key_pad.as_deref(), key);
         let s = self.attn_shape(b, t);
         dev.attention_backward(&mut a.s_qkv, &a.s_e2, &a.attn, &a.lse, &a.qkv, s, &opts);
-        sa.in_proj.backward(
+        self.linear_backward(
+            &sa.in_proj,
             dev,
-            prec,
             params,
             grads,
             &a.h1,
             &a.s_qkv,
-            Some(&mut a.s_e2),
-            false,
+            &mut a.s_e2,
             n,
         );
         dev.copy(dx, &a.dx1);

@@ -71,6 +71,36 @@ impl Linear {
             o,
         )
     }
+
+    /// The backward with this layer's weight frozen (LoRA): dx and db, no dW.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_frozen_weight<T: Float, D: Device<T>>(
+        &self,
+        dev: &D,
+        prec: Precision,
+        params: &D::Mem,
+        grads: &mut D::Mem,
+        x: &D::Mem,
+        dy: &D::Mem,
+        dx: &mut D::Mem,
+        n: usize,
+    ) {
+        let (i, o) = (self.in_features, self.out_features);
+        dev.linear_backward_frozen_weight(
+            prec,
+            dx,
+            false,
+            grads,
+            dy,
+            x,
+            params,
+            self.weight,
+            self.bias,
+            n,
+            i,
+            o,
+        )
+    }
 }
 
 /// A [`Linear`] with bias over [rows, in] that keeps its input (and output `y`) from the last

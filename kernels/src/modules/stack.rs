@@ -143,6 +143,8 @@ impl<M> Stack<M> {
                 *slot = Some(adapter);
                 adapted.push(module);
             }
+            // Under LoRA every base weight is frozen: backward needs only their dx.
+            layer.frozen_weights = true;
             self.eval_layers[i].lora = layer.lora.eval();
         }
         let unmatched: Vec<&str> = spec

@@ -312,6 +312,38 @@ pub fn linear_backward<T: Float>(
     }
 }
 
+/// The backward of a linear layer whose weight is frozen: dx = dy·W (written, or added with
+/// `accumulate_dx`) and db += Σ dy; no dW.
+#[allow(clippy::too_many_arguments)]
+pub fn linear_backward_input<T: Float>(
+    prec: Precision,
+    dx: &mut [T],
+    accumulate_dx: bool,
+    db: Option<&mut [T]>,
+    dy: &[T],
+    w: &[T],
+    n: usize,
+    i: usize,
+    o: usize,
+) {
+    let dy = &dy[..n * o];
+    matmul(
+        prec,
+        &mut dx[..n * i],
+        dy,
+        false,
+        &w[..o * i],
+        false,
+        n,
+        i,
+        o,
+        accumulate_dx,
+    );
+    if let Some(db) = db {
+        bias_backward(db, dy, n, o);
+    }
+}
+
 /// Writes the bias into every row: y[n,:] = b  (the GEMM then accumulates on top).
 pub fn add_bias_fill<T: Float>(y: &mut [T], b: &[T], o: usize) {
     let rows_per = (PAR_CHUNK / o.max(1)).max(1) * o;
