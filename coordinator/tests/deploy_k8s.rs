@@ -4,6 +4,8 @@
 //! example (deploy/kubernetes/anvil.yaml) is what the command renders today, and `coordinator
 //! data wait` (the coordinator pod's init container) waits for complete data.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -145,23 +147,8 @@ fn mount<'a>(job: &'a Value, c: &Value, volume: &str) -> (&'a Value, String) {
 // ---------------------------------------------------------------------------------------------
 // (a) The Kubernetes API schemas, offline.
 
-/// The interpreter of scripts/install-deps.sh's venv; None (after saying so) when unset outside
-/// CI.
 fn python() -> Option<PathBuf> {
-    match std::env::var_os("ANVIL_PYTHON") {
-        Some(p) => Some(PathBuf::from(p)),
-        None if std::env::var_os("CI").is_some() => {
-            panic!("ANVIL_PYTHON is not set in CI: run the tests through scripts/test.sh")
-        }
-        None => {
-            eprintln!(
-                "\n*** SKIPPED: the Kubernetes schema check needs ANVIL_PYTHON (a Python with \
-                 kubernetes-validate); run scripts/test.sh, or bash scripts/install-deps.sh and \
-                 ANVIL_PYTHON=/var/tmp/anvil-venv/bin/python cargo test ... ***\n"
-            );
-            None
-        }
-    }
+    common::python("kubernetes-validate")
 }
 
 /// Strict validation against Kubernetes `version`; Err with the validator's words.

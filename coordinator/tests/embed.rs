@@ -105,19 +105,8 @@ fn embed_writes_a_copy_anndata_reads() {
     assert_eq!(shape, vec![n_obs(&pbmc()), DIM]);
     assert!(values.iter().all(|v| v.is_finite()));
 
-    let python = match std::env::var_os("ANVIL_PYTHON") {
-        Some(p) => p,
-        None if std::env::var_os("CI").is_some() => {
-            panic!("ANVIL_PYTHON is not set in CI: run the tests through scripts/test.sh")
-        }
-        None => {
-            eprintln!(
-                "\n*** SKIPPED: reading the embedded file with anndata needs ANVIL_PYTHON (a \
-                 Python with anndata; scripts/install-deps.sh makes one): run scripts/test.sh, \
-                 or ANVIL_PYTHON=/var/tmp/anvil-venv/bin/python cargo test ... ***\n"
-            );
-            return;
-        }
+    let Some(python) = common::python("anndata") else {
+        return;
     };
     let script = format!(
         r#"

@@ -228,18 +228,8 @@ fn the_config_settings_apply_and_anndata_opens_the_result() {
         assert!((sum - 1000.0).abs() < 1e-2, "row sum {sum}");
     }
 
-    let python = match std::env::var_os("ANVIL_PYTHON") {
-        Some(p) => p,
-        None if std::env::var_os("CI").is_some() => {
-            panic!("ANVIL_PYTHON is not set in CI: run the tests through scripts/test.sh")
-        }
-        None => {
-            eprintln!(
-                "\n*** SKIPPED: reading the preprocessed file with anndata needs ANVIL_PYTHON \
-                 (a Python with anndata; scripts/install-deps.sh makes one) ***\n"
-            );
-            return;
-        }
+    let Some(python) = common::python("anndata") else {
+        return;
     };
     let script = format!(
         r#"
@@ -330,18 +320,8 @@ fn bad_requests_are_refused_and_nothing_is_overwritten() {
 
 #[test]
 fn raw_obsm_and_uns_are_carried_and_gene_indexed_parts_only_without_hvg() {
-    let python = match std::env::var_os("ANVIL_PYTHON") {
-        Some(p) => p,
-        None if std::env::var_os("CI").is_some() => {
-            panic!("ANVIL_PYTHON is not set in CI: run the tests through scripts/test.sh")
-        }
-        None => {
-            eprintln!(
-                "\n*** SKIPPED: making an AnnData file with raw, layers and obsm needs \
-                 ANVIL_PYTHON (a Python with anndata) ***\n"
-            );
-            return;
-        }
+    let Some(python) = common::python("anndata") else {
+        return;
     };
     let dir = scratch("carried");
     let input = dir.join("rich.h5ad");

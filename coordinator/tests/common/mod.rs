@@ -80,3 +80,23 @@ pub fn train_tiny_run(dir: &Path, training: &[&str]) {
         describe(&out)
     );
 }
+
+/// The Python of scripts/install-deps.sh's venv (ANVIL_PYTHON) for checks that need `what`
+/// (e.g. "anndata"); None, after saying the check is skipped, when unset outside CI. In CI an
+/// unset ANVIL_PYTHON is an error, so such checks never pass by skipping there.
+pub fn python(what: &str) -> Option<PathBuf> {
+    match std::env::var_os("ANVIL_PYTHON") {
+        Some(p) => Some(PathBuf::from(p)),
+        None if std::env::var_os("CI").is_some() => {
+            panic!("ANVIL_PYTHON is not set in CI: run the tests through scripts/test.sh")
+        }
+        None => {
+            eprintln!(
+                "\n*** SKIPPED: this check needs ANVIL_PYTHON (a Python with {what}); run \
+                 scripts/test.sh, or bash scripts/install-deps.sh and \
+                 ANVIL_PYTHON=/var/tmp/anvil-venv/bin/python cargo test ... ***\n"
+            );
+            None
+        }
+    }
+}

@@ -282,18 +282,7 @@ pub fn linear_backward<T: Float>(
 ) {
     let dy = &dy[..n * o];
     if let Some(dx) = dx {
-        matmul(
-            prec,
-            &mut dx[..n * i],
-            dy,
-            false,
-            &w[..o * i],
-            false,
-            n,
-            i,
-            o,
-            accumulate_dx,
-        );
+        linear_backward_input(prec, dx, accumulate_dx, None, dy, w, n, i, o);
     }
     matmul(
         prec,
