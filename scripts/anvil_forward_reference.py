@@ -2,14 +2,14 @@
 """PyTorch forward pass of an anvil `transformer_encoder` checkpoint, to check anvil's cell
 embeddings against (BENCHMARKS.md, "Why the pretrained embedding was constant").
 
-Reads CHECKPOINT/model.safetensors and CHECKPOINT/vocab.json, tokenizes every cell of DATA as
-anvil's rank_value tokenizer does (library-size normalization to 1e4, log1p, expressed genes by
-descending value with ties in column order, [CLS] first with value 0, max_genes tokens), builds
-the same network from torch modules (gene + position embedding + expression projection,
-pre-norm nn.TransformerEncoderLayer x L with GELU and ε 1e-5, the final `encoder.norm`) and
-pools [CLS] (or the mean over real tokens with `--mean`). Prints the largest difference to
-EMBEDDED's obsm["X_anvil"] (written by `coordinator embed` from the same checkpoint), and how
-much of the [CLS] row before the final norm is the same for every cell.
+Reads CHECKPOINT/model.safetensors, vocab.json and config.yaml (the head count), tokenizes
+every cell of DATA as anvil's rank_value tokenizer does (library-size normalization to 1e4,
+log1p, expressed genes by descending value with ties in column order, [CLS] first with value 0,
+max_genes tokens), builds the same network from torch modules (gene + position embedding +
+expression projection, pre-norm nn.TransformerEncoderLayer x L with GELU and ε 1e-5, the final
+`encoder.norm`) and pools [CLS] (or the mean over real tokens with `--mean`). Prints the
+largest difference to EMBEDDED's obsm["X_anvil"] (written by `coordinator embed` from the same
+checkpoint), and how much of the [CLS] row before the final norm is the same for every cell.
 
 Usage: python scripts/anvil_forward_reference.py CHECKPOINT DATA.h5ad EMBEDDED.h5ad [--mean]"""
 import json
@@ -21,6 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn as nn
+import yaml
 
 torch.set_num_threads(1)
 CLS = 3
@@ -78,7 +79,7 @@ def main():
     w = load_safetensors(f"{ckpt}/model.safetensors")
     genes = json.load(open(f"{ckpt}/vocab.json"))["genes"]
     layers = len({k.split(".")[2] for k in w if k.startswith("encoder.layers.")})
-    heads = 4
+    heads = yaml.safe_load(open(f"{ckpt}/config.yaml"))["model"]["num_heads"]
     max_len = w["position_embedding.weight"].shape[0]
     stack, norm = build(w, layers, heads)
     cells = tokenize(anndata.read_h5ad(data), genes, max_len)
