@@ -147,4 +147,22 @@ mod tests {
         cfg.eval.benchmarks.push(spec("knn_probe", &[]));
         assert!(unsupported(&cfg).unwrap().contains("knn_probe"));
     }
+
+    #[test]
+    fn shards_are_refused_where_labels_are_needed() {
+        // Pretraining from shards is fine.
+        let mut cfg = ScModelForgeConfig::default();
+        cfg.data.shards.enabled = true;
+        assert_eq!(unsupported(&cfg), None);
+        // The in-training assessment needs obs labels.
+        cfg.eval.benchmarks = vec![spec("linear_probe", &[])];
+        assert!(unsupported(&cfg)
+            .unwrap()
+            .contains("shard directories do not carry"));
+        // So does fine-tuning.
+        cfg.eval.benchmarks.clear();
+        cfg.finetune = Some(Default::default());
+        let why = unsupported(&cfg).unwrap();
+        assert!(why.starts_with("data.shards.enabled"), "{why}");
+    }
 }
