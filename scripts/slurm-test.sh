@@ -17,7 +17,8 @@ cargo build --release -q -p coordinator -p worker
 bin=${CARGO_TARGET_DIR:-$repo/target}/release
 bash scripts/slurm-local.sh start "$work/slurm"
 export SLURM_CONF=$work/slurm/slurm.conf
-trap 'bash "$repo/scripts/slurm-local.sh" stop "$work/slurm"' EXIT
+# Stop the cluster always; keep the job directory only when a check failed, to read its logs.
+trap 'bash "$repo/scripts/slurm-local.sh" stop "$work/slurm"; [ "${passed:-}" = 1 ] && rm -rf "$work" || echo "kept $work" >&2' EXIT
 mkdir -p "$work/jobs" && cd "$work/jobs"
 ln -s "$repo/configs" configs && ln -s "$repo/data" data
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -65,4 +66,5 @@ grep -q '"status": *"preempted"' "runs/slurm-$c/run.json" || fail "job $c wrote 
 [ -d "runs/slurm-$c/checkpoints/last" ] || fail "job $c has no last checkpoint"
 
 if pgrep -f "$bin/(coordinator|worker)" >/dev/null; then fail "anvil processes left running"; fi
+passed=1
 echo "slurm: 4 passed, 0 failed"

@@ -6,6 +6,11 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export ANVIL_PYTHON="${ANVIL_VENV:-/var/tmp/anvil-venv}/bin/python"
 source scripts/cuda-env.sh
+# The suites write their run directories under the system temp dir; give them a private one that
+# goes away when everything passed (kept, and named, when something failed).
+TMPDIR=$(mktemp -d "${TMPDIR:-/tmp}/anvil-tests.XXXXXX")
+export TMPDIR
+trap '[ "${passed:-}" = 1 ] && rm -rf "$TMPDIR" || echo "test files kept in $TMPDIR" >&2' EXIT
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --release
@@ -26,3 +31,4 @@ elif [ -n "${CI:-}" ]; then
 else
   echo "SKIPPED: scripts/slurm-test.sh (the real Slurm test) needs root or passwordless sudo" >&2
 fi
+passed=1
