@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use kernels::modules::{EncoderLayerConfig, TransformerEncoderLayer};
-use kernels::ops::{matmul, Activation};
+use kernels::ops::{matmul, Activation, SeqLayout};
 use kernels::rng::RngKey;
 use kernels::{Cpu, ParamLayout, Precision};
 
@@ -132,16 +132,16 @@ fn layer_bench(s: &Shape, iters: usize, dropout: f64) -> f64 {
     let (b, t, e) = (s.batch, s.seq, s.d_model);
     let x = fill(b * t * e, 4);
     let r = fill(b * t * e, 5);
-    let pad = vec![false; b * t];
+    let seqs = SeqLayout::packed(vec![t; b]);
     let mut dx = vec![0.0f32; b * t * e];
-    let mut acts = layer.alloc_acts(&dev, b, t);
+    let mut acts = layer.alloc_acts(&dev);
     let mut step = 0u64;
     let mut fwd_s = f64::INFINITY;
     let secs = best_of(iters, || {
         step += 1;
         let key = RngKey::new(0, step, 0);
         let t0 = Instant::now();
-        if let Err(e) = layer.forward(&dev, &params, &mut acts, &x, Some(&pad), key) {
+        if let Err(e) = layer.forward(&dev, &params, &mut acts, &x, &seqs, key) {
             panic!("forward: {e}");
         }
         fwd_s = fwd_s.min(t0.elapsed().as_secs_f64());

@@ -299,6 +299,7 @@ fn attention_backward_matches_fd() {
     ] {
         let o = AttnOpts {
             key_pad: with_pad.then_some(&pad[..]),
+            packed: None,
             causal,
             dropout,
             key: RngKey::new(5, 6, 7),
@@ -325,6 +326,117 @@ fn attention_backward_matches_fd() {
         attn_fwd(&qkv, s, &o).0,
         attn_fwd(&qkv, s, &AttnOpts::default()).0
     );
+}
+
+/// Packed sequences `lens` as (layout, padded key mask of [B, max], packed row → padded row).
+fn packed_case(
+    lens: &[usize],
+    heads: usize,
+    head_dim: usize,
+) -> (SeqLayout, Vec<bool>, Vec<usize>) {
+    let layout = SeqLayout::packed(lens.iter().copied());
+    let t = layout.attn_shape(heads, head_dim).seq;
+    let (mut pad, mut rows) = (vec![true; lens.len() * t], Vec::new());
+    for (b, &l) in lens.iter().enumerate() {
+        for j in 0..l {
+            pad[b * t + j] = false;
+            rows.push(b * t + j);
+        }
+    }
+    (layout, pad, rows)
+}
+
+#[test]
+fn packed_attention_matches_naive_and_fd() {
+    // 150 spans three query blocks; an empty sequence in between.
+    let (layout, pad, rows) = packed_case(&[150, 0, 37, 64], 2, 4);
+    let s = layout.attn_shape(2, 4);
+    let (n, e) = (layout.rows(), s.embed());
+    let qkv = rand(n * 3 * e, 33);
+    let mut qkv_padded = vec![0.0; s.batch * s.seq * 3 * e];
+    crate::ops::scatter_rows(&mut qkv_padded, &qkv, &rows, 3 * e, false);
+    for causal in [false, true] {
+        let o = AttnOpts {
+            packed: layout.masks().1,
+            causal,
+            ..Default::default()
+        };
+        let mut out = vec![0.0; n * e];
+        let mut lse = vec![0.0; n * s.heads];
+        attention_forward(&mut out, &mut lse, &qkv, s, &o);
+        let want = naive_attention(&qkv_padded, s, Some(&pad), causal);
+        let mut want_packed = vec![0.0; n * e];
+        crate::ops::gather_rows(&mut want_packed, &want, &rows, e);
+        assert_close("packed attention", &out, &want_packed, 1e-12);
+    }
+    // Backward against finite differences, with and without dropout.
+    let (layout, _, _) = packed_case(&[4, 0, 3, 1], 2, 3);
+    let s = layout.attn_shape(2, 3);
+    let (n, e) = (layout.rows(), s.embed());
+    let qkv = rand(n * 3 * e, 43);
+    let r = rand(n * e, 44);
+    let fwd = |q: &[f64], o: &AttnOpts| {
+        let mut out = vec![0.0; n * e];
+        let mut lse = vec![0.0; n * s.heads];
+        attention_forward(&mut out, &mut lse, q, s, o);
+        (out, lse)
+    };
+    for (causal, dropout) in [(false, 0.0), (true, 0.0), (false, 0.3), (true, 0.3)] {
+        let o = AttnOpts {
+            packed: layout.masks().1,
+            causal,
+            dropout,
+            key: RngKey::new(5, 6, 7),
+            ..Default::default()
+        };
+        let (out, lse) = fwd(&qkv, &o);
+        let mut dqkv = vec![1.0; qkv.len()];
+        attention_backward(&mut dqkv, &r, &out, &lse, &qkv, s, &o);
+        let num = fd(&qkv, |q| dot(&fwd(q, &o).0, &r));
+        assert_close(
+            &format!("packed dqkv causal={causal} p={dropout}"),
+            &dqkv,
+            &num,
+            1e-6,
+        );
+    }
+}
+
+/// The route a device without a packed kernel takes (CUDA): through the padded kernel, which
+/// must give the native packed result, dropout masks included.
+#[test]
+fn packed_attention_through_the_padded_kernel_matches_native() {
+    use crate::backend::packed_attention::{backward_via_padding, forward_via_padding};
+    let (layout, _, _) = packed_case(&[77, 40, 0, 13], 2, 8);
+    let s = layout.attn_shape(2, 8);
+    let (n, e) = (layout.rows(), s.embed());
+    let qkv = rand(n * 3 * e, 53);
+    let dout = rand(n * e, 54);
+    for (causal, dropout) in [(false, 0.0), (true, 0.0), (false, 0.3), (true, 0.3)] {
+        let o = AttnOpts {
+            packed: layout.masks().1,
+            causal,
+            dropout,
+            key: RngKey::new(3, 4, 5),
+            ..Default::default()
+        };
+        let run = |via_padding: bool| {
+            let (mut out, mut lse) = (vec![0.0; n * e], vec![0.0; n * s.heads]);
+            let mut dqkv = vec![0.0; n * 3 * e];
+            if via_padding {
+                forward_via_padding(&Cpu, &mut out, &mut lse, &qkv, s, &o);
+                backward_via_padding(&Cpu, &mut dqkv, &dout, &out, &lse, &qkv, s, &o);
+            } else {
+                attention_forward(&mut out, &mut lse, &qkv, s, &o);
+                attention_backward(&mut dqkv, &dout, &out, &lse, &qkv, s, &o);
+            }
+            (out, lse, dqkv)
+        };
+        let (native, padded) = (run(false), run(true));
+        assert_close("out", &padded.0, &native.0, 1e-12);
+        assert_close("lse", &padded.1, &native.1, 1e-12);
+        assert_close("dqkv", &padded.2, &native.2, 1e-12);
+    }
 }
 
 #[test]
@@ -775,11 +887,16 @@ fn encoder_layer_backward_matches_fd() {
         let x = rand(b * t * e, 92);
         let r = rand(b * t * e, 93);
         let key = RngKey::new(1, 2, 0);
-        let mut acts = layer.alloc_acts(&dev, b, t);
+        let seqs = SeqLayout::Padded {
+            batch: b,
+            seq: t,
+            key_pad: Some(pad.clone()),
+        };
+        let mut acts = layer.alloc_acts(&dev);
         let loss =
             |p: &Vec<f64>, x: &Vec<f64>, acts: &mut crate::modules::EncoderActs<Vec<f64>>| {
                 layer
-                    .forward(&dev, p, acts, x, Some(&pad), key)
+                    .forward(&dev, p, acts, x, &seqs, key)
                     .expect("shapes match");
                 dot(&acts.out, &r)
             };
@@ -787,7 +904,7 @@ fn encoder_layer_backward_matches_fd() {
         let mut grads = vec![0.0; layout.total()];
         let mut dx = vec![0.0; b * t * e];
         layer.backward(&dev, &params, &mut grads, &mut acts, &r, &mut dx, key);
-        let mut acts2 = layer.alloc_acts(&dev, b, t);
+        let mut acts2 = layer.alloc_acts(&dev);
         let num_x = fd(&x, |xx| loss(&params, &xx.to_vec(), &mut acts2));
         assert_close("encoder dx", &dx, &num_x, 1e-6);
         let num_p = fd(&params, |pp| loss(&pp.to_vec(), &x, &mut acts2));
@@ -803,17 +920,23 @@ fn encoder_layer_rejects_bad_shapes() {
     let (layout, layer) = small_layer(Activation::Gelu, false, 0.0);
     let dev = Cpu;
     let params: Vec<f32> = layout.init_host(0);
-    let mut acts = layer.alloc_acts(&dev, 2, 5);
+    let mut acts = layer.alloc_acts(&dev);
     let key = RngKey::new(0, 0, 0);
+    let seqs = SeqLayout::packed([5, 5]);
     assert!(layer
-        .forward(&dev, &params, &mut acts, &vec![0.0f32; 10], None, key)
+        .forward(&dev, &params, &mut acts, &vec![0.0f32; 10], &seqs, key)
         .is_err());
     let x = vec![0.0f32; 80];
+    let short_mask = SeqLayout::Padded {
+        batch: 2,
+        seq: 5,
+        key_pad: Some(vec![false; 3]),
+    };
     assert!(layer
-        .forward(&dev, &params, &mut acts, &x, Some(&[false; 3]), key)
+        .forward(&dev, &params, &mut acts, &x, &short_mask, key)
         .is_err());
     assert!(layer
-        .forward(&dev, &params, &mut acts, &x, None, key)
+        .forward(&dev, &params, &mut acts, &x, &seqs, key)
         .is_ok());
     let mut l2 = ParamLayout::new();
     let mut cfg = layer.cfg;
@@ -837,13 +960,13 @@ fn f32_encoder_layer_agrees_with_f64() {
     let x32: Vec<f32> = x64.iter().map(|&v| v as f32).collect();
     let key = RngKey::new(4, 5, 6);
     let dev = Cpu;
-    let mut a64 = layer.alloc_acts(&dev, b, t);
-    let mut a32 = layer.alloc_acts(&dev, b, t);
+    let mut a64 = layer.alloc_acts(&dev);
+    let mut a32 = layer.alloc_acts(&dev);
     layer
-        .forward(&dev, &p64, &mut a64, &x64, None, key)
+        .forward(&dev, &p64, &mut a64, &x64, &SeqLayout::packed([t; 2]), key)
         .expect("ok");
     layer
-        .forward(&dev, &p32, &mut a32, &x32, None, key)
+        .forward(&dev, &p32, &mut a32, &x32, &SeqLayout::packed([t; 2]), key)
         .expect("ok");
     let o32: Vec<f64> = Device::<f32>::download(&dev, &a32.out)
         .iter()
@@ -873,10 +996,10 @@ fn bf16_mixed_encoder_layer_is_close_to_fp32() {
         let p: Vec<f32> = l.init_host(9);
         let x: Vec<f32> = rand(b * t * e, 111).iter().map(|&v| v as f32).collect();
         let dev = Cpu;
-        let mut acts = layer.alloc_acts(&dev, b, t);
+        let mut acts = layer.alloc_acts(&dev);
         let key = RngKey::new(0, 0, 0);
         layer
-            .forward(&dev, &p, &mut acts, &x, None, key)
+            .forward(&dev, &p, &mut acts, &x, &SeqLayout::packed([t; 2]), key)
             .expect("forward");
         let mut g = vec![0.0f32; l.total()];
         let mut dx = vec![0.0f32; x.len()];

@@ -10,7 +10,7 @@
 use kernels::backend::cuda::suite::{self, Case};
 use kernels::backend::cuda::Cuda;
 use kernels::ops::attention::AttnOpts;
-use kernels::ops::{Activation, AdamConfig, AttnShape};
+use kernels::ops::{Activation, AdamConfig, AttnShape, SeqLayout};
 use kernels::rng::RngKey;
 use kernels::{Cpu, Device, ParamView, Precision};
 
@@ -244,6 +244,7 @@ fn attention<D: Device<f32>>(
     pad[2 * s.seq + 5] = true;
     let o = AttnOpts {
         key_pad: Some(&pad),
+        packed: None,
         causal,
         dropout,
         key: RngKey::new(11, 3, 2),
@@ -255,6 +256,35 @@ fn attention<D: Device<f32>>(
     d.attention_forward(&mut out, &mut lse, &qkv, s, &o);
     let dout = d.upload(&rand(s.batch * s.seq * e, 18, 1.0));
     let mut dqkv = d.zeros(s.batch * s.seq * 3 * e);
+    d.attention_backward(&mut dqkv, &dout, &out, &lse, &qkv, s, &o);
+    vec![
+        ("out", d.download(&out)),
+        ("lse", d.download(&lse)),
+        ("dqkv", d.download(&dqkv)),
+    ]
+}
+
+/// Packed sequences (lengths 77, 40, 0, 13): the GPU runs them through its padded kernel, the
+/// CPU natively; the two agree, dropout masks included.
+fn attention_packed<D: Device<f32>>(d: &D, head_dim: usize, causal: bool, dropout: f64) -> Outputs {
+    let layout = SeqLayout::packed([77, 40, 0, 13]);
+    let s = layout.attn_shape(2, head_dim);
+    let (key_pad, packed) = layout.masks();
+    let o = AttnOpts {
+        key_pad,
+        packed,
+        causal,
+        dropout,
+        key: RngKey::new(12, 4, 1),
+        ..AttnOpts::default()
+    };
+    let (n, e) = (layout.rows(), s.embed());
+    let qkv = d.upload(&rand(n * 3 * e, 27, 1.5));
+    let mut out = d.zeros(n * e);
+    let mut lse = d.zeros(n * s.heads);
+    d.attention_forward(&mut out, &mut lse, &qkv, s, &o);
+    let dout = d.upload(&rand(n * e, 28, 1.0));
+    let mut dqkv = d.zeros(n * 3 * e);
     d.attention_backward(&mut dqkv, &dout, &out, &lse, &qkv, s, &o);
     vec![
         ("out", d.download(&out)),
@@ -441,6 +471,18 @@ fn cases() -> Vec<Case<'static>> {
                 )
             }));
         }
+    }
+    for (causal, dropout) in [(false, 0.0), (true, 0.1)] {
+        let name = format!(
+            "attention_packed_d32{}",
+            if causal { "_causal_dropout" } else { "" }
+        );
+        v.push(case(&name, 1e-4, move |g| {
+            (
+                attention_packed(&Cpu, 32, causal, dropout),
+                attention_packed(g, 32, causal, dropout),
+            )
+        }));
     }
     v.push(case("elementwise", 1e-5, |g| {
         (elementwise(&Cpu), elementwise(g))

@@ -5,6 +5,7 @@
 //! within 1e-5 (f32).
 
 use kernels::modules::{Activation, EncoderLayerConfig, LoraSpec, Stack};
+use kernels::ops::SeqLayout;
 use kernels::{Cpu, ParamLayout, Precision};
 use serde_json::Value;
 
@@ -73,8 +74,13 @@ fn adapted_forward_and_merged_weights_match_peft() {
         .iter()
         .map(|v| v.as_bool().expect("bool"))
         .collect();
+    let layout = SeqLayout::Padded {
+        batch: b,
+        seq: t,
+        key_pad: Some(pad.clone()),
+    };
     let y = stack
-        .forward(&Cpu, &params, &x, b, t, &pad, None)
+        .forward(&Cpu, &params, &x, &layout, None)
         .expect("forward")
         .clone();
     // Padded positions are not compared (PyTorch's output there is not defined the same way).

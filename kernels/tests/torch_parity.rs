@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use kernels::modules::{EncoderLayerConfig, TransformerEncoderLayer};
-use kernels::ops::Activation;
+use kernels::ops::{Activation, SeqLayout};
 use kernels::rng::RngKey;
 use kernels::{Cpu, Float, ParamLayout, Precision};
 
@@ -90,10 +90,15 @@ fn run<T: Float>(file: &str, act: Activation) {
     let to_t = |v: &[f32]| v.iter().map(|&v| T::from_f32(v)).collect::<Vec<T>>();
     let (x, r) = (to_t(x), to_t(&fx.get("r").1));
     let dev = Cpu;
-    let mut acts = layer.alloc_acts(&dev, b, t);
+    let mut acts = layer.alloc_acts(&dev);
     let key = RngKey::new(0, 0, 0);
+    let seqs = SeqLayout::Padded {
+        batch: b,
+        seq: t,
+        key_pad: Some(pad),
+    };
     layer
-        .forward(&dev, &params, &mut acts, &x, Some(&pad), key)
+        .forward(&dev, &params, &mut acts, &x, &seqs, key)
         .expect("forward");
     let loss: f64 = acts
         .out

@@ -31,6 +31,7 @@ pub mod cpu;
 mod cpu_conv;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+pub mod packed_attention;
 
 use std::borrow::Cow;
 use std::ops::Range;

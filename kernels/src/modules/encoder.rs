@@ -7,7 +7,7 @@ use super::lora::LoraAdapter;
 use super::norm::LayerNorm;
 use crate::backend::Device;
 use crate::ops::attention::AttnOpts;
-use crate::ops::{Activation, AttnShape};
+use crate::ops::{Activation, SeqLayout};
 use crate::params::ParamLayout;
 use crate::rng::RngKey;
 use crate::{Float, KernelError, Precision, Result};
@@ -63,10 +63,11 @@ impl LayerLora {
     }
 }
 
-/// Saved activations and backward scratch of one encoder layer for one (batch, seq) shape.
+/// Saved activations and backward scratch of one encoder layer, sized by the rows of the last
+/// forward's layout (resized, not reallocated, when the next batch has another size).
 pub struct EncoderActs<M> {
-    pub batch: usize,
-    pub seq: usize,
+    /// The last forward's layout (backward uses it again).
+    pub layout: SeqLayout,
     x: M,
     h1: M,
     mean1: M,
@@ -88,13 +89,49 @@ pub struct EncoderActs<M> {
     s_f1: M,
     s_f2: M,
     s_qkv: M,
-    key_pad: Option<Vec<bool>>,
 }
 
 impl<M> EncoderActs<M> {
-    pub fn shape(&self) -> (usize, usize) {
-        (self.batch, self.seq)
+    pub fn rows(&self) -> usize {
+        self.layout.rows()
     }
+
+    /// Every buffer with its per-row width (in units of d_model, ffn or heads).
+    fn buffers(&mut self) -> [(&mut M, Width); 20] {
+        use Width::*;
+        [
+            (&mut self.x, E),
+            (&mut self.h1, E),
+            (&mut self.mean1, One),
+            (&mut self.rstd1, One),
+            (&mut self.qkv, E3),
+            (&mut self.attn, E),
+            (&mut self.lse, Heads),
+            (&mut self.x1, E),
+            (&mut self.h2, E),
+            (&mut self.mean2, One),
+            (&mut self.rstd2, One),
+            (&mut self.ff1, F),
+            (&mut self.ffa, F),
+            (&mut self.out, E),
+            (&mut self.s_e1, E),
+            (&mut self.s_e2, E),
+            (&mut self.dx1, E),
+            (&mut self.s_f1, F),
+            (&mut self.s_f2, F),
+            (&mut self.s_qkv, E3),
+        ]
+    }
+}
+
+/// Per-row width of an activation buffer.
+#[derive(Clone, Copy)]
+enum Width {
+    One,
+    E,
+    E3,
+    F,
+    Heads,
 }
 
 // Dropout sites inside a layer, mixed into the layer's RNG key.
@@ -161,19 +198,12 @@ impl TransformerEncoderLayer {
         }
     }
 
-    fn attn_shape(&self, batch: usize, seq: usize) -> AttnShape {
-        AttnShape {
-            batch,
-            seq,
-            heads: self.cfg.nhead,
-            head_dim: self.cfg.d_model / self.cfg.nhead,
-        }
-    }
-
-    /// The self-attention's options for a padding mask and the layer's dropout key.
-    fn attn_opts<'a>(&self, key_pad: Option<&'a [bool]>, key: RngKey) -> AttnOpts<'a> {
+    /// The self-attention's options for a layout and the layer's dropout key.
+    fn attn_opts<'a>(&self, layout: &'a SeqLayout, key: RngKey) -> AttnOpts<'a> {
+        let (key_pad, packed) = layout.masks();
         AttnOpts {
             key_pad,
+            packed,
             causal: self.cfg.causal,
             dropout: self.cfg.dropout,
             key: key.site(SITE_ATTN),
@@ -181,80 +211,97 @@ impl TransformerEncoderLayer {
         }
     }
 
-    /// The activation arena for a (batch, seq) shape; reuse it for every batch of that shape.
-    pub fn alloc_acts<T: Float, D: Device<T>>(
-        &self,
-        dev: &D,
-        batch: usize,
-        seq: usize,
-    ) -> EncoderActs<D::Mem> {
-        let n = batch * seq;
-        let (e, f) = (self.cfg.d_model, self.cfg.dim_feedforward);
-        let z = |len: usize| dev.zeros(len);
+    /// An activation arena (empty until the first forward sizes it); reuse it for every batch.
+    pub fn alloc_acts<T: Float, D: Device<T>>(&self, dev: &D) -> EncoderActs<D::Mem> {
+        let z = || dev.zeros(0);
         EncoderActs {
-            batch,
-            seq,
-            x: z(n * e),
-            h1: z(n * e),
-            mean1: z(n),
-            rstd1: z(n),
-            qkv: z(n * 3 * e),
-            attn: z(n * e),
-            lse: z(n * self.cfg.nhead),
-            x1: z(n * e),
-            h2: z(n * e),
-            mean2: z(n),
-            rstd2: z(n),
-            ff1: z(n * f),
-            ffa: z(n * f),
-            out: z(n * e),
-            s_e1: z(n * e),
-            s_e2: z(n * e),
-            dx1: z(n * e),
-            s_f1: z(n * f),
-            s_f2: z(n * f),
-            s_qkv: z(n * 3 * e),
-            key_pad: None,
+            layout: SeqLayout::packed([]),
+            x: z(),
+            h1: z(),
+            mean1: z(),
+            rstd1: z(),
+            qkv: z(),
+            attn: z(),
+            lse: z(),
+            x1: z(),
+            h2: z(),
+            mean2: z(),
+            rstd2: z(),
+            ff1: z(),
+            ffa: z(),
+            out: z(),
+            s_e1: z(),
+            s_e2: z(),
+            dx1: z(),
+            s_f1: z(),
+            s_f2: z(),
+            s_qkv: z(),
         }
     }
 
-    /// Forward over x [B, T, E] (the arena's shape). `key_pad` is [B, T], true = padding.
-    /// `key` identifies (seed, step, layer) for the dropout masks. Output in `acts.out`.
+    /// Sizes `acts` for `layout` (keeping the buffers' memory when it shrinks).
+    fn fit_acts<T: Float, D: Device<T>>(
+        &self,
+        dev: &D,
+        acts: &mut EncoderActs<D::Mem>,
+        layout: &SeqLayout,
+    ) {
+        let n = layout.rows();
+        let (e, f, h) = (self.cfg.d_model, self.cfg.dim_feedforward, self.cfg.nhead);
+        if acts.rows() != n {
+            for (buf, w) in acts.buffers() {
+                let per_row = match w {
+                    Width::One => 1,
+                    Width::E => e,
+                    Width::E3 => 3 * e,
+                    Width::F => f,
+                    Width::Heads => h,
+                };
+                dev.resize(buf, n * per_row);
+            }
+        }
+        acts.layout = layout.clone();
+    }
+
+    /// Forward over x [rows, E] laid out as `layout` says (`acts` is sized to it). `key`
+    /// identifies (seed, step, layer) for the dropout masks. Output in `acts.out`.
     pub fn forward<T: Float, D: Device<T>>(
         &self,
         dev: &D,
         params: &D::Mem,
         acts: &mut EncoderActs<D::Mem>,
         x: &D::Mem,
-        key_pad: Option<&[bool]>,
+        layout: &SeqLayout,
         key: RngKey,
     ) -> Result<()> {
-        let (b, t) = acts.shape();
-        let n = b * t;
+        let n = layout.rows();
         let (e, p, prec) = (self.cfg.d_model, self.cfg.dropout, self.cfg.precision);
-        if dev.len(x) < n * e {
+        if dev.len(x) != n * e {
             return Err(KernelError::Shape {
                 op: "TransformerEncoderLayer",
-                detail: format!("input has {} values, expected {b}x{t}x{e}", dev.len(x)),
+                detail: format!("input has {} values, expected {n}x{e}", dev.len(x)),
             });
         }
-        if let Some(m) = key_pad {
+        if let SeqLayout::Padded {
+            key_pad: Some(m), ..
+        } = layout
+        {
             if m.len() != n {
                 return Err(KernelError::Shape {
                     op: "TransformerEncoderLayer",
-                    detail: format!("key padding mask has {} entries, expected {b}x{t}", m.len()),
+                    detail: format!("key padding mask has {} entries, expected {n}", m.len()),
                 });
             }
         }
-        acts.key_pad = key_pad.map(|m| m.to_vec());
+        self.fit_acts(dev, acts, layout);
         let a = acts;
         dev.copy(&mut a.x, x);
         let (n1, n2) = (&self.norm1, &self.norm2);
         n1.forward(dev, params, &a.x, &mut a.h1, &mut a.mean1, &mut a.rstd1, n);
         let sa = &self.self_attn;
         sa.in_proj.forward(dev, prec, params, &a.h1, &mut a.qkv, n);
-        let opts = self.attn_opts(a.key_pad.as_deref(), key);
-        let s = self.attn_shape(b, t);
+        let opts = self.attn_opts(&a.layout, key);
+        let s = a.layout.attn_shape(self.cfg.nhead, e / self.cfg.nhead);
         dev.attention_forward(&mut a.attn, &mut a.lse, &a.qkv, s, &opts);
         sa.out_proj
             .forward(dev, prec, params, &a.attn, &mut a.s_e1, n);
@@ -285,7 +332,7 @@ impl TransformerEncoderLayer {
     }
 
     /// Backward of the last forward on `acts`: accumulates parameter gradients into `grads`
-    /// and writes dx [B, T, E]. `dout` is consumed as scratch-free input (not modified).
+    /// and writes dx [rows, E]. `dout` is consumed as scratch-free input (not modified).
     #[allow(clippy::too_many_arguments)]
     pub fn backward<T: Float, D: Device<T>>(
         &self,
@@ -297,8 +344,7 @@ impl TransformerEncoderLayer {
         dx: &mut D::Mem,
         key: RngKey,
     ) {
-        let (b, t) = acts.shape();
-        let n = b * t;
+        let n = acts.rows();
         let (p, prec) = (self.cfg.dropout, self.cfg.precision);
         let a = acts;
         let (n1, n2, sa) = (&self.norm1, &self.norm2, &self.self_attn);
@@ -367,8 +413,10 @@ impl TransformerEncoderLayer {
                 k,
             );
         }
-        let opts = self.attn_opts(a.key_pad.as_deref(), key);
-        let s = self.attn_shape(b, t);
+        let opts = self.attn_opts(&a.layout, key);
+        let s = a
+            .layout
+            .attn_shape(self.cfg.nhead, self.cfg.d_model / self.cfg.nhead);
         dev.attention_backward(&mut a.s_qkv, &a.s_e2, &a.attn, &a.lse, &a.qkv, s, &opts);
         self.linear_backward(
             &sa.in_proj,

@@ -1,10 +1,9 @@
 //! Modules built on the [`Device`](crate::Device) trait. A module holds [`ParamView`]s into the
 //! flat parameter buffer and registers its parameters under PyTorch's names; it computes only
 //! through `Device` methods on the device's buffers (`D::Mem`), so it runs on any backend.
-//! Saved activations live either in an arena struct allocated once per batch shape and passed
-//! to forward/backward ([`EncoderActs`], cached per shape by [`Stack`]) or, for modules whose
-//! row count changes every batch ([`SavedLinear`], [`RowNorm`], [`NormHead`]), inside the
-//! module, resized per call.
+//! Saved activations live either in an arena struct passed to forward/backward and resized to
+//! each batch's rows ([`EncoderActs`], kept by [`Stack`]) or, for the other modules
+//! ([`SavedLinear`], [`RowNorm`], [`NormHead`]), inside the module, resized per call.
 //!
 //! - [`linear`]: [`Linear`] (nn.Linear) and [`SavedLinear`] (one that keeps its input);
 //! - [`lora`]: [`LoraAdapter`], a LoRA adapter on a frozen linear layer (peft's);
@@ -14,7 +13,8 @@
 //!   expression-value projection);
 //! - [`attention`]: [`MultiheadAttention`]'s parameters;
 //! - [`encoder`]: [`TransformerEncoderLayer`] (pre-norm) and its activation arena;
-//! - [`stack`]: [`Stack`], encoder layers with cached arenas and per-layer gradient hooks.
+//! - [`stack`]: [`Stack`], encoder layers with their activation arena and per-layer gradient
+//!   hooks.
 
 pub mod attention;
 pub mod embedding;

@@ -1,17 +1,16 @@
 //! nn.TransformerEncoder (pre-norm layers) without its final norm, with the layers' activation
-//! arenas cached per batch shape and a hook that hears of each layer's finished gradients.
+//! arena (resized to each batch's rows) and a hook that hears of each layer's finished
+//! gradients.
 
 use std::ops::Range;
 
 use super::encoder::{EncoderActs, EncoderLayerConfig, TransformerEncoderLayer};
 use super::lora::LoraAdapter;
 use crate::backend::Device;
+use crate::ops::SeqLayout;
 use crate::params::ParamLayout;
 use crate::rng::RngKey;
 use crate::{Float, KernelError, Result};
-
-/// Arenas kept for recently seen (batch, seq) shapes.
-const ARENA_CACHE: usize = 3;
 
 /// `num_layers` pre-norm encoder layers registered as `{prefix}.{i}.…`, run in sequence.
 pub struct Stack<M> {
@@ -23,7 +22,7 @@ pub struct Stack<M> {
     pub dim: usize,
     /// The layers' name prefix (`{prefix}.{i}.…`).
     prefix: String,
-    arenas: Vec<Arena<M>>,
+    arena: Option<Arena<M>>,
 }
 
 /// What LoRA adapters to attach ([`Stack::attach_lora`]): peft's `LoraConfig`.
@@ -41,8 +40,6 @@ pub struct LoraSpec {
 pub const LORA_MODULES: [&str; 3] = ["self_attn.out_proj", "linear1", "linear2"];
 
 struct Arena<M> {
-    b: usize,
-    t: usize,
     acts: Vec<EncoderActs<M>>,
     ga: M,
     gb: M,
@@ -100,7 +97,7 @@ impl<M> Stack<M> {
             eval_layers,
             dim,
             prefix: prefix.to_string(),
-            arenas: Vec::new(),
+            arena: None,
         })
     }
 
@@ -162,26 +159,23 @@ impl<M> Stack<M> {
                 self.prefix
             ));
         }
-        // Activation arenas do not depend on adapters, but drop them so nothing stale stays.
-        self.arenas.clear();
+        // The activation arena does not depend on adapters, but drop it so nothing stale stays.
+        self.arena = None;
         Ok(adapted)
     }
 
-    /// Runs the layers over x [b, t, dim] with key padding mask `pad` [b, t] (true = padding);
-    /// `key` None = evaluation (no dropout), else layer i's dropout key is
-    /// `layer_key(key, i + 1)`. Returns the output [b, t, dim] (valid until the next call).
-    #[allow(clippy::too_many_arguments)]
+    /// Runs the layers over x [rows, dim] laid out as `layout` says; `key` None = evaluation
+    /// (no dropout), else layer i's dropout key is `layer_key(key, i + 1)`. Returns the output
+    /// [rows, dim] (valid until the next call).
     pub fn forward<T: Float, D: Device<T, Mem = M>>(
         &mut self,
         dev: &D,
         params: &M,
         x: &M,
-        b: usize,
-        t: usize,
-        pad: &[bool],
+        layout: &SeqLayout,
         key: Option<RngKey>,
     ) -> Result<&M> {
-        let arena = arena(dev, &mut self.arenas, &self.layers, self.dim, b, t);
+        let arena = arena(dev, &mut self.arena, &self.layers, self.dim, layout.rows());
         let layers = if key.is_some() {
             &self.layers
         } else {
@@ -196,7 +190,7 @@ impl<M> Stack<M> {
                 params,
                 &mut rest[0],
                 input,
-                Some(pad),
+                layout,
                 layer_key(k0, i as u64 + 1),
             )?;
         }
@@ -208,8 +202,8 @@ impl<M> Stack<M> {
         Ok(&arena.acts[layers.len() - 1].out)
     }
 
-    /// Backward of the last training forward of shape (b, t): from dout [b, t, dim] returns
-    /// dx [b, t, dim] (valid, and free to modify, until the next call). As soon as a layer's
+    /// Backward of the last training forward: from dout [rows, dim] returns dx [rows, dim]
+    /// (valid, and free to modify, until the next call). As soon as a layer's
     /// backward is done, `ready` gets its parameters' range and their gradients (on a device
     /// whose buffers are not host memory, an empty slice: reading them back would stall the
     /// device after every layer).
@@ -219,13 +213,19 @@ impl<M> Stack<M> {
         dev: &D,
         params: &M,
         grads: &mut M,
-        b: usize,
-        t: usize,
         dout: &M,
         key: RngKey,
         ready: &mut dyn FnMut(Range<usize>, &[T]),
     ) -> &mut M {
-        let arena = arena(dev, &mut self.arenas, &self.layers, self.dim, b, t);
+        let rows = dev.len(dout) / self.dim.max(1);
+        let arena = arena(dev, &mut self.arena, &self.layers, self.dim, rows);
+        if let Some(a) = arena.acts.first() {
+            assert_eq!(
+                a.rows(),
+                rows,
+                "backward's gradient does not fit the last forward"
+            );
+        }
         dev.copy(&mut arena.ga, dout);
         let ranges = &self.ranges;
         for (i, layer) in self.layers.iter().enumerate().rev() {
@@ -249,34 +249,24 @@ impl<M> Stack<M> {
     }
 }
 
-/// The activation arena for shape (b, t), most recently used last (allocated on first use; at
-/// most `ARENA_CACHE` shapes kept). A free function over the fields, so callers can borrow the
-/// layers beside it.
+/// The activation arena, with the gradient buffers sized to `rows` (the layers' buffers are
+/// sized by their forward). A free function over the fields, so callers can borrow the layers
+/// beside it.
 fn arena<'a, T: Float, D: Device<T>>(
     dev: &D,
-    arenas: &'a mut Vec<Arena<D::Mem>>,
+    slot: &'a mut Option<Arena<D::Mem>>,
     layers: &[TransformerEncoderLayer],
     dim: usize,
-    b: usize,
-    t: usize,
+    rows: usize,
 ) -> &'a mut Arena<D::Mem> {
-    if let Some(i) = arenas.iter().position(|a| a.b == b && a.t == t) {
-        let a = arenas.remove(i);
-        arenas.push(a);
-    } else {
-        if arenas.len() >= ARENA_CACHE {
-            arenas.remove(0);
-        }
-        let acts = layers.iter().map(|l| l.alloc_acts(dev, b, t)).collect();
-        let n = b * t * dim;
-        arenas.push(Arena {
-            b,
-            t,
-            acts,
-            ga: dev.zeros(n),
-            gb: dev.zeros(n),
-        });
+    let a = slot.get_or_insert_with(|| Arena {
+        acts: layers.iter().map(|l| l.alloc_acts(dev)).collect(),
+        ga: dev.zeros(0),
+        gb: dev.zeros(0),
+    });
+    if dev.len(&a.ga) != rows * dim {
+        dev.resize(&mut a.ga, rows * dim);
+        dev.resize(&mut a.gb, rows * dim);
     }
-    let last = arenas.len() - 1;
-    &mut arenas[last]
+    a
 }

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::gradcheck_tests::{assert_close, dot, fd, rand};
+use crate::ops::SeqLayout;
 use crate::params::ParamLayout;
 use crate::rng::RngKey;
 use crate::{Cpu, Precision};
@@ -119,11 +120,10 @@ fn stack_matches_fd_and_hears_each_layer_once_done() {
     let r = rand(b * t * e, 23);
     let mut pad = vec![false; b * t];
     pad[5] = true;
+    let seqs = padded(b, t, &pad);
     let key = RngKey::new(1, 2, 3);
     let mut loss = |p: &Vec<f64>, x: &Vec<f64>| {
-        let y = stack
-            .forward(&Cpu, p, x, b, t, &pad, Some(key))
-            .expect("shapes");
+        let y = stack.forward(&Cpu, p, x, &seqs, Some(key)).expect("shapes");
         dot(y, &r)
     };
     let num_x = fd(&x, |xx| loss(&p, &xx.to_vec()));
@@ -132,16 +132,9 @@ fn stack_matches_fd_and_hears_each_layer_once_done() {
     let mut grads = vec![0.0; l.total()];
     let mut heard = Vec::new();
     let dx = stack
-        .backward(
-            &Cpu,
-            &p,
-            &mut grads,
-            b,
-            t,
-            &r,
-            key,
-            &mut |range, g: &[f64]| heard.push((range, g.to_vec())),
-        )
+        .backward(&Cpu, &p, &mut grads, &r, key, &mut |range, g: &[f64]| {
+            heard.push((range, g.to_vec()))
+        })
         .clone();
     assert_close("dx", &dx, &num_x, 1e-6);
     assert_close("dparams", &grads, &num_p, 1e-6);
@@ -174,12 +167,10 @@ fn stack_matches_fd_and_hears_each_layer_once_done() {
     let mut l0 = ParamLayout::new();
     let mut plain: Stack<Vec<f64>> = Stack::new(&mut l0, "enc", 2, stack_config(0.0)).expect("ok");
     let eval = stack
-        .forward(&Cpu, &p, &x, b, t, &pad, None)
+        .forward(&Cpu, &p, &x, &seqs, None)
         .expect("ok")
         .clone();
-    let want = plain
-        .forward(&Cpu, &p, &x, b, t, &pad, Some(key))
-        .expect("ok");
+    let want = plain.forward(&Cpu, &p, &x, &seqs, Some(key)).expect("ok");
     assert_eq!(&eval, want);
     assert!(Stack::<Vec<f64>>::new(
         &mut l0,
@@ -193,21 +184,107 @@ fn stack_matches_fd_and_hears_each_layer_once_done() {
     .is_err());
 }
 
+fn padded(b: usize, t: usize, pad: &[bool]) -> SeqLayout {
+    SeqLayout::Padded {
+        batch: b,
+        seq: t,
+        key_pad: Some(pad.to_vec()),
+    }
+}
+
+/// Packed sequences of lengths 3, 0, 2, 1 (with causal attention too): the gradients match
+/// finite differences with dropout on; with dropout off, the output and every gradient equal
+/// the padded layout's on the real rows (padding rows given no gradient).
+#[test]
+fn packed_stack_matches_fd_and_the_padded_stack() {
+    let (lens, t, e) = ([3usize, 0, 2, 1], 3, 8);
+    let seqs = SeqLayout::packed(lens);
+    let n = seqs.rows();
+    let (mut pad, mut real) = (vec![true; lens.len() * t], Vec::new());
+    for (b, &l) in lens.iter().enumerate() {
+        for j in 0..l {
+            pad[b * t + j] = false;
+            real.push(b * t + j);
+        }
+    }
+    let seqs_padded = padded(lens.len(), t, &pad);
+    for causal in [false, true] {
+        let cfg = |dropout| EncoderLayerConfig {
+            causal,
+            ..stack_config(dropout)
+        };
+        let mut l = ParamLayout::new();
+        let mut stack: Stack<Vec<f64>> = Stack::new(&mut l, "enc", 2, cfg(0.2)).expect("ok");
+        let p = params(&l, 61);
+        let (x, r) = (rand(n * e, 62), rand(n * e, 63));
+        let key = RngKey::new(8, 9, 10);
+        let mut loss = |p: &Vec<f64>, x: &Vec<f64>| {
+            let y = stack.forward(&Cpu, p, x, &seqs, Some(key)).expect("shapes");
+            dot(y, &r)
+        };
+        let num_x = fd(&x, |xx| loss(&p, &xx.to_vec()));
+        let num_p = fd(&p, |pp| loss(&pp.to_vec(), &x));
+        loss(&p, &x);
+        let mut grads = vec![0.0; l.total()];
+        let dx = stack
+            .backward(&Cpu, &p, &mut grads, &r, key, &mut |_, _: &[f64]| {})
+            .clone();
+        assert_close("packed dx", &dx, &num_x, 1e-6);
+        assert_close("packed dparams", &grads, &num_p, 1e-6);
+
+        // Dropout off: packed and padded agree on the real rows.
+        let mut l0 = ParamLayout::new();
+        let mut plain: Stack<Vec<f64>> = Stack::new(&mut l0, "enc", 2, cfg(0.0)).expect("ok");
+        let y = plain
+            .forward(&Cpu, &p, &x, &seqs, Some(key))
+            .expect("ok")
+            .clone();
+        let mut gp = vec![0.0; l0.total()];
+        let dxp = plain
+            .backward(&Cpu, &p, &mut gp, &r, key, &mut |_, _: &[f64]| {})
+            .clone();
+        let spread = |v: &[f64]| {
+            let mut out = vec![0.0; lens.len() * t * e];
+            crate::ops::scatter_rows(&mut out, v, &real, e, false);
+            out
+        };
+        let (xq, rq) = (spread(&x), spread(&r));
+        let yq = plain
+            .forward(&Cpu, &p, &xq, &seqs_padded, Some(key))
+            .expect("ok")
+            .clone();
+        let mut gq = vec![0.0; l0.total()];
+        let dxq = plain
+            .backward(&Cpu, &p, &mut gq, &rq, key, &mut |_, _: &[f64]| {})
+            .clone();
+        assert_close("output", &spread(&y), &spread_real(&yq, &real, e), 1e-12);
+        assert_close("dx", &spread(&dxp), &spread_real(&dxq, &real, e), 1e-12);
+        assert_close("dparams", &gp, &gq, 1e-12);
+    }
+}
+
+/// `v`'s rows `real` kept in place, every other row zero.
+fn spread_real(v: &[f64], real: &[usize], e: usize) -> Vec<f64> {
+    let mut out = vec![0.0; v.len()];
+    for &r in real {
+        out[r * e..(r + 1) * e].copy_from_slice(&v[r * e..(r + 1) * e]);
+    }
+    out
+}
+
 #[test]
 fn empty_stack_passes_through() {
     let mut l = ParamLayout::new();
     let mut stack: Stack<Vec<f64>> = Stack::new(&mut l, "enc", 0, stack_config(0.1)).expect("ok");
     let x = rand(2 * 8, 31);
     let y = stack
-        .forward(&Cpu, &vec![], &x, 1, 2, &[false, false], None)
+        .forward(&Cpu, &vec![], &x, &SeqLayout::packed([2]), None)
         .expect("ok");
     assert_eq!(y, &x);
     let dx = stack.backward(
         &Cpu,
         &vec![],
         &mut vec![],
-        1,
-        2,
         &x,
         RngKey::new(0, 0, 0),
         &mut |_, _| panic!("no layers, nothing to hear"),
@@ -251,11 +328,10 @@ fn lora_adapted_stack_matches_fd_with_dropout_in_layer_and_adapter() {
     let r = rand(b * t * e, 43);
     let mut pad = vec![false; b * t];
     pad[4] = true;
+    let seqs = padded(b, t, &pad);
     let key = RngKey::new(5, 6, 7);
     let mut loss = |p: &Vec<f64>, x: &Vec<f64>| {
-        let y = stack
-            .forward(&Cpu, p, x, b, t, &pad, Some(key))
-            .expect("shapes");
+        let y = stack.forward(&Cpu, p, x, &seqs, Some(key)).expect("shapes");
         dot(y, &r)
     };
     let num_x = fd(&x, |xx| loss(&p, &xx.to_vec()));
@@ -270,7 +346,7 @@ fn lora_adapted_stack_matches_fd_with_dropout_in_layer_and_adapter() {
     loss(&p, &x);
     let mut grads = vec![0.0; l.total()];
     let dx = stack
-        .backward(&Cpu, &p, &mut grads, b, t, &r, key, &mut |_, _: &[f64]| {})
+        .backward(&Cpu, &p, &mut grads, &r, key, &mut |_, _: &[f64]| {})
         .clone();
     assert_close("dx", &dx, &num_x, 1e-6);
     // Under LoRA the base linear weights are frozen: their dW is not computed (left at zero);
@@ -310,7 +386,7 @@ fn lora_adapted_stack_matches_fd_with_dropout_in_layer_and_adapter() {
     let mut plain: Stack<Vec<f64>> = Stack::new(&mut l0, "enc", 2, stack_config(0.2)).expect("ok");
     let want = dot(
         plain
-            .forward(&Cpu, &p[..base].to_vec(), &x, b, t, &pad, Some(key))
+            .forward(&Cpu, &p[..base].to_vec(), &x, &seqs, Some(key))
             .expect("ok"),
         &r,
     );
@@ -332,9 +408,9 @@ fn lora_merged_weights_give_the_adapted_models_evaluation_output() {
     assert!(stack.layers[0].lora.out_proj.is_none());
     let p = params(&l, 51);
     let x = rand(b * t * e, 52);
-    let pad = vec![false; b * t];
+    let seqs = SeqLayout::packed([t; 2]);
     let adapted = stack
-        .forward(&Cpu, &p, &x, b, t, &pad, None)
+        .forward(&Cpu, &p, &x, &seqs, None)
         .expect("ok")
         .clone();
     // Fold each adapter into its base weight and run the plain stack.
@@ -355,12 +431,10 @@ fn lora_merged_weights_give_the_adapted_models_evaluation_output() {
     }
     let mut l0 = ParamLayout::new();
     let mut plain: Stack<Vec<f64>> = Stack::new(&mut l0, "enc", 2, stack_config(0.1)).expect("ok");
-    let want = plain
-        .forward(&Cpu, &merged, &x, b, t, &pad, None)
-        .expect("ok");
+    let want = plain.forward(&Cpu, &merged, &x, &seqs, None).expect("ok");
     assert_close("merged", &adapted, want, 1e-10);
     let unmerged = plain
-        .forward(&Cpu, &p[..base].to_vec(), &x, b, t, &pad, None)
+        .forward(&Cpu, &p[..base].to_vec(), &x, &seqs, None)
         .expect("ok")
         .clone();
     assert!(adapted

@@ -5,6 +5,10 @@
 //! the row log-sum-exp; backward recomputes the probabilities from it. Keys after the last
 //! unpadded position of a sequence are skipped entirely (they are masked anyway).
 //!
+//! Two row layouts ([`SeqLayout`]): *padded*, sequence b in rows b·T..(b+1)·T with a key padding
+//! mask, and *packed* (variable length, as flash-attention's `cu_seqlens`), sequence b in rows
+//! starts[b]..starts[b+1] with no padding at all, so no work is spent on it.
+//!
 //! Math per head, with S = Q·Kᵀ/√d, masked entries −∞:
 //!   P = softmax(S) (rowwise), P' = P∘keep/(1−p) (attention dropout), O = P'·V (computed as
 //!   (e^{S−max}∘keep/(1−p))·V scaled by 1/Σ per row, so bf16 rounds the unnormalized P as
@@ -22,6 +26,8 @@ use crate::Float;
 /// Query rows per score tile.
 const QB: usize = 64;
 
+/// The padded shape: `seq` rows per sequence. In the packed layout (`AttnOpts::packed`), `seq`
+/// is the longest sequence (it spaces the dropout streams) and `batch` the number of sequences.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttnShape {
     pub batch: usize,
@@ -41,6 +47,9 @@ impl AttnShape {
 pub struct AttnOpts<'a> {
     /// [B, T], true = padding (PyTorch's `key_padding_mask` convention): that key is ignored.
     pub key_pad: Option<&'a [bool]>,
+    /// Packed layout: B + 1 row offsets, sequence b is rows `packed[b]..packed[b + 1]` (each at
+    /// most `AttnShape::seq` long); `key_pad` must then be None.
+    pub packed: Option<&'a [usize]>,
     pub causal: bool,
     /// Dropout probability on the attention weights (0 = none).
     pub dropout: f64,
@@ -52,10 +61,77 @@ impl Default for AttnOpts<'_> {
     fn default() -> Self {
         Self {
             key_pad: None,
+            packed: None,
             causal: false,
             dropout: 0.0,
             key: RngKey::new(0, 0, 0),
             prec: Precision::F32,
+        }
+    }
+}
+
+/// How the rows of a [rows, E] activation group into sequences: what an encoder layer needs
+/// besides the rows themselves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SeqLayout {
+    /// `batch` sequences of `seq` rows; `key_pad` [batch, seq] (true = padding) marks keys to
+    /// ignore. Padding rows are computed and carry no gradient.
+    Padded {
+        batch: usize,
+        seq: usize,
+        key_pad: Option<Vec<bool>>,
+    },
+    /// Sequence b is rows `starts[b]..starts[b + 1]`: no padding rows at all.
+    Packed { starts: Vec<usize>, max_len: usize },
+}
+
+impl SeqLayout {
+    /// Packed sequences of the given lengths.
+    pub fn packed(lens: impl IntoIterator<Item = usize>) -> Self {
+        let mut starts = vec![0];
+        let mut max_len = 0;
+        for l in lens {
+            starts.push(starts[starts.len() - 1] + l);
+            max_len = max_len.max(l);
+        }
+        SeqLayout::Packed { starts, max_len }
+    }
+
+    /// Number of sequences.
+    pub fn batch(&self) -> usize {
+        match self {
+            SeqLayout::Padded { batch, .. } => *batch,
+            SeqLayout::Packed { starts, .. } => starts.len() - 1,
+        }
+    }
+
+    /// Rows of the activations.
+    pub fn rows(&self) -> usize {
+        match self {
+            SeqLayout::Padded { batch, seq, .. } => batch * seq,
+            SeqLayout::Packed { starts, .. } => starts[starts.len() - 1],
+        }
+    }
+
+    /// The attention's shape for `heads` heads of `head_dim`.
+    pub fn attn_shape(&self, heads: usize, head_dim: usize) -> AttnShape {
+        let (batch, seq) = match self {
+            SeqLayout::Padded { batch, seq, .. } => (*batch, *seq),
+            SeqLayout::Packed { starts, max_len } => (starts.len() - 1, *max_len),
+        };
+        AttnShape {
+            batch,
+            seq,
+            heads,
+            head_dim,
+        }
+    }
+
+    /// The padding mask (padded layout) and row offsets (packed layout) for [`AttnOpts`].
+    pub fn masks(&self) -> (Option<&[bool]>, Option<&[usize]>) {
+        match self {
+            SeqLayout::Padded { key_pad, .. } => (key_pad.as_deref(), None),
+            SeqLayout::Packed { starts, .. } => (None, Some(starts)),
         }
     }
 }
@@ -78,7 +154,80 @@ impl<T> SyncPtr<T> {
     }
 }
 
-/// Number of leading keys that can be unmasked for sequence `b`.
+/// Where sequence b's rows lie: the first row, its query rows, its key rows (1 + the last
+/// unpadded key when padded), the start of its [heads, queries] block of the lse, and its
+/// padded-layout index b·H·T, which numbers the dropout streams in both layouts (so a packed
+/// batch run through a padded kernel draws the same masks).
+#[derive(Clone, Copy)]
+struct SeqRows {
+    row0: usize,
+    queries: usize,
+    keys: usize,
+    lse0: usize,
+    drop0: usize,
+    seq: usize,
+}
+
+impl SeqRows {
+    fn of(s: &AttnShape, o: &AttnOpts, b: usize) -> Self {
+        let t = s.seq;
+        match o.packed {
+            Some(st) => {
+                let len = st[b + 1] - st[b];
+                SeqRows {
+                    row0: st[b],
+                    queries: len,
+                    keys: len,
+                    lse0: st[b] * s.heads,
+                    drop0: b * s.heads * t,
+                    seq: t,
+                }
+            }
+            None => SeqRows {
+                row0: b * t,
+                queries: t,
+                keys: key_len(o, b, t),
+                lse0: b * s.heads * t,
+                drop0: b * s.heads * t,
+                seq: t,
+            },
+        }
+    }
+
+    /// Index in the lse of query i of head h.
+    fn lse_index(&self, h: usize, i: usize) -> usize {
+        self.lse0 + h * self.queries + i
+    }
+
+    /// Start of the dropout stream of query i of head h (key j draws number start + j).
+    fn drop_base(&self, h: usize, i: usize) -> u64 {
+        ((self.drop0 + h * self.seq + i) * self.seq) as u64
+    }
+}
+
+/// Rows of the [rows, 3E] / [rows, E] tensors the layout covers (after checking it).
+pub fn layout_rows(s: &AttnShape, o: &AttnOpts) -> usize {
+    match o.packed {
+        None => s.batch * s.seq,
+        Some(st) => {
+            assert!(o.key_pad.is_none(), "a packed layout has no padding mask");
+            assert_eq!(
+                st.len(),
+                s.batch + 1,
+                "packed offsets for {} sequences",
+                s.batch
+            );
+            assert!(
+                st[0] == 0 && st.windows(2).all(|w| w[0] <= w[1] && w[1] - w[0] <= s.seq),
+                "packed offsets must start at 0, not decrease, and hold sequences of at most {} rows",
+                s.seq
+            );
+            st[s.batch]
+        }
+    }
+}
+
+/// Number of leading keys that can be unmasked for sequence `b` (padded layout).
 fn key_len(o: &AttnOpts, b: usize, t: usize) -> usize {
     match o.key_pad {
         None => t,
@@ -89,17 +238,18 @@ fn key_len(o: &AttnOpts, b: usize, t: usize) -> usize {
     }
 }
 
-/// Copies head `h`'s part `part` (0=q, 1=k, 2=v) of rows 0..rows into a contiguous [rows, dh].
+/// Copies head `h`'s part `part` (0=q, 1=k, 2=v) of `rows` rows from `row0` into a contiguous
+/// [rows, dh].
 fn gather<T: Float>(
     qkv: &[T],
     s: &AttnShape,
-    b: usize,
+    row0: usize,
     h: usize,
     part: usize,
     rows: usize,
 ) -> Vec<T> {
     let (e3, dh) = (3 * s.embed(), s.head_dim);
-    let base = b * s.seq * e3 + part * s.embed() + h * dh;
+    let base = row0 * e3 + part * s.embed() + h * dh;
     let mut out = vec![T::ZERO; rows * dh];
     for (i, r) in out.chunks_exact_mut(dh).enumerate() {
         r.copy_from_slice(&qkv[base + i * e3..base + i * e3 + dh]);
@@ -107,11 +257,12 @@ fn gather<T: Float>(
     out
 }
 
-fn gather_rows<T: Float>(x: &[T], s: &AttnShape, b: usize, h: usize) -> Vec<T> {
+/// Head `h`'s columns of `rows` rows of an [rows, E] tensor from `row0`.
+fn gather_rows<T: Float>(x: &[T], s: &AttnShape, row0: usize, h: usize, rows: usize) -> Vec<T> {
     let (e, dh) = (s.embed(), s.head_dim);
-    let mut out = vec![T::ZERO; s.seq * dh];
+    let mut out = vec![T::ZERO; rows * dh];
     for (i, r) in out.chunks_exact_mut(dh).enumerate() {
-        let off = (b * s.seq + i) * e + h * dh;
+        let off = (row0 + i) * e + h * dh;
         r.copy_from_slice(&x[off..off + dh]);
     }
     out
@@ -119,6 +270,9 @@ fn gather_rows<T: Float>(x: &[T], s: &AttnShape, b: usize, h: usize) -> Vec<T> {
 
 /// The padding flags of sequence b, if any key inside it is padding.
 fn pad_row<'a>(o: &AttnOpts<'a>, b: usize, t: usize) -> Option<&'a [bool]> {
+    if o.packed.is_some() {
+        return None;
+    }
     o.key_pad
         .map(|m| &m[b * t..(b + 1) * t])
         .filter(|r| r.iter().any(|&p| p))
@@ -139,8 +293,9 @@ fn mask_row<T: Float>(row: &mut [T], i: usize, pad: Option<&[bool]>, causal: boo
     }
 }
 
-/// Forward. `qkv` is [B, T, 3E] (the in-projection output: q | k | v, head h in columns
-/// h·d..(h+1)·d of each part); writes `out` [B, T, E] and `lse` [B, H, T]. A query whose keys
+/// Forward. `qkv` is [rows, 3E] (the in-projection output: q | k | v, head h in columns
+/// h·d..(h+1)·d of each part; rows = B·T padded or the packed total); writes `out` [rows, E]
+/// and `lse` (per sequence a [H, queries] block: [B, H, T] when padded). A query whose keys
 /// are all masked gets a zero output (PyTorch gives NaN there).
 pub fn attention_forward<T: Float>(
     out: &mut [T],
@@ -150,8 +305,9 @@ pub fn attention_forward<T: Float>(
     o: &AttnOpts,
 ) {
     let (t, dh, e) = (s.seq, s.head_dim, s.embed());
-    assert!(qkv.len() >= s.batch * t * 3 * e && out.len() >= s.batch * t * e);
-    assert!(lse.len() >= s.batch * s.heads * t);
+    let n = layout_rows(&s, o);
+    assert!(qkv.len() >= n * 3 * e && out.len() >= n * e);
+    assert!(lse.len() >= s.heads * n);
     if let Some(m) = o.key_pad {
         assert!(m.len() >= s.batch * t);
     }
@@ -163,99 +319,101 @@ pub fn attention_forward<T: Float>(
     });
     let (thr, stream) = (keep_threshold(o.dropout), o.key.stream_state());
     let outp = SyncPtr(out.as_mut_ptr());
-    lse[..s.batch * s.heads * t]
-        .par_chunks_mut(t)
-        .enumerate()
-        .for_each(|(task, lse)| {
-            let (b, h) = (task / s.heads, task % s.heads);
-            let l = key_len(o, b, t);
-            let padr = pad_row(o, b, t);
-            let mut q = gather(qkv, &s, b, h, 0, t);
-            let mut k = gather(qkv, &s, b, h, 1, l);
-            let mut v = gather(qkv, &s, b, h, 2, l);
-            round_slice(o.prec, &mut q);
-            round_slice(o.prec, &mut k);
-            round_slice(o.prec, &mut v);
-            let mut ob = vec![T::ZERO; t * dh];
-            let mut sb = vec![T::ZERO; QB * l];
-            let mut inv = vec![T::ZERO; QB];
-            for r0 in (0..t).step_by(QB) {
-                let r1 = (r0 + QB).min(t);
-                let qb = r1 - r0;
-                let kend = if o.causal { l.min(r1) } else { l };
-                if kend == 0 {
-                    lse[r0..r1].fill(T::NEG_INFINITY);
+    let lsep = SyncPtr(lse.as_mut_ptr());
+    (0..s.batch * s.heads).into_par_iter().for_each(|task| {
+        let (b, h) = (task / s.heads, task % s.heads);
+        let sr = SeqRows::of(&s, o, b);
+        let (nq, l) = (sr.queries, sr.keys);
+        let padr = pad_row(o, b, t);
+        let mut q = gather(qkv, &s, sr.row0, h, 0, nq);
+        let mut k = gather(qkv, &s, sr.row0, h, 1, l);
+        let mut v = gather(qkv, &s, sr.row0, h, 2, l);
+        round_slice(o.prec, &mut q);
+        round_slice(o.prec, &mut k);
+        round_slice(o.prec, &mut v);
+        let mut lse = vec![T::ZERO; nq];
+        let mut ob = vec![T::ZERO; nq * dh];
+        let mut sb = vec![T::ZERO; QB * l];
+        let mut inv = vec![T::ZERO; QB];
+        for r0 in (0..nq).step_by(QB) {
+            let r1 = (r0 + QB).min(nq);
+            let qb = r1 - r0;
+            let kend = if o.causal { l.min(r1) } else { l };
+            if kend == 0 {
+                lse[r0..r1].fill(T::NEG_INFINITY);
+                continue;
+            }
+            let sc = &mut sb[..qb * kend];
+            super::gemm_rounded(
+                o.prec,
+                sc,
+                kend,
+                &q[r0 * dh..],
+                dh,
+                false,
+                &k,
+                dh,
+                true,
+                qb,
+                kend,
+                dh,
+                false,
+                false,
+            );
+            for (ii, row) in sc.chunks_exact_mut(kend).enumerate() {
+                let i = r0 + ii;
+                mask_row(row, i, padr, o.causal);
+                let m = T::slice_max(row);
+                if m == T::NEG_INFINITY {
+                    row.fill(T::ZERO);
+                    lse[i] = T::NEG_INFINITY;
+                    inv[ii] = T::ZERO;
                     continue;
                 }
-                let sc = &mut sb[..qb * kend];
-                super::gemm_rounded(
-                    o.prec,
-                    sc,
-                    kend,
-                    &q[r0 * dh..],
-                    dh,
-                    false,
-                    &k,
-                    dh,
-                    true,
-                    qb,
-                    kend,
-                    dh,
-                    false,
-                    false,
-                );
-                for (ii, row) in sc.chunks_exact_mut(kend).enumerate() {
-                    let i = r0 + ii;
-                    mask_row(row, i, padr, o.causal);
-                    let m = T::slice_max(row);
-                    if m == T::NEG_INFINITY {
-                        row.fill(T::ZERO);
-                        lse[i] = T::NEG_INFINITY;
-                        inv[ii] = T::ZERO;
-                        continue;
-                    }
-                    // Unnormalized e^{s−max}; the 1/Σ is applied to O's rows after P·V.
-                    let ms = m * scale;
-                    let sum = T::exp_scaled_sum(row, scale, ms);
-                    lse[i] = ms + sum.ln();
-                    inv[ii] = T::ONE / sum;
-                    if o.dropout > 0.0 {
-                        let base = ((task * t + i) * t) as u64;
-                        T::dropout_apply(row, stream, base, thr, drop_scale);
-                    }
-                }
-                round_slice(o.prec, sc);
-                super::gemm_rounded(
-                    o.prec,
-                    &mut ob[r0 * dh..],
-                    dh,
-                    sc,
-                    kend,
-                    false,
-                    &v,
-                    dh,
-                    false,
-                    qb,
-                    dh,
-                    kend,
-                    false,
-                    false,
-                );
-                for (orow, &iv) in ob[r0 * dh..r1 * dh].chunks_exact_mut(dh).zip(&inv) {
-                    for x in orow.iter_mut() {
-                        *x *= iv;
-                    }
+                // Unnormalized e^{s−max}; the 1/Σ is applied to O's rows after P·V.
+                let ms = m * scale;
+                let sum = T::exp_scaled_sum(row, scale, ms);
+                lse[i] = ms + sum.ln();
+                inv[ii] = T::ONE / sum;
+                if o.dropout > 0.0 {
+                    let base = sr.drop_base(h, i);
+                    T::dropout_apply(row, stream, base, thr, drop_scale);
                 }
             }
-            for (i, r) in ob.chunks_exact(dh).enumerate() {
-                // SAFETY: row i, columns h·dh..(h+1)·dh of sequence b belong to this task only.
-                unsafe { outp.write((b * t + i) * e + h * dh, r) };
+            round_slice(o.prec, sc);
+            super::gemm_rounded(
+                o.prec,
+                &mut ob[r0 * dh..],
+                dh,
+                sc,
+                kend,
+                false,
+                &v,
+                dh,
+                false,
+                qb,
+                dh,
+                kend,
+                false,
+                false,
+            );
+            for (orow, &iv) in ob[r0 * dh..r1 * dh].chunks_exact_mut(dh).zip(&inv) {
+                for x in orow.iter_mut() {
+                    *x *= iv;
+                }
             }
-        });
+        }
+        // SAFETY: the lse block of (b, h) and columns h·dh..(h+1)·dh of sequence b's rows
+        // belong to this task only.
+        unsafe { lsep.write(sr.lse_index(h, 0), &lse) };
+        for (i, r) in ob.chunks_exact(dh).enumerate() {
+            unsafe { outp.write((sr.row0 + i) * e + h * dh, r) };
+        }
+    });
 }
 
-/// Backward. Overwrites `dqkv` [B, T, 3E] from `dout` [B, T, E], using the forward's `out`,
-/// `lse` and `qkv`, and the same options.
+/// Backward. Overwrites `dqkv` [rows, 3E] from `dout` [rows, E], using the forward's `out`,
+/// `lse` and `qkv`, and the same options (and layout).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward<T: Float>(
     dqkv: &mut [T],
@@ -268,7 +426,8 @@ pub fn attention_backward<T: Float>(
 ) {
     let (t, dh, e) = (s.seq, s.head_dim, s.embed());
     let e3 = 3 * e;
-    assert!(dqkv.len() >= s.batch * t * e3 && dout.len() >= s.batch * t * e);
+    let n = layout_rows(&s, o);
+    assert!(dqkv.len() >= n * e3 && dout.len() >= n * e && lse.len() >= s.heads * n);
     let scale = T::from_f64(1.0 / (dh as f64).sqrt());
     let drop_scale = T::from_f64(if o.dropout < 1.0 {
         1.0 / (1.0 - o.dropout)
@@ -280,24 +439,25 @@ pub fn attention_backward<T: Float>(
     let dp = SyncPtr(dqkv.as_mut_ptr());
     (0..s.batch * s.heads).into_par_iter().for_each(|task| {
         let (b, h) = (task / s.heads, task % s.heads);
-        let lse = &lse[task * t..(task + 1) * t];
-        let l = key_len(o, b, t);
+        let sr = SeqRows::of(&s, o, b);
+        let (nq, l) = (sr.queries, sr.keys);
+        let lse = &lse[sr.lse_index(h, 0)..sr.lse_index(h, nq)];
         let padr = pad_row(o, b, t);
-        let mut q = gather(qkv, &s, b, h, 0, t);
-        let mut k = gather(qkv, &s, b, h, 1, l);
-        let mut v = gather(qkv, &s, b, h, 2, l);
+        let mut q = gather(qkv, &s, sr.row0, h, 0, nq);
+        let mut k = gather(qkv, &s, sr.row0, h, 1, l);
+        let mut v = gather(qkv, &s, sr.row0, h, 2, l);
         round_slice(o.prec, &mut q);
         round_slice(o.prec, &mut k);
         round_slice(o.prec, &mut v);
-        let mut dob = gather_rows(dout, &s, b, h);
-        let ob = gather_rows(out, &s, b, h);
+        let mut dob = gather_rows(dout, &s, sr.row0, h, nq);
+        let ob = gather_rows(out, &s, sr.row0, h, nq);
         let d: Vec<T> = dob
             .chunks_exact(dh)
             .zip(ob.chunks_exact(dh))
             .map(|(x, y)| x.iter().zip(y).map(|(&a, &b)| a * b).sum())
             .collect();
         round_slice(o.prec, &mut dob);
-        let mut dq = vec![T::ZERO; t * dh];
+        let mut dq = vec![T::ZERO; nq * dh];
         let mut dk = vec![T::ZERO; l * dh];
         let mut dv = vec![T::ZERO; l * dh];
         let mut pb = vec![T::ZERO; QB * l];
@@ -307,8 +467,8 @@ pub fn attention_backward<T: Float>(
             Vec::new()
         };
         let mut dsb = vec![T::ZERO; QB * l];
-        for r0 in (0..t).step_by(QB) {
-            let r1 = (r0 + QB).min(t);
+        for r0 in (0..nq).step_by(QB) {
+            let r1 = (r0 + QB).min(nq);
             let qb = r1 - r0;
             let kend = if o.causal { l.min(r1) } else { l };
             if kend == 0 {
@@ -347,7 +507,7 @@ pub fn attention_backward<T: Float>(
                 pd.copy_from_slice(p);
                 if o.dropout > 0.0 {
                     for (ii, row) in pd.chunks_exact_mut(kend).enumerate() {
-                        let base = ((task * t + r0 + ii) * t) as u64;
+                        let base = sr.drop_base(h, r0 + ii);
                         T::dropout_apply(row, stream, base, thr, drop_scale);
                     }
                 }
@@ -372,7 +532,7 @@ pub fn attention_backward<T: Float>(
             {
                 let i = r0 + ii;
                 if o.dropout > 0.0 {
-                    let base = ((task * t + i) * t) as u64;
+                    let base = sr.drop_base(h, i);
                     T::dropout_apply(dsr, stream, base, thr, drop_scale);
                 }
                 for (x, &pv) in dsr.iter_mut().zip(pr) {
@@ -414,8 +574,8 @@ pub fn attention_backward<T: Float>(
             );
         }
         let zero = vec![T::ZERO; dh];
-        for i in 0..t {
-            let base = (b * t + i) * e3 + h * dh;
+        for i in 0..nq {
+            let base = (sr.row0 + i) * e3 + h * dh;
             let (kr, vr) = if i < l {
                 (&dk[i * dh..(i + 1) * dh], &dv[i * dh..(i + 1) * dh])
             } else {

@@ -13,7 +13,7 @@ use crate::precision::{rounded, Precision};
 use crate::rng::{keep_threshold, RngKey};
 use crate::{Float, KernelError, Result};
 
-pub use attention::{attention_backward, attention_forward, AttnShape};
+pub use attention::{attention_backward, attention_forward, AttnShape, SeqLayout};
 pub use optim::{
     adam_step, adam_step_in, all_finite, clip_grad_norm, global_norm, scale, AdamConfig,
 };

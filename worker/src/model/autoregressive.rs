@@ -23,7 +23,7 @@ use kernels::{Cpu, Device, ParamLayout, Precision};
 use run::telemetry::TRACE_TARGET;
 use tracing::info_span;
 
-use super::parts::{self, Padded, Trunk};
+use super::parts::{self, PoolRows, Tokens, Trunk};
 use super::{Arch, DataSpec, LossSum, ModelError, Result, Train};
 
 pub struct AutoregressiveModel<D: Device<f32> = Cpu> {
@@ -78,20 +78,23 @@ impl<D: Device<f32>> AutoregressiveModel<D> {
     }
 
     /// Rows that predict a next token, with the next gene and its expression bin.
-    fn targets(&self, batch: &Batch, p: &Padded) -> (Vec<usize>, Vec<i64>, Vec<i64>) {
+    fn targets(&self, batch: &Batch, p: &Tokens) -> (Vec<usize>, Vec<i64>, Vec<i64>) {
         let (mut rows, mut genes, mut bins) = (Vec::new(), Vec::new(), Vec::new());
         let s = batch.seq_len;
         let top = (self.n_bins - 1) as f32;
         for r in 0..batch.batch_size {
-            let len = batch.attention_mask[r * s..(r + 1) * s]
+            // The cell's real tokens in order (the next token of row k is row k + 1).
+            let cell = p.cell(r);
+            let len = cell.len();
+            let cols: Vec<usize> = (0..s).filter(|&j| p.row(r, j).is_some()).collect();
+            let vals: Vec<f32> = cols
                 .iter()
-                .filter(|&&m| m != 0)
-                .count();
-            let vals = &batch.target_values[r * s..r * s + len];
+                .map(|&j| batch.target_values[r * s + j])
+                .collect();
             let max = vals.iter().copied().fold(0.0f32, f32::max);
             for j in 0..len.saturating_sub(1) {
-                rows.push(p.row(r, j));
-                genes.push(p.ids[p.row(r, j + 1)] as i64);
+                rows.push(cell.start + j);
+                genes.push(p.ids[cell.start + j + 1] as i64);
                 let v = vals[j + 1];
                 let bin = if self.values_are_bins {
                     v.round().clamp(0.0, top)
@@ -123,7 +126,7 @@ impl<D: Device<f32>> Arch<D> for AutoregressiveModel<D> {
         }
         let forward = info_span!(target: TRACE_TARGET, "forward").entered();
         let dev = &self.dev;
-        let p = Padded::unmasked(batch, self.trunk.embed.max_len);
+        let p = Tokens::unmasked(batch);
         let (rows, genes, bins) = self.targets(batch, &p);
         let hidden = self
             .trunk
@@ -175,15 +178,15 @@ impl<D: Device<f32>> Arch<D> for AutoregressiveModel<D> {
 
     fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
         let dev = &self.dev;
-        let p = Padded::unmasked(batch, self.trunk.embed.max_len);
+        let p = Tokens::unmasked(batch);
         let hidden = self.trunk.encode(dev, params, &p, None)?;
-        let normed = self.gene_head.normalize(dev, params, hidden, p.b * p.t);
-        let t = p.t;
-        let len = |r: usize| (0..t).filter(|&j| !p.pad[r * t + j]).count();
-        let last = |r: usize| r * t + len(r).saturating_sub(1);
-        let real = |r: usize| (0..len(r)).map(|j| r * t + j).collect();
-        let d = self.trunk.dim();
-        Ok(parts::pool(dev, &normed, p.b, d, self.pooling, last, real))
+        let normed = self.gene_head.normalize(dev, params, hidden, p.n());
+        // Under the causal mask only the last token has seen the whole cell: it is the `cls`.
+        let how = match self.pooling {
+            Pooling::Cls => PoolRows::Last,
+            Pooling::Mean => PoolRows::All,
+        };
+        Ok(parts::pool(dev, &normed, &p, self.trunk.dim(), how))
     }
 
     fn embedding_dim(&self) -> usize {

@@ -3,7 +3,7 @@
 //! ```text
 //! x   = gene_embedding[id] + position_embedding[t] (+ expression_projection(value))
 //! x   = dropout(x)
-//! h   = encoder.layers.0 … encoder.layers.{L-1}(x)      pre-norm, key padding mask
+//! h   = encoder.layers.0 … encoder.layers.{L-1}(x)      pre-norm, over the real tokens only
 //! z   = encoder.norm(h[masked rows]) · gene_embeddingᵀ + gene_head.bias   [masked, vocab]
 //! loss = Σ cross_entropy(z, original gene)                over masked positions
 //! ```
@@ -19,7 +19,7 @@ use kernels::{Cpu, Device, ParamLayout, Precision};
 use run::telemetry::TRACE_TARGET;
 use tracing::info_span;
 
-use super::parts::{self, Padded, Trunk};
+use super::parts::{self, PoolRows, Tokens, Trunk};
 use super::{Arch, DataSpec, GradsReady, LossSum, ModelError, Result, Train};
 use kernels::rng::RngKey;
 
@@ -35,10 +35,10 @@ pub struct TransformerEncoderModel<D: Device<f32> = Cpu> {
     pooled: Option<PooledActs<D::Mem>>,
 }
 
-/// A training pooled forward's activations: the padded batch, the pooled rows (grouped per
+/// A training pooled forward's activations: the packed batch, the pooled rows (grouped per
 /// cell by `offsets`), those rows of the hidden state and their norm statistics.
 pub struct PooledActs<M> {
-    p: Padded,
+    p: Tokens,
     rows: Vec<usize>,
     offsets: Vec<usize>,
     x: M,
@@ -82,19 +82,25 @@ impl<D: Device<f32>> TransformerEncoderModel<D> {
         })
     }
 
-    fn targets(batch: &Batch, p: &Padded) -> (Vec<usize>, Vec<i64>) {
+    /// The masked rows and their original genes. A label on a padding token is a batch error.
+    fn targets(batch: &Batch, p: &Tokens) -> Result<(Vec<usize>, Vec<i64>)> {
         let mut rows = Vec::new();
         let mut targets = Vec::new();
         for r in 0..batch.batch_size {
             for j in 0..batch.seq_len {
                 let l = batch.labels[r * batch.seq_len + j];
                 if l != IGNORE_INDEX {
-                    rows.push(p.row(r, j));
+                    let row = p.row(r, j).ok_or_else(|| {
+                        ModelError::Batch(format!(
+                            "cell {r} has a masked-gene label on padding (position {j})"
+                        ))
+                    })?;
+                    rows.push(row);
                     targets.push(l as i64);
                 }
             }
         }
-        (rows, targets)
+        Ok((rows, targets))
     }
 }
 
@@ -121,8 +127,8 @@ impl<D: Device<f32>> Arch<D> for TransformerEncoderModel<D> {
         }
         let forward = info_span!(target: TRACE_TARGET, "forward").entered();
         let dev = &self.dev;
-        let p = Padded::masked(batch, self.trunk.embed.max_len);
-        let (rows, targets) = Self::targets(batch, &p);
+        let p = Tokens::masked(batch);
+        let (rows, targets) = Self::targets(batch, &p)?;
         let hidden = self
             .trunk
             .encode(dev, params, &p, train.as_ref().map(|t| t.key))?;
@@ -152,11 +158,11 @@ impl<D: Device<f32>> Arch<D> for TransformerEncoderModel<D> {
 
     fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
         let dev = &self.dev;
-        let p = Padded::masked(batch, self.trunk.embed.max_len);
+        let p = Tokens::masked(batch);
         let hidden = self.trunk.encode(dev, params, &p, None)?;
-        let normed = self.head.normalize(dev, params, hidden, p.b * p.t);
+        let normed = self.head.normalize(dev, params, hidden, p.n());
         let d = self.trunk.dim();
-        Ok(parts::pool_padded(dev, &normed, &p, d, self.pooling))
+        Ok(parts::pool(dev, &normed, &p, d, self.pooling.into()))
     }
 
     fn embedding_dim(&self) -> usize {
@@ -178,15 +184,8 @@ impl<D: Device<f32>> Arch<D> for TransformerEncoderModel<D> {
         };
         let dev = &self.dev;
         let d = self.trunk.dim();
-        let p = Padded::masked(batch, self.trunk.embed.max_len);
-        let (mut rows, mut offsets) = (Vec::new(), vec![0]);
-        for r in 0..p.b {
-            match self.pooling {
-                Pooling::Cls => rows.push(r * p.t),
-                Pooling::Mean => rows.extend((0..p.t).map(|j| r * p.t + j).filter(|&i| !p.pad[i])),
-            }
-            offsets.push(rows.len());
-        }
+        let p = Tokens::masked(batch);
+        let (rows, offsets) = parts::pooled_rows(&p, PoolRows::from(self.pooling));
         let m = rows.len();
         let hidden = self.trunk.encode(dev, params, &p, Some(key))?;
         let mut x = dev.zeros(m * d);
@@ -252,7 +251,7 @@ impl<D: Device<f32>> Arch<D> for TransformerEncoderModel<D> {
                 dev, params, grads, &a.x, &a.mean, &a.rstd, &dy, &mut dx, false, m,
             );
         }
-        let mut dh = dev.zeros(a.p.b * a.p.t * d);
+        let mut dh = dev.zeros(a.p.n() * d);
         dev.scatter_rows(&mut dh, &dx, &a.rows, d, false);
         self.trunk
             .backward(dev, params, grads, &a.p, &dh, key, ready)

@@ -24,7 +24,7 @@ use kernels::{Cpu, Device, Init, ParamLayout, ParamView, Precision};
 use run::telemetry::TRACE_TARGET;
 use tracing::info_span;
 
-use super::parts::{self, layer_config, Padded, Trunk};
+use super::parts::{self, layer_config, Tokens, Trunk};
 use super::{Arch, DataSpec, LossSum, ModelError, Result, Train};
 
 /// The decoder's dropout keys differ from the encoder's.
@@ -48,26 +48,22 @@ pub struct MaskedAutoencoder<D: Device<f32> = Cpu> {
     prec: Precision,
     hidden: usize,
     ddim: usize,
-    max_len: usize,
     vocab: usize,
 }
 
-/// One batch split into the encoder's visible tokens and the decoder's full layout.
+/// One batch split into the encoder's visible tokens and the decoder's full sequences (both
+/// packed, no padding).
 struct Plan {
-    /// Visible tokens, [b, tv] padded.
-    vis: Padded,
-    /// Full sequences, [b, t] padded; ids are the original genes.
-    full: Padded,
-    /// The real visible rows of `vis`, and the row of each in `full`.
-    vis_rows: Vec<usize>,
+    /// Visible tokens, their original positions kept.
+    vis: Tokens,
+    /// Full sequences; ids are the original genes.
+    full: Tokens,
+    /// The row in `full` of each row of `vis`.
     vis_full: Vec<usize>,
     /// Masked rows of `full`, their genes and their target values.
     masked_rows: Vec<usize>,
     masked_ids: Vec<u32>,
     targets: Vec<f32>,
-    /// The real (non-padding) rows of `full` and their positions.
-    real_rows: Vec<usize>,
-    real_pos: Vec<u32>,
 }
 
 impl MaskedAutoencoder {
@@ -119,65 +115,38 @@ impl<D: Device<f32>> MaskedAutoencoder<D> {
             prec,
             hidden: h,
             ddim: dd,
-            max_len: cfg.max_seq_len,
             vocab: spec.vocab_size,
         })
     }
 
     fn plan(&self, batch: &Batch) -> Plan {
         let (b, s) = (batch.batch_size, batch.seq_len);
-        let full = Padded::unmasked(batch, self.max_len);
-        // Visible tokens per cell, compacted.
-        let mut per_cell: Vec<Vec<usize>> = vec![Vec::new(); b];
-        let (mut masked_rows, mut targets) = (Vec::new(), Vec::new());
-        for (r, cell) in per_cell.iter_mut().enumerate() {
+        let full = Tokens::unmasked(batch);
+        // Visible tokens: real and not masked. Their masks select them from the batch's layout.
+        let mut vmask = vec![0u32; b * s];
+        let (mut masked_rows, mut targets, mut vis_full) = (Vec::new(), Vec::new(), Vec::new());
+        for r in 0..b {
             for j in 0..s {
                 let i = r * s + j;
-                if batch.attention_mask[i] == 0 {
-                    continue;
-                }
+                let Some(row) = full.row(r, j) else { continue };
                 if batch.labels[i] == IGNORE_INDEX {
-                    cell.push(j);
+                    vmask[i] = 1;
+                    vis_full.push(row);
                 } else {
-                    masked_rows.push(full.row(r, j));
+                    masked_rows.push(row);
                     targets.push(batch.target_values[i]);
                 }
             }
         }
-        let tv = per_cell.iter().map(|c| c.len()).max().unwrap_or(0);
-        let (mut vids, mut vvals, mut vmask) =
-            (vec![0u32; b * tv], vec![0f32; b * tv], vec![0u32; b * tv]);
-        for (r, cell) in per_cell.iter().enumerate() {
-            for (k, &j) in cell.iter().enumerate() {
-                vids[r * tv + k] = full.ids[full.row(r, j)];
-                vvals[r * tv + k] = batch.values[r * s + j];
-                vmask[r * tv + k] = 1;
-            }
-        }
-        let mut vis = Padded::new(b, tv, &vids, &vvals, &vmask);
-        let (mut vis_rows, mut vis_full) = (Vec::new(), Vec::new());
-        for (r, cell) in per_cell.iter().enumerate() {
-            for (k, &j) in cell.iter().enumerate() {
-                let row = vis.row(r, k);
-                vis.pos[row] = j as u32;
-                vis_rows.push(row);
-                vis_full.push(full.row(r, j));
-            }
-        }
-        parts::clamp_positions(&mut vis.pos, &vis.pad, self.max_len);
+        let vis = Tokens::new(b, s, &batch.gene_ids, &batch.values, &vmask);
         let masked_ids = masked_rows.iter().map(|&r| full.ids[r]).collect();
-        let real_rows: Vec<usize> = (0..full.pad.len()).filter(|&n| !full.pad[n]).collect();
-        let real_pos = real_rows.iter().map(|&n| full.pos[n]).collect();
         Plan {
             vis,
             full,
-            vis_rows,
             vis_full,
             masked_rows,
             masked_ids,
             targets,
-            real_rows,
-            real_pos,
         }
     }
 }
@@ -199,19 +168,16 @@ impl<D: Device<f32>> Arch<D> for MaskedAutoencoder<D> {
         let forward = info_span!(target: TRACE_TARGET, "forward").entered();
         let pl = &self.plan(batch);
         let dev = &self.dev;
-        let (h, dd, prec) = (self.hidden, self.ddim, self.prec);
+        let (dd, prec) = (self.ddim, self.prec);
         let key = train.as_ref().map(|t| t.key);
         let enc = self.trunk.encode(dev, params, &pl.vis, key)?;
-        // Only real visible rows continue to the decoder.
-        let mut e = dev.zeros(pl.vis_rows.len() * h);
-        dev.gather_rows(&mut e, enc, &pl.vis_rows, h);
-        self.enc_norm.forward(dev, params, &e);
+        self.enc_norm.forward(dev, params, enc);
         self.decoder_embed
             .forward(dev, prec, params, &self.enc_norm.y);
         // Decoder input: position embedding everywhere, plus the projected encoder state on
         // visible rows, plus mask_token + decoder_gene_embedding[gene] on masked rows.
         let f = &pl.full;
-        let mut dx = dev.zeros(f.b * f.t * dd);
+        let mut dx = dev.zeros(f.n() * dd);
         dev.embedding_forward(&mut dx, &f.pos, params, self.dec_pos, dd)?;
         dev.scatter_rows(&mut dx, &self.decoder_embed.y, &pl.vis_full, dd, true);
         parts::check_ids(&pl.masked_ids, self.vocab)?;
@@ -225,7 +191,7 @@ impl<D: Device<f32>> Arch<D> for MaskedAutoencoder<D> {
         dev.scatter_rows(&mut dx, &masked_in, &pl.masked_rows, dd, true);
         let dec = self
             .decoder
-            .forward(dev, params, &dx, f.b, f.t, &f.pad, key.map(decoder_key))?;
+            .forward(dev, params, &dx, &f.layout(), key.map(decoder_key))?;
         self.head.forward(dev, prec, params, dec, &pl.masked_rows);
         let targets = dev.upload(&pl.targets);
         let count = m as f64;
@@ -244,26 +210,18 @@ impl<D: Device<f32>> Arch<D> for MaskedAutoencoder<D> {
         let sum = dev.squared_error_sum(Some(&mut dy), &self.head.y, &targets, scale as f64)?;
         drop(forward);
         let _backward = info_span!(target: TRACE_TARGET, "backward").entered();
-        let mut ddec = dev.zeros(f.b * f.t * dd);
+        let mut ddec = dev.zeros(f.n() * dd);
         self.head
             .backward(dev, prec, params, grads, &dy, &pl.masked_rows, &mut ddec);
-        let din = self.decoder.backward(
-            dev,
-            params,
-            grads,
-            f.b,
-            f.t,
-            &ddec,
-            decoder_key(key),
-            &mut *ready,
-        );
+        let din = self
+            .decoder
+            .backward(dev, params, grads, &ddec, decoder_key(key), &mut *ready);
         let rows_of = |rows: &[usize]| {
             let mut out = dev.zeros(rows.len() * dd);
             dev.gather_rows(&mut out, din, rows, dd);
             out
         };
-        let dpos = rows_of(&pl.real_rows);
-        dev.embedding_backward(grads, self.dec_pos, &dpos, &pl.real_pos, dd)?;
+        dev.embedding_backward(grads, self.dec_pos, din, &f.pos, dd)?;
         let dmasked = rows_of(&pl.masked_rows);
         dev.embedding_backward(grads, self.mask_token, &dmasked, &token_idx, dd)?;
         dev.embedding_backward(grads, self.dec_gene, &dmasked, &pl.masked_ids, dd)?;
@@ -271,27 +229,19 @@ impl<D: Device<f32>> Arch<D> for MaskedAutoencoder<D> {
         let dnorm = self
             .decoder_embed
             .backward(dev, prec, params, grads, &dproj);
-        let de = self.enc_norm.backward(dev, params, grads, &dnorm);
-        let v = &pl.vis;
-        let mut denc = dev.zeros(v.b * v.t * h);
-        dev.scatter_rows(&mut denc, &de, &pl.vis_rows, h, false);
+        let denc = self.enc_norm.backward(dev, params, grads, &dnorm);
         self.trunk
-            .backward(dev, params, grads, v, &denc, key, ready)?;
+            .backward(dev, params, grads, &pl.vis, &denc, key, ready)?;
         Ok(LossSum { sum, count })
     }
 
     fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {
         let dev = &self.dev;
-        let p = Padded::unmasked(batch, self.max_len);
+        let p = Tokens::unmasked(batch);
         let enc = self.trunk.encode(dev, params, &p, None)?;
         self.enc_norm.forward(dev, params, enc);
-        Ok(parts::pool_padded(
-            dev,
-            &self.enc_norm.y,
-            &p,
-            self.hidden,
-            self.pooling,
-        ))
+        let how = self.pooling.into();
+        Ok(parts::pool(dev, &self.enc_norm.y, &p, self.hidden, how))
     }
 
     fn embedding_dim(&self) -> usize {

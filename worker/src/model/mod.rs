@@ -2,7 +2,7 @@
 //! [`Device`] trait only.
 //!
 //! Every model registers its parameters in one [`ParamLayout`] under PyTorch-style names, so
-//! parameters, gradients and Adam moments are single flat buffers. A model turns one padded
+//! parameters, gradients and Adam moments are single flat buffers. A model turns one
 //! [`Batch`] into a loss *sum* and the number of targets it covers ([`LossSum`]), and its
 //! backward accumulates `scale · d(loss sum)/dθ` into the gradient buffer. The trainer divides
 //! by the global target count afterwards, which makes the gradient of N workers with batch B the
@@ -28,8 +28,6 @@ use data::Batch;
 use kernels::modules::LoraSpec;
 use kernels::rng::RngKey;
 use kernels::{Cpu, Device, ParamLayout, Precision};
-
-pub use parts::ROUND_SEQ;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {

@@ -1,5 +1,5 @@
 //! What the three architectures share beyond the kernels' modules: the config and batch glue
-//! (activation from the config enum, size checks, the padded batch layout, pooling choices)
+//! (activation from the config enum, size checks, the packed batch layout, pooling choices)
 //! and [`Trunk`], the token embedding + dropout + encoder layers every model starts with.
 //! Everything that computes goes through [`kernels::modules`] or the [`Device`] trait.
 
@@ -7,14 +7,11 @@ use configs::scmodelforge::{Activation as CfgActivation, ModelConfig, Pooling};
 use data::masking::IGNORE_INDEX;
 use data::Batch;
 use kernels::modules::{layer_key, EncoderLayerConfig, Stack, TokenEmbedding, LN_EPS};
+use kernels::ops::SeqLayout;
 use kernels::rng::RngKey;
 use kernels::{Activation, Device, ParamLayout, Precision};
 
 use super::{GradsReady, ModelError, Result};
-
-/// Padded sequence lengths are rounded up to a multiple of this, so batches of similar length
-/// share one activation arena (padding rows are masked keys and carry no gradient).
-pub const ROUND_SEQ: usize = 16;
 
 pub fn activation(a: CfgActivation) -> Activation {
     match a {
@@ -46,78 +43,97 @@ pub fn layer_config(
     }
 }
 
-/// A batch re-laid to [b, t] with t rounded up to [`ROUND_SEQ`].
-pub struct Padded {
+/// A batch's real tokens packed row after row (padding dropped): cell r is rows
+/// `starts[r]..starts[r + 1]`, so the encoder does no work on padding.
+pub struct Tokens {
+    /// Number of cells.
     pub b: usize,
-    pub t: usize,
+    /// Row offsets of the cells (b + 1).
+    pub starts: Vec<usize>,
     pub ids: Vec<u32>,
     pub values: Vec<f32>,
-    /// true = padding (PyTorch's key_padding_mask).
-    pub pad: Vec<bool>,
-    /// Position of each row-major token within its sequence.
+    /// Position of each row within its cell (its column in the batch).
     pub pos: Vec<u32>,
+    /// Row of token (r, j) of the batch's [b, seq] layout; `usize::MAX` for padding.
+    row_of: Vec<usize>,
+    seq: usize,
 }
 
-impl Padded {
-    /// From per-token arrays of a [b, seq] batch.
+impl Tokens {
+    /// From per-token arrays of a [b, seq] batch: the tokens whose `mask` is non-zero.
     pub fn new(b: usize, seq: usize, ids: &[u32], values: &[f32], mask: &[u32]) -> Self {
-        let t = seq.div_ceil(ROUND_SEQ).max(1) * ROUND_SEQ;
-        let mut p = Padded {
+        let real = mask[..b * seq].iter().filter(|&&m| m != 0).count();
+        let mut p = Tokens {
             b,
-            t,
-            ids: vec![0; b * t],
-            values: vec![0.0; b * t],
-            pad: vec![true; b * t],
-            pos: (0..b * t).map(|i| (i % t) as u32).collect(),
+            starts: Vec::with_capacity(b + 1),
+            ids: Vec::with_capacity(real),
+            values: Vec::with_capacity(real),
+            pos: Vec::with_capacity(real),
+            row_of: vec![usize::MAX; b * seq],
+            seq,
         };
+        p.starts.push(0);
         for r in 0..b {
             for j in 0..seq {
-                let (src, dst) = (r * seq + j, r * t + j);
-                p.ids[dst] = ids[src];
-                p.values[dst] = values[src];
-                p.pad[dst] = mask[src] == 0;
+                let src = r * seq + j;
+                if mask[src] != 0 {
+                    p.row_of[src] = p.ids.len();
+                    p.ids.push(ids[src]);
+                    p.values.push(values[src]);
+                    p.pos.push(j as u32);
+                }
             }
+            p.starts.push(p.ids.len());
         }
         p
     }
 
-    /// The batch as the model reads it (masked ids and values), positions clamped to
-    /// `max_len`.
-    pub fn masked(batch: &Batch, max_len: usize) -> Self {
-        let mut p = Self::new(
+    /// The batch as the model reads it (masked ids and values).
+    pub fn masked(batch: &Batch) -> Self {
+        Self::new(
             batch.batch_size,
             batch.seq_len,
             &batch.gene_ids,
             &batch.values,
             &batch.attention_mask,
-        );
-        clamp_positions(&mut p.pos, &p.pad, max_len);
-        p
+        )
     }
 
-    /// The unmasked cell (labels restored into the ids, original values), positions clamped to
-    /// `max_len`.
-    pub fn unmasked(batch: &Batch, max_len: usize) -> Self {
+    /// The unmasked cell (labels restored into the ids, original values).
+    pub fn unmasked(batch: &Batch) -> Self {
         let ids: Vec<u32> = batch
             .gene_ids
             .iter()
             .zip(&batch.labels)
             .map(|(&id, &l)| if l != IGNORE_INDEX { l as u32 } else { id })
             .collect();
-        let mut p = Self::new(
+        Self::new(
             batch.batch_size,
             batch.seq_len,
             &ids,
             &batch.target_values,
             &batch.attention_mask,
-        );
-        clamp_positions(&mut p.pos, &p.pad, max_len);
-        p
+        )
     }
 
-    /// Row index in the padded layout of token (r, j) of the original [b, seq] layout.
-    pub fn row(&self, r: usize, j: usize) -> usize {
-        r * self.t + j
+    /// Total rows (real tokens).
+    pub fn n(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Rows of cell r.
+    pub fn cell(&self, r: usize) -> std::ops::Range<usize> {
+        self.starts[r]..self.starts[r + 1]
+    }
+
+    /// Row of token (r, j) of the batch's [b, seq] layout, None for padding.
+    pub fn row(&self, r: usize, j: usize) -> Option<usize> {
+        Some(self.row_of[r * self.seq + j]).filter(|&i| i != usize::MAX)
+    }
+
+    /// The encoder layers' view of the rows.
+    pub fn layout(&self) -> SeqLayout {
+        SeqLayout::packed((0..self.b).map(|r| self.cell(r).len()))
     }
 }
 
@@ -143,15 +159,6 @@ pub fn check_dims(cfg: &ModelConfig) -> Result<()> {
     Ok(())
 }
 
-/// Positions are clamped into the table for padding rows beyond `max_len` (never read).
-pub fn clamp_positions(pos: &mut [u32], pad: &[bool], max_len: usize) {
-    for (p, &is_pad) in pos.iter_mut().zip(pad) {
-        if is_pad && *p as usize >= max_len {
-            *p = (max_len - 1) as u32;
-        }
-    }
-}
-
 /// Token ids within the model vocabulary.
 pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
     match ids.iter().find(|&&id| id as usize >= vocab) {
@@ -162,47 +169,48 @@ pub fn check_ids(ids: &[u32], vocab: usize) -> Result<()> {
     }
 }
 
-/// Cell embeddings [b, d] from a padded [b, t, d] tensor `h`: `Cls` takes row `cls_row(r)` of
-/// sequence r, `Mean` averages its rows `rows(r)`.
-pub fn pool<D: Device<f32>>(
-    dev: &D,
-    h: &D::Mem,
-    b: usize,
-    d: usize,
-    pooling: Pooling,
-    cls_row: impl Fn(usize) -> usize,
-    rows: impl Fn(usize) -> Vec<usize>,
-) -> Vec<f32> {
-    let mut out = dev.zeros(b * d);
-    match pooling {
-        Pooling::Cls => {
-            let picked: Vec<usize> = (0..b).map(cls_row).collect();
-            dev.gather_rows(&mut out, h, &picked, d);
-        }
-        Pooling::Mean => {
-            let (mut all, mut offsets) = (Vec::new(), vec![0]);
-            for r in 0..b {
-                all.extend(rows(r));
-                offsets.push(all.len());
-            }
-            dev.mean_rows(&mut out, h, &all, &offsets, d);
-        }
-    }
+/// Cell embeddings [b, d] from the hidden states `h` [rows, d] of `p`: `Cls` takes each cell's
+/// first row ([CLS]), `Mean` averages its rows, `Last` (the autoregressive model's `Cls`) its
+/// last row. A cell without tokens gets zeros.
+pub fn pool<D: Device<f32>>(dev: &D, h: &D::Mem, p: &Tokens, d: usize, how: PoolRows) -> Vec<f32> {
+    let (rows, offsets) = pooled_rows(p, how);
+    let mut out = dev.zeros(p.b * d);
+    dev.mean_rows(&mut out, h, &rows, &offsets, d);
     dev.download(&out)
 }
 
-/// [`pool`] as the encoders read a padded [b, t, d] tensor: `Cls` is each sequence's first row
-/// ([CLS]), `Mean` averages its real (non-padding) rows.
-pub fn pool_padded<D: Device<f32>>(
-    dev: &D,
-    h: &D::Mem,
-    p: &Padded,
-    d: usize,
-    pooling: Pooling,
-) -> Vec<f32> {
-    let t = p.t;
-    let real = |r: usize| (0..t).map(|j| r * t + j).filter(|&i| !p.pad[i]).collect();
-    pool(dev, h, p.b, d, pooling, |r| r * t, real)
+/// Which rows of each cell a pooling reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoolRows {
+    First,
+    Last,
+    All,
+}
+
+impl From<Pooling> for PoolRows {
+    fn from(p: Pooling) -> Self {
+        match p {
+            Pooling::Cls => PoolRows::First,
+            Pooling::Mean => PoolRows::All,
+        }
+    }
+}
+
+/// The rows each cell pools, grouped per cell by the offsets (b + 1).
+pub fn pooled_rows(p: &Tokens, how: PoolRows) -> (Vec<usize>, Vec<usize>) {
+    let (mut rows, mut offsets) = (Vec::new(), vec![0]);
+    for r in 0..p.b {
+        let cell = p.cell(r);
+        if !cell.is_empty() {
+            match how {
+                PoolRows::First => rows.push(cell.start),
+                PoolRows::Last => rows.push(cell.end - 1),
+                PoolRows::All => rows.extend(cell),
+            }
+        }
+        offsets.push(rows.len());
+    }
+    (rows, offsets)
 }
 
 /// The token embedding (registered at the top level), a dropout on it, and the encoder layers
@@ -254,14 +262,14 @@ impl<M> Trunk<M> {
         self.embed.dim
     }
 
-    /// Embeds the padded tokens, applies dropout (layer 0 of `key`; none when `key` is None,
-    /// i.e. evaluation) and runs the encoder layers: hidden states [b, t, dim], valid until the
-    /// next call.
+    /// Embeds the tokens, applies dropout (layer 0 of `key`; none when `key` is None, i.e.
+    /// evaluation) and runs the encoder layers: hidden states [rows, dim], valid until the next
+    /// call.
     pub fn encode<D: Device<f32, Mem = M>>(
         &mut self,
         dev: &D,
         params: &M,
-        p: &Padded,
+        p: &Tokens,
         key: Option<RngKey>,
     ) -> Result<&M> {
         let e = &self.embed;
@@ -274,14 +282,12 @@ impl<M> Trunk<M> {
             )));
         }
         self.values = dev.upload(&p.values);
-        dev.resize(&mut self.x, p.b * p.t * e.dim);
+        dev.resize(&mut self.x, p.n() * e.dim);
         e.forward(dev, params, &p.ids, &p.pos, &self.values, &mut self.x)?;
         if let Some(k) = key {
             dev.dropout_forward(&mut self.x, self.dropout, layer_key(k, 0));
         }
-        Ok(self
-            .stack
-            .forward(dev, params, &self.x, p.b, p.t, &p.pad, key)?)
+        Ok(self.stack.forward(dev, params, &self.x, &p.layout(), key)?)
     }
 
     /// Backward of the last training [`encode`](Self::encode) of `p` from the hidden states'
@@ -293,14 +299,12 @@ impl<M> Trunk<M> {
         dev: &D,
         params: &M,
         grads: &mut M,
-        p: &Padded,
+        p: &Tokens,
         dh: &M,
         key: RngKey,
         ready: &mut GradsReady,
     ) -> Result<()> {
-        let dx = self
-            .stack
-            .backward(dev, params, grads, p.b, p.t, dh, key, ready);
+        let dx = self.stack.backward(dev, params, grads, dh, key, ready);
         dev.dropout_backward(dx, self.dropout, layer_key(key, 0));
         let (ids, pos) = (&p.ids, &p.pos);
         Ok(self

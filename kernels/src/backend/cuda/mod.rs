@@ -960,6 +960,10 @@ impl Device<f32> for Cuda {
         s: AttnShape,
         o: &AttnOpts,
     ) {
+        if o.packed.is_some() {
+            // The kernel knows the padded layout; packed rows go through it (see the module).
+            return super::packed_attention::forward_via_padding(self, out, lse, qkv, s, o);
+        }
         let t = s.seq;
         assert!(qkv.len >= s.batch * t * 3 * s.embed() && out.len >= s.batch * t * s.embed());
         assert!(lse.len >= s.batch * s.heads * t);
@@ -989,6 +993,11 @@ impl Device<f32> for Cuda {
         s: AttnShape,
         o: &AttnOpts,
     ) {
+        if o.packed.is_some() {
+            return super::packed_attention::backward_via_padding(
+                self, dqkv, dout, out, lse, qkv, s, o,
+            );
+        }
         let t = s.seq;
         assert!(dqkv.len >= s.batch * t * 3 * s.embed() && dout.len >= s.batch * t * s.embed());
         let bht = s.batch * s.heads * t;
