@@ -83,18 +83,21 @@ extern "C" __global__ void cast_to_half(unsigned short* out, const float* x, u64
 
 // One Adam(W) step over elements [start, end) (PyTorch's formulation, see ops/optim.rs):
 // AdamW p *= decay; Adam g += wd p; m, v moments; p -= step m / (sqrt(v)/bc2_sqrt + eps).
+// Parameters start..end; their moments start at m[mstart], v[mstart] (mstart = start when the
+// moments are laid out like the parameters, elsewhere when they hold only what trains).
 extern "C" __global__ void adam_segment(float* p, const float* g, float* m, float* v, u64 start,
-                                        u64 end, float step, float bc2_sqrt, float b1, float b2,
-                                        float ob1, float ob2, float eps, float wd, float decay,
-                                        int decoupled) {
+                                        u64 end, u64 mstart, float step, float bc2_sqrt, float b1,
+                                        float b2, float ob1, float ob2, float eps, float wd,
+                                        float decay, int decoupled) {
     for (size_t i = start + gtid(); i < end; i += gstride()) {
+        size_t k = mstart + (i - start);
         float gi = g[i];
         float pi = p[i];
         if (decoupled) pi *= decay; else gi += wd * pi;
-        float mi = b1 * m[i] + ob1 * gi;
-        float vi = b2 * v[i] + ob2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
+        float mi = b1 * m[k] + ob1 * gi;
+        float vi = b2 * v[k] + ob2 * gi * gi;
+        m[k] = mi;
+        v[k] = vi;
         p[i] = pi - step * mi / (sqrtf(vi) / bc2_sqrt + eps);
     }
 }

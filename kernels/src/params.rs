@@ -102,6 +102,24 @@ impl ParamLayout {
         }
     }
 
+    /// The same entries at the offsets `offset` gives, in a buffer of `total`: e.g. the Adam
+    /// moments of a partly frozen model, which hold only what trains.
+    pub fn remapped(&self, offset: impl Fn(&ParamEntry) -> usize, total: usize) -> ParamLayout {
+        let entries: Vec<ParamEntry> = self
+            .entries
+            .iter()
+            .map(|e| ParamEntry {
+                offset: offset(e),
+                ..e.clone()
+            })
+            .collect();
+        assert!(
+            entries.iter().all(|e| e.offset + e.len() <= total),
+            "remapped entries must fit in {total}"
+        );
+        ParamLayout { entries, total }
+    }
+
     pub fn get(&self, name: &str) -> Result<&ParamEntry> {
         self.entries
             .iter()

@@ -383,6 +383,20 @@ fn optimizer<D: Device<f32>>(d: &D) -> Outputs {
         &g,
         &mut m,
         &mut v,
+        30_000,
+        &[10..20, 40_000..40_010],
+    );
+    // The same group with compact moments (only what trains, as under LoRA).
+    let (mut mc, mut vc) = (d.zeros(30_000), d.zeros(30_000));
+    d.adam_step_in(
+        &cfg,
+        1,
+        30_000..60_000,
+        &mut p,
+        &g,
+        &mut mc,
+        &mut vc,
+        0,
         &[10..20, 40_000..40_010],
     );
     let finite = d.all_finite(&p) as u8 as f32;
@@ -394,6 +408,8 @@ fn optimizer<D: Device<f32>>(d: &D) -> Outputs {
         ("params", d.download(&p)),
         ("exp_avg", d.download(&m)),
         ("exp_avg_sq", d.download(&v)),
+        ("exp_avg_compact", d.download(&mc)),
+        ("exp_avg_sq_compact", d.download(&vc)),
         ("finite", vec![finite, not_finite]),
     ]
 }

@@ -88,10 +88,13 @@ pub struct Metrics {
     pub skipped_steps: u64,
 }
 
-/// What a checkpoint holds, in host buffers laid out like the model's [`ParamLayout`].
+/// What a checkpoint holds, in host buffers laid out like the model's [`ParamLayout`] (the
+/// Adam moments like `moments_layout`: the same entries, at other offsets when the moments
+/// hold only what trains).
 pub struct Snapshot<'a> {
     pub layout: &'a ParamLayout,
     pub params: &'a [f32],
+    pub moments_layout: &'a ParamLayout,
     pub exp_avg: &'a [f32],
     pub exp_avg_sq: &'a [f32],
     pub state: &'a TrainState,
@@ -130,8 +133,8 @@ fn sync_dir(path: &Path) -> Result<()> {
 /// Writes checkpoint `root/name` atomically (replacing an existing one of that name).
 pub fn save(root: &Path, name: &str, snap: &Snapshot) -> Result<PathBuf> {
     let final_dir = root.join(name);
-    let n = snap.layout.total();
-    if snap.params.len() < n || snap.exp_avg.len() < n || snap.exp_avg_sq.len() < n {
+    let (n, nm) = (snap.layout.total(), snap.moments_layout.total());
+    if snap.params.len() < n || snap.exp_avg.len() < nm || snap.exp_avg_sq.len() < nm {
         return Err(invalid(
             &final_dir,
             "buffers shorter than the parameter layout",
@@ -147,7 +150,7 @@ pub fn save(root: &Path, name: &str, snap: &Snapshot) -> Result<PathBuf> {
         (
             "optimizer.safetensors",
             tensors_bytes(
-                snap.layout,
+                snap.moments_layout,
                 &[("exp_avg.", snap.exp_avg), ("exp_avg_sq.", snap.exp_avg_sq)],
                 &final_dir,
             )?,
@@ -261,6 +264,11 @@ pub fn tensors(layout: &ParamLayout, buf: &[f32], path: &Path) -> Result<Vec<u8>
 
 /// Loads a checkpoint for a model of `layout`, after verifying its manifest.
 pub fn load(dir: &Path, layout: &ParamLayout) -> Result<Loaded> {
+    load_with(dir, layout, layout)
+}
+
+/// [`load`] with the Adam moments laid out like `moments_layout` (see [`Snapshot`]).
+pub fn load_with(dir: &Path, layout: &ParamLayout, moments_layout: &ParamLayout) -> Result<Loaded> {
     let files = verify(dir)?;
     let get = |n: &str| {
         files
@@ -269,8 +277,8 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<Loaded> {
     };
     let n = layout.total();
     let mut params = vec![0.0f32; n];
-    let mut exp_avg = vec![0.0f32; n];
-    let mut exp_avg_sq = vec![0.0f32; n];
+    let mut exp_avg = vec![0.0f32; moments_layout.total()];
+    let mut exp_avg_sq = vec![0.0f32; moments_layout.total()];
     let model = SafeTensors::deserialize(get("model.safetensors")?)
         .map_err(|e| invalid(dir, format!("model.safetensors: {e}")))?;
     fill_from(&model, layout, "", &mut params, dir)?;
@@ -282,8 +290,8 @@ pub fn load(dir: &Path, layout: &ParamLayout) -> Result<Loaded> {
     })?;
     let opt = SafeTensors::deserialize(opt_bytes)
         .map_err(|e| invalid(dir, format!("optimizer.safetensors: {e}")))?;
-    fill_from(&opt, layout, "exp_avg.", &mut exp_avg, dir)?;
-    fill_from(&opt, layout, "exp_avg_sq.", &mut exp_avg_sq, dir)?;
+    fill_from(&opt, moments_layout, "exp_avg.", &mut exp_avg, dir)?;
+    fill_from(&opt, moments_layout, "exp_avg_sq.", &mut exp_avg_sq, dir)?;
     let state: TrainState = serde_json::from_slice(get("state.json")?)
         .map_err(|e| invalid(dir, format!("state.json: {e}")))?;
     if state.format_version != FORMAT_VERSION {

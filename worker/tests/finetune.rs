@@ -410,6 +410,16 @@ fn lora_trains_only_adapters_and_head_resumes_exactly_and_exports_a_merged_model
         .collect();
     want.sort();
     assert_eq!(moments, want);
+    // The optimizer state holds only these (packed, in memory too): every tensor that trained
+    // has second moments, all finite and non-negative, and none is left at zero.
+    for n in &names {
+        let v = tensor(
+            &last.join("optimizer.safetensors"),
+            &format!("exp_avg_sq.{n}"),
+        );
+        assert!(v.iter().all(|x| x.is_finite() && *x >= 0.0), "{n}");
+        assert!(v.iter().any(|x| *x > 0.0), "{n}: no optimizer state");
+    }
 
     // Loaded for embedding, the backbone is the pretrained one with the adapters merged into
     // the adapted weights (W + alpha/rank · B·A), every other tensor bit for bit.

@@ -352,9 +352,10 @@ impl<T: Float> Device<T> for Cpu {
         grads: &Vec<T>,
         m: &mut Vec<T>,
         v: &mut Vec<T>,
+        moments_at: usize,
         decay_free: &[std::ops::Range<usize>],
     ) {
-        ops::adam_step_in(cfg, t, range, params, grads, m, v, decay_free)
+        ops::adam_step_in(cfg, t, range, params, grads, m, v, moments_at, decay_free)
     }
     fn global_norm(&self, x: &Vec<T>) -> f64 {
         ops::global_norm(x)

@@ -341,8 +341,9 @@ pub trait Device<T: Float>: Send + Sync {
         v: &mut Self::Mem,
         decay_free: &[std::ops::Range<usize>],
     );
-    /// [`adam_step`](Device::adam_step) over `range` of the buffers only (one parameter group;
-    /// the rest is left untouched), with `decay_free` clipped to it.
+    /// [`adam_step`](Device::adam_step) over `range` of the parameters only (one parameter
+    /// group; the rest is left untouched), its moments starting at `moments_at` of `m` and `v`
+    /// ([`crate::ops::adam_step_in`]), with `decay_free` clipped to it.
     #[allow(clippy::too_many_arguments)]
     fn adam_step_in(
         &self,
@@ -353,6 +354,7 @@ pub trait Device<T: Float>: Send + Sync {
         grads: &Self::Mem,
         m: &mut Self::Mem,
         v: &mut Self::Mem,
+        moments_at: usize,
         decay_free: &[std::ops::Range<usize>],
     );
     /// ‖x‖₂, accumulated in f64.

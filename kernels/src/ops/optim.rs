@@ -54,27 +54,22 @@ pub fn adam_step<T: Float>(
 ) {
     let n = params.len();
     assert!(grads.len() == n && m.len() == n && v.len() == n);
-    let no_decay = AdamConfig {
-        weight_decay: 0.0,
-        ..*cfg
-    };
-    // Alternate between the decayed stretch before each decay-free range and the range.
     let mut at = 0;
     for r in decay_free {
         assert!(
             at <= r.start && r.start <= r.end && r.end <= n,
             "decay_free must be sorted"
         );
-        adam_segment(cfg, t, at..r.start, params, grads, m, v);
-        adam_segment(&no_decay, t, r.clone(), params, grads, m, v);
         at = r.end;
     }
-    adam_segment(cfg, t, at..n, params, grads, m, v);
+    adam_step_in(cfg, t, 0..n, params, grads, m, v, 0, decay_free);
 }
 
-/// [`adam_step`] over `range` of the buffers only; everything outside it is left as it is
-/// (a frozen parameter group). `decay_free` is as for [`adam_step`] (over the whole buffer)
-/// and is clipped to `range`.
+/// [`adam_step`] over `range` of the parameters only; everything outside it is left as it is
+/// (a frozen parameter group). The moments of `range` start at `moments_at` in `m` and `v`:
+/// `range.start` when they are laid out like the parameters, elsewhere when they hold only the
+/// groups that train (LoRA). `decay_free` is as for [`adam_step`] (parameter indices over the
+/// whole buffer) and is clipped to `range`.
 #[allow(clippy::too_many_arguments)]
 pub fn adam_step_in<T: Float>(
     cfg: &AdamConfig,
@@ -84,13 +79,27 @@ pub fn adam_step_in<T: Float>(
     grads: &[T],
     m: &mut [T],
     v: &mut [T],
+    moments_at: usize,
     decay_free: &[Range<usize>],
 ) {
     let n = params.len();
-    assert!(grads.len() == n && m.len() == n && v.len() == n && range.end <= n);
+    let mend = moments_at + range.len();
+    assert!(grads.len() == n && range.end <= n && m.len() >= mend && v.len() >= mend);
     let no_decay = AdamConfig {
         weight_decay: 0.0,
         ..*cfg
+    };
+    // A stretch [lo, hi) of the parameters and its moments.
+    let mut segment = |c: &AdamConfig, lo: usize, hi: usize| {
+        let mo = moments_at + (lo - range.start);
+        adam_segment(
+            c,
+            t,
+            &mut params[lo..hi],
+            &grads[lo..hi],
+            &mut m[mo..mo + (hi - lo)],
+            &mut v[mo..mo + (hi - lo)],
+        );
     };
     let mut at = range.start;
     for r in decay_free {
@@ -98,29 +107,24 @@ pub fn adam_step_in<T: Float>(
         if lo >= hi {
             continue;
         }
-        adam_segment(cfg, t, at..lo, params, grads, m, v);
-        adam_segment(&no_decay, t, lo..hi, params, grads, m, v);
+        segment(cfg, at, lo);
+        segment(&no_decay, lo, hi);
         at = hi;
     }
-    adam_segment(cfg, t, at..range.end, params, grads, m, v);
+    segment(cfg, at, range.end);
 }
 
 fn adam_segment<T: Float>(
     cfg: &AdamConfig,
     t: u64,
-    range: Range<usize>,
     params: &mut [T],
     grads: &[T],
     m: &mut [T],
     v: &mut [T],
 ) {
-    if range.is_empty() {
+    if params.is_empty() {
         return;
     }
-    let params = &mut params[range.clone()];
-    let grads = &grads[range.clone()];
-    let m = &mut m[range.clone()];
-    let v = &mut v[range];
     let ti = t.max(1) as i32;
     let bc1 = 1.0 - cfg.beta1.powi(ti);
     let bc2 = 1.0 - cfg.beta2.powi(ti);
@@ -199,7 +203,17 @@ mod tests {
         let (mut pa, mut ma, mut va) = (p0.clone(), vec![0.2f32; n], vec![0.3f32; n]);
         adam_step(&cfg, 3, &mut pa, &g, &mut ma, &mut va, &decay_free);
         let (mut pb, mut mb, mut vb) = (p0.clone(), vec![0.2f32; n], vec![0.3f32; n]);
-        adam_step_in(&cfg, 3, 5..21, &mut pb, &g, &mut mb, &mut vb, &decay_free);
+        adam_step_in(
+            &cfg,
+            3,
+            5..21,
+            &mut pb,
+            &g,
+            &mut mb,
+            &mut vb,
+            5,
+            &decay_free,
+        );
         for i in 0..n {
             if (5..21).contains(&i) {
                 assert_eq!((pa[i], ma[i], va[i]), (pb[i], mb[i], vb[i]), "{i}");
@@ -207,6 +221,24 @@ mod tests {
                 assert_eq!((pb[i], mb[i], vb[i]), (p0[i], 0.2, 0.3), "{i}");
             }
         }
+        // Compact moments (only what trains, as under LoRA): the same step, the moments of
+        // 5..21 at 2..18 of a buffer of 20.
+        let (mut pc, mut mc, mut vc) = (p0.clone(), vec![0.2f32; 20], vec![0.3f32; 20]);
+        adam_step_in(
+            &cfg,
+            3,
+            5..21,
+            &mut pc,
+            &g,
+            &mut mc,
+            &mut vc,
+            2,
+            &decay_free,
+        );
+        assert_eq!(pc, pb);
+        assert_eq!(&mc[2..18], &mb[5..21]);
+        assert_eq!(&vc[2..18], &vb[5..21]);
+        assert!(mc[..2].iter().chain(&mc[18..]).all(|&x| x == 0.2));
     }
 
     #[test]

@@ -554,6 +554,7 @@ pub fn train_pose(
                         let snap = Snapshot {
                             layout: &layout,
                             params: &params,
+                            moments_layout: &layout,
                             exp_avg: &exp_avg,
                             exp_avg_sq: &exp_avg_sq,
                             state: &state,
@@ -710,6 +711,7 @@ pub fn train_pose(
             let snap = Snapshot {
                 layout: &layout,
                 params: &params,
+                moments_layout: &layout,
                 exp_avg: &exp_avg,
                 exp_avg_sq: &exp_avg_sq,
                 state: &state,

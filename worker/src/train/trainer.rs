@@ -21,6 +21,7 @@ use kernels::{Cpu, Device};
 use run::{checkpoint_root, resolve_run_name};
 
 use super::events::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
+use super::param_groups::Moments;
 use super::totals::StepTotals;
 use crate::checkpoint::{self, DataPosition, Metrics, RngState, Snapshot, TrainState};
 use crate::finetune::{self, labels::Labels, Backbone, FinetuneModel};
@@ -185,7 +186,8 @@ pub struct Trainer<'a, D: Device<f32> + 'static = Cpu> {
     model: Box<dyn ScModel<D>>,
     /// Where the buffers live and the optimizer step runs.
     dev: D,
-    /// The flat buffers: parameters, their gradients and AdamW's two moments, one layout.
+    /// The flat buffers: parameters and their gradients (one layout), AdamW's two moments
+    /// (placed by `moments`).
     params: D::Mem,
     grads: D::Mem,
     exp_avg: D::Mem,
@@ -207,6 +209,8 @@ pub struct Trainer<'a, D: Device<f32> + 'static = Cpu> {
     backbone_frozen: bool,
     /// What checkpoints save: every parameter, or under LoRA only what trains.
     saved_layout: kernels::ParamLayout,
+    /// Where the moments of what trains live (under LoRA: only those, packed).
+    moments: Moments,
     /// Under LoRA: the ranges that train besides the head (adapters, biases).
     lora: Option<Vec<std::ops::Range<usize>>>,
     /// Under LoRA: the frozen ranges, whose gradients are dropped before the step.
@@ -277,18 +281,20 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         let decay_free = super::param_groups::decay_free_ranges(model.layout());
         let layout = model.layout().clone();
         let n = layout.total();
-        // LoRA: the adapters, trained biases and head train; checkpoints hold only those.
+        // LoRA: the adapters, trained biases and head train; the optimizer state and
+        // checkpoints hold only those.
         let lora = model.lora_trainable();
-        let (saved_layout, frozen) = match (lora.clone(), model.head_range()) {
+        let (saved_layout, frozen, moments) = match (lora.clone(), model.head_range()) {
             (Some(mut train), Some(head)) => {
                 train.push(head);
                 let saved = layout.subset(|e| {
                     let r = e.view().range();
                     train.iter().any(|t| t.start <= r.start && r.end <= t.end)
                 });
-                (saved, crate::finetune::lora::complement(&train, n))
+                let moments = Moments::only(&saved, &train);
+                (saved, crate::finetune::lora::complement(&train, n), moments)
             }
-            _ => (layout.clone(), Vec::new()),
+            _ => (layout.clone(), Vec::new(), Moments::full(&layout)),
         };
         let name = resolve_run_name(cfg, &opts.run_dir);
         let mut run_cfg = cfg.clone();
@@ -322,8 +328,8 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                 dev.upload(&p)
             },
             grads: dev.zeros(n),
-            exp_avg: dev.zeros(n),
-            exp_avg_sq: dev.zeros(n),
+            exp_avg: dev.zeros(moments.len),
+            exp_avg_sq: dev.zeros(moments.len),
             device_reduce: None,
             dev,
             state: TrainState {
@@ -360,6 +366,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             decay_free,
             backbone_frozen: false,
             saved_layout,
+            moments,
             lora,
             frozen,
             scaler,
@@ -425,7 +432,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
             return Ok(false);
         };
         let dir = checkpoint::resolve_resume(&path)?;
-        let mut loaded = checkpoint::load(&dir, &self.saved_layout)?;
+        let mut loaded = checkpoint::load_with(&dir, &self.saved_layout, &self.moments.layout)?;
         // Under LoRA the checkpoint holds what trains; the frozen rest is the backbone's.
         if !self.frozen.is_empty() {
             let now = self.host(&self.params).into_owned();
@@ -713,11 +720,12 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                     } else if !self.backbone_frozen {
                         groups.push((0..head.start, backbone_lr));
                     }
-                    for (range, group_lr) in groups {
+                    for (range, group_lr) in groups.into_iter().filter(|(r, _)| !r.is_empty()) {
                         let cfg_step = AdamConfig {
                             lr: group_lr * factor,
                             ..self.adam
                         };
+                        let moments_at = self.moments.at(range.start);
                         dev.adam_step_in(
                             &cfg_step,
                             self.state.adam_t,
@@ -726,6 +734,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                             grads,
                             &mut self.exp_avg,
                             &mut self.exp_avg_sq,
+                            moments_at,
                             &self.decay_free,
                         );
                     }
@@ -1023,6 +1032,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
         let snap = Snapshot {
             layout: &self.saved_layout,
             params: &params,
+            moments_layout: &self.moments.layout,
             exp_avg: &exp_avg,
             exp_avg_sq: &exp_avg_sq,
             state: &state,

@@ -1234,7 +1234,7 @@ impl Device<f32> for Cuda {
         decay_free: &[Range<usize>],
     ) {
         let n = params.len;
-        self.adam_step_in(cfg, t, 0..n, params, grads, m, v, decay_free)
+        self.adam_step_in(cfg, t, 0..n, params, grads, m, v, 0, decay_free)
     }
     fn adam_step_in(
         &self,
@@ -1245,10 +1245,12 @@ impl Device<f32> for Cuda {
         grads: &CudaMem,
         m: &mut CudaMem,
         v: &mut CudaMem,
+        moments_at: usize,
         decay_free: &[Range<usize>],
     ) {
         let n = params.len;
-        assert!(grads.len == n && m.len == n && v.len == n && range.end <= n);
+        let mend = moments_at + range.len();
+        assert!(grads.len == n && range.end <= n && m.len >= mend && v.len >= mend);
         let no_decay = AdamConfig {
             weight_decay: 0.0,
             ..*cfg
@@ -1270,6 +1272,8 @@ impl Device<f32> for Cuda {
                     Arg::Ptr(self.ptr(v)),
                     Arg::U64(r.start as u64),
                     Arg::U64(r.end as u64),
+                    // Moment index of parameter r.start.
+                    Arg::U64((moments_at + (r.start - range.start)) as u64),
                     Arg::F32((c.lr / bc1) as f32),
                     Arg::F32(bc2.sqrt() as f32),
                     Arg::F32(c.beta1 as f32),
