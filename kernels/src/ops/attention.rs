@@ -436,6 +436,9 @@ pub fn attention_backward<T: Float>(
     });
     let (thr, stream) = (keep_threshold(o.dropout), o.key.stream_state());
     let separate_p = o.dropout > 0.0 || o.prec != Precision::F32;
+    // Whether a kept P' entry stays non-zero after rounding (fp16 flushes small probabilities
+    // to zero, so it draws the mask again instead).
+    let mask_from_pd = o.prec != Precision::F16Mixed;
     let dp = SyncPtr(dqkv.as_mut_ptr());
     (0..s.batch * s.heads).into_par_iter().for_each(|task| {
         let (b, h) = (task / s.heads, task % s.heads);
@@ -531,6 +534,21 @@ pub fn attention_backward<T: Float>(
                 .enumerate()
             {
                 let i = r0 + ii;
+                if o.dropout > 0.0 && mask_from_pd {
+                    // The keep mask read off P' instead of drawn again: P' is zero exactly where
+                    // a key was dropped or P is zero, and where P is zero the product is zero
+                    // either way (same values as the draw, one hash per score fewer).
+                    let pdr = &pdb[ii * kend..(ii + 1) * kend];
+                    for ((x, &pv), &pdv) in dsr.iter_mut().zip(pr).zip(pdr) {
+                        let kept = if pdv != T::ZERO {
+                            *x * drop_scale
+                        } else {
+                            T::ZERO
+                        };
+                        *x = pv * (kept - d[i]) * scale;
+                    }
+                    continue;
+                }
                 if o.dropout > 0.0 {
                     let base = sr.drop_base(h, i);
                     T::dropout_apply(dsr, stream, base, thr, drop_scale);
