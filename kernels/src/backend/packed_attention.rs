@@ -17,7 +17,10 @@ struct PadMap {
     lse: Vec<usize>,
 }
 
-fn pad_map(s: &AttnShape, starts: &[usize]) -> PadMap {
+/// The padded layout of the packed one `o` describes (checked).
+fn pad_map(s: &AttnShape, o: &AttnOpts) -> PadMap {
+    let starts = o.packed.expect("a packed layout");
+    layout_rows(s, o);
     let t = s.seq;
     let mut m = PadMap {
         rows: Vec::with_capacity(starts[s.batch]),
@@ -57,9 +60,7 @@ pub fn forward_via_padding<T: Float, D: Device<T>>(
     s: AttnShape,
     o: &AttnOpts,
 ) {
-    let starts = o.packed.expect("a packed layout");
-    layout_rows(&s, o);
-    let m = pad_map(&s, starts);
+    let m = pad_map(&s, o);
     let (e, padded) = (s.embed(), s.batch * s.seq);
     let mut qkv_p = dev.zeros(padded * 3 * e);
     dev.scatter_rows(&mut qkv_p, qkv, &m.rows, 3 * e, false);
@@ -88,9 +89,7 @@ pub fn backward_via_padding<T: Float, D: Device<T>>(
     s: AttnShape,
     o: &AttnOpts,
 ) {
-    let starts = o.packed.expect("a packed layout");
-    layout_rows(&s, o);
-    let m = pad_map(&s, starts);
+    let m = pad_map(&s, o);
     let (e, padded) = (s.embed(), s.batch * s.seq);
     let pad = |x: &D::Mem, width: usize, rows: &[usize]| {
         let mut p = dev.zeros(padded * width);

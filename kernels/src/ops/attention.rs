@@ -89,11 +89,15 @@ impl SeqLayout {
     /// Packed sequences of the given lengths.
     pub fn packed(lens: impl IntoIterator<Item = usize>) -> Self {
         let mut starts = vec![0];
-        let mut max_len = 0;
         for l in lens {
             starts.push(starts[starts.len() - 1] + l);
-            max_len = max_len.max(l);
         }
+        Self::from_starts(starts)
+    }
+
+    /// Packed sequences at row offsets `starts` (sequence b is rows starts[b]..starts[b + 1]).
+    pub fn from_starts(starts: Vec<usize>) -> Self {
+        let max_len = starts.windows(2).map(|w| w[1] - w[0]).max().unwrap_or(0);
         SeqLayout::Packed { starts, max_len }
     }
 
@@ -268,6 +272,39 @@ fn gather_rows<T: Float>(x: &[T], s: &AttnShape, row0: usize, h: usize, rows: us
     out
 }
 
+/// Head h's q (every query of `sr`), k and v (its unmasked keys), contiguous and rounded to
+/// the precision: what forward and backward both start from.
+fn head_qkv<T: Float>(
+    qkv: &[T],
+    s: &AttnShape,
+    o: &AttnOpts,
+    sr: &SeqRows,
+    h: usize,
+) -> (Vec<T>, Vec<T>, Vec<T>) {
+    let mut q = gather(qkv, s, sr.row0, h, 0, sr.queries);
+    let mut k = gather(qkv, s, sr.row0, h, 1, sr.keys);
+    let mut v = gather(qkv, s, sr.row0, h, 2, sr.keys);
+    round_slice(o.prec, &mut q);
+    round_slice(o.prec, &mut k);
+    round_slice(o.prec, &mut v);
+    (q, k, v)
+}
+
+/// Raw scores of `qb` query rows against the first `kend` keys: out [qb, kend] = Q·Kᵀ.
+fn score_block<T: Float>(
+    prec: Precision,
+    out: &mut [T],
+    q: &[T],
+    k: &[T],
+    qb: usize,
+    kend: usize,
+    dh: usize,
+) {
+    super::gemm_rounded(
+        prec, out, kend, q, dh, false, k, dh, true, qb, kend, dh, false, false,
+    );
+}
+
 /// The padding flags of sequence b, if any key inside it is padding.
 fn pad_row<'a>(o: &AttnOpts<'a>, b: usize, t: usize) -> Option<&'a [bool]> {
     if o.packed.is_some() {
@@ -325,12 +362,7 @@ pub fn attention_forward<T: Float>(
         let sr = SeqRows::of(&s, o, b);
         let (nq, l) = (sr.queries, sr.keys);
         let padr = pad_row(o, b, t);
-        let mut q = gather(qkv, &s, sr.row0, h, 0, nq);
-        let mut k = gather(qkv, &s, sr.row0, h, 1, l);
-        let mut v = gather(qkv, &s, sr.row0, h, 2, l);
-        round_slice(o.prec, &mut q);
-        round_slice(o.prec, &mut k);
-        round_slice(o.prec, &mut v);
+        let (q, k, v) = head_qkv(qkv, &s, o, &sr, h);
         let mut lse = vec![T::ZERO; nq];
         let mut ob = vec![T::ZERO; nq * dh];
         let mut sb = vec![T::ZERO; QB * l];
@@ -344,22 +376,7 @@ pub fn attention_forward<T: Float>(
                 continue;
             }
             let sc = &mut sb[..qb * kend];
-            super::gemm_rounded(
-                o.prec,
-                sc,
-                kend,
-                &q[r0 * dh..],
-                dh,
-                false,
-                &k,
-                dh,
-                true,
-                qb,
-                kend,
-                dh,
-                false,
-                false,
-            );
+            score_block(o.prec, sc, &q[r0 * dh..], &k, qb, kend, dh);
             for (ii, row) in sc.chunks_exact_mut(kend).enumerate() {
                 let i = r0 + ii;
                 mask_row(row, i, padr, o.causal);
@@ -446,12 +463,7 @@ pub fn attention_backward<T: Float>(
         let (nq, l) = (sr.queries, sr.keys);
         let lse = &lse[sr.lse_index(h, 0)..sr.lse_index(h, nq)];
         let padr = pad_row(o, b, t);
-        let mut q = gather(qkv, &s, sr.row0, h, 0, nq);
-        let mut k = gather(qkv, &s, sr.row0, h, 1, l);
-        let mut v = gather(qkv, &s, sr.row0, h, 2, l);
-        round_slice(o.prec, &mut q);
-        round_slice(o.prec, &mut k);
-        round_slice(o.prec, &mut v);
+        let (q, k, v) = head_qkv(qkv, &s, o, &sr, h);
         let mut dob = gather_rows(dout, &s, sr.row0, h, nq);
         let ob = gather_rows(out, &s, sr.row0, h, nq);
         let d: Vec<T> = dob
@@ -478,22 +490,7 @@ pub fn attention_backward<T: Float>(
                 continue;
             }
             let p = &mut pb[..qb * kend];
-            super::gemm_rounded(
-                o.prec,
-                p,
-                kend,
-                &q[r0 * dh..],
-                dh,
-                false,
-                &k,
-                dh,
-                true,
-                qb,
-                kend,
-                dh,
-                false,
-                false,
-            );
+            score_block(o.prec, p, &q[r0 * dh..], &k, qb, kend, dh);
             for (ii, row) in p.chunks_exact_mut(kend).enumerate() {
                 let i = r0 + ii;
                 let li = lse[i];

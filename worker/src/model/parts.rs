@@ -133,7 +133,7 @@ impl Tokens {
 
     /// The encoder layers' view of the rows.
     pub fn layout(&self) -> SeqLayout {
-        SeqLayout::packed((0..self.b).map(|r| self.cell(r).len()))
+        SeqLayout::from_starts(self.starts.clone())
     }
 }
 
