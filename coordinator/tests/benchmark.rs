@@ -178,7 +178,7 @@ fn benchmarks_not_implemented_are_refused_by_name() {
     let dir = scratch("refused");
     let cfg = config(
         &dir,
-        "  benchmarks:\n    - linear_probe\n    - name: knn_probe\n      k: 5\n",
+        "  benchmarks:\n    - linear_probe\n    - name: cz_clustering\n      k: 5\n",
     );
     let out_dir = dir.join("out");
     let out = benchmark(&cfg, &out_dir, &["--embedding", "pca"]);
@@ -186,8 +186,17 @@ fn benchmarks_not_implemented_are_refused_by_name() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("eval.benchmarks[1]")
-            && err.contains("the knn_probe benchmark is not implemented")
+            && err.contains("the cz_clustering benchmark is not implemented")
             && err.contains("linear_probe, embedding_quality, perturbation"),
+        "{err}"
+    );
+    assert!(!out_dir.exists(), "nothing is written for a refused config");
+    let cfg = config(&dir, "  benchmarks:\n    - knn_probe\n");
+    let out = benchmark(&cfg, &out_dir, &["--embedding", "pca"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("scModelForge has no benchmark named \"knn_probe\""),
         "{err}"
     );
     assert!(!out_dir.exists(), "nothing is written for a refused config");

@@ -52,16 +52,34 @@ pub const BENCHMARKS: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// Benchmarks scModelForge registers that anvil does not run: the wrappers around the external
+/// cz-benchmarks package and GRN inference (not part of what anvil's benchmark verb offers).
+pub const PACKAGE_ONLY: &[&str] = &[
+    "cz_clustering",
+    "cz_embedding",
+    "cz_label_prediction",
+    "cz_batch_integration",
+    "grn_inference",
+];
+
 /// The first benchmark of `eval.benchmarks` that this build cannot run, or a parameter it
 /// does not know, as a message naming `eval.benchmarks[i]` and the benchmark.
 pub fn unsupported_benchmark(cfg: &ScModelForgeConfig) -> Option<String> {
     let names: Vec<&str> = BENCHMARKS.iter().map(|b| b.0).collect();
     for (i, b) in cfg.eval.benchmarks.iter().enumerate() {
         let Some((_, known)) = BENCHMARKS.iter().find(|k| k.0 == b.name) else {
+            if PACKAGE_ONLY.contains(&b.name.as_str()) {
+                return Some(format!(
+                    "eval.benchmarks[{i}]: the {} benchmark is not implemented yet (this build runs: {}); remove it from eval.benchmarks",
+                    b.name,
+                    names.join(", ")
+                ));
+            }
             return Some(format!(
-                "eval.benchmarks[{i}]: the {} benchmark is not implemented yet (this build runs: {}); remove it from eval.benchmarks",
+                "eval.benchmarks[{i}]: scModelForge has no benchmark named {:?} (this build runs: {}; the package also registers: {})",
                 b.name,
-                names.join(", ")
+                names.join(", "),
+                PACKAGE_ONLY.join(", ")
             ));
         };
         if let Some((key, _)) = b
@@ -116,9 +134,18 @@ mod tests {
             None
         );
         let why =
+            unsupported_benchmark(&with(vec![probe.clone(), spec("cz_clustering", &[])])).unwrap();
+        assert!(
+            why.starts_with("eval.benchmarks[1]: the cz_clustering benchmark is not implemented"),
+            "{why}"
+        );
+        // A name the package does not know either is called what it is.
+        let why =
             unsupported_benchmark(&with(vec![probe.clone(), spec("knn_probe", &[])])).unwrap();
         assert!(
-            why.starts_with("eval.benchmarks[1]: the knn_probe benchmark is not implemented"),
+            why.starts_with(
+                "eval.benchmarks[1]: scModelForge has no benchmark named \"knn_probe\""
+            ),
             "{why}"
         );
         let why = unsupported_benchmark(&with(vec![spec(
