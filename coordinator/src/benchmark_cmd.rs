@@ -8,9 +8,11 @@
 use std::path::PathBuf;
 use std::process::{Command, ExitCode};
 
+use anyhow::Context;
 use clap::Args;
 use configs::ScModelForgeConfig;
 
+use crate::embed_cmd::{embed_parts, pin_checkpoint, PartsDir};
 use crate::launch::procs::{run_worker_verb, sibling_executable};
 
 #[derive(Args)]
@@ -43,6 +45,11 @@ pub struct BenchmarkArgs {
     /// Cells per forward pass [default: eval.batch_size]
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
+    /// Worker processes that each embed a share of the cells, started on this machine (they
+    /// share its cores); the metrics are then computed once. With --embedding pca there is no
+    /// model to run, and one process computes the components
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    nodes: usize,
     /// The worker executable that computes [default: `worker` beside this one]
     #[arg(long, value_name = "FILE")]
     worker_bin: Option<PathBuf>,
@@ -72,16 +79,13 @@ fn benchmark(args: BenchmarkArgs) -> anyhow::Result<ExitCode> {
         Some(b) => b,
         None => sibling_executable("worker")?,
     };
+    if args.nodes == 0 {
+        anyhow::bail!("--nodes must be at least 1");
+    }
     let mut cmd = Command::new(&bin);
     cmd.arg("benchmark").arg("--config").arg(&args.config);
     for o in &args.overrides {
         cmd.arg("--set").arg(o);
-    }
-    if let Some(c) = &args.checkpoint {
-        cmd.arg("--checkpoint").arg(c);
-    }
-    if let Some(d) = &args.data {
-        cmd.arg("--data").arg(d);
     }
     cmd.arg("--output")
         .arg(&args.output)
@@ -91,6 +95,49 @@ fn benchmark(args: BenchmarkArgs) -> anyhow::Result<ExitCode> {
         .arg(args.n_pcs.to_string());
     if let Some(n) = args.batch_size {
         cmd.arg("--batch-size").arg(n.to_string());
+    }
+    // Kept until the benchmark has read it.
+    let mut _parts = None;
+    match (&args.checkpoint, args.nodes > 1 && embedding != "pca") {
+        (Some(c), true) => {
+            let data = run::support::benchmark_data(&cfg, args.data.as_deref(), &args.config)
+                .map_err(|e| anyhow::anyhow!(e))?;
+            let checkpoint = pin_checkpoint(c)?;
+            std::fs::create_dir_all(&args.output)
+                .with_context(|| format!("creating --output {}", args.output.display()))?;
+            let parts = PartsDir::inside(
+                &args.output,
+                &format!(".embedding-parts-{}", std::process::id()),
+            )?;
+            let batch = args.batch_size.unwrap_or(cfg.eval.batch_size);
+            let untrained = embedding == "untrained";
+            embed_parts(
+                &bin,
+                &checkpoint,
+                &data,
+                Some(batch),
+                untrained,
+                args.nodes,
+                &parts.0,
+            )?;
+            cmd.arg("--checkpoint")
+                .arg(&checkpoint)
+                .arg("--data")
+                .arg(&data)
+                .arg("--from-parts")
+                .arg(args.nodes.to_string())
+                .arg("--parts-dir")
+                .arg(&parts.0);
+            _parts = Some(parts);
+        }
+        (checkpoint, _) => {
+            if let Some(c) = checkpoint {
+                cmd.arg("--checkpoint").arg(c);
+            }
+            if let Some(d) = &args.data {
+                cmd.arg("--data").arg(d);
+            }
+        }
     }
     run_worker_verb(&bin, "benchmark", &mut cmd)
 }

@@ -2,13 +2,19 @@
 //! copy of an AnnData file. The coordinator never links compute (see ARCHITECTURE.md), so the
 //! work is done by the sibling `worker` binary's `worker embed`, run with the same arguments;
 //! its output and exit status are passed through.
+//!
+//! With `--nodes N` (N > 1), N worker processes each embed a contiguous share of the cells into
+//! a part file (`worker embed --part R/N`), then one more writes the copy from the parts
+//! (`--from-parts N`); the parts live in a hidden directory beside the output, removed at the
+//! end. `coordinator benchmark --nodes N` embeds the same way.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use anyhow::{bail, Context};
 use clap::Args;
 
-use crate::launch::procs::{run_worker_verb, sibling_executable};
+use crate::launch::procs::{run_worker_group, run_worker_verb, sibling_executable};
 
 #[derive(Args)]
 pub struct EmbedArgs {
@@ -28,6 +34,10 @@ pub struct EmbedArgs {
     /// Replace --output if it exists
     #[arg(long)]
     overwrite: bool,
+    /// Worker processes that each embed a share of the cells, started on this machine (they
+    /// share its cores)
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    nodes: usize,
     /// The worker executable that computes the embeddings [default: `worker` beside this one]
     #[arg(long, value_name = "FILE")]
     worker_bin: Option<PathBuf>,
@@ -44,23 +54,138 @@ pub fn run(args: EmbedArgs) -> ExitCode {
 }
 
 fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
-    let bin = match args.worker_bin {
-        Some(b) => b,
+    let bin = match &args.worker_bin {
+        Some(b) => b.clone(),
         None => sibling_executable("worker")?,
     };
+    if args.nodes == 0 {
+        bail!("--nodes must be at least 1");
+    }
     let mut cmd = Command::new(&bin);
     cmd.arg("embed")
-        .arg("--checkpoint")
-        .arg(&args.checkpoint)
         .arg("--data")
         .arg(&args.data)
         .arg("--output")
         .arg(&args.output);
-    if let Some(n) = args.batch_size {
-        cmd.arg("--batch-size").arg(n.to_string());
-    }
     if args.overwrite {
         cmd.arg("--overwrite");
     }
+    // Kept until the copy is written from it.
+    let mut _parts = None;
+    if args.nodes == 1 {
+        cmd.arg("--checkpoint").arg(&args.checkpoint);
+        if let Some(n) = args.batch_size {
+            cmd.arg("--batch-size").arg(n.to_string());
+        }
+    } else {
+        // Checked here as the worker would, before N processes load the model.
+        if args.output.exists() && !args.overwrite {
+            bail!(
+                "--output {} already exists (pass --overwrite to replace it)",
+                args.output.display()
+            );
+        }
+        let checkpoint = pin_checkpoint(&args.checkpoint)?;
+        let parts = PartsDir::beside(&args.output)?;
+        embed_parts(
+            &bin,
+            &checkpoint,
+            &args.data,
+            args.batch_size,
+            false,
+            args.nodes,
+            &parts.0,
+        )?;
+        cmd.arg("--checkpoint")
+            .arg(&checkpoint)
+            .arg("--from-parts")
+            .arg(args.nodes.to_string())
+            .arg("--parts-dir")
+            .arg(&parts.0);
+        _parts = Some(parts);
+    }
     run_worker_verb(&bin, "embed", &mut cmd)
+}
+
+/// A checkpoint directory, or a directory of checkpoints pinned now to its newest complete
+/// one, so that every worker of a group loads the same weights.
+pub fn pin_checkpoint(path: &Path) -> anyhow::Result<PathBuf> {
+    if !path.exists() {
+        bail!("checkpoint {} does not exist", path.display());
+    }
+    run::checkpoint::resolve_resume(path)
+        .map_err(|e| anyhow::anyhow!("--checkpoint {}: {e}", path.display()))
+}
+
+/// The hidden directory the workers' part files go to; removed (with them) when dropped.
+pub struct PartsDir(pub PathBuf);
+
+impl PartsDir {
+    /// A new directory beside `file` (so that it is on the same file system).
+    pub fn beside(file: &Path) -> anyhow::Result<Self> {
+        let parent = match file.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "embedding".into());
+        Self::inside(&parent, &format!(".{name}.parts-{}", std::process::id()))
+    }
+
+    /// A new directory `name` in `dir`.
+    pub fn inside(dir: &Path, name: &str) -> anyhow::Result<Self> {
+        let path = dir.join(name);
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| {
+            format!("creating the embedding parts directory {}", path.display())
+        })?;
+        Ok(PartsDir(path))
+    }
+}
+
+impl Drop for PartsDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs `nodes` `worker embed --part R/N` processes (the cells of `data` split between them)
+/// and waits for all; their part files are in `dir` when this returns Ok.
+pub fn embed_parts(
+    bin: &Path,
+    checkpoint: &Path,
+    data: &Path,
+    batch_size: Option<usize>,
+    untrained: bool,
+    nodes: usize,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    if !data.is_file() {
+        bail!(
+            "--data {}: no such file (an .h5ad file is expected)",
+            data.display()
+        );
+    }
+    eprintln!("embedding with {nodes} worker processes");
+    run_worker_group(bin, "embed", nodes, |rank| {
+        let mut cmd = Command::new(bin);
+        cmd.arg("embed")
+            .arg("--checkpoint")
+            .arg(checkpoint)
+            .arg("--data")
+            .arg(data)
+            .arg("--part")
+            .arg(format!("{rank}/{nodes}"))
+            .arg("--parts-dir")
+            .arg(dir);
+        if let Some(n) = batch_size {
+            cmd.arg("--batch-size").arg(n.to_string());
+        }
+        if untrained {
+            cmd.arg("--untrained");
+        }
+        cmd
+    })
 }

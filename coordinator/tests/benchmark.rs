@@ -532,3 +532,58 @@ fn perturbation_inputs_are_checked_and_named() {
         "{err}"
     );
 }
+
+#[test]
+fn several_worker_processes_embed_for_the_same_scores() {
+    let dir = scratch("nodes");
+    let cfg = config(&dir, TWO_PROBES);
+    let ckpt = trained_run().join("checkpoints");
+    let ckpt_arg = ckpt.to_str().unwrap();
+    for embedding in ["model", "untrained"] {
+        let (one, two) = (
+            dir.join(format!("{embedding}1")),
+            dir.join(format!("{embedding}2")),
+        );
+        let out = benchmark(
+            &cfg,
+            &one,
+            &["--checkpoint", ckpt_arg, "--embedding", embedding],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let out = benchmark(
+            &cfg,
+            &two,
+            &[
+                "--checkpoint",
+                ckpt_arg,
+                "--embedding",
+                embedding,
+                "--nodes",
+                "2",
+            ],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("embed worker 1/2: cells 350..700 of 700"),
+            "{stderr}"
+        );
+        let (r1, r2) = (results(&one), results(&two));
+        assert_eq!(r2["embedding"], embedding);
+        assert_eq!(r2["n_cells"], 700);
+        assert_eq!(r1["embedding_source"], r2["embedding_source"]);
+        for i in 0..2 {
+            for m in ["accuracy", "f1_macro", "f1_weighted"] {
+                let (a, b) = (metric(&r1, i, m), metric(&r2, i, m));
+                assert!((a - b).abs() < 1e-6, "{embedding} {m}: {a} vs {b}");
+            }
+        }
+        // The workers' part files are gone; the outputs are there.
+        let names: Vec<String> = std::fs::read_dir(&two)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.contains("parts")), "{names:?}");
+        assert!(names.contains(&"results.json".to_string()), "{names:?}");
+    }
+}

@@ -277,3 +277,90 @@ fn clear_errors() {
         &["synth.h5ad", "vocabulary"],
     );
 }
+
+/// The hidden part directories `--nodes` uses, left in `dir`.
+fn leftover_parts(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| {
+            let n = e.unwrap().file_name().to_string_lossy().into_owned();
+            n.contains(".parts-").then_some(n)
+        })
+        .collect()
+}
+
+#[test]
+fn several_worker_processes_write_the_same_embeddings_as_one() {
+    let dir = scratch("nodes");
+    let ckpt = trained_run().join("checkpoints");
+    let one = dir.join("one.h5ad");
+    let out = embed(&ckpt, &pbmc(), &one, &["--batch-size", "32"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let (s1, v1) = read_obsm(&one);
+    // 700 cells over 3 workers: 234 + 233 + 233, so the split is uneven and no batch of one
+    // worker lines up with the single process's batches.
+    for nodes in ["2", "3"] {
+        let many = dir.join(format!("nodes{nodes}.h5ad"));
+        let out = embed(
+            &ckpt,
+            &pbmc(),
+            &many,
+            &["--batch-size", "32", "--nodes", nodes],
+        );
+        assert!(out.status.success(), "{}", describe(&out));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!(
+                "embed worker {}/{nodes}",
+                nodes.parse::<usize>().unwrap() - 1
+            )),
+            "{stderr}"
+        );
+        let (sn, vn) = read_obsm(&many);
+        assert_eq!(sn, s1);
+        let worst = v1
+            .iter()
+            .zip(&vn)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
+        assert!(
+            worst < 1e-4,
+            "--nodes {nodes} differs from one process by {worst}"
+        );
+        assert_eq!(n_obs(&many), n_obs(&pbmc()));
+    }
+    assert!(
+        leftover_parts(&dir).is_empty(),
+        "{:?}",
+        leftover_parts(&dir)
+    );
+
+    // A worker that fails (a data file that is not AnnData) fails the command, names the
+    // file, writes no output and leaves no parts behind.
+    let not_h5ad = dir.join("notes.h5ad");
+    std::fs::write(&not_h5ad, "not an hdf5 file\n").unwrap();
+    let bad = dir.join("bad.h5ad");
+    let out = embed(&ckpt, &not_h5ad, &bad, &["--nodes", "2"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("notes.h5ad") && stderr.contains("embed worker"),
+        "{stderr}"
+    );
+    assert!(!bad.exists());
+    assert!(
+        leftover_parts(&dir).is_empty(),
+        "{:?}",
+        leftover_parts(&dir)
+    );
+
+    // An existing output is refused before any worker starts.
+    let before = std::fs::read(&one).unwrap();
+    let out = embed(&ckpt, &pbmc(), &one, &["--nodes", "2"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("already exists"));
+    assert_eq!(std::fs::read(&one).unwrap(), before);
+    let out = embed(&ckpt, &pbmc(), &one, &["--nodes", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes must be at least 1"));
+}

@@ -62,6 +62,41 @@ pub const PACKAGE_ONLY: &[&str] = &[
     "grn_inference",
 ];
 
+/// The AnnData file `coordinator benchmark` / `worker benchmark` runs on: `--data`, else the
+/// config's `data.paths` when it names exactly one file (`config` names the config in errors).
+pub fn benchmark_data(
+    cfg: &ScModelForgeConfig,
+    data: Option<&std::path::Path>,
+    config: &std::path::Path,
+) -> Result<std::path::PathBuf, String> {
+    let path = match data {
+        Some(d) => d.to_path_buf(),
+        None => match cfg.data.paths.as_slice() {
+            [one] => std::path::PathBuf::from(one),
+            [] => {
+                return Err(format!(
+                    "{}: data.paths is empty; name the file with --data",
+                    config.display()
+                ))
+            }
+            many => {
+                return Err(format!(
+                    "{}: data.paths has {} files; name the one to benchmark on with --data",
+                    config.display(),
+                    many.len()
+                ))
+            }
+        },
+    };
+    if !path.is_file() {
+        return Err(format!(
+            "--data {}: no such file (an .h5ad file is expected)",
+            path.display()
+        ));
+    }
+    Ok(path)
+}
+
 /// The first benchmark of `eval.benchmarks` that this build cannot run, or a parameter it
 /// does not know, as a message naming `eval.benchmarks[i]` and the benchmark.
 pub fn unsupported_benchmark(cfg: &ScModelForgeConfig) -> Option<String> {

@@ -171,6 +171,14 @@ impl Embedder {
         Ok(self.model.cell_embeddings(&self.params, &batch)?)
     }
 
+    /// Replaces the trained weights by the architecture's initialization from
+    /// `training.seed` (the "untrained" reference of the benchmarks); returns the seed.
+    pub fn reset_to_initialization(&mut self) -> u64 {
+        let seed = self.cfg.training.seed as u64;
+        self.params = self.model.layout().init_host(seed);
+        seed
+    }
+
     /// Embeddings of every cell of `pipeline`, in file order, `batch_size` cells at a time;
     /// `progress(done, total)` hears after each batch.
     pub fn embed_all(
@@ -179,13 +187,23 @@ impl Embedder {
         batch_size: usize,
         progress: &mut dyn FnMut(u64, u64),
     ) -> anyhow::Result<Vec<f32>> {
-        if batch_size == 0 {
-            bail!("--batch-size must be positive");
-        }
-        embed_dataset(
+        let n = pipeline.dataset.n_cells();
+        self.embed_range(pipeline, 0..n, batch_size, progress)
+    }
+
+    /// Embeddings of the cells `range` of `pipeline` (file order), as [`Self::embed_all`].
+    pub fn embed_range(
+        &mut self,
+        pipeline: &Pipeline,
+        range: std::ops::Range<u64>,
+        batch_size: usize,
+        progress: &mut dyn FnMut(u64, u64),
+    ) -> anyhow::Result<Vec<f32>> {
+        embed_range(
             self.model.as_mut(),
             &self.params,
             pipeline,
+            range,
             batch_size,
             progress,
         )
@@ -203,12 +221,29 @@ pub fn embed_dataset<D: Device<f32>>(
     progress: &mut dyn FnMut(u64, u64),
 ) -> anyhow::Result<Vec<f32>> {
     let n = pipeline.dataset.n_cells();
+    embed_range(model, params, pipeline, 0..n, batch_size, progress)
+}
+
+/// Embeddings [cells, dim] of the cells `range` (global ids, file order) of `pipeline`, as
+/// [`embed_dataset`] computes them; `progress(done, total)` counts within the range.
+pub fn embed_range<D: Device<f32>>(
+    model: &mut dyn ScModel<D>,
+    params: &D::Mem,
+    pipeline: &Pipeline,
+    range: std::ops::Range<u64>,
+    batch_size: usize,
+    progress: &mut dyn FnMut(u64, u64),
+) -> anyhow::Result<Vec<f32>> {
+    if batch_size == 0 {
+        bail!("--batch-size must be positive");
+    }
     let dim = model.embedding_dim();
-    let mut out = Vec::with_capacity(n as usize * dim);
+    let total = range.end - range.start;
+    let mut out = Vec::with_capacity(total as usize * dim);
     let mut ws = Workspace::default();
-    let mut start = 0u64;
-    while start < n {
-        let end = (start + batch_size as u64).min(n);
+    let mut start = range.start;
+    while start < range.end {
+        let end = (start + batch_size as u64).min(range.end);
         let cells: Vec<u64> = (start..end).collect();
         let batch = pipeline.batch(&cells, None, &mut ws)?;
         let e = model.cell_embeddings(params, &batch)?;
@@ -221,7 +256,7 @@ pub fn embed_dataset<D: Device<f32>>(
         }
         out.extend_from_slice(&e);
         start = end;
-        progress(start, n);
+        progress(start - range.start, total);
     }
     Ok(out)
 }
@@ -248,6 +283,9 @@ pub struct EmbedOptions {
     pub batch_size: Option<usize>,
     /// Replace an existing output file.
     pub overwrite: bool,
+    /// Take the embeddings from the parts that `of` workers wrote into `dir` (see
+    /// [`crate::embed_parts`]) instead of computing them.
+    pub from_parts: Option<(usize, PathBuf)>,
 }
 
 /// Removes the temporary output unless it was renamed into place.
@@ -268,8 +306,9 @@ fn same_file(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Embeds every cell of `opts.data` and writes a copy of it with `obsm["X_anvil"]` to
-/// `opts.output` (through a temporary file renamed into place). Returns (cells, dim).
+/// Embeds every cell of `opts.data` (or reads what workers embedded, `opts.from_parts`) and
+/// writes a copy of it with `obsm["X_anvil"]` to `opts.output` (through a temporary file
+/// renamed into place). Returns (cells, dim).
 pub fn run(opts: &EmbedOptions) -> anyhow::Result<(usize, usize)> {
     let (data, output) = (&opts.data, &opts.output);
     if output.as_os_str().is_empty() {
@@ -287,37 +326,140 @@ pub fn run(opts: &EmbedOptions) -> anyhow::Result<(usize, usize)> {
             output.display()
         );
     }
+    check_data(data)?;
+    let t0 = Instant::now();
+    let (values, n, dim) = match &opts.from_parts {
+        Some((of, dir)) => {
+            let (values, n, dim) = crate::embed_parts::read_all(dir, *of)?;
+            let n_obs = data::anndata::open(data)
+                .with_context(|| format!("--data {}", data.display()))?
+                .n_obs();
+            if n != n_obs {
+                bail!(
+                    "the embedding parts in {} hold {n} cells, but --data {} has {n_obs}",
+                    dir.display(),
+                    data.display()
+                );
+            }
+            (values, n, dim)
+        }
+        None => {
+            let mut emb = Embedder::load(&opts.checkpoint)?;
+            let pipeline = emb.pipeline(data)?;
+            let n = pipeline.dataset.n_cells();
+            let dim = emb.model.embedding_dim();
+            let batch_size = opts.batch_size.unwrap_or(emb.cfg.training.batch_size);
+            eprintln!(
+                "embedding {n} cells of {} with {} (width {dim}, {batch_size} cells per batch)",
+                data.display(),
+                emb.dir.display()
+            );
+            let values = emb.embed_all(&pipeline, batch_size, &mut progress_printer("embed"))?;
+            (values, n as usize, dim)
+        }
+    };
+    write_copy(data, output, opts.overwrite, &values, n, dim)?;
+    eprintln!(
+        "wrote {} ({n} cells, obsm[\"{OBSM_KEY}\"] of width {dim}) in {:.1}s",
+        output.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok((n, dim))
+}
+
+fn check_data(data: &Path) -> anyhow::Result<()> {
     if !data.is_file() {
         bail!(
             "--data {}: no such file (an .h5ad file is expected)",
             data.display()
         );
     }
-    let mut emb = Embedder::load(&opts.checkpoint)?;
-    let pipeline = emb.pipeline(data)?;
-    let n = pipeline.dataset.n_cells() as usize;
-    let dim = emb.model.embedding_dim();
-    let batch_size = opts.batch_size.unwrap_or(emb.cfg.training.batch_size);
-    eprintln!(
-        "embedding {n} cells of {} with {} (width {dim}, {batch_size} cells per batch)",
-        data.display(),
-        emb.dir.display()
-    );
+    Ok(())
+}
+
+/// A `progress(done, total)` that prints `what: done/total cells (..%), .. cells/s` at most
+/// every 5 seconds and at the end.
+fn progress_printer(what: &str) -> impl FnMut(u64, u64) + '_ {
     let t0 = Instant::now();
     let mut last = Instant::now();
-    let values = emb.embed_all(&pipeline, batch_size, &mut |done, total| {
+    move |done, total| {
         if last.elapsed() >= Duration::from_secs(5) || done == total {
             last = Instant::now();
             let secs = t0.elapsed().as_secs_f64();
-            eprintln!(
-                "embed: {done}/{total} cells ({:.0}%), {:.0} cells/s",
+            say(&format!(
+                "{what}: {done}/{total} cells ({:.0}%), {:.0} cells/s",
                 100.0 * done as f64 / total.max(1) as f64,
                 done as f64 / secs.max(1e-9)
-            );
+            ));
         }
-    })?;
-    drop(pipeline);
+    }
+}
 
+/// Prints `line` to stderr in one write, so that the lines of workers sharing a terminal do
+/// not interleave mid-line.
+fn say(line: &str) {
+    use std::io::Write;
+    let _ = std::io::stderr().write_all(format!("{line}\n").as_bytes());
+}
+
+/// One worker's share of a distributed embedding (`worker embed --part R/N --parts-dir D`):
+/// embeds its contiguous range of the cells of `data` with the checkpoint's model (or, with
+/// `untrained`, its architecture at initialization) and writes the part file. Returns the
+/// number of cells it embedded.
+pub fn run_part(
+    checkpoint: &Path,
+    data: &Path,
+    batch_size: Option<usize>,
+    untrained: bool,
+    part: &crate::embed_parts::Part,
+) -> anyhow::Result<usize> {
+    check_data(data)?;
+    if !part.dir.is_dir() {
+        bail!("--parts-dir {}: no such directory", part.dir.display());
+    }
+    let mut emb = Embedder::load(checkpoint)?;
+    if untrained {
+        emb.reset_to_initialization();
+    }
+    let pipeline = emb.pipeline(data)?;
+    let n = pipeline.dataset.n_cells();
+    let cells = part.cells(n);
+    let dim = emb.model.embedding_dim();
+    let batch_size = batch_size.unwrap_or(emb.cfg.training.batch_size);
+    let who = format!("embed worker {}/{}", part.rank, part.of);
+    say(&format!(
+        "{who}: cells {}..{} of {n} in {} with {} (width {dim}, {batch_size} cells per batch)",
+        cells.start,
+        cells.end,
+        data.display(),
+        emb.dir.display()
+    ));
+    let values = emb.embed_range(
+        &pipeline,
+        cells.clone(),
+        batch_size,
+        &mut progress_printer(&who),
+    )?;
+    if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+        bail!(
+            "the embedding of cell {} is not finite",
+            cells.start as usize + i / dim.max(1)
+        );
+    }
+    crate::embed_parts::write(part, n, cells.clone(), dim, &values)?;
+    Ok((cells.end - cells.start) as usize)
+}
+
+/// Writes a copy of `data` with `obsm["X_anvil"]` = `values` [n, dim] to `output`, through a
+/// temporary file beside it that is renamed into place.
+fn write_copy(
+    data: &Path,
+    output: &Path,
+    overwrite: bool,
+    values: &[f32],
+    n: usize,
+    dim: usize,
+) -> anyhow::Result<()> {
     let parent = match output.parent() {
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
@@ -332,9 +474,9 @@ pub fn run(opts: &EmbedOptions) -> anyhow::Result<(usize, usize)> {
     let tmp_path = tmp.0.clone().unwrap_or_default();
     std::fs::copy(data, &tmp_path)
         .with_context(|| format!("copying {} to {}", data.display(), tmp_path.display()))?;
-    data::write::put_obsm(&tmp_path, OBSM_KEY, &values, n, dim)
+    data::write::put_obsm(&tmp_path, OBSM_KEY, values, n, dim)
         .with_context(|| format!("writing obsm/{OBSM_KEY} for --output {}", output.display()))?;
-    if output.exists() && !opts.overwrite {
+    if output.exists() && !overwrite {
         bail!(
             "--output {} appeared while embedding (pass --overwrite to replace it)",
             output.display()
@@ -344,10 +486,5 @@ pub fn run(opts: &EmbedOptions) -> anyhow::Result<(usize, usize)> {
         .with_context(|| format!("renaming {} to {}", tmp_path.display(), output.display()))?;
     let mut tmp = tmp;
     tmp.0 = None;
-    eprintln!(
-        "wrote {} ({n} cells, obsm[\"{OBSM_KEY}\"] of width {dim}) in {:.1}s",
-        output.display(),
-        t0.elapsed().as_secs_f64()
-    );
-    Ok((n, dim))
+    Ok(())
 }

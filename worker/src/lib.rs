@@ -5,6 +5,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod device;
 pub mod embed;
+pub mod embed_parts;
 pub mod export;
 pub mod finetune;
 pub mod join;

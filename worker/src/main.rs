@@ -86,6 +86,13 @@ struct BenchmarkArgs {
     /// Cells per forward pass [default: eval.batch_size]
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
+    /// Score the embeddings that N workers left in --parts-dir (`worker embed --part`) instead
+    /// of computing them (what `coordinator benchmark --nodes N` runs)
+    #[arg(long, value_name = "N", requires = "parts_dir", hide = true)]
+    from_parts: Option<usize>,
+    /// The directory of part files (--from-parts)
+    #[arg(long, value_name = "DIR", hide = true)]
+    parts_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -107,14 +114,32 @@ struct EmbedArgs {
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
     /// Where to write the copy of --data with obsm["X_anvil"] added
-    #[arg(long, short = 'o', value_name = "FILE")]
-    output: PathBuf,
+    #[arg(
+        long,
+        short = 'o',
+        value_name = "FILE",
+        required_unless_present = "part"
+    )]
+    output: Option<PathBuf>,
     /// Cells per forward pass [default: the checkpoint's training.batch_size]
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
     /// Replace --output if it exists
     #[arg(long)]
     overwrite: bool,
+    /// Embed only this worker's share of the cells, RANK/WORKERS, into a part file in
+    /// --parts-dir (what `coordinator embed --nodes N` starts)
+    #[arg(long, value_name = "RANK/WORKERS", requires = "parts_dir", conflicts_with_all = ["output", "from_parts"], hide = true)]
+    part: Option<String>,
+    /// Write the copy from the part files that N workers left in --parts-dir
+    #[arg(long, value_name = "N", requires = "parts_dir", hide = true)]
+    from_parts: Option<usize>,
+    /// The directory of part files (--part, --from-parts)
+    #[arg(long, value_name = "DIR", hide = true)]
+    parts_dir: Option<PathBuf>,
+    /// With --part: embed with the architecture at initialization (training.seed)
+    #[arg(long, requires = "part", hide = true)]
+    untrained: bool,
 }
 
 #[derive(Args)]
@@ -170,14 +195,7 @@ fn main() -> ExitCode {
     worker::preempt::install();
     let result = match cli.command {
         Some(WorkerCommand::Train(args)) => train_alone(args).map(|()| ExitCode::SUCCESS),
-        Some(WorkerCommand::Embed(a)) => worker::embed::run(&worker::embed::EmbedOptions {
-            checkpoint: a.checkpoint,
-            data: a.data,
-            output: a.output,
-            batch_size: a.batch_size,
-            overwrite: a.overwrite,
-        })
-        .map(|_| ExitCode::SUCCESS),
+        Some(WorkerCommand::Embed(a)) => embed(a).map(|()| ExitCode::SUCCESS),
         Some(WorkerCommand::Export(a)) => match worker::export::export(&a.checkpoint, &a.output) {
             Ok(e) => {
                 println!(
@@ -208,6 +226,7 @@ fn main() -> ExitCode {
                 output: a.output,
                 embedding,
                 batch_size: a.batch_size,
+                from_parts: a.from_parts.zip(a.parts_dir),
             })
             .map(|_| ExitCode::SUCCESS)
         }
@@ -232,6 +251,24 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn embed(a: EmbedArgs) -> anyhow::Result<()> {
+    let parts_dir = a.parts_dir.unwrap_or_default();
+    if let Some(spec) = &a.part {
+        let part = worker::embed_parts::Part::parse(spec, parts_dir)?;
+        worker::embed::run_part(&a.checkpoint, &a.data, a.batch_size, a.untrained, &part)?;
+        return Ok(());
+    }
+    worker::embed::run(&worker::embed::EmbedOptions {
+        checkpoint: a.checkpoint,
+        data: a.data,
+        output: a.output.unwrap_or_default(),
+        batch_size: a.batch_size,
+        overwrite: a.overwrite,
+        from_parts: a.from_parts.map(|n| (n, parts_dir)),
+    })?;
+    Ok(())
 }
 
 fn train_alone(args: TrainArgs) -> anyhow::Result<()> {

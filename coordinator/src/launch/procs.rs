@@ -43,6 +43,69 @@ pub fn run_worker_verb(
     })
 }
 
+/// Runs `n` copies of a `worker` subcommand on this machine at once, each built by
+/// `command(rank)`, sharing the cores as launched workers do; waits for all of them. Their
+/// output goes straight to the user. The first to fail stops the others and is the error.
+pub fn run_worker_group(
+    bin: &Path,
+    verb: &str,
+    n: usize,
+    command: impl Fn(usize) -> std::process::Command,
+) -> anyhow::Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let mut children = Vec::with_capacity(n);
+    for rank in 0..n {
+        let mut cmd = command(rank);
+        if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+            cmd.env("RAYON_NUM_THREADS", (cores / n.max(1)).max(1).to_string());
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()));
+        match child {
+            Ok(c) => children.push(Some(c)),
+            Err(e) => {
+                stop_all(&mut children);
+                return Err(e);
+            }
+        }
+    }
+    let mut left = n;
+    while left > 0 {
+        for rank in 0..n {
+            let Some(child) = children[rank].as_mut() else {
+                continue;
+            };
+            let status = match child.try_wait() {
+                Ok(Some(status)) => status,
+                Ok(None) => continue,
+                Err(e) => {
+                    stop_all(&mut children);
+                    bail!("waiting for {verb} worker {rank} of {n}: {e}");
+                }
+            };
+            children[rank] = None;
+            left -= 1;
+            if !status.success() {
+                stop_all(&mut children);
+                bail!("{verb} worker {rank} of {n} failed ({status}); see its error above");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Kills and reaps the children still running.
+fn stop_all(children: &mut [Option<std::process::Child>]) {
+    for c in children.iter_mut().filter_map(Option::take) {
+        let mut c = c;
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+}
+
 /// The executable `name` beside this one.
 pub fn sibling_executable(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe().context("cannot locate the coordinator executable")?;

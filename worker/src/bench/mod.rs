@@ -67,6 +67,9 @@ pub struct BenchmarkOptions {
     pub embedding: Embedding,
     /// Cells per forward pass [default: `eval.batch_size`].
     pub batch_size: Option<usize>,
+    /// Take the embeddings (of `embedding`, model or untrained) from the parts that `of`
+    /// workers wrote into `dir` (see [`crate::embed_parts`]) instead of computing them.
+    pub from_parts: Option<(usize, PathBuf)>,
 }
 
 /// One benchmark's outcome, in scModelForge's `BenchmarkResult` shape.
@@ -106,27 +109,8 @@ pub fn benchmarks(cfg: &ScModelForgeConfig) -> Vec<BenchmarkSpec> {
 pub fn run(opts: &BenchmarkOptions) -> anyhow::Result<Vec<BenchResult>> {
     let cfg = load_config(opts)?;
     let specs = benchmarks(&cfg);
-    let data = match &opts.data {
-        Some(d) => d.clone(),
-        None => match cfg.data.paths.as_slice() {
-            [one] => PathBuf::from(one),
-            [] => bail!(
-                "{}: data.paths is empty; name the file with --data",
-                opts.config.display()
-            ),
-            many => bail!(
-                "{}: data.paths has {} files; name the one to benchmark on with --data",
-                opts.config.display(),
-                many.len()
-            ),
-        },
-    };
-    if !data.is_file() {
-        bail!(
-            "--data {}: no such file (an .h5ad file is expected)",
-            data.display()
-        );
-    }
+    let data = run::support::benchmark_data(&cfg, opts.data.as_deref(), &opts.config)
+        .map_err(|e| anyhow!(e))?;
     // Labels first: a missing column fails before minutes of embedding.
     check_labels(&specs, &data)?;
     let t0 = Instant::now();
@@ -236,8 +220,7 @@ fn embeddings(opts: &BenchmarkOptions, data: &Path) -> anyhow::Result<(Vec<f64>,
         .ok_or_else(|| anyhow!("--checkpoint is required (except with --embedding pca)"))?;
     let mut emb = Embedder::load(ckpt)?;
     let source = if opts.embedding == Embedding::Untrained {
-        let seed = emb.cfg.training.seed as u64;
-        emb.params = emb.model.layout().init_host(seed);
+        let seed = emb.reset_to_initialization();
         format!(
             "untrained {} (weights at initialization, seed {seed}) of {}",
             emb.cfg.model.architecture.as_str(),
@@ -250,11 +233,29 @@ fn embeddings(opts: &BenchmarkOptions, data: &Path) -> anyhow::Result<(Vec<f64>,
             emb.dir.display()
         )
     };
-    let cfg = load_config(opts)?;
-    let batch = opts.batch_size.unwrap_or(cfg.eval.batch_size);
-    let pipeline = emb.pipeline(data)?;
-    let dim = emb.model.embedding_dim();
-    let v = emb.embed_all(&pipeline, batch, &mut |_, _| {})?;
+    let (v, dim) = match &opts.from_parts {
+        Some((of, dir)) => {
+            let (v, n, dim) = crate::embed_parts::read_all(dir, *of)?;
+            let n_obs = data::anndata::open(data)
+                .with_context(|| format!("--data {}", data.display()))?
+                .n_obs();
+            if n != n_obs || dim != emb.model.embedding_dim() {
+                bail!(
+                    "the embedding parts in {} hold {n} cells of width {dim}, expected {n_obs} of width {}",
+                    dir.display(),
+                    emb.model.embedding_dim()
+                );
+            }
+            (v, dim)
+        }
+        None => {
+            let cfg = load_config(opts)?;
+            let batch = opts.batch_size.unwrap_or(cfg.eval.batch_size);
+            let pipeline = emb.pipeline(data)?;
+            let dim = emb.model.embedding_dim();
+            (emb.embed_all(&pipeline, batch, &mut |_, _| {})?, dim)
+        }
+    };
     if let Some(i) = v.iter().position(|x| !x.is_finite()) {
         bail!("the embedding of cell {} is not finite", i / dim);
     }
