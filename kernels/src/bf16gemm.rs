@@ -15,8 +15,11 @@
 //! rows and 32 columns), B in panels of 32 columns where each k pair is interleaved ("VNNI":
 //! `(b[2q][j], b[2q+1][j])` in one 32-bit word), k padded to a multiple of 32. Zero padding adds
 //! nothing to the sums, so edge blocks need no special microkernel; they go through a 32x32
-//! buffer and only the copy into C is clipped. Packing rounds with AVX-512 integer code that
-//! gives the same bits as [`crate::precision::round_bf16`] (tested on a sweep of patterns).
+//! buffer and only the copy into C is clipped. Packing converts with AVX512_BF16's
+//! `vcvtne2ps2bf16` (round-to-nearest-even, the bits of [`crate::precision::round_bf16`]
+//! except that subnormals become zero, as the microkernels treat them anyway), or where that
+//! is missing with AVX-512 integer code giving exactly those bits (both tested on a sweep of
+//! patterns).
 //!
 //! Blocking: k in chunks of [`KC`]; per chunk, B is packed once (all panels, in parallel), then
 //! each task packs a group of up to [`G`] 32-row blocks of A into a thread-local buffer and
@@ -193,10 +196,78 @@ unsafe fn round16(x: std::arch::x86_64::__m512i) -> std::arch::x86_64::__m512i {
     _mm512_mask_blend_epi32(nan, r, q)
 }
 
-/// `dst[j] = bf16(src[j])` for `j < src.len()` (bits of [`bf16_bits`]).
+/// Whether packing converts with the AVX512_BF16 instruction `vcvtne2ps2bf16` (one
+/// instruction per 32 values) instead of integer rounding code. Its bits equal [`bf16_bits`]
+/// except that a subnormal input becomes a zero of its sign, which changes no product: both
+/// microkernels treat bf16 subnormal inputs as zero anyway.
+fn hw_convert() -> bool {
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(avx512_bf16_supported)
+}
+
+/// The bits packing gives `x`: [`bf16_bits`], with subnormals flushed to a signed zero where
+/// [`hw_convert`] applies.
+#[cfg(test)]
+fn packed_bits(x: f32) -> u16 {
+    if hw_convert() && x.is_subnormal() {
+        ((x.to_bits() >> 16) & 0x8000) as u16
+    } else {
+        bf16_bits(x)
+    }
+}
+
+/// `dst[j] = bf16(src[j])` for `j < src.len()` (bits of [`packed_bits`]).
+#[cfg(target_arch = "x86_64")]
+unsafe fn cvt_row(dst: &mut [u16], src: &[f32]) {
+    if hw_convert() {
+        cvt_row_hw(dst, src)
+    } else {
+        cvt_row_int(dst, src)
+    }
+}
+
+/// [`cvt_row`] with `vcvtne2ps2bf16`, 32 values per instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn cvt_row_hw(dst: &mut [u16], src: &[f32]) {
+    use std::arch::x86_64::*;
+    let n = src.len();
+    debug_assert!(dst.len() >= n);
+    let (s, d) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut j = 0;
+    while j + 32 <= n {
+        let lo = _mm512_loadu_ps(s.add(j));
+        let hi = _mm512_loadu_ps(s.add(j + 16));
+        // Words 0..16 from the second operand, 16..32 from the first.
+        let h = _mm512_cvtne2ps_pbh(hi, lo);
+        _mm512_storeu_si512(
+            d.add(j) as *mut __m512i,
+            std::mem::transmute::<__m512bh, __m512i>(h),
+        );
+        j += 32;
+    }
+    while j < n {
+        let left = n - j;
+        let mask: u16 = if left >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << left) - 1
+        };
+        let x = _mm512_maskz_loadu_ps(mask, s.add(j));
+        let h = _mm512_cvtneps_pbh(x);
+        _mm256_mask_storeu_epi16(
+            d.add(j) as *mut i16,
+            mask,
+            std::mem::transmute::<__m256bh, __m256i>(h),
+        );
+        j += 16;
+    }
+}
+
+/// [`cvt_row`] with AVX-512 integer code: exactly [`bf16_bits`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn cvt_row(dst: &mut [u16], src: &[f32]) {
+unsafe fn cvt_row_int(dst: &mut [u16], src: &[f32]) {
     use std::arch::x86_64::*;
     let n = src.len();
     debug_assert!(dst.len() >= n);
@@ -216,10 +287,56 @@ unsafe fn cvt_row(dst: &mut [u16], src: &[f32]) {
     }
 }
 
-/// VNNI pairs: `dst[j] = bf16(r0[j]) | bf16(r1[j]) << 16` (r1 absent: 0 in the high half).
+/// VNNI pairs: `dst[j] = bf16(r0[j]) | bf16(r1[j]) << 16` (r1 absent: 0 in the high half),
+/// bits of [`packed_bits`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn pair_row(dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
+    if hw_convert() {
+        pair_row_hw(dst, r0, r1)
+    } else {
+        pair_row_int(dst, r0, r1)
+    }
+}
+
+/// [`pair_row`] with `vcvtne2ps2bf16`: both rows' 16 values converted by one instruction,
+/// then their words interleaved by one permutation.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512bf16")]
+unsafe fn pair_row_hw(dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
+    use std::arch::x86_64::*;
+    // Word 2i takes word i (row 0), word 2i + 1 takes word 16 + i (row 1).
+    static INTERLEAVE: [u16; 32] = [
+        0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26, 11, 27, 12,
+        28, 13, 29, 14, 30, 15, 31,
+    ];
+    let n = r0.len();
+    debug_assert!(dst.len() >= n && r1.is_none_or(|r| r.len() >= n));
+    let d = dst.as_mut_ptr();
+    let idx = _mm512_loadu_si512(INTERLEAVE.as_ptr() as *const __m512i);
+    let mut j = 0;
+    while j < n {
+        let left = n - j;
+        let mask: u16 = if left >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << left) - 1
+        };
+        let x0 = _mm512_maskz_loadu_ps(mask, r0.as_ptr().add(j));
+        let x1 = match r1 {
+            Some(r1) => _mm512_maskz_loadu_ps(mask, r1.as_ptr().add(j)),
+            None => _mm512_setzero_ps(),
+        };
+        let h = std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(x1, x0));
+        let w = _mm512_permutexvar_epi16(idx, h);
+        _mm512_mask_storeu_epi32(d.add(j) as *mut i32, mask, w);
+        j += 16;
+    }
+}
+
+/// [`pair_row`] with AVX-512 integer code: exactly [`bf16_bits`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vl")]
-unsafe fn pair_row(dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
+unsafe fn pair_row_int(dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
     use std::arch::x86_64::*;
     let n = r0.len();
     debug_assert!(dst.len() >= n && r1.is_none_or(|r| r.len() >= n));
@@ -1120,9 +1237,10 @@ mod tests {
         assert!(bf16_to_f32(bf16_bits(f32::from_bits(0x7F80_0001))).is_nan());
     }
 
-    /// The AVX-512 packing conversions (and the in-place rounding) give the bits of
-    /// `bf16_bits` / `round_bf16` on a sweep of patterns (NaN, inf, subnormal, ties) and on
-    /// tail lengths 1, 15, 16, 17, 33.
+    /// The AVX-512 packing conversions give the bits of `packed_bits` (the integer code those
+    /// of `bf16_bits`), and the in-place rounding those of `round_bf16`, on a sweep of patterns
+    /// (NaN, inf, subnormal, ties) and on tail lengths 1, 15, 16, 17, 33 (and 32, 64 for the
+    /// 32-wide conversion).
     #[test]
     fn vector_packing_matches_scalar_rounding() {
         if !packing_supported() {
@@ -1143,25 +1261,36 @@ mod tests {
             f32::from_bits(0x7F80_0001),
         ]);
         xs.extend([f32::from_bits(0x3F80_8000), f32::from_bits(0x3F81_8000)]);
-        for len in [xs.len(), 1, 15, 16, 17, 33] {
+        for len in [xs.len(), 1, 15, 16, 17, 32, 33, 64] {
             let src = &xs[..len];
             let mut h = vec![0u16; len + 1];
             unsafe { cvt_row(&mut h, src) };
             for (j, &x) in src.iter().enumerate() {
-                assert_eq!(h[j], bf16_bits(x), "{:#x}", x.to_bits());
+                assert_eq!(h[j], packed_bits(x), "{:#x}", x.to_bits());
+            }
+            // The integer path is bf16_bits exactly, subnormals included.
+            let mut hi = vec![0u16; len + 1];
+            unsafe { cvt_row_int(&mut hi, src) };
+            for (j, &x) in src.iter().enumerate() {
+                assert_eq!(hi[j], bf16_bits(x), "{:#x}", x.to_bits());
+            }
+            let mut wi = vec![0u32; len];
+            unsafe { pair_row_int(&mut wi, src, Some(src)) };
+            for (j, &x) in src.iter().enumerate() {
+                assert_eq!(wi[j], bf16_bits(x) as u32 * 0x1_0001, "{:#x}", x.to_bits());
             }
             assert_eq!(h[len], 0, "wrote past the end");
             let r1: Vec<f32> = src.iter().rev().copied().collect();
             let mut w = vec![0u32; len + 1];
             unsafe { pair_row(&mut w, src, Some(&r1)) };
             for j in 0..len {
-                let want = bf16_bits(src[j]) as u32 | (bf16_bits(r1[j]) as u32) << 16;
+                let want = packed_bits(src[j]) as u32 | (packed_bits(r1[j]) as u32) << 16;
                 assert_eq!(w[j], want);
             }
             assert_eq!(w[len], 0, "wrote past the end");
             unsafe { pair_row(&mut w, src, None) };
             for j in 0..len {
-                assert_eq!(w[j], bf16_bits(src[j]) as u32);
+                assert_eq!(w[j], packed_bits(src[j]) as u32);
             }
             let mut r = src.to_vec();
             r.push(7.0);

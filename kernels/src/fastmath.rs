@@ -147,6 +147,28 @@ dispatch! {
 }
 
 dispatch! {
+    /// Attention backward's score gradient on one row: ds[j] ← p[j]·(ds[j] − d)·scale, where
+    /// `ds` holds dP' on entry.
+    pub fn softmax_grad_row(ds: &mut [f32], p: &[f32], d: f32, scale: f32) -> () {
+        for (x, &pv) in ds.iter_mut().zip(p) {
+            *x = pv * (*x - d) * scale;
+        }
+    }
+}
+
+dispatch! {
+    /// [`softmax_grad_row`] under attention dropout: dP'·keep/(1−p) in place of dP', the keep
+    /// mask read off the dropped probabilities `pd` (zero exactly where a key was dropped or P
+    /// is zero, and where P is zero the product is zero either way).
+    pub fn softmax_grad_row_dropped(ds: &mut [f32], p: &[f32], pd: &[f32], d: f32, drop_scale: f32, scale: f32) -> () {
+        for ((x, &pv), &pdv) in ds.iter_mut().zip(p).zip(pd) {
+            let kept = if pdv != 0.0 { *x * drop_scale } else { 0.0 };
+            *x = pv * (kept - d) * scale;
+        }
+    }
+}
+
+dispatch! {
     /// Dropout on a run of elements: xs[j] ← keep(base + j) ? xs[j]·scale : 0.
     pub fn dropout_apply(xs: &mut [f32], stream: u64, base: u64, thr: u32, scale: f32) -> () {
         for (j, x) in xs.iter_mut().enumerate() {

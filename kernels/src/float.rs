@@ -45,6 +45,17 @@ pub trait Float:
     fn exp_scaled_sum(xs: &mut [Self], scale: Self, m: Self) -> Self;
     /// Dropout on a run: xs[j] ← keep(stream, base + j) ? xs[j]·scale : 0 (see [`crate::rng`]).
     fn dropout_apply(xs: &mut [Self], stream: u64, base: u64, thr: u32, scale: Self);
+    /// Attention backward's dS row: ds[j] ← p[j]·(kept(ds[j]) − d)·scale, with ds = dP' on
+    /// entry; under dropout (`pd` = the row of P'), kept(x) = x·drop_scale where pd[j] ≠ 0 and
+    /// 0 where the key was dropped; without (`pd` None), kept(x) = x.
+    fn softmax_grad_row(
+        ds: &mut [Self],
+        p: &[Self],
+        pd: Option<&[Self]>,
+        d: Self,
+        drop_scale: Self,
+        scale: Self,
+    );
     /// Largest element (−∞ when empty).
     fn slice_max(xs: &[Self]) -> Self;
     /// Exact-erf GELU over a slice (vectorized for f32).
@@ -78,6 +89,19 @@ macro_rules! impl_float {
             }
             fn dropout_apply(xs: &mut [Self], stream: u64, base: u64, thr: u32, scale: Self) {
                 $fast::dropout_apply(xs, stream, base, thr, scale)
+            }
+            fn softmax_grad_row(
+                ds: &mut [Self],
+                p: &[Self],
+                pd: Option<&[Self]>,
+                d: Self,
+                drop_scale: Self,
+                scale: Self,
+            ) {
+                match pd {
+                    Some(pd) => $fast::softmax_grad_row_dropped(ds, p, pd, d, drop_scale, scale),
+                    None => $fast::softmax_grad_row(ds, p, d, scale),
+                }
             }
             fn slice_max(xs: &[Self]) -> Self {
                 $fast::max(xs)
@@ -233,6 +257,24 @@ mod exact64 {
         for (j, x) in xs.iter_mut().enumerate() {
             let keep = crate::rng::RngKey::bits_from(stream, base + j as u64) >= thr;
             *x = if keep { *x * scale } else { 0.0 };
+        }
+    }
+    pub fn softmax_grad_row(ds: &mut [f64], p: &[f64], d: f64, scale: f64) {
+        for (x, &pv) in ds.iter_mut().zip(p) {
+            *x = pv * (*x - d) * scale;
+        }
+    }
+    pub fn softmax_grad_row_dropped(
+        ds: &mut [f64],
+        p: &[f64],
+        pd: &[f64],
+        d: f64,
+        drop_scale: f64,
+        scale: f64,
+    ) {
+        for ((x, &pv), &pdv) in ds.iter_mut().zip(p).zip(pd) {
+            let kept = if pdv != 0.0 { *x * drop_scale } else { 0.0 };
+            *x = pv * (kept - d) * scale;
         }
     }
     pub fn max(xs: &[f64]) -> f64 {

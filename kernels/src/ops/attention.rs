@@ -536,23 +536,14 @@ pub fn attention_backward<T: Float>(
                     // a key was dropped or P is zero, and where P is zero the product is zero
                     // either way (same values as the draw, one hash per score fewer).
                     let pdr = &pdb[ii * kend..(ii + 1) * kend];
-                    for ((x, &pv), &pdv) in dsr.iter_mut().zip(pr).zip(pdr) {
-                        let kept = if pdv != T::ZERO {
-                            *x * drop_scale
-                        } else {
-                            T::ZERO
-                        };
-                        *x = pv * (kept - d[i]) * scale;
-                    }
+                    T::softmax_grad_row(dsr, pr, Some(pdr), d[i], drop_scale, scale);
                     continue;
                 }
                 if o.dropout > 0.0 {
                     let base = sr.drop_base(h, i);
                     T::dropout_apply(dsr, stream, base, thr, drop_scale);
                 }
-                for (x, &pv) in dsr.iter_mut().zip(pr) {
-                    *x = pv * (*x - d[i]) * scale;
-                }
+                T::softmax_grad_row(dsr, pr, None, d[i], T::ONE, scale);
             }
             round_slice(o.prec, ds);
             super::gemm_rounded(
