@@ -38,14 +38,20 @@ pub fn knn(x: &[f64], dim: usize, k: usize) -> Vec<Vec<(usize, f64)>> {
                     (j, s.sqrt())
                 })
                 .collect();
-            d.sort_by(|a, b| {
+            let order = |a: &(usize, f64), b: &(usize, f64)| {
                 (a.0 != i)
                     .cmp(&(b.0 != i))
                     .then(a.1.total_cmp(&b.1))
                     .then(a.0.cmp(&b.0))
-            });
-            d.truncate(k);
-            d
+            };
+            // The k smallest, then sorted; a new vector of k so that no row keeps n entries'
+            // worth of memory.
+            if k < n {
+                d.select_nth_unstable_by(k, order);
+            }
+            let mut near = d[..k].to_vec();
+            near.sort_by(order);
+            near
         })
         .collect()
 }

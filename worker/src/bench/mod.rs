@@ -18,6 +18,7 @@ pub mod pca;
 pub mod perturb;
 pub mod plot;
 pub mod split;
+pub mod umap;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -652,9 +653,15 @@ pub struct PlotLegend {
     pub file: String,
     pub key: String,
     pub classes: Vec<(String, [u8; 3])>,
+    /// What the picture shows, in words (the layout and which cells).
+    pub shows: String,
 }
 
-/// Writes `DIR/embedding.png`: the first two principal components of the embedding, coloured
+/// Cells drawn at most: above it, a seeded random subset of this many is laid out (the exact
+/// neighbour search of the layout grows with the square of the cells).
+pub const PLOT_CELLS: usize = 20_000;
+
+/// Writes `DIR/embedding.png`: a UMAP layout of the embedding ([`umap`]), coloured
 /// by `obs[key]`.
 fn plot_embedding(
     x: &[f64],
@@ -663,9 +670,39 @@ fn plot_embedding(
     key: &str,
     dir: &Path,
 ) -> anyhow::Result<PlotLegend> {
-    let n = x.len() / dim.max(1);
-    let (names, y) = read_classes(data, key)?;
-    let xy: Vec<(f64, f64)> = if dim >= 2 && n >= 2 {
+    let n_all = x.len() / dim.max(1);
+    let (names, y_all) = read_classes(data, key)?;
+    let (picked, x, y): (Option<usize>, Vec<f64>, Vec<u32>) = if n_all > PLOT_CELLS {
+        let mut order: Vec<usize> = (0..n_all).collect();
+        data::rng::CounterRng::new(0, data::rng::Stream::Split, &[0x0a3a_9001]).shuffle(&mut order);
+        let mut keep = order[..PLOT_CELLS].to_vec();
+        keep.sort_unstable();
+        let xs = keep
+            .iter()
+            .flat_map(|&i| x[i * dim..(i + 1) * dim].iter().copied())
+            .collect();
+        (
+            Some(PLOT_CELLS),
+            xs,
+            keep.iter().map(|&i| y_all[i]).collect(),
+        )
+    } else {
+        (None, x.to_vec(), y_all)
+    };
+    let (x, n) = (&x[..], y.len());
+    let mut shows = String::from(
+        "UMAP of the embedding (15 neighbours, min_dist 0.5; started from the first two principal components, seed 0)",
+    );
+    if let Some(k) = picked {
+        shows.push_str(&format!(
+            ", {k} of the {n_all} cells drawn at random (seed 0)"
+        ));
+    }
+    let xy: Vec<(f64, f64)> = if dim >= 2 && n >= 3 {
+        let start = pca::scores(x, n, dim, 2)?;
+        let u = umap::layout(x, dim, &start, 0);
+        u.chunks(2).map(|p| (p[0], p[1])).collect()
+    } else if dim >= 2 && n == 2 {
         let s = pca::scores(x, n, dim, 2)?;
         s.chunks(2).map(|p| (p[0], p[1])).collect()
     } else {
@@ -679,6 +716,7 @@ fn plot_embedding(
     Ok(PlotLegend {
         file: "embedding.png".into(),
         key: key.into(),
+        shows,
         classes: names
             .into_iter()
             .enumerate()
@@ -725,7 +763,7 @@ fn write_outputs(
         "results": json_results,
         "plot": {
             "file": legend.file,
-            "shows": "first two principal components of the embedding",
+            "shows": legend.shows,
             "colour_by": legend.key,
         },
     });
@@ -757,9 +795,10 @@ fn write_outputs(
         }
     }
     md.push_str(&format!(
-        "## Embedding\n\n![the embedding's first two principal components, coloured by {key}]({file})\n\nThe embedding's first two principal components, one dot per cell, coloured by `obs[\"{key}\"]` (the swatches at the right, top to bottom):\n\n| colour | {key} |\n| --- | --- |\n",
+        "## Embedding\n\n![UMAP of the embedding, coloured by {key}]({file})\n\n{shows} (as `sc.pp.neighbors` + `sc.tl.umap` draw one), one dot per cell, coloured by `obs[\"{key}\"]` (the swatches at the right, top to bottom):\n\n| colour | {key} |\n| --- | --- |\n",
         key = legend.key,
-        file = legend.file
+        file = legend.file,
+        shows = legend.shows
     ));
     for (name, c) in &legend.classes {
         md.push_str(&format!(

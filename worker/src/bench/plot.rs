@@ -1,4 +1,4 @@
-//! A PNG of the cell embedding in two dimensions (its first two principal components), one dot
+//! A PNG of the cell embedding in two dimensions (a UMAP layout, see `umap`), one dot
 //! per cell coloured by cell type, with a legend of colour swatches (the class names are in
 //! report.md beside their colours: no font is bundled). The PNG is written here, by hand:
 //! 8-bit RGB, one IDAT (zlib through flate2), filter 0 on every row.
