@@ -210,7 +210,7 @@ mod tests {
         // One cell, and cells that all coincide.
         assert_eq!(layout(&[1.0, 2.0], 2, &[0.0, 0.0], 0), vec![0.0, 0.0]);
         let same = vec![0.5; 3 * 10];
-        let out = layout(&same, 3, &vec![0.0; 20], 0);
+        let out = layout(&same, 3, &[0.0; 20], 0);
         assert!(out.iter().all(|v| v.is_finite()));
         assert_eq!(scaled(&[1.0, 5.0, 3.0, 5.0]), vec![0.0, 0.0, 10.0, 0.0]);
     }
