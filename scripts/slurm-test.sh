@@ -29,7 +29,14 @@ wait_state() { # job, wanted state regex, seconds
   fail "job $1 is $(state "$1"), expected $2 (log: $(tail -n 5 "anvil-$1.out"))"
 }
 hash_of() { grep -oE 'identical parameters \(sha256 [0-9a-f]+' "anvil-$1.out" | tail -n 1; }
-quick=(configs/quickstart.yaml --set training.max_epochs=3)
+# Long enough (54 steps) that a signal sent after the first checkpoint lands mid-run however
+# fast training is on this machine.
+quick=(configs/quickstart.yaml --set training.max_epochs=6)
+# Waits until job $1 has written its first checkpoint (it is then mid-run).
+wait_training() {
+  for _ in $(seq 300); do grep -q 'checkpoint at step 9:' "anvil-$1.out" 2>/dev/null && return 0; sleep 1; done
+  fail "job $1 wrote no first checkpoint (log: $(tail -n 5 "anvil-$1.out"))"
+}
 
 echo "1. sbatch -n 2, extra arguments passed through"
 a=$(submit configs/quickstart.yaml --set training.max_epochs=1)
@@ -45,7 +52,7 @@ scontrol show job "$g" | grep -q 'TresPerTask=gres:gpu:1' || fail "job $g did no
 
 echo "2. SIGUSR1: checkpoint, requeue, resume; same parameters as an uninterrupted run"
 u=$(submit "${quick[@]}")
-sleep 25
+wait_training "$u"
 scancel --batch --signal=USR1 "$u"
 for _ in $(seq 120); do grep -q 'requeueing job' "anvil-$u.out" && break; sleep 1; done
 grep -q 'requeueing job' "anvil-$u.out" || fail "job $u was not requeued"
@@ -58,7 +65,7 @@ grep -q 'resuming runs/slurm-' "anvil-$u.out" || fail "job $u did not resume"
 
 echo "3. scancel (SIGTERM): checkpoint and clean exit"
 c=$(submit "${quick[@]}")
-sleep 25
+wait_training "$c"
 scancel "$c"
 wait_state "$c" CANCELLED 120
 sleep 5

@@ -583,22 +583,117 @@ pub fn gemm(
     accumulate: bool,
     parallel: bool,
 ) {
+    if !check(path, c, ldc, a, lda, ta, m, n, k, accumulate) {
+        return;
+    }
+    check_b(b, ldb, tb, n, k);
+    for k0 in (0..k).step_by(KC) {
+        let kc = KC.min(k - k0);
+        let mut bbuf = take_buf(&BBUF, n.div_ceil(NR) * NR * kc.div_ceil(KB) * KB);
+        pack_b_chunk(&mut bbuf, b, ldb, tb, n, k0, kc, parallel);
+        run_chunk(
+            path, c, ldc, a, lda, ta, &bbuf, m, n, k0, kc, accumulate, parallel,
+        );
+        BBUF.with(|s| s.set(bbuf));
+    }
+}
+
+/// op(b) `[k, n]` packed once for many products with it ([`gemm_packed`]): the VNNI panels of
+/// every chunk of k, as [`gemm`] packs them for one product. Worth it when B is used by many
+/// products (attention's K and V, one product per block of queries).
+pub struct PackedB {
+    n: usize,
+    k: usize,
+    chunks: Vec<Vec<u16>>,
+}
+
+impl PackedB {
+    /// Packs op(b) (`b` stored `[n, k]` when `tb`, else `[k, n]`, row stride `ldb`).
+    pub fn new(b: &[f32], ldb: usize, tb: bool, n: usize, k: usize, parallel: bool) -> Self {
+        assert!(packing_supported(), "bf16 packing needs AVX-512 F/BW/VL");
+        if n > 0 && k > 0 {
+            check_b(b, ldb, tb, n, k);
+        }
+        let chunks = (0..k)
+            .step_by(KC)
+            .map(|k0| {
+                let kc = KC.min(k - k0);
+                let mut buf = vec![0u16; n.div_ceil(NR) * NR * kc.div_ceil(KB) * KB];
+                pack_b_chunk(&mut buf, b, ldb, tb, n, k0, kc, parallel);
+                buf
+            })
+            .collect();
+        PackedB { n, k, chunks }
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    pub fn k(&self) -> usize {
+        self.k
+    }
+}
+
+/// [`gemm`] with B packed beforehand: `c[m, b.n()] (+)= op(a)[m, b.k()] · B`, the same bits.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_packed(
+    path: Bf16Path,
+    c: &mut [f32],
+    ldc: usize,
+    a: &[f32],
+    lda: usize,
+    ta: bool,
+    b: &PackedB,
+    m: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
+    let (n, k) = (b.n, b.k);
+    if !check(path, c, ldc, a, lda, ta, m, n, k, accumulate) {
+        return;
+    }
+    for (ci, buf) in b.chunks.iter().enumerate() {
+        let k0 = ci * KC;
+        let kc = KC.min(k - k0);
+        run_chunk(
+            path, c, ldc, a, lda, ta, buf, m, n, k0, kc, accumulate, parallel,
+        );
+    }
+}
+
+/// Checks the path and the shapes of c and a; handles the empty products (false: nothing
+/// left to compute).
+#[allow(clippy::too_many_arguments)]
+fn check(
+    path: Bf16Path,
+    c: &mut [f32],
+    ldc: usize,
+    a: &[f32],
+    lda: usize,
+    ta: bool,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) -> bool {
     let ok = match path {
         Bf16Path::Amx => amx_supported(),
         Bf16Path::Avx512 => avx512_bf16_supported(),
     };
     assert!(ok, "bf16 GEMM path {} not supported here", path.name());
     if m == 0 || n == 0 {
-        return;
+        return false;
     }
     assert!(c.len() >= (m - 1) * ldc + n, "c too short");
+    assert!(ldc >= n, "ldc < n");
     if k == 0 {
         if !accumulate {
             for i in 0..m {
                 c[i * ldc..i * ldc + n].fill(0.0);
             }
         }
-        return;
+        return false;
     }
     assert!(
         if ta {
@@ -608,6 +703,10 @@ pub fn gemm(
         },
         "a too short"
     );
+    true
+}
+
+fn check_b(b: &[f32], ldb: usize, tb: bool, n: usize, k: usize) {
     assert!(
         if tb {
             ldb >= k && b.len() >= (n - 1) * ldb + k
@@ -616,7 +715,53 @@ pub fn gemm(
         },
         "b too short"
     );
-    assert!(ldc >= n, "ldc < n");
+}
+
+/// Packs the chunk `k0..k0 + kc` of op(b) into `out` (zeroed, `panels · NR · kcp` long).
+#[allow(clippy::too_many_arguments)]
+fn pack_b_chunk(
+    out: &mut [u16],
+    b: &[f32],
+    ldb: usize,
+    tb: bool,
+    n: usize,
+    k0: usize,
+    kc: usize,
+    parallel: bool,
+) {
+    let panels = n.div_ceil(NR);
+    let kcp = kc.div_ceil(KB) * KB;
+    let pack_panel = |(p, o): (usize, &mut [u16])| {
+        pack_b_panel(o, b, ldb, tb, p * NR, NR.min(n - p * NR), k0, kc)
+    };
+    if parallel && panels > 1 {
+        out.par_chunks_mut(NR * kcp)
+            .enumerate()
+            .for_each(pack_panel);
+    } else {
+        out.chunks_mut(NR * kcp).enumerate().for_each(pack_panel);
+    }
+}
+
+/// One chunk `k0..k0 + kc` of the product against B's packed chunk `pb`: each task packs its
+/// group of row blocks of A and runs the microkernel over its panels. C is loaded into the
+/// accumulators unless this is the first chunk of a product that does not accumulate.
+#[allow(clippy::too_many_arguments)]
+fn run_chunk(
+    path: Bf16Path,
+    c: &mut [f32],
+    ldc: usize,
+    a: &[f32],
+    lda: usize,
+    ta: bool,
+    pb: &[u16],
+    m: usize,
+    n: usize,
+    k0: usize,
+    kc: usize,
+    accumulate: bool,
+    parallel: bool,
+) {
     let threads = if parallel {
         rayon::current_num_threads()
     } else {
@@ -632,79 +777,62 @@ pub fn gemm(
     let panels_per = panels.div_ceil(col_splits);
     let tasks = groups * col_splits;
     let c_ptr = SendPtr(c.as_mut_ptr());
-
-    for k0 in (0..k).step_by(KC) {
-        let kc = KC.min(k - k0);
-        let kcp = kc.div_ceil(KB) * KB;
-        let load_c = accumulate || k0 > 0;
-        let mut bbuf = take_buf(&BBUF, panels * NR * kcp);
-        let pack_panel = |(p, out): (usize, &mut [u16])| {
-            pack_b_panel(out, b, ldb, tb, p * NR, NR.min(n - p * NR), k0, kc)
-        };
-        if parallel && panels > 1 {
-            bbuf.par_chunks_mut(NR * kcp)
-                .enumerate()
-                .for_each(pack_panel);
-        } else {
-            bbuf.chunks_mut(NR * kcp).enumerate().for_each(pack_panel);
-        }
-        let pb = &bbuf[..];
-        let task = |t: usize| {
-            let (gi, cs) = (t / col_splits, t % col_splits);
-            let rb0 = gi * g;
-            let nrb = g.min(row_blocks - rb0);
-            let r0 = rb0 * MR;
-            let rows = (nrb * MR).min(m - r0);
-            let mut abuf = take_buf(&ABUF, nrb * MR * kcp);
-            pack_a_rows(&mut abuf, a, lda, ta, r0, rows, k0, kc, kcp);
-            let _amx = (path == Bf16Path::Amx).then(AmxGuard::new);
-            let mut tile = [0f32; MR * NR];
-            let p_end = ((cs + 1) * panels_per).min(panels);
-            for p in (cs * panels_per)..p_end {
-                let c0 = p * NR;
-                let cols = NR.min(n - c0);
-                let b_pan = &pb[p * NR * kcp..(p + 1) * NR * kcp];
-                for rb in 0..nrb {
-                    let ri = r0 + rb * MR;
-                    let rrows = MR.min(m - ri);
-                    let a_blk = &abuf[rb * MR * kcp..(rb + 1) * MR * kcp];
-                    // SAFETY: tasks own disjoint rectangles of C, inside c (checked above).
-                    let cp = unsafe { c_ptr.get().add(ri * ldc + c0) };
-                    if rrows == MR && cols == NR {
-                        // SAFETY: support checked above; full 32x32 block of C at cp.
-                        unsafe { kernel(path, a_blk, b_pan, kcp, cp, ldc, MR, load_c) };
-                    } else {
-                        // Edge block: through a 32x32 buffer.
-                        for i in 0..MR {
-                            for j in 0..NR {
-                                tile[i * NR + j] = if load_c && i < rrows && j < cols {
-                                    // SAFETY: inside this task's rectangle of C.
-                                    unsafe { *cp.add(i * ldc + j) }
-                                } else {
-                                    0.0
-                                };
-                            }
-                        }
-                        let tp = tile.as_mut_ptr();
-                        // SAFETY: as above, on the buffer.
-                        unsafe { kernel(path, a_blk, b_pan, kcp, tp, NR, rrows, true) };
-                        for i in 0..rrows {
-                            for j in 0..cols {
+    let kcp = kc.div_ceil(KB) * KB;
+    let load_c = accumulate || k0 > 0;
+    let task = |t: usize| {
+        let (gi, cs) = (t / col_splits, t % col_splits);
+        let rb0 = gi * g;
+        let nrb = g.min(row_blocks - rb0);
+        let r0 = rb0 * MR;
+        let rows = (nrb * MR).min(m - r0);
+        let mut abuf = take_buf(&ABUF, nrb * MR * kcp);
+        pack_a_rows(&mut abuf, a, lda, ta, r0, rows, k0, kc, kcp);
+        let _amx = (path == Bf16Path::Amx).then(AmxGuard::new);
+        let mut tile = [0f32; MR * NR];
+        let p_end = ((cs + 1) * panels_per).min(panels);
+        for p in (cs * panels_per)..p_end {
+            let c0 = p * NR;
+            let cols = NR.min(n - c0);
+            let b_pan = &pb[p * NR * kcp..(p + 1) * NR * kcp];
+            for rb in 0..nrb {
+                let ri = r0 + rb * MR;
+                let rrows = MR.min(m - ri);
+                let a_blk = &abuf[rb * MR * kcp..(rb + 1) * MR * kcp];
+                // SAFETY: tasks own disjoint rectangles of C, inside c (checked by `check`).
+                let cp = unsafe { c_ptr.get().add(ri * ldc + c0) };
+                if rrows == MR && cols == NR {
+                    // SAFETY: support checked; full 32x32 block of C at cp.
+                    unsafe { kernel(path, a_blk, b_pan, kcp, cp, ldc, MR, load_c) };
+                } else {
+                    // Edge block: through a 32x32 buffer.
+                    for i in 0..MR {
+                        for j in 0..NR {
+                            tile[i * NR + j] = if load_c && i < rrows && j < cols {
                                 // SAFETY: inside this task's rectangle of C.
-                                unsafe { *cp.add(i * ldc + j) = tile[i * NR + j] };
-                            }
+                                unsafe { *cp.add(i * ldc + j) }
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                    let tp = tile.as_mut_ptr();
+                    // SAFETY: as above, on the buffer.
+                    unsafe { kernel(path, a_blk, b_pan, kcp, tp, NR, rrows, true) };
+                    for i in 0..rrows {
+                        for j in 0..cols {
+                            // SAFETY: inside this task's rectangle of C.
+                            unsafe { *cp.add(i * ldc + j) = tile[i * NR + j] };
                         }
                     }
                 }
             }
-            ABUF.with(|s| s.set(abuf));
-        };
-        if parallel && tasks > 1 {
-            (0..tasks).into_par_iter().for_each(task);
-        } else {
-            (0..tasks).for_each(task);
         }
-        BBUF.with(|s| s.set(bbuf));
+        ABUF.with(|s| s.set(abuf));
+    };
+    if parallel && tasks > 1 {
+        (0..tasks).into_par_iter().for_each(task);
+    } else {
+        (0..tasks).for_each(task);
     }
 }
 
@@ -1143,6 +1271,11 @@ mod tests {
                         }
                         // Same bits sequential and parallel: one task per block of C.
                         assert_eq!(outs[0], outs[1], "{} seq/par differ", path.name());
+                        // And with B packed beforehand.
+                        let pb = PackedB::new(&b, ldb, tb, n, k, true);
+                        let mut c = c0.clone();
+                        gemm_packed(path, &mut c, ldc, &a, lda, ta, &pb, m, accumulate, true);
+                        assert_eq!(c, outs[0], "{} packed B differs", path.name());
                     }
                 }
             }

@@ -19,12 +19,29 @@
 
 use rayon::prelude::*;
 
+use super::{gemm_rhs, Rhs};
 use crate::precision::{round_slice, Precision};
 use crate::rng::{keep_threshold, RngKey};
 use crate::Float;
 
 /// Query rows per score tile.
 const QB: usize = 64;
+
+#[cfg(test)]
+thread_local! {
+    /// Tests turn the per-head packing of K and V off to compare against the plain products.
+    static PACK_ONCE: std::cell::Cell<bool> = const { std::cell::Cell::new(true) };
+}
+
+/// Whether a head's K and V are packed once for all its blocks (see [`Rhs`]): when there is
+/// more than one block and every block sees all keys (not causal).
+fn pack_once(o: &AttnOpts, queries: usize) -> bool {
+    #[cfg(test)]
+    if !PACK_ONCE.with(|c| c.get()) {
+        return false;
+    }
+    !o.causal && queries > QB
+}
 
 /// The padded shape: `seq` rows per sequence. In the packed layout (`AttnOpts::packed`), `seq`
 /// is the longest sequence (it spaces the dropout streams) and `batch` the number of sequences.
@@ -290,19 +307,27 @@ fn head_qkv<T: Float>(
     (q, k, v)
 }
 
-/// Raw scores of `qb` query rows against the first `kend` keys: out [qb, kend] = Q·Kᵀ.
+/// Raw scores of `qb` query rows against the first `kend` keys: out [qb, kend] = Q·Kᵀ. `kt`
+/// is Kᵀ packed for all `l` keys, used when `kend` is all of them.
+#[allow(clippy::too_many_arguments)]
 fn score_block<T: Float>(
     prec: Precision,
     out: &mut [T],
     q: &[T],
     k: &[T],
+    kt: &Rhs<T>,
+    l: usize,
     qb: usize,
     kend: usize,
     dh: usize,
 ) {
-    super::gemm_rounded(
-        prec, out, kend, q, dh, false, k, dh, true, qb, kend, dh, false, false,
-    );
+    if kend == l {
+        gemm_rhs(prec, out, kend, q, dh, false, kt, qb, kend, dh, false);
+    } else {
+        super::gemm_rounded(
+            prec, out, kend, q, dh, false, k, dh, true, qb, kend, dh, false, false,
+        );
+    }
 }
 
 /// The padding flags of sequence b, if any key inside it is padding.
@@ -363,6 +388,11 @@ pub fn attention_forward<T: Float>(
         let (nq, l) = (sr.queries, sr.keys);
         let padr = pad_row(o, b, t);
         let (q, k, v) = head_qkv(qkv, &s, o, &sr, h);
+        // K and V as the B operands of every block's products, packed once per head (causal
+        // blocks each see their own number of keys, so they are not reused there).
+        let reused = pack_once(o, nq);
+        let kt = Rhs::new(o.prec, &k, dh, true, l, dh, reused);
+        let vr = Rhs::new(o.prec, &v, dh, false, dh, l, reused);
         let mut lse = vec![T::ZERO; nq];
         let mut ob = vec![T::ZERO; nq * dh];
         let mut sb = vec![T::ZERO; QB * l];
@@ -376,7 +406,7 @@ pub fn attention_forward<T: Float>(
                 continue;
             }
             let sc = &mut sb[..qb * kend];
-            score_block(o.prec, sc, &q[r0 * dh..], &k, qb, kend, dh);
+            score_block(o.prec, sc, &q[r0 * dh..], &k, &kt, l, qb, kend, dh);
             for (ii, row) in sc.chunks_exact_mut(kend).enumerate() {
                 let i = r0 + ii;
                 mask_row(row, i, padr, o.causal);
@@ -398,22 +428,38 @@ pub fn attention_forward<T: Float>(
                 }
             }
             round_slice(o.prec, sc);
-            super::gemm_rounded(
-                o.prec,
-                &mut ob[r0 * dh..],
-                dh,
-                sc,
-                kend,
-                false,
-                &v,
-                dh,
-                false,
-                qb,
-                dh,
-                kend,
-                false,
-                false,
-            );
+            if kend == l {
+                gemm_rhs(
+                    o.prec,
+                    &mut ob[r0 * dh..],
+                    dh,
+                    sc,
+                    kend,
+                    false,
+                    &vr,
+                    qb,
+                    dh,
+                    kend,
+                    false,
+                );
+            } else {
+                super::gemm_rounded(
+                    o.prec,
+                    &mut ob[r0 * dh..],
+                    dh,
+                    sc,
+                    kend,
+                    false,
+                    &v,
+                    dh,
+                    false,
+                    qb,
+                    dh,
+                    kend,
+                    false,
+                    false,
+                );
+            }
             for (orow, &iv) in ob[r0 * dh..r1 * dh].chunks_exact_mut(dh).zip(&inv) {
                 for x in orow.iter_mut() {
                     *x *= iv;
@@ -464,6 +510,11 @@ pub fn attention_backward<T: Float>(
         let lse = &lse[sr.lse_index(h, 0)..sr.lse_index(h, nq)];
         let padr = pad_row(o, b, t);
         let (q, k, v) = head_qkv(qkv, &s, o, &sr, h);
+        // Kᵀ (scores), Vᵀ (dP') and K (dQ) as the B operands of every block, packed once.
+        let reused = pack_once(o, nq);
+        let kt = Rhs::new(o.prec, &k, dh, true, l, dh, reused);
+        let vt = Rhs::new(o.prec, &v, dh, true, l, dh, reused);
+        let kr = Rhs::new(o.prec, &k, dh, false, dh, l, reused);
         let mut dob = gather_rows(dout, &s, sr.row0, h, nq);
         let ob = gather_rows(out, &s, sr.row0, h, nq);
         let d: Vec<T> = dob
@@ -490,7 +541,7 @@ pub fn attention_backward<T: Float>(
                 continue;
             }
             let p = &mut pb[..qb * kend];
-            score_block(o.prec, p, &q[r0 * dh..], &k, qb, kend, dh);
+            score_block(o.prec, p, &q[r0 * dh..], &k, &kt, l, qb, kend, dh);
             for (ii, row) in p.chunks_exact_mut(kend).enumerate() {
                 let i = r0 + ii;
                 let li = lse[i];
@@ -521,9 +572,15 @@ pub fn attention_backward<T: Float>(
                 o.prec, &mut dv, dh, pd, kend, true, dob_blk, dh, false, kend, dh, qb, true, false,
             );
             let ds = &mut dsb[..qb * kend];
-            super::gemm_rounded(
-                o.prec, ds, kend, dob_blk, dh, false, &v, dh, true, qb, kend, dh, false, false,
-            );
+            if kend == l {
+                gemm_rhs(
+                    o.prec, ds, kend, dob_blk, dh, false, &vt, qb, kend, dh, false,
+                );
+            } else {
+                super::gemm_rounded(
+                    o.prec, ds, kend, dob_blk, dh, false, &v, dh, true, qb, kend, dh, false, false,
+                );
+            }
             let p = &pb[..qb * kend];
             for (ii, (dsr, pr)) in ds
                 .chunks_exact_mut(kend)
@@ -546,22 +603,38 @@ pub fn attention_backward<T: Float>(
                 T::softmax_grad_row(dsr, pr, None, d[i], T::ONE, scale);
             }
             round_slice(o.prec, ds);
-            super::gemm_rounded(
-                o.prec,
-                &mut dq[r0 * dh..],
-                dh,
-                ds,
-                kend,
-                false,
-                &k,
-                dh,
-                false,
-                qb,
-                dh,
-                kend,
-                false,
-                false,
-            );
+            if kend == l {
+                gemm_rhs(
+                    o.prec,
+                    &mut dq[r0 * dh..],
+                    dh,
+                    ds,
+                    kend,
+                    false,
+                    &kr,
+                    qb,
+                    dh,
+                    kend,
+                    false,
+                );
+            } else {
+                super::gemm_rounded(
+                    o.prec,
+                    &mut dq[r0 * dh..],
+                    dh,
+                    ds,
+                    kend,
+                    false,
+                    &k,
+                    dh,
+                    false,
+                    qb,
+                    dh,
+                    kend,
+                    false,
+                    false,
+                );
+            }
             super::gemm_rounded(
                 o.prec,
                 &mut dk,
@@ -596,4 +669,84 @@ pub fn attention_backward<T: Float>(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// bf16-mixed attention with K and V packed once per head gives the bits of the plain
+    /// products, forward and backward, with dropout, padding and the packed layout, on shapes
+    /// of several query blocks (where the packing is used).
+    #[test]
+    fn packing_k_and_v_once_changes_no_bit() {
+        if crate::bf16gemm::path().is_none() {
+            eprintln!("SKIPPED: K/V packing for the bf16 GEMM: no avx512_bf16 or amx_bf16 here");
+            return;
+        }
+        let lcg = |seed: u64, len: usize| -> Vec<f32> {
+            let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            (0..len)
+                .map(|_| {
+                    s = s
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((s >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0
+                })
+                .collect()
+        };
+        let (b, t, heads, dh) = (2, 150, 2, 32);
+        let s = AttnShape {
+            batch: b,
+            seq: t,
+            heads,
+            head_dim: dh,
+        };
+        let e = heads * dh;
+        let qkv = lcg(1, b * t * 3 * e);
+        let dout = lcg(2, b * t * e);
+        let mut pad = vec![false; b * t];
+        pad[t + 140..].fill(true);
+        let starts = [0, 150, 280];
+        for (key_pad, packed, dropout) in [
+            (None, None, 0.0),
+            (Some(&pad[..]), None, 0.1),
+            (None, Some(&starts[..]), 0.1),
+        ] {
+            let o = AttnOpts {
+                key_pad,
+                packed,
+                dropout,
+                key: RngKey::new(3, 1, 4),
+                prec: Precision::Bf16Mixed,
+                ..Default::default()
+            };
+            let run = |pack: bool| {
+                let n = layout_rows(&s, &o);
+                let mut out = vec![0f32; n * e];
+                let mut lse = vec![0f32; heads * n];
+                let mut dqkv = vec![0f32; n * 3 * e];
+                // A pool of one thread, the flag set on it: every task runs there and reads it.
+                let pool = rayon::ThreadPoolBuilder::new()
+                    .num_threads(1)
+                    .build()
+                    .unwrap();
+                pool.install(|| {
+                    PACK_ONCE.with(|c| c.set(pack));
+                    attention_forward(&mut out, &mut lse, &qkv, s, &o);
+                    attention_backward(&mut dqkv, &dout[..n * e], &out, &lse, &qkv, s, &o);
+                });
+                (out, lse, dqkv)
+            };
+            let (plain, once) = (run(false), run(true));
+            assert!(plain.2.iter().any(|&x| x != 0.0));
+            assert_eq!(
+                plain,
+                once,
+                "pad {:?} packed {:?}",
+                key_pad.is_some(),
+                packed
+            );
+        }
+    }
 }

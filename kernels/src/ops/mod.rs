@@ -216,6 +216,83 @@ pub(crate) fn gemm_rounded<T: Float>(
     );
 }
 
+/// The B operand of several products in one task (attention's K and V, one product per block
+/// of queries): packed once for the bf16 GEMM where [`gemm_rounded`] would take it (bf16-mixed
+/// f32 on a CPU with a bf16 path), else the plain matrix. Products with it ([`gemm_rhs`]) give
+/// the same bits as [`gemm_rounded`] with the plain matrix.
+pub(crate) struct Rhs<'a, T> {
+    b: &'a [T],
+    ldb: usize,
+    tb: bool,
+    packed: Option<(crate::bf16gemm::Bf16Path, crate::bf16gemm::PackedB)>,
+}
+
+impl<'a, T: Float> Rhs<'a, T> {
+    /// op(b) `[k, n]` (`b` stored `[n, k]` when `tb`), row stride `ldb`; packed only when
+    /// `reused` (packing for one product would cost what the product itself packs).
+    pub(crate) fn new(
+        prec: Precision,
+        b: &'a [T],
+        ldb: usize,
+        tb: bool,
+        n: usize,
+        k: usize,
+        reused: bool,
+    ) -> Self {
+        let packed = (reused
+            && prec == Precision::Bf16Mixed
+            && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(crate::bf16gemm::path)
+        .flatten()
+        .map(|path| {
+            // SAFETY: T is f32 (checked just above).
+            let b32 = unsafe { &*(b as *const [T] as *const [f32]) };
+            (
+                path,
+                crate::bf16gemm::PackedB::new(b32, ldb, tb, n, k, false),
+            )
+        });
+        Rhs { b, ldb, tb, packed }
+    }
+}
+
+/// `c[m,n] (+)= op(a)[m,k] · rhs` as [`gemm_rounded`] computes it (sequentially), `n` and `k`
+/// those `rhs` was made with.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn gemm_rhs<T: Float>(
+    prec: Precision,
+    c: &mut [T],
+    ldc: usize,
+    a: &[T],
+    lda: usize,
+    ta: bool,
+    rhs: &Rhs<T>,
+    m: usize,
+    n: usize,
+    k: usize,
+    accumulate: bool,
+) {
+    match &rhs.packed {
+        Some((path, pb)) => {
+            assert!(
+                pb.n() == n && pb.k() == k,
+                "a packed operand is used at its own shape"
+            );
+            // SAFETY: `packed` is only built when T is f32.
+            let (c, a) = unsafe {
+                (
+                    &mut *(c as *mut [T] as *mut [f32]),
+                    &*(a as *const [T] as *const [f32]),
+                )
+            };
+            crate::bf16gemm::gemm_packed(*path, c, ldc, a, lda, ta, pb, m, accumulate, false);
+        }
+        None => gemm_rounded(
+            prec, c, ldc, a, lda, ta, rhs.b, rhs.ldb, rhs.tb, m, n, k, accumulate, false,
+        ),
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Linear and bias
 
