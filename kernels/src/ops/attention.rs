@@ -307,27 +307,18 @@ fn head_qkv<T: Float>(
     (q, k, v)
 }
 
-/// Raw scores of `qb` query rows against the first `kend` keys: out [qb, kend] = Q·Kᵀ. `kt`
-/// is Kᵀ packed for all `l` keys, used when `kend` is all of them.
-#[allow(clippy::too_many_arguments)]
+/// Raw scores of `qb` query rows against the first `kend` keys: out [qb, kend] = Q·Kᵀ (`kt` is
+/// Kᵀ of all the head's keys).
 fn score_block<T: Float>(
     prec: Precision,
     out: &mut [T],
     q: &[T],
-    k: &[T],
     kt: &Rhs<T>,
-    l: usize,
     qb: usize,
     kend: usize,
     dh: usize,
 ) {
-    if kend == l {
-        gemm_rhs(prec, out, kend, q, dh, false, kt, qb, kend, dh, false);
-    } else {
-        super::gemm_rounded(
-            prec, out, kend, q, dh, false, k, dh, true, qb, kend, dh, false, false,
-        );
-    }
+    gemm_rhs(prec, out, kend, q, dh, false, kt, qb, kend, dh, false);
 }
 
 /// The padding flags of sequence b, if any key inside it is padding.
@@ -406,7 +397,7 @@ pub fn attention_forward<T: Float>(
                 continue;
             }
             let sc = &mut sb[..qb * kend];
-            score_block(o.prec, sc, &q[r0 * dh..], &k, &kt, l, qb, kend, dh);
+            score_block(o.prec, sc, &q[r0 * dh..], &kt, qb, kend, dh);
             for (ii, row) in sc.chunks_exact_mut(kend).enumerate() {
                 let i = r0 + ii;
                 mask_row(row, i, padr, o.causal);
@@ -428,38 +419,19 @@ pub fn attention_forward<T: Float>(
                 }
             }
             round_slice(o.prec, sc);
-            if kend == l {
-                gemm_rhs(
-                    o.prec,
-                    &mut ob[r0 * dh..],
-                    dh,
-                    sc,
-                    kend,
-                    false,
-                    &vr,
-                    qb,
-                    dh,
-                    kend,
-                    false,
-                );
-            } else {
-                super::gemm_rounded(
-                    o.prec,
-                    &mut ob[r0 * dh..],
-                    dh,
-                    sc,
-                    kend,
-                    false,
-                    &v,
-                    dh,
-                    false,
-                    qb,
-                    dh,
-                    kend,
-                    false,
-                    false,
-                );
-            }
+            gemm_rhs(
+                o.prec,
+                &mut ob[r0 * dh..],
+                dh,
+                sc,
+                kend,
+                false,
+                &vr,
+                qb,
+                dh,
+                kend,
+                false,
+            );
             for (orow, &iv) in ob[r0 * dh..r1 * dh].chunks_exact_mut(dh).zip(&inv) {
                 for x in orow.iter_mut() {
                     *x *= iv;
@@ -541,7 +513,7 @@ pub fn attention_backward<T: Float>(
                 continue;
             }
             let p = &mut pb[..qb * kend];
-            score_block(o.prec, p, &q[r0 * dh..], &k, &kt, l, qb, kend, dh);
+            score_block(o.prec, p, &q[r0 * dh..], &kt, qb, kend, dh);
             for (ii, row) in p.chunks_exact_mut(kend).enumerate() {
                 let i = r0 + ii;
                 let li = lse[i];
@@ -572,15 +544,9 @@ pub fn attention_backward<T: Float>(
                 o.prec, &mut dv, dh, pd, kend, true, dob_blk, dh, false, kend, dh, qb, true, false,
             );
             let ds = &mut dsb[..qb * kend];
-            if kend == l {
-                gemm_rhs(
-                    o.prec, ds, kend, dob_blk, dh, false, &vt, qb, kend, dh, false,
-                );
-            } else {
-                super::gemm_rounded(
-                    o.prec, ds, kend, dob_blk, dh, false, &v, dh, true, qb, kend, dh, false, false,
-                );
-            }
+            gemm_rhs(
+                o.prec, ds, kend, dob_blk, dh, false, &vt, qb, kend, dh, false,
+            );
             let p = &pb[..qb * kend];
             for (ii, (dsr, pr)) in ds
                 .chunks_exact_mut(kend)
@@ -603,38 +569,19 @@ pub fn attention_backward<T: Float>(
                 T::softmax_grad_row(dsr, pr, None, d[i], T::ONE, scale);
             }
             round_slice(o.prec, ds);
-            if kend == l {
-                gemm_rhs(
-                    o.prec,
-                    &mut dq[r0 * dh..],
-                    dh,
-                    ds,
-                    kend,
-                    false,
-                    &kr,
-                    qb,
-                    dh,
-                    kend,
-                    false,
-                );
-            } else {
-                super::gemm_rounded(
-                    o.prec,
-                    &mut dq[r0 * dh..],
-                    dh,
-                    ds,
-                    kend,
-                    false,
-                    &k,
-                    dh,
-                    false,
-                    qb,
-                    dh,
-                    kend,
-                    false,
-                    false,
-                );
-            }
+            gemm_rhs(
+                o.prec,
+                &mut dq[r0 * dh..],
+                dh,
+                ds,
+                kend,
+                false,
+                &kr,
+                qb,
+                dh,
+                kend,
+                false,
+            );
             super::gemm_rounded(
                 o.prec,
                 &mut dk,

@@ -256,8 +256,9 @@ impl<'a, T: Float> Rhs<'a, T> {
     }
 }
 
-/// `c[m,n] (+)= op(a)[m,k] · rhs` as [`gemm_rounded`] computes it (sequentially), `n` and `k`
-/// those `rhs` was made with.
+/// `c[m,n] (+)= op(a)[m,k] · rhs[..k, ..n]` as [`gemm_rounded`] computes it (sequentially):
+/// from the packed operand when `n` and `k` are those it was made with, else (a causal block's
+/// prefix of the keys) from the plain matrix.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm_rhs<T: Float>(
     prec: Precision,
@@ -273,11 +274,7 @@ pub(crate) fn gemm_rhs<T: Float>(
     accumulate: bool,
 ) {
     match &rhs.packed {
-        Some((path, pb)) => {
-            assert!(
-                pb.n() == n && pb.k() == k,
-                "a packed operand is used at its own shape"
-            );
+        Some((path, pb)) if pb.n() == n && pb.k() == k => {
             // SAFETY: `packed` is only built when T is f32.
             let (c, a) = unsafe {
                 (
@@ -287,7 +284,7 @@ pub(crate) fn gemm_rhs<T: Float>(
             };
             crate::bf16gemm::gemm_packed(*path, c, ldc, a, lda, ta, pb, m, accumulate, false);
         }
-        None => gemm_rounded(
+        _ => gemm_rounded(
             prec, c, ldc, a, lda, ta, rhs.b, rhs.ldb, rhs.tb, m, n, k, accumulate, false,
         ),
     }
