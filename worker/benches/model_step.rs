@@ -3,7 +3,10 @@
 //! clipping + AdamW, on this machine's cores, in one run.
 //!
 //!     cargo bench -p worker --bench model_step [-- --iters N] [-- --quick] [--only a|b]
-//!         [--prec 32|bf16-mixed] [--no-torch] [--no-dropout0]
+//!         [--prec 32|bf16-mixed] [--no-torch] [--no-dropout0] [--torch-compile]
+//!
+//! `--torch-compile` also runs PyTorch under `torch.compile`; the faster of eager and compiled
+//! is the peer (marked "c" in the table when it is the compiled one).
 //!
 //! Shapes: (a) 4 layers, hidden 128, 4 heads, ffn 512, seq 512, batch 16; (b) Geneformer-6L:
 //! 6 layers, hidden 256, 4 heads, ffn 512, seq 2048, batch 8. Both with a 20,000-id vocabulary
@@ -400,6 +403,7 @@ fn main() {
         None => vec!["32".into(), "bf16-mixed".into()],
     };
     let no_torch = has("--no-torch");
+    let torch_compile = has("--torch-compile");
     let exe = std::env::current_exe().expect("current exe");
     let load_start = load_average();
     let started = Instant::now();
@@ -477,26 +481,39 @@ fn main() {
                     "anvil child",
                 );
                 let Some(mine) = mine else { continue };
-                let theirs = (!no_torch)
-                    .then(|| {
-                        let dims = [s.layers, s.hidden, s.heads, s.ffn, s.seq, s.batch, s.vocab]
-                            .map(|x| x.to_string());
-                        run_json(
-                            Command::new("python3")
-                                .arg(torch_script())
-                                .arg("step")
-                                .args(dims)
-                                .args([
-                                    s.mask_ratio.to_string(),
-                                    dropout.to_string(),
-                                    prec.clone(),
-                                    warmup.to_string(),
-                                    n_iters.to_string(),
-                                ]),
-                            "PyTorch child",
-                        )
-                    })
-                    .flatten();
+                let torch_run = |compiled: bool| {
+                    let dims = [s.layers, s.hidden, s.heads, s.ffn, s.seq, s.batch, s.vocab]
+                        .map(|x| x.to_string());
+                    run_json(
+                        Command::new("python3")
+                            .arg(torch_script())
+                            .arg("step")
+                            .args(dims)
+                            .args([
+                                s.mask_ratio.to_string(),
+                                dropout.to_string(),
+                                prec.clone(),
+                                warmup.to_string(),
+                                n_iters.to_string(),
+                            ])
+                            .env("ANVIL_TORCH_COMPILE", if compiled { "1" } else { "0" }),
+                        "PyTorch child",
+                    )
+                };
+                let mut theirs = (!no_torch).then(|| torch_run(false)).flatten();
+                // With --torch-compile, PyTorch's faster way (eager or compiled) is the peer.
+                if !no_torch && torch_compile {
+                    if let Some(c) = torch_run(true) {
+                        eprintln!("  pytorch (torch.compile): {c}");
+                        let best = |j: &str| json_num(j, "best_ms").unwrap_or(f64::MAX);
+                        if theirs.as_deref().is_none_or(|e| best(&c) < best(e)) {
+                            if let Some(e) = &theirs {
+                                eprintln!("  pytorch (eager, slower): {e}");
+                            }
+                            theirs = Some(c);
+                        }
+                    }
+                }
                 eprintln!("  anvil:   {mine}");
                 if let Some(t) = &theirs {
                     eprintln!("  pytorch: {t}");
@@ -579,7 +596,14 @@ fn main() {
             r.prec,
             r.dropout,
             a,
-            opt(t, &|t| format!("{t:.0}")),
+            opt(t, &|t| format!(
+                "{t:.0}{}",
+                if r.torch.as_deref().is_some_and(|j| j.contains("\"compiled\": true")) {
+                    " c"
+                } else {
+                    ""
+                }
+            )),
             tok / (a / 1e3),
             opt(t, &|t| format!("{:.0}", tok / (t / 1e3))),
             opt(t, &|t| format!("{:.2}x", t / a)),

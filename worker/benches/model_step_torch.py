@@ -15,10 +15,13 @@ the peak RSS printed is that configuration's. Usage:
     model_step_torch.py step LAYERS HIDDEN HEADS FFN SEQ BATCH VOCAB MASK_RATIO DROPOUT PREC WARMUP ITERS
     model_step_torch.py gemm N ITERS        # fp32 and bf16 square matmul GFLOP/s
 
-PREC is "32" or "bf16-mixed" (torch.autocast("cpu", dtype=torch.bfloat16)). Prints one JSON line.
+PREC is "32" or "bf16-mixed" (torch.autocast("cpu", dtype=torch.bfloat16)). With
+ANVIL_TORCH_COMPILE=1 the model is `torch.compile`d (inductor; forward and backward graphs,
+compiled during the warm-up steps); clipping and AdamW stay eager. Prints one JSON line.
 """
 import json
 import math
+import os
 import resource
 import statistics
 import sys
@@ -87,12 +90,14 @@ def step_bench(args):
     model = MaskedGeneModel(vocab, seq, hidden, layers, heads, ffn, dropout)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.01)
+    compiled = os.environ.get("ANVIL_TORCH_COMPILE") == "1"
+    run = torch.compile(model) if compiled else model
     use_bf16 = prec == "bf16-mixed"
 
     def step():
         opt.zero_grad(set_to_none=False)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=use_bf16):
-            loss = model(ids, pad, flat, targets)
+            loss = run(ids, pad, flat, targets)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
@@ -112,6 +117,7 @@ def step_bench(args):
     print(json.dumps({
         "impl": "pytorch",
         "torch": torch.__version__,
+        "compiled": compiled,
         "threads": torch.get_num_threads(),
         "best_ms": 1e3 * min(ts),
         "median_ms": 1e3 * statistics.median(ts),
