@@ -182,6 +182,16 @@ pub fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
+/// The mask of the first `min(left, 16)` of 16 lanes (a loop's last, partial vector).
+#[inline(always)]
+fn lanes16(left: usize) -> u16 {
+    if left >= 16 {
+        0xFFFF
+    } else {
+        (1u16 << left) - 1
+    }
+}
+
 /// Rounds 16 f32 lanes to bf16 as [`bf16_bits`] does, result in the high half of each lane
 /// (the low half is garbage; callers shift or mask).
 #[cfg(target_arch = "x86_64")]
@@ -248,11 +258,7 @@ unsafe fn cvt_row_hw(dst: &mut [u16], src: &[f32]) {
     }
     while j < n {
         let left = n - j;
-        let mask: u16 = if left >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << left) - 1
-        };
+        let mask = lanes16(left);
         let x = _mm512_maskz_loadu_ps(mask, s.add(j));
         let h = _mm512_cvtneps_pbh(x);
         _mm256_mask_storeu_epi16(
@@ -275,11 +281,7 @@ unsafe fn cvt_row_int(dst: &mut [u16], src: &[f32]) {
     let mut j = 0;
     while j < n {
         let left = n - j;
-        let mask: u16 = if left >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << left) - 1
-        };
+        let mask = lanes16(left);
         let x = _mm512_maskz_loadu_epi32(mask, s.add(j) as *const i32);
         let h = _mm512_cvtepi32_epi16(_mm512_srli_epi32::<16>(round16(x)));
         _mm256_mask_storeu_epi16(d.add(j) as *mut i16, mask, h);
@@ -316,11 +318,7 @@ unsafe fn pair_row_hw(dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
     let mut j = 0;
     while j < n {
         let left = n - j;
-        let mask: u16 = if left >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << left) - 1
-        };
+        let mask = lanes16(left);
         let x0 = _mm512_maskz_loadu_ps(mask, r0.as_ptr().add(j));
         let x1 = match r1 {
             Some(r1) => _mm512_maskz_loadu_ps(mask, r1.as_ptr().add(j)),
@@ -345,11 +343,7 @@ unsafe fn pair_row_int(dst: &mut [u32], r0: &[f32], r1: Option<&[f32]>) {
     let mut j = 0;
     while j < n {
         let left = n - j;
-        let mask: u16 = if left >= 16 {
-            0xFFFF
-        } else {
-            (1u16 << left) - 1
-        };
+        let mask = lanes16(left);
         let x0 = _mm512_maskz_loadu_epi32(mask, r0.as_ptr().add(j) as *const i32);
         let mut w = _mm512_srli_epi32::<16>(round16(x0));
         if let Some(r1) = r1 {
@@ -379,11 +373,7 @@ pub fn round_bf16_slice(xs: &mut [f32]) -> bool {
             let mut j = 0;
             while j < n {
                 let left = n - j;
-                let mask: u16 = if left >= 16 {
-                    0xFFFF
-                } else {
-                    (1u16 << left) - 1
-                };
+                let mask = lanes16(left);
                 let x = _mm512_maskz_loadu_epi32(mask, p.add(j));
                 _mm512_mask_storeu_epi32(p.add(j), mask, _mm512_and_si512(round16(x), hi));
                 j += 16;

@@ -73,38 +73,28 @@ pub fn matmul<T: Float>(
     k: usize,
     accumulate: bool,
 ) {
-    if prec == Precision::Bf16Mixed && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-    {
-        if let Some(path) = crate::bf16gemm::path() {
-            // SAFETY: T is f32 (checked just above), so the slices are f32 slices.
-            let (c, a, b) = unsafe {
-                (
-                    &mut *(c as *mut [T] as *mut [f32]),
-                    &*(a as *const [T] as *const [f32]),
-                    &*(b as *const [T] as *const [f32]),
-                )
-            };
-            let lda = if ta { m } else { k };
-            let ldb = if tb { k } else { n };
-            let parallel = m * n * k >= 1 << 18 && rayon::current_num_threads() > 1;
-            crate::bf16gemm::gemm(
-                path,
-                &mut c[..m * n],
-                n,
-                a,
-                lda,
-                ta,
-                b,
-                ldb,
-                tb,
-                m,
-                n,
-                k,
-                accumulate,
-                parallel,
-            );
-            return;
-        }
+    if let Some(path) = bf16_path::<T>(prec) {
+        let (c, a, b) = (f32s_mut(c), f32s(a), f32s(b));
+        let lda = if ta { m } else { k };
+        let ldb = if tb { k } else { n };
+        let parallel = m * n * k >= 1 << 18 && rayon::current_num_threads() > 1;
+        crate::bf16gemm::gemm(
+            path,
+            &mut c[..m * n],
+            n,
+            a,
+            lda,
+            ta,
+            b,
+            ldb,
+            tb,
+            m,
+            n,
+            k,
+            accumulate,
+            parallel,
+        );
+        return;
     }
     let a = rounded(prec, a);
     let b = rounded(prec, b);
@@ -174,6 +164,28 @@ pub fn matmul<T: Float>(
     }
 }
 
+/// The bf16 GEMM path that products in `prec` on elements `T` take: Some only for bf16-mixed
+/// f32 on a CPU with AVX512_BF16 or AMX (else the f32 GEMM on rounded operands).
+fn bf16_path<T: Float>(prec: Precision) -> Option<crate::bf16gemm::Bf16Path> {
+    (prec == Precision::Bf16Mixed && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
+        .then(crate::bf16gemm::path)
+        .flatten()
+}
+
+/// `x` as the f32 slice it is (T is f32; panics otherwise).
+fn f32s<T: Float>(x: &[T]) -> &[f32] {
+    assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>());
+    // SAFETY: T is f32 (checked just above).
+    unsafe { &*(x as *const [T] as *const [f32]) }
+}
+
+/// `x` as the mutable f32 slice it is (T is f32; panics otherwise).
+fn f32s_mut<T: Float>(x: &mut [T]) -> &mut [f32] {
+    assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>());
+    // SAFETY: T is f32 (checked just above).
+    unsafe { &mut *(x as *mut [T] as *mut [f32]) }
+}
+
 /// `T::gemm` on operands that are already rounded per `prec` (attention's products): for
 /// bf16-mixed in f32 the bf16 GEMM where the CPU has one (the same bf16 values, f32
 /// accumulation in another order), otherwise `T::gemm`.
@@ -194,22 +206,12 @@ pub(crate) fn gemm_rounded<T: Float>(
     accumulate: bool,
     parallel: bool,
 ) {
-    if prec == Precision::Bf16Mixed && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>()
-    {
-        if let Some(path) = crate::bf16gemm::path() {
-            // SAFETY: T is f32 (checked just above).
-            let (c, a, b) = unsafe {
-                (
-                    &mut *(c as *mut [T] as *mut [f32]),
-                    &*(a as *const [T] as *const [f32]),
-                    &*(b as *const [T] as *const [f32]),
-                )
-            };
-            crate::bf16gemm::gemm(
-                path, c, ldc, a, lda, ta, b, ldb, tb, m, n, k, accumulate, parallel,
-            );
-            return;
-        }
+    if let Some(path) = bf16_path::<T>(prec) {
+        let (c, a, b) = (f32s_mut(c), f32s(a), f32s(b));
+        crate::bf16gemm::gemm(
+            path, c, ldc, a, lda, ta, b, ldb, tb, m, n, k, accumulate, parallel,
+        );
+        return;
     }
     T::gemm(
         c, ldc, a, lda, ta, b, ldb, tb, m, n, k, accumulate, parallel,
@@ -239,17 +241,10 @@ impl<'a, T: Float> Rhs<'a, T> {
         k: usize,
         reused: bool,
     ) -> Self {
-        let packed = (reused
-            && prec == Precision::Bf16Mixed
-            && std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>())
-        .then(crate::bf16gemm::path)
-        .flatten()
-        .map(|path| {
-            // SAFETY: T is f32 (checked just above).
-            let b32 = unsafe { &*(b as *const [T] as *const [f32]) };
+        let packed = bf16_path::<T>(prec).filter(|_| reused).map(|path| {
             (
                 path,
-                crate::bf16gemm::PackedB::new(b32, ldb, tb, n, k, false),
+                crate::bf16gemm::PackedB::new(f32s(b), ldb, tb, n, k, false),
             )
         });
         Rhs { b, ldb, tb, packed }
@@ -275,14 +270,19 @@ pub(crate) fn gemm_rhs<T: Float>(
 ) {
     match &rhs.packed {
         Some((path, pb)) if pb.n() == n && pb.k() == k => {
-            // SAFETY: `packed` is only built when T is f32.
-            let (c, a) = unsafe {
-                (
-                    &mut *(c as *mut [T] as *mut [f32]),
-                    &*(a as *const [T] as *const [f32]),
-                )
-            };
-            crate::bf16gemm::gemm_packed(*path, c, ldc, a, lda, ta, pb, m, accumulate, false);
+            // `packed` is only built when T is f32.
+            crate::bf16gemm::gemm_packed(
+                *path,
+                f32s_mut(c),
+                ldc,
+                f32s(a),
+                lda,
+                ta,
+                pb,
+                m,
+                accumulate,
+                false,
+            );
         }
         _ => gemm_rounded(
             prec, c, ldc, a, lda, ta, rhs.b, rhs.ldb, rhs.tb, m, n, k, accumulate, false,
