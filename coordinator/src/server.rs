@@ -43,6 +43,8 @@ pub struct Assignment {
     pub max_steps: u64,
     /// W3C traceparent of the generation's span (empty when no traces are exported).
     pub trace_parent: String,
+    /// "fp32" or "bf16": the format gradients travel in between workers.
+    pub grad_reduce_dtype: String,
 }
 
 #[derive(Debug, Clone)]
@@ -252,6 +254,7 @@ impl Coordinator for Hub {
                 .map(|s| s.nccl_unique_id.clone())
                 .unwrap_or_default(),
             trace_parent: a.trace_parent.clone(),
+            grad_reduce_dtype: a.grad_reduce_dtype.clone(),
         }))
     }
 

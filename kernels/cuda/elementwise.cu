@@ -81,6 +81,11 @@ extern "C" __global__ void cast_to_half(unsigned short* out, const float* x, u64
     }
 }
 
+// bf16 bit patterns back to f32 (exact): gradients after a bf16 all-reduce.
+extern "C" __global__ void bf16_to_f32(float* out, const unsigned short* x, u64 n) {
+    for (size_t i = gtid(); i < n; i += gstride()) out[i] = __uint_as_float((unsigned)x[i] << 16);
+}
+
 // One Adam(W) step over elements [start, end) (PyTorch's formulation, see ops/optim.rs):
 // AdamW p *= decay; Adam g += wd p; m, v moments; p -= step m / (sqrt(v)/bc2_sqrt + eps).
 // Parameters start..end; their moments start at m[mstart], v[mstart] (mstart = start when the

@@ -22,6 +22,14 @@ pub struct RunRecord {
     pub generation: u32,
     pub restarts: u32,
     pub status: String,
+    /// The format gradients travel in between workers ("fp32" or "bf16"; runs recorded before
+    /// the option existed read as fp32). A resumed run keeps it unless told otherwise.
+    #[serde(default = "fp32")]
+    pub grad_reduce_dtype: String,
+}
+
+fn fp32() -> String {
+    "fp32".into()
 }
 
 impl RunDir {
@@ -194,6 +202,7 @@ mod tests {
             generation: 1,
             restarts: 1,
             status: "running".into(),
+            grad_reduce_dtype: "bf16".into(),
         };
         run.write_record(&record).unwrap();
         let again = RunDir::open(&first).unwrap();

@@ -1,6 +1,8 @@
 //! All-reduce bus bandwidth between 2 and 4 processes on one host: anvil's ring with its
-//! same-host shared-memory path, the same ring forced onto TCP (`ANVIL_RING_SHM=0`), and
-//! torch.distributed's gloo backend, measured in the same run.
+//! same-host shared-memory path, the same ring forced onto TCP (`ANVIL_RING_SHM=0`), that TCP
+//! ring with bf16 on the wire (`--grad-reduce-dtype bf16`), and torch.distributed's gloo
+//! backend in fp32 and in bf16 (DDP's bf16_compress_hook: cast, all-reduce, divide, cast
+//! back), measured in the same run. Sizes are the fp32 gradient buffer's.
 //!
 //!   cargo bench -p worker --bench allreduce            # anvil + gloo (needs python3 with torch)
 //!   ANVIL_BENCH_NO_GLOO=1 cargo bench -p worker --bench allreduce
@@ -14,6 +16,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use worker::ring::{Ring, RingTimeouts};
+use worker::sync::GradDtype;
 
 const SIZES_MB: [usize; 5] = [1, 4, 16, 64, 256];
 const WORLDS: [usize; 2] = [2, 4];
@@ -33,17 +36,23 @@ fn main() {
     }
     let mut rows = Vec::new();
     for world in WORLDS {
-        for (name, shm) in [("anvil-shm", true), ("anvil-tcp", false)] {
-            for (mb, secs) in spawn_ring(world, shm) {
+        for (name, shm, dtype) in [
+            ("anvil-shm", true, GradDtype::F32),
+            ("anvil-tcp", false, GradDtype::F32),
+            ("anvil-tcp-bf16", false, GradDtype::Bf16),
+        ] {
+            for (mb, secs) in spawn_ring(world, shm, dtype) {
                 rows.push((name, world, mb, secs));
             }
         }
         if std::env::var_os("ANVIL_BENCH_NO_GLOO").is_none() {
-            match gloo(world) {
-                Ok(results) => {
-                    rows.extend(results.into_iter().map(|(mb, s)| ("gloo", world, mb, s)))
+            for (name, dtype) in [("gloo", "fp32"), ("gloo-bf16", "bf16")] {
+                match gloo(world, dtype) {
+                    Ok(results) => {
+                        rows.extend(results.into_iter().map(|(mb, s)| (name, world, mb, s)))
+                    }
+                    Err(e) => eprintln!("{name} comparison skipped: {e}"),
                 }
-                Err(e) => eprintln!("gloo comparison skipped: {e}"),
             }
         }
     }
@@ -67,10 +76,15 @@ fn main() {
                 .find(|r| r.0 == n && r.1 == world && r.2 == 64)
                 .map(|r| r.3)
         };
-        for name in ["anvil-shm", "anvil-tcp"] {
-            if let (Some(a), Some(g)) = (find(name), find("gloo")) {
+        for (name, peer) in [
+            ("anvil-shm", "gloo"),
+            ("anvil-tcp", "gloo"),
+            ("anvil-tcp-bf16", "gloo-bf16"),
+            ("anvil-tcp-bf16", "anvil-tcp"),
+        ] {
+            if let (Some(a), Some(g)) = (find(name), find(peer)) {
                 println!(
-                    "64MB, {world} processes: {name} busbw / gloo busbw = {:.2}x",
+                    "64MB, {world} processes: {name} busbw / {peer} busbw = {:.2}x",
                     g / a
                 );
             }
@@ -79,8 +93,8 @@ fn main() {
 }
 
 /// Spawns `world` rank processes and collects rank 0's (size MB, median seconds) results.
-/// `shm: false` forces the TCP path.
-fn spawn_ring(world: usize, shm: bool) -> Vec<(usize, f64)> {
+/// `shm: false` forces the TCP path; `dtype` is the format on the wire.
+fn spawn_ring(world: usize, shm: bool, dtype: GradDtype) -> Vec<(usize, f64)> {
     // Pick free ports; each child binds its own (the short race is fine for a benchmark).
     let addrs: Vec<SocketAddr> = (0..world)
         .map(|_| {
@@ -102,6 +116,7 @@ fn spawn_ring(world: usize, shm: bool) -> Vec<(usize, f64)> {
                 .env("ANVIL_BENCH_RANK", rank.to_string())
                 .env("ANVIL_BENCH_ADDRS", &list)
                 .env("ANVIL_RING_SHM", if shm { "1" } else { "0" })
+                .env("ANVIL_BENCH_DTYPE", dtype.name())
                 .stdout(if rank == 0 {
                     Stdio::piped()
                 } else {
@@ -149,13 +164,16 @@ fn run_rank(rank: usize) {
         wanted,
         "rank {rank}: shared memory in use differs from what was asked"
     );
+    let dtype =
+        GradDtype::parse(&std::env::var("ANVIL_BENCH_DTYPE").unwrap_or_default()).expect("dtype");
     for mb in SIZES_MB {
         let mut buf = vec![1.0f32; mb * 1024 * 1024 / 4];
-        ring.all_reduce_mean(&mut buf).expect("warmup");
+        ring.all_reduce_mean_as(&mut buf, dtype).expect("warmup");
         let mut times = Vec::new();
         for _ in 0..iterations(mb) {
             let t = Instant::now();
-            ring.all_reduce_mean(&mut buf).expect("all-reduce");
+            ring.all_reduce_mean_as(&mut buf, dtype)
+                .expect("all-reduce");
             times.push(t.elapsed().as_secs_f64());
         }
         times.sort_by(f64::total_cmp);
@@ -166,11 +184,11 @@ fn run_rank(rank: usize) {
 }
 
 /// Runs the gloo comparison script; returns (size MB, median seconds) per size.
-fn gloo(world: usize) -> Result<Vec<(usize, f64)>, String> {
+fn gloo(world: usize, dtype: &str) -> Result<Vec<(usize, f64)>, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/gloo_allreduce.py");
     let sizes = SIZES_MB.map(|s| s.to_string()).join(",");
     let out = Command::new("python3")
-        .args([script, &world.to_string(), &sizes])
+        .args([script, &world.to_string(), &sizes, dtype])
         .output()
         .map_err(|e| format!("cannot run python3: {e}"))?;
     if !out.status.success() {

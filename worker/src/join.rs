@@ -172,7 +172,9 @@ impl Session {
             .map(|a| a.parse())
             .collect::<Result<_, _>>()
             .map_err(|_| JoinError::Refused("coordinator sent a bad peer address".into()))?;
-        let ring = Ring::connect(
+        let grad_dtype = crate::sync::GradDtype::parse(&assignment.grad_reduce_dtype)
+            .map_err(|e| JoinError::Refused(format!("coordinator sent {e}")))?;
+        let mut ring = Ring::connect(
             rank,
             world,
             &listener,
@@ -180,6 +182,7 @@ impl Session {
             &opts.token,
             RingTimeouts::default(),
         )?;
+        ring.set_grad_dtype(grad_dtype);
 
         // Session stream: hello first, then whatever the training loop sends.
         let (upstream, rx) = mpsc::channel::<WorkerMessage>(256);

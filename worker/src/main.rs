@@ -287,6 +287,7 @@ fn train_alone(args: TrainArgs) -> anyhow::Result<()> {
         max_steps: args.max_steps,
         trace_parent: String::new(),
         nccl_unique_id: Vec::new(),
+        grad_dtype: Default::default(),
     };
     let run_id = run_dir
         .file_name()
@@ -522,6 +523,7 @@ fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow:
         max_steps: (a.max_steps > 0).then_some(a.max_steps),
         trace_parent: a.trace_parent.clone(),
         nccl_unique_id: a.nccl_unique_id.clone(),
+        grad_dtype: ring.grad_dtype(),
     };
     let rest = session;
     let (mut steps_per_epoch, mut total_steps) = (0, 0);

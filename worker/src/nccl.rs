@@ -9,18 +9,22 @@
 //! do not complete within the watchdog (a peer died mid-step) aborts the communicator
 //! (`ncclCommAbort`) and returns an error instead of hanging, so the coordinator's restart logic
 //! works on GPUs too.
+//!
+//! Under `--grad-reduce-dtype bf16` each range is rounded to bf16 into a mirror buffer on the
+//! compute stream before its event, NCCL averages the mirror in bf16 (half the bytes), and
+//! `finish` widens the averaged mirror back into the f32 gradients.
 
 use std::ffi::c_void;
 use std::ops::Range;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cudarc::driver::CudaStream;
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
 use cudarc::nccl::{result, sys};
 use kernels::backend::cuda::{Cuda, CudaMem};
 use kernels::Device;
 
-use crate::sync::DeviceReduce;
+use crate::sync::{DeviceReduce, GradDtype};
 
 /// How long a step's collectives may take before the peers are presumed gone.
 pub const DEFAULT_WATCHDOG: Duration = Duration::from_secs(300);
@@ -52,6 +56,9 @@ pub struct Nccl {
     /// The gradient buffer of the step in flight and the ranges already handed to NCCL.
     base: u64,
     reduced: Vec<Range<usize>>,
+    dtype: GradDtype,
+    /// Under bf16: the gradients rounded to bf16, reduced in place by NCCL.
+    mirror: Option<CudaSlice<u16>>,
 }
 
 // SAFETY: an NCCL communicator may be used from any thread, one call at a time; `Nccl` is used
@@ -66,6 +73,7 @@ impl Nccl {
         rank: usize,
         world: usize,
         unique_id: &[u8],
+        dtype: GradDtype,
         watchdog: Duration,
     ) -> Result<Self, String> {
         let internal: [std::ffi::c_char; 128] = unique_id
@@ -102,6 +110,8 @@ impl Nccl {
             watchdog,
             base: 0,
             reduced: Vec::new(),
+            dtype,
+            mirror: None,
         })
     }
 
@@ -114,6 +124,19 @@ impl Nccl {
         if range.is_empty() {
             return Ok(());
         }
+        let (ptr, dtype) = match (self.dtype, &self.mirror) {
+            (GradDtype::Bf16, Some(mirror)) => {
+                let at = mirror.device_ptr(self.dev.stream()).0 + 2 * range.start as u64;
+                self.dev
+                    .cast_to_bf16(at, self.base + 4 * range.start as u64, range.len());
+                (at, sys::ncclDataType_t::ncclBfloat16)
+            }
+            _ => (
+                self.base + 4 * range.start as u64,
+                sys::ncclDataType_t::ncclFloat32,
+            ),
+        };
+        let ptr = ptr as *mut c_void;
         let done_so_far = self
             .dev
             .stream()
@@ -122,15 +145,15 @@ impl Nccl {
         self.comm_stream
             .wait(&done_so_far)
             .map_err(|e| format!("CUDA stream wait: {e}"))?;
-        let ptr = (self.base + 4 * range.start as u64) as *mut c_void;
         // SAFETY: `base` is the device address of the step's gradient buffer (set by `begin`,
-        // which holds at least range.end floats) and stays allocated until `finish` returns.
+        // which holds at least range.end floats; the mirror as many bf16) and stays allocated
+        // until `finish` returns.
         unsafe {
             result::all_reduce(
                 ptr,
                 ptr,
                 range.len(),
-                sys::ncclDataType_t::ncclFloat32,
+                dtype,
                 sys::ncclRedOp_t::ncclAvg,
                 comm,
                 self.comm_stream.cu_stream() as sys::cudaStream_t,
@@ -154,6 +177,10 @@ impl DeviceReduce<Cuda> for Nccl {
     fn begin(&mut self, dev: &Cuda, grads: &CudaMem) {
         self.base = dev.ptr(grads);
         self.reduced.clear();
+        let len = dev.len(grads);
+        if self.dtype == GradDtype::Bf16 && self.mirror.as_ref().is_none_or(|m| m.len() < len) {
+            self.mirror = Some(dev.alloc_u16(len));
+        }
     }
 
     fn ready(&mut self, range: Range<usize>) -> Result<(), String> {
@@ -177,6 +204,9 @@ impl DeviceReduce<Cuda> for Nccl {
         dev.stream()
             .wait(&comm_done)
             .map_err(|e| format!("CUDA stream wait: {e}"))?;
+        if let (GradDtype::Bf16, Some(mirror)) = (self.dtype, &self.mirror) {
+            dev.bf16_to_f32(self.base, mirror.device_ptr(dev.stream()).0, len);
+        }
         let start = Instant::now();
         loop {
             match comm_done.try_is_complete() {

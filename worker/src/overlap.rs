@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use kernels::Device;
 
-use crate::sync::GradientSync;
+use crate::sync::{GradDtype, GradientSync};
 
 /// Default bucket size: 1 MiB of f32 gradients.
 pub const BUCKET_FLOATS: usize = 256 * 1024;
@@ -64,9 +64,8 @@ impl Overlap {
                     .rev()
                     .for_each(|p| data.extend_from_slice(p));
                 let range = b.range;
-                let r = sync
-                    .all_reduce_mean(&mut data)
-                    .map(|()| Reduced { range, data });
+                let r =
+                    reduce_bucket(sync, &mut data, range.len()).map(|()| Reduced { range, data });
                 let failed = r.is_err();
                 if tx.send(r).is_err() || failed {
                     break;
@@ -164,6 +163,26 @@ impl Overlap {
             }
         }
         Ok(waiting.elapsed())
+    }
+}
+
+/// Averages one bucket: its first `grads` floats are gradients (in the run's gradient dtype),
+/// the rest the step's totals (always f32). In f32 both go in one call.
+fn reduce_bucket(
+    sync: &mut dyn GradientSync,
+    data: &mut [f32],
+    grads: usize,
+) -> Result<(), String> {
+    let (g, tail) = data.split_at_mut(grads);
+    match sync.grad_dtype() {
+        GradDtype::F32 if !g.is_empty() => sync.all_reduce_mean(data),
+        _ if tail.is_empty() => sync.all_reduce_grads_mean(g),
+        _ => {
+            if !g.is_empty() {
+                sync.all_reduce_grads_mean(g)?;
+            }
+            sync.all_reduce_mean(tail)
+        }
     }
 }
 
@@ -280,5 +299,45 @@ mod tests {
         assert_eq!(grads, vec![1.0; 8]);
         assert_eq!(tail, [4.0]);
         assert_eq!(*calls.lock().unwrap(), vec![4, 4, 1]);
+    }
+
+    /// Under bf16 the gradients and the totals go in separate calls: gradients through
+    /// `all_reduce_grads_mean` (rounded, as the wire would), the totals exactly.
+    #[test]
+    fn under_bf16_the_tail_is_reduced_apart_and_exactly() {
+        struct Bf16Ones {
+            calls: Vec<(&'static str, usize)>,
+        }
+        impl GradientSync for Bf16Ones {
+            fn all_reduce_mean(&mut self, g: &mut [f32]) -> Result<(), String> {
+                self.calls.push(("f32", g.len()));
+                g.iter_mut().for_each(|x| *x = (*x + 1.0) / 2.0);
+                Ok(())
+            }
+            fn grad_dtype(&self) -> GradDtype {
+                GradDtype::Bf16
+            }
+            fn all_reduce_grads_mean(&mut self, g: &mut [f32]) -> Result<(), String> {
+                self.calls.push(("bf16", g.len()));
+                g.iter_mut()
+                    .for_each(|x| *x = kernels::precision::round_bf16((*x + 1.0) / 2.0));
+                Ok(())
+            }
+        }
+        let mut sync = Bf16Ones { calls: Vec::new() };
+        let mut grads: Vec<f32> = (0..30).map(|i| i as f32 * 1.001).collect();
+        // Token counts bf16 could not hold exactly (257 rounds to 256 in bf16).
+        let mut tail = [513.0f32, 1.0];
+        std::thread::scope(|s| {
+            let mut ov = Overlap::start(s, &mut sync, 100);
+            ov.ready(10..20, &grads[10..20]);
+            ov.finish(&kernels::Cpu, &mut grads, &mut tail).unwrap();
+        });
+        assert_eq!(tail, [257.0, 1.0]);
+        assert!(grads.iter().all(|g| g.to_bits() & 0xFFFF == 0), "{grads:?}");
+        assert_eq!(
+            sync.calls,
+            vec![("bf16", 10), ("bf16", 10), ("bf16", 10), ("f32", 2)]
+        );
     }
 }

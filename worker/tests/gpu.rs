@@ -1,5 +1,5 @@
 //! The worker's GPU suite: a 50-step training run on CUDA whose losses follow the same run on
-//! the CPU within bf16 tolerance, a two-rank NCCL all-reduce, and a rank that dies without
+//! the CPU within bf16 tolerance, a two-rank NCCL all-reduce (fp32 and bf16), and a rank that dies without
 //! hanging the other (the watchdog aborts the communicator).
 //!
 //! `cargo test --release -p worker --features cuda --test gpu`. Its own harness: where no
@@ -14,7 +14,7 @@ use kernels::backend::cuda::suite::{self, Case};
 use kernels::backend::cuda::Cuda;
 use kernels::{Cpu, Device};
 use worker::nccl::Nccl;
-use worker::sync::DeviceReduce;
+use worker::sync::{DeviceReduce, GradDtype};
 use worker::train::{train_on, Control, NoSync, TrainOptions, TrainSummary};
 
 fn repo() -> PathBuf {
@@ -116,32 +116,54 @@ fn two_ranks<R: Send>(f: impl Fn(usize, Cuda, Vec<u8>) -> R + Sync) -> Result<Ve
     })
 }
 
-fn nccl_all_reduce_averages(_: &Cuda) -> Result<(), String> {
+/// Two ranks average 0..1000 and twice that, with ranges handed over during "backward" and the
+/// rest at the end; in bf16 within bf16's rounding (two roundings: inputs and the mean).
+fn all_reduce_averages_in(dtype: GradDtype) -> Result<(), String> {
     let out = two_ranks(|rank, dev, id| {
-        let mut nccl = Nccl::connect(&dev, rank, 2, &id, Duration::from_secs(60))?;
+        let mut nccl = Nccl::connect(&dev, rank, 2, &id, dtype, Duration::from_secs(60))?;
         let host: Vec<f32> = (0..1000).map(|i| (i * (rank + 1)) as f32).collect();
         let mut buf = dev.upload(&host);
-        // Two ranges handed over during "backward", the rest at the end.
         nccl.begin(&dev, &buf);
         nccl.ready(600..1000)?;
         nccl.ready(200..400)?;
         nccl.finish(&dev, &mut buf)?;
         Ok::<Vec<f32>, String>(dev.download(&buf))
     })?;
+    let tolerance = |want: f32| match dtype {
+        GradDtype::F32 => 1e-3,
+        GradDtype::Bf16 => want.abs() * 2.0f32.powi(-7),
+    };
+    let mut replicas = Vec::new();
     for r in out {
         let v = r?;
         for (i, x) in v.iter().enumerate() {
-            if (x - 1.5 * i as f32).abs() > 1e-3 {
-                return Err(format!("element {i}: {x}, expected {}", 1.5 * i as f32));
+            let want = 1.5 * i as f32;
+            if (x - want).abs() > tolerance(want) {
+                return Err(format!("{dtype:?}: element {i}: {x}, expected {want}"));
+            }
+            if dtype == GradDtype::Bf16 && x.to_bits() & 0xFFFF != 0 {
+                return Err(format!("bf16: element {i} = {x} is not a bf16 value"));
             }
         }
+        replicas.push(v);
+    }
+    if replicas.windows(2).any(|w| w[0] != w[1]) {
+        return Err(format!("{dtype:?}: the ranks hold different averages"));
     }
     Ok(())
 }
 
+fn nccl_all_reduce_averages(_: &Cuda) -> Result<(), String> {
+    all_reduce_averages_in(GradDtype::F32)
+}
+
+fn nccl_all_reduce_averages_in_bf16(_: &Cuda) -> Result<(), String> {
+    all_reduce_averages_in(GradDtype::Bf16)
+}
+
 fn a_dead_rank_does_not_hang_the_other(_: &Cuda) -> Result<(), String> {
     let out = two_ranks(|rank, dev, id| {
-        let mut nccl = Nccl::connect(&dev, rank, 2, &id, Duration::from_secs(5))?;
+        let mut nccl = Nccl::connect(&dev, rank, 2, &id, GradDtype::F32, Duration::from_secs(5))?;
         if rank == 1 {
             // Dies before the collective: its communicator is torn down, never joins.
             drop(nccl);
@@ -170,6 +192,10 @@ fn main() {
         (
             "nccl_all_reduce_averages".into(),
             Box::new(nccl_all_reduce_averages),
+        ),
+        (
+            "nccl_all_reduce_averages_in_bf16".into(),
+            Box::new(nccl_all_reduce_averages_in_bf16),
         ),
         (
             "a_dead_rank_does_not_hang_the_other".into(),

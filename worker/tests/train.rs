@@ -178,6 +178,7 @@ fn two_workers_follow_one_worker_with_twice_the_batch() {
                     max_steps: None,
                     trace_parent: String::new(),
                     nccl_unique_id: Vec::new(),
+                    grad_dtype: Default::default(),
                 };
                 train(&cfg, &opts, &mut sync, &mut |_| {}, &mut || {
                     Control::Continue
@@ -524,6 +525,7 @@ fn step_events_carry_the_real_step_and_all_reduce_times() {
         max_steps: Some(3),
         trace_parent: String::new(),
         nccl_unique_id: Vec::new(),
+        grad_dtype: Default::default(),
     };
     let mut sync = SlowSync {
         delay: std::time::Duration::from_millis(30),

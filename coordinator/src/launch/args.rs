@@ -85,6 +85,13 @@ pub struct LaunchArgs {
     #[arg(long, default_value_t = 3, value_name = "N")]
     pub max_restarts: u32,
 
+    /// The format gradients travel in between workers: fp32 (exact), or bf16 (half the bytes,
+    /// as PyTorch DDP's bf16_compress_hook: averaged gradients are rounded to bf16). Step
+    /// totals stay fp32. A resumed run keeps the dtype it was started with unless this is given
+    /// [default: fp32]
+    #[arg(long, value_name = "DTYPE", value_parser = ["fp32", "bf16"])]
+    pub grad_reduce_dtype: Option<String>,
+
     /// Stop after this many optimizer steps (for smoke tests)
     #[arg(long, value_name = "N")]
     pub max_steps: Option<u64>,

@@ -78,6 +78,7 @@ impl ControlPlane {
             resume_from: run.resume_from(),
             max_steps: args.max_steps.unwrap_or(0),
             trace_parent: String::new(),
+            grad_reduce_dtype: run.record.grad_reduce_dtype.clone(),
         };
         let (hub, events) = Hub::new(
             run.token.clone(),

@@ -117,7 +117,10 @@ impl OpenRun {
 
     fn resume(dir: &Path, args: &LaunchArgs, world: usize) -> anyhow::Result<Self> {
         let run = RunDir::open(dir)?;
-        let record = run.read_record()?;
+        let mut record = run.read_record()?;
+        if let Some(d) = &args.grad_reduce_dtype {
+            record.grad_reduce_dtype = d.clone();
+        }
         let cfg = RunConfig::from(
             configs::load_file(&run.config_path(), &[]).map_err(|e| anyhow!("{e}"))?,
         );
@@ -161,6 +164,10 @@ impl OpenRun {
             generation: 0,
             restarts: 0,
             status: "starting".into(),
+            grad_reduce_dtype: args
+                .grad_reduce_dtype
+                .clone()
+                .unwrap_or_else(|| "fp32".into()),
         };
         run.write_record(&record)?;
         Ok(OpenRun {

@@ -86,6 +86,8 @@ pub struct Supervisor {
     register_timeout: Duration,
     /// The exit code of a run stopped at a checkpoint before its end (`--preempted-exit-code`).
     pub preempted_exit_code: u8,
+    /// "fp32" or "bf16" (the run record's), said when the workers start.
+    grad_reduce_dtype: String,
 }
 
 impl Supervisor {
@@ -115,6 +117,7 @@ impl Supervisor {
             heartbeat_timeout: Duration::from_secs_f64(args.heartbeat_timeout),
             register_timeout: Duration::from_secs_f64(args.register_timeout),
             preempted_exit_code: args.preempted_exit_code,
+            grad_reduce_dtype: run.record.grad_reduce_dtype.clone(),
         })
     }
 
@@ -230,8 +233,10 @@ impl Supervisor {
                     for v in views.iter_mut() {
                         v.last_seen = Instant::now();
                     }
-                    self.progress
-                        .log(&format!("all {world} workers registered; training"));
+                    let dtype = &self.grad_reduce_dtype;
+                    self.progress.log(&format!(
+                        "all {world} workers registered; training (gradients averaged in {dtype})"
+                    ));
                 }
             }
             Event::Message(m) if m.generation == generation && (m.rank as usize) < world => {

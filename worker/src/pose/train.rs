@@ -471,13 +471,12 @@ pub fn train_pose(
                 .map_err(|e| TrainError::Config(e.to_string()))?;
             let t_reduce = Instant::now();
             let mut loss = [local_loss as f32];
-            for buf in [&mut grads[..], &mut loss[..]] {
-                sync.all_reduce_mean(buf)
-                    .map_err(|message| TrainError::Sync {
-                        step: state.global_step,
-                        message,
-                    })?;
-            }
+            sync.all_reduce_grads_mean(&mut grads[..])
+                .and_then(|()| sync.all_reduce_mean(&mut loss[..]))
+                .map_err(|message| TrainError::Sync {
+                    step: state.global_step,
+                    message,
+                })?;
             let reduce_s = t_reduce.elapsed().as_secs_f64();
             let loss = loss[0] as f64;
             if !loss.is_finite() {

@@ -30,6 +30,8 @@ use shm::{Outcome, SharedMemory};
 pub use tcp::chunk_ranges;
 use tcp::Links;
 
+use crate::sync::GradDtype;
+
 /// One rank's place in the ring, connected to its neighbours.
 pub struct Ring {
     rank: usize,
@@ -40,6 +42,8 @@ pub struct Ring {
     prev: Option<TcpStream>,
     /// Set when all ranks share a host: data goes through shared memory, barriers over TCP.
     shm: Option<SharedMemory>,
+    /// What [`Ring::grad_dtype`] reports: the format gradients are averaged in.
+    grad_dtype: GradDtype,
 }
 
 /// How to form a ring, beyond the public arguments.
@@ -93,6 +97,7 @@ impl Ring {
                 next: None,
                 prev: None,
                 shm: None,
+                grad_dtype: GradDtype::F32,
             });
         }
         let next_rank = (rank + 1) % world;
@@ -138,6 +143,7 @@ impl Ring {
             next: Some(next),
             prev: Some(prev),
             shm,
+            grad_dtype: GradDtype::F32,
         })
     }
 
@@ -154,28 +160,61 @@ impl Ring {
         self.world
     }
 
+    /// The format gradients are averaged in (set from the run's launch options; fp32 unless
+    /// `--grad-reduce-dtype bf16`).
+    pub fn grad_dtype(&self) -> GradDtype {
+        self.grad_dtype
+    }
+
+    pub fn set_grad_dtype(&mut self, dtype: GradDtype) {
+        self.grad_dtype = dtype;
+    }
+
     /// Replaces `buf` on every rank by the element-wise mean over ranks.
     pub fn all_reduce_mean(&mut self, buf: &mut [f32]) -> Result<(), RingError> {
+        self.all_reduce_mean_as(buf, GradDtype::F32)
+    }
+
+    /// The mean with the data in `dtype` on the way. Under bf16 each rank's values are rounded
+    /// to bf16 first, partial sums cross TCP as bf16, and the owner rounds the mean to bf16
+    /// before passing it on, so every rank ends with the same bf16 values (held in f32).
+    pub fn all_reduce_mean_as(
+        &mut self,
+        buf: &mut [f32],
+        dtype: GradDtype,
+    ) -> Result<(), RingError> {
         let scale = 1.0 / self.world as f32;
-        self.all_reduce(buf, |owned| owned.iter_mut().for_each(|v| *v *= scale))
+        match dtype {
+            GradDtype::F32 => self.all_reduce(buf, dtype, &|owned: &mut [f32]| {
+                owned.iter_mut().for_each(|v| *v *= scale)
+            }),
+            GradDtype::Bf16 => {
+                kernels::precision::round_slice(kernels::Precision::Bf16Mixed, buf);
+                self.all_reduce(buf, dtype, &|owned: &mut [f32]| {
+                    owned.iter_mut().for_each(|v| *v *= scale);
+                    kernels::precision::round_slice(kernels::Precision::Bf16Mixed, owned);
+                })
+            }
+        }
     }
 
     /// Replaces `buf` on every rank by the element-wise sum over ranks.
     pub fn all_reduce_sum(&mut self, buf: &mut [f32]) -> Result<(), RingError> {
-        self.all_reduce(buf, |_| {})
+        self.all_reduce(buf, GradDtype::F32, &|_: &mut [f32]| {})
     }
 
     /// `finish_owned` turns fully reduced elements into final ones, element by element.
     fn all_reduce(
         &mut self,
         buf: &mut [f32],
-        finish_owned: impl Fn(&mut [f32]),
+        wire: GradDtype,
+        finish_owned: &dyn Fn(&mut [f32]),
     ) -> Result<(), RingError> {
         if self.world == 1 {
             finish_owned(buf);
             return Ok(());
         }
-        let result = self.all_reduce_any(buf, &finish_owned);
+        let result = self.all_reduce_any(buf, wire, finish_owned);
         if let Err(e) = &result {
             if !matches!(e, RingError::Mismatch { .. }) {
                 // The ring is out of step now. Closing both sockets makes the neighbours fail
@@ -189,9 +228,12 @@ impl Ring {
     }
 
     /// Shared memory when the ring has it (and every rank can use it for this call), else TCP.
+    /// `wire` is the format on TCP; shared memory moves f32 (under bf16 the inputs and results
+    /// are bf16 values already, so only the partial sums are exact there).
     fn all_reduce_any(
         &mut self,
         buf: &mut [f32],
+        wire: GradDtype,
         finish_owned: &dyn Fn(&mut [f32]),
     ) -> Result<(), RingError> {
         let (Some(next), Some(prev)) = (self.next.as_mut(), self.prev.as_mut()) else {
@@ -204,7 +246,7 @@ impl Ring {
                 return Ok(());
             }
         }
-        tcp::all_reduce(&mut links, self.rank, self.world, buf, finish_owned)
+        tcp::all_reduce(&mut links, self.rank, self.world, buf, wire, finish_owned)
     }
 }
 
@@ -360,6 +402,48 @@ mod tests {
             ring.all_reduce_mean(&mut buf).unwrap();
             buf
         })
+    }
+
+    /// Under bf16 (the wire format of `--grad-reduce-dtype bf16`), over TCP and shared memory:
+    /// every rank holds the same bf16 values, each within bf16 rounding of the exact mean, and
+    /// they are not simply the fp32 result (the rounding really happens).
+    #[test]
+    fn bf16_mean_is_a_bf16_value_near_the_exact_mean_on_every_rank() {
+        fn bf16_input(rank: usize, len: usize) -> Vec<f32> {
+            input(rank, len).iter().map(|x| x * 1.0031).collect()
+        }
+        for transport in [Transport::Tcp, Transport::Shm] {
+            for world in [2, 3] {
+                for len in [5, 1000, 100_003] {
+                    let results =
+                        with_setup(world, Setup::via(world, transport), move |rank, ring| {
+                            let mut ring = ring.unwrap();
+                            let mut buf = bf16_input(rank, len);
+                            ring.all_reduce_mean_as(&mut buf, GradDtype::Bf16).unwrap();
+                            buf
+                        });
+                    let what = format!("{transport:?} world {world} len {len}");
+                    let inputs: Vec<Vec<f32>> = (0..world).map(|r| bf16_input(r, len)).collect();
+                    let mut differs_from_f32 = 0;
+                    for (i, g) in results[0].iter().enumerate() {
+                        let e = inputs.iter().map(|v| v[i] as f64).sum::<f64>() / world as f64;
+                        let scale = inputs
+                            .iter()
+                            .map(|v| v[i].abs() as f64)
+                            .fold(e.abs(), f64::max);
+                        // One rounding of each input, world - 1 of partial sums, one of the mean.
+                        let bound = (world as f64 + 1.0) * scale * 2f64.powi(-8);
+                        assert!((*g as f64 - e).abs() <= bound, "{what} [{i}]: {g} vs {e}");
+                        assert_eq!(g.to_bits() & 0xFFFF, 0, "{what} [{i}]: {g} is not bf16");
+                        differs_from_f32 += usize::from((*g as f64 - e).abs() > 1e-5 * e.abs());
+                    }
+                    for (rank, got) in results.iter().enumerate() {
+                        assert_eq!(got, &results[0], "{what}: rank {rank} differs from rank 0");
+                    }
+                    assert!(differs_from_f32 > 0, "{what}: no element was rounded");
+                }
+            }
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::net::TcpStream;
 use std::ops::Range;
 
 use super::error::RingError;
+use crate::sync::GradDtype;
 
 /// Bytes received per read-and-add pass; large enough to amortize syscalls, small enough to stay
 /// in cache while adding.
@@ -25,6 +26,7 @@ pub(crate) fn all_reduce(
     rank: usize,
     world: usize,
     buf: &mut [f32],
+    wire: GradDtype,
     finish_owned: &dyn Fn(&mut [f32]),
 ) -> Result<(), RingError> {
     let n = world;
@@ -34,7 +36,7 @@ pub(crate) fn all_reduce(
     for s in 0..n - 1 {
         let send = chunks[(r + n - s) % n].clone();
         let recv = chunks[(r + 2 * n - s - 1) % n].clone();
-        exchange(links, rank, world, buf, send, recv, true)?;
+        exchange(links, rank, world, buf, send, recv, wire, true)?;
     }
     // Rank r now owns the complete chunk (r + 1).
     let owned = chunks[(r + 1) % n].clone();
@@ -43,13 +45,14 @@ pub(crate) fn all_reduce(
     for s in 0..n - 1 {
         let send = chunks[(r + 1 + n - s) % n].clone();
         let recv = chunks[(r + n - s) % n].clone();
-        exchange(links, rank, world, buf, send, recv, false)?;
+        exchange(links, rank, world, buf, send, recv, wire, false)?;
     }
     Ok(())
 }
 
 /// Sends `buf[send]` forward while receiving into `buf[recv]` from behind (adding when
-/// `add`). The two ranges never overlap.
+/// `add`), both in `wire` format. The two ranges never overlap.
+#[allow(clippy::too_many_arguments)]
 fn exchange(
     links: &mut Links<'_>,
     rank: usize,
@@ -57,13 +60,21 @@ fn exchange(
     buf: &mut [f32],
     send: Range<usize>,
     recv: Range<usize>,
+    wire: GradDtype,
     add: bool,
 ) -> Result<(), RingError> {
     let (send_buf, recv_buf) = disjoint(buf, send, recv);
     let (next, prev) = (&mut *links.next, &mut *links.prev);
     std::thread::scope(|scope| {
-        let sender = scope.spawn(move || next.write_all(bytemuck::cast_slice(send_buf)));
-        let received = receive_into(prev, recv_buf, add).map_err(|source| RingError::PeerLost {
+        let sender = scope.spawn(move || match wire {
+            GradDtype::F32 => next.write_all(bytemuck::cast_slice(send_buf)),
+            GradDtype::Bf16 => send_bf16(next, send_buf),
+        });
+        let received = match wire {
+            GradDtype::F32 => receive_into(prev, recv_buf, add),
+            GradDtype::Bf16 => receive_bf16_into(prev, recv_buf, add),
+        }
+        .map_err(|source| RingError::PeerLost {
             rank,
             peer: (rank + n - 1) % n,
             source,
@@ -94,6 +105,33 @@ fn receive_into(stream: &mut TcpStream, out: &mut [f32], add: bool) -> std::io::
         stream.read_exact(bytemuck::cast_slice_mut(seg))?;
         for (d, s) in dst.iter_mut().zip(seg.iter()) {
             *d += *s;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `src` as bf16 (round to nearest even), a segment at a time.
+fn send_bf16(stream: &mut TcpStream, src: &[f32]) -> std::io::Result<()> {
+    let mut staging = vec![0u16; (SEGMENT_BYTES / 2).min(src.len())];
+    for piece in src.chunks(staging.len().max(1)) {
+        let seg = &mut staging[..piece.len()];
+        for (d, &s) in seg.iter_mut().zip(piece) {
+            *d = (kernels::precision::round_bf16(s).to_bits() >> 16) as u16;
+        }
+        stream.write_all(bytemuck::cast_slice(seg))?;
+    }
+    Ok(())
+}
+
+/// Reads `out.len()` bf16 values, adding them into `out` (in f32) or overwriting it.
+fn receive_bf16_into(stream: &mut TcpStream, out: &mut [f32], add: bool) -> std::io::Result<()> {
+    let mut staging = vec![0u16; (SEGMENT_BYTES / 2).min(out.len())];
+    for dst in out.chunks_mut(staging.len().max(1)) {
+        let seg = &mut staging[..dst.len()];
+        stream.read_exact(bytemuck::cast_slice_mut(seg))?;
+        for (d, &s) in dst.iter_mut().zip(seg.iter()) {
+            let v = f32::from_bits(u32::from(s) << 16);
+            *d = if add { *d + v } else { v };
         }
     }
     Ok(())

@@ -26,6 +26,8 @@ pub struct TrainOptions {
     /// Rank 0's NCCL unique id from the coordinator: GPU workers average gradients through
     /// NCCL with it (empty: no NCCL; gradients go through `sync` on the host).
     pub nccl_unique_id: Vec<u8>,
+    /// The format gradients travel in between workers (NCCL; the CPU ring carries its own).
+    pub grad_dtype: crate::sync::GradDtype,
 }
 
 impl Default for TrainOptions {
@@ -44,6 +46,7 @@ impl TrainOptions {
             max_steps: None,
             trace_parent: String::new(),
             nccl_unique_id: Vec::new(),
+            grad_dtype: crate::sync::GradDtype::F32,
         }
     }
 }

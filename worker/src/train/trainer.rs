@@ -86,6 +86,7 @@ pub fn train(
                         opts.rank,
                         opts.world,
                         &opts.nccl_unique_id,
+                        opts.grad_dtype,
                         crate::nccl::DEFAULT_WATCHDOG,
                     )
                     .map_err(|message| TrainError::Sync { step: 0, message })?;

@@ -39,6 +39,7 @@ pub fn kernel_names() -> Vec<String> {
         "scale",
         "round_to",
         "cast_to_half",
+        "bf16_to_f32",
         "adam_segment",
         "sumsq_partials",
         "layernorm_forward",

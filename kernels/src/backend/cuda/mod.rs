@@ -220,6 +220,35 @@ impl Cuda {
         m.buf.as_mut()
     }
 
+    /// A device buffer of `len` 16-bit values (bf16 gradients for a bf16 all-reduce).
+    pub fn alloc_u16(&self, len: usize) -> CudaSlice<u16> {
+        ok("alloc", self.stream.alloc_zeros::<u16>(len.max(1)))
+    }
+
+    /// Rounds `len` floats at device address `src` to bf16 bit patterns at `dst` (on the
+    /// compute stream, after everything issued so far).
+    pub fn cast_to_bf16(&self, dst: u64, src: u64, len: usize) {
+        self.launch_1d(
+            "cast_to_half",
+            len,
+            &[
+                Arg::Ptr(dst),
+                Arg::Ptr(src),
+                Arg::U64(len as u64),
+                Arg::I32(1),
+            ],
+        );
+    }
+
+    /// Widens `len` bf16 bit patterns at `src` to floats at `dst` (exact; compute stream).
+    pub fn bf16_to_f32(&self, dst: u64, src: u64, len: usize) {
+        self.launch_1d(
+            "bf16_to_f32",
+            len,
+            &[Arg::Ptr(dst), Arg::Ptr(src), Arg::U64(len as u64)],
+        );
+    }
+
     fn alloc(&self, len: usize) -> CudaMem {
         if len == 0 {
             return CudaMem::default();
