@@ -434,6 +434,38 @@ fn buffers<D: Device<f32>>(d: &D) -> Outputs {
 }
 
 /// A case comparing the CPU's outputs (first) with the GPU's within `tol`.
+/// The embedding ops after a prefetch of other arrays (a stale one), then with their ids and
+/// positions prefetched (copied ahead on the copy stream): the same results as the CPU both
+/// times, the first uploaded at the op, the second from the staged copies (hits counted).
+fn prefetched_batch_arrays(g: &Cuda) -> Result<(), String> {
+    let bytes = |x: &[u32]| x.iter().flat_map(|v| v.to_ne_bytes()).collect::<Vec<u8>>();
+    let (vocab, max_len, n) = (50u32, 20u32, 70u32);
+    let ids: Vec<u32> = (0..n).map(|i| (i * 7) % vocab).collect();
+    let pos: Vec<u32> = (0..n).map(|i| i % max_len).collect();
+    let cpu = embeddings(&Cpu);
+    for (what, staged) in [("stale prefetch", false), ("prefetched", true)] {
+        let (hits, _) = g.prefetch_counts();
+        if staged {
+            g.prefetch(&[&bytes(&ids), &bytes(&pos)]);
+        } else {
+            let other: Vec<u32> = ids.iter().map(|i| (i + 1) % vocab).collect();
+            g.prefetch(&[&bytes(&other)]);
+        }
+        let gpu = embeddings(g);
+        compare(&cpu, &gpu, 1e-5).map_err(|e| format!("{what}: {e}"))?;
+        let (after, _) = g.prefetch_counts();
+        // ids and positions in two token ops, ids in two plain ones.
+        let want = if staged { 6 } else { 0 };
+        if after - hits < want || (!staged && after != hits) {
+            return Err(format!(
+                "{what}: {} staged arrays used, expected {want}",
+                after - hits
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn case(name: &str, tol: f32, f: impl Fn(&Cuda) -> (Outputs, Outputs) + 'static) -> Case<'static> {
     (
         name.to_string(),
@@ -462,6 +494,10 @@ fn cases() -> Vec<Case<'static>> {
     v.push(case("embeddings", 1e-5, |g| {
         (embeddings(&Cpu), embeddings(g))
     }));
+    v.push((
+        "prefetched_batch_arrays".to_string(),
+        Box::new(prefetched_batch_arrays),
+    ));
     v.push(case("rows", 1e-6, |g| (rows(&Cpu), rows(g))));
     for dh in [16, 32, 64, 128] {
         for (causal, dropout, prec, tol) in [

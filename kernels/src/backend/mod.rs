@@ -71,6 +71,11 @@ pub trait Device<T: Float>: Send + Sync {
     /// is a download that waits for the device, which hooks that only sometimes want the
     /// contents (the encoder stack's `ready`) must not pay on every call.
     fn host_visible(&self) -> bool;
+    /// A hint that ops will soon be passed host arrays with exactly these bytes (the next
+    /// batch's token ids, positions, targets). A device with memory of its own may start
+    /// copying them now, overlapping the work in flight; ops given the same bytes then use the
+    /// copies. Never changes a result. The CPU has nothing to copy.
+    fn prefetch(&self, _arrays: &[&[u8]]) {}
     fn len(&self, m: &Self::Mem) -> usize;
     fn fill_zero(&self, m: &mut Self::Mem);
     /// m[range] = 0 (by default through a host buffer of zeros).

@@ -24,7 +24,7 @@ use run::telemetry::TRACE_TARGET;
 use tracing::info_span;
 
 use super::parts::{self, PoolRows, Tokens, Trunk};
-use super::{Arch, DataSpec, LossSum, ModelError, Result, Train};
+use super::{bytes_of, Arch, DataSpec, LossSum, ModelError, Result, Train};
 
 pub struct AutoregressiveModel<D: Device<f32> = Cpu> {
     dev: D,
@@ -113,6 +113,20 @@ impl<D: Device<f32>> AutoregressiveModel<D> {
 impl<D: Device<f32>> Arch<D> for AutoregressiveModel<D> {
     fn layout(&self) -> &ParamLayout {
         &self.layout
+    }
+
+    fn prefetch(&self, batch: &Batch) {
+        if batch.batch_size == 0 {
+            return;
+        }
+        let p = Tokens::unmasked(batch);
+        let (_, genes, bins) = self.targets(batch, &p);
+        self.dev.prefetch(&[
+            bytes_of(&p.ids),
+            bytes_of(&p.pos),
+            bytes_of(&genes),
+            bytes_of(&bins),
+        ]);
     }
 
     fn run(

@@ -20,7 +20,7 @@ use run::telemetry::TRACE_TARGET;
 use tracing::info_span;
 
 use super::parts::{self, PoolRows, Tokens, Trunk};
-use super::{Arch, DataSpec, GradsReady, LossSum, ModelError, Result, Train};
+use super::{bytes_of, Arch, DataSpec, GradsReady, LossSum, ModelError, Result, Train};
 use kernels::rng::RngKey;
 
 pub struct TransformerEncoderModel<D: Device<f32> = Cpu> {
@@ -107,6 +107,18 @@ impl<D: Device<f32>> TransformerEncoderModel<D> {
 impl<D: Device<f32>> Arch<D> for TransformerEncoderModel<D> {
     fn layout(&self) -> &ParamLayout {
         &self.layout
+    }
+
+    fn prefetch(&self, batch: &Batch) {
+        if batch.batch_size == 0 {
+            return;
+        }
+        let p = Tokens::masked(batch);
+        // A bad batch is reported by `run`; there is nothing to copy ahead for it.
+        if let Ok((_, targets)) = Self::targets(batch, &p) {
+            self.dev
+                .prefetch(&[bytes_of(&p.ids), bytes_of(&p.pos), bytes_of(&targets)]);
+        }
     }
 
     fn attach_lora(&mut self, spec: &LoraSpec) -> Result<Vec<String>> {

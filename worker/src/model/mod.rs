@@ -94,6 +94,11 @@ pub trait ScModel<D: Device<f32> = Cpu>: Send {
     /// Forward only, dropout off.
     fn eval_batch(&mut self, params: &D::Mem, batch: &Batch) -> Result<LossSum>;
 
+    /// Hands the arrays a coming [`train_batch`](ScModel::train_batch) of `batch` will pass to
+    /// the device ops (token ids, positions, targets) to [`Device::prefetch`], so a GPU copies
+    /// them while the current batch computes. Changes no result; nothing by default.
+    fn prefetch(&self, _batch: &Batch) {}
+
     /// Cell embeddings [batch, dim] (dropout off), pooled as `model.pooling` says.
     fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>>;
 
@@ -200,6 +205,9 @@ pub trait Arch<D: Device<f32>>: Send {
     /// Width of a cell embedding.
     fn embedding_dim(&self) -> usize;
 
+    /// See [`ScModel::prefetch`].
+    fn prefetch(&self, _batch: &Batch) {}
+
     /// See [`ScModel::pooled_forward`]. The default computes evaluation embeddings only.
     fn pooled_forward(
         &mut self,
@@ -231,6 +239,11 @@ pub trait Arch<D: Device<f32>>: Send {
     }
 }
 
+/// The raw bytes of a batch array, as [`Device::prefetch`] takes them.
+pub(crate) fn bytes_of<T: bytemuck::Pod>(xs: &[T]) -> &[u8] {
+    bytemuck::cast_slice(xs)
+}
+
 impl<D: Device<f32>, A: Arch<D>> ScModel<D> for A {
     fn layout(&self) -> &ParamLayout {
         Arch::layout(self)
@@ -256,6 +269,10 @@ impl<D: Device<f32>, A: Arch<D>> ScModel<D> for A {
 
     fn eval_batch(&mut self, params: &D::Mem, batch: &Batch) -> Result<LossSum> {
         self.run(params, batch, None)
+    }
+
+    fn prefetch(&self, batch: &Batch) {
+        Arch::prefetch(self, batch)
     }
 
     fn cell_embeddings(&mut self, params: &D::Mem, batch: &Batch) -> Result<Vec<f32>> {

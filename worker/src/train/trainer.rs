@@ -117,13 +117,28 @@ pub fn train_on<D: Device<f32> + Clone + 'static>(
     trainer.device_reduce = device_reduce;
     let mut stop = None;
     'epochs: while let Some(mut loader) = trainer.start_epoch(on_event)? {
+        // One batch is read ahead, so that its arrays can go to the device while this one
+        // computes (see `micro_step`); each batch keeps the loader position after it.
+        let mut pull = |trainer: &mut Trainer<D>| {
+            let _data = trainer.data_span(loader.position()).entered();
+            let batch = loader.next().map(|b| {
+                b.map(|mut b| {
+                    hide_masked(&mut b);
+                    b
+                })
+            });
+            (batch, loader.position())
+        };
+        let mut ahead = pull(&mut trainer);
         loop {
-            let batch = {
-                let _data = trainer.data_span(loader.position()).entered();
-                loader.next()
-            };
+            let (batch, position) = ahead;
             let Some(batch) = batch else { break };
-            let reduced = match trainer.micro_step(batch?, sync, control)? {
+            ahead = pull(&mut trainer);
+            let next = match &ahead.0 {
+                Some(Ok(b)) => Some(b),
+                _ => None,
+            };
+            let reduced = match trainer.micro_step(batch?, next, sync, control)? {
                 MicroStep::Accumulating => continue,
                 MicroStep::StepReady(reduced) => reduced,
                 MicroStep::StopNow => {
@@ -131,7 +146,7 @@ pub fn train_on<D: Device<f32> + Clone + 'static>(
                     break 'epochs;
                 }
             };
-            if let Some(how) = trainer.optimizer_step(reduced, loader.position(), on_event)? {
+            if let Some(how) = trainer.optimizer_step(reduced, position, on_event)? {
                 stop = Some(how);
                 break 'epochs;
             }
@@ -545,6 +560,7 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
     pub fn micro_step(
         &mut self,
         mut batch: Batch,
+        next: Option<&Batch>,
         sync: &mut dyn GradientSync,
         control: &mut dyn FnMut() -> Control,
     ) -> Result<MicroStep, TrainError> {
@@ -587,6 +603,10 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
                     c.ready(range, g)
                 }
             })?;
+            // Backward is queued on the device: the next batch's arrays are copied meanwhile.
+            if let (Some(next), false) = (next, dev.host_visible()) {
+                model.prefetch(next);
+            }
             totals.loss_sum += s.sum;
             totals.targets += s.count;
             totals.cells += batch.batch_size as f64;

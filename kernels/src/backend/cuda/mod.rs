@@ -12,6 +12,7 @@
 
 pub mod blas;
 pub mod compile;
+mod staging;
 pub mod suite;
 
 use std::borrow::Cow;
@@ -85,8 +86,26 @@ pub struct Inner {
     blas: Blas,
     /// Scratch for 16-bit GEMM operands, grown as needed (stream order makes reuse safe).
     half_scratch: Mutex<[Option<CudaSlice<u16>>; 2]>,
+    /// The next batch's arrays, copied ahead on a stream of their own ([`Device::prefetch`]).
+    staging: Mutex<staging::Staging>,
     name: String,
     capability: (i32, i32),
+}
+
+/// A batch array on the device: a prefetched copy (owned by the staging slots) or one uploaded
+/// at the op (freed in stream order after it).
+enum BatchArray<T> {
+    Staged(u64),
+    Fresh(CudaSlice<T>),
+}
+
+impl<T> BatchArray<T> {
+    fn addr(&self, stream: &CudaStream) -> u64 {
+        match self {
+            BatchArray::Staged(a) => *a,
+            BatchArray::Fresh(s) => s.device_ptr(stream).0,
+        }
+    }
 }
 
 /// A kernel argument: device pointers travel as their 64-bit address.
@@ -169,6 +188,7 @@ impl Cuda {
             kernels.insert(k, f);
         }
         let blas = Blas::new(&stream, capability.0)?;
+        let copy_stream = ctx.new_stream().map_err(drv)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 ctx,
@@ -176,6 +196,7 @@ impl Cuda {
                 kernels,
                 blas,
                 half_scratch: Mutex::new([None, None]),
+                staging: Mutex::new(staging::Staging::new(copy_stream)),
                 name,
                 capability,
             }),
@@ -261,6 +282,35 @@ impl Cuda {
 
     fn upload_any<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Option<CudaSlice<T>> {
         (!host.is_empty()).then(|| ok("upload", self.stream.clone_htod(host)))
+    }
+
+    /// A batch array (ids, positions, targets) on the device: the copy [`Device::prefetch`]
+    /// made of exactly these bytes, or else uploaded now. None when empty.
+    fn batch_array<T: cudarc::driver::DeviceRepr>(&self, host: &[T]) -> Option<BatchArray<T>> {
+        if host.is_empty() {
+            return None;
+        }
+        // SAFETY: DeviceRepr types are plain data; the view lives only for this call.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(host.as_ptr().cast::<u8>(), std::mem::size_of_val(host))
+        };
+        let staged = ok(
+            "staged batch array",
+            self.staging
+                .lock()
+                .expect("staging lock")
+                .find(&self.stream, bytes),
+        );
+        Some(match staged {
+            Some(addr) => BatchArray::Staged(addr),
+            None => BatchArray::Fresh(ok("upload", self.stream.clone_htod(host))),
+        })
+    }
+
+    /// How many batch arrays ops found prefetched, and how many they uploaded themselves.
+    pub fn prefetch_counts(&self) -> (u64, u64) {
+        let s = self.staging.lock().expect("staging lock");
+        (s.hits, s.misses)
     }
 
     fn launch(&self, name: &str, grid: (u32, u32, u32), block: u32, args: &[Arg]) {
@@ -506,6 +556,15 @@ impl Device<f32> for Cuda {
             "upload",
             self.stream
                 .memcpy_htod(host, &mut b.slice_mut(offset..offset + host.len())),
+        );
+    }
+    fn prefetch(&self, arrays: &[&[u8]]) {
+        ok(
+            "prefetch",
+            self.staging
+                .lock()
+                .expect("staging lock")
+                .prefetch(&self.stream, arrays),
         );
     }
     fn host_visible(&self) -> bool {
@@ -761,14 +820,15 @@ impl Device<f32> for Cuda {
             });
         }
         Self::check_ids("embedding", idx, w.len / dim, "index")?;
-        let ids = self.upload_any(idx);
-        let Some(ids) = ids else { return Ok(()) };
+        let Some(ids) = self.batch_array(idx) else {
+            return Ok(());
+        };
         self.launch_1d(
             "embedding_forward",
             idx.len() * dim,
             &[
                 Arg::Ptr(self.ptr(out)),
-                Arg::Ptr(ids.device_ptr(&self.stream).0),
+                Arg::Ptr(ids.addr(&self.stream)),
                 self.at(params, w.offset),
                 Arg::U64(idx.len() as u64),
                 Arg::U64(dim as u64),
@@ -792,7 +852,7 @@ impl Device<f32> for Cuda {
             });
         }
         Self::check_ids("embedding_backward", idx, w.len / dim, "index")?;
-        let Some(ids) = self.upload_any(idx) else {
+        let Some(ids) = self.batch_array(idx) else {
             return Ok(());
         };
         self.launch_1d(
@@ -801,7 +861,7 @@ impl Device<f32> for Cuda {
             &[
                 self.at(grads, w.offset),
                 Arg::Ptr(self.ptr(dout)),
-                Arg::Ptr(ids.device_ptr(&self.stream).0),
+                Arg::Ptr(ids.addr(&self.stream)),
                 Arg::U64(idx.len() as u64),
                 Arg::U64(dim as u64),
             ],
@@ -821,7 +881,7 @@ impl Device<f32> for Cuda {
         dim: usize,
     ) -> Result<()> {
         check_tokens(ids, pos, gene.len, position.len, dim)?;
-        let (Some(id_buf), Some(pos_buf)) = (self.upload_any(ids), self.upload_any(pos)) else {
+        let (Some(id_buf), Some(pos_buf)) = (self.batch_array(ids), self.batch_array(pos)) else {
             return Ok(());
         };
         let (vw, vb, vals) = match value {
@@ -845,8 +905,8 @@ impl Device<f32> for Cuda {
             ids.len() * dim,
             &[
                 Arg::Ptr(self.ptr(out)),
-                Arg::Ptr(id_buf.device_ptr(&self.stream).0),
-                Arg::Ptr(pos_buf.device_ptr(&self.stream).0),
+                Arg::Ptr(id_buf.addr(&self.stream)),
+                Arg::Ptr(pos_buf.addr(&self.stream)),
                 self.at(params, gene.offset),
                 self.at(params, position.offset),
                 vw,
@@ -871,7 +931,7 @@ impl Device<f32> for Cuda {
         dim: usize,
     ) -> Result<()> {
         check_tokens(ids, pos, gene.len, position.len, dim)?;
-        let (Some(id_buf), Some(pos_buf)) = (self.upload_any(ids), self.upload_any(pos)) else {
+        let (Some(id_buf), Some(pos_buf)) = (self.batch_array(ids), self.batch_array(pos)) else {
             return Ok(());
         };
         let n = ids.len();
@@ -882,8 +942,8 @@ impl Device<f32> for Cuda {
                 self.at(grads, gene.offset),
                 self.at(grads, position.offset),
                 Arg::Ptr(self.ptr(dout)),
-                Arg::Ptr(id_buf.device_ptr(&self.stream).0),
-                Arg::Ptr(pos_buf.device_ptr(&self.stream).0),
+                Arg::Ptr(id_buf.addr(&self.stream)),
+                Arg::Ptr(pos_buf.addr(&self.stream)),
                 Arg::U64(n as u64),
                 Arg::U64(dim as u64),
             ],
@@ -1193,7 +1253,7 @@ impl Device<f32> for Cuda {
         } else {
             dloss / count as f64
         };
-        let tb = self.upload_any(targets).expect("n > 0");
+        let tb = self.batch_array(targets).expect("n > 0");
         let loss = ok("alloc", self.stream.alloc_zeros::<f64>(n));
         self.launch(
             "cross_entropy",
@@ -1203,7 +1263,7 @@ impl Device<f32> for Cuda {
                 Arg::Ptr(self.ptr(dlogits)),
                 Arg::Ptr(loss.device_ptr(&self.stream).0),
                 Arg::Ptr(self.ptr(logits)),
-                Arg::Ptr(tb.device_ptr(&self.stream).0),
+                Arg::Ptr(tb.addr(&self.stream)),
                 Arg::U64(n as u64),
                 Arg::U64(v as u64),
                 Arg::F32(scale as f32),
