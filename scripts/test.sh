@@ -5,6 +5,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh
 export ANVIL_PYTHON="${ANVIL_VENV:-/var/tmp/anvil-venv}/bin/python"
+# The ffmpeg that media-file videos (mp4, avi, ...) are decoded with in the tests.
+ANVIL_FFMPEG="${ANVIL_FFMPEG:-$("$ANVIL_PYTHON" -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')}"
+export ANVIL_FFMPEG
 source scripts/cuda-env.sh
 # The suites write their run directories under the system temp dir; give them a private one that
 # goes away when everything passed (kept, and named, when something failed).

@@ -23,7 +23,8 @@ pub struct TrackArgs {
     /// top-down: a centroid model and a centered_instance model
     #[arg(long = "model", value_name = "DIR", required = true)]
     models: Vec<PathBuf>,
-    /// Labels (.slp / .pkg.slp) whose labeled frames to predict; never modified
+    /// Labels (.slp / .pkg.slp) whose labeled frames to predict, or a video (mp4, avi, mov,
+    /// mkv; decoded by ffmpeg) to predict every frame of; never modified
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
     /// Where to write the predictions (.slp, opens in SLEAP / sleap-io)

@@ -304,3 +304,123 @@ fn save_top_k_keeps_the_k_best_checkpoints_and_last() {
         "{names:?}"
     );
 }
+
+/// The ffmpeg the media tests encode with (scripts/test.sh sets ANVIL_FFMPEG).
+fn ffmpeg() -> PathBuf {
+    ["ANVIL_FFMPEG", "IMAGEIO_FFMPEG_EXE"]
+        .iter()
+        .find_map(|v| std::env::var_os(v).filter(|p| !p.is_empty()))
+        .map_or_else(|| PathBuf::from("ffmpeg"), PathBuf::from)
+}
+
+/// Labels whose frames are in an mp4 (the way most SLEAP projects keep them): anvil trains on
+/// them, `coordinator track` predicts every frame of the mp4 itself, and the predictions
+/// point at the video and score against the labels.
+#[test]
+fn labels_on_an_mp4_train_and_the_mp4_is_tracked_frame_by_frame() {
+    use data::pose::slp::{read_labels, write_labels, SlpImages};
+    use data::pose::{Video, VideoSource};
+    use std::io::Write;
+
+    let dir = scratch("pose", "mp4");
+    // The bundled labeled frame, three times, as a lossless H.264 mp4; frame 1 is labeled.
+    let pkg = read_labels(&labels()).unwrap();
+    let frame = SlpImages::open(&labels(), &pkg)
+        .unwrap()
+        .frame(pkg.frames[0].video, pkg.frames[0].frame_idx)
+        .unwrap();
+    let rgb: Vec<u8> = frame
+        .data
+        .chunks(frame.channels)
+        .flat_map(|p| [p[0], p[p.len() / 2], p[p.len() - 1]])
+        .collect();
+    let clip = dir.join("clip.mp4");
+    let mut enc = Command::new(ffmpeg())
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "rawvideo"])
+        .args(["-pix_fmt", "rgb24", "-s"])
+        .arg(format!("{}x{}", frame.width, frame.height))
+        .args(["-r", "10", "-i", "pipe:0", "-c:v", "libx264rgb", "-qp", "0"])
+        .arg(&clip)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("ffmpeg (set ANVIL_FFMPEG)");
+    let mut stdin = enc.stdin.take().unwrap();
+    for _ in 0..3 {
+        stdin.write_all(&rgb).unwrap();
+    }
+    drop(stdin);
+    assert!(enc.wait().unwrap().success());
+    let mut on_mp4 = pkg.clone();
+    on_mp4.videos = vec![Video {
+        filename: "clip.mp4".into(),
+        source: VideoSource::External {
+            filename: "clip.mp4".into(),
+            backend: "MediaVideo".into(),
+            dataset: None,
+        },
+        shape: Some([3, frame.height, frame.width, frame.channels]),
+    }];
+    on_mp4.frames[0].video = 0;
+    on_mp4.frames[0].frame_idx = 1;
+    let slp = dir.join("clip.slp");
+    write_labels(&slp, &on_mp4).unwrap();
+
+    let run = dir.join("run");
+    let mut sets = small(6, false);
+    sets.retain(|s| !s.starts_with("data_config.train_labels_path"));
+    sets.push(format!("data_config.train_labels_path=[{}]", slp.display()));
+    let out = launch(&run, 1, &sets, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let l = losses(&run);
+    assert!(
+        l[l.len() - 1] < l[0] / 5.0,
+        "loss {} -> {}",
+        l[0],
+        l[l.len() - 1]
+    );
+
+    let pred = dir.join("predictions.slp");
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["track", "--model"])
+        .arg(&run)
+        .arg("--data")
+        .arg(&clip)
+        .arg("--output")
+        .arg(&pred)
+        .arg("--worker-bin")
+        .arg(worker_bin())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let p = read_labels(&pred).unwrap();
+    assert_eq!(p.videos.len(), 1);
+    assert!(
+        p.videos[0].filename.ends_with("clip.mp4"),
+        "{:?}",
+        p.videos[0]
+    );
+    // Three frames; grayscale (equal channels), kept as one channel as sleap-io does.
+    assert_eq!(
+        p.videos[0].shape,
+        Some([3, frame.height, frame.width, 1]),
+        "{:?}",
+        p.videos[0]
+    );
+    let frames: Vec<u64> = p.frames.iter().map(|f| f.frame_idx).collect();
+    assert_eq!(frames, vec![0, 1, 2]);
+    assert!(p.frames.iter().all(|f| f.instances.len() == 1));
+    // The same image three times: the same prediction three times.
+    let first = &p.frames[0].instances[0].points;
+    assert!(p.frames.iter().all(|f| &f.instances[0].points == first));
+
+    // Scored against the labels on the mp4, as if tracked from the labels file.
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["eval", "--ground-truth"])
+        .arg(&slp)
+        .arg("--predictions")
+        .arg(&pred)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mOKS"));
+}

@@ -331,7 +331,7 @@ fn missing_file_and_files_that_are_not_labels_are_errors() {
 }
 
 #[test]
-fn missing_external_video_error_names_it_and_says_how_to_embed() {
+fn missing_external_video_error_names_it_and_says_how_to_remap() {
     let dir = scratch("media");
     let labels = one_frame_labels(Video {
         filename: "/data/session1/cam0.mp4".into(),
@@ -354,7 +354,7 @@ fn missing_external_video_error_names_it_and_says_how_to_embed() {
     assert!(msg.contains("/data/session1/cam0.mp4"), "{msg}");
     assert!(msg.contains(&out.display().to_string()), "{msg}");
     assert!(msg.contains("does not exist"), "{msg}");
-    assert!(msg.contains("embed=\"user\""), "{msg}");
+    assert!(msg.contains("replace_filenames"), "{msg}");
 
     // A missing image of an image sequence names the image.
     let seq = one_frame_labels(Video {

@@ -45,7 +45,8 @@ struct TrackArgs {
     /// single_instance model, or a centroid and a centered_instance model (top-down)
     #[arg(long = "model", value_name = "DIR", required = true)]
     models: Vec<PathBuf>,
-    /// The labels (.slp / .pkg.slp) whose labeled frames to predict; never modified
+    /// The labels (.slp / .pkg.slp) whose labeled frames to predict, or a video (mp4, avi,
+    /// mov, mkv; decoded by ffmpeg) to predict every frame of; never modified
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
     /// Where to write the predictions (.slp)

@@ -10,8 +10,10 @@ use anyhow::{anyhow, bail, Context};
 use configs::SleapNnConfig;
 use data::pose::dataset::{crop_at, HeadTargets, PoseSpec};
 use data::pose::peaks::{global_peaks, local_peaks, Refinement};
-use data::pose::slp::{read_labels, SlpImages};
-use data::pose::{Instance, InstanceKind, LabeledFrame, Labels, Skeleton};
+use data::pose::slp::{media, read_labels, to_grayscale_if, SlpImages};
+use data::pose::{
+    Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
+};
 use kernels::{Cpu, Precision};
 
 use super::spec;
@@ -211,29 +213,75 @@ fn instance_from(
     })
 }
 
-/// Predicts every labeled frame of `labels_path`; the result has the input's videos and the
-/// model's skeleton, with predicted instances only.
+/// Predicts every labeled frame of `data_path` (a labels file), or every frame of it when it
+/// is a media file (mp4, avi, ... decoded by ffmpeg, streamed: memory stays one frame). The
+/// result has the input's videos (the media file itself for a video) and the model's
+/// skeleton, with predicted instances only.
 pub fn predict(
     pipe: &Pipeline,
-    labels_path: &Path,
+    data_path: &Path,
     o: &PredictOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Labels> {
-    let input = read_labels(labels_path)?;
-    let images = SlpImages::open(labels_path, &input)?;
     let skeleton = pipe.skeleton().clone();
+    let dev = Cpu;
+    let mut runs = Runs::new(pipe, &dev);
+    if media::is_media_file(data_path) {
+        let total =
+            media::count_frames(data_path).map_err(|e| anyhow!("{}: {e}", data_path.display()))?;
+        let mut frames = Vec::with_capacity(total as usize);
+        let mut shape = None;
+        // As sleap-io: a video is grayscale when its first frame's first and last channels
+        // are equal, and then every frame keeps its first channel.
+        let mut grayscale = None;
+        media::for_each_frame(data_path, |i, img| {
+            let gray =
+                *grayscale.get_or_insert_with(|| to_grayscale_if(img.clone(), None).channels == 1);
+            let img = to_grayscale_if(img, Some(gray));
+            shape.get_or_insert([total as usize, img.height, img.width, img.channels]);
+            let instances = runs
+                .instances(&img, o)
+                .map_err(|e| format!("frame {i}: {e:#}"))?;
+            frames.push(LabeledFrame {
+                video: 0,
+                frame_idx: i,
+                instances,
+            });
+            progress(i as usize + 1, total as usize);
+            Ok(())
+        })
+        .map_err(|e| anyhow!("{}: {e}", data_path.display()))?;
+        let filename = std::fs::canonicalize(data_path)
+            .unwrap_or_else(|_| data_path.to_path_buf())
+            .display()
+            .to_string();
+        return Ok(Labels {
+            skeletons: vec![skeleton],
+            videos: vec![Video {
+                filename: filename.clone(),
+                source: VideoSource::External {
+                    filename,
+                    backend: "MediaVideo".into(),
+                    dataset: None,
+                },
+                shape: shape.map(|s| [frames.len(), s[1], s[2], s[3]]),
+            }],
+            frames,
+            tracks: Vec::new(),
+        });
+    }
+    let input = read_labels(data_path)?;
+    let images = SlpImages::open(data_path, &input)?;
     if let Some(s) = input.skeletons.first() {
         if s.nodes != skeleton.nodes {
             bail!(
                 "{}: its skeleton's nodes {:?} differ from the model's {:?}",
-                labels_path.display(),
+                data_path.display(),
                 s.nodes,
                 skeleton.nodes
             );
         }
     }
-    let n_nodes = skeleton.nodes.len();
-    let dev = Cpu;
     let mut out = Labels {
         skeletons: vec![skeleton],
         videos: input.videos.clone(),
@@ -241,19 +289,63 @@ pub fn predict(
         tracks: Vec::new(),
     };
     let total = input.frames.len();
-    match pipe {
-        Pipeline::SingleInstance(m) => {
-            let mut run = UNetRun::new(&m.model, &dev);
-            let HeadTargets::SingleInstance { nodes } = &m.spec.head else {
-                unreachable!()
-            };
-            for (i, lf) in input.frames.iter().enumerate() {
-                let img = images.frame(lf.video, lf.frame_idx)?;
-                let s = m.spec.preprocess.apply(&img, &[]);
+    for (i, lf) in input.frames.iter().enumerate() {
+        let img = images.frame(lf.video, lf.frame_idx)?;
+        out.frames.push(LabeledFrame {
+            video: lf.video,
+            frame_idx: lf.frame_idx,
+            instances: runs.instances(&img, o)?,
+        });
+        progress(i + 1, total);
+    }
+    Ok(out)
+}
+
+/// The pipeline's models with their forward buffers, run frame by frame. (One per `predict`
+/// call, so the variants' sizes do not matter.)
+#[allow(clippy::large_enum_variant)]
+enum Runs<'p> {
+    SingleInstance {
+        m: &'p TrainedPose,
+        run: UNetRun<'p, Cpu>,
+    },
+    TopDown {
+        centroid: &'p TrainedPose,
+        instance: &'p TrainedPose,
+        crun: UNetRun<'p, Cpu>,
+        irun: UNetRun<'p, Cpu>,
+    },
+}
+
+impl<'p> Runs<'p> {
+    fn new(pipe: &'p Pipeline, dev: &'p Cpu) -> Self {
+        match pipe {
+            Pipeline::SingleInstance(m) => Runs::SingleInstance {
+                m,
+                run: UNetRun::new(&m.model, dev),
+            },
+            Pipeline::TopDown { centroid, instance } => Runs::TopDown {
+                centroid,
+                instance,
+                crun: UNetRun::new(&centroid.model, dev),
+                irun: UNetRun::new(&instance.model, dev),
+            },
+        }
+    }
+
+    /// The predicted instances of one frame, in the frame's pixels.
+    fn instances(&mut self, img: &Image, o: &PredictOptions) -> anyhow::Result<Vec<Instance>> {
+        match self {
+            Runs::SingleInstance { m, run } => {
+                let HeadTargets::SingleInstance { nodes } = &m.spec.head else {
+                    unreachable!()
+                };
+                let n_nodes = m.skeleton.nodes.len();
+                let s = m.spec.preprocess.apply(img, &[]);
                 run.forward(&m.params, &s.image, 1, s.height, s.width)?;
                 let (maps, (_, gh, gw)) = run.maps().expect("after forward");
                 let scale = s.scale;
-                let inst = instance_from(
+                Ok(vec![instance_from(
                     maps,
                     nodes,
                     n_nodes,
@@ -263,24 +355,19 @@ pub fn predict(
                     |p| [p[0] / scale, p[1] / scale],
                     None,
                     o,
-                )?;
-                out.frames.push(LabeledFrame {
-                    video: lf.video,
-                    frame_idx: lf.frame_idx,
-                    instances: vec![inst],
-                });
-                progress(i + 1, total);
+                )?])
             }
-        }
-        Pipeline::TopDown { centroid, instance } => {
-            let mut crun = UNetRun::new(&centroid.model, &dev);
-            let mut irun = UNetRun::new(&instance.model, &dev);
-            let HeadTargets::CenteredInstance { nodes, crop, .. } = &instance.spec.head else {
-                unreachable!()
-            };
-            for (i, lf) in input.frames.iter().enumerate() {
-                let img = images.frame(lf.video, lf.frame_idx)?;
-                let sc = centroid.spec.preprocess.apply(&img, &[]);
+            Runs::TopDown {
+                centroid,
+                instance,
+                crun,
+                irun,
+            } => {
+                let HeadTargets::CenteredInstance { nodes, crop, .. } = &instance.spec.head else {
+                    unreachable!()
+                };
+                let n_nodes = instance.skeleton.nodes.len();
+                let sc = centroid.spec.preprocess.apply(img, &[]);
                 crun.forward(&centroid.params, &sc.image, 1, sc.height, sc.width)?;
                 let (cmap, (_, gh, gw)) = crun.maps().expect("after forward");
                 let peaks = local_peaks(
@@ -291,7 +378,7 @@ pub fn predict(
                     Refinement::Integral,
                     o.integral_patch,
                 )?;
-                let si = instance.spec.preprocess.apply(&img, &[]);
+                let si = instance.spec.preprocess.apply(img, &[]);
                 let mut instances = Vec::new();
                 for p in peaks {
                     let stride = centroid.spec.output_stride as f64;
@@ -324,14 +411,8 @@ pub fn predict(
                         o,
                     )?);
                 }
-                out.frames.push(LabeledFrame {
-                    video: lf.video,
-                    frame_idx: lf.frame_idx,
-                    instances,
-                });
-                progress(i + 1, total);
+                Ok(instances)
             }
         }
     }
-    Ok(out)
 }

@@ -1,5 +1,6 @@
-//! A labels file's frames as images: PNG/JPEG bytes embedded in an HDF5 file (`.pkg.slp`), or
-//! image files of an image sequence. Media files (mp4, avi, ...) are not decoded here; their
+//! A labels file's frames as images: PNG/JPEG bytes embedded in an HDF5 file (`.pkg.slp`),
+//! image files of an image sequence, or frames of a media file (mp4, avi, ...) decoded by ffmpeg
+//! ([`super::media`]). Frames in HDF5 video files outside the labels file are not read; their
 //! error says how to embed the frames instead.
 
 use std::collections::HashMap;
@@ -8,6 +9,7 @@ use std::path::{Path, PathBuf};
 use hdf5::types::{TypeDescriptor, VarLenArray};
 
 use super::h5::{f64_attr, h5, open_hdf5, str_attr};
+use super::media;
 use super::video::resolve;
 use crate::error::{DataError, Result};
 use crate::pose::{Image, Labels, Video, VideoSource};
@@ -26,6 +28,12 @@ struct Embedded {
 enum Reader {
     Embedded(Embedded),
     Images(Vec<PathBuf>),
+    /// A media file: its labeled frames decoded once when the labels are opened (as sleap-nn's
+    /// in-memory cache holds them); any other frame is decoded when asked for.
+    Media {
+        path: PathBuf,
+        frames: HashMap<u64, Image>,
+    },
     /// Why this video's frames cannot be read (returned on each read).
     Unavailable(String),
 }
@@ -50,8 +58,14 @@ impl SlpImages {
     pub fn open(labels_path: &Path, labels: &Labels) -> Result<Self> {
         let mut files: HashMap<PathBuf, hdf5::File> = HashMap::new();
         let mut videos = Vec::with_capacity(labels.videos.len());
-        for v in &labels.videos {
-            let reader = open_video(labels_path, v, &mut files)?;
+        for (i, v) in labels.videos.iter().enumerate() {
+            let labeled: Vec<u64> = labels
+                .frames
+                .iter()
+                .filter(|f| f.video == i)
+                .map(|f| f.frame_idx)
+                .collect();
+            let reader = open_video(labels_path, v, &labeled, &mut files)?;
             videos.push(VideoFrames {
                 reader,
                 name: v.filename.clone(),
@@ -116,6 +130,13 @@ impl SlpImages {
                 }
                 img
             }
+            Reader::Media { path, frames } => match frames.get(&frame_idx) {
+                Some(img) => img.clone(),
+                None => media::read_frames(path, &[frame_idx])
+                    .map_err(|p| self.unavailable(&v.name, &p))?
+                    .remove(&frame_idx)
+                    .ok_or_else(|| self.unavailable(&v.name, "ffmpeg returned no frame"))?,
+            },
             Reader::Images(files) => {
                 let f = files.get(frame_idx as usize).ok_or_else(|| {
                     self.unavailable(
@@ -137,7 +158,7 @@ impl SlpImages {
 
 /// sleap-io keeps the first channel of a grayscale video; with no recorded shape it calls a
 /// frame grayscale when its first and last channels are equal.
-fn to_grayscale_if(img: Image, grayscale: Option<bool>) -> Image {
+pub fn to_grayscale_if(img: Image, grayscale: Option<bool>) -> Image {
     if img.channels == 1 {
         return img;
     }
@@ -156,6 +177,7 @@ fn to_grayscale_if(img: Image, grayscale: Option<bool>) -> Image {
 fn open_video(
     labels_path: &Path,
     v: &Video,
+    labeled: &[u64],
     files: &mut HashMap<PathBuf, hdf5::File>,
 ) -> Result<Reader> {
     Ok(match &v.source {
@@ -222,19 +244,44 @@ fn open_video(
         VideoSource::External {
             filename, backend, ..
         } => {
-            let place = match resolve(labels_path, filename) {
-                Some(p) => format!("{} exists, but", p.display()),
-                None => {
-                    format!("{filename} does not exist (as given, nor beside the labels file), and")
-                }
+            let labels_name = labels_path.display();
+            let Some(path) = resolve(labels_path, filename) else {
+                return Ok(Reader::Unavailable(format!(
+                    "{filename} does not exist (as given, nor beside the labels file); put the \
+                     video there, or point the labels at where it is with sleap-io: python -c \
+                     'import sleap_io as sio; l = sio.load_slp(\"{labels_name}\"); \
+                     l.replace_filenames(filename_map={{\"{filename}\": \"NEW/PATH\"}}); \
+                     l.save(\"remapped.slp\")'"
+                )));
             };
-            Reader::Unavailable(format!(
-                "{place} anvil does not decode {backend} videos; embed the labeled frames into a \
-                 .pkg.slp with sleap-io: python -c 'import sleap_io as sio; \
-                 sio.save_slp(sio.load_slp(\"{}\"), \"labels.pkg.slp\", embed=\"user\")' \
-                 and use that file",
-                labels_path.display()
-            ))
+            if backend != "MediaVideo" && !media::is_media_file(&path) {
+                return Ok(Reader::Unavailable(format!(
+                    "{} exists, but anvil does not read {backend} videos; embed the labeled \
+                     frames into a .pkg.slp with sleap-io: python -c 'import sleap_io as sio; \
+                     sio.save_slp(sio.load_slp(\"{labels_name}\"), \"labels.pkg.slp\", \
+                     embed=\"user\")' and use that file",
+                    path.display()
+                )));
+            }
+            if !labeled.is_empty() {
+                tracing::info!(
+                    video = %path.display(),
+                    frames = labeled.len(),
+                    "decoding the labeled frames with ffmpeg"
+                );
+            }
+            // Kept as the frames will be read: one channel for a grayscale video.
+            let grayscale = v.shape.map(|s| s[3] == 1);
+            match media::read_frames(&path, labeled) {
+                Ok(frames) => Reader::Media {
+                    path,
+                    frames: frames
+                        .into_iter()
+                        .map(|(i, img)| (i, to_grayscale_if(img, grayscale)))
+                        .collect(),
+                },
+                Err(problem) => Reader::Unavailable(format!("{}: {problem}", path.display())),
+            }
         }
     })
 }
