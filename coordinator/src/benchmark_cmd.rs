@@ -12,7 +12,7 @@ use anyhow::Context;
 use clap::Args;
 use configs::ScModelForgeConfig;
 
-use crate::embed_cmd::{embed_parts, pin_checkpoint, PartsDir};
+use crate::embed_cmd::{embed_parts, pin_checkpoint, ExternalArgs, PartsDir};
 use crate::launch::procs::{run_worker_verb, sibling_executable};
 
 #[derive(Args)]
@@ -46,10 +46,12 @@ pub struct BenchmarkArgs {
     #[arg(long, value_name = "N")]
     batch_size: Option<usize>,
     /// Worker processes that each embed a share of the cells, started on this machine (they
-    /// share its cores); the metrics are then computed once. With --embedding pca there is no
+    /// share its cores) unless --external; the metrics are then computed once. With --embedding pca there is no
     /// model to run, and one process computes the components
     #[arg(long, default_value_t = 1, value_name = "N")]
     nodes: usize,
+    #[command(flatten)]
+    external: ExternalArgs,
     /// The worker executable that computes [default: `worker` beside this one]
     #[arg(long, value_name = "FILE")]
     worker_bin: Option<PathBuf>,
@@ -98,7 +100,16 @@ fn benchmark(args: BenchmarkArgs) -> anyhow::Result<ExitCode> {
     }
     // Kept until the benchmark has read it.
     let mut _parts = None;
-    match (&args.checkpoint, args.nodes > 1 && embedding != "pca") {
+    let external = args.external.workers();
+    if external.is_some() && embedding == "pca" {
+        anyhow::bail!(
+            "--external: --embedding pca runs in one process (there is no model to share out)"
+        );
+    }
+    match (
+        &args.checkpoint,
+        (args.nodes > 1 || external.is_some()) && embedding != "pca",
+    ) {
         (Some(c), true) => {
             let data = run::support::benchmark_data(&cfg, args.data.as_deref(), &args.config)
                 .map_err(|e| anyhow::anyhow!(e))?;
@@ -119,6 +130,7 @@ fn benchmark(args: BenchmarkArgs) -> anyhow::Result<ExitCode> {
                 untrained,
                 args.nodes,
                 &parts.0,
+                external.as_ref(),
             )?;
             cmd.arg("--checkpoint")
                 .arg(&checkpoint)

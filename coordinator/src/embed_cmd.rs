@@ -6,7 +6,10 @@
 //! With `--nodes N` (N > 1), N worker processes each embed a contiguous share of the cells into
 //! a part file (`worker embed --part R/N`), then one more writes the copy from the parts
 //! (`--from-parts N`); the parts live in a hidden directory beside the output, removed at the
-//! end. `coordinator benchmark --nodes N` embeds the same way.
+//! end. The N workers are started here, or with `--external` they are started elsewhere (Slurm,
+//! Kubernetes, by hand) and register with this coordinator as a training run's do
+//! ([`crate::launch::task`]); the parts directory must then be on a file system they share.
+//! `coordinator benchmark --nodes N` embeds the same way.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -15,6 +18,55 @@ use anyhow::{bail, Context};
 use clap::Args;
 
 use crate::launch::procs::{run_worker_group, run_worker_verb, sibling_executable};
+use crate::launch::task::{run_on_external_workers, ExternalWorkers};
+
+/// Workers started elsewhere for the embedding shares (`--nodes N --external`).
+#[derive(Args, Debug, Clone)]
+pub struct ExternalArgs {
+    /// Do not start the --nodes workers here: wait for them to register with `worker
+    /// --coordinator HOST:PORT` (started by Slurm, Kubernetes or by hand, on hosts that share
+    /// the output's file system)
+    #[arg(long)]
+    external: bool,
+    /// Address to listen on for external workers
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "0.0.0.0:50051",
+        requires = "external"
+    )]
+    listen: String,
+    /// The run token external workers present [default: a new one, written beside the output]
+    #[arg(long, value_name = "FILE", requires = "external")]
+    token_file: Option<PathBuf>,
+    /// Seconds to wait for every external worker to register
+    #[arg(
+        long,
+        default_value_t = 300.0,
+        value_name = "SECS",
+        requires = "external"
+    )]
+    register_timeout: f64,
+    /// Seconds without a word from a registered worker after which it counts as lost
+    #[arg(
+        long,
+        default_value_t = 30.0,
+        value_name = "SECS",
+        requires = "external"
+    )]
+    heartbeat_timeout: f64,
+}
+
+impl ExternalArgs {
+    pub fn workers(&self) -> Option<ExternalWorkers> {
+        self.external.then(|| ExternalWorkers {
+            listen: self.listen.clone(),
+            token_file: self.token_file.clone(),
+            register_timeout: std::time::Duration::from_secs_f64(self.register_timeout),
+            heartbeat_timeout: std::time::Duration::from_secs_f64(self.heartbeat_timeout),
+        })
+    }
+}
 
 #[derive(Args)]
 pub struct EmbedArgs {
@@ -35,9 +87,11 @@ pub struct EmbedArgs {
     #[arg(long)]
     overwrite: bool,
     /// Worker processes that each embed a share of the cells, started on this machine (they
-    /// share its cores)
+    /// share its cores) unless --external
     #[arg(long, default_value_t = 1, value_name = "N")]
     nodes: usize,
+    #[command(flatten)]
+    external: ExternalArgs,
     /// The worker executable that computes the embeddings [default: `worker` beside this one]
     #[arg(long, value_name = "FILE")]
     worker_bin: Option<PathBuf>,
@@ -61,6 +115,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
+    let external = args.external.workers();
     let mut cmd = Command::new(&bin);
     cmd.arg("embed")
         .arg("--data")
@@ -72,7 +127,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     }
     // Kept until the copy is written from it.
     let mut _parts = None;
-    if args.nodes == 1 {
+    if args.nodes == 1 && external.is_none() {
         cmd.arg("--checkpoint").arg(&args.checkpoint);
         if let Some(n) = args.batch_size {
             cmd.arg("--batch-size").arg(n.to_string());
@@ -95,6 +150,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
             false,
             args.nodes,
             &parts.0,
+            external.as_ref(),
         )?;
         cmd.arg("--checkpoint")
             .arg(&checkpoint)
@@ -151,8 +207,10 @@ impl Drop for PartsDir {
     }
 }
 
-/// Runs `nodes` `worker embed --part R/N` processes (the cells of `data` split between them)
-/// and waits for all; their part files are in `dir` when this returns Ok.
+/// Runs `nodes` `worker embed --part R/N` (the cells of `data` split between them), as local
+/// processes or on `external` workers, and waits for all; their part files are in `dir` when
+/// this returns Ok.
+#[allow(clippy::too_many_arguments)]
 pub fn embed_parts(
     bin: &Path,
     checkpoint: &Path,
@@ -161,6 +219,7 @@ pub fn embed_parts(
     untrained: bool,
     nodes: usize,
     dir: &Path,
+    external: Option<&ExternalWorkers>,
 ) -> anyhow::Result<()> {
     if !data.is_file() {
         bail!(
@@ -168,24 +227,30 @@ pub fn embed_parts(
             data.display()
         );
     }
+    // Absolute paths: an external worker's working directory is its own.
+    let abs = |p: &Path| run::dir::absolute(p).display().to_string();
+    let mut task: Vec<String> = vec![
+        "embed".into(),
+        "--checkpoint".into(),
+        abs(checkpoint),
+        "--data".into(),
+        abs(data),
+        "--parts-dir".into(),
+        abs(dir),
+    ];
+    if let Some(n) = batch_size {
+        task.extend(["--batch-size".into(), n.to_string()]);
+    }
+    if untrained {
+        task.push("--untrained".into());
+    }
+    if let Some(ext) = external {
+        return run_on_external_workers("embed", nodes, task, ext, dir.join("token"));
+    }
     eprintln!("embedding with {nodes} worker processes");
     run_worker_group(bin, "embed", nodes, |rank| {
         let mut cmd = Command::new(bin);
-        cmd.arg("embed")
-            .arg("--checkpoint")
-            .arg(checkpoint)
-            .arg("--data")
-            .arg(data)
-            .arg("--part")
-            .arg(format!("{rank}/{nodes}"))
-            .arg("--parts-dir")
-            .arg(dir);
-        if let Some(n) = batch_size {
-            cmd.arg("--batch-size").arg(n.to_string());
-        }
-        if untrained {
-            cmd.arg("--untrained");
-        }
+        cmd.args(&task).arg("--part").arg(format!("{rank}/{nodes}"));
         cmd
     })
 }

@@ -45,6 +45,8 @@ pub struct Assignment {
     pub trace_parent: String,
     /// "fp32" or "bf16": the format gradients travel in between workers.
     pub grad_reduce_dtype: String,
+    /// A worker command to run instead of training (see `RegisterReply.task`).
+    pub task: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -255,6 +257,7 @@ impl Coordinator for Hub {
                 .unwrap_or_default(),
             trace_parent: a.trace_parent.clone(),
             grad_reduce_dtype: a.grad_reduce_dtype.clone(),
+            task: a.task.clone(),
         }))
     }
 

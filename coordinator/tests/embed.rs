@@ -364,3 +364,187 @@ fn several_worker_processes_write_the_same_embeddings_as_one() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes must be at least 1"));
 }
+
+/// `--nodes 2 --external`: the coordinator waits for two workers started elsewhere (here by
+/// hand, in another working directory, as Slurm or Kubernetes would start them), hands each its
+/// share of the cells through the registration, and writes the same embeddings as one process.
+/// A worker that never registers fails the command naming its rank, leaving nothing behind.
+#[test]
+fn external_workers_embed_their_shares_through_the_coordinator() {
+    use std::process::Stdio;
+    let dir = scratch("external");
+    let ckpt = trained_run().join("checkpoints");
+    let one = dir.join("one.h5ad");
+    assert!(embed(&ckpt, &pbmc(), &one, &["--batch-size", "32"])
+        .status
+        .success());
+    let (s1, v1) = read_obsm(&one);
+
+    let token = dir.join("token");
+    std::fs::write(&token, "external-embed-token\n").unwrap();
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let worker = |tok: &Path| {
+        Command::new(common::worker_bin())
+            .current_dir(&elsewhere)
+            .args(["--coordinator", &listen, "--token-file"])
+            .arg(tok)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let many = dir.join("external.h5ad");
+    let coordinator = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .arg("embed")
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .arg("--data")
+        .arg(pbmc())
+        .arg("--output")
+        .arg(&many)
+        .args(["--batch-size", "32", "--nodes", "2", "--external"])
+        .args(["--listen", &listen, "--token-file"])
+        .arg(&token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let workers = [worker(&token), worker(&token)];
+    let out = coordinator.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("waiting for 2 external worker(s)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("worker rank 1 registered"), "{stderr}");
+    assert!(stderr.contains("worker rank 0 done"), "{stderr}");
+    for w in workers {
+        let w = w.wait_with_output().unwrap();
+        assert!(w.status.success(), "{}", describe(&w));
+    }
+    let (sn, vn) = read_obsm(&many);
+    assert_eq!(sn, s1);
+    let worst = v1
+        .iter()
+        .zip(&vn)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        worst < 1e-4,
+        "external workers differ from one process by {worst}"
+    );
+    assert!(
+        leftover_parts(&dir).is_empty(),
+        "{:?}",
+        leftover_parts(&dir)
+    );
+
+    // One of two workers never comes: the error names rank 1, no output, no parts.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let missing = dir.join("missing.h5ad");
+    let coordinator = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .arg("embed")
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .arg("--data")
+        .arg(pbmc())
+        .arg("--output")
+        .arg(&missing)
+        .args(["--nodes", "2", "--external", "--register-timeout", "3"])
+        .args(["--listen", &listen, "--token-file"])
+        .arg(&token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lone = Command::new(common::worker_bin())
+        .args(["--coordinator", &listen, "--token-file"])
+        .arg(&token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = coordinator.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("[1] did not register"), "{stderr}");
+    let _ = lone.wait_with_output();
+    assert!(!missing.exists());
+    assert!(
+        leftover_parts(&dir).is_empty(),
+        "{:?}",
+        leftover_parts(&dir)
+    );
+
+    // A worker whose share fails (the data is not AnnData): its rank, host and message.
+    let not_h5ad = dir.join("notes.h5ad");
+    std::fs::write(&not_h5ad, "not an hdf5 file\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let bad = dir.join("bad.h5ad");
+    let coordinator = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .arg("embed")
+        .arg("--checkpoint")
+        .arg(&ckpt)
+        .arg("--data")
+        .arg(&not_h5ad)
+        .arg("--output")
+        .arg(&bad)
+        .args([
+            "--nodes",
+            "1",
+            "--external",
+            "--listen",
+            &listen,
+            "--token-file",
+        ])
+        .arg(&token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let w = Command::new(common::worker_bin())
+        .args(["--coordinator", &listen, "--token-file"])
+        .arg(&token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = coordinator.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("worker rank 0 on") && stderr.contains("notes.h5ad"),
+        "{stderr}"
+    );
+    let _ = w.wait_with_output();
+    assert!(!bad.exists());
+    assert!(
+        leftover_parts(&dir).is_empty(),
+        "{:?}",
+        leftover_parts(&dir)
+    );
+}

@@ -146,6 +146,13 @@ fn write_token(path: &Path) -> anyhow::Result<()> {
     write_token_text(path, &random_token()?)
 }
 
+/// A fresh random token written to `path` (readable by the user only); returns it.
+pub fn new_token_file(path: &Path) -> anyhow::Result<String> {
+    let token = random_token()?;
+    write_token_text(path, &token)?;
+    Ok(token)
+}
+
 /// `token` in a file only the user can read, replacing the file at once (through a temporary
 /// file created with that mode, then a rename: a reader sees the old token or the new one).
 fn write_token_text(path: &Path, token: &str) -> anyhow::Result<()> {

@@ -490,6 +490,14 @@ fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<bool> {
         heartbeat: Duration::from_millis(args.heartbeat_ms.max(50)),
         tls,
     })?;
+    if !session.assignment.task.is_empty() {
+        let outcome = run_task(&session);
+        session.finish(match &outcome {
+            Ok(()) => Ok(Finished::default()),
+            Err(e) => Err((format!("{e:#}"), false)),
+        });
+        return outcome.map(|()| false);
+    }
     // Declared first so that it outlives the training spans it exports.
     let _export = run::telemetry::start(&run::telemetry::Identity {
         service: "anvil-worker",
@@ -509,6 +517,25 @@ fn join_run(args: &JoinArgs, coordinator: String) -> anyhow::Result<bool> {
     };
     session.finish(report);
     outcome.map(|f| f.interrupted)
+}
+
+/// The command the coordinator handed out instead of training (a share of `embed`), run as
+/// `worker <task> --part RANK/WORLD`.
+fn run_task(session: &Session) -> anyhow::Result<()> {
+    let a = &session.assignment;
+    let part = format!("{}/{}", a.rank, a.world_size);
+    let argv = std::iter::once("worker")
+        .chain(a.task.iter().map(String::as_str))
+        .chain(["--part", part.as_str()]);
+    let cli = Cli::try_parse_from(argv)
+        .map_err(|e| anyhow::anyhow!("the coordinator's task `{}`: {e}", a.task.join(" ")))?;
+    match cli.command {
+        Some(WorkerCommand::Embed(args)) => embed(args),
+        _ => anyhow::bail!(
+            "the coordinator asked for `{}`, which workers do not run for it",
+            a.task.join(" ")
+        ),
+    }
 }
 
 fn train_in_session(session: &Session, ring: &mut worker::ring::Ring) -> anyhow::Result<Finished> {

@@ -50,6 +50,49 @@ pub struct ControlPlane {
     pub tls: Option<TlsSettings>,
 }
 
+/// Listens on `listen` and serves `hub` (registration and sessions) in the background;
+/// returns the address bound.
+pub async fn serve_hub(
+    listen: &str,
+    hub: Hub,
+    tls: Option<&TlsSettings>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("cannot listen on {listen}"))?;
+    let addr = listener.local_addr()?;
+    let service = CoordinatorServer::new(hub);
+    let mut server = tonic::transport::Server::builder();
+    if let Some(t) = tls {
+        server = server
+            .tls_config(t.server.clone())
+            .map_err(|e| anyhow!("--tls-cert/--tls-key: {}", proto::error_chain(&e)))?;
+    }
+    tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        if let Err(e) = server
+            .add_service(service)
+            .serve_with_incoming(incoming)
+            .await
+        {
+            eprintln!("error: the coordinator's gRPC server stopped: {e}");
+        }
+    });
+    Ok(addr)
+}
+
+/// The address workers should dial: a wildcard listen address is no use to them.
+pub fn advertised(addr: SocketAddr) -> String {
+    if addr.ip().is_unspecified() {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "HOST".into());
+        format!("{host}:{}", addr.port())
+    } else {
+        addr.to_string()
+    }
+}
+
 impl ControlPlane {
     /// Listens, and serves registration for the run's current generation.
     pub async fn serve(
@@ -65,10 +108,7 @@ impl ControlPlane {
             }
             .to_string()
         });
-        let listener = tokio::net::TcpListener::bind(&listen)
-            .await
-            .with_context(|| format!("cannot listen on {listen}"))?;
-        let addr = listener.local_addr()?;
+        let tls = TlsSettings::from_args(&args.tls)?;
         let assignment = Assignment {
             run_id: run.record.run_id.clone(),
             world: run.record.world,
@@ -79,30 +119,14 @@ impl ControlPlane {
             max_steps: args.max_steps.unwrap_or(0),
             trace_parent: String::new(),
             grad_reduce_dtype: run.record.grad_reduce_dtype.clone(),
+            task: Vec::new(),
         };
         let (hub, events) = Hub::new(
             run.token.clone(),
             assignment,
             Duration::from_secs_f64(args.register_timeout),
         );
-        let service = CoordinatorServer::new(hub.clone());
-        let tls = TlsSettings::from_args(&args.tls)?;
-        let mut server = tonic::transport::Server::builder();
-        if let Some(t) = &tls {
-            server = server
-                .tls_config(t.server.clone())
-                .map_err(|e| anyhow!("--tls-cert/--tls-key: {}", proto::error_chain(&e)))?;
-        }
-        tokio::spawn(async move {
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(e) = server
-                .add_service(service)
-                .serve_with_incoming(incoming)
-                .await
-            {
-                eprintln!("error: the coordinator's gRPC server stopped: {e}");
-            }
-        });
+        let addr = serve_hub(&listen, hub.clone(), tls.as_ref()).await?;
         Ok(ControlPlane {
             hub,
             events,
@@ -113,14 +137,7 @@ impl ControlPlane {
 
     /// The address workers should dial: a wildcard listen address is no use to them.
     pub fn advertised(&self) -> String {
-        if self.addr.ip().is_unspecified() {
-            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-                .map(|s| s.trim().to_string())
-                .unwrap_or_else(|_| "HOST".into());
-            format!("{host}:{}", self.addr.port())
-        } else {
-            self.addr.to_string()
-        }
+        advertised(self.addr)
     }
 
     /// Says where the run is, where it continues from, and how external workers join it.

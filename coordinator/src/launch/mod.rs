@@ -9,7 +9,8 @@
 //! - [`supervise`]: one generation of workers, from start to end;
 //! - [`procs`] and [`signals`]: local worker processes, and the signals a run obeys;
 //! - [`conclude`]: what follows a generation: summary and exit code, or a restart;
-//! - [`telemetry`]: the run's spans and metrics for OpenTelemetry.
+//! - [`telemetry`]: the run's spans and metrics for OpenTelemetry;
+//! - [`task`]: work other than training (embedding shares) on workers started elsewhere.
 
 mod args;
 mod conclude;
@@ -19,6 +20,7 @@ mod open;
 pub(crate) mod procs;
 mod signals;
 mod supervise;
+pub(crate) mod task;
 mod telemetry;
 
 use std::process::ExitCode;
