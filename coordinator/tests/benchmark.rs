@@ -587,3 +587,79 @@ fn several_worker_processes_embed_for_the_same_scores() {
         assert!(names.contains(&"results.json".to_string()), "{names:?}");
     }
 }
+
+/// `--nodes 2 --external`: two workers started elsewhere register and embed the shares; the
+/// scores equal one process's. `--external` with `--embedding pca` (no model) is refused.
+#[test]
+fn external_workers_embed_for_the_same_scores() {
+    use std::process::Stdio;
+    let dir = scratch("external");
+    let cfg = config(&dir, TWO_PROBES);
+    let ckpt = trained_run().join("checkpoints");
+    let ckpt_arg = ckpt.to_str().unwrap();
+    let one = dir.join("one");
+    let out = benchmark(&cfg, &one, &["--checkpoint", ckpt_arg]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    let token = dir.join("token");
+    std::fs::write(&token, "benchmark-token\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let two = dir.join("two");
+    let coordinator = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .current_dir(repo())
+        .arg("benchmark")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--output")
+        .arg(&two)
+        .args(["--checkpoint", ckpt_arg, "--nodes", "2", "--external"])
+        .args(["--listen", &listen, "--token-file"])
+        .arg(&token)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            Command::new(common::worker_bin())
+                .args(["--coordinator", &listen, "--token-file"])
+                .arg(&token)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let out = coordinator.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    for w in workers {
+        assert!(w.wait_with_output().unwrap().status.success());
+    }
+    let (r1, r2) = (results(&one), results(&two));
+    assert_eq!(r2["n_cells"], 700);
+    for i in 0..2 {
+        for m in ["accuracy", "f1_macro", "f1_weighted"] {
+            let (a, b) = (metric(&r1, i, m), metric(&r2, i, m));
+            assert!((a - b).abs() < 1e-6, "{m}: {a} vs {b}");
+        }
+    }
+
+    let out = benchmark(
+        &cfg,
+        &dir.join("pca"),
+        &["--embedding", "pca", "--nodes", "2", "--external"],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--embedding pca runs in one process"),
+        "{}",
+        describe(&out)
+    );
+}
