@@ -620,6 +620,8 @@ fn external_workers_embed_for_the_same_scores() {
         .args(["--checkpoint", ckpt_arg, "--nodes", "2", "--external"])
         .args(["--listen", &listen, "--token-file"])
         .arg(&token)
+        // As `benchmark` above: HDF5 locks inherited from other test threads do not matter.
+        .env("HDF5_USE_FILE_LOCKING", "FALSE")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -630,6 +632,7 @@ fn external_workers_embed_for_the_same_scores() {
             Command::new(common::worker_bin())
                 .args(["--coordinator", &listen, "--token-file"])
                 .arg(&token)
+                .env("HDF5_USE_FILE_LOCKING", "FALSE")
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
