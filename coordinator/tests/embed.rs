@@ -365,60 +365,89 @@ fn several_worker_processes_write_the_same_embeddings_as_one() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("--nodes must be at least 1"));
 }
 
-/// `--nodes 2 --external`: the coordinator waits for two workers started elsewhere (here by
-/// hand, in another working directory, as Slurm or Kubernetes would start them), hands each its
-/// share of the cells through the registration, and writes the same embeddings as one process.
-/// A worker that never registers fails the command naming its rank, leaving nothing behind.
-#[test]
-fn external_workers_embed_their_shares_through_the_coordinator() {
-    use std::process::Stdio;
-    let dir = scratch("external");
-    let ckpt = trained_run().join("checkpoints");
-    let one = dir.join("one.h5ad");
-    assert!(embed(&ckpt, &pbmc(), &one, &["--batch-size", "32"])
-        .status
-        .success());
-    let (s1, v1) = read_obsm(&one);
-
-    let token = dir.join("token");
-    std::fs::write(&token, "external-embed-token\n").unwrap();
-    let elsewhere = dir.join("elsewhere");
-    std::fs::create_dir_all(&elsewhere).unwrap();
+/// A free loopback address for an external group's coordinator.
+fn free_listen_addr() -> String {
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let listen = format!("127.0.0.1:{port}");
-    let worker = |tok: &Path| {
-        Command::new(common::worker_bin())
-            .current_dir(&elsewhere)
-            .args(["--coordinator", &listen, "--token-file"])
-            .arg(tok)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    let many = dir.join("external.h5ad");
-    let coordinator = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+    format!("127.0.0.1:{port}")
+}
+
+/// `coordinator embed --external` on `listen`, started in the background.
+fn spawn_external_embed(
+    data: &Path,
+    output: &Path,
+    listen: &str,
+    token: &Path,
+    extra: &[&str],
+) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_coordinator"))
         .arg("embed")
         .arg("--checkpoint")
-        .arg(&ckpt)
+        .arg(trained_run().join("checkpoints"))
         .arg("--data")
-        .arg(pbmc())
+        .arg(data)
         .arg("--output")
-        .arg(&many)
-        .args(["--batch-size", "32", "--nodes", "2", "--external"])
-        .args(["--listen", &listen, "--token-file"])
-        .arg(&token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .arg(output)
+        .args(["--external", "--listen", listen, "--token-file"])
+        .arg(token)
+        .args(extra)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
-    let workers = [worker(&token), worker(&token)];
+        .unwrap()
+}
+
+/// A worker started as Slurm or Kubernetes would start one: `worker --coordinator ADDR`, in a
+/// working directory of its own.
+fn spawn_external_worker(listen: &str, token: &Path, cwd: &Path) -> std::process::Child {
+    Command::new(common::worker_bin())
+        .current_dir(cwd)
+        .args(["--coordinator", listen, "--token-file"])
+        .arg(token)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+/// `--nodes 2 --external`: the coordinator waits for two workers started elsewhere (here by
+/// hand, in another working directory), hands each its share of the cells through the
+/// registration, and writes the same embeddings as one process. A worker that never registers,
+/// or whose share fails, fails the command naming its rank, leaving nothing behind.
+#[test]
+fn external_workers_embed_their_shares_through_the_coordinator() {
+    let dir = scratch("external");
+    let one = dir.join("one.h5ad");
+    let out = embed(
+        &trained_run().join("checkpoints"),
+        &pbmc(),
+        &one,
+        &["--batch-size", "32"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let (s1, v1) = read_obsm(&one);
+    let token = dir.join("token");
+    std::fs::write(&token, "external-embed-token\n").unwrap();
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let no_parts =
+        |dir: &Path| assert!(leftover_parts(dir).is_empty(), "{:?}", leftover_parts(dir));
+
+    let listen = free_listen_addr();
+    let many = dir.join("external.h5ad");
+    let coordinator = spawn_external_embed(
+        &pbmc(),
+        &many,
+        &listen,
+        &token,
+        &["--batch-size", "32", "--nodes", "2"],
+    );
+    let workers = [0, 1].map(|_| spawn_external_worker(&listen, &token, &elsewhere));
     let out = coordinator.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -443,96 +472,34 @@ fn external_workers_embed_their_shares_through_the_coordinator() {
         worst < 1e-4,
         "external workers differ from one process by {worst}"
     );
-    assert!(
-        leftover_parts(&dir).is_empty(),
-        "{:?}",
-        leftover_parts(&dir)
-    );
+    no_parts(&dir);
 
-    // One of two workers never comes: the error names rank 1, no output, no parts.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    // One of two workers never comes: the error names rank 1.
+    let listen = free_listen_addr();
     let missing = dir.join("missing.h5ad");
-    let coordinator = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .arg("embed")
-        .arg("--checkpoint")
-        .arg(&ckpt)
-        .arg("--data")
-        .arg(pbmc())
-        .arg("--output")
-        .arg(&missing)
-        .args(["--nodes", "2", "--external", "--register-timeout", "3"])
-        .args(["--listen", &listen, "--token-file"])
-        .arg(&token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lone = Command::new(common::worker_bin())
-        .args(["--coordinator", &listen, "--token-file"])
-        .arg(&token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let coordinator = spawn_external_embed(
+        &pbmc(),
+        &missing,
+        &listen,
+        &token,
+        &["--nodes", "2", "--register-timeout", "3"],
+    );
+    let lone = spawn_external_worker(&listen, &token, &elsewhere);
     let out = coordinator.wait_with_output().unwrap();
     assert!(!out.status.success(), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("[1] did not register"), "{stderr}");
     let _ = lone.wait_with_output();
     assert!(!missing.exists());
-    assert!(
-        leftover_parts(&dir).is_empty(),
-        "{:?}",
-        leftover_parts(&dir)
-    );
+    no_parts(&dir);
 
-    // A worker whose share fails (the data is not AnnData): its rank, host and message.
+    // A worker whose share fails (the data is not AnnData): its rank and the file.
     let not_h5ad = dir.join("notes.h5ad");
     std::fs::write(&not_h5ad, "not an hdf5 file\n").unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = free_listen_addr();
     let bad = dir.join("bad.h5ad");
-    let coordinator = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .arg("embed")
-        .arg("--checkpoint")
-        .arg(&ckpt)
-        .arg("--data")
-        .arg(&not_h5ad)
-        .arg("--output")
-        .arg(&bad)
-        .args([
-            "--nodes",
-            "1",
-            "--external",
-            "--listen",
-            &listen,
-            "--token-file",
-        ])
-        .arg(&token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let w = Command::new(common::worker_bin())
-        .args(["--coordinator", &listen, "--token-file"])
-        .arg(&token)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let coordinator = spawn_external_embed(&not_h5ad, &bad, &listen, &token, &["--nodes", "1"]);
+    let w = spawn_external_worker(&listen, &token, &elsewhere);
     let out = coordinator.wait_with_output().unwrap();
     assert!(!out.status.success(), "{}", describe(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -542,9 +509,5 @@ fn external_workers_embed_their_shares_through_the_coordinator() {
     );
     let _ = w.wait_with_output();
     assert!(!bad.exists());
-    assert!(
-        leftover_parts(&dir).is_empty(),
-        "{:?}",
-        leftover_parts(&dir)
-    );
+    no_parts(&dir);
 }

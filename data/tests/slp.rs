@@ -488,3 +488,82 @@ fn a_video_referred_to_by_its_embedded_group_number_maps_back_to_its_list_index(
     assert_eq!((img.height, img.width, img.channels), (12, 16, 3));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// An HDF5 video outside the labels file holding raw frames (sleap-io's `HDF5Video` with a
+/// rank-4 uint8 dataset), channels last and SLEAP's channels first ([frames, channels, width,
+/// height]): the frame as sleap-io returns it (height × width × channels).
+#[test]
+fn raw_frames_of_an_hdf5_video_read_as_sleap_io_reads_them() {
+    let dir = scratch("h5video");
+    let (n, h, w) = (3usize, 4usize, 5usize);
+    let value = |f: usize, y: usize, x: usize, c: usize| (f * 60 + y * 12 + x * 2 + c) as u8;
+    for (name, channels_first) in [("last.h5", false), ("first.h5", true)] {
+        let c = 3;
+        let data: Vec<u8> = if channels_first {
+            let mut v = Vec::new();
+            for f in 0..n {
+                for ch in 0..c {
+                    for x in 0..w {
+                        for y in 0..h {
+                            v.push(value(f, y, x, ch));
+                        }
+                    }
+                }
+            }
+            v
+        } else {
+            let mut v = Vec::new();
+            for f in 0..n {
+                for y in 0..h {
+                    for x in 0..w {
+                        for ch in 0..c {
+                            v.push(value(f, y, x, ch));
+                        }
+                    }
+                }
+            }
+            v
+        };
+        let shape = if channels_first {
+            [n, c, w, h]
+        } else {
+            [n, h, w, c]
+        };
+        let file = hdf5::File::create(dir.join(name)).unwrap();
+        file.new_dataset::<u8>()
+            .shape(shape)
+            .create("box")
+            .unwrap()
+            .write_raw(&data)
+            .unwrap();
+        drop(file);
+        let mut labels = one_frame_labels(Video {
+            filename: name.into(),
+            source: VideoSource::External {
+                filename: name.into(),
+                backend: "HDF5Video".into(),
+                dataset: Some("box".into()),
+            },
+            shape: Some([n, h, w, c]),
+        });
+        labels.frames[0].frame_idx = 2;
+        let out = dir.join(format!("{name}.slp"));
+        write_labels(&out, &labels).unwrap();
+        let back = read_labels(&out).unwrap();
+        let images = SlpImages::open(&out, &back).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let img = images.frame(0, 2).unwrap();
+        assert_eq!((img.height, img.width, img.channels), (h, w, c), "{name}");
+        let mut want = Vec::new();
+        for y in 0..h {
+            for x in 0..w {
+                for ch in 0..c {
+                    want.push(value(2, y, x, ch));
+                }
+            }
+        }
+        assert_eq!(img.data, want, "{name}");
+        let err = images.frame(0, 3).unwrap_err().to_string();
+        assert!(err.contains("box[3]") && err.contains("3 frames"), "{err}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

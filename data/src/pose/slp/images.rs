@@ -1,7 +1,6 @@
-//! A labels file's frames as images: PNG/JPEG bytes embedded in an HDF5 file (`.pkg.slp`),
-//! image files of an image sequence, or frames of a media file (mp4, avi, ...) decoded by ffmpeg
-//! ([`super::media`]). Frames in HDF5 video files outside the labels file are not read; their
-//! error says how to embed the frames instead.
+//! A labels file's frames as images: PNG/JPEG bytes embedded in an HDF5 file (`.pkg.slp` or an
+//! HDF5 video), raw frames of an HDF5 video (a rank-4 uint8 dataset), image files of an image
+//! sequence, or frames of a media file (mp4, avi, ...) decoded by ffmpeg ([`super::media`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -25,8 +24,19 @@ struct Embedded {
     bgr: bool,
 }
 
+/// Raw frames of an HDF5 video outside the labels file (sleap-io's `HDF5Video` with a rank-4
+/// uint8 dataset): [frames, height, width, channels], or SLEAP's channels_first [frames,
+/// channels, width, height] (told apart by where the 1 or 3 channels are).
+struct RawFrames {
+    file_path: PathBuf,
+    dataset: hdf5::Dataset,
+    name: String,
+    channels_first: bool,
+}
+
 enum Reader {
     Embedded(Embedded),
+    Raw(RawFrames),
     Images(Vec<PathBuf>),
     /// A media file: its labeled frames decoded once when the labels are opened (as sleap-nn's
     /// in-memory cache holds them); any other frame is decoded when asked for.
@@ -130,6 +140,7 @@ impl SlpImages {
                 }
                 img
             }
+            Reader::Raw(r) => read_raw_frame(r, frame_idx)?,
             Reader::Media { path, frames } => match frames.get(&frame_idx) {
                 Some(img) => img.clone(),
                 None => media::read_frames(path, &[frame_idx])
@@ -242,7 +253,9 @@ fn open_video(
             Reader::Images(found)
         }
         VideoSource::External {
-            filename, backend, ..
+            filename,
+            backend,
+            dataset,
         } => {
             let labels_name = labels_path.display();
             let Some(path) = resolve(labels_path, filename) else {
@@ -254,6 +267,11 @@ fn open_video(
                      l.save(\"remapped.slp\")'"
                 )));
             };
+            if let (Some(ds), true) = (dataset, backend == "HDF5Video") {
+                if let Some(raw) = open_raw_frames(&path, ds) {
+                    return Ok(Reader::Raw(raw));
+                }
+            }
             if backend != "MediaVideo" && !media::is_media_file(&path) {
                 return Ok(Reader::Unavailable(format!(
                     "{} exists, but anvil does not read {backend} videos; embed the labeled \
@@ -282,6 +300,73 @@ fn open_video(
                 },
                 Err(problem) => Reader::Unavailable(format!("{}: {problem}", path.display())),
             }
+        }
+    })
+}
+
+/// `dataset` of the HDF5 file `path` as raw frames, or None when it is not a rank-4 uint8
+/// dataset (then it is reported as a video anvil cannot read).
+fn open_raw_frames(path: &Path, dataset: &str) -> Option<RawFrames> {
+    let ds = open_hdf5(path).ok()?.dataset(dataset).ok()?;
+    let unsigned_byte = matches!(
+        ds.dtype().and_then(|t| t.to_descriptor()),
+        Ok(TypeDescriptor::Unsigned(hdf5::types::IntSize::U1))
+    );
+    let shape = ds.shape();
+    if shape.len() != 4 || !unsigned_byte {
+        return None;
+    }
+    let is_channels = |n: usize| n == 1 || n == 3;
+    let channels_first = !is_channels(shape[3]) && is_channels(shape[1]);
+    Some(RawFrames {
+        file_path: path.to_path_buf(),
+        dataset: ds,
+        name: dataset.to_string(),
+        channels_first,
+    })
+}
+
+/// Frame `frame_idx` of a raw HDF5 video as height × width × channels.
+fn read_raw_frame(r: &RawFrames, frame_idx: u64) -> Result<Image> {
+    let shape = r.dataset.shape();
+    let i = frame_idx as usize;
+    let object = format!("{}[{frame_idx}]", r.name);
+    if i >= shape[0] {
+        return Err(DataError::invalid(
+            &r.file_path,
+            &object,
+            format!("the video has {} frames", shape[0]),
+        ));
+    }
+    let a = r
+        .dataset
+        .read_slice::<u8, _, ndarray::Ix4>((i..i + 1, .., .., ..))
+        .map_err(h5(&r.file_path, &object))?;
+    let (_, d1, d2, d3) = a.dim();
+    Ok(if r.channels_first {
+        // SLEAP's channels_first frames are [channels, width, height] (sleap-io transposes
+        // them with (2, 1, 0)).
+        let (c, w, h) = (d1, d2, d3);
+        let mut data = Vec::with_capacity(h * w * c);
+        for y in 0..h {
+            for x in 0..w {
+                for ch in 0..c {
+                    data.push(a[[0, ch, x, y]]);
+                }
+            }
+        }
+        Image {
+            height: h,
+            width: w,
+            channels: c,
+            data,
+        }
+    } else {
+        Image {
+            height: d1,
+            width: d2,
+            channels: d3,
+            data: a.iter().copied().collect(),
         }
     })
 }

@@ -87,7 +87,7 @@ pub(crate) fn read_frames(path: &Path, wanted: &[u64]) -> Result<HashMap<u64, Im
     Ok(out)
 }
 
-/// One ffmpeg run writing frames `sorted` (ascending, distinct) as PPM to a pipe.
+/// One ffmpeg run decoding frames `sorted` (ascending, distinct).
 fn run(ffmpeg: &Path, path: &Path, sorted: &[u64]) -> Result<Vec<Image>, String> {
     // select='eq(n\,3)+eq(n\,17)': keep the frames whose decoded index is listed; commas inside
     // a filter's argument are escaped.
@@ -96,28 +96,17 @@ fn run(ffmpeg: &Path, path: &Path, sorted: &[u64]) -> Result<Vec<Image>, String>
         .map(|i| format!("eq(n\\,{i})"))
         .collect::<Vec<_>>()
         .join("+");
-    let mut child = Command::new(ffmpeg)
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
-        .arg(path)
-        .args(["-map", "0:v:0", "-an", "-sn", "-dn", "-vf"])
-        .arg(format!("select='{select}'"))
-        .args(PPM_OUTPUT)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| format!("cannot run {}: {e}; {HOW_TO_GET_FFMPEG}", ffmpeg.display()))?;
-    // stderr is drained on a thread so a chatty ffmpeg never blocks on a full pipe.
-    let errors = drain(child.stderr.take().expect("piped"));
-    let mut bytes = Vec::new();
-    let read = child.stdout.take().expect("piped").read_to_end(&mut bytes);
-    let status = child.wait().map_err(|e| e.to_string())?;
-    let errors = errors.join().unwrap_or_default();
-    read.map_err(|e| format!("reading ffmpeg's output: {e}"))?;
-    if !status.success() {
-        return Err(ffmpeg_failed(ffmpeg, &errors));
-    }
-    parse_ppms(&bytes)
+    let mut frames = Vec::with_capacity(sorted.len());
+    decode(
+        ffmpeg,
+        path,
+        Some(&format!("select='{select}'")),
+        |_, img| {
+            frames.push(img);
+            Ok(())
+        },
+    )?;
+    Ok(frames)
 }
 
 /// Decodes every frame of the media file `path` in order, handing each to `each` with its
@@ -125,19 +114,34 @@ fn run(ffmpeg: &Path, path: &Path, sorted: &[u64]) -> Result<Vec<Image>, String>
 /// error `each` returns. Returns the number of frames.
 pub fn for_each_frame(
     path: &Path,
+    each: impl FnMut(u64, Image) -> Result<(), String>,
+) -> Result<u64, String> {
+    decode(&ffmpeg()?, path, None, each)
+}
+
+/// Runs ffmpeg on the first video stream of `path` (through the filter `vf`, if any), reading
+/// the frames it writes as RGB PPM to a pipe and handing each to `each` in order.
+fn decode(
+    ffmpeg: &Path,
+    path: &Path,
+    vf: Option<&str>,
     mut each: impl FnMut(u64, Image) -> Result<(), String>,
 ) -> Result<u64, String> {
-    let ffmpeg = ffmpeg()?;
-    let mut child = Command::new(&ffmpeg)
-        .args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
+    let mut cmd = Command::new(ffmpeg);
+    cmd.args(["-nostdin", "-hide_banner", "-loglevel", "error", "-i"])
         .arg(path)
-        .args(["-map", "0:v:0", "-an", "-sn", "-dn"])
+        .args(["-map", "0:v:0", "-an", "-sn", "-dn"]);
+    if let Some(vf) = vf {
+        cmd.arg("-vf").arg(vf);
+    }
+    let mut child = cmd
         .args(PPM_OUTPUT)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot run {}: {e}; {HOW_TO_GET_FFMPEG}", ffmpeg.display()))?;
+    // stderr is drained on a thread so a chatty ffmpeg never blocks on a full pipe.
     let errors = drain(child.stderr.take().expect("piped"));
     let mut stdout =
         std::io::BufReader::with_capacity(1 << 20, child.stdout.take().expect("piped"));
@@ -161,7 +165,7 @@ pub fn for_each_frame(
     let errors = errors.join().unwrap_or_default();
     let n = result?;
     if !status.success() {
-        return Err(ffmpeg_failed(&ffmpeg, &errors));
+        return Err(ffmpeg_failed(ffmpeg, &errors));
     }
     Ok(n)
 }
@@ -262,32 +266,6 @@ fn read_ppm(r: &mut impl std::io::BufRead) -> Result<Option<Image>, String> {
     }))
 }
 
-/// Consecutive binary PPM (P6, maxval 255) images.
-fn parse_ppms(mut bytes: &[u8]) -> Result<Vec<Image>, String> {
-    let mut images = Vec::new();
-    while !bytes.is_empty() {
-        let (img, rest) = parse_ppm(bytes)?;
-        images.push(img);
-        bytes = rest;
-    }
-    Ok(images)
-}
-
-fn parse_ppm(bytes: &[u8]) -> Result<(Image, &[u8]), String> {
-    let ((width, height), start) = parse_ppm_header(bytes)?;
-    let end = start + width * height * 3;
-    if end > bytes.len() {
-        return Err("ffmpeg wrote an unexpected image (truncated pixels)".into());
-    }
-    let img = Image {
-        height,
-        width,
-        channels: 3,
-        data: bytes[start..end].to_vec(),
-    };
-    Ok((img, &bytes[end..]))
-}
-
 /// (width, height) of a binary 8-bit PPM and where its pixels start.
 fn parse_ppm_header(bytes: &[u8]) -> Result<((usize, usize), usize), String> {
     let bad = |what: &str| format!("ffmpeg wrote an unexpected image ({what})");
@@ -332,20 +310,16 @@ mod tests {
         s.extend([1, 2, 3, 4, 5, 6]);
         s.extend(b"P6 1 1 255 ");
         s.extend([7, 8, 9]);
-        let imgs = parse_ppms(&s).unwrap();
-        assert_eq!(imgs.len(), 2);
-        assert_eq!((imgs[0].width, imgs[0].height), (2, 1));
-        assert_eq!(imgs[0].data, vec![1, 2, 3, 4, 5, 6]);
-        assert_eq!(imgs[1].data, vec![7, 8, 9]);
-        assert!(parse_ppms(&s[..s.len() - 1]).is_err());
-        assert!(parse_ppms(b"P5\n1 1\n255\n\0").is_err());
-        // The streaming reader sees the same two images, then the end.
         let mut r = std::io::BufReader::new(&s[..]);
-        assert_eq!(read_ppm(&mut r).unwrap().unwrap(), imgs[0]);
-        assert_eq!(read_ppm(&mut r).unwrap().unwrap(), imgs[1]);
+        let a = read_ppm(&mut r).unwrap().unwrap();
+        assert_eq!((a.width, a.height, a.channels), (2, 1, 3));
+        assert_eq!(a.data, vec![1, 2, 3, 4, 5, 6]);
+        assert_eq!(read_ppm(&mut r).unwrap().unwrap().data, vec![7, 8, 9]);
         assert!(read_ppm(&mut r).unwrap().is_none());
         let mut cut = std::io::BufReader::new(&s[..s.len() - 1]);
         assert!(read_ppm(&mut cut).unwrap().is_some());
         assert!(read_ppm(&mut cut).is_err());
+        let mut p5 = std::io::BufReader::new(&b"P5\n1 1\n255\n\0"[..]);
+        assert!(read_ppm(&mut p5).is_err());
     }
 }
