@@ -249,6 +249,12 @@ impl Cuda {
     /// Rounds `len` floats at device address `src` to bf16 bit patterns at `dst` (on the
     /// compute stream, after everything issued so far).
     pub fn cast_to_bf16(&self, dst: u64, src: u64, len: usize) {
+        self.cast_to_half(Precision::Bf16Mixed, dst, src, len)
+    }
+
+    /// `len` floats at `src` as bf16 (`Bf16Mixed`) or fp16 bit patterns at `dst`.
+    fn cast_to_half(&self, prec: Precision, dst: u64, src: u64, len: usize) {
+        let code = if prec == Precision::Bf16Mixed { 1 } else { 2 };
         self.launch_1d(
             "cast_to_half",
             len,
@@ -256,7 +262,7 @@ impl Cuda {
                 Arg::Ptr(dst),
                 Arg::Ptr(src),
                 Arg::U64(len as u64),
-                Arg::I32(1),
+                Arg::I32(code),
             ],
         );
     }
@@ -356,17 +362,7 @@ impl Cuda {
             *buf = Some(ok("alloc", self.stream.alloc_zeros::<u16>(len.max(1))));
         }
         let dst = buf.as_ref().expect("allocated").device_ptr(&self.stream).0;
-        let code = if prec == Precision::Bf16Mixed { 1 } else { 2 };
-        self.launch_1d(
-            "cast_to_half",
-            len,
-            &[
-                Arg::Ptr(dst),
-                Arg::Ptr(src),
-                Arg::U64(len as u64),
-                Arg::I32(code),
-            ],
-        );
+        self.cast_to_half(prec, dst, src, len);
         dst
     }
 
