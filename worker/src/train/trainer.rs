@@ -556,7 +556,8 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
     /// Forward and backward of one micro-batch, accumulating into the gradients. On the last
     /// micro-batch of an optimizer step it also asks `control` whether to go on and averages
     /// gradients and totals over the workers: finished layers while backward goes on with the
-    /// layers below (see `overlap`), the rest once backward is done.
+    /// layers below (see `overlap`), the rest once backward is done. `next`, the batch after
+    /// this one, is handed to the device to copy ahead while backward runs (GPUs).
     pub fn micro_step(
         &mut self,
         mut batch: Batch,
