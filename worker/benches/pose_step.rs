@@ -285,6 +285,9 @@ fn torch(spec: &str, iters: usize, only_step: bool) -> Result<String, String> {
 }
 
 fn main() {
+    // As the worker binary does (`worker train`): without it every step page-faults its
+    // activation buffers afresh (~10% of this step in the kernel).
+    worker::alloc::keep_freed_memory();
     let args: Vec<String> = std::env::args().collect();
     let iters: usize = args
         .iter()
