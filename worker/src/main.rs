@@ -399,7 +399,10 @@ fn track(args: TrackArgs) -> anyhow::Result<()> {
     let mut progress = Progress::stderr("");
     let labels = predict(&pipe, &args.data, &opts, |done, total| {
         if done == total || done % 50 == 0 {
-            progress.log(&format!("predicted {done}/{total} frames"));
+            match total {
+                0 => progress.log(&format!("predicted {done} frames")),
+                _ => progress.log(&format!("predicted {done}/{total} frames")),
+            }
         }
     })?;
     data::pose::slp::write_labels(&args.output, &labels)?;

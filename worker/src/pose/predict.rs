@@ -227,8 +227,9 @@ pub fn predict(
     let dev = Cpu;
     let mut runs = Runs::new(pipe, &dev);
     if media::is_media_file(data_path) {
-        let total =
-            media::count_frames(data_path).map_err(|e| anyhow!("{}: {e}", data_path.display()))?;
+        // For progress only: a container ffmpeg cannot count without decoding reports 0
+        // (unknown) and the frames are predicted all the same.
+        let total = media::count_frames(data_path).unwrap_or(0);
         let mut frames = Vec::with_capacity(total as usize);
         let mut shape = None;
         // As sleap-io: a video is grayscale when its first frame's first and last channels
@@ -238,7 +239,7 @@ pub fn predict(
             let gray =
                 *grayscale.get_or_insert_with(|| to_grayscale_if(img.clone(), None).channels == 1);
             let img = to_grayscale_if(img, Some(gray));
-            shape.get_or_insert([total as usize, img.height, img.width, img.channels]);
+            shape.get_or_insert([0, img.height, img.width, img.channels]);
             let instances = runs
                 .instances(&img, o)
                 .map_err(|e| format!("frame {i}: {e:#}"))?;
