@@ -33,6 +33,9 @@ pub struct TrackArgs {
     /// Peaks below this confidence are left out
     #[arg(long, default_value_t = 0.2)]
     peak_threshold: f32,
+    /// With a video: only these frames, as sleap-nn's --frames (`0-99`, `1,5,9`, `0-9,20`)
+    #[arg(long, value_name = "LIST")]
+    frames: Option<String>,
     /// The worker executable that predicts [default: `worker` beside this one]
     #[arg(long, value_name = "FILE")]
     worker_bin: Option<PathBuf>,
@@ -113,6 +116,9 @@ fn track(args: TrackArgs) -> anyhow::Result<ExitCode> {
         .arg(&args.output)
         .arg("--peak-threshold")
         .arg(args.peak_threshold.to_string());
+    if let Some(f) = &args.frames {
+        cmd.arg("--frames").arg(f);
+    }
     run_worker_verb(&bin, "track", &mut cmd)
 }
 

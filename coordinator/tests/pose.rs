@@ -413,6 +413,36 @@ fn labels_on_an_mp4_train_and_the_mp4_is_tracked_frame_by_frame() {
     let first = &p.frames[0].instances[0].points;
     assert!(p.frames.iter().all(|f| &f.instances[0].points == first));
 
+    // --frames, as sleap-nn's: only those frames; the video keeps its own length. A frame past
+    // the end, or --frames with a labels file, is an error naming it.
+    let track = |data: &Path, frames: &str, out: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_coordinator"))
+            .args(["track", "--model"])
+            .arg(&run)
+            .arg("--data")
+            .arg(data)
+            .args(["--frames", frames, "--output"])
+            .arg(out)
+            .arg("--worker-bin")
+            .arg(worker_bin())
+            .output()
+            .unwrap()
+    };
+    let some = dir.join("some.slp");
+    let out = track(&clip, "2,1-1", &some);
+    assert!(out.status.success(), "{}", describe(&out));
+    let s = read_labels(&some).unwrap();
+    let frames: Vec<u64> = s.frames.iter().map(|f| f.frame_idx).collect();
+    assert_eq!(frames, vec![1, 2]);
+    assert_eq!(s.videos[0].shape.map(|v| v[0]), Some(3));
+    let out = track(&clip, "1-5", &dir.join("past.slp"));
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("frame 3 is past the end"), "{err}");
+    let out = track(&slp, "1", &dir.join("labels.slp"));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--frames selects frames of a video"));
+
     // Scored against the labels on the mp4, as if tracked from the labels file.
     let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
         .args(["eval", "--ground-truth"])

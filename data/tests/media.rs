@@ -11,7 +11,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use data::pose::slp::{read_labels, write_labels, SlpImages};
+use data::pose::slp::{media, read_labels, write_labels, SlpImages};
 use data::pose::{
     Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
 };
@@ -183,6 +183,30 @@ fn media_video_frames_are_decoded_as_sleap_io_reads_them() {
             "lossless frame {i} differs from its source"
         );
     }
+
+    // Streamed selections (track --frames): ranges and single frames, exact and in order; a
+    // frame past the end is named after the ones before it were handed over.
+    let mut got = Vec::new();
+    media::for_each_selected(&dir.join("lossless.mp4"), &[0, 5, 6, 7, 29], |i, img| {
+        got.push(i);
+        if img.data != source_frame(i as usize, false) {
+            return Err(format!("selected frame {i} differs from its source"));
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(got, vec![0, 5, 6, 7, 29]);
+    let mut got = Vec::new();
+    let err = media::for_each_selected(&dir.join("lossless.mp4"), &[28, 29, 30], |i, _| {
+        got.push(i);
+        Ok(())
+    })
+    .unwrap_err();
+    assert_eq!(got, vec![28, 29]);
+    assert!(
+        err.contains("frame 30") && err.contains("frame 29 was there"),
+        "{err}"
+    );
 
     // The usual lossy H.264 (yuv420p, B-frames, a keyframe every 8 frames): each decoded frame
     // is closest to its own source frame, not a neighbour's, and close to it.

@@ -58,6 +58,9 @@ struct TrackArgs {
     /// Window of the sub-pixel (integral) refinement
     #[arg(long, default_value_t = 5)]
     integral_patch: usize,
+    /// With a video: only these frames, as sleap-nn's --frames (`0-99`, `1,5,9`, `0-9,20`)
+    #[arg(long, value_name = "LIST")]
+    frames: Option<String>,
 }
 
 #[derive(Args)]
@@ -378,7 +381,7 @@ fn train_pose_alone(cfg: &configs::SleapNnConfig, args: TrainArgs) -> anyhow::Re
 }
 
 fn track(args: TrackArgs) -> anyhow::Result<()> {
-    use worker::pose::predict::{predict, Pipeline, PredictOptions, TrainedPose};
+    use worker::pose::predict::{predict_frames, Pipeline, PredictOptions, TrainedPose};
     if args.output.exists() && args.data.canonicalize().ok() == args.output.canonicalize().ok() {
         anyhow::bail!(
             "--output {} is the --data file; predictions never overwrite the labels",
@@ -397,14 +400,25 @@ fn track(args: TrackArgs) -> anyhow::Result<()> {
     };
     let started = std::time::Instant::now();
     let mut progress = Progress::stderr("");
-    let labels = predict(&pipe, &args.data, &opts, |done, total| {
-        if done == total || done % 50 == 0 {
-            match total {
-                0 => progress.log(&format!("predicted {done} frames")),
-                _ => progress.log(&format!("predicted {done}/{total} frames")),
+    let frames = args
+        .frames
+        .as_deref()
+        .map(worker::pose::predict::parse_frames)
+        .transpose()?;
+    let labels = predict_frames(
+        &pipe,
+        &args.data,
+        frames.as_deref(),
+        &opts,
+        |done, total| {
+            if done == total || done % 50 == 0 {
+                match total {
+                    0 => progress.log(&format!("predicted {done} frames")),
+                    _ => progress.log(&format!("predicted {done}/{total} frames")),
+                }
             }
-        }
-    })?;
+        },
+    )?;
     data::pose::slp::write_labels(&args.output, &labels)?;
     let n: usize = labels.frames.iter().map(|f| f.instances.len()).sum();
     progress.log(&format!(

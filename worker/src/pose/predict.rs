@@ -223,19 +223,37 @@ pub fn predict(
     o: &PredictOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Labels> {
+    predict_frames(pipe, data_path, None, o, &mut progress)
+}
+
+/// [`predict`], on a video only the frames `frames` (ascending, distinct; sleap-nn's
+/// `--frames`, see [`parse_frames`]). Frames are asked of videos only: with a labels file they
+/// are an error.
+pub fn predict_frames(
+    pipe: &Pipeline,
+    data_path: &Path,
+    frames: Option<&[u64]>,
+    o: &PredictOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Labels> {
     let skeleton = pipe.skeleton().clone();
     let dev = Cpu;
     let mut runs = Runs::new(pipe, &dev);
     if media::is_media_file(data_path) {
         // For progress only: a container ffmpeg cannot count without decoding reports 0
         // (unknown) and the frames are predicted all the same.
-        let total = media::count_frames(data_path).unwrap_or(0);
+        let total = match frames {
+            Some(f) => f.len() as u64,
+            None => media::count_frames(data_path).unwrap_or(0),
+        };
+        let wanted = frames;
         let mut frames = Vec::with_capacity(total as usize);
         let mut shape = None;
         // As sleap-io: a video is grayscale when its first frame's first and last channels
         // are equal, and then every frame keeps its first channel.
         let mut grayscale = None;
-        media::for_each_frame(data_path, |i, img| {
+        let mut done = 0;
+        let each = |i: u64, img: Image| {
             let gray =
                 *grayscale.get_or_insert_with(|| to_grayscale_if(img.clone(), None).channels == 1);
             let img = to_grayscale_if(img, Some(gray));
@@ -248,10 +266,20 @@ pub fn predict(
                 frame_idx: i,
                 instances,
             });
-            progress(i as usize + 1, total as usize);
+            done += 1;
+            progress(done, total as usize);
             Ok(())
-        })
+        };
+        match wanted {
+            Some(w) => media::for_each_selected(data_path, w, each),
+            None => media::for_each_frame(data_path, each).map(|_| ()),
+        }
         .map_err(|e| anyhow!("{}: {e}", data_path.display()))?;
+        // The video's own length for its recorded shape (unknown: left for readers to probe).
+        let video_frames = match wanted {
+            Some(_) => media::count_frames(data_path).ok().map(|n| n as usize),
+            None => Some(frames.len()),
+        };
         let filename = std::fs::canonicalize(data_path)
             .unwrap_or_else(|_| data_path.to_path_buf())
             .display()
@@ -265,11 +293,18 @@ pub fn predict(
                     backend: "MediaVideo".into(),
                     dataset: None,
                 },
-                shape: shape.map(|s| [frames.len(), s[1], s[2], s[3]]),
+                shape: shape.zip(video_frames).map(|(s, n)| [n, s[1], s[2], s[3]]),
             }],
             frames,
             tracks: Vec::new(),
         });
+    }
+    if frames.is_some() {
+        bail!(
+            "--frames selects frames of a video; {} is a labels file, whose labeled frames are \
+             predicted",
+            data_path.display()
+        );
     }
     let input = read_labels(data_path)?;
     let images = SlpImages::open(data_path, &input)?;
@@ -300,6 +335,36 @@ pub fn predict(
         progress(i + 1, total);
     }
     Ok(out)
+}
+
+/// sleap-nn's `--frames`: comma-separated frame indices and inclusive ranges (`0-99,150`),
+/// returned ascending without repeats.
+pub fn parse_frames(spec: &str) -> anyhow::Result<Vec<u64>> {
+    let bad = |item: &str| {
+        anyhow!("--frames {spec:?}: {item:?} is not a frame index or a range like 0-99")
+    };
+    let mut frames = Vec::new();
+    for item in spec.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        match item.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u64, u64) = (
+                    a.trim().parse().map_err(|_| bad(item))?,
+                    b.trim().parse().map_err(|_| bad(item))?,
+                );
+                if a > b {
+                    return Err(bad(item));
+                }
+                frames.extend(a..=b);
+            }
+            None => frames.push(item.parse().map_err(|_| bad(item))?),
+        }
+    }
+    if frames.is_empty() {
+        bail!("--frames {spec:?} names no frames");
+    }
+    frames.sort_unstable();
+    frames.dedup();
+    Ok(frames)
 }
 
 /// The pipeline's models with their forward buffers, run frame by frame. (One per `predict`
@@ -414,6 +479,21 @@ impl<'p> Runs<'p> {
                 }
                 Ok(instances)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_parse_as_sleap_nn_writes_them() {
+        assert_eq!(parse_frames("0-3").unwrap(), vec![0, 1, 2, 3]);
+        assert_eq!(parse_frames("5,1,2").unwrap(), vec![1, 2, 5]);
+        assert_eq!(parse_frames("8-9, 2,9").unwrap(), vec![2, 8, 9]);
+        for bad in ["", "a", "3-1", "1-", "-2", "1.5"] {
+            assert!(parse_frames(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -119,6 +119,51 @@ pub fn for_each_frame(
     decode(&ffmpeg()?, path, None, each)
 }
 
+/// Decodes frames `frames` (ascending, distinct) of the media file `path` in order, handing
+/// each to `each` with its index, streamed as [`for_each_frame`]. A frame past the end of the
+/// video is an error naming it (after the ones before it were handed over).
+pub fn for_each_selected(
+    path: &Path,
+    frames: &[u64],
+    mut each: impl FnMut(u64, Image) -> Result<(), String>,
+) -> Result<(), String> {
+    debug_assert!(frames.windows(2).all(|w| w[0] < w[1]));
+    if frames.is_empty() {
+        return Ok(());
+    }
+    // Runs of consecutive frames as between(n,a,b), others as eq(n,i).
+    let mut terms = Vec::new();
+    let mut start = 0;
+    for k in 1..=frames.len() {
+        if k == frames.len() || frames[k] != frames[k - 1] + 1 {
+            let (a, b) = (frames[start], frames[k - 1]);
+            terms.push(if a == b {
+                format!("eq(n\\,{a})")
+            } else {
+                format!("between(n\\,{a}\\,{b})")
+            });
+            start = k;
+        }
+    }
+    let select = format!("select='{}'", terms.join("+"));
+    let done = decode(&ffmpeg()?, path, Some(&select), |k, img| {
+        let i = *frames
+            .get(k as usize)
+            .ok_or("ffmpeg returned more frames than were asked for")?;
+        each(i, img)
+    })? as usize;
+    match frames.get(done) {
+        Some(missing) => Err(format!(
+            "frame {missing} is past the end of the video{}",
+            match done.checked_sub(1) {
+                Some(l) => format!(" (frame {} was there)", frames[l]),
+                None => String::new(),
+            }
+        )),
+        None => Ok(()),
+    }
+}
+
 /// Runs ffmpeg on the first video stream of `path` (through the filter `vf`, if any), reading
 /// the frames it writes as RGB PPM to a pipe and handing each to `each` in order.
 fn decode(
