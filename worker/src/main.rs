@@ -381,7 +381,7 @@ fn train_pose_alone(cfg: &configs::SleapNnConfig, args: TrainArgs) -> anyhow::Re
 }
 
 fn track(args: TrackArgs) -> anyhow::Result<()> {
-    use worker::pose::predict::{predict_frames, Pipeline, PredictOptions, TrainedPose};
+    use worker::pose::predict::{predict, Pipeline, PredictOptions, TrainedPose};
     if args.output.exists() && args.data.canonicalize().ok() == args.output.canonicalize().ok() {
         anyhow::bail!(
             "--output {} is the --data file; predictions never overwrite the labels",
@@ -405,7 +405,7 @@ fn track(args: TrackArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(worker::pose::predict::parse_frames)
         .transpose()?;
-    let labels = predict_frames(
+    let labels = predict(
         &pipe,
         &args.data,
         frames.as_deref(),

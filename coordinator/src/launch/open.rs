@@ -188,7 +188,7 @@ impl OpenRun {
 }
 
 /// The run token in `--token-file`: one line of printable ASCII (it travels as gRPC metadata).
-fn read_token_file(path: &Path) -> anyhow::Result<String> {
+pub(crate) fn read_token_file(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--token-file: cannot read {}", path.display()))?;
     let token = text.trim();

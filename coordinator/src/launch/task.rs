@@ -6,10 +6,11 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail};
+use anyhow::bail;
 use proto::v1::worker_message::Body;
 
 use super::control::{advertised, serve_hub};
+use super::open::read_token_file;
 use crate::server::{Assignment, Event, Hub};
 
 /// How to reach the external workers, from `--external`, `--listen`, `--token-file`,
@@ -34,11 +35,7 @@ pub fn run_on_external_workers(
     fallback_token_file: PathBuf,
 ) -> anyhow::Result<()> {
     let (token, token_file) = match &external.token_file {
-        Some(f) => {
-            let text = std::fs::read_to_string(f)
-                .map_err(|e| anyhow!("--token-file {}: {e}", f.display()))?;
-            (text.trim().to_string(), f.clone())
-        }
+        Some(f) => (read_token_file(f)?, f.clone()),
         None => (
             run::dir::new_token_file(&fallback_token_file)?,
             fallback_token_file,

@@ -213,91 +213,20 @@ fn instance_from(
     })
 }
 
-/// Predicts every labeled frame of `data_path` (a labels file), or every frame of it when it
-/// is a media file (mp4, avi, ... decoded by ffmpeg, streamed: memory stays one frame). The
-/// result has the input's videos (the media file itself for a video) and the model's
-/// skeleton, with predicted instances only.
+/// Predicts every labeled frame of `data_path` (a labels file), or the frames of it when it is
+/// a media file ([`predict_video`]). The result has the input's videos and the model's
+/// skeleton, with predicted instances only. `frames` (ascending, distinct; sleap-nn's
+/// `--frames`, see [`parse_frames`]) are asked of videos only: with a labels file they are an
+/// error.
 pub fn predict(
-    pipe: &Pipeline,
-    data_path: &Path,
-    o: &PredictOptions,
-    mut progress: impl FnMut(usize, usize),
-) -> anyhow::Result<Labels> {
-    predict_frames(pipe, data_path, None, o, &mut progress)
-}
-
-/// [`predict`], on a video only the frames `frames` (ascending, distinct; sleap-nn's
-/// `--frames`, see [`parse_frames`]). Frames are asked of videos only: with a labels file they
-/// are an error.
-pub fn predict_frames(
     pipe: &Pipeline,
     data_path: &Path,
     frames: Option<&[u64]>,
     o: &PredictOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Labels> {
-    let skeleton = pipe.skeleton().clone();
-    let dev = Cpu;
-    let mut runs = Runs::new(pipe, &dev);
     if media::is_media_file(data_path) {
-        // For progress only: a container ffmpeg cannot count without decoding reports 0
-        // (unknown) and the frames are predicted all the same.
-        let total = match frames {
-            Some(f) => f.len() as u64,
-            None => media::count_frames(data_path).unwrap_or(0),
-        };
-        let wanted = frames;
-        let mut frames = Vec::with_capacity(total as usize);
-        let mut shape = None;
-        // As sleap-io: a video is grayscale when its first frame's first and last channels
-        // are equal, and then every frame keeps its first channel.
-        let mut grayscale = None;
-        let mut done = 0;
-        let each = |i: u64, img: Image| {
-            let gray =
-                *grayscale.get_or_insert_with(|| to_grayscale_if(img.clone(), None).channels == 1);
-            let img = to_grayscale_if(img, Some(gray));
-            shape.get_or_insert([0, img.height, img.width, img.channels]);
-            let instances = runs
-                .instances(&img, o)
-                .map_err(|e| format!("frame {i}: {e:#}"))?;
-            frames.push(LabeledFrame {
-                video: 0,
-                frame_idx: i,
-                instances,
-            });
-            done += 1;
-            progress(done, total as usize);
-            Ok(())
-        };
-        match wanted {
-            Some(w) => media::for_each_selected(data_path, w, each),
-            None => media::for_each_frame(data_path, each).map(|_| ()),
-        }
-        .map_err(|e| anyhow!("{}: {e}", data_path.display()))?;
-        // The video's own length for its recorded shape (unknown: left for readers to probe).
-        let video_frames = match wanted {
-            Some(_) => media::count_frames(data_path).ok().map(|n| n as usize),
-            None => Some(frames.len()),
-        };
-        let filename = std::fs::canonicalize(data_path)
-            .unwrap_or_else(|_| data_path.to_path_buf())
-            .display()
-            .to_string();
-        return Ok(Labels {
-            skeletons: vec![skeleton],
-            videos: vec![Video {
-                filename: filename.clone(),
-                source: VideoSource::External {
-                    filename,
-                    backend: "MediaVideo".into(),
-                    dataset: None,
-                },
-                shape: shape.zip(video_frames).map(|(s, n)| [n, s[1], s[2], s[3]]),
-            }],
-            frames,
-            tracks: Vec::new(),
-        });
+        return predict_video(pipe, data_path, frames, o, progress);
     }
     if frames.is_some() {
         bail!(
@@ -306,6 +235,9 @@ pub fn predict_frames(
             data_path.display()
         );
     }
+    let skeleton = pipe.skeleton().clone();
+    let dev = Cpu;
+    let mut runs = Runs::new(pipe, &dev);
     let input = read_labels(data_path)?;
     let images = SlpImages::open(data_path, &input)?;
     if let Some(s) = input.skeletons.first() {
@@ -335,6 +267,74 @@ pub fn predict_frames(
         progress(i + 1, total);
     }
     Ok(out)
+}
+
+/// Every frame of the media file `path` (or only `frames`), decoded by ffmpeg and streamed:
+/// memory stays one frame. The predictions refer to the video itself.
+fn predict_video(
+    pipe: &Pipeline,
+    path: &Path,
+    wanted: Option<&[u64]>,
+    o: &PredictOptions,
+    mut progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Labels> {
+    let dev = Cpu;
+    let mut runs = Runs::new(pipe, &dev);
+    // For progress only: a container ffmpeg cannot count without decoding reports 0 (unknown)
+    // and the frames are predicted all the same.
+    let total = match wanted {
+        Some(f) => f.len() as u64,
+        None => media::count_frames(path).unwrap_or(0),
+    };
+    let mut frames = Vec::with_capacity(total as usize);
+    let mut shape = None;
+    // As sleap-io: a video is grayscale when its first frame's first and last channels are
+    // equal, and then every frame keeps its first channel.
+    let mut grayscale = None;
+    let each = |i: u64, img: Image| {
+        let gray =
+            *grayscale.get_or_insert_with(|| to_grayscale_if(img.clone(), None).channels == 1);
+        let img = to_grayscale_if(img, Some(gray));
+        shape.get_or_insert([img.height, img.width, img.channels]);
+        let instances = runs
+            .instances(&img, o)
+            .map_err(|e| format!("frame {i}: {e:#}"))?;
+        frames.push(LabeledFrame {
+            video: 0,
+            frame_idx: i,
+            instances,
+        });
+        progress(frames.len(), total as usize);
+        Ok(())
+    };
+    match wanted {
+        Some(w) => media::for_each_selected(path, w, each),
+        None => media::for_each_frame(path, each).map(|_| ()),
+    }
+    .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    // The video's own length for its recorded shape (unknown: left for readers to probe).
+    let video_frames = match wanted {
+        Some(_) => media::count_frames(path).ok().map(|n| n as usize),
+        None => Some(frames.len()),
+    };
+    let filename = std::fs::canonicalize(path)
+        .unwrap_or_else(|_| path.to_path_buf())
+        .display()
+        .to_string();
+    Ok(Labels {
+        skeletons: vec![pipe.skeleton().clone()],
+        videos: vec![Video {
+            filename: filename.clone(),
+            source: VideoSource::External {
+                filename,
+                backend: "MediaVideo".into(),
+                dataset: None,
+            },
+            shape: shape.zip(video_frames).map(|(s, n)| [n, s[0], s[1], s[2]]),
+        }],
+        frames,
+        tracks: Vec::new(),
+    })
 }
 
 /// sleap-nn's `--frames`: comma-separated frame indices and inclusive ranges (`0-99,150`),

@@ -118,7 +118,8 @@ pub fn train_on<D: Device<f32> + Clone + 'static>(
     let mut stop = None;
     'epochs: while let Some(mut loader) = trainer.start_epoch(on_event)? {
         // One batch is read ahead, so that its arrays can go to the device while this one
-        // computes (see `micro_step`); each batch keeps the loader position after it.
+        // computes (see `micro_step`); each batch keeps the loader position after it, and has
+        // its masked genes hidden once, here.
         let mut pull = |trainer: &mut Trainer<D>| {
             let _data = trainer.data_span(loader.position()).entered();
             let batch = loader.next().map(|b| {
@@ -557,15 +558,15 @@ impl<'a, D: Device<f32> + Clone + 'static> Trainer<'a, D> {
     /// micro-batch of an optimizer step it also asks `control` whether to go on and averages
     /// gradients and totals over the workers: finished layers while backward goes on with the
     /// layers below (see `overlap`), the rest once backward is done. `next`, the batch after
-    /// this one, is handed to the device to copy ahead while backward runs (GPUs).
+    /// this one, is handed to the device to copy ahead while backward runs (GPUs). Both come
+    /// with their masked genes hidden (`hide_masked`, as `train_on` reads them).
     pub fn micro_step(
         &mut self,
-        mut batch: Batch,
+        batch: Batch,
         next: Option<&Batch>,
         sync: &mut dyn GradientSync,
         control: &mut dyn FnMut() -> Control,
     ) -> Result<MicroStep, TrainError> {
-        hide_masked(&mut batch);
         let key = self.dropout_key(self.epoch, batch.step);
         let scale = self.loss_scale() as f32;
         let boundary =

@@ -17,9 +17,9 @@ use std::process::{Command, Stdio};
 
 use crate::pose::Image;
 
-/// Frames asked of one ffmpeg run: the `select` expression grows with them, and one argument
-/// may hold at most 128 KiB on Linux.
-const FRAMES_PER_RUN: usize = 4000;
+/// Runs of consecutive frames asked of one ffmpeg run: its `select` expression has a term per
+/// run, and one argument may hold at most 128 KiB on Linux.
+const FILTER_TERMS: usize = 4000;
 
 /// How to find ffmpeg, for the error when it is missing.
 pub(crate) const HOW_TO_GET_FFMPEG: &str = "install ffmpeg 5.1 or newer (apt install ffmpeg, \
@@ -64,49 +64,15 @@ pub(crate) fn ffmpeg() -> Result<PathBuf, String> {
 /// Decodes frames `wanted` (any order, repeats allowed) of the media file `path`. Returns each
 /// frame by its index; a frame past the end of the video is an error naming it.
 pub(crate) fn read_frames(path: &Path, wanted: &[u64]) -> Result<HashMap<u64, Image>, String> {
-    let ffmpeg = ffmpeg()?;
     let mut sorted: Vec<u64> = wanted.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
     let mut out = HashMap::with_capacity(sorted.len());
-    for chunk in sorted.chunks(FRAMES_PER_RUN) {
-        let frames = run(&ffmpeg, path, chunk)?;
-        if frames.len() < chunk.len() {
-            let missing = chunk[frames.len()];
-            return Err(format!(
-                "frame {missing} is past the end of the video (ffmpeg decoded no frame with \
-                 that index{})",
-                match frames.len().checked_sub(1) {
-                    Some(i) => format!("; frame {} was there", chunk[i]),
-                    None => String::new(),
-                }
-            ));
-        }
-        out.extend(chunk.iter().copied().zip(frames));
-    }
+    for_each_selected(path, &sorted, |i, img| {
+        out.insert(i, img);
+        Ok(())
+    })?;
     Ok(out)
-}
-
-/// One ffmpeg run decoding frames `sorted` (ascending, distinct).
-fn run(ffmpeg: &Path, path: &Path, sorted: &[u64]) -> Result<Vec<Image>, String> {
-    // select='eq(n\,3)+eq(n\,17)': keep the frames whose decoded index is listed; commas inside
-    // a filter's argument are escaped.
-    let select = sorted
-        .iter()
-        .map(|i| format!("eq(n\\,{i})"))
-        .collect::<Vec<_>>()
-        .join("+");
-    let mut frames = Vec::with_capacity(sorted.len());
-    decode(
-        ffmpeg,
-        path,
-        Some(&format!("select='{select}'")),
-        |_, img| {
-            frames.push(img);
-            Ok(())
-        },
-    )?;
-    Ok(frames)
 }
 
 /// Decodes every frame of the media file `path` in order, handing each to `each` with its
@@ -131,37 +97,52 @@ pub fn for_each_selected(
     if frames.is_empty() {
         return Ok(());
     }
-    // Runs of consecutive frames as between(n,a,b), others as eq(n,i).
-    let mut terms = Vec::new();
-    let mut start = 0;
-    for k in 1..=frames.len() {
-        if k == frames.len() || frames[k] != frames[k - 1] + 1 {
-            let (a, b) = (frames[start], frames[k - 1]);
-            terms.push(if a == b {
+    let ffmpeg = ffmpeg()?;
+    // Runs of consecutive frames; one ffmpeg run takes up to FILTER_TERMS of them.
+    let mut runs: Vec<(u64, u64)> = Vec::new();
+    for &f in frames {
+        match runs.last_mut() {
+            Some((_, b)) if *b + 1 == f => *b = f,
+            _ => runs.push((f, f)),
+        }
+    }
+    for group in runs.chunks(FILTER_TERMS) {
+        let chunk: Vec<u64> = group.iter().flat_map(|&(a, b)| a..=b).collect();
+        let done = decode(&ffmpeg, path, Some(&select_filter(group)), |k, img| {
+            let i = *chunk
+                .get(k as usize)
+                .ok_or("ffmpeg returned more frames than were asked for")?;
+            each(i, img)
+        })? as usize;
+        if let Some(missing) = chunk.get(done) {
+            return Err(format!(
+                "frame {missing} is past the end of the video (ffmpeg decoded no frame with \
+                 that index{})",
+                match done.checked_sub(1) {
+                    Some(l) => format!("; frame {} was there", chunk[l]),
+                    None => String::new(),
+                }
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// ffmpeg's `select` filter keeping the frames of `runs` (inclusive, ascending), counted by
+/// their decoded index `n`: `between(n,a,b)` for a run, `eq(n,i)` for a single frame (commas
+/// inside a filter's argument are escaped).
+fn select_filter(runs: &[(u64, u64)]) -> String {
+    let terms: Vec<String> = runs
+        .iter()
+        .map(|&(a, b)| {
+            if a == b {
                 format!("eq(n\\,{a})")
             } else {
                 format!("between(n\\,{a}\\,{b})")
-            });
-            start = k;
-        }
-    }
-    let select = format!("select='{}'", terms.join("+"));
-    let done = decode(&ffmpeg()?, path, Some(&select), |k, img| {
-        let i = *frames
-            .get(k as usize)
-            .ok_or("ffmpeg returned more frames than were asked for")?;
-        each(i, img)
-    })? as usize;
-    match frames.get(done) {
-        Some(missing) => Err(format!(
-            "frame {missing} is past the end of the video{}",
-            match done.checked_sub(1) {
-                Some(l) => format!(" (frame {} was there)", frames[l]),
-                None => String::new(),
             }
-        )),
-        None => Ok(()),
-    }
+        })
+        .collect();
+    format!("select='{}'", terms.join("+"))
 }
 
 /// Runs ffmpeg on the first video stream of `path` (through the filter `vf`, if any), reading
