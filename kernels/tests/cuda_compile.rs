@@ -27,6 +27,10 @@ const HOT: &[&str] = &[
     "gelu_forward",
     "gelu_backward",
     "adam_segment",
+    "conv_im2col",
+    "conv_col2im",
+    "maxpool_forward",
+    "upsample_bilinear_forward",
 ];
 
 fn unavailable(what: &str) -> bool {

@@ -1,4 +1,4 @@
-//! The GPU op suite: each `Device` op run on the CUDA backend and on the CPU backend with the
+//! The GPU op suite: each `Device` and `ConvDevice` op run on the CUDA backend and on the CPU backend with the
 //! same random inputs, results compared within the precision's tolerance (f32: 1e-4 relative
 //! to the largest magnitude, since sums run in other orders; bf16/fp16: 2e-2).
 //!
@@ -9,6 +9,7 @@
 
 use kernels::backend::cuda::suite::{self, Case};
 use kernels::backend::cuda::Cuda;
+use kernels::backend::{Conv2dShape, ConvDevice, ConvTranspose2dShape, Pool2dShape};
 use kernels::ops::attention::AttnOpts;
 use kernels::ops::{Activation, AdamConfig, AttnShape, SeqLayout};
 use kernels::rng::RngKey;
@@ -466,6 +467,152 @@ fn prefetched_batch_arrays(g: &Cuda) -> Result<(), String> {
     Ok(())
 }
 
+/// A weight `[a, b, k, k]` and bias `[c_out]` in one parameter buffer, and random gradients to
+/// accumulate into (so `+=` is checked, not only `=`).
+fn conv_params<D: Device<f32>>(
+    d: &D,
+    wlen: usize,
+    c_out: usize,
+    bias: bool,
+) -> (D::Mem, D::Mem, ParamView, Option<ParamView>) {
+    let total = wlen + if bias { c_out } else { 0 };
+    let w = ParamView {
+        offset: 0,
+        len: wlen,
+    };
+    let b = bias.then_some(ParamView {
+        offset: wlen,
+        len: c_out,
+    });
+    (
+        d.upload(&rand(total, 40, 0.5)),
+        d.upload(&rand(total, 41, 0.1)),
+        w,
+        b,
+    )
+}
+
+fn conv2d<D: ConvDevice<f32>>(d: &D, prec: Precision, s: Conv2dShape, bias: bool) -> Outputs {
+    let (p, mut g, w, b) = conv_params(d, s.c_out * s.c_in * s.k * s.k, s.c_out, bias);
+    let x = d.upload(&rand(s.n * s.c_in * s.h * s.w, 42, 1.0));
+    let ylen = s.n * s.c_out * s.h_out() * s.w_out();
+    let mut y = d.zeros(ylen);
+    d.conv2d_forward(prec, &mut y, &x, &p, w, b, s);
+    let dy = d.upload(&rand(ylen, 43, 1.0));
+    let mut dx = d.upload(&rand(x_len(&s), 44, 1.0));
+    d.conv2d_backward(prec, Some(&mut dx), &mut g, &dy, &x, &p, w, b, s);
+    // Without dx (a first layer): only the parameter gradients, accumulated again.
+    d.conv2d_backward(prec, None, &mut g, &dy, &x, &p, w, b, s);
+    vec![
+        ("y", d.download(&y)),
+        ("dx", d.download(&dx)),
+        ("grads", d.download(&g)),
+    ]
+}
+
+fn x_len(s: &Conv2dShape) -> usize {
+    s.n * s.c_in * s.h * s.w
+}
+
+fn conv_transpose2d<D: ConvDevice<f32>>(
+    d: &D,
+    prec: Precision,
+    s: ConvTranspose2dShape,
+) -> Outputs {
+    let (p, mut g, w, b) = conv_params(d, s.c_in * s.c_out * s.k * s.k, s.c_out, true);
+    let x = d.upload(&rand(s.n * s.c_in * s.h * s.w, 45, 1.0));
+    let ylen = s.n * s.c_out * s.h_out() * s.w_out();
+    let mut y = d.zeros(ylen);
+    d.conv_transpose2d_forward(prec, &mut y, &x, &p, w, b, s);
+    let dy = d.upload(&rand(ylen, 46, 1.0));
+    let mut dx = d.zeros(s.n * s.c_in * s.h * s.w);
+    d.conv_transpose2d_backward(prec, Some(&mut dx), &mut g, &dy, &x, &p, w, b, s);
+    vec![
+        ("y", d.download(&y)),
+        ("dx", d.download(&dx)),
+        ("grads", d.download(&g)),
+    ]
+}
+
+/// `ties`: inputs on a coarse grid, so windows hold equal maxima and the first-maximum rule
+/// decides where the gradient goes.
+fn maxpool<D: ConvDevice<f32>>(d: &D, s: Pool2dShape, ties: bool) -> Outputs {
+    let mut xs = rand(s.n * s.c * s.h * s.w, 47, 1.0);
+    if ties {
+        xs.iter_mut().for_each(|v| *v = (*v * 2.0).round());
+    }
+    let x = d.upload(&xs);
+    let ylen = s.n * s.c * s.h_out() * s.w_out();
+    let mut y = d.zeros(ylen);
+    d.maxpool2d_forward(&mut y, &x, s);
+    let dy = d.upload(&rand(ylen, 48, 1.0));
+    let mut dx = d.upload(&rand(xs.len(), 49, 1.0));
+    d.maxpool2d_backward(&mut dx, &dy, &x, s);
+    vec![("y", d.download(&y)), ("dx", d.download(&dx))]
+}
+
+fn upsample<D: ConvDevice<f32>>(
+    d: &D,
+    nc: usize,
+    h: usize,
+    w: usize,
+    ho: usize,
+    wo: usize,
+) -> Outputs {
+    let x = d.upload(&rand(nc * h * w, 50, 1.0));
+    let mut y = d.zeros(nc * ho * wo);
+    d.upsample_bilinear2d_forward(&mut y, &x, nc, h, w, ho, wo);
+    let dy = d.upload(&rand(nc * ho * wo, 51, 1.0));
+    let mut dx = d.upload(&rand(nc * h * w, 52, 1.0));
+    d.upsample_bilinear2d_backward(&mut dx, &dy, nc, h, w, ho, wo);
+    vec![("y", d.download(&y)), ("dx", d.download(&dx))]
+}
+
+fn concat<D: ConvDevice<f32>>(d: &D) -> Outputs {
+    let (ca, cb, n, hw) = (3, 2, 2, 12);
+    let a = d.upload(&rand(n * ca * hw, 53, 1.0));
+    let b = d.upload(&rand(n * cb * hw, 54, 1.0));
+    let mut out = d.zeros(n * (ca + cb) * hw);
+    d.concat_channels(&mut out, &a, ca, &b, cb, n, hw);
+    let mut o = vec![("cat", d.download(&out))];
+    for (acc_a, acc_b, name) in [
+        (false, false, "split_write"),
+        (true, false, "split_add_a"),
+        (false, true, "split_add_b"),
+    ] {
+        let mut da = d.upload(&rand(n * ca * hw, 55, 1.0));
+        let mut db = d.upload(&rand(n * cb * hw, 56, 1.0));
+        d.split_channels(&mut da, acc_a, &mut db, acc_b, &out, ca, cb, n, hw);
+        let mut both = d.download(&da);
+        both.extend(d.download(&db));
+        o.push((name, both));
+    }
+    o
+}
+
+#[allow(clippy::too_many_arguments)]
+fn conv_shape(
+    n: usize,
+    c_in: usize,
+    h: usize,
+    w: usize,
+    c_out: usize,
+    k: usize,
+    stride: usize,
+    pad: [usize; 4],
+) -> Conv2dShape {
+    Conv2dShape {
+        n,
+        c_in,
+        h,
+        w,
+        c_out,
+        k,
+        stride,
+        pad,
+    }
+}
+
 fn case(name: &str, tol: f32, f: impl Fn(&Cuda) -> (Outputs, Outputs) + 'static) -> Case<'static> {
     (
         name.to_string(),
@@ -542,6 +689,132 @@ fn cases() -> Vec<Case<'static>> {
     v.push(case("losses", 1e-5, |g| (losses(&Cpu), losses(g))));
     v.push(case("optimizer", 1e-5, |g| (optimizer(&Cpu), optimizer(g))));
     v.push(case("buffers", 0.0, |g| (buffers(&Cpu), buffers(g))));
+    // The pose family's image ops: the UNet's shapes (3x3 "same", 1x1 heads, a single-channel
+    // first layer without bias, sleap-nn's transposed conv k3 s2 p1 op1) and odd ones (stride 2
+    // with uneven padding, an even kernel, non-square sizes).
+    let convs = [
+        (
+            "conv3x3_same",
+            conv_shape(2, 5, 9, 7, 6, 3, 1, Conv2dShape::same_pad(3)),
+            true,
+        ),
+        (
+            "conv1x1_head",
+            conv_shape(3, 8, 6, 5, 4, 1, 1, [0; 4]),
+            true,
+        ),
+        (
+            "conv3x3_first_layer_no_bias",
+            conv_shape(2, 1, 8, 8, 4, 3, 1, Conv2dShape::same_pad(3)),
+            false,
+        ),
+        (
+            "conv3x3_stride2",
+            conv_shape(2, 4, 10, 9, 3, 3, 2, [1, 0, 1, 0]),
+            true,
+        ),
+        (
+            "conv4x4_same",
+            conv_shape(1, 3, 7, 6, 2, 4, 1, Conv2dShape::same_pad(4)),
+            true,
+        ),
+    ];
+    for (prec, tol, tag) in [
+        (Precision::F32, 1e-4, "f32"),
+        (Precision::Bf16Mixed, 2e-2, "bf16"),
+    ] {
+        for (name, s, bias) in convs {
+            v.push(case(&format!("{name}_{tag}"), tol, move |g| {
+                (conv2d(&Cpu, prec, s, bias), conv2d(g, prec, s, bias))
+            }));
+        }
+        for (name, s) in [
+            (
+                "conv_transpose3x3_s2",
+                ConvTranspose2dShape {
+                    n: 2,
+                    c_in: 5,
+                    h: 4,
+                    w: 3,
+                    c_out: 3,
+                    k: 3,
+                    stride: 2,
+                    pad: 1,
+                    output_padding: 1,
+                },
+            ),
+            (
+                "conv_transpose2x2_s2",
+                ConvTranspose2dShape {
+                    n: 2,
+                    c_in: 3,
+                    h: 5,
+                    w: 4,
+                    c_out: 4,
+                    k: 2,
+                    stride: 2,
+                    pad: 0,
+                    output_padding: 0,
+                },
+            ),
+        ] {
+            v.push(case(&format!("{name}_{tag}"), tol, move |g| {
+                (
+                    conv_transpose2d(&Cpu, prec, s),
+                    conv_transpose2d(g, prec, s),
+                )
+            }));
+        }
+    }
+    let overlapping = Pool2dShape {
+        n: 2,
+        c: 2,
+        h: 7,
+        w: 6,
+        k: 3,
+        stride: 1,
+        pad: [1, 1, 1, 1],
+        zero_pad: false,
+    };
+    for (name, s, ties) in [
+        (
+            "maxpool_same_zero_pad",
+            Pool2dShape::same(2, 3, 7, 6, 2, 2),
+            false,
+        ),
+        (
+            "maxpool_same_ties",
+            Pool2dShape::same(2, 3, 8, 6, 2, 2),
+            true,
+        ),
+        ("maxpool_overlapping_neg_inf_pad", overlapping, false),
+        (
+            "maxpool_overlapping_ties",
+            Pool2dShape {
+                zero_pad: true,
+                ..overlapping
+            },
+            true,
+        ),
+    ] {
+        v.push(case(name, 1e-6, move |g| {
+            (maxpool(&Cpu, s, ties), maxpool(g, s, ties))
+        }));
+    }
+    for (name, (nc, h, w, ho, wo)) in [
+        ("upsample_bilinear_2x", (6, 5, 4, 10, 8)),
+        ("upsample_bilinear_uneven", (3, 5, 7, 8, 3)),
+    ] {
+        v.push(case(name, 1e-5, move |g| {
+            (
+                upsample(&Cpu, nc, h, w, ho, wo),
+                upsample(g, nc, h, w, ho, wo),
+            )
+        }));
+    }
+    v.push(case("concat_split_channels", 0.0, |g| {
+        (concat(&Cpu), concat(g))
+    }));
     v
 }
 

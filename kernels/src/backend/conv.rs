@@ -3,9 +3,9 @@
 //! with PyTorch's weight layouts, so parameters load and save under the same shapes as there.
 //!
 //! The CPU backend implements it (`backend/cpu_conv.rs`) over the slice ops of
-//! [`crate::ops::conv`] (im2col + GEMM). A separate trait from [`Device`] because only the CPU
-//! backend has these ops so far; a pose model on a GPU is refused at start until the CUDA
-//! backend implements this trait too.
+//! [`crate::ops::conv`] (im2col + GEMM); the CUDA backend (`backend/cuda/conv.rs`) composes the
+//! same primitives from NVRTC kernels and cuBLASLt. A separate trait from [`Device`] because
+//! the transformer models need none of it.
 //!
 //! Same conventions as [`Device`]: parameter gradients accumulate (`+=`), activation gradients
 //! are overwritten unless an `accumulate` flag says otherwise.

@@ -25,24 +25,25 @@ const COL_BLOCK: usize = 1 << 18;
 
 /// Where the pixels of a `[c, h, w]` image land in the `[c·k·k, ho·wo]` column matrix:
 /// `col[(c·k + ky)·k + kx, oy·wo + ox] = img[c, oy·s + ky − pt, ox·s + kx − pl]` (0 outside).
+/// Shared with the CUDA backend, which composes the same three primitives on the device.
 #[derive(Clone, Copy, Debug)]
-struct Geom {
-    c: usize,
-    h: usize,
-    w: usize,
-    ho: usize,
-    wo: usize,
-    k: usize,
-    s: usize,
-    pt: usize,
-    pl: usize,
+pub(crate) struct Geom {
+    pub(crate) c: usize,
+    pub(crate) h: usize,
+    pub(crate) w: usize,
+    pub(crate) ho: usize,
+    pub(crate) wo: usize,
+    pub(crate) k: usize,
+    pub(crate) s: usize,
+    pub(crate) pt: usize,
+    pub(crate) pl: usize,
 }
 
 impl Geom {
-    fn rows(&self) -> usize {
+    pub(crate) fn rows(&self) -> usize {
         self.c * self.k * self.k
     }
-    fn pixels(&self) -> usize {
+    pub(crate) fn pixels(&self) -> usize {
         self.ho * self.wo
     }
     /// Output pixels per im2col block (at least one output row, so rows are never split
@@ -660,7 +661,7 @@ fn need(op: &str, what: &str, len: usize, want: usize) {
     );
 }
 
-fn conv_geom(s: &Conv2dShape) -> Geom {
+pub(crate) fn conv_geom(s: &Conv2dShape) -> Geom {
     Geom {
         c: s.c_in,
         h: s.h,
@@ -676,7 +677,7 @@ fn conv_geom(s: &Conv2dShape) -> Geom {
 
 /// The conv2d whose input gradient is this transposed convolution: it maps y `[c_out, h_out,
 /// w_out]` to x's grid `[c_in, h, w]` with weight `[c_in, c_out·k·k]`, stride s and pad p.
-fn transpose_geom(s: &ConvTranspose2dShape) -> Geom {
+pub(crate) fn transpose_geom(s: &ConvTranspose2dShape) -> Geom {
     Geom {
         c: s.c_out,
         h: s.h_out(),

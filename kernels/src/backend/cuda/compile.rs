@@ -18,6 +18,7 @@ pub const SOURCES: &[(&str, &str)] = &[
     ("rows.cu", include_str!("../../../cuda/rows.cu")),
     ("loss.cu", include_str!("../../../cuda/loss.cu")),
     ("attention.cu", include_str!("../../../cuda/attention.cu")),
+    ("conv.cu", include_str!("../../../cuda/conv.cu")),
 ];
 
 /// Head dims the attention kernels are instantiated for (`attn_*_<D>` handles dh ≤ D).
@@ -56,6 +57,15 @@ pub fn kernel_names() -> Vec<String> {
         "cross_entropy",
         "squared_error",
         "attn_backward_delta",
+        "conv_im2col",
+        "conv_col2im",
+        "bias_fill_planes",
+        "maxpool_forward",
+        "maxpool_backward",
+        "upsample_bilinear_forward",
+        "upsample_bilinear_backward",
+        "concat_channels",
+        "split_channels",
     ]
     .iter()
     .map(|s| s.to_string())

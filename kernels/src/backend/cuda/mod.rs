@@ -12,6 +12,7 @@
 
 pub mod blas;
 pub mod compile;
+mod conv;
 mod staging;
 pub mod suite;
 
