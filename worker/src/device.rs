@@ -3,6 +3,7 @@
 //! visible, else the CPU. A number asks for GPUs, and a worker that cannot open one fails at
 //! start saying what it looked for, instead of training on the CPU unasked.
 
+use configs::sleap::{Accelerator, SleapNnConfig};
 use configs::ScModelForgeConfig;
 
 use crate::train::{TrainError, TrainOptions};
@@ -59,6 +60,47 @@ pub fn select(cfg: &ScModelForgeConfig, _opts: &TrainOptions) -> Result<Selected
     }
 }
 
+/// The device a pose worker trains on: `trainer_config.trainer_accelerator` as sleap-nn reads
+/// it (Lightning's accelerator). "auto" takes a GPU when this build has CUDA and one is visible,
+/// else the CPU; "gpu"/"cuda" ask for one and fail at start, saying what was looked for, when
+/// none can be opened; "cpu" is the CPU. (MPS is refused by the config check.)
+pub fn select_pose(cfg: &SleapNnConfig, opts: &TrainOptions) -> Result<Selected, TrainError> {
+    let acc = cfg.trainer_config.trainer_accelerator;
+    let asked = matches!(acc, Accelerator::Gpu | Accelerator::Cuda);
+    if matches!(acc, Accelerator::Cpu) {
+        return Ok(Selected::Cpu);
+    }
+    select_gpu(
+        asked,
+        &format!("trainer_config.trainer_accelerator = {}", acc.as_str()),
+        opts,
+    )
+}
+
+#[cfg(feature = "cuda")]
+fn select_gpu(asked: bool, what: &str, opts: &TrainOptions) -> Result<Selected, TrainError> {
+    use kernels::backend::cuda::Cuda;
+    if !asked && !Cuda::available() {
+        return Ok(Selected::Cpu);
+    }
+    let ordinal = local_ordinal(opts, Cuda::device_count());
+    Cuda::open(ordinal).map(Selected::Cuda).map_err(|e| {
+        TrainError::Config(format!(
+            "{what} asks for a GPU, but GPU {ordinal} could not be opened: {e}"
+        ))
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+fn select_gpu(asked: bool, what: &str, _opts: &TrainOptions) -> Result<Selected, TrainError> {
+    if asked {
+        return Err(TrainError::Config(format!(
+            "{what} asks for a GPU, but this worker was built without CUDA support (build it with `cargo build --release --features cuda`), or set it to \"cpu\" or \"auto\""
+        )));
+    }
+    Ok(Selected::Cpu)
+}
+
 #[cfg(all(test, not(feature = "cuda")))]
 mod tests {
     use super::*;
@@ -73,6 +115,25 @@ mod tests {
             panic!("num_gpus = 2 on a CPU build must be refused");
         };
         assert!(msg.contains("training.num_gpus = 2"), "{msg}");
+        assert!(msg.contains("--features cuda"), "{msg}");
+    }
+
+    #[test]
+    fn a_gpu_accelerator_for_a_pose_model_on_a_cpu_build_is_refused_by_name() {
+        let mut cfg = SleapNnConfig::default();
+        let opts = TrainOptions::default();
+        for acc in [Accelerator::Auto, Accelerator::Cpu] {
+            cfg.trainer_config.trainer_accelerator = acc;
+            assert!(matches!(select_pose(&cfg, &opts), Ok(Selected::Cpu)));
+        }
+        cfg.trainer_config.trainer_accelerator = Accelerator::Gpu;
+        let Err(TrainError::Config(msg)) = select_pose(&cfg, &opts) else {
+            panic!("a GPU accelerator on a CPU build must be refused");
+        };
+        assert!(
+            msg.contains("trainer_config.trainer_accelerator = gpu"),
+            "{msg}"
+        );
         assert!(msg.contains("--features cuda"), "{msg}");
     }
 }

@@ -1,6 +1,8 @@
 //! The worker's GPU suite: a 50-step training run on CUDA whose losses follow the same run on
 //! the CPU within bf16 tolerance, a two-rank NCCL all-reduce (fp32 and bf16), and a rank that dies without
-//! hanging the other (the watchdog aborts the communicator).
+//! hanging the other (the watchdog aborts the communicator). For the pose family: a UNet's
+//! forward and backward on CUDA against the CPU (bilinear and transposed-conv decoders), and a
+//! pose training run on synthetic frames whose losses follow the CPU run.
 //!
 //! `cargo test --release -p worker --features cuda --test gpu`. Its own harness: where no
 //! device can be opened every case prints `SKIPPED` with the reason and the summary counts
@@ -9,11 +11,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use configs::pose_net::UNetPlan;
 use configs::scmodelforge::ScModelForgeConfig;
+use configs::SleapNnConfig;
 use kernels::backend::cuda::suite::{self, Case};
 use kernels::backend::cuda::Cuda;
-use kernels::{Cpu, Device};
+use kernels::backend::ConvDevice;
+use kernels::{Cpu, Device, Precision};
 use worker::nccl::Nccl;
+use worker::pose::train::train_pose_on;
+use worker::pose::unet::{UNetModel, UNetRun};
 use worker::sync::{DeviceReduce, GradDtype};
 use worker::train::{train_on, Control, NoSync, TrainOptions, TrainSummary};
 
@@ -87,6 +94,130 @@ fn training_follows_the_cpu(gpu: &Cuda) -> Result<(), String> {
     println!(
         "    losses: CPU {:.4} -> {:.4}, GPU {first:.4} -> {last:.4}",
         cpu.losses[0], cpu.losses[49]
+    );
+    Ok(())
+}
+
+/// Deterministic values in [-1, 1).
+fn rand(n: usize, seed: u64) -> Vec<f32> {
+    let k = kernels::rng::RngKey::new(seed, 3, 1);
+    (0..n)
+        .map(|i| k.bits(i as u64) as f32 / 2_147_483_648.0 - 1.0)
+        .collect()
+}
+
+fn pose_yaml(labels: &Path, up_interpolate: bool) -> String {
+    format!(
+        "data_config:\n  train_labels_path: [{}]\n  validation_fraction: 0.2\n  \
+         use_augmentations_train: false\n\
+         model_config:\n  backbone_config:\n    unet: {{in_channels: 1, filters: 8, filters_rate: 2.0, \
+         max_stride: 8, up_interpolate: {up_interpolate}, output_stride: 2}}\n  head_configs:\n    \
+         single_instance:\n      confmaps: {{sigma: 2.5, output_stride: 2}}\n\
+         trainer_config:\n  train_data_loader: {{batch_size: 4}}\n  max_epochs: 100\n  seed: 0\n  \
+         save_ckpt: false\n  optimizer: {{lr: 0.001}}\n",
+        labels.display()
+    )
+}
+
+fn pose_config(yaml: &str) -> SleapNnConfig {
+    configs::Sources::from_str(yaml, "gpu-pose.yaml")
+        .and_then(|s| s.load_as())
+        .expect("pose config loads")
+}
+
+/// One UNet forward and backward on `dev`: confidence maps and parameter gradients.
+fn unet_pass<D: ConvDevice<f32>>(dev: &D, model: &UNetModel) -> (Vec<f32>, Vec<f32>) {
+    let (n, h, w) = (3, 32, 24);
+    let params = dev.upload(&model.layout().init_host::<f32>(7));
+    let mut run = UNetRun::new(model, dev);
+    let y = run
+        .forward(&params, &rand(n * h * w, 1), n, h, w)
+        .expect("forward");
+    let maps = dev.download(y);
+    let dout = dev.upload(&rand(maps.len(), 2));
+    let mut grads = dev.zeros(model.layout().total());
+    run.backward(&params, &mut grads, &dout).expect("backward");
+    (maps, dev.download(&grads))
+}
+
+fn unet_follows_the_cpu(gpu: &Cuda) -> Result<(), String> {
+    for up_interpolate in [true, false] {
+        let cfg = pose_config(&pose_yaml(Path::new("unused.slp"), up_interpolate));
+        let plan = UNetPlan::from_config(&cfg, 3).map_err(|e| e.to_string())?;
+        let model = UNetModel::new(plan, Precision::F32);
+        let (cpu_maps, cpu_grads) = unet_pass(&Cpu, &model);
+        let (gpu_maps, gpu_grads) = unet_pass(gpu, &model);
+        for (what, a, b) in [
+            ("maps", &cpu_maps, &gpu_maps),
+            ("grads", &cpu_grads, &gpu_grads),
+        ] {
+            let mag = a.iter().fold(1e-6f32, |m, x| m.max(x.abs()));
+            for (i, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+                if x.is_nan() || y.is_nan() || (x - y).abs() > 1e-4 * mag {
+                    return Err(format!(
+                        "up_interpolate {up_interpolate}: {what}[{i}]: CPU {x}, GPU {y} (of {mag})"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn pose_run<D: ConvDevice<f32>>(dev: D, labels: &Path, name: &str) -> TrainSummary {
+    let dir = std::env::temp_dir().join(format!("anvil-gpu-pose-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut opts = TrainOptions::single(&dir);
+    opts.max_steps = Some(30);
+    let cfg = pose_config(&pose_yaml(labels, true));
+    let s = train_pose_on(
+        dev,
+        None,
+        &cfg,
+        &opts,
+        &mut NoSync,
+        &mut |_| {},
+        &mut || Control::Continue,
+    )
+    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    let _ = std::fs::remove_dir_all(&dir);
+    s
+}
+
+fn pose_training_follows_the_cpu(gpu: &Cuda) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("anvil-gpu-pose-data-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let labels = dir.join("synth.pkg.slp");
+    let synth = data::pose::synth::SynthPoseOptions {
+        frames: 20,
+        height: 64,
+        width: 64,
+        seed: 0,
+    };
+    data::pose::synth::write_synth_pose(&labels, &synth).map_err(|e| e.to_string())?;
+    let cpu = pose_run(Cpu, &labels, "cpu");
+    let cuda = pose_run(gpu.clone(), &labels, "cuda");
+    let _ = std::fs::remove_dir_all(&dir);
+    if cpu.losses.len() != 30 || cuda.losses.len() != 30 {
+        return Err(format!(
+            "{} CPU and {} GPU steps, expected 30",
+            cpu.losses.len(),
+            cuda.losses.len()
+        ));
+    }
+    // fp32 on both; sums run in other orders, so the trajectories drift apart slowly.
+    for (i, (a, b)) in cpu.losses.iter().zip(&cuda.losses).enumerate() {
+        if (a - b).abs() > 0.02 * a.abs() + 1e-6 {
+            return Err(format!("step {i}: CPU loss {a:.6}, GPU {b:.6}"));
+        }
+    }
+    let (first, last) = (cuda.losses[0], cuda.losses[29]);
+    if last >= first {
+        return Err(format!("GPU loss did not fall: {first:.6} -> {last:.6}"));
+    }
+    println!(
+        "    pose losses: CPU {:.6} -> {:.6}, GPU {first:.6} -> {last:.6}",
+        cpu.losses[0], cpu.losses[29]
     );
     Ok(())
 }
@@ -188,6 +319,14 @@ fn main() {
         (
             "training_follows_the_cpu".into(),
             Box::new(training_follows_the_cpu),
+        ),
+        (
+            "unet_follows_the_cpu".into(),
+            Box::new(unet_follows_the_cpu),
+        ),
+        (
+            "pose_training_follows_the_cpu".into(),
+            Box::new(pose_training_follows_the_cpu),
         ),
         (
             "nccl_all_reduce_averages".into(),

@@ -56,6 +56,9 @@ impl<T: Float> Device<T> for Cpu {
     fn host_visible(&self) -> bool {
         true
     }
+    fn host_mut<'a>(&self, m: &'a mut Vec<T>) -> Option<&'a mut [T]> {
+        Some(m.as_mut_slice())
+    }
     fn read<'a>(&self, m: &'a Vec<T>, range: Range<usize>) -> Cow<'a, [T]> {
         Cow::Borrowed(&m[range])
     }

@@ -71,6 +71,11 @@ pub trait Device<T: Float>: Send + Sync {
     /// is a download that waits for the device, which hooks that only sometimes want the
     /// contents (the encoder stack's `ready`) must not pay on every call.
     fn host_visible(&self) -> bool;
+    /// The whole buffer as a mutable host slice where buffers are host memory (the CPU), so a
+    /// host-side pass (the gradient all-reduce) can work in place; None on a GPU.
+    fn host_mut<'a>(&self, _m: &'a mut Self::Mem) -> Option<&'a mut [T]> {
+        None
+    }
     /// A hint that ops will soon be passed host arrays with exactly these bytes (the next
     /// batch's token ids, positions, targets). A device with memory of its own may start
     /// copying them now, overlapping the work in flight; ops given the same bytes then use the

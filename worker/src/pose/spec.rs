@@ -103,11 +103,11 @@ pub fn unsupported(cfg: &SleapNnConfig) -> Vec<String> {
     if t.resume_ckpt_path.is_some() {
         refuse("trainer_config.resume_ckpt_path", "resuming from a sleap-nn .ckpt is not available; anvil resumes its own runs (coordinator launch --resume)");
     }
-    if matches!(
-        t.trainer_accelerator,
-        Accelerator::Gpu | Accelerator::Cuda | Accelerator::Mps
-    ) {
-        refuse("trainer_config.trainer_accelerator", "pose models train on the CPU so far (the GPU backend has no image ops yet); use \"cpu\" or \"auto\"");
+    if matches!(t.trainer_accelerator, Accelerator::Mps) {
+        refuse(
+            "trainer_config.trainer_accelerator",
+            "Apple's MPS is not a backend of anvil; use \"gpu\" (CUDA), \"cpu\" or \"auto\"",
+        );
     }
     if t.profiler.is_some() {
         refuse("trainer_config.profiler", "Lightning's profilers do not exist in anvil; remove it (anvil exports OpenTelemetry spans)");

@@ -25,6 +25,7 @@ use data::pose::targets::CentroidRule;
 use data::pose::viz::{render_prediction, write_png};
 use data::pose::Skeleton;
 use data::rng::{CounterRng, Stream};
+use kernels::backend::ConvDevice;
 use kernels::optim::AdamConfig;
 use kernels::{Cpu, Device, Precision};
 
@@ -35,7 +36,7 @@ use crate::checkpoint::{
     self, DataPosition, EpochSchedule, Metrics, RngState, Snapshot, TrainState, FORMAT_VERSION,
 };
 use crate::loggers::csv::CsvLogger;
-use crate::sync::GradientSync;
+use crate::sync::{DeviceReduce, GradientSync};
 use crate::train::{Control, TrainError, TrainEvent, TrainOptions, TrainSummary};
 
 /// The training labels files: `data_config.train_labels_path`, required here.
@@ -278,9 +279,78 @@ pub fn train_pose(
     on_event: &mut dyn FnMut(TrainEvent),
     control: &mut dyn FnMut() -> Control,
 ) -> Result<TrainSummary, TrainError> {
+    match crate::device::select_pose(cfg, opts)? {
+        crate::device::Selected::Cpu => {
+            train_pose_on(Cpu, None, cfg, opts, sync, on_event, control)
+        }
+        #[cfg(feature = "cuda")]
+        crate::device::Selected::Cuda(dev) => {
+            on_event(TrainEvent::Log(format!(
+                "training on GPU {}",
+                dev.describe()
+            )));
+            // Gradients go through NCCL when rank 0 offered an id; otherwise through `sync`
+            // on the host (correct, slower).
+            let nccl: Option<Box<dyn DeviceReduce<_>>> =
+                if opts.world > 1 && !opts.nccl_unique_id.is_empty() {
+                    let comm = crate::nccl::Nccl::connect(
+                        &dev,
+                        opts.rank,
+                        opts.world,
+                        &opts.nccl_unique_id,
+                        opts.grad_dtype,
+                        crate::nccl::DEFAULT_WATCHDOG,
+                    )
+                    .map_err(|message| TrainError::Sync { step: 0, message })?;
+                    Some(Box::new(comm))
+                } else {
+                    None
+                };
+            train_pose_on(dev, nccl, cfg, opts, sync, on_event, control)
+        }
+    }
+}
+
+/// Averages `grads` over the workers: on the device through `device_reduce` (NCCL) when
+/// given, else through the host `sync` (in place on the CPU; a GPU's buffer goes through the
+/// host and back).
+fn average_grads<D: Device<f32>>(
+    dev: &D,
+    grads: &mut D::Mem,
+    device_reduce: Option<&mut Box<dyn DeviceReduce<D>>>,
+    sync: &mut dyn GradientSync,
+) -> Result<(), String> {
+    if let Some(r) = device_reduce {
+        r.begin(dev, grads);
+        r.ready(0..dev.len(grads))?;
+        return r.finish(dev, grads);
+    }
+    match dev.host_mut(grads) {
+        Some(g) => sync.all_reduce_grads_mean(g),
+        None => {
+            let mut host = dev.download(grads);
+            sync.all_reduce_grads_mean(&mut host)?;
+            dev.write(grads, 0, &host);
+            Ok(())
+        }
+    }
+}
+
+/// [`train_pose`] on the compute device `dev` (parameters, gradients, the optimizer's moments
+/// and every activation live in its buffers; the loss on the confidence maps is computed on the
+/// host, as the targets are made there).
+#[allow(clippy::too_many_arguments)]
+pub fn train_pose_on<D: ConvDevice<f32>>(
+    dev: D,
+    mut device_reduce: Option<Box<dyn DeviceReduce<D>>>,
+    cfg: &SleapNnConfig,
+    opts: &TrainOptions,
+    sync: &mut dyn GradientSync,
+    on_event: &mut dyn FnMut(TrainEvent),
+    control: &mut dyn FnMut() -> Control,
+) -> Result<TrainSummary, TrainError> {
     let (data, built) = open_data(cfg)?;
     let t = &cfg.trainer_config;
-    let dev = Cpu;
     let model = UNetModel::new(built.plan.clone(), Precision::F32);
     let layout = model.layout().clone();
     let seed = t.seed.unwrap_or(0) as u64;
@@ -336,6 +406,11 @@ pub fn train_pose(
             state.global_step
         )));
     }
+    let (mut params, mut exp_avg, mut exp_avg_sq) = (
+        dev.upload(&params),
+        dev.upload(&exp_avg),
+        dev.upload(&exp_avg_sq),
+    );
     // The config as trained: an automatic crop size is written in, so prediction crops alike.
     let config_yaml = {
         let mut c = cfg.clone();
@@ -391,8 +466,9 @@ pub fn train_pose(
     }
     let mut run = UNetRun::new(&model, &dev);
     let n_params = layout.total();
-    let mut grads = vec![0.0f32; n_params];
+    let mut grads = dev.zeros(n_params);
     let mut dout: Vec<f32> = Vec::new();
+    let mut dout_mem = D::Mem::default();
     let mut summary = TrainSummary {
         run_name: run_name.clone(),
         parameters: layout.entries().iter().map(|e| e.len()).sum(),
@@ -463,20 +539,27 @@ pub fn train_pose(
             let y = run
                 .forward(&params, &b.images, b.n, b.height, b.width)
                 .map_err(|e| TrainError::Config(e.to_string()))?;
+            let y = dev.read(y, 0..dev.len(y));
             dout.resize(y.len(), 0.0);
             let hw = b.map_height * b.map_width;
-            let local_loss = pose_loss(y, &b.targets, b.n, b.maps, hw, ohkm, Some(&mut dout));
+            let local_loss = pose_loss(&y, &b.targets, b.n, b.maps, hw, ohkm, Some(&mut dout));
+            dev.resize(&mut dout_mem, dout.len());
+            dev.write(&mut dout_mem, 0, &dout);
             dev.fill_zero(&mut grads);
-            run.backward(&params, &mut grads, &dout)
+            run.backward(&params, &mut grads, &dout_mem)
                 .map_err(|e| TrainError::Config(e.to_string()))?;
             let t_reduce = Instant::now();
             let mut loss = [local_loss as f32];
-            sync.all_reduce_grads_mean(&mut grads[..])
-                .and_then(|()| sync.all_reduce_mean(&mut loss[..]))
-                .map_err(|message| TrainError::Sync {
-                    step: state.global_step,
-                    message,
-                })?;
+            (if opts.world > 1 {
+                average_grads(&dev, &mut grads, device_reduce.as_mut(), sync)
+            } else {
+                Ok(())
+            })
+            .and_then(|()| sync.all_reduce_mean(&mut loss[..]))
+            .map_err(|message| TrainError::Sync {
+                step: state.global_step,
+                message,
+            })?;
             let reduce_s = t_reduce.elapsed().as_secs_f64();
             let loss = loss[0] as f64;
             if !loss.is_finite() {
@@ -550,12 +633,14 @@ pub fn train_pose(
                     summary.stopped_early = true;
                     state.epoch_schedule = Some(schedule_state(&sched, &early));
                     if opts.rank == 0 {
+                        let host = |m| dev.read(m, 0..n_params);
+                        let (p, m, v) = (host(&params), host(&exp_avg), host(&exp_avg_sq));
                         let snap = Snapshot {
                             layout: &layout,
-                            params: &params,
+                            params: &p,
                             moments_layout: &layout,
-                            exp_avg: &exp_avg,
-                            exp_avg_sq: &exp_avg_sq,
+                            exp_avg: &m,
+                            exp_avg_sq: &v,
                             state: &state,
                             config_yaml: &config_yaml,
                             data_file: ("skeleton.json", &skeleton),
@@ -707,12 +792,14 @@ pub fn train_pose(
                 }
                 state.metrics.best = ranked.into_iter().map(|(x, n, _)| (x, n)).collect();
             }
+            let host = |m| dev.read(m, 0..n_params);
+            let (p, m, v) = (host(&params), host(&exp_avg), host(&exp_avg_sq));
             let snap = Snapshot {
                 layout: &layout,
-                params: &params,
+                params: &p,
                 moments_layout: &layout,
-                exp_avg: &exp_avg,
-                exp_avg_sq: &exp_avg_sq,
+                exp_avg: &m,
+                exp_avg_sq: &v,
                 state: &state,
                 config_yaml: &config_yaml,
                 data_file: ("skeleton.json", &skeleton),
@@ -770,7 +857,7 @@ pub fn train_pose(
     summary.train_seconds = started.elapsed().as_secs_f64();
     let trained = (state.global_step - summary_start_step) as f64 * global_batch as f64;
     summary.cells_per_s = trained / summary.train_seconds.max(1e-9);
-    summary.params_hash = crate::train::params_hash(&params);
+    summary.params_hash = crate::train::params_hash(&dev.read(&params, 0..n_params));
     Ok(summary)
 }
 
@@ -800,10 +887,10 @@ pub const EVAL_METRICS: [(&str, [&str; 2]); 12] = [
 /// Predicts every validation sample (unaugmented; a crop for centered_instance) and scores the
 /// predictions against its labeled instance as sleap-nn's evaluator does
 /// (`trainer_config.eval`: oks_stddev, oks_scale).
-fn evaluate_validation(
+fn evaluate_validation<D: ConvDevice<f32>>(
     data: &Data,
-    run: &mut UNetRun<Cpu>,
-    params: &Vec<f32>,
+    run: &mut UNetRun<D>,
+    params: &D::Mem,
     cfg: &SleapNnConfig,
 ) -> Result<Vec<(&'static str, f64)>, TrainError> {
     use data::pose::{Instance, InstanceKind, LabeledFrame, Labels, Video, VideoSource};
@@ -839,7 +926,8 @@ fn evaluate_validation(
         run.forward(params, &s.image, 1, s.height, s.width)
             .map_err(|e| TrainError::Config(e.to_string()))?;
         let (maps, (k, gh, gw)) = run.maps().expect("after forward");
-        let peaks = global_peaks(maps, k, gh, gw, 0.2, Refinement::Integral, 5)
+        let maps = run.device().read(maps, 0..k * gh * gw);
+        let peaks = global_peaks(&maps, k, gh, gw, 0.2, Refinement::Integral, 5)
             .map_err(|e| TrainError::Config(e.to_string()))?;
         // Distances in the frame's own pixels, as sleap-nn scores (undoing `scale`).
         let stride = ds.spec.output_stride as f64 / s.scale;
@@ -900,18 +988,19 @@ fn evaluate_validation(
 }
 
 /// The model's prediction on one (unaugmented) sample as a PNG: input, maps, labels, peaks.
-fn save_picture(
-    run: &mut UNetRun<Cpu>,
-    params: &Vec<f32>,
+fn save_picture<D: ConvDevice<f32>>(
+    run: &mut UNetRun<D>,
+    params: &D::Mem,
     ds: &PoseDataset,
     item: &Item,
     path: &std::path::Path,
 ) -> Result<(), TrainError> {
     let (s, _) = ds.sample(item, None)?;
+    let dev = run.device();
     let maps = run
         .forward(params, &s.image, 1, s.height, s.width)
-        .map_err(|e| TrainError::Config(e.to_string()))?
-        .clone();
+        .map_err(|e| TrainError::Config(e.to_string()))?;
+    let maps = dev.download(maps);
     let (k, gh, gw) = run.output_shape().unwrap_or((0, 0, 0));
     let stride = ds.spec.output_stride;
     let peaks = match ds.spec.head {
@@ -942,10 +1031,10 @@ fn epoch_order(items: &[Item], seed: u64, epoch: u64, shuffle: bool) -> Vec<Item
 
 /// Mean squared error over the validation samples (each rank takes every world-th one), or None
 /// without validation samples.
-fn validation_loss(
+fn validation_loss<D: ConvDevice<f32>>(
     data: &Data,
-    run: &mut UNetRun<Cpu>,
-    params: &Vec<f32>,
+    run: &mut UNetRun<D>,
+    params: &D::Mem,
     opts: &TrainOptions,
     sync: &mut dyn GradientSync,
     ohkm: Option<&OhkmConfig>,
@@ -962,6 +1051,7 @@ fn validation_loss(
         .step_by(opts.world)
         .copied()
         .collect();
+    let dev = run.device();
     // Each batch's mean loss weighted by its values (exactly the mean squared error over all of
     // them without mining).
     let (mut sum, mut count) = (0.0f64, 0.0f64);
@@ -971,8 +1061,9 @@ fn validation_loss(
         let y = run
             .forward(params, &b.images, b.n, b.height, b.width)
             .map_err(|e| TrainError::Config(e.to_string()))?;
+        let y = dev.read(y, 0..dev.len(y));
         let hw = b.map_height * b.map_width;
-        sum += pose_loss(y, &b.targets, b.n, b.maps, hw, ohkm, None) * y.len() as f64;
+        sum += pose_loss(&y, &b.targets, b.n, b.maps, hw, ohkm, None) * y.len() as f64;
         count += y.len() as f64;
     }
     // Means over ranks of (sum, count) keep their ratio.

@@ -494,6 +494,11 @@ impl<'m, D: ConvDevice<f32>> UNetRun<'m, D> {
         Ok(&self.saved.insert(saved).head.mem)
     }
 
+    /// The device the model runs on.
+    pub fn device(&self) -> &'m D {
+        self.dev
+    }
+
     /// The confidence maps of the last forward with their (channels, height, width).
     pub fn maps(&self) -> Option<(&D::Mem, MapShape)> {
         self.saved
