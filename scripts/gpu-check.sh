@@ -2,9 +2,10 @@
 # What a maintainer runs first on a GPU machine (one H100/H200: under 10 minutes, most of it the
 # build). Builds with --features cuda, compiles every CUDA kernel for sm_80/sm_90 and reports
 # registers and spills, runs the GPU op suite (each op against the CPU backend) and the
-# worker's GPU suite (50 training steps against the CPU run, NCCL between two GPUs, a dead rank),
-# then measures training throughput of Geneformer-6L and a 12-layer model in bf16 against
-# PyTorch on the same GPU (eager and torch.compile): tokens/s, MFU and peak memory.
+# worker's GPU suite (50 training steps against the CPU run, a UNet and a pose run against the
+# CPU, NCCL between two GPUs, a dead rank), then measures training throughput of Geneformer-6L
+# and a 12-layer model in bf16 against PyTorch on the same GPU (eager and torch.compile):
+# tokens/s, MFU and peak memory; and the pose UNet's training step against PyTorch's.
 #
 #   bash scripts/gpu-check.sh            # everything
 #   bash scripts/gpu-check.sh --no-bench # suites only
@@ -34,9 +35,12 @@ if ! nvidia-smi -L >/dev/null 2>&1; then
 fi
 echo "== GPU op suite (CUDA against the CPU backend)"
 cargo test --release -p kernels --features cuda --test gpu_ops
-echo "== worker GPU suite (training, NCCL, dead rank)"
+echo "== worker GPU suite (training, pose, NCCL, dead rank)"
 cargo test --release -p worker --features cuda --test gpu
 if [ "$bench" = 1 ]; then
   echo "== throughput against PyTorch (bf16)"
   cargo bench -p worker --features cuda --bench gpu_step -- --iters 10
+  echo "== pose UNet training step against PyTorch (fp32, batch 16 at 256x256)"
+  ANVIL_TORCH_PYTHON="${ANVIL_TORCH_PYTHON:-python3}" \
+    cargo bench -p worker --features cuda --bench pose_step -- --cuda --batch 16 --side 256 --iters 20
 fi

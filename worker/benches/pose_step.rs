@@ -17,6 +17,10 @@
 //!
 //!     cargo bench -p worker --bench pose_step [-- --iters N --no-torch --only-step]
 //!
+//! On a GPU (`--features cuda`, `-- --cuda`): the whole step on CUDA against PyTorch on the
+//! same GPU (per-layer rows are CPU only); `--batch N --side S` size it (defaults 4 and 128;
+//! `scripts/gpu-check.sh` uses 16 at 256).
+//!
 //! The Python is `$ANVIL_TORCH_PYTHON`, else the sleap-nn venv's, else `python3`.
 
 use std::process::Command;
@@ -26,7 +30,7 @@ use configs::pose_net::UNetPlan;
 use configs::SleapNnConfig;
 use kernels::backend::{Conv2dShape, ConvDevice};
 use kernels::optim::AdamConfig;
-use kernels::{Cpu, Device, ParamView, Precision};
+use kernels::{Cpu, ParamView, Precision};
 use worker::pose::loss::pose_loss;
 use worker::pose::unet::{UNetModel, UNetRun};
 
@@ -185,17 +189,25 @@ fn anvil_layer(l: &Layer, iters: usize) -> (f64, f64) {
 
 /// Median milliseconds of the whole step and of its phases: forward, loss, backward, optimizer
 /// (the gradient zeroing, global norm and Adam, as `worker train` runs them), and the median
-/// process CPU milliseconds of a step.
-fn anvil_step(model: &UNetModel, iters: usize) -> [f64; 6] {
-    let dev = Cpu;
-    let mut params = model.layout().init_host::<f32>(0);
-    let mut grads = vec![0f32; params.len()];
-    let (mut m, mut v) = (vec![0f32; params.len()], vec![0f32; params.len()]);
-    let input = fill(BATCH * SIDE * SIDE, 7919)
+/// process CPU milliseconds of a step. On a GPU each phase ends with a read that waits for the
+/// device (the loss reads the maps anyway).
+fn anvil_step<D: ConvDevice<f32>>(
+    dev: &D,
+    model: &UNetModel,
+    iters: usize,
+    batch: usize,
+    side: usize,
+) -> [f64; 6] {
+    let n = model.layout().total();
+    let mut params = dev.upload(&model.layout().init_host::<f32>(0));
+    let mut grads = dev.zeros(n);
+    let (mut m, mut v) = (dev.zeros(n), dev.zeros(n));
+    let input = fill(batch * side * side, 7919)
         .into_iter()
         .map(|v| (v + 1.0) / 2.0)
         .collect::<Vec<_>>();
-    let mut run = UNetRun::new(model, &dev);
+    let mut run = UNetRun::new(model, dev);
+    let mut dout_mem = D::Mem::default();
     let adam = AdamConfig {
         lr: 1e-3,
         beta1: 0.9,
@@ -210,17 +222,21 @@ fn anvil_step(model: &UNetModel, iters: usize) -> [f64; 6] {
     for it in 0..iters + 3 {
         let cpu0 = process_cpu_s();
         let t0 = Instant::now();
-        let y = run.forward(&params, &input, BATCH, SIDE, SIDE).unwrap();
+        let y = run.forward(&params, &input, batch, side, side).unwrap();
+        let y = dev.read(y, 0..dev.len(y));
         let t1 = Instant::now();
         if target.is_empty() {
             target = fill(y.len(), 131).iter().map(|v| v.abs()).collect();
         }
         dout.resize(y.len(), 0.0);
-        let hw = y.len() / (BATCH * NODES);
-        pose_loss(y, &target, BATCH, NODES, hw, None, Some(&mut dout));
+        let hw = y.len() / (batch * NODES);
+        pose_loss(&y, &target, batch, NODES, hw, None, Some(&mut dout));
+        dev.resize(&mut dout_mem, dout.len());
+        dev.write(&mut dout_mem, 0, &dout);
         let t2 = Instant::now();
         dev.fill_zero(&mut grads);
-        run.backward(&params, &mut grads, &dout).unwrap();
+        run.backward(&params, &mut grads, &dout_mem).unwrap();
+        std::hint::black_box(dev.read(&grads, 0..1));
         let t3 = Instant::now();
         std::hint::black_box(dev.global_norm(&grads));
         dev.adam_step(
@@ -232,6 +248,7 @@ fn anvil_step(model: &UNetModel, iters: usize) -> [f64; 6] {
             &mut v,
             &[],
         );
+        std::hint::black_box(dev.read(&params, 0..1));
         let t4 = Instant::now();
         let cpu = (process_cpu_s() - cpu0) * 1e3;
         if it >= 3 {
@@ -251,6 +268,18 @@ fn anvil_step(model: &UNetModel, iters: usize) -> [f64; 6] {
     phases.map(median)
 }
 
+#[cfg(feature = "cuda")]
+fn cuda_step(model: &UNetModel, iters: usize, batch: usize, side: usize) -> [f64; 6] {
+    let dev = kernels::backend::cuda::Cuda::open(0).unwrap_or_else(|e| panic!("--cuda: {e}"));
+    println!("{{\"bench\":\"gpu\",\"device\":{:?}}}", dev.describe());
+    anvil_step(&dev, model, iters, batch, side)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_step(_: &UNetModel, _: usize, _: usize, _: usize) -> [f64; 6] {
+    panic!("--cuda needs a build with `--features cuda`")
+}
+
 fn python() -> String {
     if let Ok(p) = std::env::var("ANVIL_TORCH_PYTHON") {
         return p;
@@ -264,17 +293,25 @@ fn python() -> String {
 }
 
 /// The torch script's stdout (JSON lines), or why there is none.
-fn torch(spec: &str, iters: usize, only_step: bool) -> Result<String, String> {
+fn torch(
+    spec: &str,
+    iters: usize,
+    only_step: bool,
+    batch: usize,
+    side: usize,
+    device: &str,
+) -> Result<String, String> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/pose_step_torch.py");
     let out = Command::new(python())
         .arg(script)
         .arg(spec)
         .args([
-            BATCH.to_string(),
-            SIDE.to_string(),
+            batch.to_string(),
+            side.to_string(),
             iters.to_string(),
             rayon::current_num_threads().to_string(),
             (only_step as u8).to_string(),
+            device.to_string(),
         ])
         .output()
         .map_err(|e| format!("could not start python: {e}"))?;
@@ -296,17 +333,31 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(30);
     let no_torch = args.iter().any(|a| a == "--no-torch");
-    let only_step = args.iter().any(|a| a == "--only-step");
+    let cuda = args.iter().any(|a| a == "--cuda");
+    let only_step = cuda || args.iter().any(|a| a == "--only-step");
+    let number = |flag: &str, default: usize| -> usize {
+        args.iter()
+            .position(|a| a == flag)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (batch, side) = (number("--batch", BATCH), number("--side", SIDE));
     let cfg: SleapNnConfig = configs::Sources::from_file(std::path::Path::new(CONFIG))
         .and_then(|s| s.load_as())
         .unwrap_or_else(|e| panic!("{CONFIG}: {e}"));
     let plan = UNetPlan::from_config(&cfg, NODES).unwrap_or_else(|e| panic!("{CONFIG}: {e}"));
+    let device = if cuda { "cuda" } else { "cpu" };
     println!(
-        "{{\"bench\":\"env\",\"threads\":{},\"iters\":{iters},\"batch\":{BATCH},\"side\":{SIDE}}}",
+        "{{\"bench\":\"env\",\"device\":\"{device}\",\"threads\":{},\"iters\":{iters},\"batch\":{batch},\"side\":{side}}}",
         rayon::current_num_threads()
     );
     let model = UNetModel::new(plan.clone(), Precision::F32);
-    let [step, fwd, loss, bwd, opt, cpu] = anvil_step(&model, iters);
+    let [step, fwd, loss, bwd, opt, cpu] = if cuda {
+        cuda_step(&model, iters, batch, side)
+    } else {
+        anvil_step(&Cpu, &model, iters, batch, side)
+    };
     println!(
         "{{\"bench\":\"step\",\"impl\":\"anvil\",\"step_ms\":{step:.2},\"forward_ms\":{fwd:.2},\"loss_ms\":{loss:.2},\"backward_ms\":{bwd:.2},\"optimizer_ms\":{opt:.2},\"cpu_ms\":{cpu:.2}}}"
     );
@@ -328,7 +379,7 @@ fn main() {
     if no_torch {
         return;
     }
-    match torch(&torch_spec(&plan), iters, only_step) {
+    match torch(&torch_spec(&plan), iters, only_step, batch, side, device) {
         Ok(out) => print!("{out}"),
         Err(e) => println!("{{\"bench\":\"step\",\"impl\":\"pytorch\",\"skipped\":{e:?}}}"),
     }

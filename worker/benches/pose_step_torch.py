@@ -2,7 +2,9 @@
 as JSON) at the same batch, per conv layer and as a whole training step (forward, MSE loss,
 backward, Adam). Prints JSON lines; times are medians of `iters` after warm-up.
 
-    python pose_step_torch.py SPEC_JSON BATCH SIDE ITERS THREADS ONLY_STEP
+    python pose_step_torch.py SPEC_JSON BATCH SIDE ITERS THREADS ONLY_STEP [DEVICE]
+
+DEVICE is "cpu" (default) or "cuda" (each phase then ends with torch.cuda.synchronize()).
 """
 
 import json
@@ -15,8 +17,14 @@ import torch.nn.functional as F
 
 spec = json.loads(sys.argv[1])
 batch, side, iters, threads, only_step = map(int, sys.argv[2:7])
+device = sys.argv[7] if len(sys.argv) > 7 else "cpu"
 torch.set_num_threads(threads)
 torch.manual_seed(0)
+
+
+def sync():
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def conv(c_in, c_out, k):
@@ -77,9 +85,9 @@ def layer_shapes(model):
     return out
 
 
-model = UNet()
+model = UNet().to(device)
 opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-x = torch.rand(batch, spec["enc"][0][1][0][0], side, side)
+x = torch.rand(batch, spec["enc"][0][1][0][0], side, side, device=device)
 with torch.no_grad():
     target = torch.rand_like(model(x))
 
@@ -90,22 +98,27 @@ def ms(a, b):
 
 phases = {"step_ms": [], "forward_ms": [], "loss_ms": [], "backward_ms": [], "optimizer_ms": []}
 for it in range(iters + 3):
+    sync()
     t0 = time.perf_counter()
     y = model(x)
+    sync()
     t1 = time.perf_counter()
     loss = F.mse_loss(y, target)
+    sync()
     t2 = time.perf_counter()
     opt.zero_grad()
     loss.backward()
+    sync()
     t3 = time.perf_counter()
     opt.step()
+    sync()
     t4 = time.perf_counter()
     if it >= 3:
         for k, v in zip(phases, (ms(t0, t4), ms(t0, t1), ms(t1, t2), ms(t2, t3), ms(t3, t4))):
             phases[k].append(v)
 print(
     json.dumps(
-        {"bench": "step", "impl": "pytorch"}
+        {"bench": "step", "impl": "pytorch", "device": device}
         | {k: round(statistics.median(v), 2) for k, v in phases.items()}
     )
 )

@@ -10,7 +10,7 @@ use cudarc::driver::{CudaSlice, CudaStream};
 use super::CudaError;
 
 /// Operand storage of one product.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Operands {
     F32,
     Bf16,
@@ -27,10 +27,24 @@ impl Operands {
     }
 }
 
-/// A cuBLASLt handle and its workspace.
+/// What the algorithm choice depends on: operand type, transposes, shape and the pointers'
+/// alignments (A', B', C as cuBLASLt sees them).
+type AlgoKey = (Operands, bool, bool, usize, usize, usize, [u32; 3]);
+
+/// A cuBLASLt handle, its workspace, and the algorithm chosen for each product seen so far
+/// (the heuristic query costs tens of microseconds on the host; a training step repeats the
+/// same few dozen shapes).
 pub struct Blas {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
+    algos: std::sync::Mutex<std::collections::HashMap<AlgoKey, sys::cublasLtMatmulAlgo_t>>,
+}
+
+/// The alignment cuBLASLt may assume for a device address: its largest power-of-two divisor,
+/// at most 256 bytes (the preference's default, which would admit algorithms that cannot read
+/// a buffer starting mid-allocation, such as one image of a batch or one parameter tensor).
+fn alignment(addr: u64) -> u32 {
+    1u32 << addr.trailing_zeros().min(8)
 }
 
 // SAFETY: the handle is used from one thread at a time (the backend's calls are issued in
@@ -85,7 +99,11 @@ impl Blas {
         // SAFETY: uninitialized bytes are fine for a scratch workspace.
         let workspace = unsafe { stream.alloc::<u8>(workspace_bytes(major)) }
             .map_err(|e| CudaError::Driver(format!("workspace: {e}")))?;
-        Ok(Self { handle, workspace })
+        Ok(Self {
+            handle,
+            workspace,
+            algos: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
     }
 
     /// Row-major `c[m,n] = op(a)·op(b) + beta·c` on raw device pointers. Expressed in
@@ -155,18 +173,30 @@ impl Blas {
             )
             .map_err(|e| blas_err("transpose", e))?;
         }
-        let pref = Pref(result::create_matmul_pref().map_err(|e| blas_err("preference", e))?);
         let ws = self.workspace.len();
-        result::set_matmul_pref_attribute(
-            pref.0,
-            sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-            (&ws) as *const usize as *const c_void,
-            std::mem::size_of::<usize>(),
-        )
-        .map_err(|e| blas_err("preference", e))?;
-        let heuristic =
-            result::get_matmul_algo_heuristic(self.handle, desc.0, la.0, lb.0, lc.0, lc.0, pref.0)
-                .map_err(|e| blas_err(&format!("no algorithm for {m}x{n}x{k} {ops:?}"), e))?;
+        let aligns = [alignment(b), alignment(a), alignment(c)];
+        let key = (ops, ta, tb, m, n, k, aligns);
+        let cached = self
+            .algos
+            .lock()
+            .expect("algorithm cache")
+            .get(&key)
+            .copied();
+        let algo = match cached {
+            Some(algo) => algo,
+            None => {
+                let algo = self.choose(&desc, &la, &lb, &lc, ws, aligns).map_err(|e| {
+                    CudaError::Driver(format!(
+                        "cuBLASLt: no algorithm for {m}x{n}x{k} {ops:?}: {e}"
+                    ))
+                })?;
+                self.algos
+                    .lock()
+                    .expect("algorithm cache")
+                    .insert(key, algo);
+                algo
+            }
+        };
         let alpha = 1.0f32;
         let (w, _guard) = cudarc::driver::DevicePtr::device_ptr(&self.workspace, stream);
         result::matmul(
@@ -182,12 +212,57 @@ impl Blas {
             lc.0,
             c as *mut c_void,
             lc.0,
-            &heuristic.algo,
+            &algo,
             w as *mut c_void,
             ws,
             stream.cu_stream() as sys::cudaStream_t,
         )
         .map_err(|e| blas_err("matmul", e))
+    }
+}
+
+impl Blas {
+    /// cuBLASLt's first choice for these layouts, limited to the workspace and to algorithms
+    /// that accept the operands' actual alignments.
+    ///
+    /// # Safety
+    /// The descriptors must be live.
+    unsafe fn choose(
+        &self,
+        desc: &Desc,
+        la: &Layout,
+        lb: &Layout,
+        lc: &Layout,
+        ws: usize,
+        aligns: [u32; 3],
+    ) -> Result<sys::cublasLtMatmulAlgo_t, String> {
+        use sys::cublasLtMatmulPreferenceAttributes_t as P;
+        let pref = Pref(result::create_matmul_pref().map_err(|e| format!("preference: {e:?}"))?);
+        result::set_matmul_pref_attribute(
+            pref.0,
+            P::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+            (&ws) as *const usize as *const c_void,
+            std::mem::size_of::<usize>(),
+        )
+        .map_err(|e| format!("preference: {e:?}"))?;
+        let [a, b, c] = aligns;
+        for (attr, v) in [
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, a),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, b),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, c),
+            (P::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, c),
+        ] {
+            result::set_matmul_pref_attribute(
+                pref.0,
+                attr,
+                (&v) as *const u32 as *const c_void,
+                std::mem::size_of::<u32>(),
+            )
+            .map_err(|e| format!("alignment preference: {e:?}"))?;
+        }
+        result::get_matmul_algo_heuristic(self.handle, desc.0, la.0, lb.0, lc.0, lc.0, pref.0)
+            .map(|h| h.algo)
+            .map_err(|e| format!("{e:?}"))
     }
 }
 
