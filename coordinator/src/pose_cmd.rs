@@ -24,7 +24,8 @@ pub struct TrackArgs {
     #[arg(long = "model", value_name = "DIR", required = true)]
     models: Vec<PathBuf>,
     /// Labels (.slp / .pkg.slp) whose labeled frames to predict, or a video (mp4, avi, mov,
-    /// mkv; decoded by ffmpeg) to predict every frame of; never modified
+    /// mkv, decoded by ffmpeg; or a multi-page TIFF stack) to predict every frame of; never
+    /// modified
     #[arg(long, value_name = "FILE")]
     data: PathBuf,
     /// Where to write the predictions (.slp, opens in SLEAP / sleap-io)

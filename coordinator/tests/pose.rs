@@ -316,6 +316,89 @@ fn ffmpeg() -> PathBuf {
 /// Labels whose frames are in an mp4 (the way most SLEAP projects keep them): anvil trains on
 /// them, `coordinator track` predicts every frame of the mp4 itself, and the predictions
 /// point at the video and score against the labels.
+/// The same for a multi-page TIFF stack (sleap-io's TiffVideo): labels on a page train, and
+/// `track` predicts every page, recording the stack as a TiffVideo.
+#[test]
+fn labels_on_a_tiff_stack_train_and_the_stack_is_tracked_page_by_page() {
+    use data::pose::slp::{read_labels, write_labels, SlpImages};
+    use data::pose::{Video, VideoSource};
+
+    let dir = scratch("pose", "tiff");
+    // The bundled labeled frame as three 8-bit grayscale pages; page 1 is labeled.
+    let pkg = read_labels(&labels()).unwrap();
+    let frame = SlpImages::open(&labels(), &pkg)
+        .unwrap()
+        .frame(pkg.frames[0].video, pkg.frames[0].frame_idx)
+        .unwrap();
+    let gray: Vec<u8> = frame.data.chunks(frame.channels).map(|p| p[0]).collect();
+    let stack = dir.join("stack.tif");
+    {
+        let file = std::fs::File::create(&stack).unwrap();
+        let mut enc = tiff::encoder::TiffEncoder::new(std::io::BufWriter::new(file)).unwrap();
+        for _ in 0..3 {
+            enc.write_image::<tiff::encoder::colortype::Gray8>(
+                frame.width as u32,
+                frame.height as u32,
+                &gray,
+            )
+            .unwrap();
+        }
+    }
+    let mut on_tiff = pkg.clone();
+    on_tiff.videos = vec![Video {
+        filename: "stack.tif".into(),
+        source: VideoSource::External {
+            filename: "stack.tif".into(),
+            backend: "TiffVideo".into(),
+            dataset: None,
+        },
+        shape: Some([3, frame.height, frame.width, 1]),
+    }];
+    on_tiff.frames[0].video = 0;
+    on_tiff.frames[0].frame_idx = 1;
+    let slp = dir.join("stack.slp");
+    write_labels(&slp, &on_tiff).unwrap();
+
+    let run = dir.join("run");
+    let mut sets = small(6, false);
+    sets.retain(|s| !s.starts_with("data_config.train_labels_path"));
+    sets.push(format!("data_config.train_labels_path=[{}]", slp.display()));
+    let out = launch(&run, 1, &sets, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let l = losses(&run);
+    assert!(
+        l[l.len() - 1] < l[0] / 5.0,
+        "loss {} -> {}",
+        l[0],
+        l[l.len() - 1]
+    );
+
+    let pred = dir.join("predictions.slp");
+    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
+        .args(["track", "--model"])
+        .arg(&run)
+        .arg("--data")
+        .arg(&stack)
+        .arg("--output")
+        .arg(&pred)
+        .arg("--worker-bin")
+        .arg(worker_bin())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let p = read_labels(&pred).unwrap();
+    assert!(
+        matches!(&p.videos[0].source, VideoSource::External { backend, .. } if backend == "TiffVideo"),
+        "{:?}",
+        p.videos[0]
+    );
+    assert_eq!(p.videos[0].shape, Some([3, frame.height, frame.width, 1]));
+    let frames: Vec<u64> = p.frames.iter().map(|f| f.frame_idx).collect();
+    assert_eq!(frames, vec![0, 1, 2]);
+    let first = &p.frames[0].instances[0].points;
+    assert!(p.frames.iter().all(|f| &f.instances[0].points == first));
+}
+
 #[test]
 fn labels_on_an_mp4_train_and_the_mp4_is_tracked_frame_by_frame() {
     use data::pose::slp::{read_labels, write_labels, SlpImages};

@@ -10,7 +10,7 @@ use anyhow::{anyhow, bail, Context};
 use configs::SleapNnConfig;
 use data::pose::dataset::{crop_at, HeadTargets, PoseSpec};
 use data::pose::peaks::{global_peaks, local_peaks, Refinement};
-use data::pose::slp::{media, read_labels, to_grayscale_if, SlpImages};
+use data::pose::slp::{media, read_labels, tiff, to_grayscale_if, SlpImages};
 use data::pose::{
     Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
 };
@@ -225,7 +225,7 @@ pub fn predict(
     o: &PredictOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Labels> {
-    if media::is_media_file(data_path) {
+    if media::is_media_file(data_path) || tiff::is_tiff_file(data_path) {
         return predict_video(pipe, data_path, frames, o, progress);
     }
     if frames.is_some() {
@@ -269,7 +269,7 @@ pub fn predict(
     Ok(out)
 }
 
-/// Every frame of the media file `path` (or only `frames`), decoded by ffmpeg and streamed:
+/// Every frame of the media file (decoded by ffmpeg) or TIFF stack `path` (or only `frames`), streamed:
 /// memory stays one frame. The predictions refer to the video itself.
 fn predict_video(
     pipe: &Pipeline,
@@ -282,9 +282,17 @@ fn predict_video(
     let mut runs = Runs::new(pipe, &dev);
     // For progress only: a container ffmpeg cannot count without decoding reports 0 (unknown)
     // and the frames are predicted all the same.
+    let stack = tiff::is_tiff_file(path);
+    let count = || {
+        if stack {
+            tiff::count_pages(path)
+        } else {
+            media::count_frames(path)
+        }
+    };
     let total = match wanted {
         Some(f) => f.len() as u64,
-        None => media::count_frames(path).unwrap_or(0),
+        None => count().unwrap_or(0),
     };
     let mut frames = Vec::with_capacity(total as usize);
     let mut shape = None;
@@ -307,14 +315,15 @@ fn predict_video(
         progress(frames.len(), total as usize);
         Ok(())
     };
-    match wanted {
-        Some(w) => media::for_each_selected(path, w, each),
-        None => media::for_each_frame(path, each).map(|_| ()),
+    match (stack, wanted) {
+        (true, w) => tiff::for_each_page(path, w, each).map(|_| ()),
+        (false, Some(w)) => media::for_each_selected(path, w, each),
+        (false, None) => media::for_each_frame(path, each).map(|_| ()),
     }
     .map_err(|e| anyhow!("{}: {e}", path.display()))?;
     // The video's own length for its recorded shape (unknown: left for readers to probe).
     let video_frames = match wanted {
-        Some(_) => media::count_frames(path).ok().map(|n| n as usize),
+        Some(_) => count().ok().map(|n| n as usize),
         None => Some(frames.len()),
     };
     let filename = std::fs::canonicalize(path)
@@ -327,7 +336,7 @@ fn predict_video(
             filename: filename.clone(),
             source: VideoSource::External {
                 filename,
-                backend: "MediaVideo".into(),
+                backend: if stack { "TiffVideo" } else { "MediaVideo" }.into(),
                 dataset: None,
             },
             shape: shape.zip(video_frames).map(|(s, n)| [n, s[0], s[1], s[2]]),

@@ -1,6 +1,7 @@
 //! A labels file's frames as images: PNG/JPEG bytes embedded in an HDF5 file (`.pkg.slp` or an
 //! HDF5 video), raw frames of an HDF5 video (a rank-4 uint8 dataset), image files of an image
-//! sequence, or frames of a media file (mp4, avi, ...) decoded by ffmpeg ([`super::media`]).
+//! sequence (PNG, JPEG, TIFF), pages of a multi-page TIFF stack ([`super::tiff`]), or frames of
+//! a media file (mp4, avi, ...) decoded by ffmpeg ([`super::media`]).
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use hdf5::types::{TypeDescriptor, VarLenArray};
 
 use super::h5::{f64_attr, h5, open_hdf5, str_attr};
 use super::media;
+use super::tiff;
 use super::video::resolve;
 use crate::error::{DataError, Result};
 use crate::pose::{Image, Labels, Video, VideoSource};
@@ -38,6 +40,12 @@ enum Reader {
     Embedded(Embedded),
     Raw(RawFrames),
     Images(Vec<PathBuf>),
+    /// A multi-page TIFF stack (frame i is page i): its labeled frames decoded once when the
+    /// labels are opened, as for a media file; any other page is decoded when asked for.
+    Tiff {
+        path: PathBuf,
+        frames: HashMap<u64, Image>,
+    },
     /// A media file: its labeled frames decoded once when the labels are opened (as sleap-nn's
     /// in-memory cache holds them); any other frame is decoded when asked for.
     Media {
@@ -147,6 +155,12 @@ impl SlpImages {
                     .map_err(|p| self.unavailable(&v.name, &p))?
                     .remove(&frame_idx)
                     .ok_or_else(|| self.unavailable(&v.name, "ffmpeg returned no frame"))?,
+            },
+            Reader::Tiff { path, frames } => match frames.get(&frame_idx) {
+                Some(img) => img.clone(),
+                None => {
+                    tiff::read_page(path, frame_idx).map_err(|p| self.unavailable(&v.name, &p))?
+                }
             },
             Reader::Images(files) => {
                 let f = files.get(frame_idx as usize).ok_or_else(|| {
@@ -271,6 +285,20 @@ fn open_video(
                 if let Some(raw) = open_raw_frames(&path, ds) {
                     return Ok(Reader::Raw(raw));
                 }
+            }
+            if backend == "TiffVideo" || (backend != "MediaVideo" && tiff::is_tiff_file(&path)) {
+                let mut wanted = labeled.to_vec();
+                wanted.sort_unstable();
+                wanted.dedup();
+                let mut frames = HashMap::new();
+                let read = tiff::for_each_page(&path, Some(&wanted), |i, img| {
+                    frames.insert(i, img);
+                    Ok(())
+                });
+                return Ok(match read {
+                    Ok(_) => Reader::Tiff { path, frames },
+                    Err(problem) => Reader::Unavailable(format!("{}: {problem}", path.display())),
+                });
             }
             if backend != "MediaVideo" && !media::is_media_file(&path) {
                 return Ok(Reader::Unavailable(format!(
@@ -413,18 +441,24 @@ fn read_row(path: &Path, ds: &hdf5::Dataset, name: &str, row: usize) -> Result<V
     }
 }
 
-/// Decode PNG or JPEG bytes (by `format`, else by signature) to 8-bit, 1 or 3 channels.
+/// Decode PNG, JPEG or TIFF bytes (by their signature) to 8-bit, 1 or 3 channels.
 pub(crate) fn decode(bytes: &[u8], format: Option<&str>) -> std::result::Result<Image, String> {
     let is_png = bytes.starts_with(&[0x89, b'P', b'N', b'G']);
     let is_jpeg = bytes.starts_with(&[0xff, 0xd8]);
+    if tiff::is_tiff(bytes) {
+        return tiff::decode_tiff(bytes);
+    }
     match (format, is_png, is_jpeg) {
         (_, true, _) => decode_png(bytes),
         (_, _, true) => decode_jpeg(bytes),
         (Some(f), _, _) => Err(format!(
-            "{} bytes are not a PNG or JPEG image (format '{f}')",
+            "{} bytes are not a PNG, JPEG or TIFF image (format '{f}')",
             bytes.len()
         )),
-        (None, _, _) => Err(format!("{} bytes are not a PNG or JPEG image", bytes.len())),
+        (None, _, _) => Err(format!(
+            "{} bytes are not a PNG, JPEG or TIFF image",
+            bytes.len()
+        )),
     }
 }
 

@@ -4,6 +4,7 @@
 //! - [`read_labels`]: skeletons, videos, tracks, frames and instances of a labels file.
 //! - [`SlpImages`]: a labels file's frames as [`crate::pose::Image`]s.
 //! - [`media`]: frames of media files (mp4, avi, ...) through ffmpeg.
+//! - [`tiff`]: pages of multi-page TIFF stacks and `.tif` images.
 //! - [`write_labels`]: a labels file, written to a temporary name and renamed.
 //! - [`write_labels_with_frames`]: the same with frames embedded as PNG (a `.pkg.slp`).
 
@@ -12,6 +13,7 @@ mod images;
 pub mod media;
 mod read;
 mod skeleton;
+pub mod tiff;
 mod video;
 mod write;
 
