@@ -100,7 +100,7 @@ fn benchmark(args: BenchmarkArgs) -> anyhow::Result<ExitCode> {
     }
     // Kept until the benchmark has read it.
     let mut _parts = None;
-    let external = args.external.workers();
+    let external = args.external.workers()?;
     if external.is_some() && embedding == "pca" {
         anyhow::bail!(
             "--external: --embedding pca runs in one process (there is no model to share out)"

@@ -19,6 +19,7 @@ use clap::Args;
 
 use crate::launch::procs::{run_worker_group, run_worker_verb, sibling_executable};
 use crate::launch::task::{run_on_external_workers, ExternalWorkers};
+use crate::tls::TlsArgs;
 
 /// Workers started elsewhere for the embedding shares (`--nodes N --external`).
 #[derive(Args, Debug, Clone)]
@@ -55,16 +56,29 @@ pub struct ExternalArgs {
         requires = "external"
     )]
     heartbeat_timeout: f64,
+    /// TLS for the external workers' registration (`--tls-cert`, `--tls-key`; workers connect
+    /// with `worker --tls-ca`)
+    #[command(flatten)]
+    tls: TlsArgs,
 }
 
 impl ExternalArgs {
-    pub fn workers(&self) -> Option<ExternalWorkers> {
-        self.external.then(|| ExternalWorkers {
+    /// The external workers to wait for; None without --external, where TLS flags are an
+    /// error (workers started here talk to no control plane).
+    pub fn workers(&self) -> anyhow::Result<Option<ExternalWorkers>> {
+        if !self.external {
+            if self.tls.tls_cert.is_some() {
+                bail!("--tls-cert secures the registration of --external workers; add --external or leave it out");
+            }
+            return Ok(None);
+        }
+        Ok(Some(ExternalWorkers {
             listen: self.listen.clone(),
+            tls: self.tls.clone(),
             token_file: self.token_file.clone(),
             register_timeout: std::time::Duration::from_secs_f64(self.register_timeout),
             heartbeat_timeout: std::time::Duration::from_secs_f64(self.heartbeat_timeout),
-        })
+        }))
     }
 }
 
@@ -115,7 +129,7 @@ fn embed(args: EmbedArgs) -> anyhow::Result<ExitCode> {
     if args.nodes == 0 {
         bail!("--nodes must be at least 1");
     }
-    let external = args.external.workers();
+    let external = args.external.workers()?;
     let mut cmd = Command::new(&bin);
     cmd.arg("embed")
         .arg("--data")

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context};
 use clap::Args;
 
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone, Default)]
 pub struct TlsArgs {
     /// Serve the control plane over TLS with this certificate chain (PEM); needs --tls-key.
     /// Workers then connect with `--tls-ca`
@@ -17,8 +17,9 @@ pub struct TlsArgs {
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
 
-    /// CA certificate (PEM) that locally started workers trust [default: --tls-cert itself,
-    /// right for a self-signed certificate]
+    /// CA certificate (PEM) the workers trust: given to workers started here, and shown in
+    /// the command for external ones [default: --tls-cert itself, right for a self-signed
+    /// certificate]
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
 

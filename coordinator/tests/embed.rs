@@ -404,15 +404,96 @@ fn spawn_external_embed(
 /// A worker started as Slurm or Kubernetes would start one: `worker --coordinator ADDR`, in a
 /// working directory of its own.
 fn spawn_external_worker(listen: &str, token: &Path, cwd: &Path) -> std::process::Child {
+    spawn_external_worker_with(listen, token, cwd, &[])
+}
+
+fn spawn_external_worker_with(
+    listen: &str,
+    token: &Path,
+    cwd: &Path,
+    extra: &[&str],
+) -> std::process::Child {
     Command::new(common::worker_bin())
         .current_dir(cwd)
         .args(["--coordinator", listen, "--token-file"])
         .arg(token)
+        .args(extra)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap()
+}
+
+/// `--tls-cert/--tls-key` with `--external`: the registration is served over TLS, workers that
+/// trust the CA (`worker --tls-ca`) embed as over plain TCP, and one that does not never
+/// registers (named); without `--external` the flags are refused.
+#[test]
+fn external_workers_over_tls_embed_and_plain_ones_cannot_register() {
+    let dir = scratch("external-tls");
+    let (ca, cert, key) = common::make_certificates(&dir);
+    let (ca, cert, key) = (
+        ca.display().to_string(),
+        cert.display().to_string(),
+        key.display().to_string(),
+    );
+    let token = dir.join("token");
+    std::fs::write(&token, "external-tls-token\n").unwrap();
+    let tls = [
+        "--tls-cert",
+        cert.as_str(),
+        "--tls-key",
+        key.as_str(),
+        "--tls-ca",
+        ca.as_str(),
+    ];
+
+    let listen = free_listen_addr();
+    let out_file = dir.join("tls.h5ad");
+    let mut extra = vec!["--nodes", "1"];
+    extra.extend(tls);
+    let coordinator = spawn_external_embed(&pbmc(), &out_file, &listen, &token, &extra);
+    let w = spawn_external_worker_with(&listen, &token, &dir, &["--tls-ca", ca.as_str()]);
+    let out = coordinator.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&format!("--tls-ca {ca}")), "{stderr}");
+    assert!(w.wait_with_output().unwrap().status.success());
+    let (shape, v) = read_obsm(&out_file);
+    assert_eq!(shape[0], 700);
+    assert!(v.iter().all(|x| x.is_finite()));
+
+    // A worker without the CA cannot register over TLS: the command names the missing rank.
+    let listen = free_listen_addr();
+    let plain_out = dir.join("plain.h5ad");
+    let mut extra = vec!["--nodes", "1", "--register-timeout", "4"];
+    extra.extend(tls);
+    let coordinator = spawn_external_embed(&pbmc(), &plain_out, &listen, &token, &extra);
+    let plain = spawn_external_worker(&listen, &token, &dir);
+    let out = coordinator.wait_with_output().unwrap();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[0] did not register"),
+        "{}",
+        describe(&out)
+    );
+    let _ = plain.wait_with_output();
+    assert!(!plain_out.exists());
+
+    // TLS without --external: refused by name.
+    let out = embed(
+        &trained_run().join("checkpoints"),
+        &pbmc(),
+        &dir.join("local.h5ad"),
+        &tls,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("--tls-cert secures the registration of --external workers"),
+        "{}",
+        describe(&out)
+    );
 }
 
 /// `--nodes 2 --external`: the coordinator waits for two workers started elsewhere (here by

@@ -555,81 +555,10 @@ fn a_second_sigterm_stops_at_once_and_the_run_stays_resumable() {
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
-/// A CA and a server certificate for `localhost` signed by it, made with the openssl CLI as a
-/// user would. Returns (ca.pem, server.pem, server.key).
-fn make_certificates(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n",
-    )
-    .unwrap();
-    let openssl = |args: &[&str]| {
-        let out = Command::new("openssl")
-            .args(args)
-            .current_dir(dir)
-            .output()
-            .expect("openssl is installed (scripts/install-deps.sh)");
-        assert!(
-            out.status.success(),
-            "openssl {args:?}: {}",
-            text(&out.stderr)
-        );
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=anvil test CA",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-    ]);
-    openssl(&[
-        "req",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-subj",
-        "/CN=localhost",
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-    ]);
-    openssl(&[
-        "x509",
-        "-req",
-        "-in",
-        "server.csr",
-        "-CA",
-        "ca.pem",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-days",
-        "2",
-        "-extfile",
-        "server.ext",
-        "-out",
-        "server.pem",
-    ]);
-    (
-        dir.join("ca.pem"),
-        dir.join("server.pem"),
-        dir.join("server.key"),
-    )
-}
-
 #[test]
 fn tls_control_plane_trains_and_refuses_plain_workers() {
     let dir = scratch("tls");
-    let (ca, cert, key) = make_certificates(&dir);
+    let (ca, cert, key) = common::make_certificates(&dir);
     let tls = |cmd: &mut Command| {
         cmd.arg("--tls-cert")
             .arg(&cert)

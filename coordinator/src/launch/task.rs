@@ -12,12 +12,15 @@ use proto::v1::worker_message::Body;
 use super::control::{advertised, serve_hub};
 use super::open::read_token_file;
 use crate::server::{Assignment, Event, Hub};
+use crate::tls::{TlsArgs, TlsSettings};
 
 /// How to reach the external workers, from `--external`, `--listen`, `--token-file`,
 /// `--register-timeout`, `--heartbeat-timeout`.
 #[derive(Debug, Clone)]
 pub struct ExternalWorkers {
     pub listen: String,
+    /// `--tls-cert`/`--tls-key`: serve the registration over TLS (workers pass `--tls-ca`).
+    pub tls: TlsArgs,
     /// The run token workers must present; written here when not given.
     pub token_file: Option<PathBuf>,
     pub register_timeout: Duration,
@@ -34,6 +37,8 @@ pub fn run_on_external_workers(
     external: &ExternalWorkers,
     fallback_token_file: PathBuf,
 ) -> anyhow::Result<()> {
+    // Certificate problems are reported before anything is written.
+    let tls = TlsSettings::from_args(&external.tls)?;
     let (token, token_file) = match &external.token_file {
         Some(f) => (read_token_file(f)?, f.clone()),
         None => (
@@ -45,7 +50,15 @@ pub fn run_on_external_workers(
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let result = runtime.block_on(supervise(what, world, task, external, token, token_file));
+    let result = runtime.block_on(supervise(
+        what,
+        world,
+        task,
+        external,
+        tls.as_ref(),
+        token,
+        token_file,
+    ));
     // Closes the sessions, so the workers exit.
     runtime.shutdown_timeout(Duration::from_secs(1));
     result
@@ -56,6 +69,7 @@ async fn supervise(
     world: usize,
     task: Vec<String>,
     external: &ExternalWorkers,
+    tls: Option<&TlsSettings>,
     token: String,
     token_file: PathBuf,
 ) -> anyhow::Result<()> {
@@ -66,10 +80,13 @@ async fn supervise(
         ..Assignment::default()
     };
     let (hub, mut events): (Hub, _) = Hub::new(token, assignment, external.register_timeout);
-    let addr = serve_hub(&external.listen, hub.clone(), None).await?;
+    let addr = serve_hub(&external.listen, hub.clone(), tls).await?;
+    let tls_arg = tls
+        .map(|t| format!(" --tls-ca {}", t.ca_path.display()))
+        .unwrap_or_default();
     eprintln!(
         "anvil: {what}: waiting for {world} external worker(s) on {addr}; start each with\n  \
-         ANVIL_RUN_TOKEN=$(cat {}) worker --coordinator {}",
+         ANVIL_RUN_TOKEN=$(cat {}) worker --coordinator {}{tls_arg}",
         token_file.display(),
         advertised(addr)
     );
