@@ -8,7 +8,8 @@
 #
 # Two stages: the build one has the Rust toolchain of rust-toolchain.toml and the HDF5 headers;
 # the runtime one only the HDF5 runtime library (Debian bookworm's libhdf5-103-1, which pulls
-# in what libhdf5_serial.so.103 links to) and libstdc++.
+# in what libhdf5_serial.so.103 links to), libstdc++, and ffmpeg (5.1), which pose runs use to
+# decode the frames of labels that refer to videos (mp4, avi, ...).
 
 FROM rust:1.95.0-bookworm AS build
 RUN apt-get update \
@@ -25,7 +26,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 FROM debian:bookworm-slim
 RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libhdf5-103-1 libstdc++6 \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends libhdf5-103-1 libstdc++6 ffmpeg \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 10001 anvil \
  && useradd --uid 10001 --gid anvil --home-dir /anvil --no-create-home \
@@ -33,7 +34,8 @@ RUN apt-get update \
  && install -d -o anvil -g anvil -m 0755 /anvil
 COPY --from=build /out/bin/ /usr/local/bin/
 # `coordinator data wait --seed /opt/anvil` copies these onto the volume when a config names
-# them (data/pbmc68k_counts.h5ad is the quickstart's data).
+# them (data/pbmc68k_counts.h5ad is the quickstart's data, data/minimal_instance.pkg.slp the
+# pose examples').
 COPY configs/*.yaml /opt/anvil/configs/
 COPY data/pbmc68k_counts.h5ad data/minimal_instance.pkg.slp /opt/anvil/data/
 USER 10001:10001

@@ -27,10 +27,11 @@ pub enum DataCommand {
     /// animal per grayscale frame (body ellipse, head and tail discs) moving and turning over
     /// a textured background, skeleton head -> body -> tail, keypoints at the shapes' centres
     SynthPose(SynthPoseArgs),
-    /// Wait until every data file of a config is present, no longer growing, and opens as
-    /// AnnData (relative paths against the current directory). The coordinator pod of
-    /// `coordinator deploy k8s` runs this in an init container while the user copies the data
-    /// onto the volume with `kubectl cp`
+    /// Wait until every data file of a config is present, no longer growing, and opens (as
+    /// AnnData; a sleap-nn config's labels files as SLEAP labels whose videos are in place);
+    /// relative paths against the current directory. The coordinator pod of `coordinator
+    /// deploy k8s` runs this in an init container while the user copies the data onto the
+    /// volume with `kubectl cp`
     Wait(WaitArgs),
 }
 
@@ -354,15 +355,22 @@ fn wait(args: &WaitArgs) -> anyhow::Result<()> {
     if !(args.interval.is_finite() && args.interval > 0.0) {
         bail!("--interval must be a positive number of seconds");
     }
-    let cfg = match args.config.load() {
-        Ok(configs::AnyConfig::ScModelForge(c)) => c,
-        Ok(configs::AnyConfig::SleapNn(_)) => bail!(
-            "{} is a sleap-nn config; `data wait` waits for scModelForge data files",
-            args.config.config.display()
+    let (paths, kind): (Vec<PathBuf>, FileKind) = match args.config.load() {
+        Ok(configs::AnyConfig::ScModelForge(c)) => (
+            c.data.paths.iter().map(PathBuf::from).collect(),
+            FileKind::AnnData,
         ),
+        Ok(configs::AnyConfig::SleapNn(c)) => {
+            let d = &c.data_config;
+            let labels = d
+                .train_labels_path
+                .iter()
+                .flatten()
+                .chain(d.val_labels_path.iter().flatten());
+            (labels.map(PathBuf::from).collect(), FileKind::Labels)
+        }
         Err(errors) => bail!("{}", errors),
     };
-    let paths: Vec<PathBuf> = cfg.data.paths.iter().map(PathBuf::from).collect();
     if paths.is_empty() {
         eprintln!("anvil: the config names no data files; nothing to wait for");
         return Ok(());
@@ -376,7 +384,7 @@ fn wait(args: &WaitArgs) -> anyhow::Result<()> {
         .timeout
         .map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
     let interval = Duration::from_secs_f64(args.interval);
-    let mut pending: Vec<Pending> = paths.into_iter().map(Pending::new).collect();
+    let mut pending: Vec<Pending> = paths.into_iter().map(|p| Pending::new(p, kind)).collect();
     loop {
         for p in pending.iter_mut() {
             p.check();
@@ -402,9 +410,38 @@ fn wait(args: &WaitArgs) -> anyhow::Result<()> {
     }
 }
 
+/// What a data file must open as.
+#[derive(Clone, Copy)]
+enum FileKind {
+    AnnData,
+    /// SLEAP labels, with the files holding their labeled frames in place.
+    Labels,
+}
+
+impl FileKind {
+    fn open(self, path: &Path) -> Result<(), String> {
+        match self {
+            FileKind::AnnData => anndata::open(path).map(|_| ()).map_err(|e| e.to_string()),
+            FileKind::Labels => {
+                let labels = data::pose::slp::read_labels(path).map_err(|e| e.to_string())?;
+                let missing = data::pose::slp::missing_videos(path, &labels);
+                if missing.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "its frames are in {}, not found (as recorded, nor beside it): copy them there",
+                        missing.join(", ")
+                    ))
+                }
+            }
+        }
+    }
+}
+
 /// A data file being waited for.
 struct Pending {
     path: PathBuf,
+    kind: FileKind,
     /// (bytes, latest modification) at the last check; None while missing.
     last: Option<(u64, SystemTime)>,
     /// What was last said about it.
@@ -413,17 +450,18 @@ struct Pending {
 }
 
 impl Pending {
-    fn new(path: PathBuf) -> Self {
+    fn new(path: PathBuf, kind: FileKind) -> Self {
         Pending {
             path,
+            kind,
             last: None,
             state: String::new(),
             ready: false,
         }
     }
 
-    /// Ready once the file stopped changing since the last check and opens as AnnData (a
-    /// truncated .h5ad does not: HDF5 checks the file's length against its superblock).
+    /// Ready once the file stopped changing since the last check and opens as its kind (a
+    /// truncated HDF5 file does not: HDF5 checks the file's length against its superblock).
     fn check(&mut self) {
         let now = fingerprint(&self.path);
         let state = match (now, self.last) {
@@ -431,8 +469,8 @@ impl Pending {
                 "missing: copy it to {}",
                 run::dir::absolute(&self.path).display()
             ),
-            (Some(n), Some(l)) if n == l => match anndata::open(&self.path) {
-                Ok(_) => {
+            (Some(n), Some(l)) if n == l => match self.kind.open(&self.path) {
+                Ok(()) => {
                     self.ready = true;
                     "ready".into()
                 }

@@ -606,10 +606,6 @@ fn bad_input_is_refused_naming_the_flag_or_file() {
             outside.to_str().unwrap(),
             "data.paths: /scratch/pbmc.h5ad is outside the volume",
         ),
-        (
-            "configs/sleap_single_instance.yaml",
-            "Kubernetes manifests for pose runs are not available yet",
-        ),
         ("configs/census_brain.yaml", "data.source cellxgene_census"),
     ] {
         let mut args = base(config);
@@ -714,10 +710,14 @@ fn the_checked_in_example_is_what_the_command_renders() {
 // `coordinator data wait`, the coordinator pod's init container.
 
 fn data_wait(cwd: &Path, extra: &[&str]) -> Command {
+    data_wait_for(cwd, &repo().join("configs/quickstart.yaml"), extra)
+}
+
+fn data_wait_for(cwd: &Path, config: &Path, extra: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_coordinator"));
     cmd.current_dir(cwd)
         .args(["data", "wait", "--config"])
-        .arg(repo().join("configs/quickstart.yaml"))
+        .arg(config)
         .args(["--interval", "0.1"])
         .args(extra);
     cmd
@@ -800,4 +800,135 @@ fn otlp_endpoint_reaches_the_coordinator_and_every_worker_and_nothing_else_by_de
     // Without the flag no container carries an OpenTelemetry variable.
     let plain = render(&["--nodes", "3"]);
     assert!(!plain.contains("OTEL_"), "{plain}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pose runs (sleap-nn configs).
+
+/// A sleap-nn config deploys like a single-cell one: the ConfigMap holds it, the coordinator
+/// launches it on the external workers, the init container waits for its labels file, and the
+/// next steps say to copy the labels onto the volume. A GPU accelerator is refused (the image
+/// is a CPU build), and so are labels outside the volume.
+#[test]
+fn a_pose_config_deploys_waiting_for_its_labels() {
+    let pose = [
+        "--config",
+        "configs/sleap_single_instance.yaml",
+        "--nodes",
+        "2",
+    ];
+    let mut args = vec!["deploy", "k8s", "--image", "anvil:1"];
+    args.extend(pose);
+    let dir = scratch("pose");
+    let file = dir.join("pose.yaml");
+    args.extend(["--output", file.to_str().unwrap()]);
+    let out = coordinator(&args);
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    let docs = documents(&yaml);
+    let cm = find(&docs, "ConfigMap", "anvil-config");
+    let config_text = cm["data"]
+        .as_object()
+        .and_then(|d| d.values().next())
+        .and_then(Value::as_str)
+        .unwrap();
+    assert!(config_text.contains("train_labels_path"), "{config_text}");
+    let job = find(&docs, "Job", "anvil-coordinator");
+    let init = &pod(job)["initContainers"][0];
+    let wait = strings(&init["command"]);
+    assert_eq!(&wait[..3], ["coordinator", "data", "wait"]);
+    let launch = strings(&container(job, "coordinator")["command"]);
+    assert_eq!(after(&launch, "--nodes"), "2");
+    assert!(
+        stderr.contains("-c stage-data data/minimal_instance.pkg.slp"),
+        "{stderr}"
+    );
+    if let Some(python) = python() {
+        validate(&python, &file, "1.37.0").unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    }
+
+    for (set, expected) in [
+        (
+            "trainer_config.trainer_accelerator=gpu",
+            "trainer_config.trainer_accelerator = gpu: the image the Dockerfile builds is a CPU build",
+        ),
+        (
+            "data_config.train_labels_path=[/scratch/labels.slp]",
+            "data_config.train_labels_path: /scratch/labels.slp is outside the volume",
+        ),
+        (
+            "data_config.train_labels_path=null",
+            "data_config.train_labels_path is null",
+        ),
+    ] {
+        let mut args = vec!["deploy", "k8s", "--image", "anvil:1"];
+        args.extend(pose);
+        args.extend(["--set", set]);
+        let out = coordinator(&args);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{set}: {stderr}");
+        assert!(stderr.contains(expected), "{set}: expected {expected:?} in\n{stderr}");
+    }
+}
+
+/// The init container on a pose config: the bundled labels are copied from the image, and
+/// labels whose video is not on the volume yet wait for it, naming it.
+#[test]
+fn data_wait_on_a_pose_config_waits_for_the_labels_and_their_videos() {
+    let dir = scratch("wait-pose");
+    let config = repo().join("configs/sleap_single_instance.yaml");
+    let out = data_wait_for(&dir, &config, &["--timeout", "30", "--seed"])
+        .arg(repo())
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("copied data/minimal_instance.pkg.slp"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("all data files are ready"), "{stderr}");
+
+    // Labels that refer to a video elsewhere on the volume.
+    use data::pose::slp::{read_labels, write_labels};
+    use data::pose::{Video, VideoSource};
+    let mut labels = read_labels(&repo().join("data/minimal_instance.pkg.slp")).unwrap();
+    labels.videos = vec![Video {
+        filename: "session1.mp4".into(),
+        source: VideoSource::External {
+            filename: "session1.mp4".into(),
+            backend: "MediaVideo".into(),
+            dataset: None,
+        },
+        shape: None,
+    }];
+    for f in &mut labels.frames {
+        f.video = 0;
+    }
+    let side = scratch("wait-pose-video");
+    std::fs::create_dir_all(side.join("data")).unwrap();
+    write_labels(&side.join("data/labels.slp"), &labels).unwrap();
+    let cfg = side.join("pose.yaml");
+    let text_cfg = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("data/minimal_instance.pkg.slp", "data/labels.slp");
+    std::fs::write(&cfg, text_cfg).unwrap();
+    let out = data_wait_for(&side, &cfg, &["--timeout", "1"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("its frames are in session1.mp4, not found"),
+        "{stderr}"
+    );
+    // The video arrives beside the labels: ready.
+    std::fs::write(side.join("data/session1.mp4"), b"video bytes").unwrap();
+    let out = data_wait_for(&side, &cfg, &["--timeout", "30"])
+        .output()
+        .unwrap();
+    let stderr = text(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("data/labels.slp is ready"), "{stderr}");
 }

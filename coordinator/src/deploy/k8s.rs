@@ -701,17 +701,26 @@ fn container_security() -> Value {
 }
 
 /// Reads and validates the config as `coordinator launch` will: the text for the ConfigMap,
-/// and the parsed config.
-fn load_config(path: &Path, overrides: &[String]) -> anyhow::Result<(String, ScModelForgeConfig)> {
+/// and the parsed config (scModelForge or sleap-nn).
+fn load_config(path: &Path, overrides: &[String]) -> anyhow::Result<(String, AnyConfig)> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow!("--config {}: cannot read it: {e}", path.display()))?;
     let cfg = match configs::load_file(path, overrides) {
         Ok(AnyConfig::ScModelForge(c)) => c,
-        Ok(AnyConfig::SleapNn(_)) => bail!(
-            "--config {}: a sleap-nn (pose) config; Kubernetes manifests for pose runs are not \
-             available yet: train them with `coordinator launch` (one machine or a Slurm job)",
-            path.display()
-        ),
+        Ok(AnyConfig::SleapNn(c)) => {
+            use configs::sleap::Accelerator;
+            let acc = c.trainer_config.trainer_accelerator;
+            if matches!(acc, Accelerator::Gpu | Accelerator::Cuda) {
+                bail!(
+                    "--config {}: trainer_config.trainer_accelerator = {}: the image the \
+                     Dockerfile builds is a CPU build (no `--features cuda`); use \"cpu\" or \
+                     \"auto\"",
+                    path.display(),
+                    acc.as_str()
+                );
+            }
+            return Ok((text, AnyConfig::SleapNn(c)));
+        }
         Err(errors) => {
             let n = errors.0.len();
             bail!(
@@ -724,11 +733,36 @@ fn load_config(path: &Path, overrides: &[String]) -> anyhow::Result<(String, ScM
     if let Some(why) = run::support::unsupported(&cfg) {
         bail!("--config {}: {why}", path.display());
     }
-    Ok((text, cfg))
+    Ok((text, AnyConfig::ScModelForge(cfg)))
 }
 
 /// The config's data files relative to the volume; a path the volume cannot hold is an error.
-fn data_on_volume(cfg: &ScModelForgeConfig) -> anyhow::Result<Vec<String>> {
+fn data_on_volume(cfg: &AnyConfig) -> anyhow::Result<Vec<String>> {
+    match cfg {
+        AnyConfig::ScModelForge(c) => cells_on_volume(c),
+        AnyConfig::SleapNn(c) => labels_on_volume(c),
+    }
+}
+
+/// A pose run's labels files (training and validation) relative to the volume. The videos
+/// they refer to must be on it too, where the labels say (relative paths beside the labels
+/// file); `coordinator data wait` holds the run until they open.
+fn labels_on_volume(cfg: &configs::SleapNnConfig) -> anyhow::Result<Vec<String>> {
+    let d = &cfg.data_config;
+    let Some(train) = d.train_labels_path.as_ref().filter(|p| !p.is_empty()) else {
+        bail!("data_config.train_labels_path is null: name the labels file(s) on the volume, e.g. --set data_config.train_labels_path=[data/labels.pkg.slp]");
+    };
+    let mut on_volume = Vec::new();
+    for p in train {
+        on_volume.push(relative_to_volume("data_config.train_labels_path", p)?);
+    }
+    for p in d.val_labels_path.iter().flatten() {
+        on_volume.push(relative_to_volume("data_config.val_labels_path", p)?);
+    }
+    Ok(on_volume)
+}
+
+fn cells_on_volume(cfg: &ScModelForgeConfig) -> anyhow::Result<Vec<String>> {
     if cfg.data.source != DataSource::Local {
         bail!(
             "data.source {}: anvil reads local files only; download the cells to .h5ad, copy \

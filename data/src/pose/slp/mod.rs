@@ -19,4 +19,5 @@ mod write;
 
 pub use images::{to_grayscale_if, SlpImages};
 pub use read::read_labels;
+pub use video::missing_videos;
 pub use write::{write_labels, write_labels_with_frames};

@@ -112,6 +112,30 @@ pub(crate) fn decode(labels: &Path, file: &hdf5::File, row: &Value) -> Result<Vi
     })
 }
 
+/// The files the videos of `labels` (read from `labels_path`) refer to that cannot be found
+/// where a reader looks for them (as recorded, or beside the labels file): media files, TIFF
+/// stacks, HDF5 videos, image-sequence images and other files holding embedded frames. Only
+/// videos with labeled frames count. Empty when every frame source is in place.
+pub fn missing_videos(labels_path: &Path, labels: &crate::pose::Labels) -> Vec<String> {
+    let mut missing = Vec::new();
+    for (i, v) in labels.videos.iter().enumerate() {
+        if !labels.frames.iter().any(|f| f.video == i) {
+            continue;
+        }
+        let files: Vec<String> = match &v.source {
+            VideoSource::Embedded { file, .. } => vec![file.display().to_string()],
+            VideoSource::ImageSequence { files } => files.clone(),
+            VideoSource::External { filename, .. } => vec![filename.clone()],
+        };
+        for f in files {
+            if resolve(labels_path, &f).is_none() && !missing.contains(&f) {
+                missing.push(f);
+            }
+        }
+    }
+    missing
+}
+
 /// sleap-io's `sanitize_filename`: forward slashes.
 fn sanitize(f: &str) -> String {
     f.replace('\\', "/")
