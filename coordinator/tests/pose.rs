@@ -316,6 +316,39 @@ fn ffmpeg() -> PathBuf {
 /// Labels whose frames are in an mp4 (the way most SLEAP projects keep them): anvil trains on
 /// them, `coordinator track` predicts every frame of the mp4 itself, and the predictions
 /// point at the video and score against the labels.
+/// `trainer_config.trainer_devices` is the number of workers per node when the command line
+/// does not say (one process per device, as Lightning runs them); `--workers-per-node` wins
+/// and says so.
+#[test]
+fn trainer_devices_sets_the_workers_per_node_unless_the_flag_does() {
+    let dir = scratch("pose", "devices");
+    let mut sets = small(1, false);
+    sets.push("trainer_config.trainer_devices=2".into());
+    let run = dir.join("two");
+    let out = launch(&run, 1, &sets, &[]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("2 worker(s) per node, one per device (trainer_config.trainer_devices = 2)"),
+        "{stderr}"
+    );
+    let record = std::fs::read_to_string(run.join("run.json")).unwrap();
+    assert!(record.contains("\"world\": 2"), "{record}");
+
+    let run = dir.join("flag");
+    let out = launch(&run, 1, &sets, &["--workers-per-node", "1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr
+            .contains("--workers-per-node 1 is used instead of trainer_config.trainer_devices = 2"),
+        "{stderr}"
+    );
+    let record = std::fs::read_to_string(run.join("run.json")).unwrap();
+    assert!(record.contains("\"world\": 1"), "{record}");
+}
+
 /// The same for a multi-page TIFF stack (sleap-io's TiffVideo): labels on a page train, and
 /// `track` predicts every page, recording the stack as a TiffVideo.
 #[test]

@@ -51,6 +51,32 @@ impl RunConfig {
         }
     }
 
+    /// The devices per node the config asks for, as Lightning reads them, with the field that
+    /// says so: `training.num_gpus` (scModelForge), or `trainer_config.trainer_device_indices`
+    /// (its length) / `trainer_config.trainer_devices` (a count; "auto" says nothing) for
+    /// sleap-nn. One worker runs per device, so this is the default `--workers-per-node`.
+    pub fn devices_per_node(&self) -> Option<(usize, String)> {
+        match self {
+            RunConfig::Cells(c) => c
+                .training
+                .num_gpus
+                .map(|n| (n, format!("training.num_gpus = {n}"))),
+            RunConfig::Pose(c) => {
+                let t = &c.trainer_config;
+                match (&t.trainer_device_indices, t.trainer_devices) {
+                    (Some(ix), _) if !ix.is_empty() => Some((
+                        ix.len(),
+                        format!("trainer_config.trainer_device_indices = {ix:?}"),
+                    )),
+                    (_, Some(configs::sleap::TrainerDevices::Count(n))) if n > 0 => {
+                        Some((n, format!("trainer_config.trainer_devices = {n}")))
+                    }
+                    _ => None,
+                }
+            }
+        }
+    }
+
     pub fn checkpoint_root(&self, run_dir: &Path) -> PathBuf {
         match self {
             RunConfig::Cells(c) => naming::checkpoint_root(c, run_dir),

@@ -70,20 +70,35 @@ pub fn select_pose(cfg: &SleapNnConfig, opts: &TrainOptions) -> Result<Selected,
     if matches!(acc, Accelerator::Cpu) {
         return Ok(Selected::Cpu);
     }
+    let indices = cfg
+        .trainer_config
+        .trainer_device_indices
+        .as_deref()
+        .filter(|ix| !ix.is_empty());
     select_gpu(
         asked,
         &format!("trainer_config.trainer_accelerator = {}", acc.as_str()),
         opts,
+        indices,
     )
 }
 
+/// `indices` (`trainer_device_indices`): the GPUs of this node to use, worker i taking the i-th.
 #[cfg(feature = "cuda")]
-fn select_gpu(asked: bool, what: &str, opts: &TrainOptions) -> Result<Selected, TrainError> {
+fn select_gpu(
+    asked: bool,
+    what: &str,
+    opts: &TrainOptions,
+    indices: Option<&[usize]>,
+) -> Result<Selected, TrainError> {
     use kernels::backend::cuda::Cuda;
     if !asked && !Cuda::available() {
         return Ok(Selected::Cpu);
     }
-    let ordinal = local_ordinal(opts, Cuda::device_count());
+    let ordinal = match indices {
+        Some(ix) => ix[local_ordinal(opts, ix.len())],
+        None => local_ordinal(opts, Cuda::device_count()),
+    };
     Cuda::open(ordinal).map(Selected::Cuda).map_err(|e| {
         TrainError::Config(format!(
             "{what} asks for a GPU, but GPU {ordinal} could not be opened: {e}"
@@ -92,7 +107,12 @@ fn select_gpu(asked: bool, what: &str, opts: &TrainOptions) -> Result<Selected, 
 }
 
 #[cfg(not(feature = "cuda"))]
-fn select_gpu(asked: bool, what: &str, _opts: &TrainOptions) -> Result<Selected, TrainError> {
+fn select_gpu(
+    asked: bool,
+    what: &str,
+    _opts: &TrainOptions,
+    _indices: Option<&[usize]>,
+) -> Result<Selected, TrainError> {
     if asked {
         return Err(TrainError::Config(format!(
             "{what} asks for a GPU, but this worker was built without CUDA support (build it with `cargo build --release --features cuda`), or set it to \"cpu\" or \"auto\""

@@ -25,9 +25,11 @@ pub struct LaunchArgs {
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub nodes: usize,
 
-    /// Workers per node (one per GPU on GPU nodes)
-    #[arg(long, default_value_t = 1, value_name = "K")]
-    pub workers_per_node: usize,
+    /// Workers per node, one per device [default: the devices per node the config asks for
+    /// (`training.num_gpus`, `trainer_config.trainer_devices` or `trainer_device_indices`),
+    /// else 1]
+    #[arg(long, value_name = "K")]
+    pub workers_per_node: Option<usize>,
 
     /// Do not start workers; wait for N x K workers started elsewhere (Slurm, Kubernetes, by
     /// hand) to register with `worker --coordinator HOST:PORT`. Implied under Slurm/Kubernetes.

@@ -23,9 +23,35 @@ pub struct OpenRun {
     pub already_finished: bool,
 }
 
+/// `--workers-per-node`, else the devices per node the config asks for (one worker each, as
+/// Lightning runs one process per device), else 1. A flag that differs from the config is
+/// taken, and said.
+fn workers_per_node(args: &LaunchArgs) -> anyhow::Result<usize> {
+    let (None, Some(config)) = (&args.resume, &args.config) else {
+        // `--resume` keeps the run's own worker count unless flags give another.
+        return Ok(args.workers_per_node.unwrap_or(1));
+    };
+    // A config that does not load is reported, by field, when the run is opened.
+    let asked = configs::load_file(config, &args.overrides)
+        .ok()
+        .and_then(|c| RunConfig::from(c).devices_per_node());
+    Ok(match (args.workers_per_node, asked) {
+        (Some(k), Some((n, field))) if k != n => {
+            eprintln!("anvil: --workers-per-node {k} is used instead of {field}");
+            k
+        }
+        (Some(k), _) => k,
+        (None, Some((n, field))) => {
+            eprintln!("anvil: {n} worker(s) per node, one per device ({field})");
+            n
+        }
+        (None, None) => 1,
+    })
+}
+
 impl OpenRun {
     pub fn open(args: &LaunchArgs) -> anyhow::Result<Self> {
-        let world = args.nodes * args.workers_per_node;
+        let world = args.nodes * workers_per_node(args)?;
         if world == 0 {
             bail!("--nodes and --workers-per-node must be at least 1");
         }
@@ -124,7 +150,7 @@ impl OpenRun {
         let cfg = RunConfig::from(
             configs::load_file(&run.config_path(), &[]).map_err(|e| anyhow!("{e}"))?,
         );
-        if record.world != world && (args.nodes, args.workers_per_node) != (1, 1) {
+        if record.world != world && (args.nodes, args.workers_per_node.unwrap_or(1)) != (1, 1) {
             bail!(
                 "{} was started with {} workers; resume it with the same number (got {world})",
                 dir.display(),
