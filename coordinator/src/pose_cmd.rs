@@ -37,6 +37,10 @@ pub struct TrackArgs {
     /// With a video: only these frames, as sleap-nn's --frames (`0-99`, `1,5,9`, `0-9,20`)
     #[arg(long, value_name = "LIST")]
     frames: Option<String>,
+    /// Where the models run, as sleap-nn's --device: auto (a GPU when the worker has CUDA
+    /// and one is visible), cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: String,
     /// The worker executable that predicts [default: `worker` beside this one]
     #[arg(long, value_name = "FILE")]
     worker_bin: Option<PathBuf>,
@@ -120,6 +124,7 @@ fn track(args: TrackArgs) -> anyhow::Result<ExitCode> {
     if let Some(f) = &args.frames {
         cmd.arg("--frames").arg(f);
     }
+    cmd.arg("--device").arg(&args.device);
     run_worker_verb(&bin, "track", &mut cmd)
 }
 

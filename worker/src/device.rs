@@ -60,6 +60,47 @@ pub fn select(cfg: &ScModelForgeConfig, _opts: &TrainOptions) -> Result<Selected
     }
 }
 
+/// The device `track` predicts on, from sleap-nn's `--device`: "auto" (a GPU when this build
+/// has CUDA and one is visible, else the CPU), "cpu", "cuda" (the first visible GPU) or
+/// "cuda:N". A GPU asked for and not opened is an error saying what was looked for.
+pub fn select_for_predict(device: &str) -> Result<Selected, String> {
+    let ordinal = match device {
+        "cpu" => return Ok(Selected::Cpu),
+        "auto" => None,
+        "cuda" | "gpu" => Some(0),
+        d => match d.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Some(n),
+            _ => {
+                return Err(format!(
+                    "--device {d:?}: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""
+                ))
+            }
+        },
+    };
+    open_for_predict(device, ordinal)
+}
+
+#[cfg(feature = "cuda")]
+fn open_for_predict(device: &str, ordinal: Option<usize>) -> Result<Selected, String> {
+    use kernels::backend::cuda::Cuda;
+    match ordinal {
+        None if !Cuda::available() => Ok(Selected::Cpu),
+        o => Cuda::open(o.unwrap_or(0))
+            .map(Selected::Cuda)
+            .map_err(|e| format!("--device {device}: {e}")),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn open_for_predict(device: &str, ordinal: Option<usize>) -> Result<Selected, String> {
+    match ordinal {
+        None => Ok(Selected::Cpu),
+        Some(_) => Err(format!(
+            "--device {device}: this worker was built without CUDA support (build it with `cargo build --release --features cuda`), or use --device cpu"
+        )),
+    }
+}
+
 /// The device a pose worker trains on: `trainer_config.trainer_accelerator` as sleap-nn reads
 /// it (Lightning's accelerator). "auto" takes a GPU when this build has CUDA and one is visible,
 /// else the CPU; "gpu"/"cuda" ask for one and fail at start, saying what was looked for, when
@@ -136,6 +177,22 @@ mod tests {
         };
         assert!(msg.contains("training.num_gpus = 2"), "{msg}");
         assert!(msg.contains("--features cuda"), "{msg}");
+    }
+
+    #[test]
+    fn track_devices_parse_as_sleap_nn_writes_them() {
+        assert!(matches!(select_for_predict("cpu"), Ok(Selected::Cpu)));
+        assert!(matches!(select_for_predict("auto"), Ok(Selected::Cpu)));
+        for gpu in ["cuda", "cuda:1"] {
+            let Err(msg) = select_for_predict(gpu) else {
+                panic!("{gpu} on a CPU build must be refused");
+            };
+            assert!(msg.contains("--features cuda"), "{msg}");
+        }
+        let Err(msg) = select_for_predict("tpu") else {
+            panic!("tpu must be refused");
+        };
+        assert!(msg.contains("\"cuda:N\""), "{msg}");
     }
 
     #[test]

@@ -61,6 +61,10 @@ struct TrackArgs {
     /// With a video: only these frames, as sleap-nn's --frames (`0-99`, `1,5,9`, `0-9,20`)
     #[arg(long, value_name = "LIST")]
     frames: Option<String>,
+    /// Where the models run, as sleap-nn's --device: auto (a GPU when this build has CUDA and
+    /// one is visible), cpu, cuda or cuda:N
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    device: String,
 }
 
 #[derive(Args)]
@@ -381,7 +385,7 @@ fn train_pose_alone(cfg: &configs::SleapNnConfig, args: TrainArgs) -> anyhow::Re
 }
 
 fn track(args: TrackArgs) -> anyhow::Result<()> {
-    use worker::pose::predict::{predict, Pipeline, PredictOptions, TrainedPose};
+    use worker::pose::predict::{predict_on, Pipeline, PredictOptions, TrainedPose};
     if args.output.exists() && args.data.canonicalize().ok() == args.output.canonicalize().ok() {
         anyhow::bail!(
             "--output {} is the --data file; predictions never overwrite the labels",
@@ -405,20 +409,27 @@ fn track(args: TrackArgs) -> anyhow::Result<()> {
         .as_deref()
         .map(worker::pose::predict::parse_frames)
         .transpose()?;
-    let labels = predict(
-        &pipe,
-        &args.data,
-        frames.as_deref(),
-        &opts,
-        |done, total| {
-            if done == total || done % 50 == 0 {
-                match total {
-                    0 => progress.log(&format!("predicted {done} frames")),
-                    _ => progress.log(&format!("predicted {done}/{total} frames")),
-                }
+    let report = |done: usize, total: usize| {
+        if done == total || done.is_multiple_of(50) {
+            match total {
+                0 => progress.log(&format!("predicted {done} frames")),
+                _ => progress.log(&format!("predicted {done}/{total} frames")),
             }
-        },
-    )?;
+        }
+    };
+    let (data, frames) = (&args.data, frames.as_deref());
+    let labels = match worker::device::select_for_predict(&args.device)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        worker::device::Selected::Cpu => {
+            predict_on(&kernels::Cpu, &pipe, data, frames, &opts, report)?
+        }
+        #[cfg(feature = "cuda")]
+        worker::device::Selected::Cuda(dev) => {
+            eprintln!("predicting on GPU {}", dev.describe());
+            predict_on(&dev, &pipe, data, frames, &opts, report)?
+        }
+    };
     data::pose::slp::write_labels(&args.output, &labels)?;
     let n: usize = labels.frames.iter().map(|f| f.instances.len()).sum();
     progress.log(&format!(

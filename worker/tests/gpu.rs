@@ -1,8 +1,9 @@
 //! The worker's GPU suite: a 50-step training run on CUDA whose losses follow the same run on
 //! the CPU within bf16 tolerance, a two-rank NCCL all-reduce (fp32 and bf16), and a rank that dies without
 //! hanging the other (the watchdog aborts the communicator). For the pose family: a UNet's
-//! forward and backward on CUDA against the CPU (bilinear and transposed-conv decoders), and a
-//! pose training run on synthetic frames whose losses follow the CPU run.
+//! forward and backward on CUDA against the CPU (bilinear and transposed-conv decoders), a
+//! pose training run on synthetic frames whose losses follow the CPU run, and a trained pose
+//! model whose predictions on the GPU are the CPU's.
 //!
 //! `cargo test --release -p worker --features cuda --test gpu`. Its own harness: where no
 //! device can be opened every case prints `SKIPPED` with the reason and the summary counts
@@ -184,9 +185,9 @@ fn pose_run<D: ConvDevice<f32>>(dev: D, labels: &Path, name: &str) -> TrainSumma
     s
 }
 
-fn pose_training_follows_the_cpu(gpu: &Cuda) -> Result<(), String> {
-    let dir = std::env::temp_dir().join(format!("anvil-gpu-pose-data-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+/// 20 synthetic 64x64 frames in `dir`.
+fn synth_labels(dir: &Path) -> Result<PathBuf, String> {
+    std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
     let labels = dir.join("synth.pkg.slp");
     let synth = data::pose::synth::SynthPoseOptions {
         frames: 20,
@@ -195,6 +196,56 @@ fn pose_training_follows_the_cpu(gpu: &Cuda) -> Result<(), String> {
         seed: 0,
     };
     data::pose::synth::write_synth_pose(&labels, &synth).map_err(|e| e.to_string())?;
+    Ok(labels)
+}
+
+/// A model trained 30 steps on the CPU predicts the same keypoints on the GPU (`track`).
+fn pose_prediction_follows_the_cpu(gpu: &Cuda) -> Result<(), String> {
+    use worker::pose::predict::{predict_on, Pipeline, PredictOptions, TrainedPose};
+    let dir = std::env::temp_dir().join(format!("anvil-gpu-predict-{}", std::process::id()));
+    let labels = synth_labels(&dir)?;
+    let run = dir.join("run");
+    let mut opts = TrainOptions::single(&run);
+    opts.max_steps = Some(30);
+    let cfg = pose_config(&pose_yaml(&labels, true));
+    train_pose_on(
+        Cpu,
+        None,
+        &cfg,
+        &opts,
+        &mut NoSync,
+        &mut |_| {},
+        &mut || Control::Continue,
+    )
+    .map_err(|e| e.to_string())?;
+    let model = TrainedPose::load(&run).map_err(|e| format!("{e:#}"))?;
+    let pipe = Pipeline::from_models(vec![model]).map_err(|e| format!("{e:#}"))?;
+    let o = PredictOptions::default();
+    let on = |p: Result<data::pose::Labels, anyhow::Error>| p.map_err(|e| format!("{e:#}"));
+    let cpu = on(predict_on(&Cpu, &pipe, &labels, None, &o, |_, _| {}))?;
+    let cuda = on(predict_on(gpu, &pipe, &labels, None, &o, |_, _| {}))?;
+    let _ = std::fs::remove_dir_all(&dir);
+    for (a, b) in cpu.frames.iter().zip(&cuda.frames) {
+        for (p, q) in a.instances[0].points.iter().zip(&b.instances[0].points) {
+            let d = ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
+            if p[0].is_finite() != q[0].is_finite() || d > 0.05 {
+                return Err(format!("frame {}: CPU {p:?}, GPU {q:?}", a.frame_idx));
+            }
+        }
+    }
+    if cpu.frames.len() != 20 || cuda.frames.len() != 20 {
+        return Err(format!(
+            "{} CPU and {} GPU frames",
+            cpu.frames.len(),
+            cuda.frames.len()
+        ));
+    }
+    Ok(())
+}
+
+fn pose_training_follows_the_cpu(gpu: &Cuda) -> Result<(), String> {
+    let dir = std::env::temp_dir().join(format!("anvil-gpu-pose-data-{}", std::process::id()));
+    let labels = synth_labels(&dir)?;
     let cpu = pose_run(Cpu, &labels, "cpu");
     let cuda = pose_run(gpu.clone(), &labels, "cuda");
     let _ = std::fs::remove_dir_all(&dir);
@@ -327,6 +378,10 @@ fn main() {
         (
             "pose_training_follows_the_cpu".into(),
             Box::new(pose_training_follows_the_cpu),
+        ),
+        (
+            "pose_prediction_follows_the_cpu".into(),
+            Box::new(pose_prediction_follows_the_cpu),
         ),
         (
             "nccl_all_reduce_averages".into(),

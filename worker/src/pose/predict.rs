@@ -14,6 +14,7 @@ use data::pose::slp::{media, read_labels, tiff, to_grayscale_if, SlpImages};
 use data::pose::{
     Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
 };
+use kernels::backend::ConvDevice;
 use kernels::{Cpu, Precision};
 
 use super::spec;
@@ -223,10 +224,23 @@ pub fn predict(
     data_path: &Path,
     frames: Option<&[u64]>,
     o: &PredictOptions,
+    progress: impl FnMut(usize, usize),
+) -> anyhow::Result<Labels> {
+    predict_on(&Cpu, pipe, data_path, frames, o, progress)
+}
+
+/// [`predict`] with the models on the compute device `dev` (their parameters copied there;
+/// the peaks are found on the host from the maps).
+pub fn predict_on<D: ConvDevice<f32>>(
+    dev: &D,
+    pipe: &Pipeline,
+    data_path: &Path,
+    frames: Option<&[u64]>,
+    o: &PredictOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Labels> {
     if media::is_media_file(data_path) || tiff::is_tiff_file(data_path) {
-        return predict_video(pipe, data_path, frames, o, progress);
+        return predict_video(dev, pipe, data_path, frames, o, progress);
     }
     if frames.is_some() {
         bail!(
@@ -236,8 +250,7 @@ pub fn predict(
         );
     }
     let skeleton = pipe.skeleton().clone();
-    let dev = Cpu;
-    let mut runs = Runs::new(pipe, &dev);
+    let mut runs = Runs::new(pipe, dev);
     let input = read_labels(data_path)?;
     let images = SlpImages::open(data_path, &input)?;
     if let Some(s) = input.skeletons.first() {
@@ -271,15 +284,15 @@ pub fn predict(
 
 /// Every frame of the media file (decoded by ffmpeg) or TIFF stack `path` (or only `frames`), streamed:
 /// memory stays one frame. The predictions refer to the video itself.
-fn predict_video(
+fn predict_video<D: ConvDevice<f32>>(
+    dev: &D,
     pipe: &Pipeline,
     path: &Path,
     wanted: Option<&[u64]>,
     o: &PredictOptions,
     mut progress: impl FnMut(usize, usize),
 ) -> anyhow::Result<Labels> {
-    let dev = Cpu;
-    let mut runs = Runs::new(pipe, &dev);
+    let mut runs = Runs::new(pipe, dev);
     // For progress only: a container ffmpeg cannot count without decoding reports 0 (unknown)
     // and the frames are predicted all the same.
     let stack = tiff::is_tiff_file(path);
@@ -376,32 +389,38 @@ pub fn parse_frames(spec: &str) -> anyhow::Result<Vec<u64>> {
     Ok(frames)
 }
 
-/// The pipeline's models with their forward buffers, run frame by frame. (One per `predict`
-/// call, so the variants' sizes do not matter.)
+/// The pipeline's models on a device, with their parameters there and their forward buffers,
+/// run frame by frame. (One per `predict` call, so the variants' sizes do not matter.)
 #[allow(clippy::large_enum_variant)]
-enum Runs<'p> {
+enum Runs<'p, D: ConvDevice<f32>> {
     SingleInstance {
         m: &'p TrainedPose,
-        run: UNetRun<'p, Cpu>,
+        params: D::Mem,
+        run: UNetRun<'p, D>,
     },
     TopDown {
         centroid: &'p TrainedPose,
         instance: &'p TrainedPose,
-        crun: UNetRun<'p, Cpu>,
-        irun: UNetRun<'p, Cpu>,
+        cparams: D::Mem,
+        iparams: D::Mem,
+        crun: UNetRun<'p, D>,
+        irun: UNetRun<'p, D>,
     },
 }
 
-impl<'p> Runs<'p> {
-    fn new(pipe: &'p Pipeline, dev: &'p Cpu) -> Self {
+impl<'p, D: ConvDevice<f32>> Runs<'p, D> {
+    fn new(pipe: &'p Pipeline, dev: &'p D) -> Self {
         match pipe {
             Pipeline::SingleInstance(m) => Runs::SingleInstance {
                 m,
+                params: dev.upload(&m.params),
                 run: UNetRun::new(&m.model, dev),
             },
             Pipeline::TopDown { centroid, instance } => Runs::TopDown {
                 centroid,
                 instance,
+                cparams: dev.upload(&centroid.params),
+                iparams: dev.upload(&instance.params),
                 crun: UNetRun::new(&centroid.model, dev),
                 irun: UNetRun::new(&instance.model, dev),
             },
@@ -411,17 +430,18 @@ impl<'p> Runs<'p> {
     /// The predicted instances of one frame, in the frame's pixels.
     fn instances(&mut self, img: &Image, o: &PredictOptions) -> anyhow::Result<Vec<Instance>> {
         match self {
-            Runs::SingleInstance { m, run } => {
+            Runs::SingleInstance { m, params, run } => {
                 let HeadTargets::SingleInstance { nodes } = &m.spec.head else {
                     unreachable!()
                 };
                 let n_nodes = m.skeleton.nodes.len();
                 let s = m.spec.preprocess.apply(img, &[]);
-                run.forward(&m.params, &s.image, 1, s.height, s.width)?;
-                let (maps, (_, gh, gw)) = run.maps().expect("after forward");
+                run.forward(params, &s.image, 1, s.height, s.width)?;
+                let (maps, (k, gh, gw)) = run.maps().expect("after forward");
+                let maps = run.device().read(maps, 0..k * gh * gw);
                 let scale = s.scale;
                 Ok(vec![instance_from(
-                    maps,
+                    &maps,
                     nodes,
                     n_nodes,
                     gh,
@@ -435,6 +455,8 @@ impl<'p> Runs<'p> {
             Runs::TopDown {
                 centroid,
                 instance,
+                cparams,
+                iparams,
                 crun,
                 irun,
             } => {
@@ -443,10 +465,11 @@ impl<'p> Runs<'p> {
                 };
                 let n_nodes = instance.skeleton.nodes.len();
                 let sc = centroid.spec.preprocess.apply(img, &[]);
-                crun.forward(&centroid.params, &sc.image, 1, sc.height, sc.width)?;
-                let (cmap, (_, gh, gw)) = crun.maps().expect("after forward");
+                crun.forward(cparams, &sc.image, 1, sc.height, sc.width)?;
+                let (cmap, (k, gh, gw)) = crun.maps().expect("after forward");
+                let cmap = crun.device().read(cmap, 0..k * gh * gw);
                 let peaks = local_peaks(
-                    cmap,
+                    &cmap,
                     gh,
                     gw,
                     o.peak_threshold,
@@ -465,8 +488,9 @@ impl<'p> Runs<'p> {
                     let ci = [c[0] * si.scale, c[1] * si.scale];
                     let (window, origin) =
                         crop_at(&si.image, si.channels, si.height, si.width, ci, *crop);
-                    irun.forward(&instance.params, &window, 1, *crop, *crop)?;
-                    let (maps, (_, mh, mw)) = irun.maps().expect("after forward");
+                    irun.forward(iparams, &window, 1, *crop, *crop)?;
+                    let (maps, (k, mh, mw)) = irun.maps().expect("after forward");
+                    let maps = irun.device().read(maps, 0..k * mh * mw);
                     let scale = si.scale;
                     let to_frame = |q: [f64; 2]| {
                         [
@@ -475,7 +499,7 @@ impl<'p> Runs<'p> {
                         ]
                     };
                     instances.push(instance_from(
-                        maps,
+                        &maps,
                         nodes,
                         n_nodes,
                         mh,
