@@ -313,9 +313,6 @@ fn ffmpeg() -> PathBuf {
         .map_or_else(|| PathBuf::from("ffmpeg"), PathBuf::from)
 }
 
-/// Labels whose frames are in an mp4 (the way most SLEAP projects keep them): anvil trains on
-/// them, `coordinator track` predicts every frame of the mp4 itself, and the predictions
-/// point at the video and score against the labels.
 /// `trainer_config.trainer_devices` is the number of workers per node when the command line
 /// does not say (one process per device, as Lightning runs them); `--workers-per-node` wins
 /// and says so.
@@ -349,48 +346,43 @@ fn trainer_devices_sets_the_workers_per_node_unless_the_flag_does() {
     assert!(record.contains("\"world\": 1"), "{record}");
 }
 
-/// The same for a multi-page TIFF stack (sleap-io's TiffVideo): labels on a page train, and
-/// `track` predicts every page, recording the stack as a TiffVideo.
-#[test]
-fn labels_on_a_tiff_stack_train_and_the_stack_is_tracked_page_by_page() {
-    use data::pose::slp::{read_labels, write_labels, SlpImages};
-    use data::pose::{Video, VideoSource};
-
-    let dir = scratch("pose", "tiff");
-    // The bundled labeled frame as three 8-bit grayscale pages; page 1 is labeled.
+/// The bundled labels' first labeled frame.
+fn bundled_frame() -> (data::pose::Labels, data::pose::Image) {
+    use data::pose::slp::{read_labels, SlpImages};
     let pkg = read_labels(&labels()).unwrap();
     let frame = SlpImages::open(&labels(), &pkg)
         .unwrap()
         .frame(pkg.frames[0].video, pkg.frames[0].frame_idx)
         .unwrap();
-    let gray: Vec<u8> = frame.data.chunks(frame.channels).map(|p| p[0]).collect();
-    let stack = dir.join("stack.tif");
-    {
-        let file = std::fs::File::create(&stack).unwrap();
-        let mut enc = tiff::encoder::TiffEncoder::new(std::io::BufWriter::new(file)).unwrap();
-        for _ in 0..3 {
-            enc.write_image::<tiff::encoder::colortype::Gray8>(
-                frame.width as u32,
-                frame.height as u32,
-                &gray,
-            )
-            .unwrap();
-        }
-    }
-    let mut on_tiff = pkg.clone();
-    on_tiff.videos = vec![Video {
-        filename: "stack.tif".into(),
+    (pkg, frame)
+}
+
+/// The bundled labels moved onto `video` (in `dir`, 3 frames of `shape`), labeled on its frame
+/// 1, written as `dir/NAME.slp`; trained on for 6 epochs (the loss must fall); then `track`
+/// on the video itself.
+fn train_on_video_then_track(
+    dir: &Path,
+    pkg: &data::pose::Labels,
+    video: &str,
+    backend: &str,
+    shape: [usize; 4],
+) -> Tracked {
+    use data::pose::slp::{read_labels, write_labels};
+    use data::pose::{Video, VideoSource};
+    let mut moved = pkg.clone();
+    moved.videos = vec![Video {
+        filename: video.into(),
         source: VideoSource::External {
-            filename: "stack.tif".into(),
-            backend: "TiffVideo".into(),
+            filename: video.into(),
+            backend: backend.into(),
             dataset: None,
         },
-        shape: Some([3, frame.height, frame.width, 1]),
+        shape: Some(shape),
     }];
-    on_tiff.frames[0].video = 0;
-    on_tiff.frames[0].frame_idx = 1;
-    let slp = dir.join("stack.slp");
-    write_labels(&slp, &on_tiff).unwrap();
+    moved.frames[0].video = 0;
+    moved.frames[0].frame_idx = 1;
+    let slp = dir.join(format!("{video}.slp"));
+    write_labels(&slp, &moved).unwrap();
 
     let run = dir.join("run");
     let mut sets = small(6, false);
@@ -411,7 +403,7 @@ fn labels_on_a_tiff_stack_train_and_the_stack_is_tracked_page_by_page() {
         .args(["track", "--model"])
         .arg(&run)
         .arg("--data")
-        .arg(&stack)
+        .arg(dir.join(video))
         .arg("--output")
         .arg(&pred)
         .arg("--worker-bin")
@@ -419,32 +411,70 @@ fn labels_on_a_tiff_stack_train_and_the_stack_is_tracked_page_by_page() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", describe(&out));
-    let p = read_labels(&pred).unwrap();
+    Tracked {
+        predictions: read_labels(&pred).unwrap(),
+        run,
+        labels: slp,
+        output: pred,
+    }
+}
+
+/// What [`train_on_video_then_track`] made: the run, the labels on the video, the
+/// predictions file and what it holds.
+struct Tracked {
+    run: PathBuf,
+    labels: PathBuf,
+    output: PathBuf,
+    predictions: data::pose::Labels,
+}
+
+/// Labels on a multi-page TIFF stack (sleap-io's TiffVideo) train, and `track` predicts every
+/// page, recording the stack as a TiffVideo.
+#[test]
+fn labels_on_a_tiff_stack_train_and_the_stack_is_tracked_page_by_page() {
+    use data::pose::VideoSource;
+
+    let dir = scratch("pose", "tiff");
+    // The bundled labeled frame as three 8-bit grayscale pages; page 1 is labeled.
+    let (pkg, frame) = bundled_frame();
+    let gray: Vec<u8> = frame.data.chunks(frame.channels).map(|p| p[0]).collect();
+    {
+        let file = std::fs::File::create(dir.join("stack.tif")).unwrap();
+        let mut enc = tiff::encoder::TiffEncoder::new(std::io::BufWriter::new(file)).unwrap();
+        for _ in 0..3 {
+            enc.write_image::<tiff::encoder::colortype::Gray8>(
+                frame.width as u32,
+                frame.height as u32,
+                &gray,
+            )
+            .unwrap();
+        }
+    }
+    let shape = [3, frame.height, frame.width, 1];
+    let p = train_on_video_then_track(&dir, &pkg, "stack.tif", "TiffVideo", shape).predictions;
     assert!(
         matches!(&p.videos[0].source, VideoSource::External { backend, .. } if backend == "TiffVideo"),
         "{:?}",
         p.videos[0]
     );
-    assert_eq!(p.videos[0].shape, Some([3, frame.height, frame.width, 1]));
+    assert_eq!(p.videos[0].shape, Some(shape));
     let frames: Vec<u64> = p.frames.iter().map(|f| f.frame_idx).collect();
     assert_eq!(frames, vec![0, 1, 2]);
     let first = &p.frames[0].instances[0].points;
     assert!(p.frames.iter().all(|f| &f.instances[0].points == first));
 }
 
+/// Labels whose frames are in an mp4 (the way most SLEAP projects keep them): anvil trains on
+/// them, `coordinator track` predicts every frame of the mp4 itself, and the predictions
+/// point at the video and score against the labels.
 #[test]
 fn labels_on_an_mp4_train_and_the_mp4_is_tracked_frame_by_frame() {
-    use data::pose::slp::{read_labels, write_labels, SlpImages};
-    use data::pose::{Video, VideoSource};
+    use data::pose::slp::read_labels;
     use std::io::Write;
 
     let dir = scratch("pose", "mp4");
     // The bundled labeled frame, three times, as a lossless H.264 mp4; frame 1 is labeled.
-    let pkg = read_labels(&labels()).unwrap();
-    let frame = SlpImages::open(&labels(), &pkg)
-        .unwrap()
-        .frame(pkg.frames[0].video, pkg.frames[0].frame_idx)
-        .unwrap();
+    let (pkg, frame) = bundled_frame();
     let rgb: Vec<u8> = frame
         .data
         .chunks(frame.channels)
@@ -466,49 +496,13 @@ fn labels_on_an_mp4_train_and_the_mp4_is_tracked_frame_by_frame() {
     }
     drop(stdin);
     assert!(enc.wait().unwrap().success());
-    let mut on_mp4 = pkg.clone();
-    on_mp4.videos = vec![Video {
-        filename: "clip.mp4".into(),
-        source: VideoSource::External {
-            filename: "clip.mp4".into(),
-            backend: "MediaVideo".into(),
-            dataset: None,
-        },
-        shape: Some([3, frame.height, frame.width, frame.channels]),
-    }];
-    on_mp4.frames[0].video = 0;
-    on_mp4.frames[0].frame_idx = 1;
-    let slp = dir.join("clip.slp");
-    write_labels(&slp, &on_mp4).unwrap();
-
-    let run = dir.join("run");
-    let mut sets = small(6, false);
-    sets.retain(|s| !s.starts_with("data_config.train_labels_path"));
-    sets.push(format!("data_config.train_labels_path=[{}]", slp.display()));
-    let out = launch(&run, 1, &sets, &[]);
-    assert!(out.status.success(), "{}", describe(&out));
-    let l = losses(&run);
-    assert!(
-        l[l.len() - 1] < l[0] / 5.0,
-        "loss {} -> {}",
-        l[0],
-        l[l.len() - 1]
-    );
-
-    let pred = dir.join("predictions.slp");
-    let out = Command::new(env!("CARGO_BIN_EXE_coordinator"))
-        .args(["track", "--model"])
-        .arg(&run)
-        .arg("--data")
-        .arg(&clip)
-        .arg("--output")
-        .arg(&pred)
-        .arg("--worker-bin")
-        .arg(worker_bin())
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", describe(&out));
-    let p = read_labels(&pred).unwrap();
+    let shape = [3, frame.height, frame.width, frame.channels];
+    let Tracked {
+        run,
+        labels: slp,
+        output: pred,
+        predictions: p,
+    } = train_on_video_then_track(&dir, &pkg, "clip.mp4", "MediaVideo", shape);
     assert_eq!(p.videos.len(), 1);
     assert!(
         p.videos[0].filename.ends_with("clip.mp4"),

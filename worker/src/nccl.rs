@@ -173,6 +173,28 @@ impl Nccl {
     }
 }
 
+/// A run's gradient averaging on the device: NCCL when the run has several workers and rank 0
+/// offered a unique id at registration; otherwise None, and gradients go through the host
+/// `GradientSync` (correct, slower).
+pub fn for_run(
+    dev: &Cuda,
+    opts: &crate::train::TrainOptions,
+) -> Result<Option<Box<dyn DeviceReduce<Cuda>>>, crate::train::TrainError> {
+    if opts.world <= 1 || opts.nccl_unique_id.is_empty() {
+        return Ok(None);
+    }
+    let comm = Nccl::connect(
+        dev,
+        opts.rank,
+        opts.world,
+        &opts.nccl_unique_id,
+        opts.grad_dtype,
+        DEFAULT_WATCHDOG,
+    )
+    .map_err(|message| crate::train::TrainError::Sync { step: 0, message })?;
+    Ok(Some(Box::new(comm)))
+}
+
 impl DeviceReduce<Cuda> for Nccl {
     fn begin(&mut self, dev: &Cuda, grads: &CudaMem) {
         self.base = dev.ptr(grads);

@@ -77,23 +77,7 @@ pub fn train(
                 "training on GPU {}",
                 dev.describe()
             )));
-            // Gradients go through NCCL when rank 0 offered an id; otherwise through `sync`
-            // on the host (correct, slower).
-            let nccl: Option<Box<dyn DeviceReduce<_>>> =
-                if opts.world > 1 && !opts.nccl_unique_id.is_empty() {
-                    let comm = crate::nccl::Nccl::connect(
-                        &dev,
-                        opts.rank,
-                        opts.world,
-                        &opts.nccl_unique_id,
-                        opts.grad_dtype,
-                        crate::nccl::DEFAULT_WATCHDOG,
-                    )
-                    .map_err(|message| TrainError::Sync { step: 0, message })?;
-                    Some(Box::new(comm))
-                } else {
-                    None
-                };
+            let nccl = crate::nccl::for_run(&dev, opts)?;
             train_on(dev, nccl, cfg, opts, backbone, sync, on_event, control)
         }
     }

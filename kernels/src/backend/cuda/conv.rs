@@ -165,6 +165,35 @@ impl Cuda {
         )
     }
 
+    /// A bilinear kernel: `written` (the output when `forward`, else dx) from `read`, sizes
+    /// [nc, h, w, h_out, w_out]; one thread per element of `written`.
+    fn resize(
+        &self,
+        op: &str,
+        kernel: &str,
+        written: &CudaMem,
+        read: &CudaMem,
+        [nc, h, w, h_out, w_out]: [usize; 5],
+        forward: bool,
+    ) {
+        // Forward writes the resized planes; backward the gradient of the originals.
+        let (original, resized) = (nc * h * w, nc * h_out * w_out);
+        let (wlen, rlen) = if forward {
+            (resized, original)
+        } else {
+            (original, resized)
+        };
+        need(op, "output", written.len, wlen);
+        need(op, "input", read.len, rlen);
+        let mut args = vec![
+            Arg::Ptr(self.ptr(written)),
+            Arg::Ptr(self.ptr(read)),
+            Arg::U64(nc as u64),
+        ];
+        args.extend([h, w, h_out, w_out].map(|v| Arg::U32(v as u32)));
+        self.launch_1d(kernel, wlen, &args);
+    }
+
     fn pool_args(&self, s: &Pool2dShape) -> [Arg; 9] {
         [
             Arg::U64((s.n * s.c) as u64),
@@ -319,25 +348,14 @@ impl ConvDevice<f32> for Cuda {
         h_out: usize,
         w_out: usize,
     ) {
-        need("upsample_bilinear2d_forward", "x", x.len, nc * h * w);
-        need(
+        let sizes = [nc, h, w, h_out, w_out];
+        self.resize(
             "upsample_bilinear2d_forward",
-            "y",
-            y.len,
-            nc * h_out * w_out,
-        );
-        self.launch_1d(
             "upsample_bilinear_forward",
-            nc * h_out * w_out,
-            &[
-                Arg::Ptr(self.ptr(y)),
-                Arg::Ptr(self.ptr(x)),
-                Arg::U64(nc as u64),
-                Arg::U32(h as u32),
-                Arg::U32(w as u32),
-                Arg::U32(h_out as u32),
-                Arg::U32(w_out as u32),
-            ],
+            y,
+            x,
+            sizes,
+            true,
         );
     }
 
@@ -351,25 +369,14 @@ impl ConvDevice<f32> for Cuda {
         h_out: usize,
         w_out: usize,
     ) {
-        need("upsample_bilinear2d_backward", "dx", dx.len, nc * h * w);
-        need(
+        let sizes = [nc, h, w, h_out, w_out];
+        self.resize(
             "upsample_bilinear2d_backward",
-            "dy",
-            dy.len,
-            nc * h_out * w_out,
-        );
-        self.launch_1d(
             "upsample_bilinear_backward",
-            nc * h * w,
-            &[
-                Arg::Ptr(self.ptr(dx)),
-                Arg::Ptr(self.ptr(dy)),
-                Arg::U64(nc as u64),
-                Arg::U32(h as u32),
-                Arg::U32(w as u32),
-                Arg::U32(h_out as u32),
-                Arg::U32(w_out as u32),
-            ],
+            dx,
+            dy,
+            sizes,
+            false,
         );
     }
 
