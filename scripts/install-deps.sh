@@ -2,10 +2,11 @@
 # Installs the system packages anvil needs to build, if they are missing. Idempotent.
 #   libhdf5-dev + pkg-config: the HDF5 C library behind .h5ad and .slp reading (hdf5-metno).
 #   openssl: the CLI the TLS tests use to make a CA and a server certificate.
+#   g++: compiles kernels/cuda/conv.cu for the host in kernels/tests/cuda_conv_kernels_on_host.rs.
 set -euo pipefail
 
 need=()
-for pkg in libhdf5-dev pkg-config openssl; do
+for pkg in libhdf5-dev pkg-config openssl g++; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done
 if [ ${#need[@]} -gt 0 ]; then
