@@ -1778,6 +1778,19 @@ fn list_names(names: &[&str]) -> String {
     }
 }
 
+impl DataConfig {
+    /// Every labels file the config names, with the field naming it: the training files,
+    /// then the validation files.
+    pub fn labels_files(&self) -> Vec<(&'static str, &str)> {
+        let train = self.train_labels_path.iter().flatten();
+        let val = self.val_labels_path.iter().flatten();
+        train
+            .map(|p| ("data_config.train_labels_path", p.as_str()))
+            .chain(val.map(|p| ("data_config.val_labels_path", p.as_str())))
+            .collect()
+    }
+}
+
 impl SleapNnConfig {
     /// The one head type set, if exactly one is.
     pub fn head_kind(&self) -> Option<HeadKind> {

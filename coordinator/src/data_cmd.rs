@@ -361,13 +361,9 @@ fn wait(args: &WaitArgs) -> anyhow::Result<()> {
             FileKind::AnnData,
         ),
         Ok(configs::AnyConfig::SleapNn(c)) => {
-            let d = &c.data_config;
-            let labels = d
-                .train_labels_path
-                .iter()
-                .flatten()
-                .chain(d.val_labels_path.iter().flatten());
-            (labels.map(PathBuf::from).collect(), FileKind::Labels)
+            let labels = c.data_config.labels_files();
+            let paths = labels.into_iter().map(|(_, p)| PathBuf::from(p));
+            (paths.collect(), FileKind::Labels)
         }
         Err(errors) => bail!("{}", errors),
     };

@@ -26,11 +26,9 @@ fn local_ordinal(opts: &TrainOptions, visible: usize) -> usize {
     local % visible.max(1)
 }
 
-#[cfg(feature = "cuda")]
 pub fn select(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> Result<Selected, TrainError> {
-    use kernels::backend::cuda::Cuda;
     let asked = cfg.training.num_gpus;
-    if cfg.finetune.is_some() {
+    if cfg!(feature = "cuda") && cfg.finetune.is_some() {
         return match asked {
             None => Ok(Selected::Cpu),
             Some(n) => Err(TrainError::Config(format!(
@@ -38,26 +36,17 @@ pub fn select(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> Result<Selected,
             ))),
         };
     }
-    if asked.is_none() && !Cuda::available() {
-        return Ok(Selected::Cpu);
-    }
-    let ordinal = local_ordinal(opts, Cuda::device_count());
-    Cuda::open(ordinal).map(Selected::Cuda).map_err(|e| {
-        TrainError::Config(format!(
-            "training.num_gpus = {} asks for GPUs, but GPU {ordinal} could not be opened: {e}",
-            asked.map_or("auto".to_string(), |n| n.to_string())
-        ))
-    })
-}
-
-#[cfg(not(feature = "cuda"))]
-pub fn select(cfg: &ScModelForgeConfig, _opts: &TrainOptions) -> Result<Selected, TrainError> {
-    match cfg.training.num_gpus {
-        None => Ok(Selected::Cpu),
-        Some(n) => Err(TrainError::Config(format!(
-            "training.num_gpus = {n} asks for GPUs, but this worker was built without CUDA support (build it with `cargo build --release --features cuda`), or remove training.num_gpus to train on the CPU"
-        ))),
-    }
+    let what = format!(
+        "training.num_gpus = {}",
+        asked.map_or("auto".to_string(), |n| n.to_string())
+    );
+    select_gpu(
+        asked.is_some(),
+        &what,
+        "remove training.num_gpus to train on the CPU",
+        opts,
+        None,
+    )
 }
 
 /// The device `track` predicts on, from sleap-nn's `--device`: "auto" (a GPU when this build
@@ -119,16 +108,20 @@ pub fn select_pose(cfg: &SleapNnConfig, opts: &TrainOptions) -> Result<Selected,
     select_gpu(
         asked,
         &format!("trainer_config.trainer_accelerator = {}", acc.as_str()),
+        "set it to \"cpu\" or \"auto\"",
         opts,
         indices,
     )
 }
 
-/// `indices` (`trainer_device_indices`): the GPUs of this node to use, worker i taking the i-th.
+/// A GPU when `asked` (by the config field `what`; `instead` says how to train on the CPU),
+/// or, unasked, when this build has CUDA and one is visible; else the CPU. `indices`
+/// (`trainer_device_indices`): the GPUs of this node to use, worker i taking the i-th.
 #[cfg(feature = "cuda")]
 fn select_gpu(
     asked: bool,
     what: &str,
+    _instead: &str,
     opts: &TrainOptions,
     indices: Option<&[usize]>,
 ) -> Result<Selected, TrainError> {
@@ -151,12 +144,13 @@ fn select_gpu(
 fn select_gpu(
     asked: bool,
     what: &str,
+    instead: &str,
     _opts: &TrainOptions,
     _indices: Option<&[usize]>,
 ) -> Result<Selected, TrainError> {
     if asked {
         return Err(TrainError::Config(format!(
-            "{what} asks for a GPU, but this worker was built without CUDA support (build it with `cargo build --release --features cuda`), or set it to \"cpu\" or \"auto\""
+            "{what} asks for a GPU, but this worker was built without CUDA support (build it with `cargo build --release --features cuda`), or {instead}"
         )));
     }
     Ok(Selected::Cpu)

@@ -749,17 +749,13 @@ fn data_on_volume(cfg: &AnyConfig) -> anyhow::Result<Vec<String>> {
 /// file); `coordinator data wait` holds the run until they open.
 fn labels_on_volume(cfg: &configs::SleapNnConfig) -> anyhow::Result<Vec<String>> {
     let d = &cfg.data_config;
-    let Some(train) = d.train_labels_path.as_ref().filter(|p| !p.is_empty()) else {
+    if d.train_labels_path.as_ref().is_none_or(|p| p.is_empty()) {
         bail!("data_config.train_labels_path is null: name the labels file(s) on the volume, e.g. --set data_config.train_labels_path=[data/labels.pkg.slp]");
-    };
-    let mut on_volume = Vec::new();
-    for p in train {
-        on_volume.push(relative_to_volume("data_config.train_labels_path", p)?);
     }
-    for p in d.val_labels_path.iter().flatten() {
-        on_volume.push(relative_to_volume("data_config.val_labels_path", p)?);
-    }
-    Ok(on_volume)
+    d.labels_files()
+        .into_iter()
+        .map(|(field, p)| relative_to_volume(field, p))
+        .collect()
 }
 
 fn cells_on_volume(cfg: &ScModelForgeConfig) -> anyhow::Result<Vec<String>> {

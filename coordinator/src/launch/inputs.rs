@@ -34,14 +34,9 @@ fn check_pose(cfg: &SleapNnConfig, world: usize) -> anyhow::Result<()> {
     let Some(train) = d.train_labels_path.as_ref().filter(|p| !p.is_empty()) else {
         bail!("data_config.train_labels_path is null: name the labels, e.g. --set data_config.train_labels_path=[labels.pkg.slp]");
     };
-    for (field, paths) in [
-        ("train_labels_path", Some(train)),
-        ("val_labels_path", d.val_labels_path.as_ref()),
-    ] {
-        for p in paths.into_iter().flatten() {
-            if !Path::new(p).exists() {
-                bail!("data_config.{field}: {p} does not exist (paths are relative to the current directory)");
-            }
+    for (field, p) in d.labels_files() {
+        if !Path::new(p).exists() {
+            bail!("{field}: {p} does not exist (paths are relative to the current directory)");
         }
     }
     let b = cfg.trainer_config.train_data_loader.batch_size;

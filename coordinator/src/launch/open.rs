@@ -26,16 +26,11 @@ pub struct OpenRun {
 /// `--workers-per-node`, else the devices per node the config asks for (one worker each, as
 /// Lightning runs one process per device), else 1. A flag that differs from the config is
 /// taken, and said.
-fn workers_per_node(args: &LaunchArgs) -> anyhow::Result<usize> {
-    let (None, Some(config)) = (&args.resume, &args.config) else {
-        // `--resume` keeps the run's own worker count unless flags give another.
-        return Ok(args.workers_per_node.unwrap_or(1));
-    };
-    // A config that does not load is reported, by field, when the run is opened.
-    let asked = configs::load_file(config, &args.overrides)
-        .ok()
-        .and_then(|c| RunConfig::from(c).devices_per_node());
-    Ok(match (args.workers_per_node, asked) {
+/// `given` is the `--config` of a run not resumed (`--resume` keeps the run's own worker count
+/// unless flags give another).
+fn workers_per_node(args: &LaunchArgs, given: Option<&RunConfig>) -> usize {
+    let asked = given.and_then(RunConfig::devices_per_node);
+    match (args.workers_per_node, asked) {
         (Some(k), Some((n, field))) if k != n => {
             eprintln!("anvil: --workers-per-node {k} is used instead of {field}");
             k
@@ -46,12 +41,19 @@ fn workers_per_node(args: &LaunchArgs) -> anyhow::Result<usize> {
             n
         }
         (None, None) => 1,
-    })
+    }
 }
 
 impl OpenRun {
     pub fn open(args: &LaunchArgs) -> anyhow::Result<Self> {
-        let world = args.nodes * workers_per_node(args)?;
+        // The `--config` of a run not resumed, read once.
+        let given = match (&args.resume, &args.config) {
+            (None, Some(path)) => Some(RunConfig::from(
+                configs::load_file(path, &args.overrides).map_err(|e| anyhow!("{e}"))?,
+            )),
+            _ => None,
+        };
+        let world = args.nodes * workers_per_node(args, given.as_ref());
         if world == 0 {
             bail!("--nodes and --workers-per-node must be at least 1");
         }
@@ -74,10 +76,10 @@ impl OpenRun {
                         open.record.world
                     );
                 }
-                open.check_same_config(args)?;
+                open.check_same_config(args, given.as_ref())?;
                 open
             }
-            _ => Self::create(args, world)?,
+            _ => Self::create(args, world, given)?,
         };
         if let Some(token) = given_token {
             if token != open.token {
@@ -96,12 +98,14 @@ impl OpenRun {
     /// `--resume-existing` continues a run only with the config it was started with: a
     /// different `--config` (or `--set`) under the same `--run-dir` is a mistake to report, not
     /// a run to train on quietly with the old config.
-    fn check_same_config(&self, args: &LaunchArgs) -> anyhow::Result<()> {
-        let Some(path) = &args.config else {
+    fn check_same_config(
+        &self,
+        args: &LaunchArgs,
+        given: Option<&RunConfig>,
+    ) -> anyhow::Result<()> {
+        let (Some(path), Some(given)) = (&args.config, given) else {
             return Ok(());
         };
-        let given =
-            RunConfig::from(configs::load_file(path, &args.overrides).map_err(|e| anyhow!("{e}"))?);
         let (given, stored) = (given.to_yaml(), self.cfg.to_yaml());
         if given == stored {
             return Ok(());
@@ -167,13 +171,9 @@ impl OpenRun {
         })
     }
 
-    fn create(args: &LaunchArgs, world: usize) -> anyhow::Result<Self> {
-        let path = args
-            .config
-            .as_ref()
-            .ok_or_else(|| anyhow!("--config is required"))?;
-        let loaded = configs::load_file(path, &args.overrides).map_err(|e| anyhow!("{e}"))?;
-        let cfg = RunConfig::from(loaded);
+    /// A new run of `given`, the `--config` as read by [`OpenRun::open`].
+    fn create(args: &LaunchArgs, world: usize, given: Option<RunConfig>) -> anyhow::Result<Self> {
+        let cfg = given.ok_or_else(|| anyhow!("--config is required"))?;
         let run_name = cfg.run_name();
         let dir = match &args.run_dir {
             Some(d) if RunDir::holds_run(d) => bail!(

@@ -15,7 +15,7 @@ use data::pose::{
     Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
 };
 use kernels::backend::ConvDevice;
-use kernels::{Cpu, Precision};
+use kernels::Precision;
 
 use super::spec;
 use super::unet::{UNetModel, UNetRun};
@@ -215,22 +215,11 @@ fn instance_from(
 }
 
 /// Predicts every labeled frame of `data_path` (a labels file), or the frames of it when it is
-/// a media file ([`predict_video`]). The result has the input's videos and the model's
-/// skeleton, with predicted instances only. `frames` (ascending, distinct; sleap-nn's
+/// a media file or TIFF stack ([`predict_video`]). The result has the input's videos and the
+/// model's skeleton, with predicted instances only. `frames` (ascending, distinct; sleap-nn's
 /// `--frames`, see [`parse_frames`]) are asked of videos only: with a labels file they are an
-/// error.
-pub fn predict(
-    pipe: &Pipeline,
-    data_path: &Path,
-    frames: Option<&[u64]>,
-    o: &PredictOptions,
-    progress: impl FnMut(usize, usize),
-) -> anyhow::Result<Labels> {
-    predict_on(&Cpu, pipe, data_path, frames, o, progress)
-}
-
-/// [`predict`] with the models on the compute device `dev` (their parameters copied there;
-/// the peaks are found on the host from the maps).
+/// error. The models run on the compute device `dev` (their parameters copied there; the peaks are
+/// found on the host from the maps).
 pub fn predict_on<D: ConvDevice<f32>>(
     dev: &D,
     pipe: &Pipeline,

@@ -40,20 +40,44 @@ enum Reader {
     Embedded(Embedded),
     Raw(RawFrames),
     Images(Vec<PathBuf>),
-    /// A multi-page TIFF stack (frame i is page i): its labeled frames decoded once when the
-    /// labels are opened, as for a media file; any other page is decoded when asked for.
-    Tiff {
+    /// A media file or a TIFF stack: its labeled frames decoded once when the labels are opened
+    /// (as sleap-nn's in-memory cache holds them); any other frame is decoded when asked for.
+    Decoded {
         path: PathBuf,
-        frames: HashMap<u64, Image>,
-    },
-    /// A media file: its labeled frames decoded once when the labels are opened (as sleap-nn's
-    /// in-memory cache holds them); any other frame is decoded when asked for.
-    Media {
-        path: PathBuf,
+        file: FrameFile,
         frames: HashMap<u64, Image>,
     },
     /// Why this video's frames cannot be read (returned on each read).
     Unavailable(String),
+}
+
+/// A video file whose frames are decoded here rather than read from HDF5.
+#[derive(Clone, Copy)]
+enum FrameFile {
+    /// mp4, avi, ... through ffmpeg.
+    Media,
+    /// A multi-page TIFF: frame i is page i.
+    Tiff,
+}
+
+impl FrameFile {
+    /// Frames `wanted` of `path`, decoded in one pass.
+    fn read(self, path: &Path, wanted: &[u64]) -> std::result::Result<HashMap<u64, Image>, String> {
+        match self {
+            FrameFile::Media => media::read_frames(path, wanted),
+            FrameFile::Tiff => {
+                let mut wanted = wanted.to_vec();
+                wanted.sort_unstable();
+                wanted.dedup();
+                let mut frames = HashMap::new();
+                tiff::for_each_page(path, Some(&wanted), |i, img| {
+                    frames.insert(i, img);
+                    Ok(())
+                })?;
+                Ok(frames)
+            }
+        }
+    }
 }
 
 struct VideoFrames {
@@ -149,18 +173,13 @@ impl SlpImages {
                 img
             }
             Reader::Raw(r) => read_raw_frame(r, frame_idx)?,
-            Reader::Media { path, frames } => match frames.get(&frame_idx) {
+            Reader::Decoded { path, file, frames } => match frames.get(&frame_idx) {
                 Some(img) => img.clone(),
-                None => media::read_frames(path, &[frame_idx])
+                None => file
+                    .read(path, &[frame_idx])
                     .map_err(|p| self.unavailable(&v.name, &p))?
                     .remove(&frame_idx)
-                    .ok_or_else(|| self.unavailable(&v.name, "ffmpeg returned no frame"))?,
-            },
-            Reader::Tiff { path, frames } => match frames.get(&frame_idx) {
-                Some(img) => img.clone(),
-                None => {
-                    tiff::read_page(path, frame_idx).map_err(|p| self.unavailable(&v.name, &p))?
-                }
+                    .ok_or_else(|| self.unavailable(&v.name, "the decoder returned no frame"))?,
             },
             Reader::Images(files) => {
                 let f = files.get(frame_idx as usize).ok_or_else(|| {
@@ -286,21 +305,9 @@ fn open_video(
                     return Ok(Reader::Raw(raw));
                 }
             }
-            if backend == "TiffVideo" || (backend != "MediaVideo" && tiff::is_tiff_file(&path)) {
-                let mut wanted = labeled.to_vec();
-                wanted.sort_unstable();
-                wanted.dedup();
-                let mut frames = HashMap::new();
-                let read = tiff::for_each_page(&path, Some(&wanted), |i, img| {
-                    frames.insert(i, img);
-                    Ok(())
-                });
-                return Ok(match read {
-                    Ok(_) => Reader::Tiff { path, frames },
-                    Err(problem) => Reader::Unavailable(format!("{}: {problem}", path.display())),
-                });
-            }
-            if backend != "MediaVideo" && !media::is_media_file(&path) {
+            let stack =
+                backend == "TiffVideo" || (backend != "MediaVideo" && tiff::is_tiff_file(&path));
+            if !stack && backend != "MediaVideo" && !media::is_media_file(&path) {
                 return Ok(Reader::Unavailable(format!(
                     "{} exists, but anvil does not read {backend} videos; embed the labeled \
                      frames into a .pkg.slp with sleap-io: python -c 'import sleap_io as sio; \
@@ -309,7 +316,12 @@ fn open_video(
                     path.display()
                 )));
             }
-            if !labeled.is_empty() {
+            let file = if stack {
+                FrameFile::Tiff
+            } else {
+                FrameFile::Media
+            };
+            if !labeled.is_empty() && !stack {
                 tracing::info!(
                     video = %path.display(),
                     frames = labeled.len(),
@@ -318,9 +330,10 @@ fn open_video(
             }
             // Kept as the frames will be read: one channel for a grayscale video.
             let grayscale = v.shape.map(|s| s[3] == 1);
-            match media::read_frames(&path, labeled) {
-                Ok(frames) => Reader::Media {
+            match file.read(&path, labeled) {
+                Ok(frames) => Reader::Decoded {
                     path,
+                    file,
                     frames: frames
                         .into_iter()
                         .map(|(i, img)| (i, to_grayscale_if(img, grayscale)))

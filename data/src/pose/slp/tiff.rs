@@ -35,15 +35,12 @@ pub(crate) fn decode_tiff(bytes: &[u8]) -> Result<Image, String> {
 
 /// Page `page` (0-based) of the TIFF stack at `path`.
 pub fn read_page(path: &Path, page: u64) -> Result<Image, String> {
-    let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut dec = Decoder::new(BufReader::new(file)).map_err(|e| format!("TIFF: {e}"))?;
-    if let Err(e) = dec.seek_to_image(page as usize) {
-        let pages = count_pages(path).unwrap_or(0);
-        return Err(format!(
-            "frame {page} is past the end of the TIFF stack ({pages} pages): {e}"
-        ));
-    }
-    read_current(&mut dec).map_err(|e| format!("page {page}: {e}"))
+    let mut found = None;
+    for_each_page(path, Some(&[page]), |_, img| {
+        found = Some(img);
+        Ok(())
+    })?;
+    found.ok_or_else(|| format!("TIFF: page {page} was not decoded"))
 }
 
 /// Calls `each` with every page of the stack at `path` in order, or only with the pages in
