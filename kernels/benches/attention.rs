@@ -2,7 +2,7 @@
 //! PyTorch's `scaled_dot_product_attention` (attention_torch.py, 2 threads) on the same shape,
 //! in the same run, for fp32 and bf16-mixed at dropout 0.1 and 0. Prints JSON lines and a table.
 //!
-//!     cargo bench -p kernels --bench attention [-- --iters N --only a|b --no-torch]
+//!     cargo bench -p kernels --bench attention [-- --iters N --only a|b --precision 32|bf16-mixed --dropout 0|0.1 --no-torch]
 //!
 //! Shapes: the model_step bench's (a) 16 sequences x 512, 4 heads of 32 and (b) Geneformer-6L,
 //! 8 x 2048, 4 heads of 64; every key unpadded. Model FLOPs: forward 4·B·H·T²·d (Q·Kᵀ, P·V),
@@ -130,6 +130,9 @@ fn main() {
     let iters: Option<usize> = flag("--iters").and_then(|v| v.parse().ok());
     let only = flag("--only").cloned();
     let no_torch = args.iter().any(|a| a == "--no-torch");
+    // One precision or dropout only (for profiling one case).
+    let only_prec = flag("--precision").cloned();
+    let only_dropout: Option<f64> = flag("--dropout").and_then(|v| v.parse().ok());
     let mut rows = Vec::new();
     for s in &SHAPES {
         if only.as_deref().is_some_and(|o| o != s.id) {
@@ -139,6 +142,11 @@ fn main() {
         let gflop_fwd = 4.0 * (s.batch * s.heads * s.seq * s.seq * s.head_dim) as f64 / 1e9;
         for (pname, prec) in [("32", Precision::F32), ("bf16-mixed", Precision::Bf16Mixed)] {
             for dropout in [0.1, 0.0] {
+                if only_prec.as_deref().is_some_and(|p| p != pname)
+                    || only_dropout.is_some_and(|d| d != dropout)
+                {
+                    continue;
+                }
                 let (af, ab) = anvil(s, prec, dropout, it);
                 let t = (!no_torch).then(|| torch(s, pname, dropout, it)).flatten();
                 println!(

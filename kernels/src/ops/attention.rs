@@ -19,8 +19,8 @@
 
 use rayon::prelude::*;
 
-use super::{gemm_rhs, Rhs};
-use crate::precision::{round_slice, Precision};
+use super::{gemm_rhs, gemm_rounds_operands, round_gemm_operand, Rhs};
+use crate::precision::Precision;
 use crate::rng::{keep_threshold, RngKey};
 use crate::Float;
 
@@ -290,7 +290,8 @@ fn gather_rows<T: Float>(x: &[T], s: &AttnShape, row0: usize, h: usize, rows: us
 }
 
 /// Head h's q (every query of `sr`), k and v (its unmasked keys), contiguous and rounded to
-/// the precision: what forward and backward both start from.
+/// the precision (where the GEMMs, their only readers, do not round them): what forward and
+/// backward both start from.
 fn head_qkv<T: Float>(
     qkv: &[T],
     s: &AttnShape,
@@ -301,9 +302,9 @@ fn head_qkv<T: Float>(
     let mut q = gather(qkv, s, sr.row0, h, 0, sr.queries);
     let mut k = gather(qkv, s, sr.row0, h, 1, sr.keys);
     let mut v = gather(qkv, s, sr.row0, h, 2, sr.keys);
-    round_slice(o.prec, &mut q);
-    round_slice(o.prec, &mut k);
-    round_slice(o.prec, &mut v);
+    round_gemm_operand(o.prec, &mut q);
+    round_gemm_operand(o.prec, &mut k);
+    round_gemm_operand(o.prec, &mut v);
     (q, k, v)
 }
 
@@ -418,7 +419,7 @@ pub fn attention_forward<T: Float>(
                     T::dropout_apply(row, stream, base, thr, drop_scale);
                 }
             }
-            round_slice(o.prec, sc);
+            round_gemm_operand(o.prec, sc);
             gemm_rhs(
                 o.prec,
                 &mut ob[r0 * dh..],
@@ -470,7 +471,9 @@ pub fn attention_backward<T: Float>(
         0.0
     });
     let (thr, stream) = (keep_threshold(o.dropout), o.key.stream_state());
-    let separate_p = o.dropout > 0.0 || o.prec != Precision::F32;
+    // P' is P itself unless dropped or rounded here (the bf16 GEMM rounds it as it packs it).
+    let separate_p =
+        o.dropout > 0.0 || (o.prec != Precision::F32 && !gemm_rounds_operands::<T>(o.prec));
     // Whether a kept P' entry stays non-zero after rounding (fp16 flushes small probabilities
     // to zero, so it draws the mask again instead).
     let mask_from_pd = o.prec != Precision::F16Mixed;
@@ -494,7 +497,7 @@ pub fn attention_backward<T: Float>(
             .zip(ob.chunks_exact(dh))
             .map(|(x, y)| x.iter().zip(y).map(|(&a, &b)| a * b).sum())
             .collect();
-        round_slice(o.prec, &mut dob);
+        round_gemm_operand(o.prec, &mut dob);
         let mut dq = vec![T::ZERO; nq * dh];
         let mut dk = vec![T::ZERO; l * dh];
         let mut dv = vec![T::ZERO; l * dh];
@@ -534,7 +537,7 @@ pub fn attention_backward<T: Float>(
                         T::dropout_apply(row, stream, base, thr, drop_scale);
                     }
                 }
-                round_slice(o.prec, pd);
+                round_gemm_operand(o.prec, pd);
                 pd
             } else {
                 p
@@ -568,7 +571,7 @@ pub fn attention_backward<T: Float>(
                 }
                 T::softmax_grad_row(dsr, pr, None, d[i], T::ONE, scale);
             }
-            round_slice(o.prec, ds);
+            round_gemm_operand(o.prec, ds);
             gemm_rhs(
                 o.prec,
                 &mut dq[r0 * dh..],
@@ -622,13 +625,12 @@ pub fn attention_backward<T: Float>(
 mod tests {
     use super::*;
 
-    /// bf16-mixed attention with K and V packed once per head gives the bits of the plain
-    /// products, forward and backward, with dropout, padding and the packed layout, on shapes
-    /// of several query blocks (where the packing is used).
-    #[test]
-    fn packing_k_and_v_once_changes_no_bit() {
+    /// bf16-mixed forward and backward run twice, with `switch` set false then true on the
+    /// (one) thread that runs them, on shapes of several query blocks, with dropout, padding
+    /// and the packed layout: both runs must give the same bits.
+    fn same_bits_either_way(what: &str, switch: impl Fn(bool) + Sync) {
         if crate::bf16gemm::path().is_none() {
-            eprintln!("SKIPPED: K/V packing for the bf16 GEMM: no avx512_bf16 or amx_bf16 here");
+            eprintln!("SKIPPED: {what}: no avx512_bf16 or amx_bf16 here");
             return;
         }
         let lcg = |seed: u64, len: usize| -> Vec<f32> {
@@ -668,7 +670,7 @@ mod tests {
                 prec: Precision::Bf16Mixed,
                 ..Default::default()
             };
-            let run = |pack: bool| {
+            let run = |on: bool| {
                 let n = layout_rows(&s, &o);
                 let mut out = vec![0f32; n * e];
                 let mut lse = vec![0f32; heads * n];
@@ -679,21 +681,39 @@ mod tests {
                     .build()
                     .unwrap();
                 pool.install(|| {
-                    PACK_ONCE.with(|c| c.set(pack));
+                    switch(on);
                     attention_forward(&mut out, &mut lse, &qkv, s, &o);
                     attention_backward(&mut dqkv, &dout[..n * e], &out, &lse, &qkv, s, &o);
                 });
                 (out, lse, dqkv)
             };
-            let (plain, once) = (run(false), run(true));
-            assert!(plain.2.iter().any(|&x| x != 0.0));
+            let (off, on) = (run(false), run(true));
+            assert!(off.2.iter().any(|&x| x != 0.0));
             assert_eq!(
-                plain,
-                once,
-                "pad {:?} packed {:?}",
+                off,
+                on,
+                "{what}: pad {:?} packed {:?}",
                 key_pad.is_some(),
                 packed
             );
         }
+    }
+
+    /// bf16-mixed attention with K and V packed once per head gives the bits of the plain
+    /// products, forward and backward.
+    #[test]
+    fn packing_k_and_v_once_changes_no_bit() {
+        same_bits_either_way("K/V packing for the bf16 GEMM", |on| {
+            PACK_ONCE.with(|c| c.set(on))
+        });
+    }
+
+    /// Leaving the rounding of GEMM operands (Q, K, V, P, dO, dS) to the bf16 GEMM's packing
+    /// gives the bits of rounding them first, forward and backward.
+    #[test]
+    fn leaving_operand_rounding_to_the_bf16_gemm_changes_no_bit() {
+        same_bits_either_way("operand rounding in the bf16 GEMM", |on| {
+            super::super::ROUND_GEMM_OPERANDS.with(|c| c.set(on))
+        });
     }
 }

@@ -172,6 +172,31 @@ fn bf16_path<T: Float>(prec: Precision) -> Option<crate::bf16gemm::Bf16Path> {
         .flatten()
 }
 
+#[cfg(test)]
+thread_local! {
+    /// Tests round GEMM operands before the bf16 GEMM too, to show that skipping it changes no bit.
+    pub(crate) static ROUND_GEMM_OPERANDS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the GEMM that [`gemm_rounded`] / [`gemm_rhs`] runs for `prec` rounds its operands
+/// itself: the bf16 GEMM converts them to bf16 as it packs them (round to nearest even, as
+/// `round_slice`), so rounding them first is a pass over the operand for nothing.
+pub(crate) fn gemm_rounds_operands<T: Float>(prec: Precision) -> bool {
+    #[cfg(test)]
+    if ROUND_GEMM_OPERANDS.with(|c| c.get()) {
+        return false;
+    }
+    bf16_path::<T>(prec).is_some()
+}
+
+/// Rounds `xs` per `prec` when it is only an operand of [`gemm_rounded`] / [`gemm_rhs`] and
+/// that GEMM does not round it itself (fp32 fallback, fp16).
+pub(crate) fn round_gemm_operand<T: Float>(prec: Precision, xs: &mut [T]) {
+    if !gemm_rounds_operands::<T>(prec) {
+        crate::precision::round_slice(prec, xs);
+    }
+}
+
 /// `x` as the f32 slice it is (T is f32; panics otherwise).
 fn f32s<T: Float>(x: &[T]) -> &[f32] {
     assert!(std::any::TypeId::of::<T>() == std::any::TypeId::of::<f32>());
