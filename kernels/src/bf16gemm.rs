@@ -401,7 +401,8 @@ fn as_u32(x: &mut [u16]) -> &mut [u32] {
 }
 
 /// Packs rows `r0..r0+rows` (of op(a)) and columns `k0..k0+kc` of op(a) as bf16 rows of
-/// `kcp` values into `out` (already zeroed: padding stays 0).
+/// `kcp` values into `out`, zeroing the padding (columns past `kc`, rows past `rows`): `out`
+/// holds whatever the previous product left there.
 #[allow(clippy::too_many_arguments)]
 fn pack_a_rows(
     out: &mut [u16],
@@ -414,14 +415,17 @@ fn pack_a_rows(
     kc: usize,
     kcp: usize,
 ) {
+    out[rows * kcp..].fill(0);
     if !ta {
         for i in 0..rows {
             let s = (r0 + i) * lda + k0;
             // SAFETY: the paths that reach here were checked for AVX-512 F/BW/VL.
             unsafe { cvt_row(&mut out[i * kcp..i * kcp + kc], &a[s..s + kc]) };
+            out[i * kcp + kc..(i + 1) * kcp].fill(0);
         }
         return;
     }
+    // The transposing path below writes every pair of rows 0..rows (0 past `kc`).
     // op(a)[i][kk] = a[kk*lda + i]: VNNI pairs over i from two rows of a (contiguous), then a
     // 32-bit transpose of 16 pairs at a time into the rows.
     let out = as_u32(out);
@@ -524,6 +528,18 @@ fn pack_b_panel(
         }
         TBUF.with(|s| s.set(rows));
     }
+}
+
+/// Takes a reusable buffer from a thread-local slot (an empty one if the slot is in use
+/// further up this thread's stack) of `len` values, keeping what it held: only growth is
+/// zero-filled (A's packing zeroes its own padding; zeroing all of it was a pass per product).
+fn take_buf_as_is(
+    slot: &'static std::thread::LocalKey<std::cell::Cell<Vec<u16>>>,
+    len: usize,
+) -> Vec<u16> {
+    let mut v = slot.with(|s| s.take());
+    v.resize(len, 0);
+    v
 }
 
 /// Takes a reusable buffer from a thread-local slot (an empty one if the slot is in use
@@ -775,7 +791,7 @@ fn run_chunk(
         let nrb = g.min(row_blocks - rb0);
         let r0 = rb0 * MR;
         let rows = (nrb * MR).min(m - r0);
-        let mut abuf = take_buf(&ABUF, nrb * MR * kcp);
+        let mut abuf = take_buf_as_is(&ABUF, nrb * MR * kcp);
         pack_a_rows(&mut abuf, a, lda, ta, r0, rows, k0, kc, kcp);
         let _amx = (path == Bf16Path::Amx).then(AmxGuard::new);
         let mut tile = [0f32; MR * NR];
@@ -1175,6 +1191,83 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    /// A product's packing of A reuses the buffer the previous product left (NaN here) and
+    /// must zero its padding itself: a product with edge rows and an odd k right after a large
+    /// all-NaN one is finite and right, on both paths, transposed A or not.
+    #[test]
+    fn a_packing_buffer_left_over_does_not_leak() {
+        for path in [Bf16Path::Amx, Bf16Path::Avx512] {
+            let ok = match path {
+                Bf16Path::Amx => amx_supported(),
+                Bf16Path::Avx512 => avx512_bf16_supported(),
+            };
+            if !ok {
+                skipped("bf16 GEMM packing reuse", path.name());
+                continue;
+            }
+            for ta in [false, true] {
+                let (m, n, k) = (17, 33, 65);
+                let a = lcg(3, m * k);
+                let b = lcg(4, k * n);
+                let mut want = vec![0f32; m * n];
+                gemm(
+                    path,
+                    &mut want,
+                    n,
+                    &a,
+                    if ta { m } else { k },
+                    ta,
+                    &b,
+                    n,
+                    false,
+                    m,
+                    n,
+                    k,
+                    false,
+                    false,
+                );
+                let (bm, bk) = (64, 2048);
+                let nan_a = vec![f32::NAN; bm * bk];
+                let mut big = vec![0f32; bm * 32];
+                gemm(
+                    path,
+                    &mut big,
+                    32,
+                    &nan_a,
+                    bk,
+                    false,
+                    &lcg(5, bk * 32),
+                    32,
+                    false,
+                    bm,
+                    32,
+                    bk,
+                    false,
+                    false,
+                );
+                let mut got = vec![0f32; m * n];
+                gemm(
+                    path,
+                    &mut got,
+                    n,
+                    &a,
+                    if ta { m } else { k },
+                    ta,
+                    &b,
+                    n,
+                    false,
+                    m,
+                    n,
+                    k,
+                    false,
+                    false,
+                );
+                assert!(big.iter().all(|x| x.is_nan()));
+                assert_eq!(got, want, "{} ta {ta}", path.name());
+            }
+        }
     }
 
     /// Checks `gemm(path)` against an f64 product of the bf16-rounded operands, for all four
