@@ -1209,63 +1209,27 @@ mod tests {
             }
             for ta in [false, true] {
                 let (m, n, k) = (17, 33, 65);
-                let a = lcg(3, m * k);
-                let b = lcg(4, k * n);
-                let mut want = vec![0f32; m * n];
-                gemm(
-                    path,
-                    &mut want,
-                    n,
-                    &a,
-                    if ta { m } else { k },
-                    ta,
-                    &b,
-                    n,
-                    false,
-                    m,
-                    n,
-                    k,
-                    false,
-                    false,
-                );
+                let (a, b) = (lcg(3, m * k), lcg(4, k * n));
+                let small = || {
+                    let mut c = vec![0f32; m * n];
+                    let lda = if ta { m } else { k };
+                    gemm(
+                        path, &mut c, n, &a, lda, ta, &b, n, false, m, n, k, false, false,
+                    );
+                    c
+                };
+                let want = small();
+                // A large product of NaNs leaves its packed A in the thread's buffer.
                 let (bm, bk) = (64, 2048);
-                let nan_a = vec![f32::NAN; bm * bk];
                 let mut big = vec![0f32; bm * 32];
+                let b_big = lcg(5, bk * 32);
+                let nan_a = vec![f32::NAN; bm * bk];
                 gemm(
-                    path,
-                    &mut big,
-                    32,
-                    &nan_a,
-                    bk,
-                    false,
-                    &lcg(5, bk * 32),
-                    32,
-                    false,
-                    bm,
-                    32,
-                    bk,
-                    false,
-                    false,
-                );
-                let mut got = vec![0f32; m * n];
-                gemm(
-                    path,
-                    &mut got,
-                    n,
-                    &a,
-                    if ta { m } else { k },
-                    ta,
-                    &b,
-                    n,
-                    false,
-                    m,
-                    n,
-                    k,
-                    false,
+                    path, &mut big, 32, &nan_a, bk, false, &b_big, 32, false, bm, 32, bk, false,
                     false,
                 );
                 assert!(big.iter().all(|x| x.is_nan()));
-                assert_eq!(got, want, "{} ta {ta}", path.name());
+                assert_eq!(small(), want, "{} ta {ta}", path.name());
             }
         }
     }
