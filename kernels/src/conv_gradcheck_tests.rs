@@ -173,8 +173,14 @@ fn conv2d_k1_stride2_and_asymmetric_pads_match_fd() {
 #[test]
 fn conv2d_wide_input_dx_through_the_flipped_weight_matches_fd() {
     conv_case(conv(1, 32, 4, 5, 2, 3), true, 80);
-    // From 8 input channels when c_out·k is wide enough for the row-shift unfolding.
-    conv_case(conv(2, 8, 5, 6, 9, 3), true, 95);
+    // From 8 input channels when c_out·k is wide enough for the row-shift unfolding and the
+    // image has at least ROWS_MIN_PIXELS (9 x 8 = 72): forward, flipped dx and the weight
+    // gradient by row shifts, with images in parallel (2 images) and with one image (one
+    // accumulator, parallel GEMMs).
+    conv_case(conv(2, 8, 9, 8, 9, 3), true, 95);
+    conv_case(conv(1, 8, 9, 8, 9, 3), false, 96);
+    // The same channels on a 5 x 6 image: full unfolding, dx by GEMM and fold.
+    conv_case(conv(2, 8, 5, 6, 9, 3), true, 97);
     conv_case(conv(2, 32, 3, 4, 3, 2), false, 85);
     let mut s = conv(1, 33, 4, 3, 2, 3);
     s.pad = [2, 0, 0, 1];

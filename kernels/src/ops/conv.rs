@@ -147,14 +147,20 @@ fn col2im_add<T: Float>(g: &Geom, col: &[T], p0: usize, np: usize, img: &mut [T]
 /// ox] = img[c, oy0 + r − pt, ox + kx − pl]` for the padded rows r of an output row block
 /// (0 outside the image), and the k kernel rows become k GEMMs over the same buffer, each
 /// reading it from row offset ky (row stride (rows_out + k − 1)·wo). A third of the unfolding
-/// work and memory of [`im2col`] for k = 3, which dominates on the UNet's small layers.
+/// work and memory of [`im2col`] for k = 3, which dominates on the UNet's larger layers.
 fn use_rows(g: &Geom) -> bool {
-    g.s == 1 && g.k > 1 && g.c * g.k >= ROWS_MIN_INNER
+    g.s == 1 && g.k > 1 && g.c * g.k >= ROWS_MIN_INNER && g.ho * g.wo >= ROWS_MIN_PIXELS
 }
 
 /// The shortest GEMM inner dimension (c·k) for which [`use_rows`] pays: below it (the UNet's
 /// first layer, c = 1) the k thin GEMMs cost more than the full unfolding saves.
 const ROWS_MIN_INNER: usize = 24;
+
+/// The fewest output pixels for which [`use_rows`] pays: on the UNet's 8x8 middle block the
+/// unfolding is small and k GEMMs of 64 columns, each reading and writing the output, cost more
+/// than one GEMM over the full unfolding (fwd + bwd 7.5 → 5.1 ms at 256 → 256 channels, batch
+/// 4, 2 threads; at 16x16 the row shift is still ahead, BENCHMARKS.md).
+const ROWS_MIN_PIXELS: usize = 65;
 
 impl Geom {
     /// Output rows per row block of the row-shift path: its buffer (c·k rows of
@@ -504,9 +510,11 @@ fn weight_grad<T: Float>(
     if use_rows(&g) {
         let rblk = g.row_block();
         let by_ky_len = g.k * m * g.c * g.k;
-        if !par_img || px <= ROWS_SHARED_GRAD_PIXELS {
-            // One accumulator for all images, parallel GEMMs: on small images the per-image
-            // gradient buffers (as large as the weight) cost as much as the GEMMs themselves.
+        if !par_img {
+            // Fewer images than threads: one accumulator for all images, parallel GEMMs.
+            // (With images to spare, one buffer per image and images in parallel is faster at
+            // every size of the UNet, the small ones too: 32x32 64 → 64 channels fwd + bwd
+            // 6.4 → 3.9 ms at batch 4 on 2 threads, BENCHMARKS.md.)
             let mut by_ky = vec![T::ZERO; by_ky_len];
             let mut col = Scratch::<T>::take(g.rows_len(rblk));
             let parallel = rayon::current_num_threads() > 1;
@@ -575,10 +583,6 @@ fn weight_grad<T: Float>(
     );
     add_into(&mut dwm[..m * rows], parts);
 }
-
-/// Output pixels per image up to which the row-shift weight gradient accumulates all images
-/// into one buffer with parallel GEMMs instead of one buffer per image (32x32 and below).
-const ROWS_SHARED_GRAD_PIXELS: usize = 1024;
 
 /// by_ky[ky][m, c·k] += a_img[m, pixels] · rowcol(img, ky)ᵀ over all row blocks of one image:
 /// the row-shift path's weight gradient, per kernel row.
