@@ -1,8 +1,9 @@
 //! Vectorizable f32 exp and erf for the softmax and GELU loops. libm's scalar calls were the
 //! largest non-GEMM cost of an encoder layer; these are branch-free polynomials that LLVM turns
 //! into SIMD code, with an AVX2+FMA build of each loop picked at run time. The softmax's two
-//! row passes (`max`, `exp_scaled_sum`) and GELU are written out in AVX-512 where the CPU has it: they are
-//! most of attention's non-GEMM time, and the compiler's version of each was latency-bound.
+//! row passes (`max`, `exp_scaled_sum`, most of attention's non-GEMM time) and GELU's forward
+//! and backward are also written out in AVX-512 (FMA, `vscalefps`) where the CPU has it: the
+//! compiled loops were latency-bound or without FMA.
 //!
 //! Accuracy: exp within 2 ulp of the correctly rounded value for x ≥ −87 (and exactly 0 below,
 //! so −∞ masks give 0); erf within 6e-7 absolute (Abramowitz–Stegun 7.1.26, 1.5e-7, plus f32 rounding).
