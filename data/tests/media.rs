@@ -7,14 +7,14 @@
 //! Needs ffmpeg (ANVIL_FFMPEG, IMAGEIO_FFMPEG_EXE or PATH; scripts/test.sh points ANVIL_FFMPEG
 //! at the imageio-ffmpeg binary it installs).
 
+mod common;
+
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use data::pose::slp::{media, read_labels, write_labels, SlpImages};
-use data::pose::{
-    Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
-};
+use data::pose::{Image, Labels, Video, VideoSource};
 
 const W: usize = 64;
 const H: usize = 48;
@@ -87,39 +87,16 @@ fn encode(path: &Path, gray: bool, codec: &[&str]) {
 
 /// Labels with one user instance on each of `frames` of `video` (a media file).
 fn labels(video: &str, frames: &[u64], shape: Option<[usize; 4]>) -> Labels {
-    Labels {
-        skeletons: vec![Skeleton {
-            name: "s".into(),
-            nodes: vec!["a".into()],
-            edges: Vec::new(),
-            symmetries: Vec::new(),
-        }],
-        videos: vec![Video {
+    let video = Video {
+        filename: video.into(),
+        source: VideoSource::External {
             filename: video.into(),
-            source: VideoSource::External {
-                filename: video.into(),
-                backend: "MediaVideo".into(),
-                dataset: None,
-            },
-            shape,
-        }],
-        frames: frames
-            .iter()
-            .map(|&frame_idx| LabeledFrame {
-                video: 0,
-                frame_idx,
-                instances: vec![Instance {
-                    skeleton: 0,
-                    points: vec![[10.0, 10.0]],
-                    point_scores: Vec::new(),
-                    kind: InstanceKind::User,
-                    track: None,
-                    tracking_score: 0.0,
-                }],
-            })
-            .collect(),
-        tracks: Vec::new(),
-    }
+            backend: "MediaVideo".into(),
+            dataset: None,
+        },
+        shape,
+    };
+    common::one_node_labels(video, frames, [10.0, 10.0])
 }
 
 /// Opens `video` through a labels file written beside it, labeled on `frames`.

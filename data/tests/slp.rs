@@ -2,6 +2,8 @@
 //! frame, writing labels and reading them back, and the errors for files that are not labels
 //! or videos that cannot be read.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use data::pose::slp::{read_labels, write_labels, SlpImages};
@@ -251,28 +253,7 @@ fn png_bytes(w: u32, h: u32, color: png::ColorType, data: &[u8]) -> Vec<u8> {
 }
 
 fn one_frame_labels(video: Video) -> Labels {
-    Labels {
-        skeletons: vec![Skeleton {
-            name: "s".into(),
-            nodes: vec!["a".into()],
-            edges: vec![],
-            symmetries: vec![],
-        }],
-        videos: vec![video],
-        frames: vec![LabeledFrame {
-            video: 0,
-            frame_idx: 0,
-            instances: vec![Instance {
-                skeleton: 0,
-                points: vec![[1.0, 1.0]],
-                point_scores: vec![],
-                kind: InstanceKind::User,
-                track: None,
-                tracking_score: 0.0,
-            }],
-        }],
-        tracks: vec![],
-    }
+    common::one_node_labels(video, &[0], [1.0, 1.0])
 }
 
 #[test]

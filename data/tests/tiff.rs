@@ -2,13 +2,13 @@
 //! sequence, against the same pages written as PNG by an independent writer (Pillow,
 //! scripts/tiff_fixture.py): every pixel must match. 16-bit stacks are refused by name.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 
 use data::pose::slp::tiff::{count_pages, read_page};
 use data::pose::slp::{read_labels, write_labels, SlpImages};
-use data::pose::{
-    Image, Instance, InstanceKind, LabeledFrame, Labels, Skeleton, Video, VideoSource,
-};
+use data::pose::{Image, Labels, Video, VideoSource};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiff")
@@ -78,31 +78,7 @@ fn scratch(name: &str) -> PathBuf {
 }
 
 fn labels(video: Video, frames: &[u64]) -> Labels {
-    Labels {
-        skeletons: vec![Skeleton {
-            name: "s".into(),
-            nodes: vec!["a".into()],
-            edges: vec![],
-            symmetries: vec![],
-        }],
-        videos: vec![video],
-        frames: frames
-            .iter()
-            .map(|&frame_idx| LabeledFrame {
-                video: 0,
-                frame_idx,
-                instances: vec![Instance {
-                    skeleton: 0,
-                    points: vec![[1.0, 1.0]],
-                    point_scores: vec![],
-                    kind: InstanceKind::User,
-                    track: None,
-                    tracking_score: 0.0,
-                }],
-            })
-            .collect(),
-        tracks: vec![],
-    }
+    common::one_node_labels(video, frames, [1.0, 1.0])
 }
 
 /// Writes `labels` beside copies of the fixtures, reads them back and opens their frames.

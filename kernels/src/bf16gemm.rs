@@ -182,9 +182,10 @@ pub fn bf16_to_f32(h: u16) -> f32 {
     f32::from_bits((h as u32) << 16)
 }
 
-/// The mask of the first `min(left, 16)` of 16 lanes (a loop's last, partial vector).
+/// The mask of the first `min(left, 16)` of 16 lanes (a loop's last, partial vector; also
+/// the AVX-512 loops of `fastmath`).
 #[inline(always)]
-fn lanes16(left: usize) -> u16 {
+pub(crate) fn lanes16(left: usize) -> u16 {
     if left >= 16 {
         0xFFFF
     } else {

@@ -184,16 +184,8 @@ unsafe fn erf16(x: std::arch::x86_64::__m512) -> std::arch::x86_64::__m512 {
     _mm512_mask_sub_ps(y, neg, _mm512_setzero_ps(), y)
 }
 
-/// The mask of the first `min(left, 16)` lanes.
 #[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn lanes(left: usize) -> u16 {
-    if left >= 16 {
-        0xffff
-    } else {
-        ((1u32 << left) - 1) as u16
-    }
-}
+use crate::bf16gemm::lanes16 as lanes;
 
 /// [`exp_scaled_sum`] on AVX-512: [`exp16`] with the sum kept in 16 lanes in the same pass (the
 /// portable loop is ~40 instructions per 16 values and a second pass for the sum; this is ~20

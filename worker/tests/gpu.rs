@@ -165,13 +165,16 @@ fn unet_follows_the_cpu(gpu: &Cuda) -> Result<(), String> {
     Ok(())
 }
 
-fn pose_run<D: ConvDevice<f32>>(dev: D, labels: &Path, name: &str) -> TrainSummary {
-    let dir = std::env::temp_dir().join(format!("anvil-gpu-pose-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let mut opts = TrainOptions::single(&dir);
+/// 30 training steps of the test's pose config on `labels`, the run in `run_dir`.
+fn train_30_steps<D: ConvDevice<f32>>(
+    dev: D,
+    labels: &Path,
+    run_dir: &Path,
+) -> Result<TrainSummary, String> {
+    let mut opts = TrainOptions::single(run_dir);
     opts.max_steps = Some(30);
     let cfg = pose_config(&pose_yaml(labels, true));
-    let s = train_pose_on(
+    train_pose_on(
         dev,
         None,
         &cfg,
@@ -180,7 +183,13 @@ fn pose_run<D: ConvDevice<f32>>(dev: D, labels: &Path, name: &str) -> TrainSumma
         &mut |_| {},
         &mut || Control::Continue,
     )
-    .unwrap_or_else(|e| panic!("{name}: {e}"));
+    .map_err(|e| e.to_string())
+}
+
+fn pose_run<D: ConvDevice<f32>>(dev: D, labels: &Path, name: &str) -> TrainSummary {
+    let dir = std::env::temp_dir().join(format!("anvil-gpu-pose-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let s = train_30_steps(dev, labels, &dir).unwrap_or_else(|e| panic!("{name}: {e}"));
     let _ = std::fs::remove_dir_all(&dir);
     s
 }
@@ -205,19 +214,7 @@ fn pose_prediction_follows_the_cpu(gpu: &Cuda) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("anvil-gpu-predict-{}", std::process::id()));
     let labels = synth_labels(&dir)?;
     let run = dir.join("run");
-    let mut opts = TrainOptions::single(&run);
-    opts.max_steps = Some(30);
-    let cfg = pose_config(&pose_yaml(&labels, true));
-    train_pose_on(
-        Cpu,
-        None,
-        &cfg,
-        &opts,
-        &mut NoSync,
-        &mut |_| {},
-        &mut || Control::Continue,
-    )
-    .map_err(|e| e.to_string())?;
+    train_30_steps(Cpu, &labels, &run)?;
     let model = TrainedPose::load(&run).map_err(|e| format!("{e:#}"))?;
     let pipe = Pipeline::from_models(vec![model]).map_err(|e| format!("{e:#}"))?;
     let o = PredictOptions::default();
