@@ -16,8 +16,10 @@
 //! Each (shape, precision, dropout) runs in its own child process — this executable re-run with
 //! `--child …` for anvil, `python3 model_step_torch.py step …` for PyTorch, right after each
 //! other — so a peak RSS is that configuration's alone (anvil: VmHWM of the child; PyTorch:
-//! ru_maxrss). The run also measures the GEMM peak of the kernels' own f32 matmul path on a
-//! large square product and reports model FLOPs per second as a fraction of it:
+//! ru_maxrss). The run also measures the processor's GEMM peak per precision — the best of the
+//! kernels' own matmul (f32, and bf16-mixed on AMX / AVX512_BF16) and PyTorch's `torch.mm` in
+//! fp32 and bf16 on large square products — and reports each row's model FLOPs per second as a
+//! fraction of the peak of its own precision:
 //!
 //!   model FLOPs per step = 3 · [ L · (2·N·(3E² + E² + 2·E·F) + 2·2·B·T²·E) + 2·M·E·V ]
 //!
@@ -296,7 +298,7 @@ fn torch_script() -> &'static str {
 
 /// GFLOP/s of a square f32 product through the CPU device's `matmul` (the linear layers' path;
 /// `tb` = x·Wᵀ as in the forward).
-fn gemm_gflops(n: usize, tb: bool, iters: usize) -> f64 {
+fn gemm_gflops(prec: Precision, n: usize, tb: bool, iters: usize) -> f64 {
     let key = RngKey::new(7, 0, 0);
     let a: Vec<f32> = (0..n * n)
         .map(|i| key.bits(i as u64) as f32 / 4_294_967_296.0 - 0.5)
@@ -305,7 +307,7 @@ fn gemm_gflops(n: usize, tb: bool, iters: usize) -> f64 {
     let mut c = vec![0.0f32; n * n];
     let mut run = || {
         let t0 = Instant::now();
-        Cpu.matmul(Precision::F32, &mut c, &a, false, &b, tb, n, n, n, false);
+        Cpu.matmul(prec, &mut c, &a, false, &b, tb, n, n, n, false);
         t0.elapsed().as_secs_f64()
     };
     run();
@@ -313,9 +315,10 @@ fn gemm_gflops(n: usize, tb: bool, iters: usize) -> f64 {
     2.0 * (n as f64).powi(3) / best / 1e9
 }
 
-/// What bf16-mixed adds on the CPU backend: every matrix-product operand is copied and rounded
-/// to bf16 (kept in f32) before the same f32 GEMM. Prints the rounding rate and an f32 vs
-/// bf16-mixed `matmul` at shape (b)'s in-projection (x[N, E] · W[3E, E]ᵀ).
+/// What bf16-mixed costs around its products on the CPU backend: the rate of rounding a buffer
+/// to bf16 (kept in f32, as the elementwise ops do), and an f32 vs bf16-mixed `matmul` (the bf16
+/// GEMM, which converts its f32 operands as it packs them) at shape (b)'s in-projection
+/// (x[N, E] · W[3E, E]ᵀ).
 fn bf16_overhead(iters: usize) {
     let n = 1 << 24;
     let key = RngKey::new(9, 0, 0);
@@ -354,6 +357,44 @@ fn bf16_overhead(iters: usize) {
         f32_s * 1e3,
         bf16_s * 1e3,
     );
+}
+
+/// The best GEMM GFLOP/s seen in the run, per precision.
+#[derive(Default)]
+struct Peaks {
+    f32: f64,
+    bf16: f64,
+}
+
+impl Peaks {
+    fn note(&mut self, prec: Precision, gflops: f64) {
+        let p = match prec {
+            Precision::F32 => &mut self.f32,
+            Precision::Bf16Mixed => &mut self.bf16,
+            Precision::F16Mixed => return, // not benchmarked here
+        };
+        *p = p.max(gflops);
+    }
+
+    fn of(&self, prec: Precision) -> f64 {
+        match prec {
+            Precision::F32 => self.f32,
+            Precision::Bf16Mixed => self.bf16,
+            Precision::F16Mixed => f64::NAN,
+        }
+    }
+}
+
+fn parse_prec(name: &str) -> Precision {
+    Precision::parse(name).unwrap_or_else(|| panic!("unknown precision {name:?} (32 | bf16-mixed)"))
+}
+
+fn prec_name(prec: Precision) -> &'static str {
+    match prec {
+        Precision::F32 => "32",
+        Precision::Bf16Mixed => "bf16-mixed",
+        Precision::F16Mixed => "16-mixed",
+    }
 }
 
 /// One configuration: the JSON lines both children printed.
@@ -408,21 +449,19 @@ fn main() {
     let load_start = load_average();
     let started = Instant::now();
 
-    // GEMM peak of the kernels' own f32 path, and (for context) PyTorch's fp32/bf16 mm.
+    // The GEMM peak per precision: the kernels' own matmul here, PyTorch's `mm` below.
     let gemm_iters = if quick { 2 } else { 5 };
-    let peaks = [
-        (1024, false, gemm_gflops(1024, false, gemm_iters)),
-        (2048, false, gemm_gflops(2048, false, gemm_iters)),
-        (2048, true, gemm_gflops(2048, true, gemm_iters)),
-    ];
-    for (n, tb, g) in peaks {
-        println!(
-            "{{\"bench\":\"gemm_peak\",\"impl\":\"anvil\",\"n\":{n},\"b_transposed\":{tb},\"gflops\":{g:.1}}}"
-        );
+    let mut peaks = Peaks::default();
+    for prec in [Precision::F32, Precision::Bf16Mixed] {
+        for (n, tb) in [(1024, false), (2048, false), (2048, true)] {
+            let g = gemm_gflops(prec, n, tb, gemm_iters);
+            println!(
+                "{{\"bench\":\"gemm_peak\",\"impl\":\"anvil\",\"precision\":\"{}\",\"n\":{n},\"b_transposed\":{tb},\"gflops\":{g:.1}}}",
+                prec_name(prec)
+            );
+            peaks.note(prec, g);
+        }
     }
-    // The machine is shared: the peak is re-measured before every configuration and the best
-    // figure of the whole run is the one every fraction is taken of.
-    let mut peak = peaks.iter().map(|p| p.2).fold(0.0, f64::max);
     let torch_gemm = (!no_torch)
         .then(|| {
             run_json(
@@ -437,10 +476,18 @@ fn main() {
         .flatten();
     if let Some(l) = &torch_gemm {
         println!("{{\"bench\":\"gemm_peak\",{}", &l[1..]);
+        if let Some(g) = json_num(l, "fp32_gflops") {
+            peaks.note(Precision::F32, g);
+        }
+        if let Some(g) = json_num(l, "bf16_gflops") {
+            peaks.note(Precision::Bf16Mixed, g);
+        }
     }
     println!(
-        "{{\"bench\":\"env\",\"threads\":{},\"gemm_peak_gflops\":{peak:.1},\"load_average\":\"{load_start}\"}}",
-        rayon::current_num_threads()
+        "{{\"bench\":\"env\",\"threads\":{},\"gemm_peak_f32_gflops\":{:.1},\"gemm_peak_bf16_gflops\":{:.1},\"load_average\":\"{load_start}\"}}",
+        rayon::current_num_threads(),
+        peaks.f32,
+        peaks.bf16,
     );
 
     if precs.iter().any(|p| p == "bf16-mixed") {
@@ -463,12 +510,15 @@ fn main() {
         }
         for prec in &precs {
             for &dropout in &dropouts {
-                let g = gemm_gflops(2048, true, 3);
+                // The machine is shared: the peak is re-measured before every configuration
+                // and the best figure of the whole run is the one fractions are taken of.
+                let p = parse_prec(prec);
+                let g = gemm_gflops(p, 2048, true, 3);
                 println!(
-                    "{{\"bench\":\"gemm_peak\",\"impl\":\"anvil\",\"n\":2048,\"b_transposed\":true,\"gflops\":{g:.1},\"before\":\"{} {prec} {dropout}\"}}",
+                    "{{\"bench\":\"gemm_peak\",\"impl\":\"anvil\",\"precision\":\"{prec}\",\"n\":2048,\"b_transposed\":true,\"gflops\":{g:.1},\"before\":\"{} {prec} {dropout}\"}}",
                     s.name
                 );
-                peak = peak.max(g);
+                peaks.note(p, g);
                 let mine = run_json(
                     Command::new(&exe).args([
                         "--child",
@@ -535,6 +585,7 @@ fn main() {
         |x: Option<f64>, digits: usize| x.map_or("null".to_string(), |v| format!("{v:.digits$}"));
     for r in &rows {
         let (flops, tok) = (r.shape.model_flops(), r.shape.tokens() as f64);
+        let peak = peaks.of(parse_prec(&r.prec));
         let side = |ms: Option<f64>, median: Option<f64>, mb: Option<f64>, cpu: Option<f64>| {
             format!(
                 "{{\"ms_per_step\":{},\"median_ms\":{},\"tokens_per_s\":{},\"peak_mb\":{},\"model_gflops\":{},\"frac_of_peak\":{},\"cpu_share\":{}}}",
@@ -564,7 +615,9 @@ fn main() {
     }
 
     println!(
-        "\nGEMM peak (kernels f32 matmul, best of the run): {peak:.1} GFLOP/s; load average {load_start} at start, {} at end; {:.0} s total",
+        "\nGEMM peak (best of the kernels' matmul and torch.mm in the run): f32 {:.1}, bf16 {:.1} GFLOP/s; anvil% and torch% are of the row's own precision's peak; load average {load_start} at start, {} at end; {:.0} s total",
+        peaks.f32,
+        peaks.bf16,
         load_average(),
         started.elapsed().as_secs_f64()
     );
@@ -587,6 +640,7 @@ fn main() {
     for r in &rows {
         let flops = r.shape.model_flops();
         let tok = r.shape.tokens() as f64;
+        let peak = peaks.of(parse_prec(&r.prec));
         let pct = |ms: f64| 100.0 * flops / (ms / 1e3) / 1e9 / peak;
         let opt = |x: Option<f64>, f: &dyn Fn(f64) -> String| x.map_or("-".into(), f);
         let (a, t) = (r.anvil("best_ms").unwrap_or(f64::NAN), r.torch("best_ms"));

@@ -15,7 +15,11 @@
 //! process CPU time per step, which other jobs' load moves less than wall time (for A/B runs of
 //! two builds). No timed assertions.
 //!
-//!     cargo bench -p worker --bench pose_step [-- --iters N --no-torch --only-step]
+//!     cargo bench -p worker --bench pose_step [-- --iters N --no-torch --only-step --bf16]
+//!
+//! `--bf16` builds anvil's UNet in bf16-mixed (the convolutions' GEMMs on bf16 operands, AMX or
+//! AVX512_BF16 where the CPU has them) instead of f32; sleap-nn trains in f32 only, so this is
+//! anvil against itself, and the PyTorch rows stay f32.
 //!
 //! On a GPU (`--features cuda`, `-- --cuda`): the whole step on CUDA against PyTorch on the
 //! same GPU (per-layer rows are CPU only); `--batch N --side S` size it (defaults 4 and 128;
@@ -352,7 +356,12 @@ fn main() {
         "{{\"bench\":\"env\",\"device\":\"{device}\",\"threads\":{},\"iters\":{iters},\"batch\":{batch},\"side\":{side}}}",
         rayon::current_num_threads()
     );
-    let model = UNetModel::new(plan.clone(), Precision::F32);
+    let prec = if args.iter().any(|a| a == "--bf16") {
+        Precision::Bf16Mixed
+    } else {
+        Precision::F32
+    };
+    let model = UNetModel::new(plan.clone(), prec);
     let [step, fwd, loss, bwd, opt, cpu] = if cuda {
         cuda_step(&model, iters, batch, side)
     } else {
