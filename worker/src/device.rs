@@ -26,6 +26,27 @@ fn local_ordinal(opts: &TrainOptions, visible: usize) -> usize {
     local % visible.max(1)
 }
 
+/// What bf16-mixed does on this CPU, said once at start (None for other precisions): the
+/// speed of bf16 against fp32 depends on the instructions the processor has.
+pub fn cpu_precision_note(prec: kernels::Precision) -> Option<String> {
+    use kernels::bf16gemm::Bf16Path;
+    if prec != kernels::Precision::Bf16Mixed {
+        return None;
+    }
+    Some(match kernels::bf16gemm::path() {
+        Some(Bf16Path::Amx) => {
+            "bf16-mixed on the CPU: matrix products on AMX tiles (bf16 operands, fp32 sums)".into()
+        }
+        Some(Bf16Path::Avx512) => "bf16-mixed on the CPU: matrix products with AVX512_BF16, not AMX (none on this processor, or ANVIL_BF16_GEMM=avx512); \
+             its bf16 dot products can be slower than fp32 FMAs (with AMX hidden, the measured processor ran bf16-mixed \
+             about 1.3x slower than precision \"32\", BENCHMARKS.md): compare with precision \"32\""
+            .into(),
+        None => "bf16-mixed on the CPU: no bf16 instructions in use (none on this processor, or ANVIL_BF16_GEMM=off), \
+             so operands are rounded to bf16 and multiplied in fp32, which is slower than precision \"32\""
+            .into(),
+    })
+}
+
 pub fn select(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> Result<Selected, TrainError> {
     let asked = cfg.training.num_gpus;
     if cfg!(feature = "cuda") && cfg.finetune.is_some() {

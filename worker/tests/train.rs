@@ -270,6 +270,43 @@ fn fp16_mixed_skips_overflowing_steps_and_trains() {
 }
 
 #[test]
+fn bf16_mixed_says_which_bf16_instructions_this_cpu_multiplies_with() {
+    let mut cfg = small_config();
+    cfg.training.precision = Precision::Bf16Mixed;
+    cfg.training.max_epochs = 1;
+    let mut notes = Vec::new();
+    let s = train(
+        &cfg,
+        &TrainOptions::single(tmp("bf16note")),
+        &mut NoSync,
+        &mut |e| {
+            if let TrainEvent::Log(m) = e {
+                if m.starts_with("bf16-mixed on the CPU") {
+                    notes.push(m);
+                }
+            }
+        },
+        &mut || Control::Continue,
+    )
+    .expect("bf16-mixed trains");
+    assert!(s.losses.iter().all(|l| l.is_finite()));
+    let path = kernels::bf16gemm::path();
+    eprintln!("bf16 path on this CPU: {path:?}; said: {notes:?}");
+    assert_eq!(notes.len(), 1, "one note at start: {notes:?}");
+    let expect = match path {
+        Some(kernels::bf16gemm::Bf16Path::Amx) => "AMX tiles",
+        Some(kernels::bf16gemm::Bf16Path::Avx512) => "AVX512_BF16",
+        None => "no bf16 instructions in use",
+    };
+    assert!(notes[0].contains(expect), "{expect:?} in {:?}", notes[0]);
+    // fp32 says nothing.
+    assert_eq!(
+        worker::device::cpu_precision_note(kernels::Precision::F32),
+        None
+    );
+}
+
+#[test]
 fn control_checkpoint_and_stop() {
     let cfg = small_config();
     let dir = tmp("ctl");

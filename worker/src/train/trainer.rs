@@ -69,6 +69,10 @@ pub fn train(
     let cfg = resolved.as_ref().unwrap_or(cfg);
     match crate::device::select(cfg, opts)? {
         crate::device::Selected::Cpu => {
+            let prec = model::precision_of(cfg.training.precision);
+            if let Some(note) = crate::device::cpu_precision_note(prec) {
+                on_event(TrainEvent::Log(note));
+            }
             train_on(Cpu, None, cfg, opts, backbone, sync, on_event, control)
         }
         #[cfg(feature = "cuda")]
