@@ -418,8 +418,10 @@ impl Row {
 }
 
 fn main() {
-    // The worker binary's allocator setting, so the step is timed as training runs it.
+    // The worker binary's allocator setting and thread pool (this thread one of rayon's
+    // workers), so the step is timed as training runs it.
     worker::alloc::keep_freed_memory();
+    worker::threads::main_thread_joins_the_pool();
     let args: Vec<String> = std::env::args().collect();
     let flag = |name: &str| {
         args.iter()

@@ -327,8 +327,10 @@ fn torch(
 
 fn main() {
     // As the worker binary does (`worker train`): without it every step page-faults its
-    // activation buffers afresh (~10% of this step in the kernel).
+    // activation buffers afresh (~10% of this step in the kernel). And its thread pool: this
+    // thread one of rayon's workers.
     worker::alloc::keep_freed_memory();
+    worker::threads::main_thread_joins_the_pool();
     let args: Vec<String> = std::env::args().collect();
     let iters: usize = args
         .iter()

@@ -20,4 +20,5 @@ pub mod ring;
 pub mod schedule;
 pub mod sync;
 pub mod telemetry;
+pub mod threads;
 pub mod train;

@@ -198,6 +198,7 @@ struct TrainArgs {
 
 fn main() -> ExitCode {
     worker::alloc::keep_freed_memory();
+    worker::threads::main_thread_joins_the_pool();
     let cli = Cli::parse();
     run::logging::init();
     worker::preempt::install();
