@@ -49,6 +49,26 @@ fn run(cfg: &ScModelForgeConfig, opts: &TrainOptions) -> Result<TrainSummary, Tr
     })
 }
 
+/// [`run`], keeping every log message the run sent.
+fn run_logged(
+    cfg: &ScModelForgeConfig,
+    opts: &TrainOptions,
+) -> Result<(TrainSummary, Vec<String>), TrainError> {
+    let mut logs = Vec::new();
+    let s = train(
+        cfg,
+        opts,
+        &mut NoSync,
+        &mut |e| {
+            if let TrainEvent::Log(m) = e {
+                logs.push(m);
+            }
+        },
+        &mut || Control::Continue,
+    )?;
+    Ok((s, logs))
+}
+
 #[test]
 fn same_seed_same_losses_and_exact_resume() {
     let cfg = small_config();
@@ -249,21 +269,8 @@ fn fp16_mixed_skips_overflowing_steps_and_trains() {
     let mut cfg = small_config();
     cfg.training.precision = Precision::Fp16Mixed;
     cfg.training.max_epochs = 1;
-    let mut skipped = 0;
-    let s = train(
-        &cfg,
-        &TrainOptions::single(tmp("fp16")),
-        &mut NoSync,
-        &mut |e| {
-            if let TrainEvent::Log(m) = e {
-                if m.contains("overflow") {
-                    skipped += 1;
-                }
-            }
-        },
-        &mut || Control::Continue,
-    )
-    .expect("16-mixed trains");
+    let (s, logs) = run_logged(&cfg, &TrainOptions::single(tmp("fp16"))).expect("16-mixed trains");
+    let skipped = logs.iter().filter(|m| m.contains("overflow")).count() as u64;
     assert_eq!(s.skipped_steps, skipped);
     assert!(s.losses.iter().all(|l| l.is_finite()));
     assert!(s.val_losses[0].1.is_finite());
@@ -274,21 +281,12 @@ fn bf16_mixed_says_which_bf16_instructions_this_cpu_multiplies_with() {
     let mut cfg = small_config();
     cfg.training.precision = Precision::Bf16Mixed;
     cfg.training.max_epochs = 1;
-    let mut notes = Vec::new();
-    let s = train(
-        &cfg,
-        &TrainOptions::single(tmp("bf16note")),
-        &mut NoSync,
-        &mut |e| {
-            if let TrainEvent::Log(m) = e {
-                if m.starts_with("bf16-mixed on the CPU") {
-                    notes.push(m);
-                }
-            }
-        },
-        &mut || Control::Continue,
-    )
-    .expect("bf16-mixed trains");
+    let (s, logs) =
+        run_logged(&cfg, &TrainOptions::single(tmp("bf16note"))).expect("bf16-mixed trains");
+    let notes: Vec<&String> = logs
+        .iter()
+        .filter(|m| m.starts_with("bf16-mixed on the CPU"))
+        .collect();
     assert!(s.losses.iter().all(|l| l.is_finite()));
     let path = kernels::bf16gemm::path();
     eprintln!("bf16 path on this CPU: {path:?}; said: {notes:?}");
