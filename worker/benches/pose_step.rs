@@ -145,7 +145,7 @@ fn fill(len: usize, mul: usize) -> Vec<f32> {
 }
 
 /// (forward ms, forward + backward ms) of one layer, medians of `iters`.
-fn anvil_layer(l: &Layer, iters: usize) -> (f64, f64) {
+fn anvil_layer(l: &Layer, iters: usize, prec: Precision) -> (f64, f64) {
     let dev = Cpu;
     let s = Conv2dShape {
         n: BATCH,
@@ -178,10 +178,10 @@ fn anvil_layer(l: &Layer, iters: usize) -> (f64, f64) {
     let (mut fwd, mut all) = (Vec::new(), Vec::new());
     for it in 0..iters + 2 {
         let t = Instant::now();
-        dev.conv2d_forward(Precision::F32, &mut y, &x, &params, wv, bv, s);
+        dev.conv2d_forward(prec, &mut y, &x, &params, wv, bv, s);
         let f = t.elapsed().as_secs_f64();
         let dxo = l.needs_dx.then_some(&mut dx);
-        dev.conv2d_backward(Precision::F32, dxo, &mut grads, &dy, &x, &params, wv, bv, s);
+        dev.conv2d_backward(prec, dxo, &mut grads, &dy, &x, &params, wv, bv, s);
         let a = t.elapsed().as_secs_f64();
         if it >= 2 {
             fwd.push(f * 1e3);
@@ -375,7 +375,7 @@ fn main() {
     if !only_step {
         let mut sum = (0.0, 0.0);
         for l in layers(&plan) {
-            let (f, a) = anvil_layer(&l, iters);
+            let (f, a) = anvil_layer(&l, iters, prec);
             sum = (sum.0 + f, sum.1 + a);
             println!(
                 "{{\"bench\":\"layer\",\"impl\":\"anvil\",\"layer\":\"{}\",\"c_in\":{},\"c_out\":{},\"k\":{},\"hw\":{},\"fwd_ms\":{f:.3},\"fwd_bwd_ms\":{a:.3}}}",
