@@ -441,6 +441,41 @@ fn maxpool2d_padded_zero_wins_over_negatives_and_ties_go_first() {
     assert_eq!(dx, [0.0, 5.0, 0.0, 0.0]);
 }
 
+/// The 2x2 / stride 2 windows of the UNet (a path of their own) and the general loop agree on
+/// NaN (wins, the last one in scan order takes the gradient) and on ties (the first).
+#[test]
+fn maxpool2d_nan_and_ties_agree_between_the_2x2_path_and_the_general_loop() {
+    let nan = f64::NAN;
+    // Two planes 2x4: windows {1, nan, 0, 2}, {3, 3, 3, 3}; {nan, 1, nan, 0}, {-1, -1, -2, -1}.
+    let x = [
+        1.0, nan, 3.0, 3.0, 0.0, 2.0, 3.0, 3.0, //
+        nan, 1.0, -1.0, -1.0, nan, 0.0, -2.0, -1.0,
+    ];
+    let plain = Pool2dShape::same(1, 2, 2, 4, 2, 2);
+    assert_eq!(plain.pad, [0; 4]);
+    // The same windows through the general loop: far-side padding that no window reaches.
+    let general = Pool2dShape {
+        pad: [0, 1, 0, 1],
+        zero_pad: false,
+        ..plain
+    };
+    assert_eq!((general.h_out(), general.w_out()), (1, 2));
+    let dy = [10.0, 20.0, 30.0, 40.0];
+    for s in [plain, general] {
+        let mut y = [0.0; 4];
+        maxpool2d_forward(&mut y, &x, s);
+        assert!(y[0].is_nan() && y[2].is_nan(), "NaN wins: {y:?}");
+        assert_eq!((y[1], y[3]), (3.0, -1.0));
+        let mut dx = [7.0; 16];
+        maxpool2d_backward(&mut dx, &dy, &x, s);
+        let want = [
+            0.0, 10.0, 20.0, 0.0, 0.0, 0.0, 0.0, 0.0, //
+            0.0, 0.0, 40.0, 0.0, 30.0, 0.0, 0.0, 0.0,
+        ];
+        assert_eq!(dx, want, "{s:?}");
+    }
+}
+
 /// PyTorch's bilinear (align_corners=False) written directly from the formula.
 fn naive_bilinear(x: &[f64], nc: usize, h: usize, w: usize, ho: usize, wo: usize) -> Vec<f64> {
     let tap = |d: usize, n_in: usize, n_out: usize| {

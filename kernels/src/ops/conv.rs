@@ -871,12 +871,54 @@ fn pool_argmax<T: Float>(plane: &[T], s: &Pool2dShape, oy: usize, ox: usize) -> 
     best.and_then(|(_, at)| at)
 }
 
+/// The UNet's pooling: 2x2 windows, stride 2, no padding, even sizes (sleap-nn pads frames to
+/// the max stride), where every window lies inside the plane.
+fn is_plain_2x2(s: &Pool2dShape) -> bool {
+    s.k == 2
+        && s.stride == 2
+        && s.pad == [0; 4]
+        && s.h >= 2
+        && s.w >= 2
+        && s.h.is_multiple_of(2)
+        && s.w.is_multiple_of(2)
+}
+
+/// (max, which of the four) of the 2x2 window at columns x0, x0 + 1 of rows r0, r1, scanned in
+/// [`pool_argmax`]'s order with its rule (a later value wins when greater or NaN).
+#[inline(always)]
+fn window_max<T: Float>(r0: &[T], r1: &[T], x0: usize) -> (T, usize) {
+    let mut best = (r0[x0], 0);
+    for (i, v) in [(1, r0[x0 + 1]), (2, r1[x0]), (3, r1[x0 + 1])] {
+        #[allow(clippy::eq_op)]
+        let is_nan = v != v;
+        if v > best.0 || is_nan {
+            best = (v, i);
+        }
+    }
+    best
+}
+
 /// Max-pool forward: y[n,c,oy,ox] = max over the window at (oy·s − pt, ox·s − pl) of x, where
 /// padded positions hold 0 (`zero_pad`, sleap-nn's `MaxPool2dWithSamePadding`, which pads with
 /// `F.pad` zeros before an unpadded max-pool) or are skipped (PyTorch's own padding).
 pub fn maxpool2d_forward<T: Float>(y: &mut [T], x: &[T], s: Pool2dShape) {
     let (ho, wo) = (s.h_out(), s.w_out());
     let planes = s.n * s.c;
+    if is_plain_2x2(&s) {
+        y[..planes * ho * wo]
+            .par_chunks_mut((ho * wo).max(1))
+            .zip(x[..planes * s.h * s.w].par_chunks((s.h * s.w).max(1)))
+            .for_each(|(yp, xp)| {
+                for (oy, yr) in yp.chunks_exact_mut(wo).enumerate() {
+                    let r0 = &xp[2 * oy * s.w..(2 * oy + 1) * s.w];
+                    let r1 = &xp[(2 * oy + 1) * s.w..(2 * oy + 2) * s.w];
+                    for (ox, o) in yr.iter_mut().enumerate() {
+                        *o = window_max(r0, r1, 2 * ox).0;
+                    }
+                }
+            });
+        return;
+    }
     y[..planes * ho * wo]
         .par_chunks_mut((ho * wo).max(1))
         .zip(x[..planes * s.h * s.w].par_chunks((s.h * s.w).max(1)))
@@ -899,6 +941,30 @@ pub fn maxpool2d_backward<T: Float>(dx: &mut [T], dy: &[T], x: &[T], s: Pool2dSh
     let (ho, wo) = (s.h_out(), s.w_out());
     let planes = s.n * s.c;
     let hw = (s.h * s.w).max(1);
+    if is_plain_2x2(&s) {
+        // Every input position is in exactly one window: each window's four values are
+        // written (dy at the winner, 0 elsewhere), so no zeroing pass.
+        dx[..planes * s.h * s.w]
+            .par_chunks_mut(hw)
+            .zip(x[..planes * s.h * s.w].par_chunks(hw))
+            .zip(dy[..planes * ho * wo].par_chunks((ho * wo).max(1)))
+            .for_each(|((dxp, xp), dyp)| {
+                for (oy, g) in dyp.chunks_exact(wo).enumerate() {
+                    let r0 = &xp[2 * oy * s.w..(2 * oy + 1) * s.w];
+                    let r1 = &xp[(2 * oy + 1) * s.w..(2 * oy + 2) * s.w];
+                    let (d0, d1) = dxp[2 * oy * s.w..(2 * oy + 2) * s.w].split_at_mut(s.w);
+                    for (ox, &g) in g.iter().enumerate() {
+                        let win = window_max(r0, r1, 2 * ox).1;
+                        let at = |i: usize| if i == win { g } else { T::ZERO };
+                        d0[2 * ox] = at(0);
+                        d0[2 * ox + 1] = at(1);
+                        d1[2 * ox] = at(2);
+                        d1[2 * ox + 1] = at(3);
+                    }
+                }
+            });
+        return;
+    }
     dx[..planes * s.h * s.w]
         .par_chunks_mut(hw)
         .zip(x[..planes * s.h * s.w].par_chunks(hw))
@@ -949,6 +1015,9 @@ pub fn upsample_bilinear2d_forward<T: Float>(
     h_out: usize,
     w_out: usize,
 ) {
+    if h > 0 && w > 0 && h_out == 2 * h && w_out == 2 * w {
+        return upsample2x_forward(y, x, nc, h, w);
+    }
     let (ty, tx) = (linear_taps::<T>(h, h_out), linear_taps::<T>(w, w_out));
     y[..nc * h_out * w_out]
         .par_chunks_mut((h_out * w_out).max(1))
@@ -975,6 +1044,9 @@ pub fn upsample_bilinear2d_backward<T: Float>(
     h_out: usize,
     w_out: usize,
 ) {
+    if h > 0 && w > 0 && h_out == 2 * h && w_out == 2 * w {
+        return upsample2x_backward(dx, dy, nc, h, w);
+    }
     let (ty, tx) = (linear_taps::<T>(h, h_out), linear_taps::<T>(w, w_out));
     dx[..nc * h * w]
         .par_chunks_mut((h * w).max(1))
@@ -988,6 +1060,86 @@ pub fn upsample_bilinear2d_backward<T: Float>(
                     dxp[y0 * w + x1] += a0 * b1 * d;
                     dxp[y1 * w + x0] += a1 * b0 * d;
                     dxp[y1 * w + x1] += a1 * b1 * d;
+                }
+            }
+        });
+}
+
+/// Exactly 2x (the UNet's decoder): [`linear_taps`] are then fixed. Output 2i reads inputs
+/// i − 1 and i with weights ¼, ¾, output 2i + 1 reads i and i + 1 with ¾, ¼, an index past an
+/// edge clamped to it (where [`linear_taps`] gives weight 1 to the edge: ¼ + ¾ of one value).
+/// One row of the plane along x, `out` twice as long as `row`.
+#[inline(always)]
+fn upsample2x_row<T: Float>(out: &mut [T], row: &[T]) {
+    let (q, t) = (T::from_f64(0.25), T::from_f64(0.75));
+    let last = row.len() - 1;
+    for (i, pair) in out.chunks_exact_mut(2).enumerate() {
+        let (l, c, r) = (row[i.saturating_sub(1)], row[i], row[(i + 1).min(last)]);
+        pair[0] = q * l + t * c;
+        pair[1] = t * c + q * r;
+    }
+}
+
+/// The adjoint of [`upsample2x_row`]: input i collects ¼·g[2i − 1] + ¾·g[2i] + ¾·g[2i + 1] +
+/// ¼·g[2i + 2], an index past an edge clamped to it.
+#[inline(always)]
+fn upsample2x_row_adjoint<T: Float>(out: &mut [T], g: &[T]) {
+    let (q, t) = (T::from_f64(0.25), T::from_f64(0.75));
+    let last = g.len() - 1;
+    for (i, o) in out.iter_mut().enumerate() {
+        let (a, d) = (g[(2 * i).saturating_sub(1)], g[(2 * i + 2).min(last)]);
+        *o = q * a + t * g[2 * i] + t * g[2 * i + 1] + q * d;
+    }
+}
+
+/// [`upsample_bilinear2d_forward`] at exactly 2x: rows along x first, then pairs of them
+/// along y with the same weights.
+fn upsample2x_forward<T: Float>(y: &mut [T], x: &[T], nc: usize, h: usize, w: usize) {
+    let (ho, wo) = (2 * h, 2 * w);
+    y[..nc * ho * wo]
+        .par_chunks_mut((ho * wo).max(1))
+        .zip(x[..nc * h * w].par_chunks((h * w).max(1)))
+        .for_each(|(yp, xp)| {
+            let mut rows = vec![T::ZERO; h * wo];
+            for (r, xr) in rows.chunks_exact_mut(wo).zip(xp.chunks_exact(w)) {
+                upsample2x_row(r, xr);
+            }
+            let (q, t) = (T::from_f64(0.25), T::from_f64(0.75));
+            for (i, pair) in yp.chunks_exact_mut(2 * wo).enumerate() {
+                let row = |j: usize| &rows[j * wo..(j + 1) * wo];
+                let (l, c, r) = (row(i.saturating_sub(1)), row(i), row((i + 1).min(h - 1)));
+                let (even, odd) = pair.split_at_mut(wo);
+                for k in 0..wo {
+                    even[k] = q * l[k] + t * c[k];
+                    odd[k] = t * c[k] + q * r[k];
+                }
+            }
+        });
+}
+
+/// [`upsample_bilinear2d_backward`] at exactly 2x: the adjoint of [`upsample2x_forward`],
+/// written as a gather (each dx from its four rows and columns), so no zeroing or scatter.
+fn upsample2x_backward<T: Float>(dx: &mut [T], dy: &[T], nc: usize, h: usize, w: usize) {
+    let (ho, wo) = (2 * h, 2 * w);
+    dx[..nc * h * w]
+        .par_chunks_mut((h * w).max(1))
+        .zip(dy[..nc * ho * wo].par_chunks((ho * wo).max(1)))
+        .for_each(|(dxp, dyp)| {
+            let mut cols = vec![T::ZERO; ho * w];
+            for (c, g) in cols.chunks_exact_mut(w).zip(dyp.chunks_exact(wo)) {
+                upsample2x_row_adjoint(c, g);
+            }
+            let (q, t) = (T::from_f64(0.25), T::from_f64(0.75));
+            let row = |j: usize| &cols[j * w..(j + 1) * w];
+            for (i, o) in dxp.chunks_exact_mut(w).enumerate() {
+                let (a, b, c, d) = (
+                    row((2 * i).saturating_sub(1)),
+                    row(2 * i),
+                    row(2 * i + 1),
+                    row((2 * i + 2).min(ho - 1)),
+                );
+                for k in 0..w {
+                    o[k] = q * a[k] + t * b[k] + t * c[k] + q * d[k];
                 }
             }
         });
