@@ -52,6 +52,17 @@ pub fn erff(x: f32) -> f32 {
     }
 }
 
+/// Whether this CPU runs the AVX-512 builds of [`dispatch!`] loops (checked once, then cached
+/// by `is_x86_feature_detected`).
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx512() -> bool {
+    std::arch::is_x86_feature_detected!("avx512f")
+        && std::arch::is_x86_feature_detected!("avx512bw")
+        && std::arch::is_x86_feature_detected!("avx512vl")
+        && std::arch::is_x86_feature_detected!("avx512dq")
+        && std::arch::is_x86_feature_detected!("fma")
+}
+
 macro_rules! dispatch {
     ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         $(#[$m])*
@@ -70,12 +81,7 @@ macro_rules! dispatch {
                 unsafe fn avx2($($arg: $ty),*) -> $ret {
                     imp($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx512f")
-                    && std::arch::is_x86_feature_detected!("avx512bw")
-                    && std::arch::is_x86_feature_detected!("avx512vl")
-                    && std::arch::is_x86_feature_detected!("avx512dq")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if $crate::fastmath::has_avx512() {
                     // SAFETY: the CPU supports the features `avx512` was compiled for.
                     return unsafe { avx512($($arg),*) };
                 }
