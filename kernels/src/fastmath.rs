@@ -63,6 +63,12 @@ pub fn has_avx512() -> bool {
         && std::arch::is_x86_feature_detected!("fma")
 }
 
+/// Whether this CPU runs the AVX2 + FMA builds of [`dispatch!`] loops.
+#[cfg(target_arch = "x86_64")]
+pub fn has_avx2() -> bool {
+    std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+}
+
 macro_rules! dispatch {
     ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         $(#[$m])*
@@ -85,9 +91,7 @@ macro_rules! dispatch {
                     // SAFETY: the CPU supports the features `avx512` was compiled for.
                     return unsafe { avx512($($arg),*) };
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if $crate::fastmath::has_avx2() {
                     // SAFETY: the CPU supports the features `avx2` was compiled for.
                     return unsafe { avx2($($arg),*) };
                 }

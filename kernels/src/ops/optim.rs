@@ -165,27 +165,47 @@ struct AdamCoef<T> {
     decoupled: bool,
 }
 
-/// One chunk of Adam. The loop is compiled a second time for AVX-512 and picked where the CPU
-/// has it: the same arithmetic in the same order (Rust neither contracts nor reassociates), so
-/// the same bits, with 16 square roots and divisions per instruction instead of 4.
+/// One chunk of Adam. The loop is compiled again for AVX-512 and for AVX2 and the widest build
+/// this CPU runs is picked: the same arithmetic in the same order (Rust neither contracts nor
+/// reassociates), so the same bits, with 16 (or 8) square roots and divisions per instruction
+/// instead of the baseline build's 4.
 fn adam_chunk<T: Float>(k: &AdamCoef<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-        unsafe fn avx512<T: Float>(
-            k: &AdamCoef<T>,
-            p: &mut [T],
-            g: &[T],
-            m: &mut [T],
-            v: &mut [T],
-        ) {
-            adam_chunk_scalar(k, p, g, m, v)
+        use crate::fastmath::{has_avx2, has_avx512};
+        if has_avx512() {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { adam_chunk_avx512(k, p, g, m, v) };
         }
-        if crate::fastmath::has_avx512() {
-            // SAFETY: the CPU supports the features `avx512` was compiled for.
-            return unsafe { avx512(k, p, g, m, v) };
+        if has_avx2() {
+            // SAFETY: as above.
+            return unsafe { adam_chunk_avx2(k, p, g, m, v) };
         }
     }
+    adam_chunk_scalar(k, p, g, m, v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+unsafe fn adam_chunk_avx512<T: Float>(
+    k: &AdamCoef<T>,
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+) {
+    adam_chunk_scalar(k, p, g, m, v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn adam_chunk_avx2<T: Float>(
+    k: &AdamCoef<T>,
+    p: &mut [T],
+    g: &[T],
+    m: &mut [T],
+    v: &mut [T],
+) {
     adam_chunk_scalar(k, p, g, m, v)
 }
 
@@ -215,20 +235,33 @@ pub fn global_norm<T: Float>(grads: &[T]) -> f64 {
 }
 
 /// Σ x² of one chunk in f64, in [`SQUARE_LANES`] interleaved partial sums (then added in
-/// order) so the adds do not wait on each other; compiled a second time for AVX-512 and picked
-/// where the CPU has it (the same order, so the same bits).
+/// order) so the adds do not wait on each other; built again for AVX-512 and AVX2 as
+/// [`adam_chunk`] is (the same order, so the same bits).
 fn sum_of_squares<T: Float>(xs: &[T]) -> f64 {
     #[cfg(target_arch = "x86_64")]
     {
-        #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-        unsafe fn avx512<T: Float>(xs: &[T]) -> f64 {
-            sum_of_squares_scalar(xs)
+        use crate::fastmath::{has_avx2, has_avx512};
+        if has_avx512() {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { sum_of_squares_avx512(xs) };
         }
-        if crate::fastmath::has_avx512() {
-            // SAFETY: the CPU supports the features `avx512` was compiled for.
-            return unsafe { avx512(xs) };
+        if has_avx2() {
+            // SAFETY: as above.
+            return unsafe { sum_of_squares_avx2(xs) };
         }
     }
+    sum_of_squares_scalar(xs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+unsafe fn sum_of_squares_avx512<T: Float>(xs: &[T]) -> f64 {
+    sum_of_squares_scalar(xs)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn sum_of_squares_avx2<T: Float>(xs: &[T]) -> f64 {
     sum_of_squares_scalar(xs)
 }
 
@@ -327,14 +360,10 @@ mod tests {
         assert!(mc[..2].iter().chain(&mc[18..]).all(|&x| x == 0.2));
     }
 
-    /// The AVX-512 build of the Adam loop gives the baseline build's bits (f32, both weight
-    /// decay styles, a length that leaves a partial vector).
+    /// Each wider build of the Adam loop and of the sum of squares that this CPU runs gives
+    /// the baseline build's bits (f32, both weight-decay styles, a partial vector).
     #[test]
-    fn adam_chunk_wide_build_gives_the_same_bits_as_the_baseline_build() {
-        #[cfg(target_arch = "x86_64")]
-        if !crate::fastmath::has_avx512() {
-            eprintln!("no AVX-512 here: both sides run the baseline build");
-        }
+    fn the_wide_builds_of_adam_and_the_norm_give_the_baseline_bits() {
         let n = 1003;
         let p0: Vec<f32> = (0..n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
         let g: Vec<f32> = (0..n).map(|i| (i as f32 * 0.11).cos() * 1e-3).collect();
@@ -342,28 +371,64 @@ mod tests {
         let v0: Vec<f32> = (0..n)
             .map(|i| (i as f32 * 0.05).cos().powi(2) * 1e-6)
             .collect();
-        for decoupled in [true, false] {
-            let k = AdamCoef {
-                step: 1e-3f32 / 0.271,
-                bc2_sqrt: 0.0447,
-                b1: 0.9,
-                b2: 0.999,
-                ob1: 0.1,
-                ob2: 0.001,
-                eps: 1e-8,
-                wd: 0.01,
-                decay: 1.0 - 1e-5,
-                decoupled,
-            };
-            let (mut pa, mut ma, mut va) = (p0.clone(), m0.clone(), v0.clone());
-            adam_chunk(&k, &mut pa, &g, &mut ma, &mut va);
-            let (mut pb, mut mb, mut vb) = (p0.clone(), m0.clone(), v0.clone());
-            adam_chunk_scalar(&k, &mut pb, &g, &mut mb, &mut vb);
-            let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&pa), bits(&pb), "params, decoupled {decoupled}");
-            assert_eq!(bits(&ma), bits(&mb));
-            assert_eq!(bits(&va), bits(&vb));
-            assert_ne!(pa, p0, "the step moved the parameters");
+        type Build = fn(&AdamCoef<f32>, &mut [f32], &[f32], &mut [f32], &mut [f32]);
+        type SumBuild = fn(&[f32]) -> f64;
+        let mut builds: Vec<(&str, Build, SumBuild)> = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            use crate::fastmath::{has_avx2, has_avx512};
+            // SAFETY (both): only listed when the CPU supports the build's features.
+            if has_avx512() {
+                builds.push((
+                    "avx512",
+                    |k, p, g, m, v| unsafe { adam_chunk_avx512(k, p, g, m, v) },
+                    |x| unsafe { sum_of_squares_avx512(x) },
+                ));
+            }
+            if has_avx2() {
+                builds.push((
+                    "avx2",
+                    |k, p, g, m, v| unsafe { adam_chunk_avx2(k, p, g, m, v) },
+                    |x| unsafe { sum_of_squares_avx2(x) },
+                ));
+            }
+        }
+        if builds.is_empty() {
+            eprintln!("no AVX2 or AVX-512 on this CPU: only the baseline build runs here");
+        }
+        let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        for (name, adam, squares) in builds {
+            assert_eq!(
+                squares(&g).to_bits(),
+                sum_of_squares_scalar(&g).to_bits(),
+                "{name}"
+            );
+            for decoupled in [true, false] {
+                let k = AdamCoef {
+                    step: 1e-3f32 / 0.271,
+                    bc2_sqrt: 0.0447,
+                    b1: 0.9,
+                    b2: 0.999,
+                    ob1: 0.1,
+                    ob2: 0.001,
+                    eps: 1e-8,
+                    wd: 0.01,
+                    decay: 1.0 - 1e-5,
+                    decoupled,
+                };
+                let (mut pa, mut ma, mut va) = (p0.clone(), m0.clone(), v0.clone());
+                adam(&k, &mut pa, &g, &mut ma, &mut va);
+                let (mut pb, mut mb, mut vb) = (p0.clone(), m0.clone(), v0.clone());
+                adam_chunk_scalar(&k, &mut pb, &g, &mut mb, &mut vb);
+                assert_eq!(
+                    bits(&pa),
+                    bits(&pb),
+                    "{name}: params, decoupled {decoupled}"
+                );
+                assert_eq!(bits(&ma), bits(&mb), "{name}");
+                assert_eq!(bits(&va), bits(&vb), "{name}");
+                assert_ne!(pa, p0, "the step moved the parameters");
+            }
         }
     }
 
