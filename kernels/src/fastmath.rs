@@ -52,8 +52,8 @@ pub fn erff(x: f32) -> f32 {
     }
 }
 
-/// Whether this CPU runs the AVX-512 builds of [`dispatch!`] loops (checked once, then cached
-/// by `is_x86_feature_detected`).
+/// Whether this CPU runs the AVX-512 builds of [`dispatch!`] functions (checked once, then
+/// cached by `is_x86_feature_detected`).
 #[cfg(target_arch = "x86_64")]
 pub fn has_avx512() -> bool {
     std::arch::is_x86_feature_detected!("avx512f")
@@ -63,43 +63,60 @@ pub fn has_avx512() -> bool {
         && std::arch::is_x86_feature_detected!("fma")
 }
 
-/// Whether this CPU runs the AVX2 + FMA builds of [`dispatch!`] loops.
+/// Whether this CPU runs the AVX2 + FMA builds of [`dispatch!`] functions.
 #[cfg(target_arch = "x86_64")]
 pub fn has_avx2() -> bool {
     std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
 }
 
+/// A function whose scalar body is compiled three times — as is, with AVX2 + FMA and with
+/// AVX-512 enabled — and run in the widest build this CPU supports. The builds are the same
+/// arithmetic in the same order (Rust neither contracts nor reassociates without fast-math),
+/// so they give the same bits; the wider ones vectorize 8 or 16 lanes wide. They stand in a
+/// module of the function's name (`f::scalar`, `f::avx2`, `f::avx512`) for tests to compare.
 macro_rules! dispatch {
-    ($(#[$m:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+    ($(#[$m:meta])* $vis:vis fn $name:ident $(<$($g:ident: $b:path),*>)?
+        ($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         $(#[$m])*
-        pub fn $name($($arg: $ty),*) -> $ret {
-            #[inline(always)]
-            fn imp($($arg: $ty),*) -> $ret $body
+        $vis fn $name $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
-                // Same scalar code, compiled for wider vectors: the results are bit-identical
-                // (no reassociation or contraction without fast-math), only faster.
-                #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) -> $ret {
-                    imp($($arg),*)
-                }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) -> $ret {
-                    imp($($arg),*)
-                }
                 if $crate::fastmath::has_avx512() {
                     // SAFETY: the CPU supports the features `avx512` was compiled for.
-                    return unsafe { avx512($($arg),*) };
+                    return unsafe { $name::avx512($($arg),*) };
                 }
                 if $crate::fastmath::has_avx2() {
                     // SAFETY: the CPU supports the features `avx2` was compiled for.
-                    return unsafe { avx2($($arg),*) };
+                    return unsafe { $name::avx2($($arg),*) };
                 }
             }
-            imp($($arg),*)
+            $name::scalar($($arg),*)
+        }
+
+        #[allow(dead_code, clippy::unused_unit)]
+        $vis mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+            #[inline(always)]
+            pub fn scalar $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret $body
+            /// # Safety
+            /// The CPU must support AVX-512 F/BW/VL/DQ and FMA.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+            pub unsafe fn avx512 $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret {
+                scalar($($arg),*)
+            }
+            /// # Safety
+            /// The CPU must support AVX2 and FMA.
+            #[cfg(target_arch = "x86_64")]
+            #[target_feature(enable = "avx2,fma")]
+            pub unsafe fn avx2 $(<$($g: $b),*>)? ($($arg: $ty),*) -> $ret {
+                scalar($($arg),*)
+            }
         }
     };
 }
+pub(crate) use dispatch;
 
 /// Sums with 8 independent accumulators so the loop vectorizes.
 #[inline(always)]

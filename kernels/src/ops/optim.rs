@@ -165,65 +165,24 @@ struct AdamCoef<T> {
     decoupled: bool,
 }
 
-/// One chunk of Adam. The loop is compiled again for AVX-512 and for AVX2 and the widest build
-/// this CPU runs is picked: the same arithmetic in the same order (Rust neither contracts nor
-/// reassociates), so the same bits, with 16 (or 8) square roots and divisions per instruction
-/// instead of the baseline build's 4.
-fn adam_chunk<T: Float>(k: &AdamCoef<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::fastmath::{has_avx2, has_avx512};
-        if has_avx512() {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { adam_chunk_avx512(k, p, g, m, v) };
+crate::fastmath::dispatch! {
+    /// One chunk of Adam, in the widest vector build this CPU runs (the same bits, with 16 or 8
+    /// square roots and divisions per instruction instead of 4).
+    fn adam_chunk<T: Float>(k: &AdamCoef<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) -> () {
+        let n = p.len();
+        // Equal lengths up front, so the loop has no bounds checks and vectorizes.
+        let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
+        for i in 0..n {
+            let mut gi = g[i];
+            if k.decoupled {
+                p[i] *= k.decay;
+            } else {
+                gi += k.wd * p[i];
+            }
+            m[i] = k.b1 * m[i] + k.ob1 * gi;
+            v[i] = k.b2 * v[i] + k.ob2 * gi * gi;
+            p[i] -= k.step * m[i] / (v[i].sqrt() / k.bc2_sqrt + k.eps);
         }
-        if has_avx2() {
-            // SAFETY: as above.
-            return unsafe { adam_chunk_avx2(k, p, g, m, v) };
-        }
-    }
-    adam_chunk_scalar(k, p, g, m, v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-unsafe fn adam_chunk_avx512<T: Float>(
-    k: &AdamCoef<T>,
-    p: &mut [T],
-    g: &[T],
-    m: &mut [T],
-    v: &mut [T],
-) {
-    adam_chunk_scalar(k, p, g, m, v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn adam_chunk_avx2<T: Float>(
-    k: &AdamCoef<T>,
-    p: &mut [T],
-    g: &[T],
-    m: &mut [T],
-    v: &mut [T],
-) {
-    adam_chunk_scalar(k, p, g, m, v)
-}
-
-#[inline(always)]
-fn adam_chunk_scalar<T: Float>(k: &AdamCoef<T>, p: &mut [T], g: &[T], m: &mut [T], v: &mut [T]) {
-    let n = p.len();
-    // Equal lengths up front, so the loop has no bounds checks and vectorizes.
-    let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-    for i in 0..n {
-        let mut gi = g[i];
-        if k.decoupled {
-            p[i] *= k.decay;
-        } else {
-            gi += k.wd * p[i];
-        }
-        m[i] = k.b1 * m[i] + k.ob1 * gi;
-        v[i] = k.b2 * v[i] + k.ob2 * gi * gi;
-        p[i] -= k.step * m[i] / (v[i].sqrt() / k.bc2_sqrt + k.eps);
     }
 }
 
@@ -234,55 +193,28 @@ pub fn global_norm<T: Float>(grads: &[T]) -> f64 {
         .sqrt()
 }
 
-/// Σ x² of one chunk in f64, in [`SQUARE_LANES`] interleaved partial sums (then added in
-/// order) so the adds do not wait on each other; built again for AVX-512 and AVX2 as
-/// [`adam_chunk`] is (the same order, so the same bits).
-fn sum_of_squares<T: Float>(xs: &[T]) -> f64 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use crate::fastmath::{has_avx2, has_avx512};
-        if has_avx512() {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { sum_of_squares_avx512(xs) };
-        }
-        if has_avx2() {
-            // SAFETY: as above.
-            return unsafe { sum_of_squares_avx2(xs) };
-        }
-    }
-    sum_of_squares_scalar(xs)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
-unsafe fn sum_of_squares_avx512<T: Float>(xs: &[T]) -> f64 {
-    sum_of_squares_scalar(xs)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn sum_of_squares_avx2<T: Float>(xs: &[T]) -> f64 {
-    sum_of_squares_scalar(xs)
-}
-
+/// Partial sums of [`sum_of_squares`], interleaved so its adds do not wait on each other.
 const SQUARE_LANES: usize = 32;
 
-#[inline(always)]
-fn sum_of_squares_scalar<T: Float>(xs: &[T]) -> f64 {
-    let mut acc = [0.0f64; SQUARE_LANES];
-    let mut blocks = xs.chunks_exact(SQUARE_LANES);
-    for b in &mut blocks {
-        for (a, &x) in acc.iter_mut().zip(b) {
-            let x = x.to_f64();
-            *a += x * x;
+crate::fastmath::dispatch! {
+    /// Σ x² of one chunk in f64, in [`SQUARE_LANES`] interleaved partial sums (then added in
+    /// order), in the widest vector build this CPU runs (the same order, so the same bits).
+    fn sum_of_squares<T: Float>(xs: &[T]) -> f64 {
+        let mut acc = [0.0f64; SQUARE_LANES];
+        let mut blocks = xs.chunks_exact(SQUARE_LANES);
+        for b in &mut blocks {
+            for (a, &x) in acc.iter_mut().zip(b) {
+                let x = x.to_f64();
+                *a += x * x;
+            }
         }
+        let rest: f64 = blocks
+            .remainder()
+            .iter()
+            .map(|&x| x.to_f64() * x.to_f64())
+            .sum();
+        acc.iter().sum::<f64>() + rest
     }
-    let rest: f64 = blocks
-        .remainder()
-        .iter()
-        .map(|&x| x.to_f64() * x.to_f64())
-        .sum();
-    acc.iter().sum::<f64>() + rest
 }
 
 /// torch.nn.utils.clip_grad_norm_: with n = ‖g‖₂, g ← g·min(1, max_norm/(n + 1e-6)).
@@ -377,19 +309,19 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         {
             use crate::fastmath::{has_avx2, has_avx512};
-            // SAFETY (both): only listed when the CPU supports the build's features.
+            // SAFETY (all four): only listed when the CPU supports the build's features.
             if has_avx512() {
                 builds.push((
                     "avx512",
-                    |k, p, g, m, v| unsafe { adam_chunk_avx512(k, p, g, m, v) },
-                    |x| unsafe { sum_of_squares_avx512(x) },
+                    |k, p, g, m, v| unsafe { adam_chunk::avx512(k, p, g, m, v) },
+                    |x| unsafe { sum_of_squares::avx512(x) },
                 ));
             }
             if has_avx2() {
                 builds.push((
                     "avx2",
-                    |k, p, g, m, v| unsafe { adam_chunk_avx2(k, p, g, m, v) },
-                    |x| unsafe { sum_of_squares_avx2(x) },
+                    |k, p, g, m, v| unsafe { adam_chunk::avx2(k, p, g, m, v) },
+                    |x| unsafe { sum_of_squares::avx2(x) },
                 ));
             }
         }
@@ -400,7 +332,7 @@ mod tests {
         for (name, adam, squares) in builds {
             assert_eq!(
                 squares(&g).to_bits(),
-                sum_of_squares_scalar(&g).to_bits(),
+                sum_of_squares::scalar(&g).to_bits(),
                 "{name}"
             );
             for decoupled in [true, false] {
@@ -419,7 +351,7 @@ mod tests {
                 let (mut pa, mut ma, mut va) = (p0.clone(), m0.clone(), v0.clone());
                 adam(&k, &mut pa, &g, &mut ma, &mut va);
                 let (mut pb, mut mb, mut vb) = (p0.clone(), m0.clone(), v0.clone());
-                adam_chunk_scalar(&k, &mut pb, &g, &mut mb, &mut vb);
+                adam_chunk::scalar(&k, &mut pb, &g, &mut mb, &mut vb);
                 assert_eq!(
                     bits(&pa),
                     bits(&pb),
