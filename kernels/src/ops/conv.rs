@@ -1099,8 +1099,9 @@ fn upsample2x_forward<T: Float>(y: &mut [T], x: &[T], nc: usize, h: usize, w: us
     y[..nc * ho * wo]
         .par_chunks_mut((ho * wo).max(1))
         .zip(x[..nc * h * w].par_chunks((h * w).max(1)))
-        .for_each(|(yp, xp)| {
-            let mut rows = vec![T::ZERO; h * wo];
+        .for_each_init(Vec::new, |rows, (yp, xp)| {
+            // One buffer per rayon job, reused across its planes.
+            rows.resize(h * wo, T::ZERO);
             for (r, xr) in rows.chunks_exact_mut(wo).zip(xp.chunks_exact(w)) {
                 upsample2x_row(r, xr);
             }
@@ -1124,8 +1125,8 @@ fn upsample2x_backward<T: Float>(dx: &mut [T], dy: &[T], nc: usize, h: usize, w:
     dx[..nc * h * w]
         .par_chunks_mut((h * w).max(1))
         .zip(dy[..nc * ho * wo].par_chunks((ho * wo).max(1)))
-        .for_each(|(dxp, dyp)| {
-            let mut cols = vec![T::ZERO; ho * w];
+        .for_each_init(Vec::new, |cols, (dxp, dyp)| {
+            cols.resize(ho * w, T::ZERO);
             for (c, g) in cols.chunks_exact_mut(w).zip(dyp.chunks_exact(wo)) {
                 upsample2x_row_adjoint(c, g);
             }
